@@ -1,0 +1,280 @@
+//! CPU dense matmul `out (m, n) = x (m, k) · Wᵀ` with W `(n, k)` stored as f32, f16 or bf16,
+//! and the f32 dot product the attention uses. Register-tiled micro-kernels (MR tokens × NR
+//! weight rows, 8-lane accumulators) selected at run time: AVX2+FMA+F16C when the CPU has them,
+//! a portable lane-array version otherwise. Every output element is reduced in the same order
+//! whatever the tile it falls in, so a prompt's logits are bit-identical whether it is run as
+//! one batch or token by token (the property greedy batching relies on).
+//!
+//! Parallelism: the n weight rows are split into contiguous chunks, one rayon task each; every
+//! task streams its slice of W once per block of MC tokens (x stays hot in L2).
+
+use half::{bf16, f16};
+use rayon::prelude::*;
+
+/// Tokens per cache block.
+const MC: usize = 64;
+/// Micro-tile: tokens × weight rows. 4 × 3 = 12 accumulators + 3 weight + 1 x registers = 16 ymm.
+const MR: usize = 4;
+const NR: usize = 3;
+
+/// Weight element types the kernels read.
+pub trait WElem: Copy + Send + Sync + 'static {
+    fn to_f32(self) -> f32;
+    /// Load 8 consecutive elements widened to f32.
+    ///
+    /// # Safety
+    /// `p .. p + 8` must be readable and the CPU must support AVX2, FMA and F16C.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256;
+}
+
+impl WElem for f32 {
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        self
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256 {
+        std::arch::x86_64::_mm256_loadu_ps(p)
+    }
+}
+
+impl WElem for f16 {
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        f16::to_f32(self)
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256 {
+        use std::arch::x86_64::*;
+        _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
+    }
+}
+
+impl WElem for bf16 {
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        bf16::to_f32(self)
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256 {
+        use std::arch::x86_64::*;
+        // bf16 is the top half of an f32: widen to 32 bits and shift into place.
+        let w = _mm256_cvtepu16_epi32(_mm_loadu_si128(p as *const __m128i));
+        _mm256_castsi256_ps(_mm256_slli_epi32(w, 16))
+    }
+}
+
+/// Whether the AVX2 kernels can run here (cached by std after the first call).
+pub fn has_avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::WElem;
+    use std::arch::x86_64::*;
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    unsafe fn hsum(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+        _mm_cvtss_f32(s)
+    }
+
+    /// out[i * ldo + j] = dot(x row i, w row j) for i < R, j < C.
+    ///
+    /// # Safety
+    /// x: R rows of k f32 at stride ldx; w: C rows of k at stride ldw; out: R rows of C at
+    /// stride ldo; all in bounds. CPU has AVX2+FMA+F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    pub unsafe fn tile<const R: usize, const C: usize, W: WElem>(
+        x: *const f32,
+        ldx: usize,
+        w: *const W,
+        ldw: usize,
+        k: usize,
+        out: *mut f32,
+        ldo: usize,
+    ) {
+        let mut acc = [[_mm256_setzero_ps(); C]; R];
+        let k8 = k / 8 * 8;
+        let mut kk = 0;
+        while kk < k8 {
+            let mut wv = [_mm256_setzero_ps(); C];
+            for (j, v) in wv.iter_mut().enumerate() {
+                *v = W::load8(w.add(j * ldw + kk));
+            }
+            for (i, row) in acc.iter_mut().enumerate() {
+                let xv = _mm256_loadu_ps(x.add(i * ldx + kk));
+                for (a, v) in row.iter_mut().zip(wv.iter()) {
+                    *a = _mm256_fmadd_ps(xv, *v, *a);
+                }
+            }
+            kk += 8;
+        }
+        for (i, row) in acc.iter().enumerate() {
+            for (j, a) in row.iter().enumerate() {
+                let mut s = hsum(*a);
+                for t in k8..k {
+                    s = (*x.add(i * ldx + t)).mul_add((*w.add(j * ldw + t)).to_f32(), s);
+                }
+                *out.add(i * ldo + j) = s;
+            }
+        }
+    }
+}
+
+mod portable {
+    use super::WElem;
+
+    /// Same contract as the AVX2 `tile`, in plain Rust (8 lanes, summed pairwise at the end).
+    ///
+    /// # Safety
+    /// Pointers as for the AVX2 tile.
+    #[inline(always)]
+    pub unsafe fn tile<const R: usize, const C: usize, W: WElem>(
+        x: *const f32,
+        ldx: usize,
+        w: *const W,
+        ldw: usize,
+        k: usize,
+        out: *mut f32,
+        ldo: usize,
+    ) {
+        let mut acc = [[[0f32; 8]; C]; R];
+        let k8 = k / 8 * 8;
+        let mut kk = 0;
+        while kk < k8 {
+            for (i, row) in acc.iter_mut().enumerate() {
+                for (j, a) in row.iter_mut().enumerate() {
+                    for l in 0..8 {
+                        a[l] = (*x.add(i * ldx + kk + l)).mul_add((*w.add(j * ldw + kk + l)).to_f32(), a[l]);
+                    }
+                }
+            }
+            kk += 8;
+        }
+        for (i, row) in acc.iter().enumerate() {
+            for (j, a) in row.iter().enumerate() {
+                let h = [a[0] + a[4], a[1] + a[5], a[2] + a[6], a[3] + a[7]];
+                let h = [h[0] + h[2], h[1] + h[3]];
+                let mut s = h[0] + h[1];
+                for t in k8..k {
+                    s = (*x.add(i * ldx + t)).mul_add((*w.add(j * ldw + t)).to_f32(), s);
+                }
+                *out.add(i * ldo + j) = s;
+            }
+        }
+    }
+}
+
+/// Raw output pointer shared by tasks that write disjoint elements.
+#[derive(Clone, Copy)]
+pub(crate) struct SendPtr(pub(crate) *mut f32);
+// SAFETY: only used to hand disjoint output regions to rayon tasks (`matmul`, attention).
+unsafe impl Send for SendPtr {}
+// SAFETY: as above; no two tasks touch the same element.
+unsafe impl Sync for SendPtr {}
+
+/// Compute rows `n0..n1` of the output for all m tokens.
+///
+/// # Safety
+/// `out` points at an (m, n) buffer; x is (m, k); w is (n, k); n1 <= n.
+unsafe fn block<W: WElem>(simd: bool, x: &[f32], w: &[W], m: usize, n: usize, k: usize, n0: usize, n1: usize, out: *mut f32) {
+    macro_rules! t {
+        ($r:expr, $c:expr, $i:expr, $j:expr) => {{
+            let (xp, wp, op) = (x.as_ptr().add($i * k), w.as_ptr().add($j * k), out.add($i * n + $j));
+            #[cfg(target_arch = "x86_64")]
+            if simd {
+                avx2::tile::<$r, $c, W>(xp, k, wp, k, k, op, n);
+            } else {
+                portable::tile::<$r, $c, W>(xp, k, wp, k, k, op, n);
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            {
+                let _ = simd;
+                portable::tile::<$r, $c, W>(xp, k, wp, k, k, op, n);
+            }
+        }};
+    }
+    let mut i0 = 0;
+    while i0 < m {
+        let i1 = (i0 + MC).min(m);
+        let mut j = n0;
+        while j + NR <= n1 {
+            let mut i = i0;
+            while i + MR <= i1 {
+                t!(MR, NR, i, j);
+                i += MR;
+            }
+            while i < i1 {
+                t!(1, NR, i, j);
+                i += 1;
+            }
+            j += NR;
+        }
+        while j < n1 {
+            for i in i0..i1 {
+                t!(1, 1, i, j);
+            }
+            j += 1;
+        }
+        i0 = i1;
+    }
+}
+
+/// out (m, n) = x (m, k) · w (n, k)ᵀ, multithreaded over n.
+pub fn matmul<W: WElem>(out: &mut [f32], x: &[f32], w: &[W], m: usize, n: usize, k: usize) {
+    assert!(out.len() >= m * n && x.len() >= m * k && w.len() >= n * k, "matmul: buffers too small");
+    let simd = has_avx2();
+    let threads = rayon::current_num_threads().max(1);
+    // Enough chunks to balance, each a multiple of NR and big enough to amortise a task.
+    let chunk = (n.div_ceil(threads * 4)).max(16).div_ceil(NR) * NR;
+    let out_ptr = SendPtr(out.as_mut_ptr());
+    let n_chunks = n.div_ceil(chunk);
+    let run = |c: usize| {
+        let p = out_ptr;
+        let (n0, n1) = (c * chunk, ((c + 1) * chunk).min(n));
+        // SAFETY: chunk c writes only columns n0..n1 of out, disjoint from every other
+        // chunk; the size checks above keep all accesses in bounds.
+        unsafe { block(simd, x, w, m, n, k, n0, n1, p.0) }
+    };
+    if n_chunks == 1 || m * n * k < 32 * 1024 {
+        (0..n_chunks).for_each(run);
+    } else {
+        (0..n_chunks).into_par_iter().for_each(run);
+    }
+}
+
+/// Dot product of two f32 slices of equal length, in the kernels' reduction order.
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let k = a.len().min(b.len());
+    let mut out = 0f32;
+    // SAFETY: both slices hold at least k elements; `out` is a single element (R = C = 1).
+    unsafe {
+        #[cfg(target_arch = "x86_64")]
+        if has_avx2() {
+            avx2::tile::<1, 1, f32>(a.as_ptr(), k, b.as_ptr(), k, k, &mut out, 1);
+            return out;
+        }
+        portable::tile::<1, 1, f32>(a.as_ptr(), k, b.as_ptr(), k, k, &mut out, 1);
+    }
+    out
+}

@@ -1,0 +1,258 @@
+//! The CPU backend: the reference implementation of every op and the default where no GPU is
+//! present. Buffers are `Vec<f32>`; weights keep their checkpoint dtype (f32/f16/bf16) and are
+//! widened inside the matmul kernels (`gemm.rs`). Ops over rows or heads run on rayon's pool;
+//! nothing here allocates, so a decode step allocates nothing.
+
+pub mod gemm;
+
+use super::{AttentionArgs, Backend};
+use gemm::SendPtr;
+use crate::error::{Error, Result};
+use crate::model::linear::{Linear, LinearWeight};
+use crate::tensor::{DType, HostData, HostTensor};
+use half::{bf16, f16};
+use rayon::prelude::*;
+
+/// Dense matrix data in its storage dtype.
+#[derive(Debug)]
+pub enum MatrixData {
+    F32(Vec<f32>),
+    F16(Vec<f16>),
+    BF16(Vec<bf16>),
+}
+
+/// A `[rows, cols]` row-major weight matrix.
+#[derive(Debug)]
+pub struct CpuMatrix {
+    pub rows: usize,
+    pub cols: usize,
+    pub data: MatrixData,
+}
+
+impl CpuMatrix {
+    pub fn dtype(&self) -> DType {
+        match self.data {
+            MatrixData::F32(_) => DType::F32,
+            MatrixData::F16(_) => DType::F16,
+            MatrixData::BF16(_) => DType::BF16,
+        }
+    }
+
+    /// Widen row `r` into `out` (cols).
+    fn row_into(&self, r: usize, out: &mut [f32]) {
+        let s = r * self.cols..(r + 1) * self.cols;
+        match &self.data {
+            MatrixData::F32(v) => out.copy_from_slice(&v[s]),
+            MatrixData::F16(v) => out.iter_mut().zip(&v[s]).for_each(|(o, x)| *o = x.to_f32()),
+            MatrixData::BF16(v) => out.iter_mut().zip(&v[s]).for_each(|(o, x)| *o = x.to_f32()),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct CpuBackend;
+
+impl CpuBackend {
+    pub fn new() -> Self {
+        CpuBackend
+    }
+}
+
+fn check_len(what: &str, have: usize, need: usize) -> Result<()> {
+    if have < need {
+        return Err(Error::InvalidArgument(format!("{what}: buffer of {have} elements, op needs {need}")));
+    }
+    Ok(())
+}
+
+/// Softmax in place, max-subtracted.
+fn softmax(x: &mut [f32]) {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0f32;
+    for v in x.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    let inv = 1.0 / sum;
+    x.iter_mut().for_each(|v| *v *= inv);
+}
+
+/// One RMSNorm row: out = x * rsqrt(mean(x²) + eps) * w.
+fn rms_norm_row(out: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
+    let ss = gemm::dot(x, x);
+    let scale = 1.0 / (ss / x.len() as f32 + eps).sqrt();
+    for ((o, &v), &g) in out.iter_mut().zip(x).zip(w) {
+        *o = v * scale * g;
+    }
+}
+
+impl Backend for CpuBackend {
+    type Buf = Vec<f32>;
+    type Matrix = CpuMatrix;
+
+    fn describe(&self) -> String {
+        let isa = if gemm::has_avx2() { "avx2+fma+f16c" } else { "portable" };
+        format!("cpu ({} threads, {isa})", rayon::current_num_threads())
+    }
+
+    fn alloc(&self, len: usize) -> Result<Vec<f32>> {
+        Ok(vec![0f32; len])
+    }
+
+    fn upload(&self, data: &[f32]) -> Result<Vec<f32>> {
+        Ok(data.to_vec())
+    }
+
+    fn read(&self, buf: &Vec<f32>, offset: usize, out: &mut [f32]) -> Result<()> {
+        check_len("read", buf.len(), offset + out.len())?;
+        out.copy_from_slice(&buf[offset..offset + out.len()]);
+        Ok(())
+    }
+
+    fn upload_matrix(&self, t: &HostTensor, dtype: DType) -> Result<CpuMatrix> {
+        let [rows, cols] = t.shape[..] else {
+            return Err(Error::InvalidArgument(format!("matrix must be 2-D, got shape {:?}", t.shape)));
+        };
+        let data = match t.to_dtype(dtype).data {
+            HostData::F32(v) => MatrixData::F32(v),
+            HostData::F16(v) => MatrixData::F16(v),
+            HostData::BF16(v) => MatrixData::BF16(v),
+        };
+        Ok(CpuMatrix { rows, cols, data })
+    }
+
+    fn embed(&self, out: &mut Vec<f32>, table: &CpuMatrix, ids: &[u32]) -> Result<()> {
+        let d = table.cols;
+        check_len("embed", out.len(), ids.len() * d)?;
+        for (row, &id) in out.chunks_exact_mut(d).zip(ids) {
+            if id as usize >= table.rows {
+                return Err(Error::TokenOutOfRange { id, vocab: table.rows });
+            }
+            table.row_into(id as usize, row);
+        }
+        Ok(())
+    }
+
+    fn rms_norm(&self, out: &mut Vec<f32>, x: &Vec<f32>, weight: &Vec<f32>, rows: usize, dim: usize, eps: f32) -> Result<()> {
+        check_len("rms_norm out", out.len(), rows * dim)?;
+        check_len("rms_norm x", x.len(), rows * dim)?;
+        check_len("rms_norm weight", weight.len(), dim)?;
+        let (out, x) = (&mut out[..rows * dim], &x[..rows * dim]);
+        if rows > 1 {
+            out.par_chunks_mut(dim)
+                .zip(x.par_chunks(dim))
+                .for_each(|(o, xr)| rms_norm_row(o, xr, weight, eps));
+        } else {
+            rms_norm_row(out, x, weight, eps);
+        }
+        Ok(())
+    }
+
+    fn copy(&self, dst: &mut Vec<f32>, dst_off: usize, src: &Vec<f32>, src_off: usize, len: usize) -> Result<()> {
+        check_len("copy dst", dst.len(), dst_off + len)?;
+        check_len("copy src", src.len(), src_off + len)?;
+        dst[dst_off..dst_off + len].copy_from_slice(&src[src_off..src_off + len]);
+        Ok(())
+    }
+
+    fn add_assign(&self, x: &mut Vec<f32>, y: &Vec<f32>, len: usize) -> Result<()> {
+        check_len("add x", x.len(), len)?;
+        check_len("add y", y.len(), len)?;
+        x[..len].iter_mut().zip(&y[..len]).for_each(|(a, b)| *a += b);
+        Ok(())
+    }
+
+    fn linear(&self, out: &mut Vec<f32>, x: &Vec<f32>, w: &Linear<CpuBackend>, rows: usize) -> Result<()> {
+        let (n, k) = (w.out_features, w.in_features);
+        check_len(&format!("{} out", w.name), out.len(), rows * n)?;
+        check_len(&format!("{} x", w.name), x.len(), rows * k)?;
+        match &w.weight {
+            LinearWeight::Dense(m) => match &m.data {
+                MatrixData::F32(v) => gemm::matmul(out, x, v, rows, n, k),
+                MatrixData::F16(v) => gemm::matmul(out, x, v, rows, n, k),
+                MatrixData::BF16(v) => gemm::matmul(out, x, v, rows, n, k),
+            },
+        }
+        if let Some(b) = &w.bias {
+            for row in out[..rows * n].chunks_exact_mut(n) {
+                row.iter_mut().zip(b.iter()).for_each(|(o, b)| *o += b);
+            }
+        }
+        Ok(())
+    }
+
+    fn rope(&self, x: &mut Vec<f32>, cos: &Vec<f32>, sin: &Vec<f32>, rows: usize, n_heads: usize, head_dim: usize, start_pos: usize) -> Result<()> {
+        let half = head_dim / 2;
+        check_len("rope x", x.len(), rows * n_heads * head_dim)?;
+        check_len("rope table", cos.len().min(sin.len()), (start_pos + rows) * half)?;
+        for (r, row) in x[..rows * n_heads * head_dim].chunks_exact_mut(n_heads * head_dim).enumerate() {
+            let p = start_pos + r;
+            let (c, s) = (&cos[p * half..(p + 1) * half], &sin[p * half..(p + 1) * half]);
+            for head in row.chunks_exact_mut(head_dim) {
+                let (lo, hi) = head.split_at_mut(half);
+                for i in 0..half {
+                    let (x0, x1) = (lo[i], hi[i]);
+                    lo[i] = x0 * c[i] - x1 * s[i];
+                    hi[i] = x1 * c[i] + x0 * s[i];
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn write_kv(&self, cache: &mut Vec<f32>, src: &Vec<f32>, start_pos: usize, rows: usize, kv_dim: usize) -> Result<()> {
+        check_len("kv cache", cache.len(), (start_pos + rows) * kv_dim)?;
+        check_len("kv src", src.len(), rows * kv_dim)?;
+        cache[start_pos * kv_dim..(start_pos + rows) * kv_dim].copy_from_slice(&src[..rows * kv_dim]);
+        Ok(())
+    }
+
+    fn attention(&self, a: AttentionArgs<'_, CpuBackend>) -> Result<()> {
+        let (hd, nh, nkv) = (a.head_dim, a.n_heads, a.n_kv_heads);
+        let (qd, kvd) = (nh * hd, nkv * hd);
+        let total = a.start_pos + a.rows;
+        check_len("attention q", a.q.len(), a.rows * qd)?;
+        check_len("attention out", a.out.len(), a.rows * qd)?;
+        check_len("attention kv", a.k_cache.len().min(a.v_cache.len()), total * kvd)?;
+        check_len("attention scratch", a.scratch.len(), nh * a.max_seq)?;
+        if total > a.max_seq {
+            return Err(Error::ContextOverflow { needed: total, max: a.max_seq });
+        }
+        let group = nh / nkv;
+        let scale = 1.0 / (hd as f32).sqrt();
+        let (q, kc, vc) = (&a.q[..], &a.k_cache[..], &a.v_cache[..]);
+        let out = SendPtr(a.out.as_mut_ptr());
+        let (rows, start_pos) = (a.rows, a.start_pos);
+        // One task per head; each owns one scratch row of max_seq scores.
+        a.scratch.par_chunks_mut(a.max_seq).take(nh).enumerate().for_each(|(h, scores)| {
+            let g = h / group;
+            for r in 0..rows {
+                let n_keys = start_pos + r + 1;
+                let qv = &q[r * qd + h * hd..r * qd + (h + 1) * hd];
+                let s = &mut scores[..n_keys];
+                for (j, sj) in s.iter_mut().enumerate() {
+                    *sj = gemm::dot(qv, &kc[j * kvd + g * hd..j * kvd + (g + 1) * hd]) * scale;
+                }
+                softmax(s);
+                let p = out;
+                // SAFETY: head h of row r is written by this task only (tasks are per head),
+                // and r * qd + (h + 1) * hd <= rows * qd, checked above.
+                let o = unsafe { std::slice::from_raw_parts_mut(p.0.add(r * qd + h * hd), hd) };
+                o.fill(0.0);
+                for (j, &pj) in s.iter().enumerate() {
+                    let v = &vc[j * kvd + g * hd..j * kvd + (g + 1) * hd];
+                    o.iter_mut().zip(v).for_each(|(o, v)| *o = pj.mul_add(*v, *o));
+                }
+            }
+        });
+        Ok(())
+    }
+
+    fn silu_mul(&self, gate: &mut Vec<f32>, up: &Vec<f32>, len: usize) -> Result<()> {
+        check_len("silu gate", gate.len(), len)?;
+        check_len("silu up", up.len(), len)?;
+        gate[..len].iter_mut().zip(&up[..len]).for_each(|(g, u)| *g = *g / (1.0 + (-*g).exp()) * u);
+        Ok(())
+    }
+}
+

@@ -1,0 +1,87 @@
+//! The backend abstraction: the handful of LLM operations the Llama forward pass needs (embed,
+//! RMSNorm, linear, RoPE, KV-cache write, causal GQA attention, SiLU·up, residual add), each
+//! over device buffers whose shapes are given in the argument comments. The model is generic
+//! over `Backend`, so a CUDA backend slots in by implementing this trait with its own buffer
+//! types; the CPU backend is the first implementation and the reference for every other one.
+//! Design after candle's per-device backend traits and llm.c's "one function per layer op".
+
+pub mod cpu;
+
+use crate::error::Result;
+use crate::model::linear::Linear;
+use crate::tensor::{DType, HostTensor};
+
+/// Which backend a command should run on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceSpec {
+    Cpu,
+}
+
+impl DeviceSpec {
+    pub fn parse(s: &str) -> crate::error::Result<Self> {
+        match s {
+            "cpu" | "auto" => Ok(DeviceSpec::Cpu),
+            other if other.starts_with("cuda") => Err(crate::error::Error::InvalidArgument(format!(
+                "device `{other}`: this build has no CUDA backend yet; use --device cpu"
+            ))),
+            other => Err(crate::error::Error::InvalidArgument(format!(
+                "unknown device `{other}` (expected cpu, cuda[:N] or auto)"
+            ))),
+        }
+    }
+}
+
+pub trait Backend: Send + Sync + Sized + 'static {
+    /// A device buffer of f32 values.
+    type Buf: Send + Sync;
+    /// A dense `[rows, cols]` weight matrix stored in the dtype it was uploaded as.
+    type Matrix: Send + Sync;
+
+    /// Human-readable description ("cpu (2 threads, avx2+fma)").
+    fn describe(&self) -> String;
+
+    fn alloc(&self, len: usize) -> Result<Self::Buf>;
+    fn upload(&self, data: &[f32]) -> Result<Self::Buf>;
+    /// Copy `buf[offset .. offset + out.len()]` to the host.
+    fn read(&self, buf: &Self::Buf, offset: usize, out: &mut [f32]) -> Result<()>;
+    /// Upload a 2-D tensor as a matrix of `dtype`.
+    fn upload_matrix(&self, t: &HostTensor, dtype: DType) -> Result<Self::Matrix>;
+
+    /// out (n, cols) = table[ids[i]] for each i. Ids were range-checked by the caller.
+    fn embed(&self, out: &mut Self::Buf, table: &Self::Matrix, ids: &[u32]) -> Result<()>;
+    /// out (rows, dim) = x / rms(x) * weight (dim)
+    fn rms_norm(&self, out: &mut Self::Buf, x: &Self::Buf, weight: &Self::Buf, rows: usize, dim: usize, eps: f32) -> Result<()>;
+    /// dst[dst_off .. dst_off + len] = src[src_off .. src_off + len]
+    fn copy(&self, dst: &mut Self::Buf, dst_off: usize, src: &Self::Buf, src_off: usize, len: usize) -> Result<()>;
+    /// x (len) += y (len)
+    fn add_assign(&self, x: &mut Self::Buf, y: &Self::Buf, len: usize) -> Result<()>;
+    /// out (rows, out_features) = x (rows, in_features) · Wᵀ + b
+    fn linear(&self, out: &mut Self::Buf, x: &Self::Buf, w: &Linear<Self>, rows: usize) -> Result<()>;
+    /// Rotate x (rows, n_heads, head_dim) in place, HF rotate_half convention; token r is at
+    /// position start_pos + r; cos/sin are (max_pos, head_dim / 2).
+    #[allow(clippy::too_many_arguments)]
+    fn rope(&self, x: &mut Self::Buf, cos: &Self::Buf, sin: &Self::Buf, rows: usize, n_heads: usize, head_dim: usize, start_pos: usize) -> Result<()>;
+    /// cache (max_seq, kv_dim)[start_pos .. start_pos + rows] = src (rows, kv_dim)
+    fn write_kv(&self, cache: &mut Self::Buf, src: &Self::Buf, start_pos: usize, rows: usize, kv_dim: usize) -> Result<()>;
+    /// Causal grouped-query attention of `rows` new queries at positions start_pos.. against
+    /// the cache (positions 0 ..= start_pos + r). out, q: (rows, n_heads * head_dim);
+    /// k_cache, v_cache: (max_seq, n_kv_heads * head_dim); scratch: (n_heads, max_seq).
+    fn attention(&self, a: AttentionArgs<'_, Self>) -> Result<()>;
+    /// gate (len) = silu(gate) * up
+    fn silu_mul(&self, gate: &mut Self::Buf, up: &Self::Buf, len: usize) -> Result<()>;
+}
+
+/// Arguments of [`Backend::attention`], bundled because there are many.
+pub struct AttentionArgs<'a, B: Backend> {
+    pub out: &'a mut B::Buf,
+    pub q: &'a B::Buf,
+    pub k_cache: &'a B::Buf,
+    pub v_cache: &'a B::Buf,
+    pub scratch: &'a mut B::Buf,
+    pub rows: usize,
+    pub start_pos: usize,
+    pub max_seq: usize,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+}

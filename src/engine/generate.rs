@@ -1,0 +1,109 @@
+//! The generation loop: one batched prefill over the prompt, then one decode step per new
+//! token, sampling from the last logits and streaming decoded text as soon as it forms whole
+//! UTF-8 characters. Times prefill and decode separately (the two numbers llama.cpp reports as
+//! prompt eval and eval tok/s).
+
+use crate::backend::Backend;
+use crate::engine::sampler::{Sampler, SamplingParams};
+use crate::error::{Error, Result};
+use crate::model::llama::{LlamaModel, Logits};
+use crate::tokenizer::TokenizerBundle;
+use std::time::Instant;
+
+#[derive(Clone, Debug)]
+pub struct GenerateOptions {
+    pub max_new_tokens: usize,
+    pub sampling: SamplingParams,
+    /// Stop at the model's end-of-sequence tokens.
+    pub stop_at_eos: bool,
+    /// Largest number of prompt tokens per forward call.
+    pub max_batch: usize,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        GenerateOptions { max_new_tokens: 128, sampling: SamplingParams::default(), stop_at_eos: true, max_batch: 512 }
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct GenerationStats {
+    pub prompt_tokens: usize,
+    pub generated_tokens: usize,
+    /// Prompt forward pass plus the first sample.
+    pub prefill_secs: f64,
+    /// All later decode steps.
+    pub decode_secs: f64,
+}
+
+impl GenerationStats {
+    pub fn prefill_tok_s(&self) -> f64 {
+        self.prompt_tokens as f64 / self.prefill_secs.max(1e-9)
+    }
+    /// Decode steps after the first token (which the prefill produced).
+    pub fn decode_tok_s(&self) -> f64 {
+        self.generated_tokens.saturating_sub(1) as f64 / self.decode_secs.max(1e-9)
+    }
+}
+
+pub struct Generation {
+    pub tokens: Vec<u32>,
+    pub text: String,
+    pub stats: GenerationStats,
+}
+
+/// Generate from `prompt` token ids; `on_text` receives each new piece of text.
+pub fn generate<B: Backend>(
+    model: &LlamaModel<B>,
+    tok: &TokenizerBundle,
+    prompt: &[u32],
+    opts: &GenerateOptions,
+    mut on_text: impl FnMut(&str),
+) -> Result<Generation> {
+    if prompt.is_empty() {
+        return Err(Error::InvalidArgument("the prompt encodes to no tokens".into()));
+    }
+    opts.sampling.validate()?;
+    let max_seq = prompt.len() + opts.max_new_tokens;
+    let mut session = model.new_session(opts.max_batch.clamp(1, prompt.len()), max_seq, false)?;
+    let mut sampler = Sampler::new(opts.sampling.clone(), model.config.vocab_size);
+    let mut history = prompt.to_vec();
+    let mut out = Vec::with_capacity(opts.max_new_tokens);
+    let mut text = String::new();
+    let mut stats = GenerationStats { prompt_tokens: prompt.len(), ..Default::default() };
+    if opts.max_new_tokens == 0 {
+        return Ok(Generation { tokens: out, text, stats });
+    }
+
+    let t0 = Instant::now();
+    let logits = model.forward(&mut session, prompt, Logits::Last)?;
+    let mut next = sampler.sample(logits, &history);
+    stats.prefill_secs = t0.elapsed().as_secs_f64();
+
+    let t1 = Instant::now();
+    loop {
+        if opts.stop_at_eos && tok.eos_ids.contains(&next) {
+            break;
+        }
+        out.push(next);
+        history.push(next);
+        // Emit only once the decoded tail is whole characters (byte-level BPE can split them).
+        let decoded = tok.decode(&out, false)?;
+        if decoded.len() > text.len() && !decoded.ends_with('\u{FFFD}') && decoded.starts_with(&text) {
+            on_text(&decoded[text.len()..]);
+            text = decoded;
+        }
+        if out.len() >= opts.max_new_tokens {
+            break;
+        }
+        let logits = model.forward(&mut session, &[next], Logits::Last)?;
+        next = sampler.sample(logits, &history);
+    }
+    stats.decode_secs = t1.elapsed().as_secs_f64();
+    stats.generated_tokens = out.len();
+    let final_text = tok.decode(&out, false)?;
+    if final_text.len() > text.len() && final_text.starts_with(&text) {
+        on_text(&final_text[text.len()..]);
+    }
+    Ok(Generation { tokens: out, text: final_text, stats })
+}

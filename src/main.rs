@@ -1,0 +1,186 @@
+//! The `ferroq` command line: a thin clap front over the library. Errors are reported with
+//! anyhow here and only here.
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use ferroq::backend::cpu::CpuBackend;
+use ferroq::backend::{Backend, DeviceSpec};
+use ferroq::engine::generate::{generate, GenerateOptions};
+use ferroq::engine::sampler::SamplingParams;
+use ferroq::tensor::DType;
+use ferroq::tokenizer::ChatMessage;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Where `bash models/fetch.sh` puts the default model (SmolLM2-135M-Instruct, FP16).
+const DEFAULT_MODEL: &str = "models/SmolLM2-135M-Instruct-f16";
+
+#[derive(Parser)]
+#[command(name = "ferroq", version, about = "Quantized-LLM inference runtime")]
+struct Cli {
+    /// Worker threads for CPU ops (default: all cores).
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Convert a GGUF model into a Hugging Face model directory.
+    Convert {
+        /// Input .gguf file.
+        model: PathBuf,
+        /// Output directory (must not exist or be empty).
+        #[arg(long)]
+        out: PathBuf,
+        /// Weight dtype: f16, bf16 or f32.
+        #[arg(long, default_value = "f16")]
+        dtype: String,
+    },
+    /// Generate text from a prompt, streaming it to stdout; speed goes to stderr.
+    Generate {
+        /// Model: a .gguf file or a Hugging Face directory (default: the fetched SmolLM2).
+        #[arg(short, long)]
+        model: Option<PathBuf>,
+        /// The prompt.
+        #[arg(short, long)]
+        prompt: String,
+        /// Apply the model's chat template (prompt as the user turn).
+        #[arg(long)]
+        chat: bool,
+        /// System prompt for --chat.
+        #[arg(long)]
+        system: Option<String>,
+        /// Tokens to generate at most.
+        #[arg(short = 'n', long, default_value_t = 128)]
+        max_tokens: usize,
+        /// 0 = greedy.
+        #[arg(long, default_value_t = 0.0)]
+        temperature: f32,
+        /// 0 = off.
+        #[arg(long, default_value_t = 0)]
+        top_k: usize,
+        #[arg(long, default_value_t = 1.0)]
+        top_p: f32,
+        #[arg(long, default_value_t = 1.0)]
+        repeat_penalty: f32,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// cpu, cuda[:N] or auto.
+        #[arg(long, default_value = "auto")]
+        device: String,
+        /// Hold weights as f32, f16 or bf16 (default: the checkpoint's dtype).
+        #[arg(long)]
+        dtype: Option<String>,
+        /// Keep generating past end-of-sequence tokens (for speed measurements).
+        #[arg(long)]
+        ignore_eos: bool,
+    },
+}
+
+fn resolve_model(m: Option<PathBuf>) -> Result<PathBuf> {
+    let p = m.unwrap_or_else(|| PathBuf::from(DEFAULT_MODEL));
+    if !p.exists() {
+        bail!(
+            "model {} not found; run `bash models/fetch.sh` for the default model or pass -m",
+            p.display()
+        );
+    }
+    Ok(p)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_generate<B: Backend>(
+    backend: B,
+    model: &Path,
+    prompt: &str,
+    chat: bool,
+    system: Option<String>,
+    opts: GenerateOptions,
+    dtype: Option<DType>,
+) -> Result<()> {
+    let t = std::time::Instant::now();
+    let loaded = ferroq::model::open(backend, model, dtype)
+        .with_context(|| format!("loading {}", model.display()))?;
+    eprintln!(
+        "loaded {} ({:?}, {} layers, weights {}) on {} in {:.2}s",
+        model.display(),
+        loaded.format,
+        loaded.model.config.num_layers,
+        loaded.model.weight_dtype,
+        loaded.model.backend.describe(),
+        t.elapsed().as_secs_f64()
+    );
+    let tok = &loaded.tokenizer;
+    let text = if chat {
+        let mut msgs = Vec::new();
+        if let Some(s) = system {
+            msgs.push(ChatMessage::system(s));
+        }
+        msgs.push(ChatMessage::user(prompt));
+        tok.apply_chat_template(&msgs)?
+    } else {
+        prompt.to_string()
+    };
+    let ids = tok.encode(&text)?;
+    let mut stdout = std::io::stdout();
+    if !chat {
+        print!("{prompt}");
+    }
+    let g = generate(&loaded.model, tok, &ids, &opts, |piece| {
+        print!("{piece}");
+        let _ = stdout.flush();
+    })?;
+    println!();
+    let s = &g.stats;
+    eprintln!(
+        "prefill: {} tokens in {:.3}s = {:.1} tok/s | decode: {} tokens in {:.3}s = {:.1} tok/s",
+        s.prompt_tokens,
+        s.prefill_secs,
+        s.prefill_tok_s(),
+        s.generated_tokens,
+        s.decode_secs,
+        s.decode_tok_s()
+    );
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    if let Some(n) = cli.threads {
+        rayon::ThreadPoolBuilder::new().num_threads(n).build_global().context("configuring threads")?;
+    }
+    match cli.cmd {
+        Cmd::Convert { model, out, dtype } => {
+            let dtype = DType::parse(&dtype)?;
+            let t = std::time::Instant::now();
+            let r = ferroq::model::convert::gguf_to_hf(&model, &out, dtype)
+                .with_context(|| format!("converting {}", model.display()))?;
+            eprintln!(
+                "wrote {} ({} tensors, {:.1}M parameters, {:.1} MB {dtype}) in {:.1}s",
+                out.display(),
+                r.n_tensors,
+                r.n_params as f64 / 1e6,
+                r.bytes as f64 / 1e6,
+                t.elapsed().as_secs_f64()
+            );
+        }
+        Cmd::Generate {
+            model, prompt, chat, system, max_tokens, temperature, top_k, top_p, repeat_penalty, seed, device, dtype, ignore_eos,
+        } => {
+            let model = resolve_model(model)?;
+            let dtype = dtype.as_deref().map(DType::parse).transpose()?;
+            let opts = GenerateOptions {
+                max_new_tokens: max_tokens,
+                sampling: SamplingParams { temperature, top_k, top_p, repetition_penalty: repeat_penalty, seed },
+                stop_at_eos: !ignore_eos,
+                ..Default::default()
+            };
+            match DeviceSpec::parse(&device)? {
+                DeviceSpec::Cpu => run_generate(CpuBackend::new(), &model, &prompt, chat, system, opts, dtype)?,
+            }
+        }
+    }
+    Ok(())
+}

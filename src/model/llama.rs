@@ -1,0 +1,301 @@
+//! The Llama-family decoder (Llama 2/3, Mistral, Qwen2, SmolLM) written once against the
+//! `Backend` trait, following HF `LlamaForCausalLM`: pre-RMSNorm blocks, RoPE (rotate_half),
+//! grouped-query attention over a KV cache, SwiGLU MLP, final norm and LM head (tied or not).
+//! `Session` is llama2.c's RunState: every activation buffer and the KV cache are allocated
+//! once for (max_batch, max_seq), so prefill (a batch of prompt tokens in one pass) and decode
+//! (one token) allocate nothing.
+
+use crate::backend::{AttentionArgs, Backend};
+use crate::error::{Error, Result};
+use crate::model::config::ModelConfig;
+use crate::model::linear::{Linear, LinearWeight};
+use crate::model::WeightSource;
+use crate::tensor::{DType, HostTensor};
+use std::sync::Arc;
+
+struct Layer<B: Backend> {
+    attn_norm: B::Buf, // (dim)
+    q: Linear<B>,      // (q_dim, dim)
+    k: Linear<B>,      // (kv_dim, dim)
+    v: Linear<B>,      // (kv_dim, dim)
+    o: Linear<B>,      // (dim, q_dim)
+    mlp_norm: B::Buf,  // (dim)
+    gate: Linear<B>,   // (ffn, dim)
+    up: Linear<B>,     // (ffn, dim)
+    down: Linear<B>,   // (dim, ffn)
+}
+
+pub struct LlamaModel<B: Backend> {
+    pub config: ModelConfig,
+    pub backend: B,
+    /// Dtype the dense weights are held in.
+    pub weight_dtype: DType,
+    embed: Arc<B::Matrix>, // (vocab, dim)
+    layers: Vec<Layer<B>>,
+    norm: B::Buf,        // (dim)
+    lm_head: Linear<B>,  // (vocab, dim)
+    rope_cos: B::Buf,    // (rope_len, head_dim / 2)
+    rope_sin: B::Buf,    // (rope_len, head_dim / 2)
+    rope_len: usize,
+}
+
+/// Which logits a forward pass returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Logits {
+    /// The last token's (vocab).
+    Last,
+    /// Every token's (rows, vocab); the session must have been created with `all_logits`.
+    All,
+}
+
+/// Run state of one sequence: activations, KV cache, position.
+pub struct Session<B: Backend> {
+    pub max_batch: usize,
+    pub max_seq: usize,
+    /// Tokens already in the KV cache.
+    pub pos: usize,
+    all_logits: bool,
+    x: B::Buf,      // (max_batch, dim) residual stream
+    xb: B::Buf,     // (max_batch, dim)
+    q: B::Buf,      // (max_batch, q_dim)
+    k: B::Buf,      // (max_batch, kv_dim)
+    v: B::Buf,      // (max_batch, kv_dim)
+    att: B::Buf,    // (max_batch, q_dim)
+    hb: B::Buf,     // (max_batch, ffn)
+    hb2: B::Buf,    // (max_batch, ffn)
+    logits: B::Buf, // (max_batch or 1, vocab)
+    k_cache: Vec<B::Buf>, // layers × (max_seq, kv_dim)
+    v_cache: Vec<B::Buf>, // layers × (max_seq, kv_dim)
+    scratch: B::Buf,      // (n_heads, max_seq) attention scores
+    host_logits: Vec<f32>, // (max_batch or 1, vocab)
+}
+
+impl<B: Backend> Session<B> {
+    /// Forget the sequence (the cache is overwritten as new tokens arrive).
+    pub fn reset(&mut self) {
+        self.pos = 0;
+    }
+}
+
+fn load_checked(src: &dyn WeightSource, name: &str, shape: &[usize]) -> Result<HostTensor> {
+    let t = src.load(name)?;
+    t.expect_shape(name, shape)?;
+    Ok(t)
+}
+
+impl<B: Backend> LlamaModel<B> {
+    /// Build the model from `src` (HF tensor names). `weight_dtype` None keeps each tensor's
+    /// checkpoint dtype for the embedding's dtype and all matrices.
+    pub fn load(backend: B, config: ModelConfig, src: &dyn WeightSource, weight_dtype: Option<DType>) -> Result<Self> {
+        let c = &config;
+        let (dim, qd, kvd, ffn) = (c.hidden_size, c.q_dim(), c.kv_dim(), c.intermediate_size);
+        let embed_t = load_checked(src, "model.embed_tokens.weight", &[c.vocab_size, dim])?;
+        let wdt = weight_dtype.unwrap_or(embed_t.dtype());
+        let vector = |name: &str, n: usize| -> Result<B::Buf> {
+            backend.upload(&load_checked(src, name, &[n])?.to_f32_vec())
+        };
+        let linear = |name: &str, out_f: usize, in_f: usize, bias: bool| -> Result<Linear<B>> {
+            let w = load_checked(src, &format!("{name}.weight"), &[out_f, in_f])?;
+            let bias = if bias { Some(vector(&format!("{name}.bias"), out_f)?) } else { None };
+            Ok(Linear {
+                name: name.to_string(),
+                in_features: in_f,
+                out_features: out_f,
+                weight: LinearWeight::Dense(Arc::new(backend.upload_matrix(&w, wdt)?)),
+                bias,
+            })
+        };
+        let mut layers = Vec::with_capacity(c.num_layers);
+        for l in 0..c.num_layers {
+            let p = format!("model.layers.{l}");
+            layers.push(Layer {
+                attn_norm: vector(&format!("{p}.input_layernorm.weight"), dim)?,
+                q: linear(&format!("{p}.self_attn.q_proj"), qd, dim, c.qkv_bias)?,
+                k: linear(&format!("{p}.self_attn.k_proj"), kvd, dim, c.qkv_bias)?,
+                v: linear(&format!("{p}.self_attn.v_proj"), kvd, dim, c.qkv_bias)?,
+                o: linear(&format!("{p}.self_attn.o_proj"), dim, qd, false)?,
+                mlp_norm: vector(&format!("{p}.post_attention_layernorm.weight"), dim)?,
+                gate: linear(&format!("{p}.mlp.gate_proj"), ffn, dim, false)?,
+                up: linear(&format!("{p}.mlp.up_proj"), ffn, dim, false)?,
+                down: linear(&format!("{p}.mlp.down_proj"), dim, ffn, false)?,
+            });
+        }
+        let embed = Arc::new(backend.upload_matrix(&embed_t, wdt)?);
+        let lm_head = if c.tie_word_embeddings {
+            Linear {
+                name: "lm_head".into(),
+                in_features: dim,
+                out_features: c.vocab_size,
+                weight: LinearWeight::Dense(embed.clone()),
+                bias: None,
+            }
+        } else {
+            let mut l = linear("lm_head", c.vocab_size, dim, false)?;
+            l.name = "lm_head".into();
+            l
+        };
+        let norm = vector("model.norm.weight", dim)?;
+        let inv_freq = c.rope_inv_freq();
+        let rope_len = c.max_position_embeddings.max(1);
+        let (mut cos, mut sin) = (Vec::with_capacity(rope_len * inv_freq.len()), Vec::with_capacity(rope_len * inv_freq.len()));
+        for p in 0..rope_len {
+            for f in &inv_freq {
+                let a = p as f64 * f;
+                cos.push(a.cos() as f32);
+                sin.push(a.sin() as f32);
+            }
+        }
+        Ok(LlamaModel {
+            rope_cos: backend.upload(&cos)?,
+            rope_sin: backend.upload(&sin)?,
+            rope_len,
+            config,
+            weight_dtype: wdt,
+            embed,
+            layers,
+            norm,
+            lm_head,
+            backend,
+        })
+    }
+
+    /// Allocate the run state for sequences of up to `max_seq` tokens, fed at most `max_batch`
+    /// tokens per forward call.
+    pub fn new_session(&self, max_batch: usize, max_seq: usize, all_logits: bool) -> Result<Session<B>> {
+        let c = &self.config;
+        if max_batch == 0 || max_seq == 0 {
+            return Err(Error::InvalidArgument("max_batch and max_seq must be positive".into()));
+        }
+        if max_seq > self.rope_len {
+            return Err(Error::ContextOverflow { needed: max_seq, max: self.rope_len });
+        }
+        let b = &self.backend;
+        let logit_rows = if all_logits { max_batch } else { 1 };
+        let mut k_cache = Vec::with_capacity(c.num_layers);
+        let mut v_cache = Vec::with_capacity(c.num_layers);
+        for _ in 0..c.num_layers {
+            k_cache.push(b.alloc(max_seq * c.kv_dim())?);
+            v_cache.push(b.alloc(max_seq * c.kv_dim())?);
+        }
+        Ok(Session {
+            max_batch,
+            max_seq,
+            pos: 0,
+            all_logits,
+            x: b.alloc(max_batch * c.hidden_size)?,
+            xb: b.alloc(max_batch * c.hidden_size)?,
+            q: b.alloc(max_batch * c.q_dim())?,
+            k: b.alloc(max_batch * c.kv_dim())?,
+            v: b.alloc(max_batch * c.kv_dim())?,
+            att: b.alloc(max_batch * c.q_dim())?,
+            hb: b.alloc(max_batch * c.intermediate_size)?,
+            hb2: b.alloc(max_batch * c.intermediate_size)?,
+            logits: b.alloc(logit_rows * c.vocab_size)?,
+            k_cache,
+            v_cache,
+            scratch: b.alloc(c.num_heads * max_seq)?,
+            host_logits: vec![0f32; logit_rows * c.vocab_size],
+        })
+    }
+
+    /// Feed `tokens` at the session's position and return logits (`Logits::Last`: vocab;
+    /// `Logits::All`: tokens.len() × vocab, which needs tokens.len() <= max_batch). Longer
+    /// inputs are processed in chunks of max_batch.
+    pub fn forward<'s>(&self, s: &'s mut Session<B>, tokens: &[u32], want: Logits) -> Result<&'s [f32]> {
+        if tokens.is_empty() {
+            return Err(Error::InvalidArgument("forward needs at least one token".into()));
+        }
+        if s.pos + tokens.len() > s.max_seq {
+            return Err(Error::ContextOverflow { needed: s.pos + tokens.len(), max: s.max_seq });
+        }
+        if want == Logits::All && (!s.all_logits || tokens.len() > s.max_batch) {
+            return Err(Error::InvalidArgument(format!(
+                "all-token logits need a session made with all_logits and at most {} tokens",
+                s.max_batch
+            )));
+        }
+        let vocab = self.config.vocab_size;
+        for &id in tokens {
+            if id as usize >= vocab {
+                return Err(Error::TokenOutOfRange { id, vocab });
+            }
+        }
+        let chunks: Vec<&[u32]> = tokens.chunks(s.max_batch).collect();
+        for (i, chunk) in chunks.iter().enumerate() {
+            self.forward_chunk(s, chunk)?;
+            let last = i + 1 == chunks.len();
+            if last {
+                self.logits(s, chunk.len(), want)?;
+            }
+            s.pos += chunk.len();
+        }
+        let n = match want {
+            Logits::Last => vocab,
+            Logits::All => tokens.len() * vocab,
+        };
+        Ok(&s.host_logits[..n])
+    }
+
+    /// Run all blocks on one chunk, leaving the final residual stream in `s.x`.
+    fn forward_chunk(&self, s: &mut Session<B>, tokens: &[u32]) -> Result<()> {
+        let (b, c) = (&self.backend, &self.config);
+        let (rows, pos) = (tokens.len(), s.pos);
+        let (dim, hd) = (c.hidden_size, c.head_dim);
+        b.embed(&mut s.x, &self.embed, tokens)?;
+        for (l, layer) in self.layers.iter().enumerate() {
+            // attention block
+            b.rms_norm(&mut s.xb, &s.x, &layer.attn_norm, rows, dim, c.rms_norm_eps)?;
+            b.linear(&mut s.q, &s.xb, &layer.q, rows)?;
+            b.linear(&mut s.k, &s.xb, &layer.k, rows)?;
+            b.linear(&mut s.v, &s.xb, &layer.v, rows)?;
+            b.rope(&mut s.q, &self.rope_cos, &self.rope_sin, rows, c.num_heads, hd, pos)?;
+            b.rope(&mut s.k, &self.rope_cos, &self.rope_sin, rows, c.num_kv_heads, hd, pos)?;
+            b.write_kv(&mut s.k_cache[l], &s.k, pos, rows, c.kv_dim())?;
+            b.write_kv(&mut s.v_cache[l], &s.v, pos, rows, c.kv_dim())?;
+            b.attention(AttentionArgs {
+                out: &mut s.att,
+                q: &s.q,
+                k_cache: &s.k_cache[l],
+                v_cache: &s.v_cache[l],
+                scratch: &mut s.scratch,
+                rows,
+                start_pos: pos,
+                max_seq: s.max_seq,
+                n_heads: c.num_heads,
+                n_kv_heads: c.num_kv_heads,
+                head_dim: hd,
+            })?;
+            b.linear(&mut s.xb, &s.att, &layer.o, rows)?;
+            b.add_assign(&mut s.x, &s.xb, rows * dim)?;
+            // MLP block
+            b.rms_norm(&mut s.xb, &s.x, &layer.mlp_norm, rows, dim, c.rms_norm_eps)?;
+            b.linear(&mut s.hb, &s.xb, &layer.gate, rows)?;
+            b.linear(&mut s.hb2, &s.xb, &layer.up, rows)?;
+            b.silu_mul(&mut s.hb, &s.hb2, rows * c.intermediate_size)?;
+            b.linear(&mut s.xb, &s.hb, &layer.down, rows)?;
+            b.add_assign(&mut s.x, &s.xb, rows * dim)?;
+        }
+        Ok(())
+    }
+
+    /// Final norm + LM head on the chunk's last row (or all rows), copied to the host.
+    fn logits(&self, s: &mut Session<B>, rows: usize, want: Logits) -> Result<()> {
+        let (b, c) = (&self.backend, &self.config);
+        let dim = c.hidden_size;
+        let vocab = c.vocab_size;
+        match want {
+            Logits::All => {
+                b.rms_norm(&mut s.xb, &s.x, &self.norm, rows, dim, c.rms_norm_eps)?;
+                b.linear(&mut s.logits, &s.xb, &self.lm_head, rows)?;
+                b.read(&s.logits, 0, &mut s.host_logits[..rows * vocab])
+            }
+            Logits::Last => {
+                // Normalise only the last row: move it to the front of xb first.
+                b.copy(&mut s.xb, 0, &s.x, (rows - 1) * dim, dim)?;
+                b.rms_norm(&mut s.x, &s.xb, &self.norm, 1, dim, c.rms_norm_eps)?;
+                b.linear(&mut s.logits, &s.x, &self.lm_head, 1)?;
+                b.read(&s.logits, 0, &mut s.host_logits[..vocab])
+            }
+        }
+    }
+}

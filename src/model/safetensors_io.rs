@@ -1,0 +1,146 @@
+//! Hugging Face safetensors checkpoints: memory-mapped reading of `model.safetensors` or of the
+//! shards listed in `model.safetensors.index.json`, and writing of a single-file checkpoint.
+//! Format: 8-byte little-endian header length, JSON header `{name: {dtype, shape,
+//! data_offsets}}`, then the raw little-endian data (safetensors crate docs).
+
+use crate::error::{Error, Result};
+use crate::model::WeightSource;
+use crate::tensor::{DType, HostData, HostTensor};
+use safetensors::{Dtype as StDtype, SafeTensors};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+struct Entry {
+    shard: usize,
+    dtype: StDtype,
+    shape: Vec<usize>,
+    /// absolute byte range in the shard
+    start: usize,
+    end: usize,
+}
+
+/// The tensors of a (possibly sharded) safetensors checkpoint.
+pub struct SafetensorsWeights {
+    maps: Vec<(PathBuf, memmap2::Mmap)>,
+    entries: BTreeMap<String, Entry>,
+}
+
+impl SafetensorsWeights {
+    /// Open `dir/model.safetensors`, or the shards named by `dir/model.safetensors.index.json`.
+    pub fn open_dir(dir: &Path) -> Result<Self> {
+        let index = dir.join("model.safetensors.index.json");
+        let files: Vec<PathBuf> = if index.exists() {
+            let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
+            let j: serde_json::Value = serde_json::from_str(&text)
+                .map_err(|e| Error::Safetensors(format!("{}: {e}", index.display())))?;
+            let map = j.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| {
+                Error::Safetensors(format!("{} has no `weight_map` object", index.display()))
+            })?;
+            let mut shards: Vec<String> =
+                map.values().filter_map(|v| v.as_str().map(str::to_string)).collect();
+            shards.sort();
+            shards.dedup();
+            shards.iter().map(|s| dir.join(s)).collect()
+        } else {
+            vec![dir.join("model.safetensors")]
+        };
+        Self::open_files(&files)
+    }
+
+    pub fn open_files(files: &[PathBuf]) -> Result<Self> {
+        let mut maps = Vec::new();
+        let mut entries = BTreeMap::new();
+        for (shard, path) in files.iter().enumerate() {
+            let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+            // SAFETY: read-only map of a checkpoint that ferroq never writes while reading;
+            // as with every mmap loader, we assume no other process truncates it meanwhile.
+            let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+            let (header_len, meta) = SafeTensors::read_metadata(&map[..])
+                .map_err(|e| Error::Safetensors(format!("{}: {e}", path.display())))?;
+            let data_start = 8 + header_len;
+            for (name, info) in meta.tensors() {
+                let (s, e) = info.data_offsets;
+                entries.insert(
+                    name.clone(),
+                    Entry {
+                        shard,
+                        dtype: info.dtype,
+                        shape: info.shape.clone(),
+                        start: data_start + s,
+                        end: data_start + e,
+                    },
+                );
+            }
+            maps.push((path.clone(), map));
+        }
+        Ok(SafetensorsWeights { maps, entries })
+    }
+
+    /// The raw safetensors dtype of a tensor, if present.
+    pub fn dtype_of(&self, name: &str) -> Option<StDtype> {
+        self.entries.get(name).map(|e| e.dtype)
+    }
+}
+
+impl WeightSource for SafetensorsWeights {
+    fn tensor_names(&self) -> Vec<String> {
+        self.entries.keys().cloned().collect()
+    }
+
+    fn load(&self, name: &str) -> Result<HostTensor> {
+        let e = self
+            .entries
+            .get(name)
+            .ok_or_else(|| Error::MissingTensor(name.to_string()))?;
+        let (path, map) = &self.maps[e.shard];
+        let bytes = map.get(e.start..e.end).ok_or_else(|| {
+            Error::Safetensors(format!("{}: tensor `{name}` runs past the end of the file", path.display()))
+        })?;
+        let numel: usize = e.shape.iter().product();
+        let data = match e.dtype {
+            StDtype::F32 => HostData::F32(bytemuck::pod_collect_to_vec(bytes)),
+            StDtype::F16 => HostData::F16(bytemuck::pod_collect_to_vec(bytes)),
+            StDtype::BF16 => HostData::BF16(bytemuck::pod_collect_to_vec(bytes)),
+            other => {
+                return Err(Error::UnsupportedDType {
+                    tensor: name.to_string(),
+                    dtype: format!("{other:?}"),
+                })
+            }
+        };
+        let t = HostTensor { shape: e.shape.clone(), data };
+        if t.numel() != numel {
+            return Err(Error::Safetensors(format!("tensor `{name}`: byte length does not match its shape")));
+        }
+        Ok(t)
+    }
+}
+
+fn st_dtype(d: DType) -> StDtype {
+    match d {
+        DType::F32 => StDtype::F32,
+        DType::F16 => StDtype::F16,
+        DType::BF16 => StDtype::BF16,
+    }
+}
+
+/// Write `tensors` to a single safetensors file, atomically (temp file, then rename), so an
+/// interrupted write never leaves a half checkpoint under the final name.
+pub fn write_safetensors(
+    path: &Path,
+    tensors: &[(String, HostTensor)],
+    metadata: Option<HashMap<String, String>>,
+) -> Result<()> {
+    let views = tensors
+        .iter()
+        .map(|(name, t)| {
+            safetensors::tensor::TensorView::new(st_dtype(t.dtype()), t.shape.clone(), t.as_le_bytes())
+                .map(|v| (name.clone(), v))
+                .map_err(|e| Error::Safetensors(format!("tensor `{name}`: {e}")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let tmp = path.with_extension("safetensors.partial");
+    safetensors::serialize_to_file(views, &metadata, &tmp)
+        .map_err(|e| Error::Safetensors(format!("{}: {e}", tmp.display())))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}

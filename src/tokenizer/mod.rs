@@ -1,0 +1,135 @@
+//! Tokenizers for ferroq models: a `tokenizers::Tokenizer` either read from an HF
+//! `tokenizer.json` or built from GGUF metadata (`tokenizer.ggml.*`), plus the model's Jinja
+//! chat template. GGUF byte-level BPE vocabularies ("gpt2" model) get the pre-tokenizer named by
+//! `tokenizer.ggml.pre` (the regexes llama.cpp's `llama-vocab.cpp` uses per name);
+//! SentencePiece-style vocabularies ("llama" model) become BPE with byte fallback, merges
+//! derived from the piece scores the way HF's `SentencePieceExtractor` does. The built
+//! tokenizer is kept as tokenizer.json text so `ferroq convert` can write it out.
+
+pub mod chat;
+mod gguf_vocab;
+
+use crate::error::{Error, Result};
+use crate::model::gguf::GgufFile;
+use std::path::Path;
+use std::str::FromStr;
+
+pub use chat::ChatMessage;
+
+/// A tokenizer with the metadata generation needs.
+pub struct TokenizerBundle {
+    pub tokenizer: tokenizers::Tokenizer,
+    /// tokenizer.json content that reproduces `tokenizer`.
+    pub json: String,
+    pub chat_template: Option<String>,
+    pub bos_token: Option<String>,
+    pub eos_token: Option<String>,
+    /// Token ids that end generation.
+    pub eos_ids: Vec<u32>,
+}
+
+fn tok_err(e: impl std::fmt::Display) -> Error {
+    Error::Tokenizer(e.to_string())
+}
+
+impl TokenizerBundle {
+    pub fn from_json(json: String) -> Result<tokenizers::Tokenizer> {
+        tokenizers::Tokenizer::from_str(&json).map_err(tok_err)
+    }
+
+    /// Build from GGUF metadata.
+    pub fn from_gguf(g: &GgufFile) -> Result<Self> {
+        let v = gguf_vocab::build(g)?;
+        let tokenizer = Self::from_json(v.json.clone())?;
+        let mut eos_ids: Vec<u32> = v.eos_id.into_iter().collect();
+        // ChatML models end a turn with <|im_end|> even when the file's eos is <|endoftext|>.
+        for extra in ["<|im_end|>", "<|eot_id|>", "<|endoftext|>"] {
+            if let Some(id) = tokenizer.token_to_id(extra) {
+                if !eos_ids.contains(&id) && v.chat_template.as_deref().is_some_and(|t| t.contains(extra)) {
+                    eos_ids.push(id);
+                }
+            }
+        }
+        Ok(TokenizerBundle {
+            tokenizer,
+            json: v.json,
+            chat_template: v.chat_template,
+            bos_token: v.bos_token,
+            eos_token: v.eos_token,
+            eos_ids,
+        })
+    }
+
+    /// Read `tokenizer.json` and `tokenizer_config.json` from an HF model directory.
+    /// `config_eos` are the eos ids from config.json / generation_config.json.
+    pub fn from_hf_dir(dir: &Path, config_eos: &[u32]) -> Result<Self> {
+        let tj = dir.join("tokenizer.json");
+        let json = std::fs::read_to_string(&tj).map_err(|e| Error::io(&tj, e))?;
+        let tokenizer = Self::from_json(json.clone())?;
+        let tc = dir.join("tokenizer_config.json");
+        let cfg: serde_json::Value = match std::fs::read_to_string(&tc) {
+            Ok(s) => serde_json::from_str(&s)
+                .map_err(|e| Error::Tokenizer(format!("{}: {e}", tc.display())))?,
+            Err(_) => serde_json::Value::Null,
+        };
+        let token_str = |key: &str| -> Option<String> {
+            match cfg.get(key)? {
+                serde_json::Value::String(s) => Some(s.clone()),
+                serde_json::Value::Object(o) => o.get("content")?.as_str().map(str::to_string),
+                _ => None,
+            }
+        };
+        let chat_template = match cfg.get("chat_template") {
+            Some(serde_json::Value::String(s)) => Some(s.clone()),
+            Some(serde_json::Value::Array(list)) => list
+                .iter()
+                .find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default"))
+                .and_then(|t| t.get("template")?.as_str().map(str::to_string)),
+            _ => None,
+        };
+        let bos_token = token_str("bos_token");
+        let eos_token = token_str("eos_token");
+        let mut eos_ids = config_eos.to_vec();
+        if let Some(id) = eos_token.as_deref().and_then(|t| tokenizer.token_to_id(t)) {
+            if !eos_ids.contains(&id) {
+                eos_ids.push(id);
+            }
+        }
+        Ok(TokenizerBundle { tokenizer, json, chat_template, bos_token, eos_token, eos_ids })
+    }
+
+    /// Encode text, adding the special tokens the tokenizer's post-processor asks for (BOS).
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        Ok(self.tokenizer.encode(text, true).map_err(tok_err)?.get_ids().to_vec())
+    }
+
+    /// Decode ids; special tokens are kept when `keep_special`.
+    pub fn decode(&self, ids: &[u32], keep_special: bool) -> Result<String> {
+        self.tokenizer.decode(ids, !keep_special).map_err(tok_err)
+    }
+
+    pub fn token_id(&self, token: &str) -> Option<u32> {
+        self.tokenizer.token_to_id(token)
+    }
+
+    /// Render the chat template for `messages`, ending with the assistant prompt.
+    pub fn apply_chat_template(&self, messages: &[ChatMessage]) -> Result<String> {
+        let tpl = self
+            .chat_template
+            .as_deref()
+            .ok_or_else(|| Error::Template("the model has no chat template".into()))?;
+        chat::render(tpl, messages, true, self.bos_token.as_deref(), self.eos_token.as_deref())
+    }
+
+    /// The tokenizer_config.json to write beside tokenizer.json.
+    pub fn tokenizer_config_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "bos_token": self.bos_token,
+            "eos_token": self.eos_token,
+            "chat_template": self.chat_template,
+            "clean_up_tokenization_spaces": false,
+            "model_max_length": 1_000_000_000,
+        })
+    }
+}
