@@ -22,7 +22,9 @@ pub enum Error {
     #[error("unsupported GGUF version {0} (ferroq reads versions 2 and 3)")]
     GgufUnsupportedVersion(u32),
 
-    #[error("GGUF file is truncated: {what} needs bytes {start}..{end} but the file has {file_len}")]
+    #[error(
+        "GGUF file is truncated: {what} needs bytes {start}..{end} but the file has {file_len}"
+    )]
     GgufTruncated {
         what: String,
         start: u64,

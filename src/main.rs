@@ -149,7 +149,10 @@ fn run_generate<B: Backend>(
 fn main() -> Result<()> {
     let cli = Cli::parse();
     if let Some(n) = cli.threads {
-        rayon::ThreadPoolBuilder::new().num_threads(n).build_global().context("configuring threads")?;
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()
+            .context("configuring threads")?;
     }
     match cli.cmd {
         Cmd::Convert { model, out, dtype } => {
@@ -167,18 +170,44 @@ fn main() -> Result<()> {
             );
         }
         Cmd::Generate {
-            model, prompt, chat, system, max_tokens, temperature, top_k, top_p, repeat_penalty, seed, device, dtype, ignore_eos,
+            model,
+            prompt,
+            chat,
+            system,
+            max_tokens,
+            temperature,
+            top_k,
+            top_p,
+            repeat_penalty,
+            seed,
+            device,
+            dtype,
+            ignore_eos,
         } => {
             let model = resolve_model(model)?;
             let dtype = dtype.as_deref().map(DType::parse).transpose()?;
             let opts = GenerateOptions {
                 max_new_tokens: max_tokens,
-                sampling: SamplingParams { temperature, top_k, top_p, repetition_penalty: repeat_penalty, seed },
+                sampling: SamplingParams {
+                    temperature,
+                    top_k,
+                    top_p,
+                    repetition_penalty: repeat_penalty,
+                    seed,
+                },
                 stop_at_eos: !ignore_eos,
                 ..Default::default()
             };
             match DeviceSpec::parse(&device)? {
-                DeviceSpec::Cpu => run_generate(CpuBackend::new(), &model, &prompt, chat, system, opts, dtype)?,
+                DeviceSpec::Cpu => run_generate(
+                    CpuBackend::new(),
+                    &model,
+                    &prompt,
+                    chat,
+                    system,
+                    opts,
+                    dtype,
+                )?,
             }
         }
     }

@@ -21,9 +21,9 @@ impl DeviceSpec {
     pub fn parse(s: &str) -> crate::error::Result<Self> {
         match s {
             "cpu" | "auto" => Ok(DeviceSpec::Cpu),
-            other if other.starts_with("cuda") => Err(crate::error::Error::InvalidArgument(format!(
-                "device `{other}`: this build has no CUDA backend yet; use --device cpu"
-            ))),
+            other if other.starts_with("cuda") => Err(crate::error::Error::InvalidArgument(
+                format!("device `{other}`: this build has no CUDA backend yet; use --device cpu"),
+            )),
             other => Err(crate::error::Error::InvalidArgument(format!(
                 "unknown device `{other}` (expected cpu, cuda[:N] or auto)"
             ))),
@@ -50,19 +50,56 @@ pub trait Backend: Send + Sync + Sized + 'static {
     /// out (n, cols) = table[ids[i]] for each i. Ids were range-checked by the caller.
     fn embed(&self, out: &mut Self::Buf, table: &Self::Matrix, ids: &[u32]) -> Result<()>;
     /// out (rows, dim) = x / rms(x) * weight (dim)
-    fn rms_norm(&self, out: &mut Self::Buf, x: &Self::Buf, weight: &Self::Buf, rows: usize, dim: usize, eps: f32) -> Result<()>;
+    fn rms_norm(
+        &self,
+        out: &mut Self::Buf,
+        x: &Self::Buf,
+        weight: &Self::Buf,
+        rows: usize,
+        dim: usize,
+        eps: f32,
+    ) -> Result<()>;
     /// dst[dst_off .. dst_off + len] = src[src_off .. src_off + len]
-    fn copy(&self, dst: &mut Self::Buf, dst_off: usize, src: &Self::Buf, src_off: usize, len: usize) -> Result<()>;
+    fn copy(
+        &self,
+        dst: &mut Self::Buf,
+        dst_off: usize,
+        src: &Self::Buf,
+        src_off: usize,
+        len: usize,
+    ) -> Result<()>;
     /// x (len) += y (len)
     fn add_assign(&self, x: &mut Self::Buf, y: &Self::Buf, len: usize) -> Result<()>;
     /// out (rows, out_features) = x (rows, in_features) · Wᵀ + b
-    fn linear(&self, out: &mut Self::Buf, x: &Self::Buf, w: &Linear<Self>, rows: usize) -> Result<()>;
+    fn linear(
+        &self,
+        out: &mut Self::Buf,
+        x: &Self::Buf,
+        w: &Linear<Self>,
+        rows: usize,
+    ) -> Result<()>;
     /// Rotate x (rows, n_heads, head_dim) in place, HF rotate_half convention; token r is at
     /// position start_pos + r; cos/sin are (max_pos, head_dim / 2).
     #[allow(clippy::too_many_arguments)]
-    fn rope(&self, x: &mut Self::Buf, cos: &Self::Buf, sin: &Self::Buf, rows: usize, n_heads: usize, head_dim: usize, start_pos: usize) -> Result<()>;
+    fn rope(
+        &self,
+        x: &mut Self::Buf,
+        cos: &Self::Buf,
+        sin: &Self::Buf,
+        rows: usize,
+        n_heads: usize,
+        head_dim: usize,
+        start_pos: usize,
+    ) -> Result<()>;
     /// cache (max_seq, kv_dim)[start_pos .. start_pos + rows] = src (rows, kv_dim)
-    fn write_kv(&self, cache: &mut Self::Buf, src: &Self::Buf, start_pos: usize, rows: usize, kv_dim: usize) -> Result<()>;
+    fn write_kv(
+        &self,
+        cache: &mut Self::Buf,
+        src: &Self::Buf,
+        start_pos: usize,
+        rows: usize,
+        kv_dim: usize,
+    ) -> Result<()>;
     /// Causal grouped-query attention of `rows` new queries at positions start_pos.. against
     /// the cache (positions 0 ..= start_pos + r). out, q: (rows, n_heads * head_dim);
     /// k_cache, v_cache: (max_seq, n_kv_heads * head_dim); scratch: (n_heads, max_seq).

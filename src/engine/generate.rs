@@ -22,7 +22,12 @@ pub struct GenerateOptions {
 
 impl Default for GenerateOptions {
     fn default() -> Self {
-        GenerateOptions { max_new_tokens: 128, sampling: SamplingParams::default(), stop_at_eos: true, max_batch: 512 }
+        GenerateOptions {
+            max_new_tokens: 128,
+            sampling: SamplingParams::default(),
+            stop_at_eos: true,
+            max_batch: 512,
+        }
     }
 }
 
@@ -61,7 +66,9 @@ pub fn generate<B: Backend>(
     mut on_text: impl FnMut(&str),
 ) -> Result<Generation> {
     if prompt.is_empty() {
-        return Err(Error::InvalidArgument("the prompt encodes to no tokens".into()));
+        return Err(Error::InvalidArgument(
+            "the prompt encodes to no tokens".into(),
+        ));
     }
     opts.sampling.validate()?;
     let max_seq = prompt.len() + opts.max_new_tokens;
@@ -70,9 +77,16 @@ pub fn generate<B: Backend>(
     let mut history = prompt.to_vec();
     let mut out = Vec::with_capacity(opts.max_new_tokens);
     let mut text = String::new();
-    let mut stats = GenerationStats { prompt_tokens: prompt.len(), ..Default::default() };
+    let mut stats = GenerationStats {
+        prompt_tokens: prompt.len(),
+        ..Default::default()
+    };
     if opts.max_new_tokens == 0 {
-        return Ok(Generation { tokens: out, text, stats });
+        return Ok(Generation {
+            tokens: out,
+            text,
+            stats,
+        });
     }
 
     let t0 = Instant::now();
@@ -89,7 +103,10 @@ pub fn generate<B: Backend>(
         history.push(next);
         // Emit only once the decoded tail is whole characters (byte-level BPE can split them).
         let decoded = tok.decode(&out, false)?;
-        if decoded.len() > text.len() && !decoded.ends_with('\u{FFFD}') && decoded.starts_with(&text) {
+        if decoded.len() > text.len()
+            && !decoded.ends_with('\u{FFFD}')
+            && decoded.starts_with(&text)
+        {
             on_text(&decoded[text.len()..]);
             text = decoded;
         }
@@ -105,5 +122,9 @@ pub fn generate<B: Backend>(
     if final_text.len() > text.len() && final_text.starts_with(&text) {
         on_text(&final_text[text.len()..]);
     }
-    Ok(Generation { tokens: out, text: final_text, stats })
+    Ok(Generation {
+        tokens: out,
+        text: final_text,
+        stats,
+    })
 }

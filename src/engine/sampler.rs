@@ -19,7 +19,9 @@ impl Rng {
             x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
             x ^ (x >> 31)
         };
-        Rng { s: [next(), next(), next(), next()] }
+        Rng {
+            s: [next(), next(), next(), next()],
+        }
     }
 
     pub fn next_u64(&mut self) -> u64 {
@@ -55,7 +57,13 @@ pub struct SamplingParams {
 
 impl Default for SamplingParams {
     fn default() -> Self {
-        SamplingParams { temperature: 0.0, top_k: 0, top_p: 1.0, repetition_penalty: 1.0, seed: 0 }
+        SamplingParams {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            repetition_penalty: 1.0,
+            seed: 0,
+        }
     }
 }
 
@@ -69,7 +77,10 @@ impl SamplingParams {
             return bad(format!("top_p {} must be in (0, 1]", self.top_p));
         }
         if !(self.repetition_penalty > 0.0 && self.repetition_penalty.is_finite()) {
-            return bad(format!("repetition_penalty {} must be > 0", self.repetition_penalty));
+            return bad(format!(
+                "repetition_penalty {} must be > 0",
+                self.repetition_penalty
+            ));
         }
         Ok(())
     }
@@ -97,7 +108,12 @@ pub fn argmax(x: &[f32]) -> u32 {
 
 impl Sampler {
     pub fn new(params: SamplingParams, vocab: usize) -> Self {
-        Sampler { rng: Rng::new(params.seed), params, work: Vec::with_capacity(vocab), idx: Vec::with_capacity(vocab) }
+        Sampler {
+            rng: Rng::new(params.seed),
+            params,
+            work: Vec::with_capacity(vocab),
+            idx: Vec::with_capacity(vocab),
+        }
     }
 
     /// Pick the next token from `logits` (vocab); `history` is the context so far.
@@ -108,7 +124,11 @@ impl Sampler {
         if p.repetition_penalty != 1.0 {
             for &t in history {
                 if let Some(l) = self.work.get_mut(t as usize) {
-                    *l = if *l > 0.0 { *l / p.repetition_penalty } else { *l * p.repetition_penalty };
+                    *l = if *l > 0.0 {
+                        *l / p.repetition_penalty
+                    } else {
+                        *l * p.repetition_penalty
+                    };
                 }
             }
         }
@@ -119,8 +139,13 @@ impl Sampler {
         self.idx.clear();
         self.idx.extend(0..self.work.len() as u32);
         let w = &self.work;
-        let by_logit_desc = |a: &u32, b: &u32| w[*b as usize].total_cmp(&w[*a as usize]).then(a.cmp(b));
-        let k = if p.top_k > 0 { p.top_k.min(self.idx.len()) } else { self.idx.len() };
+        let by_logit_desc =
+            |a: &u32, b: &u32| w[*b as usize].total_cmp(&w[*a as usize]).then(a.cmp(b));
+        let k = if p.top_k > 0 {
+            p.top_k.min(self.idx.len())
+        } else {
+            self.idx.len()
+        };
         if k < self.idx.len() {
             self.idx.select_nth_unstable_by(k - 1, by_logit_desc);
             self.idx.truncate(k);

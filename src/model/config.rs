@@ -86,7 +86,11 @@ fn f64_field(j: &Json, key: &str) -> Result<f64> {
 fn token_ids(v: Option<&Json>) -> Vec<u32> {
     match v {
         Some(Json::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
-        Some(Json::Array(a)) => a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32).collect(),
+        Some(Json::Array(a)) => a
+            .iter()
+            .filter_map(|x| x.as_u64())
+            .map(|x| x as u32)
+            .collect(),
         _ => Vec::new(),
     }
 }
@@ -108,7 +112,10 @@ impl ModelConfig {
             )));
         }
         if c.head_dim == 0 || c.head_dim % 2 != 0 {
-            return Err(Error::Config(format!("head_dim {} must be even and positive", c.head_dim)));
+            return Err(Error::Config(format!(
+                "head_dim {} must be even and positive",
+                c.head_dim
+            )));
         }
         for (name, v) in [
             ("hidden_size", c.hidden_size),
@@ -140,7 +147,9 @@ impl ModelConfig {
         };
         if let Some(act) = j.get("hidden_act").and_then(|v| v.as_str()) {
             if act != "silu" {
-                return Err(Error::Config(format!("hidden_act `{act}` is not supported (silu)")));
+                return Err(Error::Config(format!(
+                    "hidden_act `{act}` is not supported (silu)"
+                )));
             }
         }
         let hidden_size = usize_field(&j, "hidden_size")?;
@@ -182,7 +191,9 @@ impl ModelConfig {
             }
         };
         let qkv_bias = arch == Arch::Qwen2
-            || j.get("attention_bias").and_then(|v| v.as_bool()).unwrap_or(false);
+            || j.get("attention_bias")
+                .and_then(|v| v.as_bool())
+                .unwrap_or(false);
         ModelConfig {
             arch,
             hidden_size,
@@ -192,8 +203,14 @@ impl ModelConfig {
             num_kv_heads,
             head_dim,
             vocab_size: usize_field(&j, "vocab_size")?,
-            rms_norm_eps: j.get("rms_norm_eps").and_then(|v| v.as_f64()).unwrap_or(1e-6) as f32,
-            rope_theta: j.get("rope_theta").and_then(|v| v.as_f64()).unwrap_or(10000.0),
+            rms_norm_eps: j
+                .get("rms_norm_eps")
+                .and_then(|v| v.as_f64())
+                .unwrap_or(1e-6) as f32,
+            rope_theta: j
+                .get("rope_theta")
+                .and_then(|v| v.as_f64())
+                .unwrap_or(10000.0),
             rope_scaling,
             max_position_embeddings: j
                 .get("max_position_embeddings")
@@ -239,10 +256,15 @@ impl ModelConfig {
         let rope_scaling = match g.get(&k("rope.scaling.type")).and_then(|v| v.as_str()) {
             None | Some("none") => None,
             Some(other) => {
-                return Err(Error::Config(format!("GGUF rope scaling `{other}` is not supported")))
+                return Err(Error::Config(format!(
+                    "GGUF rope scaling `{other}` is not supported"
+                )))
             }
         };
-        let eos = g.get_u64("tokenizer.ggml.eos_token_id").ok().map(|v| v as u32);
+        let eos = g
+            .get_u64("tokenizer.ggml.eos_token_id")
+            .ok()
+            .map(|v| v as u32);
         ModelConfig {
             arch,
             hidden_size,
@@ -258,7 +280,10 @@ impl ModelConfig {
             max_position_embeddings: get("context_length").unwrap_or(4096),
             tie_word_embeddings: g.tensor("output.weight").is_none(),
             qkv_bias: arch == Arch::Qwen2,
-            bos_token_id: g.get_u64("tokenizer.ggml.bos_token_id").ok().map(|v| v as u32),
+            bos_token_id: g
+                .get_u64("tokenizer.ggml.bos_token_id")
+                .ok()
+                .map(|v| v as u32),
             eos_token_ids: eos.into_iter().collect(),
         }
         .validate()

@@ -33,15 +33,26 @@ pub fn gguf_to_hf(gguf_path: &Path, out: &Path, dtype: DType) -> Result<ConvertR
     let tok = TokenizerBundle::from_gguf(&file)?;
     let src = GgufWeights::new(&file, config.clone())?;
 
-    if out.exists() && std::fs::read_dir(out).map_err(|e| Error::io(out, e))?.next().is_some() {
+    if out.exists()
+        && std::fs::read_dir(out)
+            .map_err(|e| Error::io(out, e))?
+            .next()
+            .is_some()
+    {
         return Err(Error::InvalidArgument(format!(
             "output directory {} exists and is not empty",
             out.display()
         )));
     }
-    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let parent = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
-    let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model".into());
     let tmp = parent.join(format!(".{name}.converting"));
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
@@ -62,10 +73,16 @@ pub fn gguf_to_hf(gguf_path: &Path, out: &Path, dtype: DType) -> Result<ConvertR
         super::safetensors_io::write_safetensors(&st, &tensors, Some(meta))?;
         let bytes = std::fs::metadata(&st).map_err(|e| Error::io(&st, e))?.len();
 
-        write_json(&tmp.join("config.json"), &config.to_hf_json(dtype.hf_name()))?;
+        write_json(
+            &tmp.join("config.json"),
+            &config.to_hf_json(dtype.hf_name()),
+        )?;
         let tj = tmp.join("tokenizer.json");
         std::fs::write(&tj, &tok.json).map_err(|e| Error::io(&tj, e))?;
-        write_json(&tmp.join("tokenizer_config.json"), &tok.tokenizer_config_json())?;
+        write_json(
+            &tmp.join("tokenizer_config.json"),
+            &tok.tokenizer_config_json(),
+        )?;
         let eos = match tok.eos_ids.as_slice() {
             [one] => serde_json::json!(one),
             many => serde_json::json!(many),
@@ -74,7 +91,11 @@ pub fn gguf_to_hf(gguf_path: &Path, out: &Path, dtype: DType) -> Result<ConvertR
             &tmp.join("generation_config.json"),
             &serde_json::json!({"bos_token_id": config.bos_token_id, "eos_token_id": eos}),
         )?;
-        Ok(ConvertReport { n_tensors, n_params, bytes })
+        Ok(ConvertReport {
+            n_tensors,
+            n_params,
+            bytes,
+        })
     })();
 
     match result {

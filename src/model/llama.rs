@@ -32,10 +32,10 @@ pub struct LlamaModel<B: Backend> {
     pub weight_dtype: DType,
     embed: Arc<B::Matrix>, // (vocab, dim)
     layers: Vec<Layer<B>>,
-    norm: B::Buf,        // (dim)
-    lm_head: Linear<B>,  // (vocab, dim)
-    rope_cos: B::Buf,    // (rope_len, head_dim / 2)
-    rope_sin: B::Buf,    // (rope_len, head_dim / 2)
+    norm: B::Buf,       // (dim)
+    lm_head: Linear<B>, // (vocab, dim)
+    rope_cos: B::Buf,   // (rope_len, head_dim / 2)
+    rope_sin: B::Buf,   // (rope_len, head_dim / 2)
     rope_len: usize,
 }
 
@@ -55,18 +55,18 @@ pub struct Session<B: Backend> {
     /// Tokens already in the KV cache.
     pub pos: usize,
     all_logits: bool,
-    x: B::Buf,      // (max_batch, dim) residual stream
-    xb: B::Buf,     // (max_batch, dim)
-    q: B::Buf,      // (max_batch, q_dim)
-    k: B::Buf,      // (max_batch, kv_dim)
-    v: B::Buf,      // (max_batch, kv_dim)
-    att: B::Buf,    // (max_batch, q_dim)
-    hb: B::Buf,     // (max_batch, ffn)
-    hb2: B::Buf,    // (max_batch, ffn)
-    logits: B::Buf, // (max_batch or 1, vocab)
-    k_cache: Vec<B::Buf>, // layers × (max_seq, kv_dim)
-    v_cache: Vec<B::Buf>, // layers × (max_seq, kv_dim)
-    scratch: B::Buf,      // (n_heads, max_seq) attention scores
+    x: B::Buf,             // (max_batch, dim) residual stream
+    xb: B::Buf,            // (max_batch, dim)
+    q: B::Buf,             // (max_batch, q_dim)
+    k: B::Buf,             // (max_batch, kv_dim)
+    v: B::Buf,             // (max_batch, kv_dim)
+    att: B::Buf,           // (max_batch, q_dim)
+    hb: B::Buf,            // (max_batch, ffn)
+    hb2: B::Buf,           // (max_batch, ffn)
+    logits: B::Buf,        // (max_batch or 1, vocab)
+    k_cache: Vec<B::Buf>,  // layers × (max_seq, kv_dim)
+    v_cache: Vec<B::Buf>,  // layers × (max_seq, kv_dim)
+    scratch: B::Buf,       // (n_heads, max_seq) attention scores
     host_logits: Vec<f32>, // (max_batch or 1, vocab)
 }
 
@@ -86,7 +86,12 @@ fn load_checked(src: &dyn WeightSource, name: &str, shape: &[usize]) -> Result<H
 impl<B: Backend> LlamaModel<B> {
     /// Build the model from `src` (HF tensor names). `weight_dtype` None keeps each tensor's
     /// checkpoint dtype for the embedding's dtype and all matrices.
-    pub fn load(backend: B, config: ModelConfig, src: &dyn WeightSource, weight_dtype: Option<DType>) -> Result<Self> {
+    pub fn load(
+        backend: B,
+        config: ModelConfig,
+        src: &dyn WeightSource,
+        weight_dtype: Option<DType>,
+    ) -> Result<Self> {
         let c = &config;
         let (dim, qd, kvd, ffn) = (c.hidden_size, c.q_dim(), c.kv_dim(), c.intermediate_size);
         let embed_t = load_checked(src, "model.embed_tokens.weight", &[c.vocab_size, dim])?;
@@ -96,7 +101,11 @@ impl<B: Backend> LlamaModel<B> {
         };
         let linear = |name: &str, out_f: usize, in_f: usize, bias: bool| -> Result<Linear<B>> {
             let w = load_checked(src, &format!("{name}.weight"), &[out_f, in_f])?;
-            let bias = if bias { Some(vector(&format!("{name}.bias"), out_f)?) } else { None };
+            let bias = if bias {
+                Some(vector(&format!("{name}.bias"), out_f)?)
+            } else {
+                None
+            };
             Ok(Linear {
                 name: name.to_string(),
                 in_features: in_f,
@@ -137,7 +146,10 @@ impl<B: Backend> LlamaModel<B> {
         let norm = vector("model.norm.weight", dim)?;
         let inv_freq = c.rope_inv_freq();
         let rope_len = c.max_position_embeddings.max(1);
-        let (mut cos, mut sin) = (Vec::with_capacity(rope_len * inv_freq.len()), Vec::with_capacity(rope_len * inv_freq.len()));
+        let (mut cos, mut sin) = (
+            Vec::with_capacity(rope_len * inv_freq.len()),
+            Vec::with_capacity(rope_len * inv_freq.len()),
+        );
         for p in 0..rope_len {
             for f in &inv_freq {
                 let a = p as f64 * f;
@@ -161,13 +173,23 @@ impl<B: Backend> LlamaModel<B> {
 
     /// Allocate the run state for sequences of up to `max_seq` tokens, fed at most `max_batch`
     /// tokens per forward call.
-    pub fn new_session(&self, max_batch: usize, max_seq: usize, all_logits: bool) -> Result<Session<B>> {
+    pub fn new_session(
+        &self,
+        max_batch: usize,
+        max_seq: usize,
+        all_logits: bool,
+    ) -> Result<Session<B>> {
         let c = &self.config;
         if max_batch == 0 || max_seq == 0 {
-            return Err(Error::InvalidArgument("max_batch and max_seq must be positive".into()));
+            return Err(Error::InvalidArgument(
+                "max_batch and max_seq must be positive".into(),
+            ));
         }
         if max_seq > self.rope_len {
-            return Err(Error::ContextOverflow { needed: max_seq, max: self.rope_len });
+            return Err(Error::ContextOverflow {
+                needed: max_seq,
+                max: self.rope_len,
+            });
         }
         let b = &self.backend;
         let logit_rows = if all_logits { max_batch } else { 1 };
@@ -201,12 +223,22 @@ impl<B: Backend> LlamaModel<B> {
     /// Feed `tokens` at the session's position and return logits (`Logits::Last`: vocab;
     /// `Logits::All`: tokens.len() × vocab, which needs tokens.len() <= max_batch). Longer
     /// inputs are processed in chunks of max_batch.
-    pub fn forward<'s>(&self, s: &'s mut Session<B>, tokens: &[u32], want: Logits) -> Result<&'s [f32]> {
+    pub fn forward<'s>(
+        &self,
+        s: &'s mut Session<B>,
+        tokens: &[u32],
+        want: Logits,
+    ) -> Result<&'s [f32]> {
         if tokens.is_empty() {
-            return Err(Error::InvalidArgument("forward needs at least one token".into()));
+            return Err(Error::InvalidArgument(
+                "forward needs at least one token".into(),
+            ));
         }
         if s.pos + tokens.len() > s.max_seq {
-            return Err(Error::ContextOverflow { needed: s.pos + tokens.len(), max: s.max_seq });
+            return Err(Error::ContextOverflow {
+                needed: s.pos + tokens.len(),
+                max: s.max_seq,
+            });
         }
         if want == Logits::All && (!s.all_logits || tokens.len() > s.max_batch) {
             return Err(Error::InvalidArgument(format!(
@@ -248,8 +280,24 @@ impl<B: Backend> LlamaModel<B> {
             b.linear(&mut s.q, &s.xb, &layer.q, rows)?;
             b.linear(&mut s.k, &s.xb, &layer.k, rows)?;
             b.linear(&mut s.v, &s.xb, &layer.v, rows)?;
-            b.rope(&mut s.q, &self.rope_cos, &self.rope_sin, rows, c.num_heads, hd, pos)?;
-            b.rope(&mut s.k, &self.rope_cos, &self.rope_sin, rows, c.num_kv_heads, hd, pos)?;
+            b.rope(
+                &mut s.q,
+                &self.rope_cos,
+                &self.rope_sin,
+                rows,
+                c.num_heads,
+                hd,
+                pos,
+            )?;
+            b.rope(
+                &mut s.k,
+                &self.rope_cos,
+                &self.rope_sin,
+                rows,
+                c.num_kv_heads,
+                hd,
+                pos,
+            )?;
             b.write_kv(&mut s.k_cache[l], &s.k, pos, rows, c.kv_dim())?;
             b.write_kv(&mut s.v_cache[l], &s.v, pos, rows, c.kv_dim())?;
             b.attention(AttentionArgs {

@@ -37,7 +37,10 @@ impl Format {
         } else if path.is_file() {
             Ok(Format::Gguf)
         } else {
-            Err(Error::io(path, std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or directory")))
+            Err(Error::io(
+                path,
+                std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or directory"),
+            ))
         }
     }
 }
@@ -57,8 +60,14 @@ pub fn read_hf_config(dir: &Path) -> Result<ModelConfig> {
     if let Ok(gen) = std::fs::read_to_string(dir.join("generation_config.json")) {
         if let Ok(j) = serde_json::from_str::<serde_json::Value>(&gen) {
             let ids: Vec<u32> = match j.get("eos_token_id") {
-                Some(serde_json::Value::Number(n)) => n.as_u64().into_iter().map(|v| v as u32).collect(),
-                Some(serde_json::Value::Array(a)) => a.iter().filter_map(|v| v.as_u64()).map(|v| v as u32).collect(),
+                Some(serde_json::Value::Number(n)) => {
+                    n.as_u64().into_iter().map(|v| v as u32).collect()
+                }
+                Some(serde_json::Value::Array(a)) => a
+                    .iter()
+                    .filter_map(|v| v.as_u64())
+                    .map(|v| v as u32)
+                    .collect(),
                 _ => Vec::new(),
             };
             for id in ids {
@@ -81,14 +90,22 @@ pub fn open<B: Backend>(backend: B, path: &Path, weight_dtype: Option<DType>) ->
             let tokenizer = TokenizerBundle::from_gguf(&file)?;
             let src = gguf::weights::GgufWeights::new(&file, config.clone())?;
             let model = LlamaModel::load(backend, config, &src, weight_dtype)?;
-            Ok(Loaded { model, tokenizer, format: Format::Gguf })
+            Ok(Loaded {
+                model,
+                tokenizer,
+                format: Format::Gguf,
+            })
         }
         Format::HfDir => {
             let config = read_hf_config(path)?;
             let tokenizer = TokenizerBundle::from_hf_dir(path, &config.eos_token_ids)?;
             let src = safetensors_io::SafetensorsWeights::open_dir(path)?;
             let model = LlamaModel::load(backend, config, &src, weight_dtype)?;
-            Ok(Loaded { model, tokenizer, format: Format::HfDir })
+            Ok(Loaded {
+                model,
+                tokenizer,
+                format: Format::HfDir,
+            })
         }
     }
 }

@@ -33,11 +33,16 @@ impl SafetensorsWeights {
             let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
             let j: serde_json::Value = serde_json::from_str(&text)
                 .map_err(|e| Error::Safetensors(format!("{}: {e}", index.display())))?;
-            let map = j.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| {
-                Error::Safetensors(format!("{} has no `weight_map` object", index.display()))
-            })?;
-            let mut shards: Vec<String> =
-                map.values().filter_map(|v| v.as_str().map(str::to_string)).collect();
+            let map = j
+                .get("weight_map")
+                .and_then(|m| m.as_object())
+                .ok_or_else(|| {
+                    Error::Safetensors(format!("{} has no `weight_map` object", index.display()))
+                })?;
+            let mut shards: Vec<String> = map
+                .values()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect();
             shards.sort();
             shards.dedup();
             shards.iter().map(|s| dir.join(s)).collect()
@@ -94,7 +99,10 @@ impl WeightSource for SafetensorsWeights {
             .ok_or_else(|| Error::MissingTensor(name.to_string()))?;
         let (path, map) = &self.maps[e.shard];
         let bytes = map.get(e.start..e.end).ok_or_else(|| {
-            Error::Safetensors(format!("{}: tensor `{name}` runs past the end of the file", path.display()))
+            Error::Safetensors(format!(
+                "{}: tensor `{name}` runs past the end of the file",
+                path.display()
+            ))
         })?;
         let numel: usize = e.shape.iter().product();
         let data = match e.dtype {
@@ -108,9 +116,14 @@ impl WeightSource for SafetensorsWeights {
                 })
             }
         };
-        let t = HostTensor { shape: e.shape.clone(), data };
+        let t = HostTensor {
+            shape: e.shape.clone(),
+            data,
+        };
         if t.numel() != numel {
-            return Err(Error::Safetensors(format!("tensor `{name}`: byte length does not match its shape")));
+            return Err(Error::Safetensors(format!(
+                "tensor `{name}`: byte length does not match its shape"
+            )));
         }
         Ok(t)
     }
@@ -134,9 +147,13 @@ pub fn write_safetensors(
     let views = tensors
         .iter()
         .map(|(name, t)| {
-            safetensors::tensor::TensorView::new(st_dtype(t.dtype()), t.shape.clone(), t.as_le_bytes())
-                .map(|v| (name.clone(), v))
-                .map_err(|e| Error::Safetensors(format!("tensor `{name}`: {e}")))
+            safetensors::tensor::TensorView::new(
+                st_dtype(t.dtype()),
+                t.shape.clone(),
+                t.as_le_bytes(),
+            )
+            .map(|v| (name.clone(), v))
+            .map_err(|e| Error::Safetensors(format!("tensor `{name}`: {e}")))
         })
         .collect::<Result<Vec<_>>>()?;
     let tmp = path.with_extension("safetensors.partial");

@@ -152,4 +152,6 @@ impl HostTensor {
 }
 
 #[cfg(target_endian = "big")]
-compile_error!("ferroq reads little-endian checkpoint bytes in place and needs a little-endian target");
+compile_error!(
+    "ferroq reads little-endian checkpoint bytes in place and needs a little-endian target"
+);

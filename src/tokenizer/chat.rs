@@ -14,10 +14,16 @@ pub struct ChatMessage {
 
 impl ChatMessage {
     pub fn user(content: impl Into<String>) -> Self {
-        ChatMessage { role: "user".into(), content: content.into() }
+        ChatMessage {
+            role: "user".into(),
+            content: content.into(),
+        }
     }
     pub fn system(content: impl Into<String>) -> Self {
-        ChatMessage { role: "system".into(), content: content.into() }
+        ChatMessage {
+            role: "system".into(),
+            content: content.into(),
+        }
     }
 }
 
@@ -29,12 +35,20 @@ pub fn render(
     eos_token: Option<&str>,
 ) -> Result<String> {
     let mut env = minijinja::Environment::new();
-    env.add_function("raise_exception", |msg: String| -> std::result::Result<String, minijinja::Error> {
-        Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
-    });
+    env.add_function(
+        "raise_exception",
+        |msg: String| -> std::result::Result<String, minijinja::Error> {
+            Err(minijinja::Error::new(
+                minijinja::ErrorKind::InvalidOperation,
+                msg,
+            ))
+        },
+    );
     env.add_template("chat", template)
         .map_err(|e| Error::Template(format!("cannot parse: {e}")))?;
-    let tpl = env.get_template("chat").map_err(|e| Error::Template(e.to_string()))?;
+    let tpl = env
+        .get_template("chat")
+        .map_err(|e| Error::Template(e.to_string()))?;
     tpl.render(minijinja::context! {
         messages => messages,
         add_generation_prompt => add_generation_prompt,

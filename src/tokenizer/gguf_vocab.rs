@@ -29,28 +29,25 @@ enum PreTokenizer {
 impl PreTokenizer {
     fn from_name(name: &str) -> Result<Self> {
         Ok(match name {
-            "default" | "gpt2" | "gpt-2" | "mpt" | "olmo" | "jais" | "trillion" => PreTokenizer::Gpt2,
-            "smollm" | "starcoder" | "refact" | "command-r" | "codeshell" | "exaone" | "minerva" => {
-                PreTokenizer::DigitsGpt2
+            "default" | "gpt2" | "gpt-2" | "mpt" | "olmo" | "jais" | "trillion" => {
+                PreTokenizer::Gpt2
             }
+            "smollm" | "starcoder" | "refact" | "command-r" | "codeshell" | "exaone"
+            | "minerva" => PreTokenizer::DigitsGpt2,
             "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "pixtral" => PreTokenizer::Llama3,
             "qwen2" | "stablelm2" | "deepseek-r1-qwen" => PreTokenizer::Qwen2,
             other => {
                 return Err(Error::Tokenizer(format!(
-                    "GGUF pre-tokenizer `{other}` is not supported (known: gpt2, smollm, starcoder, \
+                "GGUF pre-tokenizer `{other}` is not supported (known: gpt2, smollm, starcoder, \
                      llama-bpe, qwen2 and their aliases)"
-                )))
+            )))
             }
         })
     }
 
     fn to_json(self) -> Json {
-        let byte_level = |use_regex: bool| {
-            json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex})
-        };
-        let split = |re: &str| {
-            json!({"type": "Split", "pattern": {"Regex": re}, "behavior": "Isolated", "invert": false})
-        };
+        let byte_level = |use_regex: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex});
+        let split = |re: &str| json!({"type": "Split", "pattern": {"Regex": re}, "behavior": "Isolated", "invert": false});
         match self {
             PreTokenizer::Gpt2 => byte_level(true),
             PreTokenizer::DigitsGpt2 => json!({"type": "Sequence", "pretokenizers": [
@@ -86,7 +83,10 @@ fn int_array(g: &GgufFile, key: &str, n: usize) -> Result<Vec<i64>> {
                 }),
             })
             .collect(),
-        Some(_) => Err(Error::GgufBadValue { key: key.into(), expected: "one integer per token" }),
+        Some(_) => Err(Error::GgufBadValue {
+            key: key.into(),
+            expected: "one integer per token",
+        }),
     }
 }
 
@@ -94,9 +94,17 @@ fn float_array(g: &GgufFile, key: &str, n: usize) -> Result<Vec<f32>> {
     match g.get(key) {
         Some(Value::Array(v)) if v.len() == n => v
             .iter()
-            .map(|x| x.as_f64().map(|f| f as f32).ok_or(Error::GgufBadValue { key: key.into(), expected: "an array of floats" }))
+            .map(|x| {
+                x.as_f64().map(|f| f as f32).ok_or(Error::GgufBadValue {
+                    key: key.into(),
+                    expected: "an array of floats",
+                })
+            })
             .collect(),
-        Some(_) => Err(Error::GgufBadValue { key: key.into(), expected: "one score per token" }),
+        Some(_) => Err(Error::GgufBadValue {
+            key: key.into(),
+            expected: "one score per token",
+        }),
         None => Err(Error::GgufMissingKey(key.into())),
     }
 }
@@ -125,7 +133,10 @@ fn spm_merges(tokens: &[&str], scores: &[f32], types: &[i64]) -> Vec<Json> {
         merges.extend(local);
     }
     merges.sort_by(|a, b| b.2.total_cmp(&a.2));
-    merges.into_iter().map(|(l, r, _)| json!([tokens[l], tokens[r]])).collect()
+    merges
+        .into_iter()
+        .map(|(l, r, _)| json!([tokens[l], tokens[r]]))
+        .collect()
 }
 
 pub fn build(g: &GgufFile) -> Result<GgufVocab> {
@@ -138,7 +149,10 @@ pub fn build(g: &GgufFile) -> Result<GgufVocab> {
             None => Ok(None),
             Some(v) => match v.as_u64() {
                 Some(id) if (id as usize) < n => Ok(Some(id as u32)),
-                _ => Err(Error::GgufBadValue { key: key.into(), expected: "a token id inside the vocabulary" }),
+                _ => Err(Error::GgufBadValue {
+                    key: key.into(),
+                    expected: "a token id inside the vocabulary",
+                }),
             },
         }
     };
@@ -147,7 +161,12 @@ pub fn build(g: &GgufFile) -> Result<GgufVocab> {
     let unk_id = id_of("tokenizer.ggml.unknown_token_id")?;
     let add_bos = match g.get("tokenizer.ggml.add_bos_token") {
         Some(Value::Bool(b)) => *b,
-        Some(_) => return Err(Error::GgufBadValue { key: "tokenizer.ggml.add_bos_token".into(), expected: "a bool" }),
+        Some(_) => {
+            return Err(Error::GgufBadValue {
+                key: "tokenizer.ggml.add_bos_token".into(),
+                expected: "a bool",
+            })
+        }
         None => model == "llama",
     };
 
@@ -166,7 +185,8 @@ pub fn build(g: &GgufFile) -> Result<GgufVocab> {
 
     let (model_json, normalizer, pre_tokenizer, decoder, base_post) = match model {
         "gpt2" => {
-            let pre = PreTokenizer::from_name(g.get_str("tokenizer.ggml.pre").unwrap_or("default"))?;
+            let pre =
+                PreTokenizer::from_name(g.get_str("tokenizer.ggml.pre").unwrap_or("default"))?;
             let merges = g.get_str_array("tokenizer.ggml.merges")?;
             let model = json!({"type": "BPE", "dropout": null, "unk_token": null,
                 "continuing_subword_prefix": null, "end_of_word_suffix": null, "fuse_unk": false,
@@ -187,7 +207,8 @@ pub fn build(g: &GgufFile) -> Result<GgufVocab> {
                 "unk_token": unk_id.map(|i| tokens[i as usize]), "continuing_subword_prefix": null,
                 "end_of_word_suffix": null, "fuse_unk": true, "byte_fallback": true,
                 "ignore_merges": false, "vocab": vocab, "merges": merges});
-            let mut norm = vec![json!({"type": "Replace", "pattern": {"String": " "}, "content": "\u{2581}"})];
+            let mut norm =
+                vec![json!({"type": "Replace", "pattern": {"String": " "}, "content": "\u{2581}"})];
             let mut dec = vec![
                 json!({"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "}),
                 json!({"type": "ByteFallback"}),
@@ -197,7 +218,13 @@ pub fn build(g: &GgufFile) -> Result<GgufVocab> {
                 norm.insert(0, json!({"type": "Prepend", "prepend": "\u{2581}"}));
                 dec.push(json!({"type": "Strip", "content": " ", "start": 1, "stop": 0}));
             }
-            (model, json!({"type": "Sequence", "normalizers": norm}), Json::Null, json!({"type": "Sequence", "decoders": dec}), None)
+            (
+                model,
+                json!({"type": "Sequence", "normalizers": norm}),
+                Json::Null,
+                json!({"type": "Sequence", "decoders": dec}),
+                None,
+            )
         }
         other => {
             return Err(Error::Tokenizer(format!(
@@ -228,7 +255,10 @@ pub fn build(g: &GgufFile) -> Result<GgufVocab> {
     let json = serde_json::to_string(&tj).map_err(|e| Error::Json(e.to_string()))?;
     Ok(GgufVocab {
         json,
-        chat_template: g.get("tokenizer.chat_template").and_then(|v| v.as_str()).map(str::to_string),
+        chat_template: g
+            .get("tokenizer.chat_template")
+            .and_then(|v| v.as_str())
+            .map(str::to_string),
         bos_token,
         eos_token,
         eos_id,

@@ -45,7 +45,11 @@ impl TokenizerBundle {
         // ChatML models end a turn with <|im_end|> even when the file's eos is <|endoftext|>.
         for extra in ["<|im_end|>", "<|eot_id|>", "<|endoftext|>"] {
             if let Some(id) = tokenizer.token_to_id(extra) {
-                if !eos_ids.contains(&id) && v.chat_template.as_deref().is_some_and(|t| t.contains(extra)) {
+                if !eos_ids.contains(&id)
+                    && v.chat_template
+                        .as_deref()
+                        .is_some_and(|t| t.contains(extra))
+                {
                     eos_ids.push(id);
                 }
             }
@@ -95,12 +99,24 @@ impl TokenizerBundle {
                 eos_ids.push(id);
             }
         }
-        Ok(TokenizerBundle { tokenizer, json, chat_template, bos_token, eos_token, eos_ids })
+        Ok(TokenizerBundle {
+            tokenizer,
+            json,
+            chat_template,
+            bos_token,
+            eos_token,
+            eos_ids,
+        })
     }
 
     /// Encode text, adding the special tokens the tokenizer's post-processor asks for (BOS).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        Ok(self.tokenizer.encode(text, true).map_err(tok_err)?.get_ids().to_vec())
+        Ok(self
+            .tokenizer
+            .encode(text, true)
+            .map_err(tok_err)?
+            .get_ids()
+            .to_vec())
     }
 
     /// Decode ids; special tokens are kept when `keep_special`.
@@ -118,7 +134,13 @@ impl TokenizerBundle {
             .chat_template
             .as_deref()
             .ok_or_else(|| Error::Template("the model has no chat template".into()))?;
-        chat::render(tpl, messages, true, self.bos_token.as_deref(), self.eos_token.as_deref())
+        chat::render(
+            tpl,
+            messages,
+            true,
+            self.bos_token.as_deref(),
+            self.eos_token.as_deref(),
+        )
     }
 
     /// The tokenizer_config.json to write beside tokenizer.json.

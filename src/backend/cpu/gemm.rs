@@ -75,7 +75,9 @@ impl WElem for bf16 {
 pub fn has_avx2() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c")
+        is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c")
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -165,7 +167,8 @@ mod portable {
             for (i, row) in acc.iter_mut().enumerate() {
                 for (j, a) in row.iter_mut().enumerate() {
                     for l in 0..8 {
-                        a[l] = (*x.add(i * ldx + kk + l)).mul_add((*w.add(j * ldw + kk + l)).to_f32(), a[l]);
+                        a[l] = (*x.add(i * ldx + kk + l))
+                            .mul_add((*w.add(j * ldw + kk + l)).to_f32(), a[l]);
                     }
                 }
             }
@@ -197,10 +200,24 @@ unsafe impl Sync for SendPtr {}
 ///
 /// # Safety
 /// `out` points at an (m, n) buffer; x is (m, k); w is (n, k); n1 <= n.
-unsafe fn block<W: WElem>(simd: bool, x: &[f32], w: &[W], m: usize, n: usize, k: usize, n0: usize, n1: usize, out: *mut f32) {
+unsafe fn block<W: WElem>(
+    simd: bool,
+    x: &[f32],
+    w: &[W],
+    m: usize,
+    n: usize,
+    k: usize,
+    n0: usize,
+    n1: usize,
+    out: *mut f32,
+) {
     macro_rules! t {
         ($r:expr, $c:expr, $i:expr, $j:expr) => {{
-            let (xp, wp, op) = (x.as_ptr().add($i * k), w.as_ptr().add($j * k), out.add($i * n + $j));
+            let (xp, wp, op) = (
+                x.as_ptr().add($i * k),
+                w.as_ptr().add($j * k),
+                out.add($i * n + $j),
+            );
             #[cfg(target_arch = "x86_64")]
             if simd {
                 avx2::tile::<$r, $c, W>(xp, k, wp, k, k, op, n);
@@ -242,7 +259,10 @@ unsafe fn block<W: WElem>(simd: bool, x: &[f32], w: &[W], m: usize, n: usize, k:
 
 /// out (m, n) = x (m, k) · w (n, k)ᵀ, multithreaded over n.
 pub fn matmul<W: WElem>(out: &mut [f32], x: &[f32], w: &[W], m: usize, n: usize, k: usize) {
-    assert!(out.len() >= m * n && x.len() >= m * k && w.len() >= n * k, "matmul: buffers too small");
+    assert!(
+        out.len() >= m * n && x.len() >= m * k && w.len() >= n * k,
+        "matmul: buffers too small"
+    );
     let simd = has_avx2();
     let threads = rayon::current_num_threads().max(1);
     // Enough chunks to balance, each a multiple of NR and big enough to amortise a task.

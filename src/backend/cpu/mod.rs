@@ -6,10 +6,10 @@
 pub mod gemm;
 
 use super::{AttentionArgs, Backend};
-use gemm::SendPtr;
 use crate::error::{Error, Result};
 use crate::model::linear::{Linear, LinearWeight};
 use crate::tensor::{DType, HostData, HostTensor};
+use gemm::SendPtr;
 use half::{bf16, f16};
 use rayon::prelude::*;
 
@@ -60,7 +60,9 @@ impl CpuBackend {
 
 fn check_len(what: &str, have: usize, need: usize) -> Result<()> {
     if have < need {
-        return Err(Error::InvalidArgument(format!("{what}: buffer of {have} elements, op needs {need}")));
+        return Err(Error::InvalidArgument(format!(
+            "{what}: buffer of {have} elements, op needs {need}"
+        )));
     }
     Ok(())
 }
@@ -91,7 +93,11 @@ impl Backend for CpuBackend {
     type Matrix = CpuMatrix;
 
     fn describe(&self) -> String {
-        let isa = if gemm::has_avx2() { "avx2+fma+f16c" } else { "portable" };
+        let isa = if gemm::has_avx2() {
+            "avx2+fma+f16c"
+        } else {
+            "portable"
+        };
         format!("cpu ({} threads, {isa})", rayon::current_num_threads())
     }
 
@@ -111,7 +117,10 @@ impl Backend for CpuBackend {
 
     fn upload_matrix(&self, t: &HostTensor, dtype: DType) -> Result<CpuMatrix> {
         let [rows, cols] = t.shape[..] else {
-            return Err(Error::InvalidArgument(format!("matrix must be 2-D, got shape {:?}", t.shape)));
+            return Err(Error::InvalidArgument(format!(
+                "matrix must be 2-D, got shape {:?}",
+                t.shape
+            )));
         };
         let data = match t.to_dtype(dtype).data {
             HostData::F32(v) => MatrixData::F32(v),
@@ -126,14 +135,25 @@ impl Backend for CpuBackend {
         check_len("embed", out.len(), ids.len() * d)?;
         for (row, &id) in out.chunks_exact_mut(d).zip(ids) {
             if id as usize >= table.rows {
-                return Err(Error::TokenOutOfRange { id, vocab: table.rows });
+                return Err(Error::TokenOutOfRange {
+                    id,
+                    vocab: table.rows,
+                });
             }
             table.row_into(id as usize, row);
         }
         Ok(())
     }
 
-    fn rms_norm(&self, out: &mut Vec<f32>, x: &Vec<f32>, weight: &Vec<f32>, rows: usize, dim: usize, eps: f32) -> Result<()> {
+    fn rms_norm(
+        &self,
+        out: &mut Vec<f32>,
+        x: &Vec<f32>,
+        weight: &Vec<f32>,
+        rows: usize,
+        dim: usize,
+        eps: f32,
+    ) -> Result<()> {
         check_len("rms_norm out", out.len(), rows * dim)?;
         check_len("rms_norm x", x.len(), rows * dim)?;
         check_len("rms_norm weight", weight.len(), dim)?;
@@ -148,7 +168,14 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn copy(&self, dst: &mut Vec<f32>, dst_off: usize, src: &Vec<f32>, src_off: usize, len: usize) -> Result<()> {
+    fn copy(
+        &self,
+        dst: &mut Vec<f32>,
+        dst_off: usize,
+        src: &Vec<f32>,
+        src_off: usize,
+        len: usize,
+    ) -> Result<()> {
         check_len("copy dst", dst.len(), dst_off + len)?;
         check_len("copy src", src.len(), src_off + len)?;
         dst[dst_off..dst_off + len].copy_from_slice(&src[src_off..src_off + len]);
@@ -158,11 +185,20 @@ impl Backend for CpuBackend {
     fn add_assign(&self, x: &mut Vec<f32>, y: &Vec<f32>, len: usize) -> Result<()> {
         check_len("add x", x.len(), len)?;
         check_len("add y", y.len(), len)?;
-        x[..len].iter_mut().zip(&y[..len]).for_each(|(a, b)| *a += b);
+        x[..len]
+            .iter_mut()
+            .zip(&y[..len])
+            .for_each(|(a, b)| *a += b);
         Ok(())
     }
 
-    fn linear(&self, out: &mut Vec<f32>, x: &Vec<f32>, w: &Linear<CpuBackend>, rows: usize) -> Result<()> {
+    fn linear(
+        &self,
+        out: &mut Vec<f32>,
+        x: &Vec<f32>,
+        w: &Linear<CpuBackend>,
+        rows: usize,
+    ) -> Result<()> {
         let (n, k) = (w.out_features, w.in_features);
         check_len(&format!("{} out", w.name), out.len(), rows * n)?;
         check_len(&format!("{} x", w.name), x.len(), rows * k)?;
@@ -181,13 +217,32 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn rope(&self, x: &mut Vec<f32>, cos: &Vec<f32>, sin: &Vec<f32>, rows: usize, n_heads: usize, head_dim: usize, start_pos: usize) -> Result<()> {
+    fn rope(
+        &self,
+        x: &mut Vec<f32>,
+        cos: &Vec<f32>,
+        sin: &Vec<f32>,
+        rows: usize,
+        n_heads: usize,
+        head_dim: usize,
+        start_pos: usize,
+    ) -> Result<()> {
         let half = head_dim / 2;
         check_len("rope x", x.len(), rows * n_heads * head_dim)?;
-        check_len("rope table", cos.len().min(sin.len()), (start_pos + rows) * half)?;
-        for (r, row) in x[..rows * n_heads * head_dim].chunks_exact_mut(n_heads * head_dim).enumerate() {
+        check_len(
+            "rope table",
+            cos.len().min(sin.len()),
+            (start_pos + rows) * half,
+        )?;
+        for (r, row) in x[..rows * n_heads * head_dim]
+            .chunks_exact_mut(n_heads * head_dim)
+            .enumerate()
+        {
             let p = start_pos + r;
-            let (c, s) = (&cos[p * half..(p + 1) * half], &sin[p * half..(p + 1) * half]);
+            let (c, s) = (
+                &cos[p * half..(p + 1) * half],
+                &sin[p * half..(p + 1) * half],
+            );
             for head in row.chunks_exact_mut(head_dim) {
                 let (lo, hi) = head.split_at_mut(half);
                 for i in 0..half {
@@ -200,10 +255,18 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn write_kv(&self, cache: &mut Vec<f32>, src: &Vec<f32>, start_pos: usize, rows: usize, kv_dim: usize) -> Result<()> {
+    fn write_kv(
+        &self,
+        cache: &mut Vec<f32>,
+        src: &Vec<f32>,
+        start_pos: usize,
+        rows: usize,
+        kv_dim: usize,
+    ) -> Result<()> {
         check_len("kv cache", cache.len(), (start_pos + rows) * kv_dim)?;
         check_len("kv src", src.len(), rows * kv_dim)?;
-        cache[start_pos * kv_dim..(start_pos + rows) * kv_dim].copy_from_slice(&src[..rows * kv_dim]);
+        cache[start_pos * kv_dim..(start_pos + rows) * kv_dim]
+            .copy_from_slice(&src[..rows * kv_dim]);
         Ok(())
     }
 
@@ -213,10 +276,17 @@ impl Backend for CpuBackend {
         let total = a.start_pos + a.rows;
         check_len("attention q", a.q.len(), a.rows * qd)?;
         check_len("attention out", a.out.len(), a.rows * qd)?;
-        check_len("attention kv", a.k_cache.len().min(a.v_cache.len()), total * kvd)?;
+        check_len(
+            "attention kv",
+            a.k_cache.len().min(a.v_cache.len()),
+            total * kvd,
+        )?;
         check_len("attention scratch", a.scratch.len(), nh * a.max_seq)?;
         if total > a.max_seq {
-            return Err(Error::ContextOverflow { needed: total, max: a.max_seq });
+            return Err(Error::ContextOverflow {
+                needed: total,
+                max: a.max_seq,
+            });
         }
         let group = nh / nkv;
         let scale = 1.0 / (hd as f32).sqrt();
@@ -224,35 +294,43 @@ impl Backend for CpuBackend {
         let out = SendPtr(a.out.as_mut_ptr());
         let (rows, start_pos) = (a.rows, a.start_pos);
         // One task per head; each owns one scratch row of max_seq scores.
-        a.scratch.par_chunks_mut(a.max_seq).take(nh).enumerate().for_each(|(h, scores)| {
-            let g = h / group;
-            for r in 0..rows {
-                let n_keys = start_pos + r + 1;
-                let qv = &q[r * qd + h * hd..r * qd + (h + 1) * hd];
-                let s = &mut scores[..n_keys];
-                for (j, sj) in s.iter_mut().enumerate() {
-                    *sj = gemm::dot(qv, &kc[j * kvd + g * hd..j * kvd + (g + 1) * hd]) * scale;
+        a.scratch
+            .par_chunks_mut(a.max_seq)
+            .take(nh)
+            .enumerate()
+            .for_each(|(h, scores)| {
+                let g = h / group;
+                for r in 0..rows {
+                    let n_keys = start_pos + r + 1;
+                    let qv = &q[r * qd + h * hd..r * qd + (h + 1) * hd];
+                    let s = &mut scores[..n_keys];
+                    for (j, sj) in s.iter_mut().enumerate() {
+                        *sj = gemm::dot(qv, &kc[j * kvd + g * hd..j * kvd + (g + 1) * hd]) * scale;
+                    }
+                    softmax(s);
+                    let p = out;
+                    // SAFETY: head h of row r is written by this task only (tasks are per head),
+                    // and r * qd + (h + 1) * hd <= rows * qd, checked above.
+                    let o = unsafe { std::slice::from_raw_parts_mut(p.0.add(r * qd + h * hd), hd) };
+                    o.fill(0.0);
+                    for (j, &pj) in s.iter().enumerate() {
+                        let v = &vc[j * kvd + g * hd..j * kvd + (g + 1) * hd];
+                        o.iter_mut()
+                            .zip(v)
+                            .for_each(|(o, v)| *o = pj.mul_add(*v, *o));
+                    }
                 }
-                softmax(s);
-                let p = out;
-                // SAFETY: head h of row r is written by this task only (tasks are per head),
-                // and r * qd + (h + 1) * hd <= rows * qd, checked above.
-                let o = unsafe { std::slice::from_raw_parts_mut(p.0.add(r * qd + h * hd), hd) };
-                o.fill(0.0);
-                for (j, &pj) in s.iter().enumerate() {
-                    let v = &vc[j * kvd + g * hd..j * kvd + (g + 1) * hd];
-                    o.iter_mut().zip(v).for_each(|(o, v)| *o = pj.mul_add(*v, *o));
-                }
-            }
-        });
+            });
         Ok(())
     }
 
     fn silu_mul(&self, gate: &mut Vec<f32>, up: &Vec<f32>, len: usize) -> Result<()> {
         check_len("silu gate", gate.len(), len)?;
         check_len("silu up", up.len(), len)?;
-        gate[..len].iter_mut().zip(&up[..len]).for_each(|(g, u)| *g = *g / (1.0 + (-*g).exp()) * u);
+        gate[..len]
+            .iter_mut()
+            .zip(&up[..len])
+            .for_each(|(g, u)| *g = *g / (1.0 + (-*g).exp()) * u);
         Ok(())
     }
 }
-

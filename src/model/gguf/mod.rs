@@ -140,7 +140,8 @@ impl<'a> Cursor<'a> {
 
     fn string(&mut self, what: &dyn Fn() -> String) -> Result<String> {
         let len = self.u64(what)?;
-        let len = usize::try_from(len).map_err(|_| Error::GgufInvalid(format!("{}: length {len} too large", what())))?;
+        let len = usize::try_from(len)
+            .map_err(|_| Error::GgufInvalid(format!("{}: length {len} too large", what())))?;
         let bytes = self.take(len, what)?;
         String::from_utf8(bytes.to_vec())
             .map_err(|_| Error::GgufInvalid(format!("{} is not valid UTF-8", what())))
@@ -202,13 +203,13 @@ impl GgufFile {
         })
     }
 
-
     pub fn get(&self, key: &str) -> Option<&Value> {
         self.meta_index.get(key).map(|&i| &self.metadata[i].1)
     }
 
     pub fn require(&self, key: &str) -> Result<&Value> {
-        self.get(key).ok_or_else(|| Error::GgufMissingKey(key.to_string()))
+        self.get(key)
+            .ok_or_else(|| Error::GgufMissingKey(key.to_string()))
     }
 
     pub fn get_u64(&self, key: &str) -> Result<u64> {
@@ -295,12 +296,14 @@ fn parse(buf: &[u8]) -> Result<Parsed> {
     }
 
     let alignment = match meta_index.get("general.alignment") {
-        Some(&i) => metadata[i].1.as_u64().filter(|a| *a > 0 && a.is_power_of_two()).ok_or(
-            Error::GgufBadValue {
+        Some(&i) => metadata[i]
+            .1
+            .as_u64()
+            .filter(|a| *a > 0 && a.is_power_of_two())
+            .ok_or(Error::GgufBadValue {
                 key: "general.alignment".into(),
                 expected: "a power-of-two integer",
-            },
-        )?,
+            })?,
         None => DEFAULT_ALIGNMENT,
     };
 
@@ -310,7 +313,9 @@ fn parse(buf: &[u8]) -> Result<Parsed> {
         let what = || format!("tensor info `{name}`");
         let n_dims = c.u32(&what)?;
         if n_dims > 8 {
-            return Err(Error::GgufInvalid(format!("tensor `{name}` has {n_dims} dimensions")));
+            return Err(Error::GgufInvalid(format!(
+                "tensor `{name}` has {n_dims} dimensions"
+            )));
         }
         let mut dims = Vec::with_capacity(n_dims as usize);
         for _ in 0..n_dims {
@@ -347,7 +352,13 @@ fn parse(buf: &[u8]) -> Result<Parsed> {
             });
         }
         tensor_index.insert(name.clone(), tensors.len());
-        tensors.push(TensorInfo { name, dims, ty, start, n_bytes });
+        tensors.push(TensorInfo {
+            name,
+            dims,
+            ty,
+            start,
+            n_bytes,
+        });
     }
 
     Ok(Parsed {

@@ -55,7 +55,8 @@ pub fn unpermute_rows(data: &[f32], rows: usize, cols: usize, n_head: usize) -> 
             for j in 0..2 {
                 let src = h * hd + 2 * i + j;
                 let dst = h * hd + j * (hd / 2) + i;
-                out[dst * cols..(dst + 1) * cols].copy_from_slice(&data[src * cols..(src + 1) * cols]);
+                out[dst * cols..(dst + 1) * cols]
+                    .copy_from_slice(&data[src * cols..(src + 1) * cols]);
             }
         }
     }
@@ -85,7 +86,11 @@ impl<'a> GgufWeights<'a> {
                 names.insert(n, i);
             }
         }
-        Ok(GgufWeights { file, config, names })
+        Ok(GgufWeights {
+            file,
+            config,
+            names,
+        })
     }
 }
 
@@ -103,8 +108,12 @@ impl WeightSource for GgufWeights<'_> {
         let shape = info.shape();
         let data = self.file.dequantize(info)?;
         let permute_heads = match self.config.arch {
-            Arch::Llama | Arch::Mistral if name.contains("self_attn.q_proj.") => Some(self.config.num_heads),
-            Arch::Llama | Arch::Mistral if name.contains("self_attn.k_proj.") => Some(self.config.num_kv_heads),
+            Arch::Llama | Arch::Mistral if name.contains("self_attn.q_proj.") => {
+                Some(self.config.num_heads)
+            }
+            Arch::Llama | Arch::Mistral if name.contains("self_attn.k_proj.") => {
+                Some(self.config.num_kv_heads)
+            }
             _ => None,
         };
         let data = match permute_heads {

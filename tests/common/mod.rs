@@ -1,0 +1,225 @@
+//! Test helpers: a GGUF writer for hand-built files, a tiny random Llama written to disk, and
+//! the path of the real model fetched by `models/fetch.sh`.
+#![allow(dead_code)]
+
+use ferroq::engine::sampler::Rng;
+use ferroq::model::config::ModelConfig;
+use ferroq::tensor::HostTensor;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// The real default model (see models/README.md). Tests that need it fail, loudly, without it.
+pub fn real_gguf() -> PathBuf {
+    let p = std::env::var_os("FERROQ_TEST_GGUF")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("models/cache/SmolLM2-135M-Instruct.Q4_1.gguf")
+        });
+    assert!(
+        p.exists(),
+        "{} is missing: run `bash models/fetch.sh` first",
+        p.display()
+    );
+    p
+}
+
+/// GGUF metadata values for the writer.
+pub enum Meta {
+    U32(u32),
+    I32(i32),
+    F32(f32),
+    Bool(bool),
+    Str(String),
+    U64(u64),
+    StrArr(Vec<String>),
+    I32Arr(Vec<i32>),
+    F32Arr(Vec<f32>),
+}
+
+pub struct GgufTensor {
+    pub name: String,
+    /// GGML order: fastest-varying first
+    pub dims: Vec<u64>,
+    pub type_id: u32,
+    pub data: Vec<u8>,
+}
+
+fn put_str(b: &mut Vec<u8>, s: &str) {
+    b.extend((s.len() as u64).to_le_bytes());
+    b.extend(s.as_bytes());
+}
+
+/// Serialise a GGUF v3 file (alignment 32).
+pub fn gguf_bytes(meta: &[(&str, Meta)], tensors: &[GgufTensor]) -> Vec<u8> {
+    let mut b = Vec::new();
+    b.extend(b"GGUF");
+    b.extend(3u32.to_le_bytes());
+    b.extend((tensors.len() as u64).to_le_bytes());
+    b.extend((meta.len() as u64).to_le_bytes());
+    for (k, v) in meta {
+        put_str(&mut b, k);
+        match v {
+            Meta::U32(x) => {
+                b.extend(4u32.to_le_bytes());
+                b.extend(x.to_le_bytes());
+            }
+            Meta::I32(x) => {
+                b.extend(5u32.to_le_bytes());
+                b.extend(x.to_le_bytes());
+            }
+            Meta::F32(x) => {
+                b.extend(6u32.to_le_bytes());
+                b.extend(x.to_le_bytes());
+            }
+            Meta::Bool(x) => {
+                b.extend(7u32.to_le_bytes());
+                b.push(*x as u8);
+            }
+            Meta::Str(s) => {
+                b.extend(8u32.to_le_bytes());
+                put_str(&mut b, s);
+            }
+            Meta::U64(x) => {
+                b.extend(10u32.to_le_bytes());
+                b.extend(x.to_le_bytes());
+            }
+            Meta::StrArr(a) => {
+                b.extend(9u32.to_le_bytes());
+                b.extend(8u32.to_le_bytes());
+                b.extend((a.len() as u64).to_le_bytes());
+                a.iter().for_each(|s| put_str(&mut b, s));
+            }
+            Meta::I32Arr(a) => {
+                b.extend(9u32.to_le_bytes());
+                b.extend(5u32.to_le_bytes());
+                b.extend((a.len() as u64).to_le_bytes());
+                a.iter().for_each(|x| b.extend(x.to_le_bytes()));
+            }
+            Meta::F32Arr(a) => {
+                b.extend(9u32.to_le_bytes());
+                b.extend(6u32.to_le_bytes());
+                b.extend((a.len() as u64).to_le_bytes());
+                a.iter().for_each(|x| b.extend(x.to_le_bytes()));
+            }
+        }
+    }
+    let mut offset = 0u64;
+    let mut offsets = Vec::new();
+    for t in tensors {
+        offsets.push(offset);
+        offset += (t.data.len() as u64).div_ceil(32) * 32;
+    }
+    for (t, off) in tensors.iter().zip(&offsets) {
+        put_str(&mut b, &t.name);
+        b.extend((t.dims.len() as u32).to_le_bytes());
+        t.dims.iter().for_each(|d| b.extend(d.to_le_bytes()));
+        b.extend(t.type_id.to_le_bytes());
+        b.extend(off.to_le_bytes());
+    }
+    while b.len() % 32 != 0 {
+        b.push(0);
+    }
+    for t in tensors {
+        b.extend(&t.data);
+        while b.len() % 32 != 0 {
+            b.push(0);
+        }
+    }
+    b
+}
+
+pub fn f32_tensor(name: &str, dims: Vec<u64>, data: &[f32]) -> GgufTensor {
+    GgufTensor {
+        name: name.into(),
+        dims,
+        type_id: 0,
+        data: data.iter().flat_map(|x| x.to_le_bytes()).collect(),
+    }
+}
+
+/// Uniform random values in [-scale, scale).
+pub fn randn(rng: &mut Rng, n: usize, scale: f32) -> Vec<f32> {
+    (0..n)
+        .map(|_| (rng.next_f32() * 2.0 - 1.0) * scale)
+        .collect()
+}
+
+/// A tiny Llama config: 2 layers, GQA 4/2 heads of 8, odd FFN and vocab sizes.
+pub fn tiny_config(qkv_bias: bool) -> ModelConfig {
+    ModelConfig::from_hf_json(&format!(
+        r#"{{"model_type": "llama", "hidden_size": 32, "intermediate_size": 45, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 67, "rms_norm_eps": 1e-5,
+            "rope_theta": 10000.0, "max_position_embeddings": 64, "tie_word_embeddings": false,
+            "attention_bias": {qkv_bias}, "bos_token_id": 1, "eos_token_id": 2}}"#
+    ))
+    .expect("tiny config parses")
+}
+
+/// Random weights for `c`, by HF name (f32).
+pub fn tiny_weights(c: &ModelConfig, seed: u64) -> BTreeMap<String, HostTensor> {
+    let mut rng = Rng::new(seed);
+    let mut w = BTreeMap::new();
+    let mut add = |name: String, shape: Vec<usize>, scale: f32, offset: f32| {
+        let n = shape.iter().product();
+        let data = randn(&mut rng, n, scale)
+            .into_iter()
+            .map(|x| x + offset)
+            .collect();
+        w.insert(name, HostTensor::from_f32(shape, data).expect("shape"));
+    };
+    let (d, q, kv, f) = (c.hidden_size, c.q_dim(), c.kv_dim(), c.intermediate_size);
+    add(
+        "model.embed_tokens.weight".into(),
+        vec![c.vocab_size, d],
+        1.0,
+        0.0,
+    );
+    add("model.norm.weight".into(), vec![d], 0.2, 1.0);
+    add("lm_head.weight".into(), vec![c.vocab_size, d], 0.3, 0.0);
+    for l in 0..c.num_layers {
+        let p = format!("model.layers.{l}");
+        add(format!("{p}.input_layernorm.weight"), vec![d], 0.2, 1.0);
+        add(
+            format!("{p}.post_attention_layernorm.weight"),
+            vec![d],
+            0.2,
+            1.0,
+        );
+        add(format!("{p}.self_attn.q_proj.weight"), vec![q, d], 0.3, 0.0);
+        add(
+            format!("{p}.self_attn.k_proj.weight"),
+            vec![kv, d],
+            0.3,
+            0.0,
+        );
+        add(
+            format!("{p}.self_attn.v_proj.weight"),
+            vec![kv, d],
+            0.3,
+            0.0,
+        );
+        add(format!("{p}.self_attn.o_proj.weight"), vec![d, q], 0.3, 0.0);
+        add(format!("{p}.mlp.gate_proj.weight"), vec![f, d], 0.3, 0.0);
+        add(format!("{p}.mlp.up_proj.weight"), vec![f, d], 0.3, 0.0);
+        add(format!("{p}.mlp.down_proj.weight"), vec![d, f], 0.3, 0.0);
+        if c.qkv_bias {
+            add(format!("{p}.self_attn.q_proj.bias"), vec![q], 0.1, 0.0);
+            add(format!("{p}.self_attn.k_proj.bias"), vec![kv], 0.1, 0.0);
+            add(format!("{p}.self_attn.v_proj.bias"), vec![kv], 0.1, 0.0);
+        }
+    }
+    w
+}
+
+/// Write `weights` + config.json into `dir` as an HF checkpoint (no tokenizer).
+pub fn write_hf_dir(dir: &Path, c: &ModelConfig, weights: &BTreeMap<String, HostTensor>) {
+    std::fs::create_dir_all(dir).expect("mkdir");
+    let list: Vec<(String, HostTensor)> = weights
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    ferroq::model::safetensors_io::write_safetensors(&dir.join("model.safetensors"), &list, None)
+        .expect("write");
+    std::fs::write(dir.join("config.json"), c.to_hf_json("float32").to_string()).expect("config");
+}

@@ -1,0 +1,489 @@
+//! A tiny random Llama written to disk by the test: the loaded model's logits against a naive
+//! straight-line reference, prefill vs token-by-token decode, GGUF vs safetensors sources, and
+//! shard / shape error handling.
+
+mod common;
+
+use common::*;
+use ferroq::backend::cpu::CpuBackend;
+use ferroq::model::config::ModelConfig;
+use ferroq::model::gguf::{weights::GgufWeights, GgufFile};
+use ferroq::model::llama::{LlamaModel, Logits};
+use ferroq::model::safetensors_io::SafetensorsWeights;
+use ferroq::tensor::{DType, HostTensor};
+use ferroq::Error;
+use std::collections::BTreeMap;
+
+/// Plain-loop forward pass over all tokens, returning every position's logits (f64 math).
+fn reference_logits(
+    c: &ModelConfig,
+    w: &BTreeMap<String, HostTensor>,
+    ids: &[u32],
+) -> Vec<Vec<f64>> {
+    let get = |n: &str| {
+        w[n].to_f32_vec()
+            .into_iter()
+            .map(|x| x as f64)
+            .collect::<Vec<f64>>()
+    };
+    let (d, hd, nh, nkv, f) = (
+        c.hidden_size,
+        c.head_dim,
+        c.num_heads,
+        c.num_kv_heads,
+        c.intermediate_size,
+    );
+    let eps = c.rms_norm_eps as f64;
+    let matvec = |m: &[f64], x: &[f64], rows: usize| -> Vec<f64> {
+        let k = x.len();
+        (0..rows)
+            .map(|r| (0..k).map(|i| m[r * k + i] * x[i]).sum())
+            .collect()
+    };
+    let rms = |x: &[f64], g: &[f64]| -> Vec<f64> {
+        let ms = x.iter().map(|v| v * v).sum::<f64>() / x.len() as f64;
+        let s = 1.0 / (ms + eps).sqrt();
+        x.iter().zip(g).map(|(v, g)| v * s * g).collect()
+    };
+    let rope = |v: &mut [f64], pos: usize| {
+        for i in 0..hd / 2 {
+            let theta = pos as f64 / c.rope_theta.powf(2.0 * i as f64 / hd as f64);
+            let (x0, x1) = (v[i], v[i + hd / 2]);
+            v[i] = x0 * theta.cos() - x1 * theta.sin();
+            v[i + hd / 2] = x1 * theta.cos() + x0 * theta.sin();
+        }
+    };
+    let emb = get("model.embed_tokens.weight");
+    let mut xs: Vec<Vec<f64>> = ids
+        .iter()
+        .map(|&t| emb[t as usize * d..(t as usize + 1) * d].to_vec())
+        .collect();
+    for l in 0..c.num_layers {
+        let p = format!("model.layers.{l}");
+        let bias = |n: &str, len: usize| {
+            if c.qkv_bias {
+                get(&format!("{p}.self_attn.{n}.bias"))
+            } else {
+                vec![0.0; len]
+            }
+        };
+        let (wq, wk, wv, wo) = (
+            get(&format!("{p}.self_attn.q_proj.weight")),
+            get(&format!("{p}.self_attn.k_proj.weight")),
+            get(&format!("{p}.self_attn.v_proj.weight")),
+            get(&format!("{p}.self_attn.o_proj.weight")),
+        );
+        let (bq, bk, bv) = (
+            bias("q_proj", nh * hd),
+            bias("k_proj", nkv * hd),
+            bias("v_proj", nkv * hd),
+        );
+        let g1 = get(&format!("{p}.input_layernorm.weight"));
+        let (mut qs, mut ks, mut vs) = (vec![], vec![], vec![]);
+        for (pos, x) in xs.iter().enumerate() {
+            let h = rms(x, &g1);
+            let add = |a: Vec<f64>, b: &[f64]| {
+                a.into_iter()
+                    .zip(b)
+                    .map(|(a, b)| a + b)
+                    .collect::<Vec<f64>>()
+            };
+            let mut q = add(matvec(&wq, &h, nh * hd), &bq);
+            let mut k = add(matvec(&wk, &h, nkv * hd), &bk);
+            for hh in 0..nh {
+                rope(&mut q[hh * hd..(hh + 1) * hd], pos);
+            }
+            for hh in 0..nkv {
+                rope(&mut k[hh * hd..(hh + 1) * hd], pos);
+            }
+            qs.push(q);
+            ks.push(k);
+            vs.push(add(matvec(&wv, &h, nkv * hd), &bv));
+        }
+        for t in 0..xs.len() {
+            let mut att = vec![0.0; nh * hd];
+            for hh in 0..nh {
+                let g = hh / (nh / nkv);
+                let q = &qs[t][hh * hd..(hh + 1) * hd];
+                let scores: Vec<f64> = (0..=t)
+                    .map(|j| {
+                        q.iter()
+                            .zip(&ks[j][g * hd..(g + 1) * hd])
+                            .map(|(a, b)| a * b)
+                            .sum::<f64>()
+                            / (hd as f64).sqrt()
+                    })
+                    .collect();
+                let m = scores.iter().cloned().fold(f64::MIN, f64::max);
+                let e: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
+                let z: f64 = e.iter().sum();
+                for (j, ej) in e.iter().enumerate() {
+                    for i in 0..hd {
+                        att[hh * hd + i] += ej / z * vs[j][g * hd + i];
+                    }
+                }
+            }
+            let o = matvec(&wo, &att, d);
+            xs[t].iter_mut().zip(o).for_each(|(x, o)| *x += o);
+        }
+        let g2 = get(&format!("{p}.post_attention_layernorm.weight"));
+        let (wg, wu, wd) = (
+            get(&format!("{p}.mlp.gate_proj.weight")),
+            get(&format!("{p}.mlp.up_proj.weight")),
+            get(&format!("{p}.mlp.down_proj.weight")),
+        );
+        for x in xs.iter_mut() {
+            let h = rms(x, &g2);
+            let (g, u) = (matvec(&wg, &h, f), matvec(&wu, &h, f));
+            let a: Vec<f64> = g
+                .iter()
+                .zip(&u)
+                .map(|(g, u)| g / (1.0 + (-g).exp()) * u)
+                .collect();
+            let o = matvec(&wd, &a, d);
+            x.iter_mut().zip(o).for_each(|(x, o)| *x += o);
+        }
+    }
+    let (gn, lm) = (get("model.norm.weight"), get("lm_head.weight"));
+    xs.iter()
+        .map(|x| matvec(&lm, &rms(x, &gn), c.vocab_size))
+        .collect()
+}
+
+/// |a - b| <= atol + rtol * |b| for every element; reports the worst index.
+fn assert_close(got: &[f32], want: &[f64], rtol: f64, atol: f64) {
+    assert_eq!(got.len(), want.len());
+    let (mut worst, mut worst_i) = (0.0f64, 0);
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let excess = (g as f64 - w).abs() - (atol + rtol * w.abs());
+        if excess > worst {
+            worst = excess;
+            worst_i = i;
+        }
+    }
+    assert!(
+        worst <= 0.0,
+        "index {worst_i}: got {} want {} (excess {worst:e})",
+        got[worst_i],
+        want[worst_i]
+    );
+}
+
+const IDS: [u32; 11] = [3, 17, 0, 66, 5, 5, 42, 1, 2, 30, 64];
+
+fn load_tiny(
+    qkv_bias: bool,
+    seed: u64,
+) -> (
+    tempfile::TempDir,
+    ModelConfig,
+    BTreeMap<String, HostTensor>,
+    LlamaModel<CpuBackend>,
+) {
+    let c = tiny_config(qkv_bias);
+    let w = tiny_weights(&c, seed);
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_hf_dir(dir.path(), &c, &w);
+    let loaded_c = ferroq::model::read_hf_config(dir.path()).expect("config");
+    assert_eq!(loaded_c, c);
+    let src = SafetensorsWeights::open_dir(dir.path()).expect("open");
+    let m = LlamaModel::load(CpuBackend::new(), loaded_c, &src, None).expect("load");
+    (dir, c, w, m)
+}
+
+#[test]
+fn forward_matches_naive_reference() {
+    for qkv_bias in [false, true] {
+        let (_d, c, w, m) = load_tiny(qkv_bias, 7 + qkv_bias as u64);
+        let want = reference_logits(&c, &w, &IDS);
+        let mut s = m.new_session(16, 32, true).expect("session");
+        let got = m
+            .forward(&mut s, &IDS, Logits::All)
+            .expect("forward")
+            .to_vec();
+        for (t, row) in want.iter().enumerate() {
+            assert_close(
+                &got[t * c.vocab_size..(t + 1) * c.vocab_size],
+                row,
+                1e-4,
+                1e-4,
+            );
+        }
+    }
+}
+
+#[test]
+fn prefill_equals_token_by_token_decode() {
+    let (_d, _c, _w, m) = load_tiny(false, 11);
+    let mut a = m.new_session(16, 32, false).expect("session");
+    let batched = m
+        .forward(&mut a, &IDS, Logits::Last)
+        .expect("prefill")
+        .to_vec();
+    let mut b = m.new_session(1, 32, false).expect("session");
+    let mut last = Vec::new();
+    for &t in &IDS {
+        last = m
+            .forward(&mut b, &[t], Logits::Last)
+            .expect("decode")
+            .to_vec();
+    }
+    assert_eq!(batched, last, "prefill and decode logits differ");
+    // chunked prefill (max_batch 4 < 11 tokens) too
+    let mut c = m.new_session(4, 32, false).expect("session");
+    assert_eq!(
+        m.forward(&mut c, &IDS, Logits::Last)
+            .expect("chunked")
+            .to_vec(),
+        batched
+    );
+}
+
+#[test]
+fn half_precision_weights_stay_close() {
+    let (_d, c, w, m) = load_tiny(false, 5);
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_hf_dir(dir.path(), &c, &w);
+    let want = {
+        let mut s = m.new_session(16, 32, false).expect("session");
+        m.forward(&mut s, &IDS, Logits::Last).expect("fwd").to_vec()
+    };
+    for dt in [DType::F16, DType::BF16] {
+        let src = SafetensorsWeights::open_dir(dir.path()).expect("open");
+        let mh = LlamaModel::load(CpuBackend::new(), c.clone(), &src, Some(dt)).expect("load");
+        let mut s = mh.new_session(16, 32, false).expect("session");
+        let got = mh.forward(&mut s, &IDS, Logits::Last).expect("fwd");
+        let want64: Vec<f64> = want.iter().map(|&x| x as f64).collect();
+        let tol = if dt == DType::F16 { 2e-2 } else { 1e-1 };
+        assert_close(got, &want64, tol, tol);
+    }
+}
+
+/// llama.cpp's converter permutation (the inverse of what the loader undoes).
+fn permute_rows(data: &[f32], rows: usize, cols: usize, n_head: usize) -> Vec<f32> {
+    let hd = rows / n_head;
+    let mut out = vec![0.0; data.len()];
+    for h in 0..n_head {
+        for j in 0..2 {
+            for i in 0..hd / 2 {
+                let src = h * hd + j * (hd / 2) + i;
+                let dst = h * hd + 2 * i + j;
+                out[dst * cols..(dst + 1) * cols]
+                    .copy_from_slice(&data[src * cols..(src + 1) * cols]);
+            }
+        }
+    }
+    out
+}
+
+fn gguf_name(hf: &str) -> String {
+    let fixed = [
+        ("model.embed_tokens.weight", "token_embd.weight"),
+        ("model.norm.weight", "output_norm.weight"),
+        ("lm_head.weight", "output.weight"),
+    ];
+    if let Some((_, g)) = fixed.iter().find(|(h, _)| *h == hf) {
+        return g.to_string();
+    }
+    let rest = hf.strip_prefix("model.layers.").expect("layer tensor");
+    let (l, tail) = rest.split_once('.').expect("layer index");
+    let map = [
+        ("input_layernorm", "attn_norm"),
+        ("post_attention_layernorm", "ffn_norm"),
+        ("self_attn.q_proj", "attn_q"),
+        ("self_attn.k_proj", "attn_k"),
+        ("self_attn.v_proj", "attn_v"),
+        ("self_attn.o_proj", "attn_output"),
+        ("mlp.gate_proj", "ffn_gate"),
+        ("mlp.up_proj", "ffn_up"),
+        ("mlp.down_proj", "ffn_down"),
+    ];
+    let (module, kind) = tail.rsplit_once('.').expect("kind");
+    let g = map
+        .iter()
+        .find(|(h, _)| *h == module)
+        .expect("known module")
+        .1;
+    format!("blk.{l}.{g}.{kind}")
+}
+
+/// The tiny model as a GGUF file (f32 tensors, llama.cpp names and Q/K permutation).
+fn tiny_gguf(c: &ModelConfig, w: &BTreeMap<String, HostTensor>, break_shape: bool) -> Vec<u8> {
+    let meta = vec![
+        ("general.architecture", Meta::Str("llama".into())),
+        ("llama.block_count", Meta::U32(c.num_layers as u32)),
+        (
+            "llama.context_length",
+            Meta::U32(c.max_position_embeddings as u32),
+        ),
+        ("llama.embedding_length", Meta::U32(c.hidden_size as u32)),
+        (
+            "llama.feed_forward_length",
+            Meta::U32(c.intermediate_size as u32),
+        ),
+        ("llama.attention.head_count", Meta::U32(c.num_heads as u32)),
+        (
+            "llama.attention.head_count_kv",
+            Meta::U32(c.num_kv_heads as u32),
+        ),
+        ("llama.rope.freq_base", Meta::F32(c.rope_theta as f32)),
+        (
+            "llama.attention.layer_norm_rms_epsilon",
+            Meta::F32(c.rms_norm_eps),
+        ),
+        ("llama.vocab_size", Meta::U32(c.vocab_size as u32)),
+    ];
+    let mut tensors = Vec::new();
+    for (name, t) in w {
+        let mut data = t.to_f32_vec();
+        let rows = t.shape[0];
+        let cols: usize = t.shape.iter().skip(1).product();
+        if name.contains("q_proj") {
+            data = permute_rows(&data, rows, cols, c.num_heads);
+        } else if name.contains("k_proj") {
+            data = permute_rows(&data, rows, cols, c.num_kv_heads);
+        }
+        let mut dims: Vec<u64> = t.shape.iter().rev().map(|&d| d as u64).collect();
+        if break_shape && name == "model.layers.1.self_attn.o_proj.weight" {
+            dims = vec![dims[1], dims[0] * 2 / 4, 2];
+        }
+        tensors.push(f32_tensor(&gguf_name(name), dims, &data));
+    }
+    gguf_bytes(&meta, &tensors)
+}
+
+#[test]
+fn gguf_source_with_permuted_qk_matches_safetensors() {
+    let (_d, c, w, m) = load_tiny(false, 3);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("tiny.gguf");
+    std::fs::write(&path, tiny_gguf(&c, &w, false)).expect("write");
+    let file = GgufFile::open(&path).expect("open gguf");
+    let gc = ModelConfig::from_gguf(&file).expect("config");
+    assert_eq!(
+        (gc.hidden_size, gc.num_kv_heads, gc.tie_word_embeddings),
+        (c.hidden_size, c.num_kv_heads, false)
+    );
+    let src = GgufWeights::new(&file, gc.clone()).expect("weights");
+    let mg = LlamaModel::load(CpuBackend::new(), gc, &src, None).expect("load");
+    let mut s1 = m.new_session(16, 32, false).expect("s");
+    let mut s2 = mg.new_session(16, 32, false).expect("s");
+    let a = m.forward(&mut s1, &IDS, Logits::Last).expect("st").to_vec();
+    let b = mg
+        .forward(&mut s2, &IDS, Logits::Last)
+        .expect("gguf")
+        .to_vec();
+    assert_eq!(a, b);
+}
+
+#[test]
+fn shape_contradicting_config_is_a_named_error() {
+    let c = tiny_config(false);
+    let w = tiny_weights(&c, 1);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("bad.gguf");
+    std::fs::write(&path, tiny_gguf(&c, &w, true)).expect("write");
+    let file = GgufFile::open(&path).expect("open gguf");
+    let gc = ModelConfig::from_gguf(&file).expect("config");
+    let src = GgufWeights::new(&file, gc.clone()).expect("weights");
+    match LlamaModel::load(CpuBackend::new(), gc, &src, None) {
+        Err(Error::ShapeMismatch {
+            tensor,
+            expected,
+            actual,
+        }) => {
+            assert_eq!(tensor, "model.layers.1.self_attn.o_proj.weight");
+            assert_eq!(expected, vec![32, 32]);
+            assert_eq!(actual, vec![2, 16, 32]);
+        }
+        Err(e) => panic!("wrong error: {e}"),
+        Ok(_) => panic!("a mis-shaped tensor loaded"),
+    }
+}
+
+#[test]
+fn sharded_checkpoint_and_missing_tensor() {
+    let c = tiny_config(false);
+    let w = tiny_weights(&c, 9);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (a, b): (Vec<_>, Vec<_>) = w
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .enumerate()
+        .partition(|(i, _)| i % 2 == 0);
+    let a: Vec<_> = a.into_iter().map(|(_, x)| x).collect();
+    let b: Vec<_> = b.into_iter().map(|(_, x)| x).collect();
+    use ferroq::model::safetensors_io::write_safetensors;
+    write_safetensors(
+        &dir.path().join("model-00001-of-00002.safetensors"),
+        &a,
+        None,
+    )
+    .expect("w");
+    write_safetensors(
+        &dir.path().join("model-00002-of-00002.safetensors"),
+        &b,
+        None,
+    )
+    .expect("w");
+    let mut map = serde_json::Map::new();
+    for (k, _) in &a {
+        map.insert(k.clone(), "model-00001-of-00002.safetensors".into());
+    }
+    for (k, _) in &b {
+        map.insert(k.clone(), "model-00002-of-00002.safetensors".into());
+    }
+    std::fs::write(
+        dir.path().join("model.safetensors.index.json"),
+        serde_json::json!({"weight_map": map}).to_string(),
+    )
+    .expect("w");
+    std::fs::write(
+        dir.path().join("config.json"),
+        c.to_hf_json("float32").to_string(),
+    )
+    .expect("w");
+    let src = SafetensorsWeights::open_dir(dir.path()).expect("open shards");
+    let m = LlamaModel::load(CpuBackend::new(), c.clone(), &src, None).expect("load shards");
+    let want = reference_logits(&c, &w, &IDS[..3]);
+    let mut s = m.new_session(4, 8, true).expect("s");
+    let got = m
+        .forward(&mut s, &IDS[..3], Logits::All)
+        .expect("fwd")
+        .to_vec();
+    assert_close(&got[2 * c.vocab_size..], &want[2], 1e-4, 1e-4);
+
+    // drop one tensor: the error names it
+    std::fs::remove_file(dir.path().join("model.safetensors.index.json")).expect("rm");
+    let partial: Vec<_> = w
+        .iter()
+        .filter(|(k, _)| !k.ends_with("layers.1.mlp.up_proj.weight"))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    write_safetensors(&dir.path().join("model.safetensors"), &partial, None).expect("w");
+    let src = SafetensorsWeights::open_dir(dir.path()).expect("open");
+    match LlamaModel::load(CpuBackend::new(), c, &src, None) {
+        Err(Error::MissingTensor(n)) => assert_eq!(n, "model.layers.1.mlp.up_proj.weight"),
+        Err(e) => panic!("wrong error: {e}"),
+        Ok(_) => panic!("loaded without a tensor"),
+    }
+}
+
+#[test]
+fn context_overflow_and_bad_token_are_errors() {
+    let (_d, c, _w, m) = load_tiny(false, 2);
+    let mut s = m.new_session(4, 8, false).expect("s");
+    assert!(matches!(
+        m.forward(&mut s, &[1; 9], Logits::Last),
+        Err(Error::ContextOverflow { needed: 9, max: 8 })
+    ));
+    assert!(matches!(
+        m.forward(&mut s, &[c.vocab_size as u32], Logits::Last),
+        Err(Error::TokenOutOfRange { .. })
+    ));
+    assert_eq!(s.pos, 0, "a rejected call must not advance the session");
+    assert!(matches!(
+        m.new_session(4, 65, false),
+        Err(Error::ContextOverflow { .. })
+    ));
+}
