@@ -44,8 +44,11 @@ enum Cmd {
         #[arg(short, long)]
         model: Option<PathBuf>,
         /// The prompt.
-        #[arg(short, long)]
-        prompt: String,
+        #[arg(short, long, required_unless_present = "prompt_file", conflicts_with = "prompt_file")]
+        prompt: Option<String>,
+        /// Read the prompt from a file instead.
+        #[arg(long)]
+        prompt_file: Option<PathBuf>,
         /// Apply the model's chat template (prompt as the user turn).
         #[arg(long)]
         chat: bool,
@@ -172,6 +175,7 @@ fn main() -> Result<()> {
         Cmd::Generate {
             model,
             prompt,
+            prompt_file,
             chat,
             system,
             max_tokens,
@@ -185,6 +189,12 @@ fn main() -> Result<()> {
             ignore_eos,
         } => {
             let model = resolve_model(model)?;
+            let prompt = match (prompt, prompt_file) {
+                (Some(p), _) => p,
+                (None, Some(f)) => std::fs::read_to_string(&f)
+                    .with_context(|| format!("reading prompt file {}", f.display()))?,
+                (None, None) => bail!("give --prompt or --prompt-file"),
+            };
             let dtype = dtype.as_deref().map(DType::parse).transpose()?;
             let opts = GenerateOptions {
                 max_new_tokens: max_tokens,

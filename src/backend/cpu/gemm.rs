@@ -167,8 +167,9 @@ mod portable {
             for (i, row) in acc.iter_mut().enumerate() {
                 for (j, a) in row.iter_mut().enumerate() {
                     for l in 0..8 {
-                        a[l] = (*x.add(i * ldx + kk + l))
-                            .mul_add((*w.add(j * ldw + kk + l)).to_f32(), a[l]);
+                        // plain a + x * w: without the fma target feature, mul_add is a
+                        // libm call
+                        a[l] += *x.add(i * ldx + kk + l) * (*w.add(j * ldw + kk + l)).to_f32();
                     }
                 }
             }
@@ -180,7 +181,7 @@ mod portable {
                 let h = [h[0] + h[2], h[1] + h[3]];
                 let mut s = h[0] + h[1];
                 for t in k8..k {
-                    s = (*x.add(i * ldx + t)).mul_add((*w.add(j * ldw + t)).to_f32(), s);
+                    s += *x.add(i * ldx + t) * (*w.add(j * ldw + t)).to_f32();
                 }
                 *out.add(i * ldo + j) = s;
             }

@@ -317,7 +317,7 @@ impl Backend for CpuBackend {
                         let v = &vc[j * kvd + g * hd..j * kvd + (g + 1) * hd];
                         o.iter_mut()
                             .zip(v)
-                            .for_each(|(o, v)| *o = pj.mul_add(*v, *o));
+                            .for_each(|(o, v)| *o += pj * v);
                     }
                 }
             });

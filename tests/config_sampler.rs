@@ -1,0 +1,149 @@
+//! Config parsing (Llama / Mistral / Qwen2, Llama-3 rope scaling, bad input) and the sampler.
+
+use ferroq::engine::sampler::{argmax, Sampler, SamplingParams};
+use ferroq::model::config::{Arch, ModelConfig};
+use ferroq::Error;
+
+const LLAMA31: &str = r#"{"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 4096,
+  "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
+  "vocab_size": 128256, "rms_norm_eps": 1e-05, "rope_theta": 500000.0, "max_position_embeddings": 131072,
+  "tie_word_embeddings": false, "hidden_act": "silu", "bos_token_id": 128000, "eos_token_id": [128001, 128008, 128009],
+  "rope_scaling": {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                   "original_max_position_embeddings": 8192, "rope_type": "llama3"}}"#;
+
+#[test]
+fn llama31_config_and_rope_scaling() {
+    let c = ModelConfig::from_hf_json(LLAMA31).expect("parse");
+    assert_eq!((c.arch, c.head_dim, c.num_kv_heads), (Arch::Llama, 128, 8));
+    assert_eq!(c.eos_token_ids, vec![128001, 128008, 128009]);
+    let rs = c.rope_scaling.expect("scaling");
+    assert_eq!(rs.factor, 8.0);
+    let f = c.rope_inv_freq();
+    assert_eq!(f.len(), 64);
+    let plain = |i: usize| 1.0 / 500000f64.powf(2.0 * i as f64 / 128.0);
+    // high frequencies (wavelength < 8192 / 4) are untouched
+    assert_eq!(f[0], plain(0));
+    // the lowest frequency (wavelength > 8192) is divided by the factor
+    assert!((f[63] - plain(63) / 8.0).abs() < 1e-18);
+    // the band in between is interpolated: strictly between the two
+    let mid = (0..64).find(|&i| {
+        let wl = 2.0 * std::f64::consts::PI / plain(i);
+        wl > 2048.0 && wl < 8192.0
+    });
+    let i = mid.expect("a mid-band frequency");
+    assert!(f[i] < plain(i) && f[i] > plain(i) / 8.0);
+    // round trip through config.json
+    let back = ModelConfig::from_hf_json(&c.to_hf_json("bfloat16").to_string()).expect("reparse");
+    assert_eq!(back, c);
+}
+
+#[test]
+fn qwen2_and_mistral() {
+    let q = ModelConfig::from_hf_json(r#"{"model_type": "qwen2", "hidden_size": 896, "intermediate_size": 4864,
+        "num_hidden_layers": 24, "num_attention_heads": 14, "num_key_value_heads": 2, "vocab_size": 151936,
+        "rope_theta": 1000000.0, "tie_word_embeddings": true, "rms_norm_eps": 1e-6}"#)
+    .expect("qwen2");
+    assert!(q.qkv_bias && q.tie_word_embeddings);
+    assert_eq!(q.head_dim, 64);
+    let m = ModelConfig::from_hf_json(r#"{"model_type": "mistral", "hidden_size": 4096, "intermediate_size": 14336,
+        "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 32000,
+        "head_dim": 128, "rope_theta": 1000000.0}"#)
+    .expect("mistral");
+    assert_eq!((m.arch, m.qkv_bias, m.rms_norm_eps), (Arch::Mistral, false, 1e-6));
+}
+
+#[test]
+fn bad_configs_name_the_problem() {
+    let err = |s: &str| match ModelConfig::from_hf_json(s) {
+        Err(Error::Config(m)) => m,
+        Err(e) => panic!("wrong error {e}"),
+        Ok(_) => panic!("accepted {s}"),
+    };
+    assert!(err("{not json").contains("not valid JSON"));
+    assert!(err(r#"{"model_type": "gpt_neox"}"#).contains("gpt_neox"));
+    let e = err(r#"{"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 1,
+        "num_attention_heads": 4, "vocab_size": 10}"#);
+    assert!(e.contains("no `intermediate_size`"), "{e}");
+    let e = err(r#"{"model_type": "llama", "hidden_size": 64, "intermediate_size": 1, "num_hidden_layers": 1,
+        "num_attention_heads": 4, "num_key_value_heads": 3, "vocab_size": 10}"#);
+    assert!(e.contains("num_key_value_heads"), "{e}");
+    let e = err(r#"{"model_type": "llama", "hidden_size": "big"}"#);
+    assert!(e.contains("hidden_size"), "{e}");
+    let e = err(r#"{"model_type": "llama", "hidden_size": 64, "intermediate_size": 1, "num_hidden_layers": 1,
+        "num_attention_heads": 4, "vocab_size": 10, "rope_scaling": {"rope_type": "yarn", "factor": 4.0}}"#);
+    assert!(e.contains("yarn"), "{e}");
+}
+
+fn logits() -> Vec<f32> {
+    vec![0.5, 3.0, -1.0, 2.9, 0.0, 1.0]
+}
+
+#[test]
+fn greedy_is_argmax() {
+    let mut s = Sampler::new(SamplingParams::default(), 6);
+    assert_eq!(s.sample(&logits(), &[]), 1);
+    assert_eq!(argmax(&[1.0, 5.0, 5.0]), 1, "first index wins ties");
+}
+
+#[test]
+fn top_k_one_and_tiny_top_p_are_greedy() {
+    for seed in 0..20 {
+        let mut s = Sampler::new(SamplingParams { temperature: 1.5, top_k: 1, seed, ..Default::default() }, 6);
+        assert_eq!(s.sample(&logits(), &[]), 1);
+        let mut s = Sampler::new(SamplingParams { temperature: 1.5, top_p: 1e-6, seed, ..Default::default() }, 6);
+        assert_eq!(s.sample(&logits(), &[]), 1);
+    }
+}
+
+#[test]
+fn top_k_restricts_the_candidates() {
+    let mut s = Sampler::new(SamplingParams { temperature: 5.0, top_k: 2, seed: 3, ..Default::default() }, 6);
+    let mut seen = [0usize; 6];
+    for _ in 0..2000 {
+        seen[s.sample(&logits(), &[]) as usize] += 1;
+    }
+    assert_eq!(seen[0] + seen[2] + seen[4] + seen[5], 0, "{seen:?}");
+    assert!(seen[1] > 500 && seen[3] > 500, "both top-2 tokens are drawn: {seen:?}");
+}
+
+#[test]
+fn sampling_follows_softmax() {
+    // two tokens with logits ln(3) and 0 at temperature 1: frequencies 3/4 and 1/4
+    let l = [3f32.ln(), 0.0];
+    let mut s = Sampler::new(SamplingParams { temperature: 1.0, seed: 11, ..Default::default() }, 2);
+    let n = 20000;
+    let zeros = (0..n).filter(|_| s.sample(&l, &[]) == 0).count();
+    let p = zeros as f64 / n as f64;
+    assert!((p - 0.75).abs() < 0.02, "p = {p}");
+}
+
+#[test]
+fn repetition_penalty_demotes_seen_tokens() {
+    let mut s = Sampler::new(SamplingParams { repetition_penalty: 1.5, ..Default::default() }, 6);
+    // token 1 (3.0 -> 2.0) falls below token 3 (2.9)
+    assert_eq!(s.sample(&logits(), &[1]), 3);
+    // negative logits are multiplied, so a seen negative token gets less likely, not more
+    let l = [-1.0f32, -1.2];
+    assert_eq!(s.sample(&l, &[0]), 1);
+}
+
+#[test]
+fn same_seed_same_draws() {
+    let draw = |seed| {
+        let mut s = Sampler::new(SamplingParams { temperature: 1.0, seed, ..Default::default() }, 6);
+        (0..50).map(|_| s.sample(&logits(), &[])).collect::<Vec<_>>()
+    };
+    assert_eq!(draw(9), draw(9));
+    assert_ne!(draw(9), draw(10));
+}
+
+#[test]
+fn invalid_params_rejected() {
+    for p in [
+        SamplingParams { temperature: -1.0, ..Default::default() },
+        SamplingParams { top_p: 0.0, ..Default::default() },
+        SamplingParams { repetition_penalty: 0.0, ..Default::default() },
+    ] {
+        assert!(matches!(p.validate(), Err(Error::InvalidArgument(_))));
+    }
+}
