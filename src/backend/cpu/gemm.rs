@@ -71,6 +71,26 @@ impl WElem for bf16 {
     }
 }
 
+/// Which micro-kernel family runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Isa {
+    /// x86-64 AVX2 + FMA + F16C intrinsics.
+    Avx2,
+    /// Plain Rust over 8-lane arrays (any CPU).
+    Portable,
+}
+
+impl Isa {
+    /// The best family this CPU supports.
+    pub fn detect() -> Isa {
+        if has_avx2() {
+            Isa::Avx2
+        } else {
+            Isa::Portable
+        }
+    }
+}
+
 /// Whether the AVX2 kernels can run here (cached by std after the first call).
 pub fn has_avx2() -> bool {
     #[cfg(target_arch = "x86_64")]
@@ -202,7 +222,7 @@ unsafe impl Sync for SendPtr {}
 /// # Safety
 /// `out` points at an (m, n) buffer; x is (m, k); w is (n, k); n1 <= n.
 unsafe fn block<W: WElem>(
-    simd: bool,
+    isa: Isa,
     x: &[f32],
     w: &[W],
     m: usize,
@@ -220,14 +240,14 @@ unsafe fn block<W: WElem>(
                 out.add($i * n + $j),
             );
             #[cfg(target_arch = "x86_64")]
-            if simd {
+            if isa == Isa::Avx2 {
                 avx2::tile::<$r, $c, W>(xp, k, wp, k, k, op, n);
             } else {
                 portable::tile::<$r, $c, W>(xp, k, wp, k, k, op, n);
             }
             #[cfg(not(target_arch = "x86_64"))]
             {
-                let _ = simd;
+                let _ = isa;
                 portable::tile::<$r, $c, W>(xp, k, wp, k, k, op, n);
             }
         }};
@@ -258,13 +278,19 @@ unsafe fn block<W: WElem>(
     }
 }
 
-/// out (m, n) = x (m, k) · w (n, k)ᵀ, multithreaded over n.
+/// out (m, n) = x (m, k) · w (n, k)ᵀ, multithreaded over n, with the best kernels for this CPU.
 pub fn matmul<W: WElem>(out: &mut [f32], x: &[f32], w: &[W], m: usize, n: usize, k: usize) {
+    matmul_with(Isa::detect(), out, x, w, m, n, k)
+}
+
+/// `matmul` with a chosen kernel family. Panics if the buffers are too small for the shape, or
+/// if `Isa::Avx2` is asked for on a CPU without it.
+pub fn matmul_with<W: WElem>(isa: Isa, out: &mut [f32], x: &[f32], w: &[W], m: usize, n: usize, k: usize) {
     assert!(
         out.len() >= m * n && x.len() >= m * k && w.len() >= n * k,
         "matmul: buffers too small"
     );
-    let simd = has_avx2();
+    assert!(isa == Isa::Portable || has_avx2(), "AVX2 kernels requested on a CPU without AVX2/FMA/F16C");
     let threads = rayon::current_num_threads().max(1);
     // Enough chunks to balance, each a multiple of NR and big enough to amortise a task.
     let chunk = (n.div_ceil(threads * 4)).max(16).div_ceil(NR) * NR;
@@ -275,7 +301,7 @@ pub fn matmul<W: WElem>(out: &mut [f32], x: &[f32], w: &[W], m: usize, n: usize,
         let (n0, n1) = (c * chunk, ((c + 1) * chunk).min(n));
         // SAFETY: chunk c writes only columns n0..n1 of out, disjoint from every other
         // chunk; the size checks above keep all accesses in bounds.
-        unsafe { block(simd, x, w, m, n, k, n0, n1, p.0) }
+        unsafe { block(isa, x, w, m, n, k, n0, n1, p.0) }
     };
     if n_chunks == 1 || m * n * k < 32 * 1024 {
         (0..n_chunks).for_each(run);

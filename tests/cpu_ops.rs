@@ -1,0 +1,226 @@
+//! Every CPU op against a plain f64 reference on fresh random data, with tolerances that scale
+//! with the values (atol + rtol * |ref|), over shapes that include 1, odd sizes and sizes that
+//! are not multiples of the kernels' tiles.
+
+mod common;
+
+use common::randn;
+use ferroq::backend::cpu::gemm::{self, Isa};
+use ferroq::backend::cpu::CpuBackend;
+use ferroq::backend::{AttentionArgs, Backend};
+use ferroq::engine::sampler::Rng;
+use ferroq::model::linear::{Linear, LinearWeight};
+use ferroq::tensor::{DType, HostTensor};
+use half::{bf16, f16};
+use std::sync::Arc;
+
+fn assert_close(what: &str, got: &[f32], want: &[f64], rtol: f64, atol: f64) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let mut worst = (0.0f64, 0usize);
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let excess = (g as f64 - w).abs() - (atol + rtol * w.abs());
+        if excess > worst.0 {
+            worst = (excess, i);
+        }
+    }
+    assert!(worst.0 <= 0.0, "{what}: index {} got {} want {}", worst.1, got[worst.1], want[worst.1]);
+}
+
+fn naive_matmul(x: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> Vec<f64> {
+    let mut out = vec![0.0; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            out[i * n + j] = (0..k).map(|t| x[i * k + t] as f64 * w[j * k + t] as f64).sum();
+        }
+    }
+    out
+}
+
+fn isas() -> Vec<Isa> {
+    let mut v = vec![Isa::Portable];
+    if gemm::has_avx2() {
+        v.push(Isa::Avx2);
+    }
+    v
+}
+
+#[test]
+fn matmul_all_dtypes_shapes_and_isas() {
+    let mut rng = Rng::new(1);
+    let shapes = [(1, 1, 1), (1, 7, 9), (3, 5, 8), (4, 3, 16), (5, 7, 33), (13, 29, 100), (64, 48, 64), (67, 97, 131), (1, 300, 576), (130, 40, 24)];
+    for &(m, n, k) in &shapes {
+        let x = randn(&mut rng, m * k, 2.0);
+        let w32 = randn(&mut rng, n * k, 1.0);
+        let w16: Vec<f16> = w32.iter().map(|&v| f16::from_f32(v)).collect();
+        let wb: Vec<bf16> = w32.iter().map(|&v| bf16::from_f32(v)).collect();
+        // references on the weights as stored (the rounding to f16/bf16 is not the kernel's error)
+        let r32 = naive_matmul(&x, &w32, m, n, k);
+        let r16 = naive_matmul(&x, &w16.iter().map(|v| v.to_f32()).collect::<Vec<_>>(), m, n, k);
+        let rb = naive_matmul(&x, &wb.iter().map(|v| v.to_f32()).collect::<Vec<_>>(), m, n, k);
+        // f32 accumulation over k terms of size ~2: error grows like k * eps * |x||w|
+        let atol = 1e-5 * k as f64;
+        for isa in isas() {
+            let mut out = vec![f32::NAN; m * n];
+            gemm::matmul_with(isa, &mut out, &x, &w32, m, n, k);
+            assert_close(&format!("f32 {isa:?} {m}x{n}x{k}"), &out, &r32, 1e-5, atol);
+            gemm::matmul_with(isa, &mut out, &x, &w16, m, n, k);
+            assert_close(&format!("f16 {isa:?} {m}x{n}x{k}"), &out, &r16, 1e-5, atol);
+            gemm::matmul_with(isa, &mut out, &x, &wb, m, n, k);
+            assert_close(&format!("bf16 {isa:?} {m}x{n}x{k}"), &out, &rb, 1e-5, atol);
+        }
+    }
+}
+
+#[test]
+fn matmul_rows_do_not_depend_on_batch() {
+    // A row's result is bit-identical whether computed alone or inside a batch.
+    let mut rng = Rng::new(2);
+    let (m, n, k) = (9, 31, 77);
+    let x = randn(&mut rng, m * k, 1.0);
+    let w: Vec<f16> = randn(&mut rng, n * k, 1.0).into_iter().map(f16::from_f32).collect();
+    let mut all = vec![0.0; m * n];
+    gemm::matmul(&mut all, &x, &w, m, n, k);
+    for i in 0..m {
+        let mut one = vec![0.0; n];
+        gemm::matmul(&mut one, &x[i * k..(i + 1) * k], &w, 1, n, k);
+        assert_eq!(one, all[i * n..(i + 1) * n], "row {i}");
+    }
+}
+
+#[test]
+fn linear_with_bias() {
+    let b = CpuBackend::new();
+    let mut rng = Rng::new(3);
+    let (m, n, k) = (5, 11, 19);
+    let w = randn(&mut rng, n * k, 1.0);
+    let bias = randn(&mut rng, n, 1.0);
+    let x = randn(&mut rng, m * k, 1.0);
+    let mat = b.upload_matrix(&HostTensor::from_f32(vec![n, k], w.clone()).expect("t"), DType::F32).expect("m");
+    let lin = Linear { name: "t".into(), in_features: k, out_features: n, weight: LinearWeight::Dense(Arc::new(mat)), bias: Some(bias.clone()) };
+    let mut out = vec![0.0; m * n];
+    b.linear(&mut out, &x, &lin, m).expect("linear");
+    let mut want = naive_matmul(&x, &w, m, n, k);
+    want.iter_mut().enumerate().for_each(|(i, v)| *v += bias[i % n] as f64);
+    assert_close("linear", &out, &want, 1e-5, 1e-4);
+    // a too-small input is an error, not a crash
+    assert!(b.linear(&mut out, &x[..k].to_vec(), &lin, m).is_err());
+}
+
+#[test]
+fn rms_norm_rows() {
+    let b = CpuBackend::new();
+    let mut rng = Rng::new(4);
+    for (rows, dim) in [(1, 1), (1, 576), (7, 33)] {
+        let x = randn(&mut rng, rows * dim, 3.0);
+        let g = randn(&mut rng, dim, 1.0);
+        let mut out = vec![0.0; rows * dim];
+        b.rms_norm(&mut out, &x, &g, rows, dim, 1e-5).expect("norm");
+        let mut want = vec![0.0; rows * dim];
+        for r in 0..rows {
+            let xr = &x[r * dim..(r + 1) * dim];
+            let ms: f64 = xr.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / dim as f64;
+            for i in 0..dim {
+                want[r * dim + i] = xr[i] as f64 / (ms + 1e-5).sqrt() * g[i] as f64;
+            }
+        }
+        assert_close("rms_norm", &out, &want, 1e-5, 1e-6);
+    }
+}
+
+#[test]
+fn rope_rotate_half() {
+    let b = CpuBackend::new();
+    let mut rng = Rng::new(5);
+    let (rows, heads, hd, start) = (3, 5, 10, 4);
+    let half = hd / 2;
+    let max_pos = 16;
+    let inv: Vec<f64> = (0..half).map(|i| 1.0 / 10000f64.powf(2.0 * i as f64 / hd as f64)).collect();
+    let cos: Vec<f32> = (0..max_pos).flat_map(|p| inv.iter().map(move |f| (p as f64 * f).cos() as f32)).collect();
+    let sin: Vec<f32> = (0..max_pos).flat_map(|p| inv.iter().map(move |f| (p as f64 * f).sin() as f32)).collect();
+    let x = randn(&mut rng, rows * heads * hd, 1.0);
+    let mut y = x.clone();
+    b.rope(&mut y, &cos, &sin, rows, heads, hd, start).expect("rope");
+    let mut want = vec![0.0; x.len()];
+    for r in 0..rows {
+        for h in 0..heads {
+            let base = (r * heads + h) * hd;
+            for i in 0..half {
+                let a = (start + r) as f64 * inv[i];
+                let (x0, x1) = (x[base + i] as f64, x[base + i + half] as f64);
+                want[base + i] = x0 * a.cos() - x1 * a.sin();
+                want[base + i + half] = x1 * a.cos() + x0 * a.sin();
+            }
+        }
+    }
+    assert_close("rope", &y, &want, 1e-5, 1e-6);
+    assert!(b.rope(&mut y, &cos, &sin, rows, heads, hd, 14).is_err(), "positions past the table are an error");
+}
+
+#[test]
+fn attention_causal_gqa() {
+    let b = CpuBackend::new();
+    let mut rng = Rng::new(6);
+    for (nh, nkv, hd, rows, start) in [(4, 2, 8, 5, 3), (9, 3, 64, 1, 40), (6, 6, 4, 7, 0), (3, 1, 16, 2, 0)] {
+        let max_seq = start + rows + 2;
+        let (qd, kvd) = (nh * hd, nkv * hd);
+        let q = randn(&mut rng, rows * qd, 1.0);
+        let kc = randn(&mut rng, max_seq * kvd, 1.0);
+        let vc = randn(&mut rng, max_seq * kvd, 1.0);
+        let mut out = vec![f32::NAN; rows * qd];
+        let mut scratch = vec![0.0; nh * max_seq];
+        b.attention(AttentionArgs {
+            out: &mut out, q: &q, k_cache: &kc, v_cache: &vc, scratch: &mut scratch,
+            rows, start_pos: start, max_seq, n_heads: nh, n_kv_heads: nkv, head_dim: hd,
+        })
+        .expect("attention");
+        let mut want = vec![0.0; rows * qd];
+        for r in 0..rows {
+            for h in 0..nh {
+                let g = h / (nh / nkv);
+                let n_keys = start + r + 1;
+                let s: Vec<f64> = (0..n_keys)
+                    .map(|j| (0..hd).map(|i| q[r * qd + h * hd + i] as f64 * kc[j * kvd + g * hd + i] as f64).sum::<f64>() / (hd as f64).sqrt())
+                    .collect();
+                let mx = s.iter().cloned().fold(f64::MIN, f64::max);
+                let e: Vec<f64> = s.iter().map(|v| (v - mx).exp()).collect();
+                let z: f64 = e.iter().sum();
+                for i in 0..hd {
+                    want[r * qd + h * hd + i] = (0..n_keys).map(|j| e[j] / z * vc[j * kvd + g * hd + i] as f64).sum();
+                }
+            }
+        }
+        assert_close(&format!("attention nh{nh} nkv{nkv} hd{hd}"), &out, &want, 1e-5, 1e-5);
+    }
+}
+
+#[test]
+fn silu_mul_embed_add_copy() {
+    let b = CpuBackend::new();
+    let mut rng = Rng::new(7);
+    let n = 37;
+    let g = randn(&mut rng, n, 4.0);
+    let u = randn(&mut rng, n, 1.0);
+    let mut y = g.clone();
+    b.silu_mul(&mut y, &u, n).expect("silu");
+    let want: Vec<f64> = g.iter().zip(&u).map(|(&g, &u)| g as f64 / (1.0 + (-g as f64).exp()) * u as f64).collect();
+    assert_close("silu_mul", &y, &want, 1e-6, 1e-7);
+
+    let table = randn(&mut rng, 5 * 3, 1.0);
+    for dt in [DType::F32, DType::F16, DType::BF16] {
+        let t = HostTensor::from_f32(vec![5, 3], table.clone()).expect("t");
+        let m = b.upload_matrix(&t, dt).expect("m");
+        let mut out = vec![0.0; 6];
+        b.embed(&mut out, &m, &[4, 0]).expect("embed");
+        let want: Vec<f64> = t.to_dtype(dt).to_f32_vec()[12..15].iter().chain(&t.to_dtype(dt).to_f32_vec()[0..3]).map(|&v| v as f64).collect();
+        assert_close("embed", &out, &want, 0.0, 0.0);
+        assert!(matches!(b.embed(&mut out, &m, &[5]), Err(ferroq::Error::TokenOutOfRange { id: 5, vocab: 5 })));
+    }
+
+    let mut x = vec![1.0f32, 2.0, 3.0];
+    b.add_assign(&mut x, &vec![0.5, 0.5, 0.5], 3).expect("add");
+    assert_eq!(x, vec![1.5, 2.5, 3.5]);
+    let mut d = vec![0.0f32; 4];
+    b.copy(&mut d, 1, &x, 1, 2).expect("copy");
+    assert_eq!(d, vec![0.0, 2.5, 3.5, 0.0]);
+    assert!(b.copy(&mut d, 3, &x, 0, 2).is_err());
+}
