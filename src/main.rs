@@ -44,7 +44,12 @@ enum Cmd {
         #[arg(short, long)]
         model: Option<PathBuf>,
         /// The prompt.
-        #[arg(short, long, required_unless_present = "prompt_file", conflicts_with = "prompt_file")]
+        #[arg(
+            short,
+            long,
+            required_unless_present = "prompt_file",
+            conflicts_with = "prompt_file"
+        )]
         prompt: Option<String>,
         /// Read the prompt from a file instead.
         #[arg(long)]

@@ -49,7 +49,10 @@ fn qwen2_and_mistral() {
         "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 32000,
         "head_dim": 128, "rope_theta": 1000000.0}"#)
     .expect("mistral");
-    assert_eq!((m.arch, m.qkv_bias, m.rms_norm_eps), (Arch::Mistral, false, 1e-6));
+    assert_eq!(
+        (m.arch, m.qkv_bias, m.rms_norm_eps),
+        (Arch::Mistral, false, 1e-6)
+    );
 }
 
 #[test]
@@ -61,16 +64,22 @@ fn bad_configs_name_the_problem() {
     };
     assert!(err("{not json").contains("not valid JSON"));
     assert!(err(r#"{"model_type": "gpt_neox"}"#).contains("gpt_neox"));
-    let e = err(r#"{"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 1,
-        "num_attention_heads": 4, "vocab_size": 10}"#);
+    let e = err(
+        r#"{"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 1,
+        "num_attention_heads": 4, "vocab_size": 10}"#,
+    );
     assert!(e.contains("no `intermediate_size`"), "{e}");
-    let e = err(r#"{"model_type": "llama", "hidden_size": 64, "intermediate_size": 1, "num_hidden_layers": 1,
-        "num_attention_heads": 4, "num_key_value_heads": 3, "vocab_size": 10}"#);
+    let e = err(
+        r#"{"model_type": "llama", "hidden_size": 64, "intermediate_size": 1, "num_hidden_layers": 1,
+        "num_attention_heads": 4, "num_key_value_heads": 3, "vocab_size": 10}"#,
+    );
     assert!(e.contains("num_key_value_heads"), "{e}");
     let e = err(r#"{"model_type": "llama", "hidden_size": "big"}"#);
     assert!(e.contains("hidden_size"), "{e}");
-    let e = err(r#"{"model_type": "llama", "hidden_size": 64, "intermediate_size": 1, "num_hidden_layers": 1,
-        "num_attention_heads": 4, "vocab_size": 10, "rope_scaling": {"rope_type": "yarn", "factor": 4.0}}"#);
+    let e = err(
+        r#"{"model_type": "llama", "hidden_size": 64, "intermediate_size": 1, "num_hidden_layers": 1,
+        "num_attention_heads": 4, "vocab_size": 10, "rope_scaling": {"rope_type": "yarn", "factor": 4.0}}"#,
+    );
     assert!(e.contains("yarn"), "{e}");
 }
 
@@ -88,29 +97,63 @@ fn greedy_is_argmax() {
 #[test]
 fn top_k_one_and_tiny_top_p_are_greedy() {
     for seed in 0..20 {
-        let mut s = Sampler::new(SamplingParams { temperature: 1.5, top_k: 1, seed, ..Default::default() }, 6);
+        let mut s = Sampler::new(
+            SamplingParams {
+                temperature: 1.5,
+                top_k: 1,
+                seed,
+                ..Default::default()
+            },
+            6,
+        );
         assert_eq!(s.sample(&logits(), &[]), 1);
-        let mut s = Sampler::new(SamplingParams { temperature: 1.5, top_p: 1e-6, seed, ..Default::default() }, 6);
+        let mut s = Sampler::new(
+            SamplingParams {
+                temperature: 1.5,
+                top_p: 1e-6,
+                seed,
+                ..Default::default()
+            },
+            6,
+        );
         assert_eq!(s.sample(&logits(), &[]), 1);
     }
 }
 
 #[test]
 fn top_k_restricts_the_candidates() {
-    let mut s = Sampler::new(SamplingParams { temperature: 5.0, top_k: 2, seed: 3, ..Default::default() }, 6);
+    let mut s = Sampler::new(
+        SamplingParams {
+            temperature: 5.0,
+            top_k: 2,
+            seed: 3,
+            ..Default::default()
+        },
+        6,
+    );
     let mut seen = [0usize; 6];
     for _ in 0..2000 {
         seen[s.sample(&logits(), &[]) as usize] += 1;
     }
     assert_eq!(seen[0] + seen[2] + seen[4] + seen[5], 0, "{seen:?}");
-    assert!(seen[1] > 500 && seen[3] > 500, "both top-2 tokens are drawn: {seen:?}");
+    assert!(
+        seen[1] > 500 && seen[3] > 500,
+        "both top-2 tokens are drawn: {seen:?}"
+    );
 }
 
 #[test]
 fn sampling_follows_softmax() {
     // two tokens with logits ln(3) and 0 at temperature 1: frequencies 3/4 and 1/4
     let l = [3f32.ln(), 0.0];
-    let mut s = Sampler::new(SamplingParams { temperature: 1.0, seed: 11, ..Default::default() }, 2);
+    let mut s = Sampler::new(
+        SamplingParams {
+            temperature: 1.0,
+            seed: 11,
+            ..Default::default()
+        },
+        2,
+    );
     let n = 20000;
     let zeros = (0..n).filter(|_| s.sample(&l, &[]) == 0).count();
     let p = zeros as f64 / n as f64;
@@ -119,7 +162,13 @@ fn sampling_follows_softmax() {
 
 #[test]
 fn repetition_penalty_demotes_seen_tokens() {
-    let mut s = Sampler::new(SamplingParams { repetition_penalty: 1.5, ..Default::default() }, 6);
+    let mut s = Sampler::new(
+        SamplingParams {
+            repetition_penalty: 1.5,
+            ..Default::default()
+        },
+        6,
+    );
     // token 1 (3.0 -> 2.0) falls below token 3 (2.9)
     assert_eq!(s.sample(&logits(), &[1]), 3);
     // negative logits are multiplied, so a seen negative token gets less likely, not more
@@ -130,8 +179,17 @@ fn repetition_penalty_demotes_seen_tokens() {
 #[test]
 fn same_seed_same_draws() {
     let draw = |seed| {
-        let mut s = Sampler::new(SamplingParams { temperature: 1.0, seed, ..Default::default() }, 6);
-        (0..50).map(|_| s.sample(&logits(), &[])).collect::<Vec<_>>()
+        let mut s = Sampler::new(
+            SamplingParams {
+                temperature: 1.0,
+                seed,
+                ..Default::default()
+            },
+            6,
+        );
+        (0..50)
+            .map(|_| s.sample(&logits(), &[]))
+            .collect::<Vec<_>>()
     };
     assert_eq!(draw(9), draw(9));
     assert_ne!(draw(9), draw(10));
@@ -140,9 +198,18 @@ fn same_seed_same_draws() {
 #[test]
 fn invalid_params_rejected() {
     for p in [
-        SamplingParams { temperature: -1.0, ..Default::default() },
-        SamplingParams { top_p: 0.0, ..Default::default() },
-        SamplingParams { repetition_penalty: 0.0, ..Default::default() },
+        SamplingParams {
+            temperature: -1.0,
+            ..Default::default()
+        },
+        SamplingParams {
+            top_p: 0.0,
+            ..Default::default()
+        },
+        SamplingParams {
+            repetition_penalty: 0.0,
+            ..Default::default()
+        },
     ] {
         assert!(matches!(p.validate(), Err(Error::InvalidArgument(_))));
     }

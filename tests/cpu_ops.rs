@@ -23,14 +23,22 @@ fn assert_close(what: &str, got: &[f32], want: &[f64], rtol: f64, atol: f64) {
             worst = (excess, i);
         }
     }
-    assert!(worst.0 <= 0.0, "{what}: index {} got {} want {}", worst.1, got[worst.1], want[worst.1]);
+    assert!(
+        worst.0 <= 0.0,
+        "{what}: index {} got {} want {}",
+        worst.1,
+        got[worst.1],
+        want[worst.1]
+    );
 }
 
 fn naive_matmul(x: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> Vec<f64> {
     let mut out = vec![0.0; m * n];
     for i in 0..m {
         for j in 0..n {
-            out[i * n + j] = (0..k).map(|t| x[i * k + t] as f64 * w[j * k + t] as f64).sum();
+            out[i * n + j] = (0..k)
+                .map(|t| x[i * k + t] as f64 * w[j * k + t] as f64)
+                .sum();
         }
     }
     out
@@ -47,7 +55,18 @@ fn isas() -> Vec<Isa> {
 #[test]
 fn matmul_all_dtypes_shapes_and_isas() {
     let mut rng = Rng::new(1);
-    let shapes = [(1, 1, 1), (1, 7, 9), (3, 5, 8), (4, 3, 16), (5, 7, 33), (13, 29, 100), (64, 48, 64), (67, 97, 131), (1, 300, 576), (130, 40, 24)];
+    let shapes = [
+        (1, 1, 1),
+        (1, 7, 9),
+        (3, 5, 8),
+        (4, 3, 16),
+        (5, 7, 33),
+        (13, 29, 100),
+        (64, 48, 64),
+        (67, 97, 131),
+        (1, 300, 576),
+        (130, 40, 24),
+    ];
     for &(m, n, k) in &shapes {
         let x = randn(&mut rng, m * k, 2.0);
         let w32 = randn(&mut rng, n * k, 1.0);
@@ -55,8 +74,20 @@ fn matmul_all_dtypes_shapes_and_isas() {
         let wb: Vec<bf16> = w32.iter().map(|&v| bf16::from_f32(v)).collect();
         // references on the weights as stored (the rounding to f16/bf16 is not the kernel's error)
         let r32 = naive_matmul(&x, &w32, m, n, k);
-        let r16 = naive_matmul(&x, &w16.iter().map(|v| v.to_f32()).collect::<Vec<_>>(), m, n, k);
-        let rb = naive_matmul(&x, &wb.iter().map(|v| v.to_f32()).collect::<Vec<_>>(), m, n, k);
+        let r16 = naive_matmul(
+            &x,
+            &w16.iter().map(|v| v.to_f32()).collect::<Vec<_>>(),
+            m,
+            n,
+            k,
+        );
+        let rb = naive_matmul(
+            &x,
+            &wb.iter().map(|v| v.to_f32()).collect::<Vec<_>>(),
+            m,
+            n,
+            k,
+        );
         // f32 accumulation over k terms of size ~2: error grows like k * eps * |x||w|
         let atol = 1e-5 * k as f64;
         for isa in isas() {
@@ -77,7 +108,10 @@ fn matmul_rows_do_not_depend_on_batch() {
     let mut rng = Rng::new(2);
     let (m, n, k) = (9, 31, 77);
     let x = randn(&mut rng, m * k, 1.0);
-    let w: Vec<f16> = randn(&mut rng, n * k, 1.0).into_iter().map(f16::from_f32).collect();
+    let w: Vec<f16> = randn(&mut rng, n * k, 1.0)
+        .into_iter()
+        .map(f16::from_f32)
+        .collect();
     let mut all = vec![0.0; m * n];
     gemm::matmul(&mut all, &x, &w, m, n, k);
     for i in 0..m {
@@ -95,12 +129,25 @@ fn linear_with_bias() {
     let w = randn(&mut rng, n * k, 1.0);
     let bias = randn(&mut rng, n, 1.0);
     let x = randn(&mut rng, m * k, 1.0);
-    let mat = b.upload_matrix(&HostTensor::from_f32(vec![n, k], w.clone()).expect("t"), DType::F32).expect("m");
-    let lin = Linear { name: "t".into(), in_features: k, out_features: n, weight: LinearWeight::Dense(Arc::new(mat)), bias: Some(bias.clone()) };
+    let mat = b
+        .upload_matrix(
+            &HostTensor::from_f32(vec![n, k], w.clone()).expect("t"),
+            DType::F32,
+        )
+        .expect("m");
+    let lin = Linear {
+        name: "t".into(),
+        in_features: k,
+        out_features: n,
+        weight: LinearWeight::Dense(Arc::new(mat)),
+        bias: Some(bias.clone()),
+    };
     let mut out = vec![0.0; m * n];
     b.linear(&mut out, &x, &lin, m).expect("linear");
     let mut want = naive_matmul(&x, &w, m, n, k);
-    want.iter_mut().enumerate().for_each(|(i, v)| *v += bias[i % n] as f64);
+    want.iter_mut()
+        .enumerate()
+        .for_each(|(i, v)| *v += bias[i % n] as f64);
     assert_close("linear", &out, &want, 1e-5, 1e-4);
     // a too-small input is an error, not a crash
     assert!(b.linear(&mut out, &x[..k].to_vec(), &lin, m).is_err());
@@ -134,12 +181,19 @@ fn rope_rotate_half() {
     let (rows, heads, hd, start) = (3, 5, 10, 4);
     let half = hd / 2;
     let max_pos = 16;
-    let inv: Vec<f64> = (0..half).map(|i| 1.0 / 10000f64.powf(2.0 * i as f64 / hd as f64)).collect();
-    let cos: Vec<f32> = (0..max_pos).flat_map(|p| inv.iter().map(move |f| (p as f64 * f).cos() as f32)).collect();
-    let sin: Vec<f32> = (0..max_pos).flat_map(|p| inv.iter().map(move |f| (p as f64 * f).sin() as f32)).collect();
+    let inv: Vec<f64> = (0..half)
+        .map(|i| 1.0 / 10000f64.powf(2.0 * i as f64 / hd as f64))
+        .collect();
+    let cos: Vec<f32> = (0..max_pos)
+        .flat_map(|p| inv.iter().map(move |f| (p as f64 * f).cos() as f32))
+        .collect();
+    let sin: Vec<f32> = (0..max_pos)
+        .flat_map(|p| inv.iter().map(move |f| (p as f64 * f).sin() as f32))
+        .collect();
     let x = randn(&mut rng, rows * heads * hd, 1.0);
     let mut y = x.clone();
-    b.rope(&mut y, &cos, &sin, rows, heads, hd, start).expect("rope");
+    b.rope(&mut y, &cos, &sin, rows, heads, hd, start)
+        .expect("rope");
     let mut want = vec![0.0; x.len()];
     for r in 0..rows {
         for h in 0..heads {
@@ -153,14 +207,22 @@ fn rope_rotate_half() {
         }
     }
     assert_close("rope", &y, &want, 1e-5, 1e-6);
-    assert!(b.rope(&mut y, &cos, &sin, rows, heads, hd, 14).is_err(), "positions past the table are an error");
+    assert!(
+        b.rope(&mut y, &cos, &sin, rows, heads, hd, 14).is_err(),
+        "positions past the table are an error"
+    );
 }
 
 #[test]
 fn attention_causal_gqa() {
     let b = CpuBackend::new();
     let mut rng = Rng::new(6);
-    for (nh, nkv, hd, rows, start) in [(4, 2, 8, 5, 3), (9, 3, 64, 1, 40), (6, 6, 4, 7, 0), (3, 1, 16, 2, 0)] {
+    for (nh, nkv, hd, rows, start) in [
+        (4, 2, 8, 5, 3),
+        (9, 3, 64, 1, 40),
+        (6, 6, 4, 7, 0),
+        (3, 1, 16, 2, 0),
+    ] {
         let max_seq = start + rows + 2;
         let (qd, kvd) = (nh * hd, nkv * hd);
         let q = randn(&mut rng, rows * qd, 1.0);
@@ -169,8 +231,17 @@ fn attention_causal_gqa() {
         let mut out = vec![f32::NAN; rows * qd];
         let mut scratch = vec![0.0; nh * max_seq];
         b.attention(AttentionArgs {
-            out: &mut out, q: &q, k_cache: &kc, v_cache: &vc, scratch: &mut scratch,
-            rows, start_pos: start, max_seq, n_heads: nh, n_kv_heads: nkv, head_dim: hd,
+            out: &mut out,
+            q: &q,
+            k_cache: &kc,
+            v_cache: &vc,
+            scratch: &mut scratch,
+            rows,
+            start_pos: start,
+            max_seq,
+            n_heads: nh,
+            n_kv_heads: nkv,
+            head_dim: hd,
         })
         .expect("attention");
         let mut want = vec![0.0; rows * qd];
@@ -179,17 +250,32 @@ fn attention_causal_gqa() {
                 let g = h / (nh / nkv);
                 let n_keys = start + r + 1;
                 let s: Vec<f64> = (0..n_keys)
-                    .map(|j| (0..hd).map(|i| q[r * qd + h * hd + i] as f64 * kc[j * kvd + g * hd + i] as f64).sum::<f64>() / (hd as f64).sqrt())
+                    .map(|j| {
+                        (0..hd)
+                            .map(|i| {
+                                q[r * qd + h * hd + i] as f64 * kc[j * kvd + g * hd + i] as f64
+                            })
+                            .sum::<f64>()
+                            / (hd as f64).sqrt()
+                    })
                     .collect();
                 let mx = s.iter().cloned().fold(f64::MIN, f64::max);
                 let e: Vec<f64> = s.iter().map(|v| (v - mx).exp()).collect();
                 let z: f64 = e.iter().sum();
                 for i in 0..hd {
-                    want[r * qd + h * hd + i] = (0..n_keys).map(|j| e[j] / z * vc[j * kvd + g * hd + i] as f64).sum();
+                    want[r * qd + h * hd + i] = (0..n_keys)
+                        .map(|j| e[j] / z * vc[j * kvd + g * hd + i] as f64)
+                        .sum();
                 }
             }
         }
-        assert_close(&format!("attention nh{nh} nkv{nkv} hd{hd}"), &out, &want, 1e-5, 1e-5);
+        assert_close(
+            &format!("attention nh{nh} nkv{nkv} hd{hd}"),
+            &out,
+            &want,
+            1e-5,
+            1e-5,
+        );
     }
 }
 
@@ -202,7 +288,11 @@ fn silu_mul_embed_add_copy() {
     let u = randn(&mut rng, n, 1.0);
     let mut y = g.clone();
     b.silu_mul(&mut y, &u, n).expect("silu");
-    let want: Vec<f64> = g.iter().zip(&u).map(|(&g, &u)| g as f64 / (1.0 + (-g as f64).exp()) * u as f64).collect();
+    let want: Vec<f64> = g
+        .iter()
+        .zip(&u)
+        .map(|(&g, &u)| g as f64 / (1.0 + (-g as f64).exp()) * u as f64)
+        .collect();
     assert_close("silu_mul", &y, &want, 1e-6, 1e-7);
 
     let table = randn(&mut rng, 5 * 3, 1.0);
@@ -211,9 +301,16 @@ fn silu_mul_embed_add_copy() {
         let m = b.upload_matrix(&t, dt).expect("m");
         let mut out = vec![0.0; 6];
         b.embed(&mut out, &m, &[4, 0]).expect("embed");
-        let want: Vec<f64> = t.to_dtype(dt).to_f32_vec()[12..15].iter().chain(&t.to_dtype(dt).to_f32_vec()[0..3]).map(|&v| v as f64).collect();
+        let want: Vec<f64> = t.to_dtype(dt).to_f32_vec()[12..15]
+            .iter()
+            .chain(&t.to_dtype(dt).to_f32_vec()[0..3])
+            .map(|&v| v as f64)
+            .collect();
         assert_close("embed", &out, &want, 0.0, 0.0);
-        assert!(matches!(b.embed(&mut out, &m, &[5]), Err(ferroq::Error::TokenOutOfRange { id: 5, vocab: 5 })));
+        assert!(matches!(
+            b.embed(&mut out, &m, &[5]),
+            Err(ferroq::Error::TokenOutOfRange { id: 5, vocab: 5 })
+        ));
     }
 
     let mut x = vec![1.0f32, 2.0, 3.0];

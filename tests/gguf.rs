@@ -47,7 +47,9 @@ fn q4_1_block() {
 fn q5_0_and_q5_1_blocks() {
     // fifth bits: element j (j < 16) takes bit j of qh, element j + 16 takes bit j + 16
     let qh: u32 = 0b1010_0000_1111_0000_0101_0101_1100_0011;
-    let qs: Vec<u8> = (0..16u8).map(|j| (j * 3 % 16) | ((j * 7 % 16) << 4)).collect();
+    let qs: Vec<u8> = (0..16u8)
+        .map(|j| (j * 3 % 16) | ((j * 7 % 16) << 4))
+        .collect();
     let want = |j: usize| -> (u32, u32) {
         let lo = (qs[j] & 15) as u32 | (((qh >> j) & 1) << 4);
         let hi = (qs[j] >> 4) as u32 | (((qh >> (j + 16)) & 1) << 4);
@@ -65,7 +67,12 @@ fn q5_0_and_q5_1_blocks() {
     for j in 0..16 {
         let (lo, hi) = want(j);
         assert_eq!(y[j], (lo as f32 - 16.0) * 2.0, "q5_0 element {j}");
-        assert_eq!(y[j + 16], (hi as f32 - 16.0) * 2.0, "q5_0 element {}", j + 16);
+        assert_eq!(
+            y[j + 16],
+            (hi as f32 - 16.0) * 2.0,
+            "q5_0 element {}",
+            j + 16
+        );
         assert_eq!(y1[j], lo as f32 * 2.0 + 0.5);
         assert_eq!(y1[j + 16], hi as f32 * 2.0 + 0.5);
     }
@@ -92,7 +99,10 @@ fn float_types() {
     assert_eq!(deq(GgmlType::F32, &b32, 4), vals);
     let b16: Vec<u8> = vals.iter().flat_map(|&v| h(v)).collect();
     assert_eq!(deq(GgmlType::F16, &b16, 4), vals);
-    let bb: Vec<u8> = vals[..3].iter().flat_map(|&v| bf16::from_f32(v).to_le_bytes()).collect();
+    let bb: Vec<u8> = vals[..3]
+        .iter()
+        .flat_map(|&v| bf16::from_f32(v).to_le_bytes())
+        .collect();
     assert_eq!(deq(GgmlType::BF16, &bb, 3), vals[..3]);
 }
 
@@ -108,12 +118,15 @@ fn q4_k_block() {
         s[j + 4] = mn[j] | ((mn[j + 4] >> 4) << 6);
         s[j + 8] = (sc[j + 4] & 15) | ((mn[j + 4] & 15) << 4);
     }
-    let qs: Vec<u8> = (0..128u32).map(|i| ((i * 5) % 16) as u8 | ((((i * 11) % 16) as u8) << 4)).collect();
+    let qs: Vec<u8> = (0..128u32)
+        .map(|i| ((i * 5) % 16) as u8 | ((((i * 11) % 16) as u8) << 4))
+        .collect();
     let mut b = h(1.0).to_vec();
     b.extend(h(0.5));
     b.extend(s);
     b.extend(&qs);
     let y = deq(GgmlType::Q4K, &b, 256);
+    #[allow(clippy::needless_range_loop)]
     for i in 0..256 {
         let (chunk, within) = (i / 64, i % 64);
         let (sub, l) = (2 * chunk + within / 32, within % 32);
@@ -136,6 +149,7 @@ fn q6_k_block() {
     b.extend(sc.iter().map(|&v| v as u8));
     b.extend(h(0.25));
     let y = deq(GgmlType::Q6K, &b, 256);
+    #[allow(clippy::needless_range_loop)]
     for i in 0..256 {
         let (half, r) = (i / 128, i % 128);
         let (quarter, l) = (r / 32, r % 32);
@@ -156,7 +170,10 @@ fn q6_k_block() {
 #[test]
 fn wrong_byte_count_is_an_error() {
     let mut out = vec![0.0; 32];
-    assert!(matches!(dequantize(GgmlType::Q8_0, &[0u8; 33], &mut out), Err(Error::GgufInvalid(_))));
+    assert!(matches!(
+        dequantize(GgmlType::Q8_0, &[0u8; 33], &mut out),
+        Err(Error::GgufInvalid(_))
+    ));
 }
 
 fn sample_file() -> Vec<u8> {
@@ -175,7 +192,12 @@ fn sample_file() -> Vec<u8> {
     ];
     let tensors = vec![
         f32_tensor("vec", vec![3], &[1.0, 2.0, 3.0]),
-        GgufTensor { name: "mat".into(), dims: vec![32, 1], type_id: 8, data: q8 },
+        GgufTensor {
+            name: "mat".into(),
+            dims: vec![32, 1],
+            type_id: 8,
+            data: q8,
+        },
     ];
     gguf_bytes(&meta, &tensors)
 }
@@ -197,7 +219,14 @@ fn parses_metadata_and_tensors() {
     assert_eq!(f.get("flag"), Some(&Value::Bool(true)));
     assert_eq!(f.get_u64("big").expect("u64"), 1 << 40);
     assert_eq!(f.get_str_array("names").expect("arr"), vec!["a", "ü b"]);
-    assert_eq!(f.get("ints"), Some(&Value::Array(vec![Value::I32(1), Value::I32(-2), Value::I32(3)])));
+    assert_eq!(
+        f.get("ints"),
+        Some(&Value::Array(vec![
+            Value::I32(1),
+            Value::I32(-2),
+            Value::I32(3)
+        ]))
+    );
     assert!(matches!(f.get_str("u32"), Err(Error::GgufBadValue { .. })));
     assert!(matches!(f.get_u64("nope"), Err(Error::GgufMissingKey(k)) if k == "nope"));
     let v = f.tensor("vec").expect("vec");
@@ -225,7 +254,10 @@ fn truncated_file_names_what_is_cut() {
         Err(e) => panic!("wrong error: {e}"),
         Ok(_) => panic!("truncated file parsed"),
     }
-    assert!(matches!(open_bytes(&full[..2]), Err(Error::GgufTruncated { .. })));
+    assert!(matches!(
+        open_bytes(&full[..2]),
+        Err(Error::GgufTruncated { .. })
+    ));
 }
 
 #[test]
@@ -235,13 +267,21 @@ fn bad_magic_and_version() {
     assert!(matches!(open_bytes(&b), Err(Error::GgufBadMagic { found }) if &found == b"GGML"));
     let mut b = sample_file();
     b[4..8].copy_from_slice(&9u32.to_le_bytes());
-    assert!(matches!(open_bytes(&b), Err(Error::GgufUnsupportedVersion(9))));
+    assert!(matches!(
+        open_bytes(&b),
+        Err(Error::GgufUnsupportedVersion(9))
+    ));
 }
 
 #[test]
 fn unknown_tensor_type_is_named() {
     let meta = vec![("general.architecture", Meta::Str("llama".into()))];
-    let t = GgufTensor { name: "odd.weight".into(), dims: vec![4], type_id: 99, data: vec![0; 16] };
+    let t = GgufTensor {
+        name: "odd.weight".into(),
+        dims: vec![4],
+        type_id: 99,
+        data: vec![0; 16],
+    };
     match open_bytes(&gguf_bytes(&meta, &[t])) {
         Err(Error::GgufUnknownTensorType { tensor, type_id }) => {
             assert_eq!((tensor.as_str(), type_id), ("odd.weight", 99));
@@ -253,5 +293,8 @@ fn unknown_tensor_type_is_named() {
 
 #[test]
 fn missing_file_is_io_error() {
-    assert!(matches!(GgufFile::open("/nonexistent/x.gguf"), Err(Error::Io { .. })));
+    assert!(matches!(
+        GgufFile::open("/nonexistent/x.gguf"),
+        Err(Error::Io { .. })
+    ));
 }

@@ -14,8 +14,13 @@ use ferroq::tensor::DType;
 fn greedy(path: &std::path::Path, dtype: Option<DType>, prompt: &str, n: usize) -> String {
     let m = open(CpuBackend::new(), path, dtype).expect("load");
     let ids = m.tokenizer.encode(prompt).expect("encode");
-    let opts = GenerateOptions { max_new_tokens: n, ..Default::default() };
-    generate(&m.model, &m.tokenizer, &ids, &opts, |_| {}).expect("generate").text
+    let opts = GenerateOptions {
+        max_new_tokens: n,
+        ..Default::default()
+    };
+    generate(&m.model, &m.tokenizer, &ids, &opts, |_| {})
+        .expect("generate")
+        .text
 }
 
 #[test]
@@ -31,7 +36,13 @@ fn converted_f32_directory_gives_identical_logits() {
     let out = dir.path().join("smollm-f32");
     let r = convert::gguf_to_hf(&gguf, &out, DType::F32).expect("convert");
     assert_eq!(r.n_tensors, 272);
-    for f in ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "generation_config.json"] {
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "generation_config.json",
+    ] {
         assert!(out.join(f).exists(), "{f} missing");
     }
     let a = open(CpuBackend::new(), &gguf, None).expect("gguf");
@@ -39,16 +50,35 @@ fn converted_f32_directory_gives_identical_logits() {
     assert_eq!(a.model.config, b.model.config);
     let text = "Paris is the capital and largest city of France. 42 😀";
     let ids = a.tokenizer.encode(text).expect("encode");
-    assert_eq!(ids, b.tokenizer.encode(text).expect("encode"), "tokenizers differ");
+    assert_eq!(
+        ids,
+        b.tokenizer.encode(text).expect("encode"),
+        "tokenizers differ"
+    );
     let mut sa = a.model.new_session(32, 64, true).expect("s");
     let mut sb = b.model.new_session(32, 64, true).expect("s");
-    let la = a.model.forward(&mut sa, &ids, Logits::All).expect("fwd").to_vec();
-    let lb = b.model.forward(&mut sb, &ids, Logits::All).expect("fwd").to_vec();
+    let la = a
+        .model
+        .forward(&mut sa, &ids, Logits::All)
+        .expect("fwd")
+        .to_vec();
+    let lb = b
+        .model
+        .forward(&mut sb, &ids, Logits::All)
+        .expect("fwd")
+        .to_vec();
     assert_eq!(la.len(), ids.len() * 49152);
-    assert!(la == lb, "logits differ between the GGUF and the converted f32 directory");
+    assert!(
+        la == lb,
+        "logits differ between the GGUF and the converted f32 directory"
+    );
     assert_eq!(
-        a.tokenizer.apply_chat_template(&[ferroq::tokenizer::ChatMessage::user("hi")]).expect("a"),
-        b.tokenizer.apply_chat_template(&[ferroq::tokenizer::ChatMessage::user("hi")]).expect("b")
+        a.tokenizer
+            .apply_chat_template(&[ferroq::tokenizer::ChatMessage::user("hi")])
+            .expect("a"),
+        b.tokenizer
+            .apply_chat_template(&[ferroq::tokenizer::ChatMessage::user("hi")])
+            .expect("b")
     );
 
     // converting onto a non-empty directory is refused and leaves it intact
@@ -74,11 +104,19 @@ fn seeded_sampling_is_reproducible() {
     let run = |seed| {
         let opts = GenerateOptions {
             max_new_tokens: 24,
-            sampling: SamplingParams { temperature: 0.9, top_k: 40, top_p: 0.95, repetition_penalty: 1.1, seed },
+            sampling: SamplingParams {
+                temperature: 0.9,
+                top_k: 40,
+                top_p: 0.95,
+                repetition_penalty: 1.1,
+                seed,
+            },
             stop_at_eos: false,
             ..Default::default()
         };
-        generate(&m.model, &m.tokenizer, &ids, &opts, |_| {}).expect("generate").tokens
+        generate(&m.model, &m.tokenizer, &ids, &opts, |_| {})
+            .expect("generate")
+            .tokens
     };
     let a = run(42);
     assert_eq!(a.len(), 24);

@@ -67,9 +67,14 @@ fn special_tokens_match_gguf_ids() {
 #[test]
 fn chat_template_renders_chatml() {
     let (_f, t) = smollm();
-    let s = t.apply_chat_template(&[ChatMessage::user("What is 2+2?")]).expect("render");
+    let s = t
+        .apply_chat_template(&[ChatMessage::user("What is 2+2?")])
+        .expect("render");
     assert!(s.starts_with("<|im_start|>system\n"), "{s}");
-    assert!(s.ends_with("<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n"), "{s}");
+    assert!(
+        s.ends_with("<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n"),
+        "{s}"
+    );
     let s = t
         .apply_chat_template(&[ChatMessage::system("Be brief."), ChatMessage::user("Hi")])
         .expect("render");
@@ -90,7 +95,10 @@ fn spm_gguf(add_bos: bool) -> Vec<u8> {
         tokens.push(format!("<0x{b:02X}>"));
         types.push(6);
     }
-    let pieces = ["▁", "h", "e", "l", "o", "w", "r", "d", "he", "ll", "llo", "hello", "▁hello", "▁w", "or", "▁wor", "ld", "▁world"];
+    let pieces = [
+        "▁", "h", "e", "l", "o", "w", "r", "d", "he", "ll", "llo", "hello", "▁hello", "▁w", "or",
+        "▁wor", "ld", "▁world",
+    ];
     let mut scores = vec![0.0f32; tokens.len()];
     for (i, p) in pieces.iter().enumerate() {
         tokens.push(p.to_string());
@@ -125,7 +133,11 @@ fn sentencepiece_vocab_with_byte_fallback() {
     let ids = t.encode("hé").expect("encode");
     assert_eq!(ids, vec![1, id("▁"), id("h"), id("<0xC3>"), id("<0xA9>")]);
     assert_eq!(t.decode(&ids, false).expect("decode"), "hé");
-    assert_eq!(t.decode(&t.encode("hello  world").expect("e"), false).expect("d"), "hello  world");
+    assert_eq!(
+        t.decode(&t.encode("hello  world").expect("e"), false)
+            .expect("d"),
+        "hello  world"
+    );
 }
 
 #[test]

@@ -40,6 +40,13 @@ pub trait Backend: Send + Sync + Sized + 'static {
     /// Human-readable description ("cpu (2 threads, avx2+fma)").
     fn describe(&self) -> String;
 
+    /// Run `f` where the backend's compute threads live. The CPU backend runs it on a rayon
+    /// worker, so the ops' parallel loops use that worker's own queue instead of injecting
+    /// jobs into the global one (which allocates): a decode loop run here allocates nothing.
+    fn run_on_workers<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        f()
+    }
+
     fn alloc(&self, len: usize) -> Result<Self::Buf>;
     fn upload(&self, data: &[f32]) -> Result<Self::Buf>;
     /// Copy `buf[offset .. offset + out.len()]` to the host.

@@ -63,7 +63,19 @@ pub fn generate<B: Backend>(
     tok: &TokenizerBundle,
     prompt: &[u32],
     opts: &GenerateOptions,
-    mut on_text: impl FnMut(&str),
+    on_text: impl FnMut(&str) + Send,
+) -> Result<Generation> {
+    model
+        .backend
+        .run_on_workers(|| generate_here(model, tok, prompt, opts, on_text))
+}
+
+fn generate_here<B: Backend>(
+    model: &LlamaModel<B>,
+    tok: &TokenizerBundle,
+    prompt: &[u32],
+    opts: &GenerateOptions,
+    mut on_text: impl FnMut(&str) + Send,
 ) -> Result<Generation> {
     if prompt.is_empty() {
         return Err(Error::InvalidArgument(

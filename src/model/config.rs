@@ -105,13 +105,13 @@ impl ModelConfig {
 
     fn validate(self) -> Result<Self> {
         let c = &self;
-        if c.num_heads == 0 || c.num_kv_heads == 0 || c.num_heads % c.num_kv_heads != 0 {
+        if c.num_heads == 0 || c.num_kv_heads == 0 || !c.num_heads.is_multiple_of(c.num_kv_heads) {
             return Err(Error::Config(format!(
                 "num_attention_heads {} must be a positive multiple of num_key_value_heads {}",
                 c.num_heads, c.num_kv_heads
             )));
         }
-        if c.head_dim == 0 || c.head_dim % 2 != 0 {
+        if c.head_dim == 0 || !c.head_dim.is_multiple_of(2) {
             return Err(Error::Config(format!(
                 "head_dim {} must be even and positive",
                 c.head_dim

@@ -252,11 +252,10 @@ impl<B: Backend> LlamaModel<B> {
                 return Err(Error::TokenOutOfRange { id, vocab });
             }
         }
-        let chunks: Vec<&[u32]> = tokens.chunks(s.max_batch).collect();
-        for (i, chunk) in chunks.iter().enumerate() {
+        let n_chunks = tokens.len().div_ceil(s.max_batch);
+        for (i, chunk) in tokens.chunks(s.max_batch).enumerate() {
             self.forward_chunk(s, chunk)?;
-            let last = i + 1 == chunks.len();
-            if last {
+            if i + 1 == n_chunks {
                 self.logits(s, chunk.len(), want)?;
             }
             s.pos += chunk.len();

@@ -186,6 +186,7 @@ mod portable {
         while kk < k8 {
             for (i, row) in acc.iter_mut().enumerate() {
                 for (j, a) in row.iter_mut().enumerate() {
+                    #[allow(clippy::needless_range_loop)] // l indexes x, w and a alike
                     for l in 0..8 {
                         // plain a + x * w: without the fma target feature, mul_add is a
                         // libm call
@@ -221,6 +222,7 @@ unsafe impl Sync for SendPtr {}
 ///
 /// # Safety
 /// `out` points at an (m, n) buffer; x is (m, k); w is (n, k); n1 <= n.
+#[allow(clippy::too_many_arguments)]
 unsafe fn block<W: WElem>(
     isa: Isa,
     x: &[f32],
@@ -285,12 +287,23 @@ pub fn matmul<W: WElem>(out: &mut [f32], x: &[f32], w: &[W], m: usize, n: usize,
 
 /// `matmul` with a chosen kernel family. Panics if the buffers are too small for the shape, or
 /// if `Isa::Avx2` is asked for on a CPU without it.
-pub fn matmul_with<W: WElem>(isa: Isa, out: &mut [f32], x: &[f32], w: &[W], m: usize, n: usize, k: usize) {
+pub fn matmul_with<W: WElem>(
+    isa: Isa,
+    out: &mut [f32],
+    x: &[f32],
+    w: &[W],
+    m: usize,
+    n: usize,
+    k: usize,
+) {
     assert!(
         out.len() >= m * n && x.len() >= m * k && w.len() >= n * k,
         "matmul: buffers too small"
     );
-    assert!(isa == Isa::Portable || has_avx2(), "AVX2 kernels requested on a CPU without AVX2/FMA/F16C");
+    assert!(
+        isa == Isa::Portable || has_avx2(),
+        "AVX2 kernels requested on a CPU without AVX2/FMA/F16C"
+    );
     let threads = rayon::current_num_threads().max(1);
     // Enough chunks to balance, each a multiple of NR and big enough to amortise a task.
     let chunk = (n.div_ceil(threads * 4)).max(16).div_ceil(NR) * NR;

@@ -58,7 +58,8 @@ impl CpuBackend {
     }
 }
 
-fn check_len(what: &str, have: usize, need: usize) -> Result<()> {
+/// `what` is formatted only on failure, so the hot path does not allocate.
+fn check_len(what: impl std::fmt::Display, have: usize, need: usize) -> Result<()> {
     if have < need {
         return Err(Error::InvalidArgument(format!(
             "{what}: buffer of {have} elements, op needs {need}"
@@ -99,6 +100,10 @@ impl Backend for CpuBackend {
             "portable"
         };
         format!("cpu ({} threads, {isa})", rayon::current_num_threads())
+    }
+
+    fn run_on_workers<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        rayon::scope(|_| f())
     }
 
     fn alloc(&self, len: usize) -> Result<Vec<f32>> {
@@ -200,8 +205,8 @@ impl Backend for CpuBackend {
         rows: usize,
     ) -> Result<()> {
         let (n, k) = (w.out_features, w.in_features);
-        check_len(&format!("{} out", w.name), out.len(), rows * n)?;
-        check_len(&format!("{} x", w.name), x.len(), rows * k)?;
+        check_len(format_args!("{} out", w.name), out.len(), rows * n)?;
+        check_len(format_args!("{} x", w.name), x.len(), rows * k)?;
         match &w.weight {
             LinearWeight::Dense(m) => match &m.data {
                 MatrixData::F32(v) => gemm::matmul(out, x, v, rows, n, k),
@@ -315,9 +320,7 @@ impl Backend for CpuBackend {
                     o.fill(0.0);
                     for (j, &pj) in s.iter().enumerate() {
                         let v = &vc[j * kvd + g * hd..j * kvd + (g + 1) * hd];
-                        o.iter_mut()
-                            .zip(v)
-                            .for_each(|(o, v)| *o += pj * v);
+                        o.iter_mut().zip(v).for_each(|(o, v)| *o += pj * v);
                     }
                 }
             });

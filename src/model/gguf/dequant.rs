@@ -56,7 +56,8 @@ impl GgmlType {
     /// Bytes needed for `n` elements; `None` if `n` is not a whole number of blocks.
     pub fn byte_size(self, n: u64) -> Option<u64> {
         let (be, bb) = self.block_layout();
-        (n % be as u64 == 0).then(|| n / be as u64 * bb as u64)
+        n.is_multiple_of(be as u64)
+            .then(|| n / be as u64 * bb as u64)
     }
 
     pub fn name(self) -> &'static str {
@@ -82,7 +83,7 @@ fn f16_at(b: &[u8], i: usize) -> f32 {
 /// Dequantize `bytes` (a whole number of blocks of `ty`) into `out` (one f32 per element).
 pub fn dequantize(ty: GgmlType, bytes: &[u8], out: &mut [f32]) -> Result<()> {
     let (be, bb) = ty.block_layout();
-    if out.len() % be != 0 || bytes.len() != out.len() / be * bb {
+    if !out.len().is_multiple_of(be) || bytes.len() != out.len() / be * bb {
         return Err(Error::GgufInvalid(format!(
             "{} data of {} bytes cannot hold {} elements",
             ty.name(),

@@ -43,7 +43,11 @@ fn hf_name(gguf: &str) -> Option<String> {
 /// Undo llama.cpp's `permute(w, n_head)`: GGUF row `h*hd + 2i + j` is HF row `h*hd + j*hd/2 + i`.
 /// `data` is `[rows, cols]` row-major (a bias is `cols == 1`).
 pub fn unpermute_rows(data: &[f32], rows: usize, cols: usize, n_head: usize) -> Result<Vec<f32>> {
-    if n_head == 0 || rows % n_head != 0 || (rows / n_head) % 2 != 0 || data.len() != rows * cols {
+    if n_head == 0
+        || !rows.is_multiple_of(n_head)
+        || !(rows / n_head).is_multiple_of(2)
+        || data.len() != rows * cols
+    {
         return Err(Error::GgufInvalid(format!(
             "cannot undo the RoPE permutation of a [{rows}, {cols}] tensor with {n_head} heads"
         )));
