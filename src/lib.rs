@@ -7,6 +7,7 @@ pub mod backend;
 pub mod engine;
 pub mod error;
 pub mod model;
+pub mod quant;
 pub mod tensor;
 pub mod tokenizer;
 

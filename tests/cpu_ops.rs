@@ -10,6 +10,7 @@ use ferroq::backend::cpu::CpuBackend;
 use ferroq::backend::{AttentionArgs, Backend};
 use ferroq::engine::sampler::Rng;
 use ferroq::model::linear::{Linear, LinearWeight};
+use ferroq::quant::Phase;
 use ferroq::tensor::{DType, HostTensor};
 use half::{bf16, f16};
 use std::sync::Arc;
@@ -141,16 +142,20 @@ fn linear_with_bias() {
         out_features: n,
         weight: LinearWeight::Dense(Arc::new(mat)),
         bias: Some(bias.clone()),
+        act: ferroq::quant::ActSpec::NONE,
     };
     let mut out = vec![0.0; m * n];
-    b.linear(&mut out, &x, &lin, m).expect("linear");
+    b.linear(&mut out, &x, &lin, m, Phase::Prefill)
+        .expect("linear");
     let mut want = naive_matmul(&x, &w, m, n, k);
     want.iter_mut()
         .enumerate()
         .for_each(|(i, v)| *v += bias[i % n] as f64);
     assert_close("linear", &out, &want, 1e-5, 1e-4);
     // a too-small input is an error, not a crash
-    assert!(b.linear(&mut out, &x[..k].to_vec(), &lin, m).is_err());
+    assert!(b
+        .linear(&mut out, &x[..k].to_vec(), &lin, m, Phase::Prefill)
+        .is_err());
 }
 
 #[test]

@@ -9,6 +9,7 @@ pub mod cpu;
 
 use crate::error::Result;
 use crate::model::linear::Linear;
+use crate::quant::{Phase, QuantWeight};
 use crate::tensor::{DType, HostTensor};
 
 /// Which backend a command should run on.
@@ -36,6 +37,8 @@ pub trait Backend: Send + Sync + Sized + 'static {
     type Buf: Send + Sync;
     /// A dense `[rows, cols]` weight matrix stored in the dtype it was uploaded as.
     type Matrix: Send + Sync;
+    /// A quantized `[rows, cols]` weight.
+    type QMatrix: Send + Sync;
 
     /// Human-readable description ("cpu (2 threads, avx2+fma)").
     fn describe(&self) -> String;
@@ -53,6 +56,8 @@ pub trait Backend: Send + Sync + Sized + 'static {
     fn read(&self, buf: &Self::Buf, offset: usize, out: &mut [f32]) -> Result<()>;
     /// Upload a 2-D tensor as a matrix of `dtype`.
     fn upload_matrix(&self, t: &HostTensor, dtype: DType) -> Result<Self::Matrix>;
+    /// Upload a quantized weight of shape `[rows, cols]`.
+    fn upload_quant(&self, w: &QuantWeight, rows: usize, cols: usize) -> Result<Self::QMatrix>;
 
     /// out (n, cols) = table[ids[i]] for each i. Ids were range-checked by the caller.
     fn embed(&self, out: &mut Self::Buf, table: &Self::Matrix, ids: &[u32]) -> Result<()>;
@@ -77,13 +82,15 @@ pub trait Backend: Send + Sync + Sized + 'static {
     ) -> Result<()>;
     /// x (len) += y (len)
     fn add_assign(&self, x: &mut Self::Buf, y: &Self::Buf, len: usize) -> Result<()>;
-    /// out (rows, out_features) = x (rows, in_features) · Wᵀ + b
+    /// out (rows, out_features) = x (rows, in_features) · Wᵀ + b. `phase` picks the pd_mix
+    /// activation path (prefill: per-token dynamic, decode: per-tensor static).
     fn linear(
         &self,
         out: &mut Self::Buf,
         x: &Self::Buf,
         w: &Linear<Self>,
         rows: usize,
+        phase: Phase,
     ) -> Result<()>;
     /// Rotate x (rows, n_heads, head_dim) in place, HF rotate_half convention; token r is at
     /// position start_pos + r; cos/sin are (max_pos, head_dim / 2).

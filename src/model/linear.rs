@@ -1,9 +1,11 @@
 //! `Linear`: one projection of the model, owning its weight as a closed enum so dense and
 //! quantized weights go through the same model code and the backend dispatches on the variant
 //! (design.md: "a `Linear` owns a weight enum ... no `quantized_llama.rs` twin"). Today the enum
-//! has the dense variant; the quantization engine adds INT8 / FP8 / INT4 variants here.
+//! has the dense variant and the quantized one, whose format (INT8 / FP8 / INT4) is the
+//! `quant::QuantWeight` enum; `act` says how the input is quantized (none, static, dynamic, pd_mix).
 
 use crate::backend::Backend;
+use crate::quant::ActSpec;
 use std::sync::Arc;
 
 /// The weight of a linear layer, `[out_features, in_features]`.
@@ -11,6 +13,8 @@ pub enum LinearWeight<B: Backend> {
     /// Dense float weight in F32, F16 or BF16. Shared (`Arc`) so a tied LM head and the token
     /// embedding are one copy.
     Dense(Arc<B::Matrix>),
+    /// INT8 / FP8 / INT4 weight (`quant::QuantWeight`) in the backend's layout.
+    Quant(B::QMatrix),
 }
 
 pub struct Linear<B: Backend> {
@@ -21,4 +25,6 @@ pub struct Linear<B: Backend> {
     pub weight: LinearWeight<B>,
     /// (out_features)
     pub bias: Option<B::Buf>,
+    /// How the input is quantized (ignored by dense weights).
+    pub act: ActSpec,
 }

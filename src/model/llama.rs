@@ -10,6 +10,7 @@ use crate::error::{Error, Result};
 use crate::model::config::ModelConfig;
 use crate::model::linear::{Linear, LinearWeight};
 use crate::model::WeightSource;
+use crate::quant::{ActSpec, Phase};
 use crate::tensor::{DType, HostTensor};
 use std::sync::Arc;
 
@@ -112,6 +113,7 @@ impl<B: Backend> LlamaModel<B> {
                 out_features: out_f,
                 weight: LinearWeight::Dense(Arc::new(backend.upload_matrix(&w, wdt)?)),
                 bias,
+                act: ActSpec::NONE,
             })
         };
         let mut layers = Vec::with_capacity(c.num_layers);
@@ -137,6 +139,7 @@ impl<B: Backend> LlamaModel<B> {
                 out_features: c.vocab_size,
                 weight: LinearWeight::Dense(embed.clone()),
                 bias: None,
+                act: ActSpec::NONE,
             }
         } else {
             let mut l = linear("lm_head", c.vocab_size, dim, false)?;
@@ -254,9 +257,15 @@ impl<B: Backend> LlamaModel<B> {
         }
         let n_chunks = tokens.len().div_ceil(s.max_batch);
         for (i, chunk) in tokens.chunks(s.max_batch).enumerate() {
-            self.forward_chunk(s, chunk)?;
+            // A single token after the prompt is a decode step; everything else is prefill.
+            let ph = if chunk.len() == 1 && s.pos > 0 {
+                Phase::Decode
+            } else {
+                Phase::Prefill
+            };
+            self.forward_chunk(s, chunk, ph)?;
             if i + 1 == n_chunks {
-                self.logits(s, chunk.len(), want)?;
+                self.logits(s, chunk.len(), want, ph)?;
             }
             s.pos += chunk.len();
         }
@@ -268,7 +277,7 @@ impl<B: Backend> LlamaModel<B> {
     }
 
     /// Run all blocks on one chunk, leaving the final residual stream in `s.x`.
-    fn forward_chunk(&self, s: &mut Session<B>, tokens: &[u32]) -> Result<()> {
+    fn forward_chunk(&self, s: &mut Session<B>, tokens: &[u32], ph: Phase) -> Result<()> {
         let (b, c) = (&self.backend, &self.config);
         let (rows, pos) = (tokens.len(), s.pos);
         let (dim, hd) = (c.hidden_size, c.head_dim);
@@ -276,9 +285,9 @@ impl<B: Backend> LlamaModel<B> {
         for (l, layer) in self.layers.iter().enumerate() {
             // attention block
             b.rms_norm(&mut s.xb, &s.x, &layer.attn_norm, rows, dim, c.rms_norm_eps)?;
-            b.linear(&mut s.q, &s.xb, &layer.q, rows)?;
-            b.linear(&mut s.k, &s.xb, &layer.k, rows)?;
-            b.linear(&mut s.v, &s.xb, &layer.v, rows)?;
+            b.linear(&mut s.q, &s.xb, &layer.q, rows, ph)?;
+            b.linear(&mut s.k, &s.xb, &layer.k, rows, ph)?;
+            b.linear(&mut s.v, &s.xb, &layer.v, rows, ph)?;
             b.rope(
                 &mut s.q,
                 &self.rope_cos,
@@ -312,35 +321,35 @@ impl<B: Backend> LlamaModel<B> {
                 n_kv_heads: c.num_kv_heads,
                 head_dim: hd,
             })?;
-            b.linear(&mut s.xb, &s.att, &layer.o, rows)?;
+            b.linear(&mut s.xb, &s.att, &layer.o, rows, ph)?;
             b.add_assign(&mut s.x, &s.xb, rows * dim)?;
             // MLP block
             b.rms_norm(&mut s.xb, &s.x, &layer.mlp_norm, rows, dim, c.rms_norm_eps)?;
-            b.linear(&mut s.hb, &s.xb, &layer.gate, rows)?;
-            b.linear(&mut s.hb2, &s.xb, &layer.up, rows)?;
+            b.linear(&mut s.hb, &s.xb, &layer.gate, rows, ph)?;
+            b.linear(&mut s.hb2, &s.xb, &layer.up, rows, ph)?;
             b.silu_mul(&mut s.hb, &s.hb2, rows * c.intermediate_size)?;
-            b.linear(&mut s.xb, &s.hb, &layer.down, rows)?;
+            b.linear(&mut s.xb, &s.hb, &layer.down, rows, ph)?;
             b.add_assign(&mut s.x, &s.xb, rows * dim)?;
         }
         Ok(())
     }
 
     /// Final norm + LM head on the chunk's last row (or all rows), copied to the host.
-    fn logits(&self, s: &mut Session<B>, rows: usize, want: Logits) -> Result<()> {
+    fn logits(&self, s: &mut Session<B>, rows: usize, want: Logits, ph: Phase) -> Result<()> {
         let (b, c) = (&self.backend, &self.config);
         let dim = c.hidden_size;
         let vocab = c.vocab_size;
         match want {
             Logits::All => {
                 b.rms_norm(&mut s.xb, &s.x, &self.norm, rows, dim, c.rms_norm_eps)?;
-                b.linear(&mut s.logits, &s.xb, &self.lm_head, rows)?;
+                b.linear(&mut s.logits, &s.xb, &self.lm_head, rows, ph)?;
                 b.read(&s.logits, 0, &mut s.host_logits[..rows * vocab])
             }
             Logits::Last => {
                 // Normalise only the last row: move it to the front of xb first.
                 b.copy(&mut s.xb, 0, &s.x, (rows - 1) * dim, dim)?;
                 b.rms_norm(&mut s.x, &s.xb, &self.norm, 1, dim, c.rms_norm_eps)?;
-                b.linear(&mut s.logits, &s.x, &self.lm_head, 1)?;
+                b.linear(&mut s.logits, &s.x, &self.lm_head, 1, ph)?;
                 b.read(&s.logits, 0, &mut s.host_logits[..vocab])
             }
         }

@@ -323,6 +323,121 @@ pub fn matmul_with<W: WElem>(
     }
 }
 
+thread_local! {
+    /// Per-thread rows decoded by `matmul_decoded` (NR × k f32), grown once, then reused.
+    static DECODED: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// out (m, n) = x (m, k) · Wᵀ for a weight whose rows are produced on demand: `decode(j, r,
+/// buf)` writes rows j..j+r of W as f32 into buf (r × k). Used for weights stored in formats
+/// the tiles cannot read directly (FP8 codes, INT4 groups); each row is decoded once per call
+/// and then shared by all m tokens.
+pub fn matmul_decoded(
+    isa: Isa,
+    out: &mut [f32],
+    x: &[f32],
+    m: usize,
+    n: usize,
+    k: usize,
+    decode: &(dyn Fn(usize, usize, &mut [f32]) + Sync),
+) {
+    assert!(
+        out.len() >= m * n && x.len() >= m * k,
+        "matmul_decoded: buffers too small"
+    );
+    assert!(
+        isa == Isa::Portable || has_avx2(),
+        "AVX2 kernels requested on a CPU without AVX2/FMA/F16C"
+    );
+    let threads = rayon::current_num_threads().max(1);
+    let chunk = (n.div_ceil(threads * 4)).max(16).div_ceil(NR) * NR;
+    let out_ptr = SendPtr(out.as_mut_ptr());
+    let run = |c: usize| {
+        let p = out_ptr;
+        let (n0, n1) = (c * chunk, ((c + 1) * chunk).min(n));
+        DECODED.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            if buf.len() < NR * k {
+                buf.resize(NR * k, 0.0);
+            }
+            let mut j = n0;
+            while j < n1 {
+                let r = NR.min(n1 - j);
+                decode(j, r, &mut buf[..r * k]);
+                // SAFETY: buf holds r rows of k; x holds m rows of k; this task writes only
+                // columns j..j+r of out, disjoint from other tasks; bounds checked above.
+                unsafe {
+                    if r == NR {
+                        block_rows::<NR>(isa, x, &buf[..r * k], m, n, k, j, p.0);
+                    } else {
+                        for jj in 0..r {
+                            block_rows::<1>(
+                                isa,
+                                x,
+                                &buf[jj * k..(jj + 1) * k],
+                                m,
+                                n,
+                                k,
+                                j + jj,
+                                p.0,
+                            );
+                        }
+                    }
+                }
+                j += r;
+            }
+        });
+    };
+    let n_chunks = n.div_ceil(chunk);
+    if n_chunks == 1 || m * n * k < 32 * 1024 {
+        (0..n_chunks).for_each(run);
+    } else {
+        (0..n_chunks).into_par_iter().for_each(run);
+    }
+}
+
+/// All m tokens against C decoded rows `w` (C × k), written to columns j..j+C of out.
+///
+/// # Safety
+/// out is (m, n) with j + C <= n; x is (m, k); w is (C, k).
+#[allow(clippy::too_many_arguments)]
+unsafe fn block_rows<const C: usize>(
+    isa: Isa,
+    x: &[f32],
+    w: &[f32],
+    m: usize,
+    n: usize,
+    k: usize,
+    j: usize,
+    out: *mut f32,
+) {
+    macro_rules! t {
+        ($r:expr, $i:expr) => {{
+            let (xp, op) = (x.as_ptr().add($i * k), out.add($i * n + j));
+            #[cfg(target_arch = "x86_64")]
+            if isa == Isa::Avx2 {
+                avx2::tile::<$r, C, f32>(xp, k, w.as_ptr(), k, k, op, n);
+            } else {
+                portable::tile::<$r, C, f32>(xp, k, w.as_ptr(), k, k, op, n);
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            {
+                let _ = isa;
+                portable::tile::<$r, C, f32>(xp, k, w.as_ptr(), k, k, op, n);
+            }
+        }};
+    }
+    let mut i = 0;
+    while i + MR <= m {
+        t!(MR, i);
+        i += MR;
+    }
+    while i < m {
+        t!(1, i);
+        i += 1;
+    }
+}
+
 /// Dot product of two f32 slices of equal length, in the kernels' reduction order.
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     let k = a.len().min(b.len());

@@ -4,14 +4,18 @@
 //! nothing here allocates, so a decode step allocates nothing.
 
 pub mod gemm;
+pub mod qgemm;
 
 use super::{AttentionArgs, Backend};
 use crate::error::{Error, Result};
 use crate::model::linear::{Linear, LinearWeight};
+use crate::quant::{self, ActQuant, ActSpec, Phase, QDType, QuantWeight};
 use crate::tensor::{DType, HostData, HostTensor};
 use gemm::SendPtr;
 use half::{bf16, f16};
 use rayon::prelude::*;
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Dense matrix data in its storage dtype.
 #[derive(Debug)]
@@ -49,12 +53,135 @@ impl CpuMatrix {
     }
 }
 
+/// Rows of activations quantized per path, for observing pd_mix (tests, diagnostics).
 #[derive(Debug, Default)]
-pub struct CpuBackend;
+pub struct QuantCounters {
+    pub dynamic_rows: AtomicU64,
+    pub static_rows: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+pub struct CpuBackend {
+    pub counters: QuantCounters,
+}
 
 impl CpuBackend {
     pub fn new() -> Self {
-        CpuBackend
+        CpuBackend::default()
+    }
+}
+
+/// Per-thread scratch for quantized activations, grown to the largest (rows × k) seen.
+#[derive(Default)]
+struct ActScratch {
+    q: Vec<i8>,      // (rows, k) int8 activations
+    xf: Vec<f32>,    // (rows, k) FP8-rounded activations
+    scale: Vec<f32>, // (rows)
+    zp: Vec<i32>,    // (rows)
+}
+
+thread_local! {
+    static SCRATCH: RefCell<ActScratch> = RefCell::new(ActScratch::default());
+}
+
+fn grow<T: Clone + Default>(v: &mut Vec<T>, n: usize) {
+    if v.len() < n {
+        v.resize(n, T::default());
+    }
+}
+
+impl CpuBackend {
+    /// Which activation scale to use: None = per-token dynamic, Some = static per-tensor.
+    fn act_params(&self, act: &ActSpec, phase: Phase, rows: usize) -> Option<(f32, i32)> {
+        let fixed = match act.policy {
+            ActQuant::None | ActQuant::Dynamic => None,
+            ActQuant::Static { scale, zp } => Some((scale, zp)),
+            ActQuant::PdMix { scale, zp } => match phase {
+                Phase::Prefill => None,
+                Phase::Decode => Some((scale, zp)),
+            },
+        };
+        let c = if fixed.is_some() {
+            &self.counters.static_rows
+        } else {
+            &self.counters.dynamic_rows
+        };
+        c.fetch_add(rows as u64, Ordering::Relaxed);
+        fixed
+    }
+
+    fn quant_linear(
+        &self,
+        out: &mut [f32],
+        x: &[f32],
+        w: &Linear<CpuBackend>,
+        qw: &QuantWeight,
+        m: usize,
+        phase: Phase,
+    ) -> Result<()> {
+        let (n, k) = (w.out_features, w.in_features);
+        let isa = gemm::Isa::detect();
+        let bias = w.bias.as_deref();
+        match (qw, w.act.policy) {
+            (_, ActQuant::None) => {
+                gemm::matmul_decoded(isa, out, x, m, n, k, &|j, r, buf| qw.decode_rows(k, j, r, buf));
+                add_bias(out, bias, m, n);
+            }
+            (QuantWeight::Int8 { q, scale, colsum }, _) => {
+                if w.act.dtype != QDType::Int8 {
+                    return Err(Error::InvalidArgument(format!("{}: int8 weights need int8 activations", w.name)));
+                }
+                let fixed = self.act_params(&w.act, phase, m);
+                SCRATCH.with(|sc| {
+                    let sc = &mut *sc.borrow_mut();
+                    grow(&mut sc.q, m * k);
+                    grow(&mut sc.scale, m);
+                    grow(&mut sc.zp, m);
+                    quant::quantize_rows_i8(x, m, k, w.act.symmetric, fixed, &mut sc.q, &mut sc.scale, &mut sc.zp);
+                    qgemm::gemm_i8_f32(isa, out, &sc.q, &sc.scale, &sc.zp, q, scale, colsum, bias, m, n, k);
+                });
+            }
+            (QuantWeight::Fp8 { codes, scale }, _) => {
+                if w.act.dtype != QDType::Fp8E4M3 {
+                    return Err(Error::InvalidArgument(format!("{}: fp8 weights need fp8 activations", w.name)));
+                }
+                let fixed = self.act_params(&w.act, phase, m).map(|(s, _)| s);
+                let lut = quant::fp8_table();
+                SCRATCH.with(|sc| {
+                    let sc = &mut *sc.borrow_mut();
+                    grow(&mut sc.xf, m * k);
+                    grow(&mut sc.scale, m);
+                    quant::quantize_rows_fp8(x, m, k, fixed, &mut sc.xf, &mut sc.scale);
+                    gemm::matmul_decoded(isa, out, &sc.xf, m, n, k, &|j, r, buf| {
+                        for (jj, row) in buf.chunks_exact_mut(k).take(r).enumerate() {
+                            let src = &codes[(j + jj) * k..(j + jj + 1) * k];
+                            row.iter_mut().zip(src).for_each(|(o, &c)| *o = lut[c as usize]);
+                        }
+                    });
+                    for (i, row) in out[..m * n].chunks_exact_mut(n).enumerate() {
+                        let sa = sc.scale[i];
+                        for (j, o) in row.iter_mut().enumerate() {
+                            *o = *o * sa * scale[j] + bias.map_or(0.0, |b| b[j]);
+                        }
+                    }
+                });
+            }
+            (QuantWeight::Int4 { .. }, _) => {
+                return Err(Error::InvalidArgument(format!(
+                    "{}: int4 weights run weight-only (W4A16); activation quantization is not supported",
+                    w.name
+                )))
+            }
+        }
+        Ok(())
+    }
+}
+
+fn add_bias(out: &mut [f32], bias: Option<&[f32]>, m: usize, n: usize) {
+    if let Some(b) = bias {
+        for row in out[..m * n].chunks_exact_mut(n) {
+            row.iter_mut().zip(b.iter()).for_each(|(o, b)| *o += b);
+        }
     }
 }
 
@@ -92,6 +219,7 @@ fn rms_norm_row(out: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
 impl Backend for CpuBackend {
     type Buf = Vec<f32>;
     type Matrix = CpuMatrix;
+    type QMatrix = QuantWeight;
 
     fn describe(&self) -> String {
         let isa = if gemm::has_avx2() {
@@ -133,6 +261,33 @@ impl Backend for CpuBackend {
             HostData::BF16(v) => MatrixData::BF16(v),
         };
         Ok(CpuMatrix { rows, cols, data })
+    }
+
+    fn upload_quant(&self, w: &QuantWeight, rows: usize, cols: usize) -> Result<QuantWeight> {
+        let ok = match w {
+            QuantWeight::Int8 { q, scale, colsum } => {
+                q.len() == rows * cols && scale.len() == rows && colsum.len() == rows
+            }
+            QuantWeight::Fp8 { codes, scale } => codes.len() == rows * cols && scale.len() == rows,
+            QuantWeight::Int4 {
+                packed,
+                scale,
+                zero,
+                group,
+            } => {
+                *group > 0
+                    && cols % group == 0
+                    && packed.len() * 2 == rows * cols
+                    && scale.len() == rows * (cols / group)
+                    && (zero.is_empty() || zero.len() == scale.len())
+            }
+        };
+        if !ok {
+            return Err(Error::InvalidArgument(format!(
+                "quantized weight does not match shape [{rows}, {cols}]"
+            )));
+        }
+        Ok(w.clone())
     }
 
     fn embed(&self, out: &mut Vec<f32>, table: &CpuMatrix, ids: &[u32]) -> Result<()> {
@@ -203,6 +358,7 @@ impl Backend for CpuBackend {
         x: &Vec<f32>,
         w: &Linear<CpuBackend>,
         rows: usize,
+        phase: Phase,
     ) -> Result<()> {
         let (n, k) = (w.out_features, w.in_features);
         check_len(format_args!("{} out", w.name), out.len(), rows * n)?;
@@ -213,12 +369,9 @@ impl Backend for CpuBackend {
                 MatrixData::F16(v) => gemm::matmul(out, x, v, rows, n, k),
                 MatrixData::BF16(v) => gemm::matmul(out, x, v, rows, n, k),
             },
+            LinearWeight::Quant(q) => return self.quant_linear(out, x, w, q, rows, phase),
         }
-        if let Some(b) = &w.bias {
-            for row in out[..rows * n].chunks_exact_mut(n) {
-                row.iter_mut().zip(b.iter()).for_each(|(o, b)| *o += b);
-            }
-        }
+        add_bias(out, w.bias.as_deref(), rows, n);
         Ok(())
     }
 
