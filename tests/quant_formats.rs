@@ -1,0 +1,292 @@
+//! Number-format codecs: all 256 FP8 codes both ways, halfway cases round to even, saturation,
+//! int8 / int4 quantize-dequantize within the analytic bound (half a step), int4 packings.
+
+mod common;
+
+use common::randn;
+use ferroq::engine::sampler::Rng;
+use ferroq::quant::formats::{self, Fp8};
+use ferroq::quant::weight::{quantize_weight, WeightMethod, WeightQConfig, WeightScope};
+use ferroq::quant::{int8_params, QDType, QuantWeight};
+
+#[test]
+fn fp8_all_codes_round_trip() {
+    for f in [Fp8::E4M3, Fp8::E5M2] {
+        let mut finite = 0;
+        for code in 0..=255u8 {
+            let v = f.decode(code);
+            if v.is_nan() {
+                assert!(f.decode(f.encode(v)).is_nan());
+                continue;
+            }
+            if v.is_infinite() {
+                // E5M2 infinities saturate to the largest finite value when encoded
+                assert_eq!(f.decode(f.encode(v)), v.signum() * f.max());
+                continue;
+            }
+            finite += 1;
+            assert_eq!(f.encode(v), code, "{f:?} code {code:#04x} value {v}");
+        }
+        let want = match f {
+            Fp8::E4M3 => 254, // 2 NaNs
+            Fp8::E5M2 => 248, // 2 inf + 6 NaN
+        };
+        assert_eq!(finite, want, "{f:?}");
+    }
+    assert_eq!(Fp8::E4M3.decode(0x7E), 448.0);
+    assert!(Fp8::E4M3.decode(0x7F).is_nan());
+    assert_eq!(Fp8::E4M3.decode(0x01), 2f32.powi(-9), "smallest subnormal");
+    assert_eq!(Fp8::E5M2.decode(0x7B), 57344.0);
+    assert_eq!(Fp8::E5M2.decode(0x7C), f32::INFINITY);
+}
+
+#[test]
+fn fp8_halfway_rounds_to_even_and_saturates() {
+    for f in [Fp8::E4M3, Fp8::E5M2] {
+        // every pair of adjacent positive finite codes: the midpoint goes to the even code
+        let max_code = f.encode(f.max());
+        for c in 0..max_code {
+            let (a, b) = (f.decode(c), f.decode(c + 1));
+            let mid = (a as f64 + b as f64) / 2.0;
+            let even = if c % 2 == 0 { c } else { c + 1 };
+            assert_eq!(
+                f.encode(mid as f32),
+                even,
+                "{f:?} midpoint of {c:#04x} and {:#04x}",
+                c + 1
+            );
+            // just off the midpoint goes to the nearer one
+            let eps = (b - a) as f64 / 64.0;
+            assert_eq!(f.encode((mid - eps) as f32), c);
+            assert_eq!(f.encode((mid + eps) as f32), c + 1);
+            // negative side mirrors
+            assert_eq!(f.encode(-(mid as f32)), even | 0x80);
+        }
+        assert_eq!(f.encode(f.max() * 4.0), max_code, "saturates");
+        assert_eq!(f.encode(-1e30), max_code | 0x80);
+        assert_eq!(f.encode(f32::INFINITY), max_code);
+        assert!(f.decode(f.encode(f32::NAN)).is_nan());
+    }
+    // E4M3: 464 is halfway between 448 and the (nonexistent) 480 -> saturate to 448
+    assert_eq!(Fp8::E4M3.decode(Fp8::E4M3.encode(464.0)), 448.0);
+    assert_eq!(Fp8::E4M3.encode(-0.0), 0x80);
+}
+
+#[test]
+fn int8_round_trip_within_half_step() {
+    let mut rng = Rng::new(1);
+    for symmetric in [true, false] {
+        let x = randn(&mut rng, 1000, 3.0);
+        let x: Vec<f32> = x.iter().map(|v| v + 0.7).collect(); // off-centre
+        let (lo, hi) = x
+            .iter()
+            .fold((0f32, 0f32), |(l, h), &v| (l.min(v), h.max(v)));
+        let (s, z) = int8_params(lo, hi, symmetric);
+        for &v in &x {
+            let q = formats::quantize_i8(v, 1.0 / s, z, symmetric);
+            let back = formats::dequantize_i8(q, s, z);
+            assert!(
+                (back - v).abs() <= s / 2.0 * (1.0 + 1e-5),
+                "sym {symmetric}: {v} -> {back} (s {s})"
+            );
+            if symmetric {
+                assert!(q >= -127);
+            }
+        }
+        // zero is exact
+        assert_eq!(
+            formats::dequantize_i8(formats::quantize_i8(0.0, 1.0 / s, z, symmetric), s, z),
+            0.0
+        );
+    }
+    // halfway rounds to even: 2.5 -> 2, 3.5 -> 4
+    assert_eq!(formats::quantize_i8(2.5, 1.0, 0, true), 2);
+    assert_eq!(formats::quantize_i8(3.5, 1.0, 0, true), 4);
+    assert_eq!(formats::quantize_i8(-500.0, 1.0, 0, true), -127);
+    assert_eq!(formats::quantize_i8(-500.0, 1.0, 0, false), -128);
+}
+
+#[test]
+fn int4_packings_round_trip() {
+    let v: Vec<i8> = (0..40).map(|i| ((i * 7) % 16) as i8 - 8).collect();
+    assert_eq!(
+        formats::unpack_i4_bytes(&formats::pack_i4_bytes(&v), v.len()),
+        v
+    );
+    assert_eq!(
+        formats::unpack_i4_int32(&formats::pack_i4_int32(&v), v.len()),
+        v
+    );
+    // compressed-tensors layout: element i of each 8 at bits 4i, offset by 8
+    let p = formats::pack_i4_int32(&[-8, -7, 0, 7, 1, 2, 3, 4]);
+    assert_eq!(p, vec![0xCBA9_F810u32 as i32]);
+    let b = formats::pack_i4_bytes(&[-8, 7, 0]);
+    assert_eq!(b, vec![0xF0, 0x88]);
+}
+
+#[test]
+fn weight_schemes_within_bounds() {
+    let mut rng = Rng::new(2);
+    let (n, k) = (6, 256);
+    let w = randn(&mut rng, n * k, 0.5);
+    let mut dec = vec![0.0; n * k];
+    let cases = [
+        (
+            QDType::Int8,
+            WeightScope::PerChannel,
+            true,
+            WeightMethod::MinMax,
+        ),
+        (
+            QDType::Int8,
+            WeightScope::PerTensor,
+            true,
+            WeightMethod::MinMax,
+        ),
+        (
+            QDType::Int8,
+            WeightScope::PerChannel,
+            true,
+            WeightMethod::Ssz,
+        ),
+        (
+            QDType::Fp8E4M3,
+            WeightScope::PerChannel,
+            true,
+            WeightMethod::MinMax,
+        ),
+        (
+            QDType::Int4,
+            WeightScope::PerGroup(32),
+            true,
+            WeightMethod::MinMax,
+        ),
+        (
+            QDType::Int4,
+            WeightScope::PerGroup(64),
+            false,
+            WeightMethod::MinMax,
+        ),
+        (
+            QDType::Int4,
+            WeightScope::PerGroup(128),
+            true,
+            WeightMethod::Ssz,
+        ),
+        (
+            QDType::Int4,
+            WeightScope::PerGroup(128),
+            false,
+            WeightMethod::Ssz,
+        ),
+    ];
+    for (dtype, scope, symmetric, method) in cases {
+        let cfg = WeightQConfig {
+            dtype,
+            scope,
+            symmetric,
+            method,
+        };
+        let q = quantize_weight(&w, n, k, &cfg).expect("quantize");
+        q.decode_rows(k, 0, n, &mut dec);
+        let mse: f64 = w
+            .iter()
+            .zip(&dec)
+            .map(|(a, b)| ((a - b) as f64).powi(2))
+            .sum::<f64>()
+            / (n * k) as f64;
+        for (i, (&a, &b)) in w.iter().zip(&dec).enumerate() {
+            let j = i / k;
+            let bound = match &q {
+                QuantWeight::Int8 { scale, .. } => scale[j] / 2.0,
+                // 3 mantissa bits: half an ulp is 2^-4 relative, or half the subnormal step
+                QuantWeight::Fp8 { scale, .. } => (a.abs() / 16.0).max(scale[j] * 2f32.powi(-10)),
+                QuantWeight::Int4 { scale, group, .. } => {
+                    let s = scale[j * (k / group) + (i % k) / group];
+                    // ssz may shrink the scale so the extremes clip: allow one extra step
+                    if method == WeightMethod::Ssz {
+                        s * 1.5
+                    } else {
+                        s / 2.0
+                    }
+                }
+            };
+            assert!(
+                (a - b).abs() <= bound * 1.0001 + 1e-7,
+                "{cfg:?} index {i}: {a} -> {b} (bound {bound})"
+            );
+        }
+        assert!(mse < 1e-2, "{cfg:?} mse {mse}");
+    }
+}
+
+#[test]
+fn ssz_does_not_increase_error() {
+    let mut rng = Rng::new(3);
+    let (n, k) = (8, 256);
+    // heavy-tailed rows, where minmax wastes range on outliers
+    let w: Vec<f32> = randn(&mut rng, n * k, 1.0)
+        .iter()
+        .map(|v| v * v * v)
+        .collect();
+    let err = |method| {
+        let cfg = WeightQConfig {
+            dtype: QDType::Int4,
+            scope: WeightScope::PerGroup(128),
+            symmetric: true,
+            method,
+        };
+        let q = quantize_weight(&w, n, k, &cfg).expect("q");
+        let mut d = vec![0.0; n * k];
+        q.decode_rows(k, 0, n, &mut d);
+        w.iter()
+            .zip(&d)
+            .map(|(a, b)| ((a - b) as f64).powi(2))
+            .sum::<f64>()
+    };
+    let (mm, ssz) = (err(WeightMethod::MinMax), err(WeightMethod::Ssz));
+    assert!(ssz <= mm, "ssz {ssz} > minmax {mm}");
+    assert!(
+        ssz < mm * 0.95,
+        "ssz should find a better scale on heavy tails: {ssz} vs {mm}"
+    );
+}
+
+#[test]
+fn bad_weight_configs_are_errors() {
+    let w = vec![0.5f32; 4 * 48];
+    let cfg = |dtype, scope, symmetric| WeightQConfig {
+        dtype,
+        scope,
+        symmetric,
+        method: WeightMethod::MinMax,
+    };
+    assert!(
+        quantize_weight(
+            &w,
+            4,
+            48,
+            &cfg(QDType::Int4, WeightScope::PerGroup(32), true)
+        )
+        .is_err(),
+        "32 does not divide 48"
+    );
+    assert!(quantize_weight(
+        &w,
+        4,
+        48,
+        &cfg(QDType::Int8, WeightScope::PerChannel, false)
+    )
+    .is_err());
+    assert!(quantize_weight(
+        &w,
+        4,
+        48,
+        &cfg(QDType::Int8, WeightScope::PerGroup(16), true)
+    )
+    .is_err());
+    assert!(
+        quantize_weight(&w, 5, 48, &cfg(QDType::Int8, WeightScope::PerChannel, true)).is_err(),
+        "wrong shape"
+    );
+}

@@ -1,0 +1,369 @@
+//! Quantized CPU kernels against references: the int8 GEMM bit-exact against an i64
+//! reference, the fused epilogue within float tolerance, FP8 and INT4 linears against f64
+//! references on decoded operands, and pd_mix choosing the dynamic path in prefill and the
+//! static one in decode.
+
+mod common;
+
+use common::randn;
+use ferroq::backend::cpu::gemm::{has_avx2, Isa};
+use ferroq::backend::cpu::{qgemm, CpuBackend};
+use ferroq::backend::Backend;
+use ferroq::engine::sampler::Rng;
+use ferroq::model::linear::{Linear, LinearWeight};
+use ferroq::quant::weight::{quantize_weight, WeightMethod, WeightQConfig, WeightScope};
+use ferroq::quant::{self, ActQuant, ActSpec, Phase, QDType, QuantWeight};
+use std::sync::atomic::Ordering;
+
+fn isas() -> Vec<Isa> {
+    if has_avx2() {
+        vec![Isa::Portable, Isa::Avx2]
+    } else {
+        vec![Isa::Portable]
+    }
+}
+
+fn rand_i8(rng: &mut Rng, n: usize, lo: i32) -> Vec<i8> {
+    (0..n)
+        .map(|_| (lo + (rng.next_u64() % (128 - lo) as u64) as i32) as i8)
+        .collect()
+}
+
+#[test]
+fn int8_gemm_exact_against_i64() {
+    let mut rng = Rng::new(1);
+    for &(m, n, k) in &[
+        (1, 1, 1),
+        (1, 7, 33),
+        (7, 33, 1),
+        (5, 3, 17),
+        (33, 7, 4097),
+        (4, 2, 16),
+        (13, 64, 576),
+    ] {
+        let qa = rand_i8(&mut rng, m * k, -128);
+        let qw = rand_i8(&mut rng, n * k, -127);
+        let want: Vec<i64> = (0..m * n)
+            .map(|e| {
+                (0..k)
+                    .map(|t| qa[(e / n) * k + t] as i64 * qw[(e % n) * k + t] as i64)
+                    .sum()
+            })
+            .collect();
+        for isa in isas() {
+            let got = qgemm::gemm_i8_i32(isa, &qa, &qw, m, n, k);
+            let got: Vec<i64> = got.into_iter().map(|v| v as i64).collect();
+            assert_eq!(got, want, "{isa:?} {m}x{n}x{k}");
+        }
+    }
+}
+
+#[test]
+fn int8_epilogue_with_zero_point_and_bias() {
+    let mut rng = Rng::new(2);
+    let (m, n, k) = (7, 33, 129);
+    let qa = rand_i8(&mut rng, m * k, -128);
+    let qw = rand_i8(&mut rng, n * k, -127);
+    let a_scale: Vec<f32> = (0..m).map(|i| 0.01 + i as f32 * 0.003).collect();
+    let a_zp: Vec<i32> = (0..m).map(|i| i as i32 * 9 - 30).collect();
+    let w_scale: Vec<f32> = (0..n).map(|j| 0.02 + j as f32 * 0.001).collect();
+    let colsum: Vec<i32> = (0..n)
+        .map(|j| qw[j * k..(j + 1) * k].iter().map(|&v| v as i32).sum())
+        .collect();
+    let bias = randn(&mut rng, n, 1.0);
+    for isa in isas() {
+        let mut out = vec![f32::NAN; m * n];
+        qgemm::gemm_i8_f32(
+            isa,
+            &mut out,
+            &qa,
+            &a_scale,
+            &a_zp,
+            &qw,
+            &w_scale,
+            &colsum,
+            Some(&bias),
+            m,
+            n,
+            k,
+        );
+        for i in 0..m {
+            for j in 0..n {
+                // dequantize both operands and multiply in f64
+                let r: f64 = (0..k)
+                    .map(|t| {
+                        (qa[i * k + t] as f64 - a_zp[i] as f64)
+                            * a_scale[i] as f64
+                            * qw[j * k + t] as f64
+                            * w_scale[j] as f64
+                    })
+                    .sum::<f64>()
+                    + bias[j] as f64;
+                let g = out[i * n + j] as f64;
+                assert!(
+                    (g - r).abs() <= 1e-5 * r.abs() + 1e-4,
+                    "{isa:?} ({i},{j}) {g} vs {r}"
+                );
+            }
+        }
+    }
+}
+
+fn quant_linear(
+    b: &CpuBackend,
+    w: &[f32],
+    n: usize,
+    k: usize,
+    cfg: WeightQConfig,
+    act: ActSpec,
+) -> (Linear<CpuBackend>, QuantWeight) {
+    let q = quantize_weight(w, n, k, &cfg).expect("quantize");
+    let lin = Linear {
+        name: "test".into(),
+        in_features: k,
+        out_features: n,
+        weight: LinearWeight::Quant(b.upload_quant(&q, n, k).expect("upload")),
+        bias: None,
+        act,
+    };
+    (lin, q)
+}
+
+fn decoded(q: &QuantWeight, n: usize, k: usize) -> Vec<f32> {
+    let mut d = vec![0.0; n * k];
+    q.decode_rows(k, 0, n, &mut d);
+    d
+}
+
+#[test]
+fn w8a8_linear_matches_reference_for_each_policy() {
+    let b = CpuBackend::new();
+    let mut rng = Rng::new(3);
+    let (m, n, k) = (5, 37, 96);
+    let w = randn(&mut rng, n * k, 0.3);
+    let x = randn(&mut rng, m * k, 2.0);
+    let cfg = WeightQConfig {
+        dtype: QDType::Int8,
+        scope: WeightScope::PerChannel,
+        symmetric: true,
+        method: WeightMethod::MinMax,
+    };
+    for symmetric in [true, false] {
+        for policy in [
+            ActQuant::Dynamic,
+            ActQuant::Static {
+                scale: 2.0 / 127.0,
+                zp: 0,
+            },
+        ] {
+            let act = ActSpec {
+                policy,
+                dtype: QDType::Int8,
+                symmetric,
+            };
+            let (lin, q) = quant_linear(&b, &w, n, k, cfg, act);
+            let wd = decoded(&q, n, k);
+            let mut out = vec![0.0; m * n];
+            b.linear(&mut out, &x, &lin, m, Phase::Prefill)
+                .expect("linear");
+            for i in 0..m {
+                let row = &x[i * k..(i + 1) * k];
+                let (s, z) = match policy {
+                    ActQuant::Static { scale, zp } => (scale, zp),
+                    _ => quant::dynamic_i8_params(row, symmetric),
+                };
+                let xa: Vec<f64> = row
+                    .iter()
+                    .map(|&v| {
+                        quant::formats::dequantize_i8(
+                            quant::formats::quantize_i8(v, 1.0 / s, z, symmetric),
+                            s,
+                            z,
+                        ) as f64
+                    })
+                    .collect();
+                for j in 0..n {
+                    let r: f64 = (0..k).map(|t| xa[t] * wd[j * k + t] as f64).sum();
+                    let g = out[i * n + j] as f64;
+                    assert!(
+                        (g - r).abs() <= 1e-5 * r.abs() + 1e-4,
+                        "sym {symmetric} {policy:?} ({i},{j}) {g} vs {r}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn fp8_and_int4_linears_match_reference() {
+    let b = CpuBackend::new();
+    let mut rng = Rng::new(4);
+    let (m, n, k) = (6, 29, 256);
+    let w = randn(&mut rng, n * k, 0.3);
+    let x = randn(&mut rng, m * k, 2.0);
+    // FP8 W8A8 with dynamic per-token activations: decode both to f32, multiply in f64
+    let cfg = WeightQConfig {
+        dtype: QDType::Fp8E4M3,
+        scope: WeightScope::PerChannel,
+        symmetric: true,
+        method: WeightMethod::MinMax,
+    };
+    let (lin, q) = quant_linear(
+        &b,
+        &w,
+        n,
+        k,
+        cfg,
+        ActSpec {
+            policy: ActQuant::Dynamic,
+            dtype: QDType::Fp8E4M3,
+            symmetric: true,
+        },
+    );
+    let wd = decoded(&q, n, k);
+    let mut out = vec![0.0; m * n];
+    b.linear(&mut out, &x, &lin, m, Phase::Prefill)
+        .expect("fp8 linear");
+    let mut xq = vec![0.0; m * k];
+    let mut xs = vec![0.0; m];
+    quant::quantize_rows_fp8(&x, m, k, None, &mut xq, &mut xs);
+    for i in 0..m {
+        for j in 0..n {
+            let r: f64 = (0..k)
+                .map(|t| xq[i * k + t] as f64 * xs[i] as f64 * wd[j * k + t] as f64)
+                .sum();
+            let g = out[i * n + j] as f64;
+            assert!(
+                (g - r).abs() <= 1e-5 * r.abs() + 1e-4,
+                "fp8 ({i},{j}) {g} vs {r}"
+            );
+        }
+    }
+    // W4A16: float activations, int4 weights
+    for symmetric in [true, false] {
+        let cfg = WeightQConfig {
+            dtype: QDType::Int4,
+            scope: WeightScope::PerGroup(128),
+            symmetric,
+            method: WeightMethod::Ssz,
+        };
+        let (lin, q) = quant_linear(&b, &w, n, k, cfg, ActSpec::NONE);
+        let wd = decoded(&q, n, k);
+        b.linear(&mut out, &x, &lin, m, Phase::Decode)
+            .expect("int4 linear");
+        for i in 0..m {
+            for j in 0..n {
+                let r: f64 = (0..k)
+                    .map(|t| x[i * k + t] as f64 * wd[j * k + t] as f64)
+                    .sum();
+                let g = out[i * n + j] as f64;
+                assert!(
+                    (g - r).abs() <= 1e-5 * r.abs() + 1e-4,
+                    "int4 ({i},{j}) {g} vs {r}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn pd_mix_uses_dynamic_in_prefill_and_static_in_decode() {
+    let b = CpuBackend::new();
+    let mut rng = Rng::new(5);
+    let (n, k) = (16, 64);
+    let w = randn(&mut rng, n * k, 0.3);
+    let cfg = WeightQConfig {
+        dtype: QDType::Int8,
+        scope: WeightScope::PerChannel,
+        symmetric: true,
+        method: WeightMethod::MinMax,
+    };
+    // a deliberately coarse static scale, so the two paths give visibly different results
+    let act = ActSpec {
+        policy: ActQuant::PdMix { scale: 0.5, zp: 0 },
+        dtype: QDType::Int8,
+        symmetric: true,
+    };
+    let (lin, _) = quant_linear(&b, &w, n, k, cfg, act);
+    let x = randn(&mut rng, k, 1.0);
+    let mut pre = vec![0.0; n];
+    let mut dec = vec![0.0; n];
+    b.linear(&mut pre, &x, &lin, 1, Phase::Prefill)
+        .expect("prefill");
+    assert_eq!(b.counters.dynamic_rows.load(Ordering::SeqCst), 1);
+    assert_eq!(b.counters.static_rows.load(Ordering::SeqCst), 0);
+    b.linear(&mut dec, &x, &lin, 1, Phase::Decode)
+        .expect("decode");
+    assert_eq!(b.counters.static_rows.load(Ordering::SeqCst), 1);
+    assert_ne!(
+        pre, dec,
+        "static scale 0.5 must quantize differently from the per-token scale"
+    );
+    // the static path equals an explicit Static policy with the same scale
+    let (lin_s, _) = quant_linear(
+        &b,
+        &w,
+        n,
+        k,
+        cfg,
+        ActSpec {
+            policy: ActQuant::Static { scale: 0.5, zp: 0 },
+            ..act
+        },
+    );
+    let mut st = vec![0.0; n];
+    b.linear(&mut st, &x, &lin_s, 1, Phase::Prefill)
+        .expect("static");
+    assert_eq!(st, dec);
+    // and the prefill path equals an explicit Dynamic policy
+    let (lin_d, _) = quant_linear(
+        &b,
+        &w,
+        n,
+        k,
+        cfg,
+        ActSpec {
+            policy: ActQuant::Dynamic,
+            ..act
+        },
+    );
+    let mut dy = vec![0.0; n];
+    b.linear(&mut dy, &x, &lin_d, 1, Phase::Decode)
+        .expect("dynamic");
+    assert_eq!(dy, pre);
+}
+
+#[test]
+fn mismatched_activation_dtype_is_an_error() {
+    let b = CpuBackend::new();
+    let w = vec![0.1f32; 8 * 16];
+    let cfg = WeightQConfig {
+        dtype: QDType::Int8,
+        scope: WeightScope::PerChannel,
+        symmetric: true,
+        method: WeightMethod::MinMax,
+    };
+    let (lin, _) = quant_linear(
+        &b,
+        &w,
+        8,
+        16,
+        cfg,
+        ActSpec {
+            policy: ActQuant::Dynamic,
+            dtype: QDType::Fp8E4M3,
+            symmetric: true,
+        },
+    );
+    let mut out = vec![0.0; 8];
+    assert!(b
+        .linear(&mut out, &vec![0.5; 16], &lin, 1, Phase::Prefill)
+        .is_err());
+    let bad = QuantWeight::Int8 {
+        q: vec![0; 10],
+        scale: vec![1.0; 8],
+        colsum: vec![0; 8],
+    };
+    assert!(b.upload_quant(&bad, 8, 16).is_err());
+}
