@@ -253,6 +253,36 @@ fn ssz_does_not_increase_error() {
 }
 
 #[test]
+fn int4_ragged_last_group() {
+    // 80 = 64 + 16: the second group of each row is shorter, with its own scale
+    let mut rng = Rng::new(4);
+    let (n, k) = (3, 80);
+    let mut w = randn(&mut rng, n * k, 0.1);
+    w[70] = 5.0; // an outlier in the short group of row 0 must not affect the long group
+    let cfg = WeightQConfig {
+        dtype: QDType::Int4,
+        scope: WeightScope::PerGroup(64),
+        symmetric: true,
+        method: WeightMethod::MinMax,
+    };
+    let q = quantize_weight(&w, n, k, &cfg).expect("q");
+    let QuantWeight::Int4 { scale, .. } = &q else {
+        panic!("int4")
+    };
+    assert_eq!(scale.len(), n * 2);
+    assert!(
+        scale[0] < 0.1 && (scale[1] - 5.0 / 7.0).abs() < 1e-6,
+        "{scale:?}"
+    );
+    let mut d = vec![0.0; n * k];
+    q.decode_rows(k, 0, n, &mut d);
+    for (i, (a, b)) in w.iter().zip(&d).enumerate() {
+        let s = scale[(i / k) * 2 + usize::from(i % k >= 64)];
+        assert!((a - b).abs() <= s / 2.0 * 1.0001, "index {i}");
+    }
+}
+
+#[test]
 fn bad_weight_configs_are_errors() {
     let w = vec![0.5f32; 4 * 48];
     let cfg = |dtype, scope, symmetric| WeightQConfig {
@@ -266,10 +296,10 @@ fn bad_weight_configs_are_errors() {
             &w,
             4,
             48,
-            &cfg(QDType::Int4, WeightScope::PerGroup(32), true)
+            &cfg(QDType::Int4, WeightScope::PerGroup(33), true)
         )
         .is_err(),
-        "32 does not divide 48"
+        "an odd group size"
     );
     assert!(quantize_weight(
         &w,

@@ -40,6 +40,49 @@ pub struct LlamaModel<B: Backend> {
     rope_len: usize,
 }
 
+/// Where a linear's input is observed during calibration: the four distinct inputs of a block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Site {
+    /// input_layernorm output, read by q/k/v_proj
+    AttnIn,
+    /// attention output, read by o_proj
+    OIn,
+    /// post_attention_layernorm output, read by gate/up_proj
+    MlpIn,
+    /// silu(gate) * up, read by down_proj
+    DownIn,
+}
+
+impl Site {
+    pub const ALL: [Site; 4] = [Site::AttnIn, Site::OIn, Site::MlpIn, Site::DownIn];
+
+    /// Module suffixes (after `model.layers.N.`) of the linears that read this input.
+    pub fn linears(self) -> &'static [&'static str] {
+        match self {
+            Site::AttnIn => &["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"],
+            Site::OIn => &["self_attn.o_proj"],
+            Site::MlpIn => &["mlp.gate_proj", "mlp.up_proj"],
+            Site::DownIn => &["mlp.down_proj"],
+        }
+    }
+
+    /// The site a decoder linear reads, from its full name.
+    pub fn of_linear(name: &str) -> Option<(usize, Site)> {
+        let rest = name.strip_prefix("model.layers.")?;
+        let (l, module) = rest.split_once('.')?;
+        let l = l.parse().ok()?;
+        Site::ALL
+            .into_iter()
+            .find(|s| s.linears().contains(&module))
+            .map(|s| (l, s))
+    }
+}
+
+/// Receives every linear input during an observed forward pass: x is (rows, dim) on the host.
+pub trait ActivationHook {
+    fn observe(&mut self, layer: usize, site: Site, x: &[f32], rows: usize, dim: usize);
+}
+
 /// Which logits a forward pass returns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Logits {
@@ -69,6 +112,7 @@ pub struct Session<B: Backend> {
     v_cache: Vec<B::Buf>,  // layers × (max_seq, kv_dim)
     scratch: B::Buf,       // (n_heads, max_seq) attention scores
     host_logits: Vec<f32>, // (max_batch or 1, vocab)
+    obs: Vec<f32>,         // (max_batch, max width) host copy for observers; empty unless observed
 }
 
 impl<B: Backend> Session<B> {
@@ -101,19 +145,31 @@ impl<B: Backend> LlamaModel<B> {
             backend.upload(&load_checked(src, name, &[n])?.to_f32_vec())
         };
         let linear = |name: &str, out_f: usize, in_f: usize, bias: bool| -> Result<Linear<B>> {
-            let w = load_checked(src, &format!("{name}.weight"), &[out_f, in_f])?;
             let bias = if bias {
                 Some(vector(&format!("{name}.bias"), out_f)?)
             } else {
                 None
             };
+            let (weight, act) = match src.quant_linear(name)? {
+                Some((q, act)) => (
+                    LinearWeight::Quant(backend.upload_quant(&q, out_f, in_f)?),
+                    act,
+                ),
+                None => {
+                    let w = load_checked(src, &format!("{name}.weight"), &[out_f, in_f])?;
+                    (
+                        LinearWeight::Dense(Arc::new(backend.upload_matrix(&w, wdt)?)),
+                        ActSpec::NONE,
+                    )
+                }
+            };
             Ok(Linear {
                 name: name.to_string(),
                 in_features: in_f,
                 out_features: out_f,
-                weight: LinearWeight::Dense(Arc::new(backend.upload_matrix(&w, wdt)?)),
+                weight,
                 bias,
-                act: ActSpec::NONE,
+                act,
             })
         };
         let mut layers = Vec::with_capacity(c.num_layers);
@@ -220,6 +276,7 @@ impl<B: Backend> LlamaModel<B> {
             v_cache,
             scratch: b.alloc(c.num_heads * max_seq)?,
             host_logits: vec![0f32; logit_rows * c.vocab_size],
+            obs: Vec::new(),
         })
     }
 
@@ -263,7 +320,7 @@ impl<B: Backend> LlamaModel<B> {
             } else {
                 Phase::Prefill
             };
-            self.forward_chunk(s, chunk, ph)?;
+            self.forward_chunk(s, chunk, ph, None)?;
             if i + 1 == n_chunks {
                 self.logits(s, chunk.len(), want, ph)?;
             }
@@ -277,14 +334,56 @@ impl<B: Backend> LlamaModel<B> {
     }
 
     /// Run all blocks on one chunk, leaving the final residual stream in `s.x`.
-    fn forward_chunk(&self, s: &mut Session<B>, tokens: &[u32], ph: Phase) -> Result<()> {
+    /// Feed `tokens` (prefill) and show every linear's input to `hook`; no logits.
+    pub fn forward_observed(
+        &self,
+        s: &mut Session<B>,
+        tokens: &[u32],
+        hook: &mut dyn ActivationHook,
+    ) -> Result<()> {
+        if tokens.is_empty() || s.pos + tokens.len() > s.max_seq {
+            return Err(Error::ContextOverflow {
+                needed: s.pos + tokens.len(),
+                max: s.max_seq,
+            });
+        }
+        let c = &self.config;
+        let width = c.hidden_size.max(c.q_dim()).max(c.intermediate_size);
+        if s.obs.len() < s.max_batch * width {
+            s.obs = vec![0f32; s.max_batch * width];
+        }
+        for chunk in tokens.chunks(s.max_batch) {
+            self.forward_chunk(s, chunk, Phase::Prefill, Some(&mut *hook))?;
+            s.pos += chunk.len();
+        }
+        Ok(())
+    }
+
+    fn forward_chunk(
+        &self,
+        s: &mut Session<B>,
+        tokens: &[u32],
+        ph: Phase,
+        mut hook: Option<&mut dyn ActivationHook>,
+    ) -> Result<()> {
         let (b, c) = (&self.backend, &self.config);
         let (rows, pos) = (tokens.len(), s.pos);
+        // Copy a linear input to the host and hand it to the hook (calibration only).
+        macro_rules! observe {
+            ($l:expr, $site:expr, $buf:ident, $dim:expr) => {
+                if let Some(h) = hook.as_deref_mut() {
+                    let n = rows * $dim;
+                    b.read(&s.$buf, 0, &mut s.obs[..n])?;
+                    h.observe($l, $site, &s.obs[..n], rows, $dim);
+                }
+            };
+        }
         let (dim, hd) = (c.hidden_size, c.head_dim);
         b.embed(&mut s.x, &self.embed, tokens)?;
         for (l, layer) in self.layers.iter().enumerate() {
             // attention block
             b.rms_norm(&mut s.xb, &s.x, &layer.attn_norm, rows, dim, c.rms_norm_eps)?;
+            observe!(l, Site::AttnIn, xb, dim);
             b.linear(&mut s.q, &s.xb, &layer.q, rows, ph)?;
             b.linear(&mut s.k, &s.xb, &layer.k, rows, ph)?;
             b.linear(&mut s.v, &s.xb, &layer.v, rows, ph)?;
@@ -321,13 +420,16 @@ impl<B: Backend> LlamaModel<B> {
                 n_kv_heads: c.num_kv_heads,
                 head_dim: hd,
             })?;
+            observe!(l, Site::OIn, att, c.q_dim());
             b.linear(&mut s.xb, &s.att, &layer.o, rows, ph)?;
             b.add_assign(&mut s.x, &s.xb, rows * dim)?;
             // MLP block
             b.rms_norm(&mut s.xb, &s.x, &layer.mlp_norm, rows, dim, c.rms_norm_eps)?;
+            observe!(l, Site::MlpIn, xb, dim);
             b.linear(&mut s.hb, &s.xb, &layer.gate, rows, ph)?;
             b.linear(&mut s.hb2, &s.xb, &layer.up, rows, ph)?;
             b.silu_mul(&mut s.hb, &s.hb2, rows * c.intermediate_size)?;
+            observe!(l, Site::DownIn, hb, c.intermediate_size);
             b.linear(&mut s.xb, &s.hb, &layer.down, rows, ph)?;
             b.add_assign(&mut s.x, &s.xb, rows * dim)?;
         }

@@ -11,6 +11,7 @@ pub mod safetensors_io;
 
 use crate::backend::Backend;
 use crate::error::{Error, Result};
+use crate::quant::{ActSpec, QuantWeight};
 use crate::tensor::{DType, HostTensor};
 use crate::tokenizer::TokenizerBundle;
 use config::ModelConfig;
@@ -21,6 +22,23 @@ use std::path::Path;
 pub trait WeightSource {
     fn tensor_names(&self) -> Vec<String>;
     fn load(&self, name: &str) -> Result<HostTensor>;
+    /// The quantized weight and activation policy of linear `name` (HF module name, e.g.
+    /// `model.layers.0.self_attn.q_proj`), or None when it is dense.
+    fn quant_linear(&self, _name: &str) -> Result<Option<(QuantWeight, ActSpec)>> {
+        Ok(None)
+    }
+}
+
+/// A map of host tensors (HF names) is a weight source too.
+impl WeightSource for std::collections::BTreeMap<String, HostTensor> {
+    fn tensor_names(&self) -> Vec<String> {
+        self.keys().cloned().collect()
+    }
+    fn load(&self, name: &str) -> Result<HostTensor> {
+        self.get(name)
+            .cloned()
+            .ok_or_else(|| Error::MissingTensor(name.to_string()))
+    }
 }
 
 /// The checkpoint formats ferroq reads.
@@ -108,4 +126,57 @@ pub fn open<B: Backend>(backend: B, path: &Path, weight_dtype: Option<DType>) ->
             })
         }
     }
+}
+
+/// Every tensor of a GGUF file or HF directory in host memory (HF names, checkpoint dtype;
+/// GGUF tensors dequantized to f32), with the config and tokenizer. The quantizer works on this.
+pub fn read_all(
+    path: &Path,
+) -> Result<(
+    ModelConfig,
+    TokenizerBundle,
+    std::collections::BTreeMap<String, HostTensor>,
+)> {
+    let mut map = std::collections::BTreeMap::new();
+    match Format::detect(path)? {
+        Format::Gguf => {
+            let file = gguf::GgufFile::open(path)?;
+            let config = ModelConfig::from_gguf(&file)?;
+            let tok = TokenizerBundle::from_gguf(&file)?;
+            let src = gguf::weights::GgufWeights::new(&file, config.clone())?;
+            for n in src.tensor_names() {
+                map.insert(n.clone(), src.load(&n)?);
+            }
+            Ok((config, tok, map))
+        }
+        Format::HfDir => {
+            let config = read_hf_config(path)?;
+            if let Some(q) = compressed_config(path)? {
+                return Err(Error::Config(format!(
+                    "{} is already quantized ({q}); quantize the float model instead",
+                    path.display()
+                )));
+            }
+            let tok = TokenizerBundle::from_hf_dir(path, &config.eos_token_ids)?;
+            let src = safetensors_io::SafetensorsWeights::open_dir(path)?;
+            for n in src.tensor_names() {
+                map.insert(n.clone(), src.load(&n)?);
+            }
+            Ok((config, tok, map))
+        }
+    }
+}
+
+/// The `quantization_config.format` of a compressed-tensors checkpoint, if the directory is one.
+pub fn compressed_config(dir: &Path) -> Result<Option<String>> {
+    let p = dir.join("config.json");
+    let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
+    let j: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| Error::Config(format!("config.json: {e}")))?;
+    Ok(j.get("quantization_config").map(|q| {
+        q.get("format")
+            .and_then(|f| f.as_str())
+            .unwrap_or("unknown format")
+            .to_string()
+    }))
 }

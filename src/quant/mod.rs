@@ -4,7 +4,12 @@
 //! (`smooth`), recipes (`recipe`), calibration (`calib`) and the compressed-tensors checkpoint
 //! format (`ct`). Terms and formulas follow reference/quantization.md.
 
+pub mod calib;
 pub mod formats;
+pub mod observer;
+pub mod pipeline;
+pub mod recipe;
+pub mod smooth;
 pub mod weight;
 
 use formats::Fp8;
@@ -30,8 +35,8 @@ pub enum QuantWeight {
     /// FP8 E4M3 codes with one scale per output channel.
     Fp8 { codes: Vec<u8>, scale: Vec<f32> },
     /// Int4 in groups of `group` input elements: value = (q − zero) · scale. `packed` holds two
-    /// offset-binary nibbles per byte (n × k/2); `scale` and `zero` are (n, k / group); `zero`
-    /// is empty for symmetric weights.
+    /// offset-binary nibbles per byte (n × k/2); `scale` and `zero` are (n, ceil(k / group)),
+    /// the last group of a row possibly shorter; `zero` is empty for symmetric weights.
     Int4 {
         packed: Vec<u8>,
         scale: Vec<f32>,
@@ -78,18 +83,18 @@ impl QuantWeight {
                 group,
             } => {
                 let g = *group;
-                let groups = k / g;
+                let groups = k.div_ceil(g);
                 for (jj, row) in out.chunks_exact_mut(k).take(r).enumerate() {
                     let jr = j + jj;
                     let bytes = &packed[jr * k / 2..(jr + 1) * k / 2];
-                    for (gi, chunk) in row.chunks_exact_mut(g).enumerate() {
+                    for (gi, chunk) in row.chunks_mut(g).enumerate() {
                         let s = scale[jr * groups + gi];
                         let z = if zero.is_empty() {
                             0.0
                         } else {
                             zero[jr * groups + gi] as f32
                         };
-                        let b = &bytes[gi * g / 2..(gi + 1) * g / 2];
+                        let b = &bytes[gi * g / 2..gi * g / 2 + chunk.len() / 2];
                         for (pair, &byte) in chunk.chunks_exact_mut(2).zip(b) {
                             pair[0] = (((byte & 15) as i32 - 8) as f32 - z) * s;
                             pair[1] = (((byte >> 4) as i32 - 8) as f32 - z) * s;

@@ -190,12 +190,13 @@ pub fn quantize_weight(w: &[f32], n: usize, k: usize, cfg: &WeightQConfig) -> Re
                 WeightScope::PerChannel => k,
                 WeightScope::PerTensor => return bad("int4 weights are per_group or per_channel"),
             };
-            if g == 0 || k % g != 0 || g % 2 != 0 {
+            // compressed-tensors allows a shorter last group (ceil(k / g) groups per row)
+            if g == 0 || g % 2 != 0 || k % 2 != 0 {
                 return Err(Error::InvalidArgument(format!(
-                    "group size {g} must be even and divide in_features {k}"
+                    "int4 needs an even group size and even in_features (group {g}, in_features {k})"
                 )));
             }
-            let groups = k / g;
+            let groups = k.div_ceil(g);
             let mut scale = vec![0f32; n * groups];
             let mut zero = if cfg.symmetric {
                 Vec::new()
@@ -203,15 +204,17 @@ pub fn quantize_weight(w: &[f32], n: usize, k: usize, cfg: &WeightQConfig) -> Re
                 vec![0i8; n * groups]
             };
             let mut vals = vec![0i8; n * k];
-            for (gi, seg) in w.chunks(g).enumerate() {
-                let (s, z) = int_params(seg, QDType::Int4, cfg.symmetric, cfg.method);
-                scale[gi] = s;
-                if !cfg.symmetric {
-                    zero[gi] = z as i8;
-                }
-                let inv = 1.0 / s;
-                for (o, &v) in vals[gi * g..(gi + 1) * g].iter_mut().zip(seg) {
-                    *o = formats::quantize_i4(v, inv, z as i32);
+            for (j, (row, qrow)) in w.chunks_exact(k).zip(vals.chunks_exact_mut(k)).enumerate() {
+                for (gi, (seg, qseg)) in row.chunks(g).zip(qrow.chunks_mut(g)).enumerate() {
+                    let (s, z) = int_params(seg, QDType::Int4, cfg.symmetric, cfg.method);
+                    scale[j * groups + gi] = s;
+                    if !cfg.symmetric {
+                        zero[j * groups + gi] = z as i8;
+                    }
+                    let inv = 1.0 / s;
+                    for (o, &v) in qseg.iter_mut().zip(seg) {
+                        *o = formats::quantize_i4(v, inv, z as i32);
+                    }
                 }
             }
             // stored offset-binary: keep q in [-8, 7] regardless of the zero point

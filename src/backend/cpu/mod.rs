@@ -276,9 +276,9 @@ impl Backend for CpuBackend {
                 group,
             } => {
                 *group > 0
-                    && cols % group == 0
+                    && group % 2 == 0
                     && packed.len() * 2 == rows * cols
-                    && scale.len() == rows * (cols / group)
+                    && scale.len() == rows * cols.div_ceil(*group)
                     && (zero.is_empty() || zero.len() == scale.len())
             }
         };

@@ -1,0 +1,325 @@
+//! The quantization pipeline behind `ferroq quantize`: float weights → calibration pass →
+//! outlier suppression (recipe order) → calibration pass on the smoothed model for static
+//! activation scales (plus a histogram pass when an observer needs one) → weight quantization
+//! → a `QuantizedModel` that runs directly (it is a `WeightSource`) and is written as a
+//! compressed-tensors checkpoint by `ct.rs`. Linears no `linear_quant` selects, the embedding,
+//! the norms and the LM head stay dense in BF16 (the fallback precision).
+
+use super::calib::{self, CollectOptions, StatsMap};
+use super::observer;
+use super::recipe::{ActConfig, ActMethod, ActScope, Processor, Recipe};
+use super::smooth::{self, Method};
+use super::weight::{quantize_weight, WeightQConfig};
+use super::{ActQuant, ActSpec, QuantWeight};
+use crate::backend::cpu::CpuBackend;
+use crate::error::{Error, Result};
+use crate::model::config::ModelConfig;
+use crate::model::llama::{LlamaModel, Site};
+use crate::model::WeightSource;
+use crate::tensor::{DType, HostTensor};
+use crate::tokenizer::TokenizerBundle;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Instant;
+
+#[derive(Clone, Debug)]
+pub struct QuantizeOptions {
+    pub calib_file: Option<PathBuf>,
+    pub n_samples: usize,
+    pub seq_len: usize,
+    /// Calibration samples run concurrently (does not change the result).
+    pub batch: usize,
+}
+
+impl Default for QuantizeOptions {
+    fn default() -> Self {
+        QuantizeOptions {
+            calib_file: None,
+            n_samples: 8,
+            seq_len: 128,
+            batch: 4,
+        }
+    }
+}
+
+/// One quantized linear and how it was made.
+#[derive(Clone, Debug)]
+pub struct QLinear {
+    /// [out_features, in_features]
+    pub shape: [usize; 2],
+    pub weight: QuantWeight,
+    pub wcfg: WeightQConfig,
+    pub act: ActSpec,
+    pub act_cfg: Option<ActConfig>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct QuantReport {
+    pub smoothed_subgraphs: usize,
+    pub calib_samples: usize,
+    pub calib_tokens: usize,
+    pub quantized: usize,
+    pub fallback: Vec<String>,
+    pub secs: f64,
+}
+
+pub struct QuantizedModel {
+    pub config: ModelConfig,
+    pub tokenizer: TokenizerBundle,
+    /// Dense tensors (BF16): embeddings, norms, biases, fallback linears, LM head.
+    pub dense: BTreeMap<String, HostTensor>,
+    /// Quantized linears by module name.
+    pub linears: BTreeMap<String, QLinear>,
+    pub recipe: Recipe,
+    pub report: QuantReport,
+}
+
+impl WeightSource for QuantizedModel {
+    fn tensor_names(&self) -> Vec<String> {
+        self.dense.keys().cloned().collect()
+    }
+    fn load(&self, name: &str) -> Result<HostTensor> {
+        self.dense
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::MissingTensor(name.to_string()))
+    }
+    fn quant_linear(&self, name: &str) -> Result<Option<(QuantWeight, ActSpec)>> {
+        Ok(self.linears.get(name).map(|q| (q.weight.clone(), q.act)))
+    }
+}
+
+/// Names of the decoder linears, in layer order.
+pub fn decoder_linears(c: &ModelConfig) -> Vec<String> {
+    (0..c.num_layers)
+        .flat_map(|l| {
+            Site::ALL.into_iter().flat_map(move |s| {
+                s.linears()
+                    .iter()
+                    .map(move |m| format!("model.layers.{l}.{m}"))
+            })
+        })
+        .collect()
+}
+
+fn to_f32(w: &mut BTreeMap<String, HostTensor>) {
+    for t in w.values_mut() {
+        if t.dtype() != DType::F32 {
+            *t = t.to_dtype(DType::F32);
+        }
+    }
+}
+
+/// Progress callback: (stage, done, total).
+pub type Progress<'a> = &'a (dyn Fn(&str, usize, usize) + Sync);
+
+pub fn quantize(
+    config: ModelConfig,
+    tokenizer: TokenizerBundle,
+    mut weights: BTreeMap<String, HostTensor>,
+    recipe: &Recipe,
+    opts: &QuantizeOptions,
+    progress: Progress<'_>,
+) -> Result<QuantizedModel> {
+    let t0 = Instant::now();
+    to_f32(&mut weights);
+    let samples = calib::load_samples(
+        &tokenizer,
+        opts.calib_file.as_deref(),
+        opts.n_samples,
+        opts.seq_len,
+    )?;
+    let mut report = QuantReport {
+        calib_samples: samples.len(),
+        calib_tokens: samples.iter().map(|s| s.len()).sum(),
+        ..Default::default()
+    };
+    let float_model = |w: &BTreeMap<String, HostTensor>| {
+        LlamaModel::load(CpuBackend::new(), config.clone(), w, Some(DType::F32))
+    };
+
+    // 1. outlier suppression, in recipe order, on statistics of the current float model
+    let smoothers: Vec<&Processor> = recipe
+        .processors
+        .iter()
+        .filter(|p| !matches!(p, Processor::LinearQuant { .. }))
+        .collect();
+    if !smoothers.is_empty() {
+        let keep_rows = if smoothers
+            .iter()
+            .any(|p| matches!(p, Processor::FlexSmooth { .. }))
+        {
+            32
+        } else {
+            0
+        };
+        let model = float_model(&weights)?;
+        let mut stats = calib::collect(
+            &model,
+            &samples,
+            &CollectOptions {
+                hist_ranges: None,
+                keep_rows,
+            },
+            opts.batch,
+            &|d, n| progress("smoothing statistics", d, n),
+        )?;
+        drop(model);
+        for p in smoothers {
+            let (method, inc, exc) = match p {
+                Processor::IterSmooth {
+                    alpha,
+                    include,
+                    exclude,
+                } => (Method::Iterative { alpha: *alpha }, include, exclude),
+                Processor::SmoothQuant {
+                    alpha,
+                    include,
+                    exclude,
+                } => (Method::SmoothQuant { alpha: *alpha }, include, exclude),
+                Processor::FlexSmooth { include, exclude } => (Method::Flex, include, exclude),
+                Processor::LinearQuant { .. } => continue,
+            };
+            report.smoothed_subgraphs +=
+                smooth::apply(method, &config, &mut weights, &mut stats, inc, exc)?;
+        }
+    }
+
+    // 2. which recipe entry quantizes each linear (first match wins)
+    let mut plan: BTreeMap<String, (WeightQConfig, Option<ActConfig>)> = BTreeMap::new();
+    for name in decoder_linears(&config) {
+        let hit = recipe.processors.iter().find_map(|p| match p {
+            Processor::LinearQuant {
+                qconfig,
+                include,
+                exclude,
+            } if super::recipe::selected(&name, include, exclude) => Some(qconfig),
+            _ => None,
+        });
+        match hit {
+            Some(q) => {
+                plan.insert(name, (q.weight.to_qconfig()?, q.act.clone()));
+            }
+            None => report.fallback.push(name),
+        }
+    }
+
+    // 3. static activation scales from the smoothed float model
+    let needs_static = plan
+        .values()
+        .any(|(_, a)| a.as_ref().is_some_and(|a| a.scope != ActScope::PerToken));
+    let needs_hist = plan.values().any(|(_, a)| {
+        a.as_ref().is_some_and(|a| {
+            a.scope != ActScope::PerToken
+                && matches!(
+                    a.method,
+                    ActMethod::Percentile | ActMethod::HistogramMse | ActMethod::HistogramKl
+                )
+        })
+    });
+    let mut act_stats: StatsMap = BTreeMap::new();
+    if needs_static {
+        let model = float_model(&weights)?;
+        act_stats = calib::collect(
+            &model,
+            &samples,
+            &CollectOptions::default(),
+            opts.batch,
+            &|d, n| progress("activation ranges", d, n),
+        )?;
+        if needs_hist {
+            let ranges = act_stats
+                .iter()
+                .map(|(k, s)| (*k, s.act.min.abs().max(s.act.max.abs())))
+                .collect();
+            act_stats = calib::collect(
+                &model,
+                &samples,
+                &CollectOptions {
+                    hist_ranges: Some(ranges),
+                    keep_rows: 0,
+                },
+                opts.batch,
+                &|d, n| progress("histograms", d, n),
+            )?;
+        }
+    }
+
+    // 4. quantize the weights
+    let mut linears = BTreeMap::new();
+    let total = plan.len();
+    for (i, (name, (wcfg, act_cfg))) in plan.into_iter().enumerate() {
+        let wname = format!("{name}.weight");
+        let w = weights
+            .remove(&wname)
+            .ok_or_else(|| Error::MissingTensor(wname.clone()))?;
+        let [n, k] = w.shape[..] else {
+            return Err(Error::ShapeMismatch {
+                tensor: wname,
+                expected: vec![0, 0],
+                actual: w.shape.clone(),
+            });
+        };
+        let weight = quantize_weight(&w.to_f32_vec(), n, k, &wcfg)?;
+        let act = match &act_cfg {
+            None => ActSpec::NONE,
+            Some(a) => {
+                let policy = match a.scope {
+                    ActScope::PerToken => ActQuant::Dynamic,
+                    scope => {
+                        let (l, site) = Site::of_linear(&name).ok_or_else(|| {
+                            Error::InvalidArgument(format!("{name}: not a decoder linear"))
+                        })?;
+                        let st = act_stats.get(&(l, site)).ok_or_else(|| {
+                            Error::InvalidArgument(format!("{name}: no calibration statistics"))
+                        })?;
+                        let (scale, zp) = observer::static_params(
+                            &st.act,
+                            a.method,
+                            a.percentile,
+                            a.qdtype(),
+                            a.symmetric,
+                        );
+                        if scope == ActScope::PdMix {
+                            ActQuant::PdMix { scale, zp }
+                        } else {
+                            ActQuant::Static { scale, zp }
+                        }
+                    }
+                };
+                ActSpec {
+                    policy,
+                    dtype: a.qdtype(),
+                    symmetric: a.symmetric,
+                }
+            }
+        };
+        linears.insert(
+            name,
+            QLinear {
+                shape: [n, k],
+                weight,
+                wcfg,
+                act,
+                act_cfg,
+            },
+        );
+        progress("quantizing weights", i + 1, total);
+    }
+    report.quantized = linears.len();
+
+    // 5. everything else stays dense, in BF16
+    let dense = weights
+        .into_iter()
+        .map(|(k, t)| (k, t.to_dtype(DType::BF16)))
+        .collect();
+    report.secs = t0.elapsed().as_secs_f64();
+    Ok(QuantizedModel {
+        config,
+        tokenizer,
+        dense,
+        linears,
+        recipe: recipe.clone(),
+        report,
+    })
+}

@@ -1,0 +1,366 @@
+//! Quantization recipes: YAML in the style of msModelSlim's accuracy-tuning guide (seed 002):
+//! an ordered list of processors — outlier suppression (`iter_smooth`, `smooth_quant`,
+//! `flex_smooth`) and `linear_quant` with `qconfig.act` / `qconfig.weight` (scope, dtype,
+//! symmetric, method) — each selecting linears with `include` / `exclude` globs. Linears that
+//! no `linear_quant` selects stay in BF16 (fallback). Unknown keys and values are errors that
+//! name them (serde `deny_unknown_fields`). Built-in presets: w8a8 (pd_mix), w8a8-dynamic,
+//! w8a8-static, fp8, w4a16.
+
+use super::weight::{WeightMethod, WeightQConfig, WeightScope};
+use super::QDType;
+use crate::error::{Error, Result};
+use serde::Deserialize;
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Recipe {
+    pub processors: Vec<Processor>,
+}
+
+fn all() -> Vec<String> {
+    vec!["*".into()]
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Processor {
+    /// msModelSlim Iterative Smooth over every subgraph (up→down, v→o, norm→linear).
+    IterSmooth {
+        #[serde(default = "default_iter_alpha")]
+        alpha: f32,
+        #[serde(default = "all")]
+        include: Vec<String>,
+        #[serde(default)]
+        exclude: Vec<String>,
+    },
+    /// SmoothQuant (Xiao et al. 2023) on norm→linear subgraphs only.
+    SmoothQuant {
+        #[serde(default = "default_sq_alpha")]
+        alpha: f32,
+        #[serde(default = "all")]
+        include: Vec<String>,
+        #[serde(default)]
+        exclude: Vec<String>,
+    },
+    /// Flex Smooth: two-stage grid search of (alpha, beta) per subgraph.
+    FlexSmooth {
+        #[serde(default = "all")]
+        include: Vec<String>,
+        #[serde(default)]
+        exclude: Vec<String>,
+    },
+    LinearQuant {
+        qconfig: QConfig,
+        #[serde(default = "all")]
+        include: Vec<String>,
+        #[serde(default)]
+        exclude: Vec<String>,
+    },
+}
+
+fn default_iter_alpha() -> f32 {
+    0.9
+}
+fn default_sq_alpha() -> f32 {
+    0.5
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct QConfig {
+    #[serde(default)]
+    pub act: Option<ActConfig>,
+    pub weight: WeightConfig,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ActScope {
+    PerTensor,
+    PerToken,
+    PdMix,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum DTypeName {
+    Int8,
+    Int4,
+    #[serde(alias = "fp8")]
+    Fp8E4m3,
+}
+
+impl DTypeName {
+    fn qdtype(self) -> QDType {
+        match self {
+            DTypeName::Int8 => QDType::Int8,
+            DTypeName::Int4 => QDType::Int4,
+            DTypeName::Fp8E4m3 => QDType::Fp8E4M3,
+        }
+    }
+}
+
+/// Activation observers (`observer.rs`).
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum ActMethod {
+    Minmax,
+    MovingMinmax,
+    Percentile,
+    #[serde(alias = "histogram")]
+    HistogramMse,
+    HistogramKl,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ActConfig {
+    pub scope: ActScope,
+    pub dtype: DTypeName,
+    #[serde(default)]
+    pub symmetric: bool,
+    #[serde(default = "default_act_method")]
+    pub method: ActMethod,
+    /// Kept fraction for `percentile` (e.g. 0.9999).
+    #[serde(default)]
+    pub percentile: Option<f64>,
+}
+
+fn default_act_method() -> ActMethod {
+    ActMethod::Minmax
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum WScope {
+    PerTensor,
+    PerChannel,
+    PerGroup,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum WMethod {
+    Minmax,
+    Ssz,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct WeightConfig {
+    pub scope: WScope,
+    pub dtype: DTypeName,
+    #[serde(default = "yes")]
+    pub symmetric: bool,
+    #[serde(default = "default_w_method")]
+    pub method: WMethod,
+    #[serde(default)]
+    pub group_size: Option<usize>,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_w_method() -> WMethod {
+    WMethod::Minmax
+}
+
+impl WeightConfig {
+    pub fn to_qconfig(&self) -> Result<WeightQConfig> {
+        let scope = match (self.scope, self.group_size) {
+            (WScope::PerGroup, Some(g)) if [32, 64, 128].contains(&g) => WeightScope::PerGroup(g),
+            (WScope::PerGroup, Some(g)) => {
+                return Err(Error::InvalidArgument(format!(
+                    "recipe: group_size {g} must be 32, 64 or 128"
+                )))
+            }
+            (WScope::PerGroup, None) => {
+                return Err(Error::InvalidArgument(
+                    "recipe: per_group weights need `group_size`".into(),
+                ))
+            }
+            (_, Some(_)) => {
+                return Err(Error::InvalidArgument(
+                    "recipe: `group_size` is only for per_group weights".into(),
+                ))
+            }
+            (WScope::PerChannel, None) => WeightScope::PerChannel,
+            (WScope::PerTensor, None) => WeightScope::PerTensor,
+        };
+        Ok(WeightQConfig {
+            dtype: self.dtype.qdtype(),
+            scope,
+            symmetric: self.symmetric,
+            method: match self.method {
+                WMethod::Minmax => WeightMethod::MinMax,
+                WMethod::Ssz => WeightMethod::Ssz,
+            },
+        })
+    }
+}
+
+impl ActConfig {
+    pub fn qdtype(&self) -> QDType {
+        self.dtype.qdtype()
+    }
+}
+
+/// Glob match with `*` (any run, dots included) and `?` (one character).
+pub fn glob_match(pattern: &str, name: &str) -> bool {
+    let (p, n): (Vec<char>, Vec<char>) = (pattern.chars().collect(), name.chars().collect());
+    let (mut pi, mut ni, mut star, mut mark) = (0, 0, None, 0);
+    while ni < n.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == n[ni]) {
+            pi += 1;
+            ni += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some(pi);
+            mark = ni;
+            pi += 1;
+        } else if let Some(s) = star {
+            pi = s + 1;
+            mark += 1;
+            ni = mark;
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == '*')
+}
+
+/// Whether `name` is selected by include/exclude globs.
+pub fn selected(name: &str, include: &[String], exclude: &[String]) -> bool {
+    include.iter().any(|p| glob_match(p, name)) && !exclude.iter().any(|p| glob_match(p, name))
+}
+
+impl Recipe {
+    pub fn from_yaml(text: &str) -> Result<Self> {
+        let r: Recipe = serde_yaml::from_str(text)
+            .map_err(|e| Error::InvalidArgument(format!("recipe: {e}")))?;
+        r.validate()?;
+        Ok(r)
+    }
+
+    /// A built-in preset by name, or a YAML file path.
+    pub fn load(name_or_path: &str) -> Result<Self> {
+        if let Some(y) = preset(name_or_path) {
+            return Self::from_yaml(y);
+        }
+        let p = std::path::Path::new(name_or_path);
+        if !p.exists() {
+            return Err(Error::InvalidArgument(format!(
+                "recipe `{name_or_path}` is neither a preset ({}) nor a file",
+                PRESETS
+                    .iter()
+                    .map(|(n, _)| *n)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        let text = std::fs::read_to_string(p).map_err(|e| Error::io(p, e))?;
+        Self::from_yaml(&text)
+    }
+
+    fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::InvalidArgument(format!("recipe: {m}")));
+        if !self
+            .processors
+            .iter()
+            .any(|p| matches!(p, Processor::LinearQuant { .. }))
+        {
+            return bad("no `linear_quant` processor: nothing would be quantized".into());
+        }
+        for p in &self.processors {
+            match p {
+                Processor::IterSmooth { alpha, .. } | Processor::SmoothQuant { alpha, .. } => {
+                    if !(*alpha > 0.0 && *alpha < 1.0) {
+                        return bad(format!("alpha {alpha} must be in (0, 1)"));
+                    }
+                }
+                Processor::FlexSmooth { .. } => {}
+                Processor::LinearQuant { qconfig, .. } => {
+                    let w = qconfig.weight.to_qconfig()?;
+                    match (w.dtype, &qconfig.act) {
+                        (QDType::Int4, Some(_)) => {
+                            return bad("int4 weights run weight-only: remove `act`".into())
+                        }
+                        (QDType::Int8, Some(a)) if a.dtype != DTypeName::Int8 => {
+                            return bad("int8 weights need int8 activations".into())
+                        }
+                        (QDType::Fp8E4M3, Some(a)) if a.dtype != DTypeName::Fp8E4m3 => {
+                            return bad("fp8_e4m3 weights need fp8_e4m3 activations".into())
+                        }
+                        (_, Some(a)) if a.dtype == DTypeName::Fp8E4m3 && !a.symmetric => {
+                            return bad(
+                                "fp8 activations are symmetric: set `symmetric: true`".into()
+                            )
+                        }
+                        (_, Some(a)) if a.method == ActMethod::Percentile => match a.percentile {
+                            Some(q) if q > 0.5 && q <= 1.0 => {}
+                            _ => {
+                                return bad(
+                                    "method percentile needs `percentile` in (0.5, 1]".into()
+                                )
+                            }
+                        },
+                        _ => {}
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+const W8A8: &str = "
+processors:
+  - type: iter_smooth
+    alpha: 0.9
+  - type: linear_quant
+    qconfig:
+      act: {scope: pd_mix, dtype: int8, symmetric: false, method: minmax}
+      weight: {scope: per_channel, dtype: int8, symmetric: true, method: minmax}
+";
+const W8A8_DYNAMIC: &str = "
+processors:
+  - type: iter_smooth
+    alpha: 0.9
+  - type: linear_quant
+    qconfig:
+      act: {scope: per_token, dtype: int8, symmetric: true}
+      weight: {scope: per_channel, dtype: int8, symmetric: true, method: minmax}
+";
+const W8A8_STATIC: &str = "
+processors:
+  - type: iter_smooth
+    alpha: 0.9
+  - type: linear_quant
+    qconfig:
+      act: {scope: per_tensor, dtype: int8, symmetric: false, method: minmax}
+      weight: {scope: per_channel, dtype: int8, symmetric: true, method: minmax}
+";
+const FP8: &str = "
+processors:
+  - type: linear_quant
+    qconfig:
+      act: {scope: per_token, dtype: fp8_e4m3, symmetric: true}
+      weight: {scope: per_channel, dtype: fp8_e4m3, symmetric: true, method: minmax}
+";
+const W4A16: &str = "
+processors:
+  - type: linear_quant
+    qconfig:
+      weight: {scope: per_group, group_size: 128, dtype: int4, symmetric: true, method: ssz}
+";
+
+pub const PRESETS: [(&str, &str); 5] = [
+    ("w8a8", W8A8),
+    ("w8a8-dynamic", W8A8_DYNAMIC),
+    ("w8a8-static", W8A8_STATIC),
+    ("fp8", FP8),
+    ("w4a16", W4A16),
+];
+
+pub fn preset(name: &str) -> Option<&'static str> {
+    PRESETS.iter().find(|(n, _)| *n == name).map(|(_, y)| *y)
+}
