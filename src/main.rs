@@ -38,6 +38,31 @@ enum Cmd {
         #[arg(long, default_value = "f16")]
         dtype: String,
     },
+    /// Quantize a float model with calibration and write a compressed-tensors checkpoint.
+    Quantize {
+        /// Float model: a .gguf file or a Hugging Face directory (default: the fetched SmolLM2).
+        #[arg(short, long)]
+        model: Option<PathBuf>,
+        /// Preset (w8a8, w8a8-dynamic, w8a8-static, fp8, w4a16) or a recipe YAML file.
+        #[arg(long, default_value = "w8a8")]
+        recipe: String,
+        /// Calibration text: plain text (cut into windows) or JSONL with a "text" field.
+        /// Default: ferroq's built-in mixed-domain text.
+        #[arg(long)]
+        calib: Option<PathBuf>,
+        /// Calibration samples.
+        #[arg(long, default_value_t = 8)]
+        calib_samples: usize,
+        /// Tokens per calibration sample.
+        #[arg(long, default_value_t = 128)]
+        calib_len: usize,
+        /// Samples calibrated concurrently (the result does not depend on it).
+        #[arg(long, default_value_t = 4)]
+        calib_batch: usize,
+        /// Output directory.
+        #[arg(short, long)]
+        out: PathBuf,
+    },
     /// Generate text from a prompt, streaming it to stdout; speed goes to stderr.
     Generate {
         /// Model: a .gguf file or a Hugging Face directory (default: the fetched SmolLM2).
@@ -154,6 +179,25 @@ fn run_generate<B: Backend>(
     Ok(())
 }
 
+/// A one-line progress bar on stderr: `stage [#####.....] done/total`.
+fn progress_bar(stage: &str, done: usize, total: usize) {
+    use std::io::IsTerminal;
+    // Redrawing only makes sense on a terminal; logs get the finished line.
+    if !std::io::stderr().is_terminal() && done != total {
+        return;
+    }
+    let width = 30;
+    let filled = (done * width).checked_div(total).unwrap_or(width);
+    eprint!(
+        "\r{stage:<22} [{}{}] {done}/{total}   ",
+        "#".repeat(filled),
+        ".".repeat(width - filled)
+    );
+    if done == total {
+        eprintln!();
+    }
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     if let Some(n) = cli.threads {
@@ -175,6 +219,33 @@ fn main() -> Result<()> {
                 r.n_params as f64 / 1e6,
                 r.bytes as f64 / 1e6,
                 t.elapsed().as_secs_f64()
+            );
+        }
+        Cmd::Quantize { model, recipe, calib, calib_samples, calib_len, calib_batch, out } => {
+            let model = resolve_model(model)?;
+            let recipe_v = ferroq::quant::recipe::Recipe::load(&recipe)?;
+            let t = std::time::Instant::now();
+            let (config, tok, weights) = ferroq::model::read_all(&model).with_context(|| format!("reading {}", model.display()))?;
+            let opts = ferroq::quant::pipeline::QuantizeOptions {
+                calib_file: calib,
+                n_samples: calib_samples,
+                seq_len: calib_len,
+                batch: calib_batch,
+            };
+            let q = ferroq::quant::pipeline::quantize(config, tok, weights, &recipe_v, &opts, &progress_bar)?;
+            eprintln!();
+            ferroq::quant::ct::write(&q, &out).with_context(|| format!("writing {}", out.display()))?;
+            let r = &q.report;
+            eprintln!(
+                "quantized {} with `{recipe}` in {:.1}s: {} linears quantized, {} fallback (BF16), {} subgraphs smoothed, calibration {} samples / {} tokens -> {}",
+                model.display(),
+                t.elapsed().as_secs_f64(),
+                r.quantized,
+                r.fallback.len(),
+                r.smoothed_subgraphs,
+                r.calib_samples,
+                r.calib_tokens,
+                out.display()
             );
         }
         Cmd::Generate {

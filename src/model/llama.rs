@@ -151,10 +151,12 @@ impl<B: Backend> LlamaModel<B> {
                 None
             };
             let (weight, act) = match src.quant_linear(name)? {
-                Some((q, act)) => (
-                    LinearWeight::Quant(backend.upload_quant(&q, out_f, in_f)?),
-                    act,
-                ),
+                Some((q, act)) => {
+                    let up = backend
+                        .upload_quant(&q, out_f, in_f)
+                        .map_err(|e| Error::Config(format!("{name}: {e}")))?;
+                    (LinearWeight::Quant(up), act)
+                }
                 None => {
                     let w = load_checked(src, &format!("{name}.weight"), &[out_f, in_f])?;
                     (
@@ -228,6 +230,14 @@ impl<B: Backend> LlamaModel<B> {
             lm_head,
             backend,
         })
+    }
+
+    /// Every linear of the model (decoder layers in order, then the LM head).
+    pub fn linears(&self) -> impl Iterator<Item = &Linear<B>> {
+        self.layers
+            .iter()
+            .flat_map(|l| [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down])
+            .chain(std::iter::once(&self.lm_head))
     }
 
     /// Allocate the run state for sequences of up to `max_seq` tokens, fed at most `max_batch`

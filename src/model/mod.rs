@@ -117,8 +117,13 @@ pub fn open<B: Backend>(backend: B, path: &Path, weight_dtype: Option<DType>) ->
         Format::HfDir => {
             let config = read_hf_config(path)?;
             let tokenizer = TokenizerBundle::from_hf_dir(path, &config.eos_token_ids)?;
-            let src = safetensors_io::SafetensorsWeights::open_dir(path)?;
-            let model = LlamaModel::load(backend, config, &src, weight_dtype)?;
+            let model = if compressed_config(path)?.is_some() {
+                let src = crate::quant::ct::CompressedTensors::open(path, &config)?;
+                LlamaModel::load(backend, config, &src, weight_dtype)?
+            } else {
+                let src = safetensors_io::SafetensorsWeights::open_dir(path)?;
+                LlamaModel::load(backend, config, &src, weight_dtype)?
+            };
             Ok(Loaded {
                 model,
                 tokenizer,

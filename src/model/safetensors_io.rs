@@ -85,6 +85,21 @@ impl SafetensorsWeights {
     pub fn dtype_of(&self, name: &str) -> Option<StDtype> {
         self.entries.get(name).map(|e| e.dtype)
     }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.entries.contains_key(name)
+    }
+
+    /// A tensor's dtype, shape and little-endian bytes, for the non-float dtypes
+    /// (int8 / fp8 / int32) that quantized checkpoints carry.
+    pub fn raw(&self, name: &str) -> Result<(StDtype, Vec<usize>, &[u8])> {
+        let e = self.entries.get(name).ok_or_else(|| Error::MissingTensor(name.to_string()))?;
+        let (path, map) = &self.maps[e.shard];
+        let bytes = map.get(e.start..e.end).ok_or_else(|| {
+            Error::Safetensors(format!("{}: tensor `{name}` runs past the end of the file", path.display()))
+        })?;
+        Ok((e.dtype, e.shape.clone(), bytes))
+    }
 }
 
 impl WeightSource for SafetensorsWeights {
@@ -137,6 +152,13 @@ fn st_dtype(d: DType) -> StDtype {
     }
 }
 
+/// A tensor of any safetensors dtype, as bytes.
+pub struct RawTensor<'a> {
+    pub dtype: StDtype,
+    pub shape: Vec<usize>,
+    pub bytes: &'a [u8],
+}
+
 /// Write `tensors` to a single safetensors file, atomically (temp file, then rename), so an
 /// interrupted write never leaves a half checkpoint under the final name.
 pub fn write_safetensors(
@@ -144,16 +166,28 @@ pub fn write_safetensors(
     tensors: &[(String, HostTensor)],
     metadata: Option<HashMap<String, String>>,
 ) -> Result<()> {
+    let raw: Vec<(String, RawTensor)> = tensors
+        .iter()
+        .map(|(n, t)| {
+            let r = RawTensor { dtype: st_dtype(t.dtype()), shape: t.shape.clone(), bytes: t.as_le_bytes() };
+            (n.clone(), r)
+        })
+        .collect();
+    write_raw_safetensors(path, &raw, metadata)
+}
+
+/// `write_safetensors` for tensors of any dtype.
+pub fn write_raw_safetensors(
+    path: &Path,
+    tensors: &[(String, RawTensor)],
+    metadata: Option<HashMap<String, String>>,
+) -> Result<()> {
     let views = tensors
         .iter()
         .map(|(name, t)| {
-            safetensors::tensor::TensorView::new(
-                st_dtype(t.dtype()),
-                t.shape.clone(),
-                t.as_le_bytes(),
-            )
-            .map(|v| (name.clone(), v))
-            .map_err(|e| Error::Safetensors(format!("tensor `{name}`: {e}")))
+            safetensors::tensor::TensorView::new(t.dtype, t.shape.clone(), t.bytes)
+                .map(|v| (name.clone(), v))
+                .map_err(|e| Error::Safetensors(format!("tensor `{name}`: {e}")))
         })
         .collect::<Result<Vec<_>>>()?;
     let tmp = path.with_extension("safetensors.partial");

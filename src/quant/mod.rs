@@ -5,6 +5,7 @@
 //! format (`ct`). Terms and formulas follow reference/quantization.md.
 
 pub mod calib;
+pub mod ct;
 pub mod formats;
 pub mod observer;
 pub mod pipeline;
