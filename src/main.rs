@@ -221,20 +221,37 @@ fn main() -> Result<()> {
                 t.elapsed().as_secs_f64()
             );
         }
-        Cmd::Quantize { model, recipe, calib, calib_samples, calib_len, calib_batch, out } => {
+        Cmd::Quantize {
+            model,
+            recipe,
+            calib,
+            calib_samples,
+            calib_len,
+            calib_batch,
+            out,
+        } => {
             let model = resolve_model(model)?;
             let recipe_v = ferroq::quant::recipe::Recipe::load(&recipe)?;
             let t = std::time::Instant::now();
-            let (config, tok, weights) = ferroq::model::read_all(&model).with_context(|| format!("reading {}", model.display()))?;
+            let (config, tok, weights) = ferroq::model::read_all(&model)
+                .with_context(|| format!("reading {}", model.display()))?;
             let opts = ferroq::quant::pipeline::QuantizeOptions {
                 calib_file: calib,
                 n_samples: calib_samples,
                 seq_len: calib_len,
                 batch: calib_batch,
             };
-            let q = ferroq::quant::pipeline::quantize(config, tok, weights, &recipe_v, &opts, &progress_bar)?;
+            let q = ferroq::quant::pipeline::quantize(
+                config,
+                tok,
+                weights,
+                &recipe_v,
+                &opts,
+                &progress_bar,
+            )?;
             eprintln!();
-            ferroq::quant::ct::write(&q, &out).with_context(|| format!("writing {}", out.display()))?;
+            ferroq::quant::ct::write(&q, &out)
+                .with_context(|| format!("writing {}", out.display()))?;
             let r = &q.report;
             eprintln!(
                 "quantized {} with `{recipe}` in {:.1}s: {} linears quantized, {} fallback (BF16), {} subgraphs smoothed, calibration {} samples / {} tokens -> {}",

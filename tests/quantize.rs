@@ -46,7 +46,10 @@ fn presets_keep_paris() {
 
 fn float_logits(model: &LlamaModel<CpuBackend>, ids: &[u32]) -> Vec<f32> {
     let mut s = model.new_session(64, 64, true).expect("s");
-    model.forward(&mut s, ids, Logits::All).expect("fwd").to_vec()
+    model
+        .forward(&mut s, ids, Logits::All)
+        .expect("fwd")
+        .to_vec()
 }
 
 #[test]
@@ -56,28 +59,56 @@ fn smoothing_leaves_the_float_function_unchanged() {
     use ferroq::tensor::DType;
     let (c, tok, mut w) = ferroq::model::read_all(&common::real_gguf()).expect("read");
     let samples = load_samples(&tok, None, 4, 32).expect("samples");
-    let ids = tok.encode("Smoothing moves activation outliers into the weights.").expect("encode");
+    let ids = tok
+        .encode("Smoothing moves activation outliers into the weights.")
+        .expect("encode");
     let base = LlamaModel::load(CpuBackend::new(), c.clone(), &w, Some(DType::F32)).expect("load");
     let want = float_logits(&base, &ids);
-    let mut stats = collect(&base, &samples, &CollectOptions { hist_ranges: None, keep_rows: 16 }, 2, &|_, _| {}).expect("stats");
+    let mut stats = collect(
+        &base,
+        &samples,
+        &CollectOptions {
+            hist_ranges: None,
+            keep_rows: 16,
+        },
+        2,
+        &|_, _| {},
+    )
+    .expect("stats");
     drop(base);
     let all = vec!["*".to_string()];
     let mut total = 0;
-    for m in [Method::Iterative { alpha: 0.9 }, Method::SmoothQuant { alpha: 0.5 }, Method::Flex] {
+    for m in [
+        Method::Iterative { alpha: 0.9 },
+        Method::SmoothQuant { alpha: 0.5 },
+        Method::Flex,
+    ] {
         total += apply(m, &c, &mut w, &mut stats, &all, &[]).expect("smooth");
     }
     assert_eq!(total, 120 + 60 + 120, "subgraphs smoothed");
     let smoothed = LlamaModel::load(CpuBackend::new(), c, &w, Some(DType::F32)).expect("load");
     let got = float_logits(&smoothed, &ids);
     let scale = want.iter().fold(0f32, |a, v| a.max(v.abs()));
-    let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    let worst = got
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
     eprintln!("max |logit| {scale}, worst difference {worst}");
-    assert!(worst <= 1e-3 * scale, "smoothing changed the function: {worst} (max logit {scale})");
+    assert!(
+        worst <= 1e-3 * scale,
+        "smoothing changed the function: {worst} (max logit {scale})"
+    );
     // the weights really changed
-    let w0 = ferroq::model::read_all(&common::real_gguf()).expect("read").2;
+    let w0 = ferroq::model::read_all(&common::real_gguf())
+        .expect("read")
+        .2;
     let a = w0["model.layers.3.input_layernorm.weight"].to_f32_vec();
     let b = w["model.layers.3.input_layernorm.weight"].to_f32_vec();
-    assert!(a.iter().zip(&b).any(|(x, y)| (x - y).abs() > 1e-3 * x.abs()));
+    assert!(a
+        .iter()
+        .zip(&b)
+        .any(|(x, y)| (x - y).abs() > 1e-3 * x.abs()));
 }
 
 /// Every observer, one per linear family, so each one's batch / thread invariance is checked.
@@ -112,15 +143,36 @@ fn calibration_is_batch_and_thread_invariant() {
     let recipe = Recipe::from_yaml(ALL_OBSERVERS).expect("recipe");
     let (c, tok, w) = ferroq::model::read_all(&common::real_gguf()).expect("read");
     let fingerprint = |batch: usize, threads: usize| {
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("pool");
-        let opts = QuantizeOptions { calib_file: None, n_samples: 16, seq_len: 24, batch };
-        let q = pool.install(|| quantize(c.clone(), tok_clone(&tok), w.clone(), &recipe, &opts, &|_, _, _| {})).expect("quantize");
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .expect("pool");
+        let opts = QuantizeOptions {
+            calib_file: None,
+            n_samples: 16,
+            seq_len: 24,
+            batch,
+        };
+        let q = pool
+            .install(|| {
+                quantize(
+                    c.clone(),
+                    tok_clone(&tok),
+                    w.clone(),
+                    &recipe,
+                    &opts,
+                    &|_, _, _| {},
+                )
+            })
+            .expect("quantize");
         assert_eq!(q.report.calib_samples, 16);
         q.linears
             .iter()
             .map(|(n, l)| {
                 let ws = match &l.weight {
-                    QuantWeight::Int8 { scale, .. } => scale.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    QuantWeight::Int8 { scale, .. } => {
+                        scale.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+                    }
                     _ => panic!("int8 expected"),
                 };
                 (n.clone(), ws, format!("{:?}", l.act))
@@ -129,7 +181,10 @@ fn calibration_is_batch_and_thread_invariant() {
     };
     let reference = fingerprint(1, 1);
     for (batch, threads) in [(4, 1), (16, 1), (1, 2), (4, 2), (16, 2)] {
-        assert!(fingerprint(batch, threads) == reference, "scales differ with batch {batch}, {threads} threads");
+        assert!(
+            fingerprint(batch, threads) == reference,
+            "scales differ with batch {batch}, {threads} threads"
+        );
     }
     // the static scales are real numbers, not placeholders
     assert!(reference.iter().all(|(_, _, a)| a.contains("scale")));
@@ -137,7 +192,8 @@ fn calibration_is_batch_and_thread_invariant() {
 
 fn tok_clone(t: &ferroq::tokenizer::TokenizerBundle) -> ferroq::tokenizer::TokenizerBundle {
     ferroq::tokenizer::TokenizerBundle {
-        tokenizer: ferroq::tokenizer::TokenizerBundle::from_json(t.json.clone()).expect("tokenizer"),
+        tokenizer: ferroq::tokenizer::TokenizerBundle::from_json(t.json.clone())
+            .expect("tokenizer"),
         json: t.json.clone(),
         chat_template: t.chat_template.clone(),
         bos_token: t.bos_token.clone(),
@@ -160,31 +216,58 @@ processors:
       weight: {scope: per_channel, dtype: int8}
 ";
     let dir = tempfile::tempdir().expect("tempdir");
-    for (i, recipe) in ["w8a8-static", "fp8", "w4a16", fallback_recipe].iter().enumerate() {
-        let r = if recipe.contains('\n') { Recipe::from_yaml(recipe) } else { Recipe::load(recipe) }.expect("recipe");
+    for (i, recipe) in ["w8a8-static", "fp8", "w4a16", fallback_recipe]
+        .iter()
+        .enumerate()
+    {
+        let r = if recipe.contains('\n') {
+            Recipe::from_yaml(recipe)
+        } else {
+            Recipe::load(recipe)
+        }
+        .expect("recipe");
         let (c, tok, w) = ferroq::model::read_all(&common::real_gguf()).expect("read");
-        let q = quantize(c, tok, w, &r, &QuantizeOptions::default(), &|_, _, _| {}).expect("quantize");
+        let q =
+            quantize(c, tok, w, &r, &QuantizeOptions::default(), &|_, _, _| {}).expect("quantize");
         let out = dir.path().join(format!("q{i}"));
         ferroq::quant::ct::write(&q, &out).expect("write");
-        let mem = LlamaModel::load(CpuBackend::new(), q.config.clone(), &q, None).expect("in-memory");
+        let mem =
+            LlamaModel::load(CpuBackend::new(), q.config.clone(), &q, None).expect("in-memory");
         let disk = ferroq::model::open(CpuBackend::new(), &out, None).expect("open checkpoint");
         // prefill and a decode step (pd_mix's static path) agree exactly
         let ids = q.tokenizer.encode("The quick brown fox").expect("encode");
         let run = |m: &LlamaModel<CpuBackend>| {
             let mut s = m.new_session(8, 16, false).expect("s");
-            let mut v = m.forward(&mut s, &ids, Logits::Last).expect("prefill").to_vec();
+            let mut v = m
+                .forward(&mut s, &ids, Logits::Last)
+                .expect("prefill")
+                .to_vec();
             v.extend_from_slice(m.forward(&mut s, &[42], Logits::Last).expect("decode"));
             v
         };
-        assert!(run(&mem) == run(&disk.model), "{recipe}: checkpoint logits differ from the in-memory model");
+        assert!(
+            run(&mem) == run(&disk.model),
+            "{recipe}: checkpoint logits differ from the in-memory model"
+        );
         if i == 3 {
             assert_eq!(q.report.fallback.len(), 30);
-            let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).expect("cfg")).expect("json");
-            let ignore = cfg["quantization_config"]["ignore"].as_array().expect("ignore");
+            let cfg: serde_json::Value = serde_json::from_str(
+                &std::fs::read_to_string(out.join("config.json")).expect("cfg"),
+            )
+            .expect("json");
+            let ignore = cfg["quantization_config"]["ignore"]
+                .as_array()
+                .expect("ignore");
             assert!(ignore.iter().any(|v| v == "model.layers.7.mlp.down_proj"));
             let st = ferroq::model::safetensors_io::SafetensorsWeights::open_dir(&out).expect("st");
-            assert_eq!(st.dtype_of("model.layers.7.mlp.down_proj.weight"), Some(safetensors::Dtype::BF16));
-            assert_eq!(st.dtype_of("model.layers.7.mlp.up_proj.weight"), Some(safetensors::Dtype::I8));
+            assert_eq!(
+                st.dtype_of("model.layers.7.mlp.down_proj.weight"),
+                Some(safetensors::Dtype::BF16)
+            );
+            assert_eq!(
+                st.dtype_of("model.layers.7.mlp.up_proj.weight"),
+                Some(safetensors::Dtype::I8)
+            );
             for l in disk.model.linears() {
                 let dense = matches!(&l.weight, LinearWeight::Dense(m) if m.dtype() == DType::BF16);
                 let want_dense = l.name.ends_with("down_proj") || l.name == "lm_head";

@@ -93,10 +93,16 @@ impl SafetensorsWeights {
     /// A tensor's dtype, shape and little-endian bytes, for the non-float dtypes
     /// (int8 / fp8 / int32) that quantized checkpoints carry.
     pub fn raw(&self, name: &str) -> Result<(StDtype, Vec<usize>, &[u8])> {
-        let e = self.entries.get(name).ok_or_else(|| Error::MissingTensor(name.to_string()))?;
+        let e = self
+            .entries
+            .get(name)
+            .ok_or_else(|| Error::MissingTensor(name.to_string()))?;
         let (path, map) = &self.maps[e.shard];
         let bytes = map.get(e.start..e.end).ok_or_else(|| {
-            Error::Safetensors(format!("{}: tensor `{name}` runs past the end of the file", path.display()))
+            Error::Safetensors(format!(
+                "{}: tensor `{name}` runs past the end of the file",
+                path.display()
+            ))
         })?;
         Ok((e.dtype, e.shape.clone(), bytes))
     }
@@ -169,7 +175,11 @@ pub fn write_safetensors(
     let raw: Vec<(String, RawTensor)> = tensors
         .iter()
         .map(|(n, t)| {
-            let r = RawTensor { dtype: st_dtype(t.dtype()), shape: t.shape.clone(), bytes: t.as_le_bytes() };
+            let r = RawTensor {
+                dtype: st_dtype(t.dtype()),
+                shape: t.shape.clone(),
+                bytes: t.as_le_bytes(),
+            };
             (n.clone(), r)
         })
         .collect();

@@ -33,7 +33,15 @@ fn format_name(d: QDType) -> &'static str {
     }
 }
 
-fn args(num_bits: u32, float: bool, symmetric: bool, strategy: &str, group: Option<usize>, dynamic: bool, observer: &str) -> Json {
+fn args(
+    num_bits: u32,
+    float: bool,
+    symmetric: bool,
+    strategy: &str,
+    group: Option<usize>,
+    dynamic: bool,
+    observer: &str,
+) -> Json {
     json!({"num_bits": num_bits, "type": if float { "float" } else { "int" }, "symmetric": symmetric,
            "group_size": group, "strategy": strategy, "block_structure": null, "dynamic": dynamic,
            "actorder": null, "observer": observer, "observer_kwargs": {}})
@@ -54,7 +62,15 @@ fn weight_args(q: &super::pipeline::QLinear) -> Json {
         super::weight::WeightMethod::MinMax => "minmax",
         super::weight::WeightMethod::Ssz => "ssz",
     };
-    args(bits, float, q.wcfg.symmetric, strategy, group, false, observer)
+    args(
+        bits,
+        float,
+        q.wcfg.symmetric,
+        strategy,
+        group,
+        false,
+        observer,
+    )
 }
 
 fn act_args(q: &super::pipeline::QLinear) -> Json {
@@ -78,12 +94,28 @@ fn bytes_of<T: bytemuck::Pod>(v: &[T]) -> Vec<u8> {
 /// Write `q` as a compressed-tensors model directory at `out` (must not exist or be empty);
 /// written into a temporary directory and renamed into place.
 pub fn write(q: &QuantizedModel, out: &Path) -> Result<()> {
-    if out.exists() && std::fs::read_dir(out).map_err(|e| Error::io(out, e))?.next().is_some() {
-        return Err(Error::InvalidArgument(format!("output directory {} exists and is not empty", out.display())));
+    if out.exists()
+        && std::fs::read_dir(out)
+            .map_err(|e| Error::io(out, e))?
+            .next()
+            .is_some()
+    {
+        return Err(Error::InvalidArgument(format!(
+            "output directory {} exists and is not empty",
+            out.display()
+        )));
     }
-    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let parent = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
-    let tmp = parent.join(format!(".{}.writing", out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()));
+    let tmp = parent.join(format!(
+        ".{}.writing",
+        out.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    ));
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
     }
@@ -122,36 +154,99 @@ fn write_into(q: &QuantizedModel, dir: &Path) -> Result<()> {
         match &ql.weight {
             QuantWeight::Int8 { q: w, scale, .. } => {
                 owned.push((format!("{name}.weight"), St::I8, vec![n, k], bytes_of(w)));
-                let (sv, shape) = if per_tensor { (vec![scale[0]], vec![1]) } else { (scale.clone(), vec![n, 1]) };
-                owned.push((format!("{name}.weight_scale"), St::F32, shape, bytes_of(&sv)));
+                let (sv, shape) = if per_tensor {
+                    (vec![scale[0]], vec![1])
+                } else {
+                    (scale.clone(), vec![n, 1])
+                };
+                owned.push((
+                    format!("{name}.weight_scale"),
+                    St::F32,
+                    shape,
+                    bytes_of(&sv),
+                ));
             }
             QuantWeight::Fp8 { codes, scale } => {
-                owned.push((format!("{name}.weight"), St::F8_E4M3, vec![n, k], codes.clone()));
-                let (sv, shape) = if per_tensor { (vec![scale[0]], vec![1]) } else { (scale.clone(), vec![n, 1]) };
-                owned.push((format!("{name}.weight_scale"), St::F32, shape, bytes_of(&sv)));
+                owned.push((
+                    format!("{name}.weight"),
+                    St::F8_E4M3,
+                    vec![n, k],
+                    codes.clone(),
+                ));
+                let (sv, shape) = if per_tensor {
+                    (vec![scale[0]], vec![1])
+                } else {
+                    (scale.clone(), vec![n, 1])
+                };
+                owned.push((
+                    format!("{name}.weight_scale"),
+                    St::F32,
+                    shape,
+                    bytes_of(&sv),
+                ));
             }
-            QuantWeight::Int4 { packed, scale, zero, group } => {
+            QuantWeight::Int4 {
+                packed,
+                scale,
+                zero,
+                group,
+            } => {
                 if k % 8 != 0 {
-                    return Err(Error::InvalidArgument(format!("{name}: in_features {k} is not a multiple of 8 (int32 packing)")));
+                    return Err(Error::InvalidArgument(format!(
+                        "{name}: in_features {k} is not a multiple of 8 (int32 packing)"
+                    )));
                 }
                 let vals = formats::unpack_i4_bytes(packed, n * k);
-                owned.push((format!("{name}.weight_packed"), St::I32, vec![n, k / 8], bytes_of(&formats::pack_i4_int32(&vals))));
-                owned.push((format!("{name}.weight_shape"), St::I32, vec![2], bytes_of(&[n as i32, k as i32])));
-                owned.push((format!("{name}.weight_scale"), St::F32, vec![n, k.div_ceil(*group)], bytes_of(scale)));
+                owned.push((
+                    format!("{name}.weight_packed"),
+                    St::I32,
+                    vec![n, k / 8],
+                    bytes_of(&formats::pack_i4_int32(&vals)),
+                ));
+                owned.push((
+                    format!("{name}.weight_shape"),
+                    St::I32,
+                    vec![2],
+                    bytes_of(&[n as i32, k as i32]),
+                ));
+                owned.push((
+                    format!("{name}.weight_scale"),
+                    St::F32,
+                    vec![n, k.div_ceil(*group)],
+                    bytes_of(scale),
+                ));
                 if !zero.is_empty() {
-                    owned.push((format!("{name}.weight_zero_point"), St::I8, vec![n, k.div_ceil(*group)], bytes_of(zero)));
+                    owned.push((
+                        format!("{name}.weight_zero_point"),
+                        St::I8,
+                        vec![n, k.div_ceil(*group)],
+                        bytes_of(zero),
+                    ));
                 }
             }
         }
         match ql.act.policy {
             ActQuant::Static { scale, zp } => {
-                owned.push((format!("{name}.input_scale"), St::F32, vec![1], bytes_of(&[scale])));
+                owned.push((
+                    format!("{name}.input_scale"),
+                    St::F32,
+                    vec![1],
+                    bytes_of(&[scale]),
+                ));
                 if !ql.act.symmetric {
-                    owned.push((format!("{name}.input_zero_point"), St::I8, vec![1], bytes_of(&[zp as i8])));
+                    owned.push((
+                        format!("{name}.input_zero_point"),
+                        St::I8,
+                        vec![1],
+                        bytes_of(&[zp as i8]),
+                    ));
                 }
             }
             ActQuant::PdMix { scale, zp } => {
-                pd_mix.insert(name.clone(), json!({"input_scale": scale, "input_zero_point": zp}));
+                pd_mix.insert(
+                    name.clone(),
+                    json!({"input_scale": scale, "input_zero_point": zp}),
+                );
             }
             ActQuant::None | ActQuant::Dynamic => {}
         }
@@ -161,21 +256,43 @@ fn write_into(q: &QuantizedModel, dir: &Path) -> Result<()> {
             None => groups.push((wa, aa, format_name(ql.wcfg.dtype), vec![name.clone()])),
         }
     }
-    let raw: Vec<(String, RawTensor)> =
-        owned.iter().map(|(n, d, s, b)| (n.clone(), RawTensor { dtype: *d, shape: s.clone(), bytes: b })).collect();
+    let raw: Vec<(String, RawTensor)> = owned
+        .iter()
+        .map(|(n, d, s, b)| {
+            (
+                n.clone(),
+                RawTensor {
+                    dtype: *d,
+                    shape: s.clone(),
+                    bytes: b,
+                },
+            )
+        })
+        .collect();
     let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
     write_raw_safetensors(&dir.join("model.safetensors"), &raw, Some(meta))?;
 
     let single = groups.len() == 1;
     let mut cg = serde_json::Map::new();
     for (i, (wa, aa, fmt, names)) in groups.iter().enumerate() {
-        let targets = if single { json!(["Linear"]) } else { json!(names) };
-        cg.insert(format!("group_{i}"), json!({"targets": targets, "weights": wa, "input_activations": aa,
-            "output_activations": null, "format": fmt}));
+        let targets = if single {
+            json!(["Linear"])
+        } else {
+            json!(names)
+        };
+        cg.insert(
+            format!("group_{i}"),
+            json!({"targets": targets, "weights": wa, "input_activations": aa,
+            "output_activations": null, "format": fmt}),
+        );
     }
     let mut ignore: Vec<String> = q.report.fallback.clone();
     ignore.push("lm_head".into());
-    let format = if single { groups[0].2 } else { "mixed-precision" };
+    let format = if single {
+        groups[0].2
+    } else {
+        "mixed-precision"
+    };
     let mut config = q.config.to_hf_json("bfloat16");
     config["quantization_config"] = json!({
         "quant_method": "compressed-tensors",
@@ -194,12 +311,18 @@ fn write_into(q: &QuantizedModel, dir: &Path) -> Result<()> {
     wj(&dir.join("config.json"), &config)?;
     let tj = dir.join("tokenizer.json");
     std::fs::write(&tj, &q.tokenizer.json).map_err(|e| Error::io(&tj, e))?;
-    wj(&dir.join("tokenizer_config.json"), &q.tokenizer.tokenizer_config_json())?;
+    wj(
+        &dir.join("tokenizer_config.json"),
+        &q.tokenizer.tokenizer_config_json(),
+    )?;
     let eos = match q.tokenizer.eos_ids.as_slice() {
         [one] => json!(one),
         many => json!(many),
     };
-    wj(&dir.join("generation_config.json"), &json!({"bos_token_id": q.config.bos_token_id, "eos_token_id": eos}))
+    wj(
+        &dir.join("generation_config.json"),
+        &json!({"bos_token_id": q.config.bos_token_id, "eos_token_id": eos}),
+    )
 }
 
 /// A linear's scheme as read from config_groups.
@@ -214,7 +337,8 @@ fn target_matches(t: &str, name: &str) -> Result<bool> {
         return Ok(true);
     }
     if let Some(re) = t.strip_prefix("re:") {
-        let r = regex::Regex::new(re).map_err(|e| Error::Config(format!("quantization_config pattern `{t}`: {e}")))?;
+        let r = regex::Regex::new(re)
+            .map_err(|e| Error::Config(format!("quantization_config pattern `{t}`: {e}")))?;
         return Ok(r.is_match(name));
     }
     Ok(t == name || name.ends_with(&format!(".{t}")))
@@ -228,7 +352,9 @@ pub struct CompressedTensors {
 }
 
 fn get_u64(a: &Json, key: &str, what: &str) -> Result<u64> {
-    a.get(key).and_then(|v| v.as_u64()).ok_or_else(|| Error::Config(format!("{what}: `{key}` missing or not an integer")))
+    a.get(key)
+        .and_then(|v| v.as_u64())
+        .ok_or_else(|| Error::Config(format!("{what}: `{key}` missing or not an integer")))
 }
 
 impl CompressedTensors {
@@ -236,19 +362,40 @@ impl CompressedTensors {
     pub fn open(dir: &Path, config: &ModelConfig) -> Result<Self> {
         let p = dir.join("config.json");
         let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
-        let j: Json = serde_json::from_str(&text).map_err(|e| Error::Config(format!("config.json: {e}")))?;
-        let qc = j.get("quantization_config").ok_or_else(|| Error::Config("no quantization_config".into()))?;
-        let method = qc.get("quant_method").and_then(|m| m.as_str()).unwrap_or("");
+        let j: Json =
+            serde_json::from_str(&text).map_err(|e| Error::Config(format!("config.json: {e}")))?;
+        let qc = j
+            .get("quantization_config")
+            .ok_or_else(|| Error::Config("no quantization_config".into()))?;
+        let method = qc
+            .get("quant_method")
+            .and_then(|m| m.as_str())
+            .unwrap_or("");
         if method != "compressed-tensors" {
-            return Err(Error::Config(format!("quant_method `{method}` is not supported (compressed-tensors)")));
+            return Err(Error::Config(format!(
+                "quant_method `{method}` is not supported (compressed-tensors)"
+            )));
         }
         if let Some(st) = qc.get("quantization_status").and_then(|s| s.as_str()) {
             if st != "compressed" && st != "frozen" {
-                return Err(Error::Config(format!("quantization_status `{st}`: only compressed checkpoints load")));
+                return Err(Error::Config(format!(
+                    "quantization_status `{st}`: only compressed checkpoints load"
+                )));
             }
         }
-        let ignore: Vec<String> = qc.get("ignore").and_then(|i| i.as_array()).map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect()).unwrap_or_default();
-        let groups = qc.get("config_groups").and_then(|g| g.as_object()).ok_or_else(|| Error::Config("quantization_config has no config_groups".into()))?;
+        let ignore: Vec<String> = qc
+            .get("ignore")
+            .and_then(|i| i.as_array())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let groups = qc
+            .get("config_groups")
+            .and_then(|g| g.as_object())
+            .ok_or_else(|| Error::Config("quantization_config has no config_groups".into()))?;
         let mut schemes = BTreeMap::new();
         for name in super::pipeline::decoder_linears(config) {
             let mut ignored = false;
@@ -259,13 +406,21 @@ impl CompressedTensors {
                 continue;
             }
             for (gname, g) in groups {
-                let targets = g.get("targets").and_then(|t| t.as_array()).ok_or_else(|| Error::Config(format!("config group `{gname}` has no targets")))?;
+                let targets = g.get("targets").and_then(|t| t.as_array()).ok_or_else(|| {
+                    Error::Config(format!("config group `{gname}` has no targets"))
+                })?;
                 let mut hit = false;
                 for t in targets {
                     hit |= target_matches(t.as_str().unwrap_or(""), &name)?;
                 }
                 if hit {
-                    let weights = g.get("weights").filter(|w| !w.is_null()).cloned().ok_or_else(|| Error::Config(format!("config group `{gname}` has no weights args")))?;
+                    let weights = g
+                        .get("weights")
+                        .filter(|w| !w.is_null())
+                        .cloned()
+                        .ok_or_else(|| {
+                            Error::Config(format!("config group `{gname}` has no weights args"))
+                        })?;
                     let acts = g.get("input_activations").filter(|a| !a.is_null()).cloned();
                     schemes.insert(name.clone(), Scheme { weights, acts });
                     break;
@@ -273,36 +428,72 @@ impl CompressedTensors {
             }
         }
         let mut pd_mix = BTreeMap::new();
-        if let Some(pm) = qc.get("ferroq").and_then(|f| f.get("pd_mix")).and_then(|p| p.as_object()) {
+        if let Some(pm) = qc
+            .get("ferroq")
+            .and_then(|f| f.get("pd_mix"))
+            .and_then(|p| p.as_object())
+        {
             for (n, v) in pm {
-                let s = v.get("input_scale").and_then(|s| s.as_f64()).ok_or_else(|| Error::Config(format!("ferroq.pd_mix.{n}: no input_scale")))?;
-                let z = v.get("input_zero_point").and_then(|s| s.as_i64()).unwrap_or(0);
+                let s = v
+                    .get("input_scale")
+                    .and_then(|s| s.as_f64())
+                    .ok_or_else(|| Error::Config(format!("ferroq.pd_mix.{n}: no input_scale")))?;
+                let z = v
+                    .get("input_zero_point")
+                    .and_then(|s| s.as_i64())
+                    .unwrap_or(0);
                 pd_mix.insert(n.clone(), (s as f32, z as i32));
             }
         }
-        Ok(CompressedTensors { st: SafetensorsWeights::open_dir(dir)?, schemes, pd_mix })
+        Ok(CompressedTensors {
+            st: SafetensorsWeights::open_dir(dir)?,
+            schemes,
+            pd_mix,
+        })
     }
 
     fn f32_tensor(&self, name: &str, allowed: &[Vec<usize>]) -> Result<Vec<f32>> {
         let (d, shape, bytes) = self.st.raw(name)?;
         if !allowed.contains(&shape) {
-            return Err(Error::ShapeMismatch { tensor: name.into(), expected: allowed[0].clone(), actual: shape });
+            return Err(Error::ShapeMismatch {
+                tensor: name.into(),
+                expected: allowed[0].clone(),
+                actual: shape,
+            });
         }
         Ok(match d {
             St::F32 => bytemuck::pod_collect_to_vec(bytes),
-            St::F16 => bytemuck::pod_collect_to_vec::<u8, half::f16>(bytes).iter().map(|v| v.to_f32()).collect(),
-            St::BF16 => bytemuck::pod_collect_to_vec::<u8, half::bf16>(bytes).iter().map(|v| v.to_f32()).collect(),
-            other => return Err(Error::UnsupportedDType { tensor: name.into(), dtype: format!("{other:?}") }),
+            St::F16 => bytemuck::pod_collect_to_vec::<u8, half::f16>(bytes)
+                .iter()
+                .map(|v| v.to_f32())
+                .collect(),
+            St::BF16 => bytemuck::pod_collect_to_vec::<u8, half::bf16>(bytes)
+                .iter()
+                .map(|v| v.to_f32())
+                .collect(),
+            other => {
+                return Err(Error::UnsupportedDType {
+                    tensor: name.into(),
+                    dtype: format!("{other:?}"),
+                })
+            }
         })
     }
 
     fn int_tensor(&self, name: &str, want: St, shape: &[usize]) -> Result<&[u8]> {
         let (d, s, bytes) = self.st.raw(name)?;
         if d != want {
-            return Err(Error::UnsupportedDType { tensor: name.into(), dtype: format!("{d:?} (expected {want:?})") });
+            return Err(Error::UnsupportedDType {
+                tensor: name.into(),
+                dtype: format!("{d:?} (expected {want:?})"),
+            });
         }
         if s != shape {
-            return Err(Error::ShapeMismatch { tensor: name.into(), expected: shape.to_vec(), actual: s });
+            return Err(Error::ShapeMismatch {
+                tensor: name.into(),
+                expected: shape.to_vec(),
+                actual: s,
+            });
         }
         Ok(bytes)
     }
@@ -312,7 +503,10 @@ impl CompressedTensors {
         let what = format!("{name} weights");
         let bits = get_u64(w, "num_bits", &what)?;
         let ty = w.get("type").and_then(|t| t.as_str()).unwrap_or("int");
-        let strategy = w.get("strategy").and_then(|s| s.as_str()).unwrap_or("channel");
+        let strategy = w
+            .get("strategy")
+            .and_then(|s| s.as_str())
+            .unwrap_or("channel");
         let scale_shapes = |groups: usize| -> Vec<Vec<usize>> {
             match strategy {
                 "tensor" => vec![vec![1], vec![]],
@@ -324,34 +518,66 @@ impl CompressedTensors {
         match (ty, bits) {
             ("int", 8) => {
                 if w.get("symmetric").and_then(|s| s.as_bool()) == Some(false) {
-                    return Err(Error::Config(format!("{what}: asymmetric int8 weights are not supported")));
+                    return Err(Error::Config(format!(
+                        "{what}: asymmetric int8 weights are not supported"
+                    )));
                 }
-                let q: Vec<i8> = bytemuck::pod_collect_to_vec(self.int_tensor(&format!("{name}.weight"), St::I8, &[n, k])?);
-                let scale = broadcast(self.f32_tensor(&format!("{name}.weight_scale"), &scale_shapes(1))?);
-                let colsum = q.chunks_exact(k).map(|r| r.iter().map(|&v| v as i32).sum()).collect();
+                let q: Vec<i8> = bytemuck::pod_collect_to_vec(self.int_tensor(
+                    &format!("{name}.weight"),
+                    St::I8,
+                    &[n, k],
+                )?);
+                let scale =
+                    broadcast(self.f32_tensor(&format!("{name}.weight_scale"), &scale_shapes(1))?);
+                let colsum = q
+                    .chunks_exact(k)
+                    .map(|r| r.iter().map(|&v| v as i32).sum())
+                    .collect();
                 Ok(QuantWeight::Int8 { q, scale, colsum })
             }
             ("float", 8) => {
-                let codes = self.int_tensor(&format!("{name}.weight"), St::F8_E4M3, &[n, k])?.to_vec();
-                let scale = broadcast(self.f32_tensor(&format!("{name}.weight_scale"), &scale_shapes(1))?);
+                let codes = self
+                    .int_tensor(&format!("{name}.weight"), St::F8_E4M3, &[n, k])?
+                    .to_vec();
+                let scale =
+                    broadcast(self.f32_tensor(&format!("{name}.weight_scale"), &scale_shapes(1))?);
                 Ok(QuantWeight::Fp8 { codes, scale })
             }
             ("int", 4) => {
                 let g = match strategy {
                     "group" => get_u64(w, "group_size", &what)? as usize,
                     "channel" => k,
-                    other => return Err(Error::Config(format!("{what}: int4 strategy `{other}` is not supported"))),
+                    other => {
+                        return Err(Error::Config(format!(
+                            "{what}: int4 strategy `{other}` is not supported"
+                        )))
+                    }
                 };
                 if k % 8 != 0 || g == 0 || g % 2 != 0 {
-                    return Err(Error::Config(format!("{what}: int4 needs in_features % 8 == 0 and an even group size")));
+                    return Err(Error::Config(format!(
+                        "{what}: int4 needs in_features % 8 == 0 and an even group size"
+                    )));
                 }
-                let shape: Vec<i32> = bytemuck::pod_collect_to_vec(self.int_tensor(&format!("{name}.weight_shape"), St::I32, &[2])?);
+                let shape: Vec<i32> = bytemuck::pod_collect_to_vec(self.int_tensor(
+                    &format!("{name}.weight_shape"),
+                    St::I32,
+                    &[2],
+                )?);
                 if shape != [n as i32, k as i32] {
-                    return Err(Error::ShapeMismatch { tensor: format!("{name}.weight_shape"), expected: vec![n, k], actual: shape.iter().map(|&v| v as usize).collect() });
+                    return Err(Error::ShapeMismatch {
+                        tensor: format!("{name}.weight_shape"),
+                        expected: vec![n, k],
+                        actual: shape.iter().map(|&v| v as usize).collect(),
+                    });
                 }
-                let packed: Vec<i32> = bytemuck::pod_collect_to_vec(self.int_tensor(&format!("{name}.weight_packed"), St::I32, &[n, k / 8])?);
+                let packed: Vec<i32> = bytemuck::pod_collect_to_vec(self.int_tensor(
+                    &format!("{name}.weight_packed"),
+                    St::I32,
+                    &[n, k / 8],
+                )?);
                 let groups = k.div_ceil(g);
-                let scale = self.f32_tensor(&format!("{name}.weight_scale"), &scale_shapes(groups))?;
+                let scale =
+                    self.f32_tensor(&format!("{name}.weight_scale"), &scale_shapes(groups))?;
                 let zname = format!("{name}.weight_zero_point");
                 let zero: Vec<i8> = if self.st.contains(&zname) {
                     bytemuck::pod_collect_to_vec(self.int_tensor(&zname, St::I8, &[n, groups])?)
@@ -359,24 +585,39 @@ impl CompressedTensors {
                     Vec::new()
                 };
                 let vals = formats::unpack_i4_int32(&packed, n * k);
-                Ok(QuantWeight::Int4 { packed: formats::pack_i4_bytes(&vals), scale, zero, group: g })
+                Ok(QuantWeight::Int4 {
+                    packed: formats::pack_i4_bytes(&vals),
+                    scale,
+                    zero,
+                    group: g,
+                })
             }
-            (t, b) => Err(Error::Config(format!("{what}: num_bits {b} with type `{t}` is not supported (int 8, float 8, int 4)"))),
+            (t, b) => Err(Error::Config(format!(
+                "{what}: num_bits {b} with type `{t}` is not supported (int 8, float 8, int 4)"
+            ))),
         }
     }
 
     fn act_spec(&self, name: &str, sc: &Scheme, wdtype: QDType) -> Result<ActSpec> {
-        let Some(a) = &sc.acts else { return Ok(ActSpec::NONE) };
+        let Some(a) = &sc.acts else {
+            return Ok(ActSpec::NONE);
+        };
         let what = format!("{name} input_activations");
         let bits = get_u64(a, "num_bits", &what)?;
         let float = a.get("type").and_then(|t| t.as_str()) == Some("float");
         let dtype = match (float, bits) {
             (false, 8) => QDType::Int8,
             (true, 8) => QDType::Fp8E4M3,
-            (_, b) => return Err(Error::Config(format!("{what}: num_bits {b} is not supported (8)"))),
+            (_, b) => {
+                return Err(Error::Config(format!(
+                    "{what}: num_bits {b} is not supported (8)"
+                )))
+            }
         };
         if dtype != wdtype {
-            return Err(Error::Config(format!("{what}: {dtype:?} activations with {wdtype:?} weights are not supported")));
+            return Err(Error::Config(format!(
+                "{what}: {dtype:?} activations with {wdtype:?} weights are not supported"
+            )));
         }
         let symmetric = a.get("symmetric").and_then(|s| s.as_bool()).unwrap_or(true);
         let dynamic = a.get("dynamic").and_then(|d| d.as_bool()).unwrap_or(false);
@@ -393,14 +634,23 @@ impl CompressedTensors {
                 match d {
                     St::I8 => b[0] as i8 as i32,
                     St::I32 => i32::from_le_bytes([b[0], b[1], b[2], b[3]]),
-                    other => return Err(Error::UnsupportedDType { tensor: zname, dtype: format!("{other:?}") }),
+                    other => {
+                        return Err(Error::UnsupportedDType {
+                            tensor: zname,
+                            dtype: format!("{other:?}"),
+                        })
+                    }
                 }
             } else {
                 0
             };
             ActQuant::Static { scale, zp }
         };
-        Ok(ActSpec { policy, dtype, symmetric })
+        Ok(ActSpec {
+            policy,
+            dtype,
+            symmetric,
+        })
     }
 }
 
@@ -412,7 +662,9 @@ impl WeightSource for CompressedTensors {
         self.st.load(name)
     }
     fn quant_linear(&self, name: &str) -> Result<Option<(QuantWeight, ActSpec)>> {
-        let Some(sc) = self.schemes.get(name) else { return Ok(None) };
+        let Some(sc) = self.schemes.get(name) else {
+            return Ok(None);
+        };
         // shape from the weight (int8/fp8) or weight_shape (int4)
         let (n, k) = match self.st.raw(&format!("{name}.weight")) {
             Ok((_, s, _)) if s.len() == 2 => (s[0], s[1]),
@@ -420,7 +672,9 @@ impl WeightSource for CompressedTensors {
                 let (_, _, b) = self.st.raw(&format!("{name}.weight_shape"))?;
                 let v: Vec<i32> = bytemuck::pod_collect_to_vec(b);
                 if v.len() != 2 || v.iter().any(|&x| x <= 0) {
-                    return Err(Error::Config(format!("{name}.weight_shape must hold two positive sizes")));
+                    return Err(Error::Config(format!(
+                        "{name}.weight_shape must hold two positive sizes"
+                    )));
                 }
                 (v[0] as usize, v[1] as usize)
             }
@@ -428,7 +682,9 @@ impl WeightSource for CompressedTensors {
         let w = self.linear_weight(name, sc, n, k)?;
         let act = self.act_spec(name, sc, w.dtype())?;
         if w.dtype() == QDType::Int4 && act.policy != ActQuant::None {
-            return Err(Error::Config(format!("{name}: int4 weights with activation quantization are not supported")));
+            return Err(Error::Config(format!(
+                "{name}: int4 weights with activation quantization are not supported"
+            )));
         }
         Ok(Some((w, act)))
     }
