@@ -34,28 +34,26 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
-#[test]
-fn decode_steps_do_not_allocate() {
-    let m = ferroq::model::open(CpuBackend::new(), &common::real_gguf(), Some(DType::F16))
-        .expect("load");
+/// Allocations made by 16 decode steps (after prefill and warm-up).
+fn count_decode_allocs(m: &ferroq::model::Loaded<CpuBackend>) -> usize {
     let prompt = m
         .tokenizer
         .encode("The quick brown fox jumps over the lazy dog")
         .expect("encode");
     let mut s = m.model.new_session(16, 64, false).expect("session");
-    m.model
-        .forward(&mut s, &prompt, Logits::Last)
-        .expect("prefill");
-    let mut tok = 42u32;
-    for _ in 0..3 {
-        tok = ferroq::engine::sampler::argmax(
-            m.model
-                .forward(&mut s, &[tok], Logits::Last)
-                .expect("warm-up"),
-        );
-    }
-    // as `generate` does: the decode loop runs on the backend's worker threads
-    let n = m.model.backend.run_on_workers(|| {
+    // as `generate` does: prefill and the decode loop run on one of the backend's workers
+    m.model.backend.run_on_workers(|| {
+        m.model
+            .forward(&mut s, &prompt, Logits::Last)
+            .expect("prefill");
+        let mut tok = 42u32;
+        for _ in 0..3 {
+            tok = ferroq::engine::sampler::argmax(
+                m.model
+                    .forward(&mut s, &[tok], Logits::Last)
+                    .expect("warm-up"),
+            );
+        }
         let before = ALLOCS.load(Ordering::SeqCst);
         for _ in 0..16 {
             tok = ferroq::engine::sampler::argmax(
@@ -65,6 +63,28 @@ fn decode_steps_do_not_allocate() {
             );
         }
         ALLOCS.load(Ordering::SeqCst) - before
-    });
-    assert_eq!(n, 0, "16 decode steps made {n} allocations");
+    })
+}
+
+#[test]
+fn decode_steps_do_not_allocate() {
+    let m = ferroq::model::open(CpuBackend::new(), &common::real_gguf(), Some(DType::F16))
+        .expect("load");
+    let n = count_decode_allocs(&m);
+    assert_eq!(n, 0, "16 FP16 decode steps made {n} allocations");
+    // W8A8 with pd_mix: the activation-quantization scratch is reused too
+    let (c, tok, w) = ferroq::model::read_all(&common::real_gguf()).expect("read");
+    let recipe = ferroq::quant::recipe::Recipe::load("w8a8").expect("recipe");
+    let opts = ferroq::quant::pipeline::QuantizeOptions {
+        n_samples: 2,
+        seq_len: 32,
+        ..Default::default()
+    };
+    let q = ferroq::quant::pipeline::quantize(c, tok, w, &recipe, &opts, &|_, _, _| {})
+        .expect("quantize");
+    let dir = tempfile::tempdir().expect("tempdir");
+    ferroq::quant::ct::write(&q, dir.path()).expect("write");
+    let m = ferroq::model::open(CpuBackend::new(), dir.path(), None).expect("load w8a8");
+    let n = count_decode_allocs(&m);
+    assert_eq!(n, 0, "16 W8A8 decode steps made {n} allocations");
 }

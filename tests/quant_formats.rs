@@ -320,3 +320,16 @@ fn bad_weight_configs_are_errors() {
         "wrong shape"
     );
 }
+
+#[test]
+fn fast_round_matches_round_ties_even() {
+    let mut rng = Rng::new(9);
+    let mut xs: Vec<f32> = randn(&mut rng, 20000, 300.0);
+    xs.extend((-600..600).map(|i| i as f32 * 0.5)); // every halfway case in range
+    xs.extend([
+        0.0, -0.0, 4194303.5, -4194303.5, 4194304.0, 1e9, -1e9, 8388609.0,
+    ]);
+    for x in xs {
+        assert_eq!(formats::round_even(x), x.round_ties_even(), "{x}");
+    }
+}

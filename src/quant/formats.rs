@@ -6,10 +6,18 @@
 //! value, like PTX `cvt.rn.satfinite`. Integer rounding is round-half-to-even (`torch.round`,
 //! CUDA `nearbyint`).
 
-/// Round half to even, as `torch.round` and `cvt.rni` do.
-#[inline]
+/// Round half to even, as `torch.round` and `cvt.rni` do. Adding and subtracting 1.5 · 2^23
+/// makes the FPU round to an integer in its default round-to-nearest-even mode: exact for
+/// |x| < 2^22, and larger floats are already integers. (`f32::round_ties_even` is a libm call
+/// on baseline x86-64, which has no SSE4.1 `roundps`, and this sits in per-element loops.)
+#[inline(always)]
 pub fn round_even(x: f32) -> f32 {
-    x.round_ties_even()
+    const MAGIC: f32 = 12_582_912.0;
+    if x.abs() < 4_194_304.0 {
+        (x + MAGIC) - MAGIC
+    } else {
+        x
+    }
 }
 
 /// q = clamp(round(x / scale) + zp, qmin, qmax) with qmin = -127 (symmetric) or -128.

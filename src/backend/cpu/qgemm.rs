@@ -8,7 +8,7 @@ use super::gemm::{has_avx2, Isa, SendPtr};
 use rayon::prelude::*;
 
 const MR: usize = 4;
-const NR: usize = 2;
+const NR: usize = 3;
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
@@ -94,7 +94,7 @@ pub fn gemm_i8(
     m: usize,
     n: usize,
     k: usize,
-    epi: &(dyn Fn(usize, usize, i32) + Sync),
+    epi: impl Fn(usize, usize, i32) + Sync,
 ) {
     assert!(
         qa.len() >= m * k && qw.len() >= n * k,
@@ -163,7 +163,7 @@ pub fn gemm_i8(
 pub fn gemm_i8_i32(isa: Isa, qa: &[i8], qw: &[i8], m: usize, n: usize, k: usize) -> Vec<i32> {
     let mut out = vec![0i32; m * n];
     let p = SendPtrI32(out.as_mut_ptr());
-    gemm_i8(isa, qa, qw, m, n, k, &|i, j, a| {
+    gemm_i8(isa, qa, qw, m, n, k, |i, j, a| {
         let p = p;
         // SAFETY: (i, j) is inside the m × n buffer and written by exactly one task.
         unsafe { *p.0.add(i * n + j) = a }
@@ -202,7 +202,7 @@ pub fn gemm_i8_f32(
             && colsum.len() >= n
     );
     let p = SendPtr(out.as_mut_ptr());
-    gemm_i8(isa, qa, qw, m, n, k, &|i, j, acc| {
+    gemm_i8(isa, qa, qw, m, n, k, |i, j, acc| {
         let p = p;
         let corrected = acc as i64 - a_zp[i] as i64 * colsum[j] as i64;
         let y = a_scale[i] * w_scale[j] * corrected as f32 + bias.map_or(0.0, |b| b[j]);
