@@ -333,3 +333,26 @@ fn fast_round_matches_round_ties_even() {
         assert_eq!(formats::round_even(x), x.round_ties_even(), "{x}");
     }
 }
+
+#[test]
+fn fp8_encode_is_the_nearest_code() {
+    // brute force: the finite code nearest to x, ties to the even code, beyond max saturated
+    let mut rng = Rng::new(10);
+    for f in [Fp8::E4M3, Fp8::E5M2] {
+        let finite: Vec<u8> = (0..0x80u8).filter(|&c| f.decode(c).is_finite()).collect();
+        for _ in 0..20000 {
+            let e = (rng.next_f32() * 40.0 - 24.0) as i32;
+            let x = (rng.next_f32() * 2.0 - 1.0) * 2f32.powi(e);
+            let a = x.abs().min(f.max());
+            let mut best = finite[0];
+            for &c in &finite {
+                let (d, db) = ((f.decode(c) - a).abs(), (f.decode(best) - a).abs());
+                if d < db || (d == db && c % 2 == 0) {
+                    best = c;
+                }
+            }
+            let want = best | if x.is_sign_negative() { 0x80 } else { 0 };
+            assert_eq!(f.encode(x), want, "{f:?} {x}");
+        }
+    }
+}

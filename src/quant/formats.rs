@@ -141,38 +141,32 @@ impl Fp8 {
         sign * mag
     }
 
-    /// Encode with round-to-nearest-even and saturation to ±max; NaN stays NaN.
+    /// Encode with round-to-nearest-even and saturation to ±max; NaN stays NaN. Works on the
+    /// f32 bit pattern: subnormal targets scale exactly by a power of two and round; normal
+    /// targets round the 23-bit mantissa to `man_bits` (ties to even) and rebias the exponent.
     pub fn encode(self, x: f32) -> u8 {
         let sign = if x.is_sign_negative() { 0x80u8 } else { 0 };
         if x.is_nan() {
             return sign | self.nan_code();
         }
-        let a = x.abs() as f64;
-        if a >= self.max() as f64 {
+        let a = x.abs();
+        if a >= self.max() {
             return sign | self.max_code();
         }
         let (mb, bias) = (self.man_bits(), self.bias());
-        let min_normal = 2f64.powi(1 - bias);
-        let code = if a < min_normal {
+        let code = if a < f32::from_bits(((1 - bias + 127) as u32) << 23) {
             // subnormal grid: multiples of 2^(1 - bias - mb); q == 2^mb lands on the min normal
-            (a / 2f64.powi(1 - bias - mb)).round_ties_even() as u32
+            round_even(a * f32::from_bits(((bias - 1 + mb + 127) as u32) << 23)) as u32
         } else {
-            let mut e = a.log2().floor() as i32;
-            // guard against log2 rounding at exact powers of two
-            if 2f64.powi(e) > a {
-                e -= 1;
-            } else if 2f64.powi(e + 1) <= a {
-                e += 1;
-            }
-            let mut q = ((a / 2f64.powi(e) - 1.0) * (1 << mb) as f64).round_ties_even() as u32;
-            if q == 1 << mb {
-                q = 0;
-                e += 1;
-            }
-            (((e + bias) as u32) << mb) | q
+            let bits = a.to_bits();
+            let shift = 23 - mb as u32;
+            let mant = bits & 0x7F_FFFF;
+            let half = 1u32 << (shift - 1);
+            let rounded = mant + half - 1 + ((mant >> shift) & 1);
+            let exp = (bits >> 23) as i32 - 127 + bias + (rounded >> 23) as i32;
+            (((exp as u32) << mb) | ((rounded & 0x7F_FFFF) >> shift)).min(self.max_code() as u32)
         };
-        let code = code.min(self.max_code() as u32) as u8;
-        sign | code
+        sign | code as u8
     }
 
     /// 256-entry decode table.
