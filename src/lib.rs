@@ -5,6 +5,7 @@
 
 pub mod backend;
 pub mod engine;
+pub mod eval;
 pub mod error;
 pub mod model;
 pub mod quant;

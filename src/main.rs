@@ -63,6 +63,33 @@ enum Cmd {
         #[arg(short, long)]
         out: PathBuf,
     },
+    /// Accuracy against a baseline: perplexity, KL divergence, top-1 agreement
+    /// (llama-perplexity conventions: ctx-token chunks, second half scored, no BOS).
+    Eval {
+        /// The model to evaluate (e.g. a quantized checkpoint).
+        #[arg(short, long)]
+        model: PathBuf,
+        /// The reference model (default: the fetched FP16 baseline).
+        #[arg(long)]
+        baseline: Option<PathBuf>,
+        /// Evaluation text (e.g. wikitext-2's wiki.test.raw).
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long, default_value_t = 512)]
+        ctx: usize,
+        /// Chunks to score at most.
+        #[arg(long, default_value_t = 40)]
+        chunks: usize,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Save the baseline's log-probabilities (f16) for later runs.
+        #[arg(long)]
+        save_baseline: Option<PathBuf>,
+        /// Use saved baseline log-probabilities instead of running the baseline model.
+        #[arg(long, conflicts_with_all = ["baseline", "save_baseline"])]
+        load_baseline: Option<PathBuf>,
+    },
     /// Generate text from a prompt, streaming it to stdout; speed goes to stderr.
     Generate {
         /// Model: a .gguf file or a Hugging Face directory (default: the fetched SmolLM2).
@@ -179,6 +206,60 @@ fn run_generate<B: Backend>(
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
+fn run_eval(
+    model: &Path,
+    baseline: Option<PathBuf>,
+    data: &Path,
+    ctx: usize,
+    max_chunks: usize,
+    json: bool,
+    save_baseline: Option<PathBuf>,
+    load_baseline: Option<PathBuf>,
+) -> Result<()> {
+    use ferroq::eval::{evaluate, n_chunks, BaseSource, Baseline};
+    let m = ferroq::model::open(CpuBackend::new(), model, None).with_context(|| format!("loading {}", model.display()))?;
+    let text = std::fs::read_to_string(data).with_context(|| format!("reading {}", data.display()))?;
+    // llama-perplexity convention for these models: no BOS, the whole text tokenized at once
+    let tokens: Vec<u32> = m.tokenizer.tokenizer.encode(text.as_str(), false).map_err(|e| anyhow::anyhow!("tokenizing: {e}"))?.get_ids().to_vec();
+    let chunks = n_chunks(tokens.len(), ctx, max_chunks);
+    if chunks == 0 {
+        bail!("{} has {} tokens, fewer than one chunk of {ctx}", data.display(), tokens.len());
+    }
+    let t = std::time::Instant::now();
+    let progress = |d: usize, n: usize| progress_bar("scoring chunks", d, n);
+    let scores = match load_baseline {
+        Some(f) => {
+            let b = Baseline::load(&f)?;
+            evaluate(&m.model, BaseSource::File(&b), &tokens, ctx, chunks, None, &progress)?
+        }
+        None => {
+            let bpath = resolve_model(baseline)?;
+            let b = ferroq::model::open(CpuBackend::new(), &bpath, None).with_context(|| format!("loading {}", bpath.display()))?;
+            let mut save = save_baseline.as_ref().map(|_| Baseline::empty(ctx, m.model.config.vocab_size, &tokens, chunks));
+            let s = evaluate(&m.model, BaseSource::Model(&b.model), &tokens, ctx, chunks, save.as_mut(), &progress)?;
+            if let (Some(f), Some(b)) = (save_baseline, save) {
+                b.save(&f)?;
+                eprintln!("saved baseline log-probabilities to {}", f.display());
+            }
+            s
+        }
+    };
+    let sum = scores.summary(chunks, ctx);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&sum)?);
+    } else {
+        println!("model: {} ({} chunks x {} tokens, {} scored, {:.1}s)", model.display(), sum.chunks, sum.ctx, sum.scored_tokens, t.elapsed().as_secs_f64());
+        println!("| PPL base | PPL | PPL change | KL mean | KL median | KL p99 | KL max | same top-1 |");
+        println!("|---|---|---|---|---|---|---|---|");
+        println!(
+            "| {:.4} | {:.4} | {:+.2}% | {:.6} | {:.6} | {:.6} | {:.4} | {:.2}% |",
+            sum.ppl_base, sum.ppl, sum.ppl_change_pct, sum.kl_mean, sum.kl_median, sum.kl_p99, sum.kl_max, sum.top1_agreement_pct
+        );
+    }
+    Ok(())
+}
+
 /// A one-line progress bar on stderr: `stage [#####.....] done/total`.
 fn progress_bar(stage: &str, done: usize, total: usize) {
     use std::io::IsTerminal;
@@ -264,6 +345,9 @@ fn main() -> Result<()> {
                 r.calib_tokens,
                 out.display()
             );
+        }
+        Cmd::Eval { model, baseline, data, ctx, chunks, json, save_baseline, load_baseline } => {
+            run_eval(&model, baseline, &data, ctx, chunks, json, save_baseline, load_baseline)?;
         }
         Cmd::Generate {
             model,
