@@ -4,9 +4,10 @@
 //! `engine` (sampling and the generation loop). ARCHITECTURE.md describes the data flow.
 
 pub mod backend;
+pub mod bench;
 pub mod engine;
-pub mod eval;
 pub mod error;
+pub mod eval;
 pub mod model;
 pub mod quant;
 pub mod tensor;

@@ -25,6 +25,13 @@ struct Cli {
     cmd: Cmd,
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum BenchFormat {
+    Md,
+    Json,
+    Csv,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Convert a GGUF model into a Hugging Face model directory.
@@ -89,6 +96,24 @@ enum Cmd {
         /// Use saved baseline log-probabilities instead of running the baseline model.
         #[arg(long, conflicts_with_all = ["baseline", "save_baseline"])]
         load_baseline: Option<PathBuf>,
+    },
+    /// Prefill (ppN) and decode (tgN) tok/s, mean ± stddev over repetitions (llama-bench style).
+    Bench {
+        /// Models to compare (GGUF files or HF directories); default: the fetched FP16 baseline.
+        #[arg(short, long)]
+        model: Vec<PathBuf>,
+        /// Prompt tokens for the prefill test (0 skips it).
+        #[arg(short = 'p', long, default_value_t = 512)]
+        n_prompt: usize,
+        /// Tokens for the decode test (0 skips it).
+        #[arg(short = 'n', long, default_value_t = 128)]
+        n_gen: usize,
+        /// Repetitions (after one warm-up run).
+        #[arg(short = 'r', long, default_value_t = 3)]
+        reps: usize,
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value_t = BenchFormat::Md)]
+        output: BenchFormat,
     },
     /// Generate text from a prompt, streaming it to stdout; speed goes to stderr.
     Generate {
@@ -218,26 +243,57 @@ fn run_eval(
     load_baseline: Option<PathBuf>,
 ) -> Result<()> {
     use ferroq::eval::{evaluate, n_chunks, BaseSource, Baseline};
-    let m = ferroq::model::open(CpuBackend::new(), model, None).with_context(|| format!("loading {}", model.display()))?;
-    let text = std::fs::read_to_string(data).with_context(|| format!("reading {}", data.display()))?;
+    let m = ferroq::model::open(CpuBackend::new(), model, None)
+        .with_context(|| format!("loading {}", model.display()))?;
+    let text =
+        std::fs::read_to_string(data).with_context(|| format!("reading {}", data.display()))?;
     // llama-perplexity convention for these models: no BOS, the whole text tokenized at once
-    let tokens: Vec<u32> = m.tokenizer.tokenizer.encode(text.as_str(), false).map_err(|e| anyhow::anyhow!("tokenizing: {e}"))?.get_ids().to_vec();
+    let tokens: Vec<u32> = m
+        .tokenizer
+        .tokenizer
+        .encode(text.as_str(), false)
+        .map_err(|e| anyhow::anyhow!("tokenizing: {e}"))?
+        .get_ids()
+        .to_vec();
     let chunks = n_chunks(tokens.len(), ctx, max_chunks);
     if chunks == 0 {
-        bail!("{} has {} tokens, fewer than one chunk of {ctx}", data.display(), tokens.len());
+        bail!(
+            "{} has {} tokens, fewer than one chunk of {ctx}",
+            data.display(),
+            tokens.len()
+        );
     }
     let t = std::time::Instant::now();
     let progress = |d: usize, n: usize| progress_bar("scoring chunks", d, n);
     let scores = match load_baseline {
         Some(f) => {
             let b = Baseline::load(&f)?;
-            evaluate(&m.model, BaseSource::File(&b), &tokens, ctx, chunks, None, &progress)?
+            evaluate(
+                &m.model,
+                BaseSource::File(&b),
+                &tokens,
+                ctx,
+                chunks,
+                None,
+                &progress,
+            )?
         }
         None => {
             let bpath = resolve_model(baseline)?;
-            let b = ferroq::model::open(CpuBackend::new(), &bpath, None).with_context(|| format!("loading {}", bpath.display()))?;
-            let mut save = save_baseline.as_ref().map(|_| Baseline::empty(ctx, m.model.config.vocab_size, &tokens, chunks));
-            let s = evaluate(&m.model, BaseSource::Model(&b.model), &tokens, ctx, chunks, save.as_mut(), &progress)?;
+            let b = ferroq::model::open(CpuBackend::new(), &bpath, None)
+                .with_context(|| format!("loading {}", bpath.display()))?;
+            let mut save = save_baseline
+                .as_ref()
+                .map(|_| Baseline::empty(ctx, m.model.config.vocab_size, &tokens, chunks));
+            let s = evaluate(
+                &m.model,
+                BaseSource::Model(&b.model),
+                &tokens,
+                ctx,
+                chunks,
+                save.as_mut(),
+                &progress,
+            )?;
             if let (Some(f), Some(b)) = (save_baseline, save) {
                 b.save(&f)?;
                 eprintln!("saved baseline log-probabilities to {}", f.display());
@@ -249,15 +305,46 @@ fn run_eval(
     if json {
         println!("{}", serde_json::to_string_pretty(&sum)?);
     } else {
-        println!("model: {} ({} chunks x {} tokens, {} scored, {:.1}s)", model.display(), sum.chunks, sum.ctx, sum.scored_tokens, t.elapsed().as_secs_f64());
-        println!("| PPL base | PPL | PPL change | KL mean | KL median | KL p99 | KL max | same top-1 |");
+        println!(
+            "model: {} ({} chunks x {} tokens, {} scored, {:.1}s)",
+            model.display(),
+            sum.chunks,
+            sum.ctx,
+            sum.scored_tokens,
+            t.elapsed().as_secs_f64()
+        );
+        println!(
+            "| PPL base | PPL | PPL change | KL mean | KL median | KL p99 | KL max | same top-1 |"
+        );
         println!("|---|---|---|---|---|---|---|---|");
         println!(
             "| {:.4} | {:.4} | {:+.2}% | {:.6} | {:.6} | {:.6} | {:.4} | {:.2}% |",
-            sum.ppl_base, sum.ppl, sum.ppl_change_pct, sum.kl_mean, sum.kl_median, sum.kl_p99, sum.kl_max, sum.top1_agreement_pct
+            sum.ppl_base,
+            sum.ppl,
+            sum.ppl_change_pct,
+            sum.kl_mean,
+            sum.kl_median,
+            sum.kl_p99,
+            sum.kl_max,
+            sum.top1_agreement_pct
         );
     }
     Ok(())
+}
+
+/// Bytes of a model file, or of the safetensors files of a model directory.
+fn disk_size(p: &Path) -> Result<u64> {
+    if p.is_file() {
+        return Ok(std::fs::metadata(p)?.len());
+    }
+    let mut total = 0;
+    for e in std::fs::read_dir(p)? {
+        let e = e?;
+        if e.path().extension().is_some_and(|x| x == "safetensors") {
+            total += e.metadata()?.len();
+        }
+    }
+    Ok(total)
 }
 
 /// A one-line progress bar on stderr: `stage [#####.....] done/total`.
@@ -346,8 +433,58 @@ fn main() -> Result<()> {
                 out.display()
             );
         }
-        Cmd::Eval { model, baseline, data, ctx, chunks, json, save_baseline, load_baseline } => {
-            run_eval(&model, baseline, &data, ctx, chunks, json, save_baseline, load_baseline)?;
+        Cmd::Eval {
+            model,
+            baseline,
+            data,
+            ctx,
+            chunks,
+            json,
+            save_baseline,
+            load_baseline,
+        } => {
+            run_eval(
+                &model,
+                baseline,
+                &data,
+                ctx,
+                chunks,
+                json,
+                save_baseline,
+                load_baseline,
+            )?;
+        }
+        Cmd::Bench {
+            model,
+            n_prompt,
+            n_gen,
+            reps,
+            output,
+        } => {
+            let models = if model.is_empty() {
+                vec![resolve_model(None)?]
+            } else {
+                model
+            };
+            let mut rows = Vec::new();
+            for path in &models {
+                let m = ferroq::model::open(CpuBackend::new(), path, None)
+                    .with_context(|| format!("loading {}", path.display()))?;
+                let size = disk_size(path)?;
+                let name = path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                eprintln!("benchmarking {name} ...");
+                rows.extend(ferroq::bench::bench(
+                    &m.model, &name, size, n_prompt, n_gen, reps,
+                )?);
+            }
+            match output {
+                BenchFormat::Md => print!("{}", ferroq::bench::markdown(&rows)),
+                BenchFormat::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
+                BenchFormat::Csv => print!("{}", ferroq::bench::csv(&rows)),
+            }
         }
         Cmd::Generate {
             model,

@@ -48,7 +48,11 @@ fn self_evaluation_is_exact() {
     let m = tiny(1);
     let t = tokens(100);
     let s = evaluate(&m, BaseSource::Model(&m), &t, 16, 5, None, &|_, _| {}).expect("eval");
-    assert_eq!(s.kl.len(), 5 * 7, "second half of each 16-token chunk, minus the last position");
+    assert_eq!(
+        s.kl.len(),
+        5 * 7,
+        "second half of each 16-token chunk, minus the last position"
+    );
     assert!(s.kl.iter().all(|&k| k == 0.0));
     assert!(s.same_top.iter().all(|&b| b));
     let sum = s.summary(5, 16);
@@ -61,8 +65,20 @@ fn different_models_differ_and_saved_baseline_matches() {
     let (a, b) = (tiny(1), tiny(2));
     let t = tokens(100);
     let mut save = Baseline::empty(16, 67, &t, 5);
-    let live = evaluate(&b, BaseSource::Model(&a), &t, 16, 5, Some(&mut save), &|_, _| {}).expect("eval");
-    assert!(live.summary(5, 16).kl_mean > 0.01, "two random models should disagree");
+    let live = evaluate(
+        &b,
+        BaseSource::Model(&a),
+        &t,
+        16,
+        5,
+        Some(&mut save),
+        &|_, _| {},
+    )
+    .expect("eval");
+    assert!(
+        live.summary(5, 16).kl_mean > 0.01,
+        "two random models should disagree"
+    );
     let dir = tempfile::tempdir().expect("tempdir");
     let f = dir.path().join("base.bin");
     save.save(&f).expect("save");
@@ -70,11 +86,25 @@ fn different_models_differ_and_saved_baseline_matches() {
     let again = evaluate(&b, BaseSource::File(&loaded), &t, 16, 5, None, &|_, _| {}).expect("eval");
     // f16 storage of the baseline log-probs: close, not bit-equal
     let (x, y) = (live.summary(5, 16), again.summary(5, 16));
-    assert!((x.kl_mean - y.kl_mean).abs() < 1e-3 * x.kl_mean.max(1e-3), "{} vs {}", x.kl_mean, y.kl_mean);
+    assert!(
+        (x.kl_mean - y.kl_mean).abs() < 1e-3 * x.kl_mean.max(1e-3),
+        "{} vs {}",
+        x.kl_mean,
+        y.kl_mean
+    );
     assert!((x.ppl_base - y.ppl_base).abs() < 1e-2 * x.ppl_base);
     // a baseline for other text or context is refused
     let other = tokens(120)[20..].to_vec();
-    assert!(evaluate(&b, BaseSource::File(&loaded), &other, 16, 5, None, &|_, _| {}).is_err());
+    assert!(evaluate(
+        &b,
+        BaseSource::File(&loaded),
+        &other,
+        16,
+        5,
+        None,
+        &|_, _| {}
+    )
+    .is_err());
     assert!(evaluate(&b, BaseSource::File(&loaded), &t, 8, 5, None, &|_, _| {}).is_err());
     // truncated baseline file is an error
     let bytes = std::fs::read(&f).expect("read");

@@ -18,12 +18,18 @@ pub fn log_softmax(logits: &[f32], out: &mut [f64]) {
     let max = logits.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
     let z: f64 = logits.iter().map(|&l| (l as f64 - max).exp()).sum();
     let lz = z.ln() + max;
-    out.iter_mut().zip(logits).for_each(|(o, &l)| *o = l as f64 - lz);
+    out.iter_mut()
+        .zip(logits)
+        .for_each(|(o, &l)| *o = l as f64 - lz);
 }
 
 /// KL(P ‖ Q) from log-probabilities.
 pub fn kl_divergence(logp: &[f64], logq: &[f64]) -> f64 {
-    logp.iter().zip(logq).map(|(&p, &q)| p.exp() * (p - q)).sum::<f64>().max(0.0)
+    logp.iter()
+        .zip(logq)
+        .map(|(&p, &q)| p.exp() * (p - q))
+        .sum::<f64>()
+        .max(0.0)
 }
 
 /// Per-token results of scoring a model against baseline log-probabilities.
@@ -95,7 +101,13 @@ const MAGIC: &[u8; 8] = b"FRQBASE1";
 impl Baseline {
     /// An empty baseline to be filled by `evaluate(.., save: Some(..))`.
     pub fn empty(ctx: usize, vocab: usize, tokens: &[u32], chunks: usize) -> Self {
-        Baseline { ctx, chunks: 0, vocab, tokens: tokens[..(chunks * ctx).min(tokens.len())].to_vec(), logp: Vec::new() }
+        Baseline {
+            ctx,
+            chunks: 0,
+            vocab,
+            tokens: tokens[..(chunks * ctx).min(tokens.len())].to_vec(),
+            logp: Vec::new(),
+        }
     }
 
     pub fn per_chunk(&self) -> usize {
@@ -109,7 +121,8 @@ impl Baseline {
         for v in [self.ctx, self.chunks, self.vocab, self.tokens.len()] {
             f.write_all(&(v as u64).to_le_bytes()).map_err(io)?;
         }
-        f.write_all(bytemuck::cast_slice(&self.tokens)).map_err(io)?;
+        f.write_all(bytemuck::cast_slice(&self.tokens))
+            .map_err(io)?;
         f.write_all(bytemuck::cast_slice(&self.logp)).map_err(io)?;
         f.flush().map_err(io)
     }
@@ -120,7 +133,10 @@ impl Baseline {
         let mut magic = [0u8; 8];
         f.read_exact(&mut magic).map_err(io)?;
         if &magic != MAGIC {
-            return Err(Error::InvalidArgument(format!("{} is not a ferroq baseline file", path.display())));
+            return Err(Error::InvalidArgument(format!(
+                "{} is not a ferroq baseline file",
+                path.display()
+            )));
         }
         let mut hdr = [0u64; 4];
         for h in hdr.iter_mut() {
@@ -133,8 +149,16 @@ impl Baseline {
         let mut tb = vec![0u8; nt * 4];
         f.read_exact(&mut tb).map_err(io)?;
         let mut lb = vec![0u8; chunks * per * vocab * 2];
-        f.read_exact(&mut lb).map_err(|e| Error::InvalidArgument(format!("{}: truncated baseline ({e})", path.display())))?;
-        Ok(Baseline { ctx, chunks, vocab, tokens: bytemuck::pod_collect_to_vec(&tb), logp: bytemuck::pod_collect_to_vec(&lb) })
+        f.read_exact(&mut lb).map_err(|e| {
+            Error::InvalidArgument(format!("{}: truncated baseline ({e})", path.display()))
+        })?;
+        Ok(Baseline {
+            ctx,
+            chunks,
+            vocab,
+            tokens: bytemuck::pod_collect_to_vec(&tb),
+            logp: bytemuck::pod_collect_to_vec(&lb),
+        })
     }
 }
 
@@ -144,13 +168,24 @@ pub fn n_chunks(tokens: usize, ctx: usize, max_chunks: usize) -> usize {
 }
 
 /// Log-probabilities (f32) of chunk `c`'s scored positions under `model`: (per_chunk, vocab).
-fn chunk_logp<B: Backend>(model: &LlamaModel<B>, s: &mut Session<B>, tokens: &[u32], ctx: usize, c: usize, out: &mut [f32], row: &mut [f64]) -> Result<()> {
+fn chunk_logp<B: Backend>(
+    model: &LlamaModel<B>,
+    s: &mut Session<B>,
+    tokens: &[u32],
+    ctx: usize,
+    c: usize,
+    out: &mut [f32],
+    row: &mut [f64],
+) -> Result<()> {
     let vocab = model.config.vocab_size;
     s.reset();
     let logits = model.forward(s, &tokens[c * ctx..(c + 1) * ctx], Logits::All)?;
     for (r, j) in (ctx / 2..ctx - 1).enumerate() {
         log_softmax(&logits[j * vocab..(j + 1) * vocab], row);
-        out[r * vocab..(r + 1) * vocab].iter_mut().zip(row.iter()).for_each(|(o, &v)| *o = v as f32);
+        out[r * vocab..(r + 1) * vocab]
+            .iter_mut()
+            .zip(row.iter())
+            .for_each(|(o, &v)| *o = v as f32);
     }
     Ok(())
 }
@@ -182,7 +217,11 @@ pub fn evaluate<B: Backend>(
         )));
     }
     if let BaseSource::File(b) = &base {
-        if b.vocab != vocab || b.ctx != ctx || b.chunks < chunks || b.tokens[..] != tokens[..b.tokens.len().min(tokens.len())] {
+        if b.vocab != vocab
+            || b.ctx != ctx
+            || b.chunks < chunks
+            || b.tokens[..] != tokens[..b.tokens.len().min(tokens.len())]
+        {
             return Err(Error::InvalidArgument(format!(
                 "the saved baseline (ctx {}, {} chunks, vocab {}) does not match this evaluation (ctx {ctx}, {chunks} chunks, vocab {vocab}, same text)",
                 b.ctx, b.chunks, b.vocab
@@ -205,21 +244,31 @@ pub fn evaluate<B: Backend>(
             if let Some((m, sb)) = state.0.as_mut() {
                 chunk_logp(m, sb, tokens, ctx, c, &mut p, &mut row)?;
                 if let Some(sv) = save.as_deref_mut() {
-                    sv.logp.extend(p.iter().map(|&v| f16::from_f32(v.max(-65000.0))));
+                    sv.logp
+                        .extend(p.iter().map(|&v| f16::from_f32(v.max(-65000.0))));
                     sv.chunks = c + 1;
                 }
             }
             if let Some(b) = state.1 {
                 let off = c * per * vocab;
-                p.iter_mut().zip(&b.logp[off..off + per * vocab]).for_each(|(p, v)| *p = v.to_f32());
+                p.iter_mut()
+                    .zip(&b.logp[off..off + per * vocab])
+                    .for_each(|(p, v)| *p = v.to_f32());
             }
             chunk_logp(model, &mut s, tokens, ctx, c, &mut q, &mut row)?;
             for r in 0..per {
-                let (pr, qr) = (&p[r * vocab..(r + 1) * vocab], &q[r * vocab..(r + 1) * vocab]);
+                let (pr, qr) = (
+                    &p[r * vocab..(r + 1) * vocab],
+                    &q[r * vocab..(r + 1) * vocab],
+                );
                 let next = tokens[c * ctx + ctx / 2 + r + 1] as usize;
                 out.nll_base.push(-(pr[next] as f64));
                 out.nll.push(-(qr[next] as f64));
-                let kl: f64 = pr.iter().zip(qr).map(|(&a, &b)| (a as f64).exp() * (a as f64 - b as f64)).sum();
+                let kl: f64 = pr
+                    .iter()
+                    .zip(qr)
+                    .map(|(&a, &b)| (a as f64).exp() * (a as f64 - b as f64))
+                    .sum();
                 out.kl.push(kl.max(0.0));
                 out.same_top.push(argmax_f32(pr) == argmax_f32(qr));
             }

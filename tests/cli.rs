@@ -1,0 +1,159 @@
+//! The `ferroq` binary end to end: bench JSON fields, quantize → generate, eval, and the error
+//! messages for bad input.
+
+mod common;
+
+use std::process::Command;
+
+fn ferroq(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_ferroq"))
+        .args(args)
+        .output()
+        .expect("run ferroq")
+}
+
+#[test]
+fn bench_json_has_the_documented_fields() {
+    let gguf = common::real_gguf();
+    let out = ferroq(&[
+        "bench",
+        "-m",
+        gguf.to_str().expect("path"),
+        "-p",
+        "8",
+        "-n",
+        "4",
+        "-r",
+        "2",
+        "-o",
+        "json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bench prints JSON");
+    let rows = rows.as_array().expect("an array of rows");
+    assert_eq!(rows.len(), 2);
+    for (row, test) in rows.iter().zip(["pp8", "tg4"]) {
+        assert_eq!(row["test"], test);
+        for f in [
+            "model",
+            "size_bytes",
+            "n_params",
+            "backend",
+            "threads",
+            "weights",
+            "n_prompt",
+            "n_gen",
+            "avg_ts",
+            "stddev_ts",
+            "samples_ts",
+        ] {
+            assert!(!row[f].is_null(), "field {f} missing in {row}");
+        }
+        assert_eq!(row["samples_ts"].as_array().expect("samples").len(), 2);
+        assert!(row["avg_ts"].as_f64().expect("avg") > 0.0);
+        assert_eq!(row["size_bytes"], 98_362_432);
+    }
+}
+
+#[test]
+fn quantize_generate_eval_round_trip() {
+    let gguf = common::real_gguf();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("w8a8");
+    let q = ferroq(&[
+        "quantize",
+        "-m",
+        gguf.to_str().expect("p"),
+        "--recipe",
+        "w8a8",
+        "--calib-samples",
+        "2",
+        "--calib-len",
+        "64",
+        "-o",
+        out.to_str().expect("p"),
+    ]);
+    assert!(q.status.success(), "{}", String::from_utf8_lossy(&q.stderr));
+    let g = ferroq(&[
+        "generate",
+        "-m",
+        out.to_str().expect("p"),
+        "-p",
+        "The capital of France is",
+        "-n",
+        "4",
+    ]);
+    assert!(g.status.success(), "{}", String::from_utf8_lossy(&g.stderr));
+    assert!(String::from_utf8_lossy(&g.stdout).starts_with("The capital of France is Paris"));
+    assert!(String::from_utf8_lossy(&g.stderr).contains("decode:"));
+    // eval of the baseline against itself: KL 0, full agreement
+    let text = dir.path().join("t.txt");
+    std::fs::write(
+        &text,
+        "The quick brown fox jumps over the lazy dog. ".repeat(40),
+    )
+    .expect("write");
+    let e = ferroq(&[
+        "eval",
+        "-m",
+        gguf.to_str().expect("p"),
+        "--baseline",
+        gguf.to_str().expect("p"),
+        "--data",
+        text.to_str().expect("p"),
+        "--ctx",
+        "64",
+        "--chunks",
+        "2",
+        "--json",
+    ]);
+    assert!(e.status.success(), "{}", String::from_utf8_lossy(&e.stderr));
+    let j: serde_json::Value = serde_json::from_slice(&e.stdout).expect("json");
+    assert_eq!(j["kl_mean"], 0.0);
+    assert_eq!(j["top1_agreement_pct"], 100.0);
+    assert_eq!(j["scored_tokens"], 2 * 31);
+}
+
+#[test]
+fn bad_input_gets_a_clear_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let missing = ferroq(&["generate", "-m", "/nonexistent/model.gguf", "-p", "hi"]);
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("not found"));
+    let junk = dir.path().join("junk.gguf");
+    std::fs::write(&junk, b"this is not a model").expect("write");
+    let bad = ferroq(&["generate", "-m", junk.to_str().expect("p"), "-p", "hi"]);
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("not a GGUF file"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+    let gguf = common::real_gguf();
+    let r = ferroq(&[
+        "quantize",
+        "-m",
+        gguf.to_str().expect("p"),
+        "--recipe",
+        "w3a3",
+        "-o",
+        dir.path().join("x").to_str().expect("p"),
+    ]);
+    assert!(String::from_utf8_lossy(&r.stderr).contains("w3a3"));
+    assert!(
+        !dir.path().join("x").exists(),
+        "a failed quantize leaves no output"
+    );
+    let t = ferroq(&[
+        "generate",
+        "-p",
+        "hi",
+        "--temperature=-1",
+        "-m",
+        gguf.to_str().expect("p"),
+    ]);
+    assert!(String::from_utf8_lossy(&t.stderr).contains("temperature"));
+}
