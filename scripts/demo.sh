@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The main job on a fresh machine: fetch the default model, build ferroq, convert it to the
 # FP16 baseline, quantize it (w8a8: iterative smoothing, per-channel int8 weights, pd_mix int8
-# activations), generate from both, and print prefill / decode tok/s for each. The accuracy
-# report (perplexity, KL, top-1 vs the baseline) joins when `ferroq eval` lands (issue 4).
+# activations), generate from both, then measure: accuracy of the W8A8 model against the
+# baseline on wikitext-2 (perplexity, KL divergence, top-1 agreement; EVAL_CHUNKS chunks of 512
+# tokens, default 8, llama-perplexity uses 40+) and prefill / decode tok/s of both.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash models/fetch.sh
@@ -23,11 +24,11 @@ done
 
 WIKI=../shared/data/wikitext-2-raw/wiki.test.raw
 if [ -f "$WIKI" ]; then
-  head -c 1900 "$WIKI" > /tmp/ferroq-prompt.txt
-  for m in "$BASE" "$W8A8"; do
-    echo "== speed, $m: 510-token wikitext-2 prompt, 128 decoded tokens"
-    $BIN generate -m "$m" --prompt-file /tmp/ferroq-prompt.txt -n 128 --ignore-eos > /dev/null
-  done
+  echo "== accuracy: $W8A8 vs $BASE on wikitext-2 (${EVAL_CHUNKS:-8} chunks x 512 tokens)"
+  $BIN eval -m "$W8A8" --baseline "$BASE" --data "$WIKI" --chunks "${EVAL_CHUNKS:-8}"
 else
-  echo "($WIKI not found; skipping the speed runs)"
+  echo "($WIKI not found; skipping the accuracy report)"
 fi
+
+echo "== speed: pp512 and tg128, 3 repetitions each"
+$BIN bench -m "$BASE" -m "$W8A8" -p 512 -n 128 -r 3

@@ -553,7 +553,7 @@ impl CompressedTensors {
                         )))
                     }
                 };
-                if k % 8 != 0 || g == 0 || g % 2 != 0 {
+                if !k.is_multiple_of(8) || g == 0 || g % 2 != 0 {
                     return Err(Error::Config(format!(
                         "{what}: int4 needs in_features % 8 == 0 and an even group size"
                     )));

@@ -312,10 +312,13 @@ impl Recipe {
     }
 }
 
+// The int8 presets smooth with alpha 0.5, not msModelSlim's default 0.9: on SmolLM2-135M
+// (wikitext-2, 3 chunks, `ferroq eval`) pd_mix W8A8 mean KL was 0.051 at 0.9, 0.015 at 0.7,
+// 0.0099 at 0.5 and 0.017 at 0.3; flex_smooth's search reached 0.0117.
 const W8A8: &str = "
 processors:
   - type: iter_smooth
-    alpha: 0.9
+    alpha: 0.5
   - type: linear_quant
     qconfig:
       act: {scope: pd_mix, dtype: int8, symmetric: false, method: minmax}
@@ -324,7 +327,7 @@ processors:
 const W8A8_DYNAMIC: &str = "
 processors:
   - type: iter_smooth
-    alpha: 0.9
+    alpha: 0.5
   - type: linear_quant
     qconfig:
       act: {scope: per_token, dtype: int8, symmetric: true}
@@ -333,7 +336,7 @@ processors:
 const W8A8_STATIC: &str = "
 processors:
   - type: iter_smooth
-    alpha: 0.9
+    alpha: 0.5
   - type: linear_quant
     qconfig:
       act: {scope: per_tensor, dtype: int8, symmetric: false, method: minmax}

@@ -191,7 +191,7 @@ pub fn quantize_weight(w: &[f32], n: usize, k: usize, cfg: &WeightQConfig) -> Re
                 WeightScope::PerTensor => return bad("int4 weights are per_group or per_channel"),
             };
             // compressed-tensors allows a shorter last group (ceil(k / g) groups per row)
-            if g == 0 || g % 2 != 0 || k % 2 != 0 {
+            if g == 0 || g % 2 != 0 || !k.is_multiple_of(2) {
                 return Err(Error::InvalidArgument(format!(
                     "int4 needs an even group size and even in_features (group {g}, in_features {k})"
                 )));

@@ -164,6 +164,7 @@ pub fn gemm_i8_i32(isa: Isa, qa: &[i8], qw: &[i8], m: usize, n: usize, k: usize)
     let mut out = vec![0i32; m * n];
     let p = SendPtrI32(out.as_mut_ptr());
     gemm_i8(isa, qa, qw, m, n, k, |i, j, a| {
+        #[allow(clippy::redundant_locals)] // capture the Sync wrapper, not its raw pointer field
         let p = p;
         // SAFETY: (i, j) is inside the m × n buffer and written by exactly one task.
         unsafe { *p.0.add(i * n + j) = a }
@@ -203,6 +204,7 @@ pub fn gemm_i8_f32(
     );
     let p = SendPtr(out.as_mut_ptr());
     gemm_i8(isa, qa, qw, m, n, k, |i, j, acc| {
+        #[allow(clippy::redundant_locals)] // capture the Sync wrapper, not its raw pointer field
         let p = p;
         let corrected = acc as i64 - a_zp[i] as i64 * colsum[j] as i64;
         let y = a_scale[i] * w_scale[j] * corrected as f32 + bias.map_or(0.0, |b| b[j]);
