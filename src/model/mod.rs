@@ -185,3 +185,83 @@ pub fn compressed_config(dir: &Path) -> Result<Option<String>> {
             .to_string()
     }))
 }
+
+/// Create the model directory `out` atomically: `fill` writes into a temporary sibling
+/// directory, which is renamed to `out` only if it succeeds (and removed if it fails). An
+/// existing non-empty `out` is refused, so nothing a user has is overwritten.
+pub fn write_dir_atomically<T>(out: &Path, fill: impl FnOnce(&Path) -> Result<T>) -> Result<T> {
+    if out.exists()
+        && std::fs::read_dir(out)
+            .map_err(|e| Error::io(out, e))?
+            .next()
+            .is_some()
+    {
+        return Err(Error::InvalidArgument(format!(
+            "output directory {} exists and is not empty",
+            out.display()
+        )));
+    }
+    let parent = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model".into());
+    let tmp = parent.join(format!(".{name}.partial"));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    }
+    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    match fill(&tmp) {
+        Ok(v) => {
+            if out.exists() {
+                std::fs::remove_dir(out).map_err(|e| Error::io(out, e))?;
+            }
+            std::fs::rename(&tmp, out).map_err(|e| Error::io(out, e))?;
+            Ok(v)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            Err(e)
+        }
+    }
+}
+
+/// Pretty JSON with a trailing newline.
+pub fn write_json(path: &Path, v: &serde_json::Value) -> Result<()> {
+    let text = serde_json::to_string_pretty(v).map_err(|e| Error::Json(e.to_string()))?;
+    std::fs::write(path, text + "\n").map_err(|e| Error::io(path, e))
+}
+
+/// config.json (with `quantization_config` if given), tokenizer.json, tokenizer_config.json
+/// and generation_config.json of an HF model directory.
+pub fn write_model_files(
+    dir: &Path,
+    config: &ModelConfig,
+    torch_dtype: &str,
+    quantization: Option<serde_json::Value>,
+    tok: &TokenizerBundle,
+) -> Result<()> {
+    let mut cj = config.to_hf_json(torch_dtype);
+    if let Some(q) = quantization {
+        cj["quantization_config"] = q;
+    }
+    write_json(&dir.join("config.json"), &cj)?;
+    let tj = dir.join("tokenizer.json");
+    std::fs::write(&tj, &tok.json).map_err(|e| Error::io(&tj, e))?;
+    write_json(
+        &dir.join("tokenizer_config.json"),
+        &tok.tokenizer_config_json(),
+    )?;
+    let eos = match tok.eos_ids.as_slice() {
+        [one] => serde_json::json!(one),
+        many => serde_json::json!(many),
+    };
+    write_json(
+        &dir.join("generation_config.json"),
+        &serde_json::json!({"bos_token_id": config.bos_token_id, "eos_token_id": eos}),
+    )
+}

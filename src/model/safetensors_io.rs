@@ -114,22 +114,12 @@ impl WeightSource for SafetensorsWeights {
     }
 
     fn load(&self, name: &str) -> Result<HostTensor> {
-        let e = self
-            .entries
-            .get(name)
-            .ok_or_else(|| Error::MissingTensor(name.to_string()))?;
-        let (path, map) = &self.maps[e.shard];
-        let bytes = map.get(e.start..e.end).ok_or_else(|| {
-            Error::Safetensors(format!(
-                "{}: tensor `{name}` runs past the end of the file",
-                path.display()
-            ))
-        })?;
-        let numel: usize = e.shape.iter().product();
-        let data = match e.dtype {
-            StDtype::F32 => HostData::F32(bytemuck::pod_collect_to_vec(bytes)),
-            StDtype::F16 => HostData::F16(bytemuck::pod_collect_to_vec(bytes)),
-            StDtype::BF16 => HostData::BF16(bytemuck::pod_collect_to_vec(bytes)),
+        let (dtype, shape, bytes) = self.raw(name)?;
+        let numel: usize = shape.iter().product();
+        let (data, elem) = match dtype {
+            StDtype::F32 => (HostData::F32(bytemuck::pod_collect_to_vec(bytes)), 4),
+            StDtype::F16 => (HostData::F16(bytemuck::pod_collect_to_vec(bytes)), 2),
+            StDtype::BF16 => (HostData::BF16(bytemuck::pod_collect_to_vec(bytes)), 2),
             other => {
                 return Err(Error::UnsupportedDType {
                     tensor: name.to_string(),
@@ -137,16 +127,13 @@ impl WeightSource for SafetensorsWeights {
                 })
             }
         };
-        let t = HostTensor {
-            shape: e.shape.clone(),
-            data,
-        };
-        if t.numel() != numel {
+        if bytes.len() != numel * elem {
             return Err(Error::Safetensors(format!(
-                "tensor `{name}`: byte length does not match its shape"
+                "tensor `{name}`: {} bytes cannot hold shape {shape:?}",
+                bytes.len()
             )));
         }
-        Ok(t)
+        Ok(HostTensor { shape, data })
     }
 }
 

@@ -94,45 +94,7 @@ fn bytes_of<T: bytemuck::Pod>(v: &[T]) -> Vec<u8> {
 /// Write `q` as a compressed-tensors model directory at `out` (must not exist or be empty);
 /// written into a temporary directory and renamed into place.
 pub fn write(q: &QuantizedModel, out: &Path) -> Result<()> {
-    if out.exists()
-        && std::fs::read_dir(out)
-            .map_err(|e| Error::io(out, e))?
-            .next()
-            .is_some()
-    {
-        return Err(Error::InvalidArgument(format!(
-            "output directory {} exists and is not empty",
-            out.display()
-        )));
-    }
-    let parent = out
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
-    let tmp = parent.join(format!(
-        ".{}.writing",
-        out.file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default()
-    ));
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    }
-    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    let r = write_into(q, &tmp);
-    match r {
-        Ok(()) => {
-            if out.exists() {
-                std::fs::remove_dir(out).map_err(|e| Error::io(out, e))?;
-            }
-            std::fs::rename(&tmp, out).map_err(|e| Error::io(out, e))
-        }
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&tmp);
-            Err(e)
-        }
-    }
+    crate::model::write_dir_atomically(out, |tmp| write_into(q, tmp))
 }
 
 fn write_into(q: &QuantizedModel, dir: &Path) -> Result<()> {
@@ -293,8 +255,7 @@ fn write_into(q: &QuantizedModel, dir: &Path) -> Result<()> {
     } else {
         "mixed-precision"
     };
-    let mut config = q.config.to_hf_json("bfloat16");
-    config["quantization_config"] = json!({
+    let quantization = json!({
         "quant_method": "compressed-tensors",
         "format": format,
         "quantization_status": "compressed",
@@ -304,25 +265,7 @@ fn write_into(q: &QuantizedModel, dir: &Path) -> Result<()> {
         "config_groups": cg,
         "ferroq": {"version": 1, "pd_mix": pd_mix},
     });
-    let wj = |p: &Path, v: &Json| -> Result<()> {
-        let t = serde_json::to_string_pretty(v).map_err(|e| Error::Json(e.to_string()))?;
-        std::fs::write(p, t + "\n").map_err(|e| Error::io(p, e))
-    };
-    wj(&dir.join("config.json"), &config)?;
-    let tj = dir.join("tokenizer.json");
-    std::fs::write(&tj, &q.tokenizer.json).map_err(|e| Error::io(&tj, e))?;
-    wj(
-        &dir.join("tokenizer_config.json"),
-        &q.tokenizer.tokenizer_config_json(),
-    )?;
-    let eos = match q.tokenizer.eos_ids.as_slice() {
-        [one] => json!(one),
-        many => json!(many),
-    };
-    wj(
-        &dir.join("generation_config.json"),
-        &json!({"bos_token_id": q.config.bos_token_id, "eos_token_id": eos}),
-    )
+    crate::model::write_model_files(dir, &q.config, "bfloat16", Some(quantization), &q.tokenizer)
 }
 
 /// A linear's scheme as read from config_groups.
