@@ -115,6 +115,34 @@ enum Cmd {
         #[arg(short = 'o', long, value_enum, default_value_t = BenchFormat::Md)]
         output: BenchFormat,
     },
+    /// Per-layer quantization sensitivity (KL caused by quantizing one linear alone), with an
+    /// optional KL budget that picks the BF16 fallback layers and writes the recipe.
+    Analyze {
+        /// Float model (default: the fetched FP16 baseline).
+        #[arg(short, long)]
+        model: Option<PathBuf>,
+        #[arg(long, default_value = "w8a8")]
+        recipe: String,
+        /// Calibration text (as for quantize).
+        #[arg(long)]
+        calib: Option<PathBuf>,
+        /// Evaluation text (default: the built-in calibration text).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        #[arg(long, default_value_t = 128)]
+        ctx: usize,
+        #[arg(long, default_value_t = 4)]
+        chunks: usize,
+        /// Mean-KL budget: fall back the most sensitive layers until the model meets it.
+        #[arg(long)]
+        kl_budget: Option<f64>,
+        /// Where to write the recipe with the fallback list (default: stdout).
+        #[arg(long)]
+        out_recipe: Option<PathBuf>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Generate text from a prompt, streaming it to stdout; speed goes to stderr.
     Generate {
         /// Model: a .gguf file or a Hugging Face directory (default: the fetched SmolLM2).
@@ -408,6 +436,7 @@ fn main() -> Result<()> {
                 n_samples: calib_samples,
                 seq_len: calib_len,
                 batch: calib_batch,
+                keep_float: false,
             };
             let q = ferroq::quant::pipeline::quantize(
                 config,
@@ -484,6 +513,94 @@ fn main() -> Result<()> {
                 BenchFormat::Md => print!("{}", ferroq::bench::markdown(&rows)),
                 BenchFormat::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
                 BenchFormat::Csv => print!("{}", ferroq::bench::csv(&rows)),
+            }
+        }
+        Cmd::Analyze {
+            model,
+            recipe,
+            calib,
+            data,
+            ctx,
+            chunks,
+            kl_budget,
+            out_recipe,
+            json,
+        } => {
+            let model = resolve_model(model)?;
+            let r = ferroq::quant::recipe::Recipe::load(&recipe)?;
+            let (config, tok, weights) = ferroq::model::read_all(&model)
+                .with_context(|| format!("reading {}", model.display()))?;
+            let text = match &data {
+                Some(p) => std::fs::read_to_string(p)
+                    .with_context(|| format!("reading {}", p.display()))?,
+                None => ferroq::quant::calib::DEFAULT_TEXT.to_string(),
+            };
+            let ids: Vec<u32> = tok
+                .tokenizer
+                .encode(text.as_str(), false)
+                .map_err(|e| anyhow::anyhow!("tokenizing: {e}"))?
+                .get_ids()
+                .to_vec();
+            let chunks = ferroq::eval::n_chunks(ids.len(), ctx, chunks);
+            if chunks == 0 {
+                bail!(
+                    "the evaluation text has {} tokens, fewer than one chunk of {ctx}",
+                    ids.len()
+                );
+            }
+            let opts = ferroq::quant::analyze::AnalyzeOptions {
+                quant: ferroq::quant::pipeline::QuantizeOptions {
+                    calib_file: calib,
+                    ..Default::default()
+                },
+                ctx,
+                chunks,
+                kl_budget,
+            };
+            let rep = ferroq::quant::analyze::analyze(
+                config,
+                &tok,
+                weights,
+                &r,
+                &ids,
+                &opts,
+                &progress_bar,
+            )?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rep)?);
+            } else {
+                println!(
+                    "full-model mean KL with `{recipe}`: {:.6} ({chunks} chunks x {ctx} tokens)",
+                    rep.full_kl
+                );
+                println!("| rank | linear | KL alone | input kurtosis | max/std |\n|---:|---|---:|---:|---:|");
+                for (i, l) in rep.layers.iter().enumerate() {
+                    println!(
+                        "| {} | {} | {:.6} | {:.1} | {:.1} |",
+                        i + 1,
+                        l.name,
+                        l.kl,
+                        l.kurtosis,
+                        l.max_over_std
+                    );
+                }
+            }
+            if let Some(b) = &rep.budget {
+                eprintln!(
+                    "budget {}: {} linears in BF16, verified mean KL {:.6}",
+                    b.budget,
+                    b.fallback.len(),
+                    b.kl
+                );
+                let yaml = r.with_fallback(&b.fallback).to_yaml()?;
+                match &out_recipe {
+                    Some(p) => {
+                        std::fs::write(p, &yaml)
+                            .with_context(|| format!("writing {}", p.display()))?;
+                        eprintln!("wrote {}", p.display());
+                    }
+                    None => print!("{yaml}"),
+                }
             }
         }
         Cmd::Generate {

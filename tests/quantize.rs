@@ -152,12 +152,13 @@ fn calibration_is_batch_and_thread_invariant() {
             n_samples: 16,
             seq_len: 24,
             batch,
+            keep_float: false,
         };
         let q = pool
             .install(|| {
                 quantize(
                     c.clone(),
-                    tok_clone(&tok),
+                    tok.clone(),
                     w.clone(),
                     &recipe,
                     &opts,
@@ -188,18 +189,6 @@ fn calibration_is_batch_and_thread_invariant() {
     }
     // the static scales are real numbers, not placeholders
     assert!(reference.iter().all(|(_, _, a)| a.contains("scale")));
-}
-
-fn tok_clone(t: &ferroq::tokenizer::TokenizerBundle) -> ferroq::tokenizer::TokenizerBundle {
-    ferroq::tokenizer::TokenizerBundle {
-        tokenizer: ferroq::tokenizer::TokenizerBundle::from_json(t.json.clone())
-            .expect("tokenizer"),
-        json: t.json.clone(),
-        chat_template: t.chat_template.clone(),
-        bos_token: t.bos_token.clone(),
-        eos_token: t.eos_token.clone(),
-        eos_ids: t.eos_ids.clone(),
-    }
 }
 
 #[test]

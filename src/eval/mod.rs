@@ -190,6 +190,37 @@ fn chunk_logp<B: Backend>(
     Ok(())
 }
 
+/// Baseline log-probabilities of `model` on the chunks, without scoring anything.
+pub fn baseline<B: Backend>(
+    model: &LlamaModel<B>,
+    tokens: &[u32],
+    ctx: usize,
+    chunks: usize,
+) -> Result<Baseline> {
+    let vocab = model.config.vocab_size;
+    if ctx < 4 || chunks == 0 || tokens.len() < chunks * ctx {
+        return Err(Error::InvalidArgument(format!(
+            "need {chunks} chunks of {ctx} tokens, the text has {}",
+            tokens.len()
+        )));
+    }
+    let per = ctx - 1 - ctx / 2;
+    let mut b = Baseline::empty(ctx, vocab, tokens, chunks);
+    let mut p = vec![0f32; per * vocab];
+    let mut row = vec![0f64; vocab];
+    let mut s = model.new_session(ctx, ctx, true)?;
+    model.backend.run_on_workers(|| -> Result<()> {
+        for c in 0..chunks {
+            chunk_logp(model, &mut s, tokens, ctx, c, &mut p, &mut row)?;
+            b.logp
+                .extend(p.iter().map(|&v| f16::from_f32(v.max(-65000.0))));
+            b.chunks = c + 1;
+        }
+        Ok(())
+    })?;
+    Ok(b)
+}
+
 /// Where the baseline distribution comes from.
 pub enum BaseSource<'a, B: Backend> {
     /// Run the baseline model chunk by chunk alongside the evaluated one.

@@ -240,6 +240,25 @@ impl<B: Backend> LlamaModel<B> {
             .chain(std::iter::once(&self.lm_head))
     }
 
+    /// The linear called `name` (HF module name, or `lm_head`), to swap its weight.
+    pub fn linear_mut(&mut self, name: &str) -> Option<&mut Linear<B>> {
+        self.layers
+            .iter_mut()
+            .flat_map(|l| {
+                [
+                    &mut l.q,
+                    &mut l.k,
+                    &mut l.v,
+                    &mut l.o,
+                    &mut l.gate,
+                    &mut l.up,
+                    &mut l.down,
+                ]
+            })
+            .chain(std::iter::once(&mut self.lm_head))
+            .find(|l| l.name == name)
+    }
+
     /// Allocate the run state for sequences of up to `max_seq` tokens, fed at most `max_batch`
     /// tokens per forward call.
     pub fn new_session(

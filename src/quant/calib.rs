@@ -90,6 +90,23 @@ pub struct SiteStats {
     pub act: ActStats,
     /// first rows seen, (rows, dim), in sample order
     pub rows: Vec<f32>,
+    /// [n, Σx, Σx², Σx³, Σx⁴] in f64, summed per sample then in sample order (deterministic)
+    pub moments: [f64; 5],
+}
+
+impl SiteStats {
+    /// Excess-free kurtosis E[(x−μ)⁴] / σ⁴ (3 for a Gaussian) and max|x| / σ.
+    pub fn kurtosis_and_max_over_std(&self) -> (f64, f64) {
+        let [n, s1, s2, s3, s4] = self.moments;
+        if n < 2.0 {
+            return (f64::NAN, f64::NAN);
+        }
+        let mu = s1 / n;
+        let m2 = (s2 / n - mu * mu).max(1e-30);
+        let m4 = s4 / n - 4.0 * mu * s3 / n + 6.0 * mu * mu * s2 / n - 3.0 * mu.powi(4);
+        let amax = self.act.min.abs().max(self.act.max.abs()) as f64;
+        (m4 / (m2 * m2), amax / m2.sqrt())
+    }
 }
 
 pub type StatsMap = BTreeMap<(usize, Site), SiteStats>;
@@ -123,7 +140,17 @@ impl ActivationHook for SampleHook<'_> {
                     hist: None,
                 },
                 rows: Vec::new(),
+                moments: [0.0; 5],
             });
+        for &v in &x[..rows * dim] {
+            let v = v as f64;
+            let v2 = v * v;
+            e.moments[0] += 1.0;
+            e.moments[1] += v;
+            e.moments[2] += v2;
+            e.moments[3] += v2 * v;
+            e.moments[4] += v2 * v2;
+        }
         for row in x[..rows * dim].chunks_exact(dim) {
             for (m, &v) in e.chan_absmax.iter_mut().zip(row) {
                 *m = m.max(v.abs());
@@ -163,6 +190,10 @@ fn merge(into: &mut StatsMap, from: StatsMap, keep_rows: usize) {
                 t.act.min = t.act.min.min(s.act.min);
                 t.act.max = t.act.max.max(s.act.max);
                 t.act.per_sample.extend(s.act.per_sample);
+                t.moments
+                    .iter_mut()
+                    .zip(&s.moments)
+                    .for_each(|(a, b)| *a += b);
                 if let (Some(a), Some(b)) = (&mut t.act.hist, &s.act.hist) {
                     a.merge(b);
                 }

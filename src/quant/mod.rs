@@ -4,6 +4,7 @@
 //! (`smooth`), recipes (`recipe`), calibration (`calib`) and the compressed-tensors checkpoint
 //! format (`ct`). Terms and formulas follow reference/quantization.md.
 
+pub mod analyze;
 pub mod calib;
 pub mod ct;
 pub mod formats;

@@ -29,6 +29,8 @@ pub struct QuantizeOptions {
     pub seq_len: usize,
     /// Calibration samples run concurrently (does not change the result).
     pub batch: usize,
+    /// Keep the smoothed float weights in `QuantizedModel::float` (for `analyze`).
+    pub keep_float: bool,
 }
 
 impl Default for QuantizeOptions {
@@ -38,6 +40,7 @@ impl Default for QuantizeOptions {
             n_samples: 8,
             seq_len: 128,
             batch: 4,
+            keep_float: false,
         }
     }
 }
@@ -72,6 +75,8 @@ pub struct QuantizedModel {
     pub linears: BTreeMap<String, QLinear>,
     pub recipe: Recipe,
     pub report: QuantReport,
+    /// The smoothed float weights (f32), when `QuantizeOptions::keep_float` asked for them.
+    pub float: Option<BTreeMap<String, HostTensor>>,
 }
 
 impl WeightSource for QuantizedModel {
@@ -245,6 +250,7 @@ pub fn quantize(
         }
     }
 
+    let float = opts.keep_float.then(|| weights.clone());
     // 4. quantize the weights
     let mut linears = BTreeMap::new();
     let total = plan.len();
@@ -321,5 +327,6 @@ pub fn quantize(
         linears,
         recipe: recipe.clone(),
         report,
+        float,
     })
 }

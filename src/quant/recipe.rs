@@ -9,9 +9,9 @@
 use super::weight::{WeightMethod, WeightQConfig, WeightScope};
 use super::QDType;
 use crate::error::{Error, Result};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Recipe {
     pub processors: Vec<Processor>,
@@ -21,7 +21,7 @@ fn all() -> Vec<String> {
     vec!["*".into()]
 }
 
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Processor {
     /// msModelSlim Iterative Smooth over every subgraph (up→down, v→o, norm→linear).
@@ -65,7 +65,7 @@ fn default_sq_alpha() -> f32 {
     0.5
 }
 
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct QConfig {
     #[serde(default)]
@@ -73,7 +73,7 @@ pub struct QConfig {
     pub weight: WeightConfig,
 }
 
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum ActScope {
     PerTensor,
@@ -81,7 +81,7 @@ pub enum ActScope {
     PdMix,
 }
 
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum DTypeName {
     Int8,
@@ -101,7 +101,7 @@ impl DTypeName {
 }
 
 /// Activation observers (`observer.rs`).
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(rename_all = "snake_case")]
 pub enum ActMethod {
     Minmax,
@@ -112,7 +112,7 @@ pub enum ActMethod {
     HistogramKl,
 }
 
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ActConfig {
     pub scope: ActScope,
@@ -130,7 +130,7 @@ fn default_act_method() -> ActMethod {
     ActMethod::Minmax
 }
 
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum WScope {
     PerTensor,
@@ -138,14 +138,14 @@ pub enum WScope {
     PerGroup,
 }
 
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum WMethod {
     Minmax,
     Ssz,
 }
 
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct WeightConfig {
     pub scope: WScope,
@@ -259,6 +259,22 @@ impl Recipe {
         }
         let text = std::fs::read_to_string(p).map_err(|e| Error::io(p, e))?;
         Self::from_yaml(&text)
+    }
+
+    /// The recipe as YAML (what `from_yaml` reads back).
+    pub fn to_yaml(&self) -> Result<String> {
+        serde_yaml::to_string(self).map_err(|e| Error::InvalidArgument(format!("recipe: {e}")))
+    }
+
+    /// The same recipe with `names` added to every `linear_quant` exclude list (BF16 fallback).
+    pub fn with_fallback(&self, names: &[String]) -> Recipe {
+        let mut r = self.clone();
+        for p in r.processors.iter_mut() {
+            if let Processor::LinearQuant { exclude, .. } = p {
+                exclude.extend(names.iter().cloned());
+            }
+        }
+        r
     }
 
     fn validate(&self) -> Result<()> {

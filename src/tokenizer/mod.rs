@@ -17,6 +17,7 @@ use std::str::FromStr;
 pub use chat::ChatMessage;
 
 /// A tokenizer with the metadata generation needs.
+#[derive(Clone)]
 pub struct TokenizerBundle {
     pub tokenizer: tokenizers::Tokenizer,
     /// tokenizer.json content that reproduces `tokenizer`.

@@ -1,0 +1,241 @@
+//! `ferroq analyze`: per-layer quantization sensitivity and automatic BF16 fallback. Each
+//! quantized linear is swapped, alone, into the smoothed float model and the KL divergence it
+//! causes against the float model is measured on a small evaluation set (msModelSlim's "fall
+//! back the most sensitive layers first"); cheap statistics of the layer's input (kurtosis,
+//! max/std) are reported beside it. With a KL budget, the smallest most-sensitive-first prefix
+//! of the ranking to keep in BF16 is searched (doubling, then bisection), and the resulting
+//! recipe is re-quantized from scratch and evaluated to verify it meets the budget.
+
+use super::calib::{self, CollectOptions};
+use super::pipeline::{quantize, QuantizeOptions, QuantizedModel};
+use super::recipe::Recipe;
+use crate::backend::cpu::CpuBackend;
+use crate::backend::Backend;
+use crate::error::{Error, Result};
+use crate::eval::{self, BaseSource, Baseline};
+use crate::model::linear::LinearWeight;
+use crate::model::llama::{LlamaModel, Site};
+use crate::tensor::{DType, HostTensor};
+use crate::tokenizer::TokenizerBundle;
+use std::collections::BTreeMap;
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct LayerSensitivity {
+    pub name: String,
+    /// Mean KL caused by quantizing this linear alone.
+    pub kl: f64,
+    pub kurtosis: f64,
+    pub max_over_std: f64,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct BudgetResult {
+    pub budget: f64,
+    /// Linears kept in BF16, most sensitive first.
+    pub fallback: Vec<String>,
+    /// Mean KL of the re-quantized model with that fallback (verified).
+    pub kl: f64,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct AnalyzeReport {
+    /// Most sensitive first.
+    pub layers: Vec<LayerSensitivity>,
+    /// Mean KL with every selected linear quantized.
+    pub full_kl: f64,
+    pub budget: Option<BudgetResult>,
+}
+
+pub struct AnalyzeOptions {
+    pub quant: QuantizeOptions,
+    pub ctx: usize,
+    pub chunks: usize,
+    pub kl_budget: Option<f64>,
+}
+
+/// Mean KL of `model` against the baseline.
+fn mean_kl<B: Backend>(model: &LlamaModel<B>, base: &Baseline, tokens: &[u32]) -> Result<f64> {
+    let s = eval::evaluate(
+        model,
+        BaseSource::File(base),
+        tokens,
+        base.ctx,
+        base.chunks,
+        None,
+        &|_, _| {},
+    )?;
+    Ok(s.summary(base.chunks, base.ctx).kl_mean)
+}
+
+/// Put the quantized weights of `names` into the float model (and dense weights back for the rest).
+fn set_quantized(
+    m: &mut LlamaModel<CpuBackend>,
+    q: &QuantizedModel,
+    float: &BTreeMap<String, HostTensor>,
+    names: &[&String],
+) -> Result<()> {
+    for (name, ql) in &q.linears {
+        let lin = m
+            .linear_mut(name)
+            .ok_or_else(|| Error::InvalidArgument(format!("no linear `{name}`")))?;
+        if names.contains(&name) {
+            lin.weight = LinearWeight::Quant(CpuBackend::new().upload_quant(
+                &ql.weight,
+                ql.shape[0],
+                ql.shape[1],
+            )?);
+            lin.act = ql.act;
+        } else {
+            let w = float
+                .get(&format!("{name}.weight"))
+                .ok_or_else(|| Error::MissingTensor(format!("{name}.weight")))?;
+            lin.weight = LinearWeight::Dense(std::sync::Arc::new(
+                CpuBackend::new().upload_matrix(w, DType::F32)?,
+            ));
+            lin.act = super::ActSpec::NONE;
+        }
+    }
+    Ok(())
+}
+
+/// Rank the linears of `recipe` by sensitivity on `tokens` (ctx × chunks of them).
+#[allow(clippy::too_many_arguments)]
+pub fn analyze(
+    config: crate::model::config::ModelConfig,
+    tokenizer: &TokenizerBundle,
+    weights: BTreeMap<String, HostTensor>,
+    recipe: &Recipe,
+    tokens: &[u32],
+    opts: &AnalyzeOptions,
+    progress: &(dyn Fn(&str, usize, usize) + Sync),
+) -> Result<AnalyzeReport> {
+    let qopts = QuantizeOptions {
+        keep_float: true,
+        ..opts.quant.clone()
+    };
+    let q = quantize(
+        config.clone(),
+        tokenizer.clone(),
+        weights.clone(),
+        recipe,
+        &qopts,
+        progress,
+    )?;
+    let float = q
+        .float
+        .as_ref()
+        .ok_or_else(|| Error::InvalidArgument("quantize kept no float weights".into()))?;
+    let mut m = LlamaModel::load(CpuBackend::new(), config.clone(), float, Some(DType::F32))?;
+    let base = eval::baseline(&m, tokens, opts.ctx, opts.chunks)?;
+
+    // cheap statistics of each input, from the evaluation chunks
+    let samples: Vec<Vec<u32>> = tokens
+        .chunks(opts.ctx)
+        .take(opts.chunks)
+        .map(|c| c.to_vec())
+        .collect();
+    let stats = calib::collect(&m, &samples, &CollectOptions::default(), 1, &|_, _| {})?;
+
+    let names: Vec<String> = q.linears.keys().cloned().collect();
+    let mut layers = Vec::with_capacity(names.len());
+    for (i, name) in names.iter().enumerate() {
+        set_quantized(&mut m, &q, float, &[name])?;
+        let kl = mean_kl(&m, &base, tokens)?;
+        let (kurtosis, max_over_std) = Site::of_linear(name)
+            .and_then(|k| stats.get(&k))
+            .map(|s| s.kurtosis_and_max_over_std())
+            .unwrap_or((f64::NAN, f64::NAN));
+        layers.push(LayerSensitivity {
+            name: name.clone(),
+            kl,
+            kurtosis,
+            max_over_std,
+        });
+        progress("layer sensitivity", i + 1, names.len());
+    }
+    layers.sort_by(|a, b| b.kl.total_cmp(&a.kl).then(a.name.cmp(&b.name)));
+    let all: Vec<&String> = names.iter().collect();
+    set_quantized(&mut m, &q, float, &all)?;
+    let full_kl = mean_kl(&m, &base, tokens)?;
+
+    let budget = match opts.kl_budget {
+        None => None,
+        Some(budget) => {
+            // KL with the k most sensitive layers in BF16, from the swapped model
+            let kl_at = |k: usize, m: &mut LlamaModel<CpuBackend>| -> Result<f64> {
+                let keep: Vec<&String> = names
+                    .iter()
+                    .filter(|n| !layers[..k].iter().any(|l| &l.name == *n))
+                    .collect();
+                set_quantized(m, &q, float, &keep)?;
+                mean_kl(m, &base, tokens)
+            };
+            let n = layers.len();
+            let (mut lo, mut hi) = (0usize, None);
+            if full_kl <= budget {
+                hi = Some(0);
+            } else {
+                let mut k = 1;
+                while k <= n {
+                    if kl_at(k, &mut m)? <= budget {
+                        hi = Some(k);
+                        break;
+                    }
+                    lo = k;
+                    k *= 2;
+                }
+                if hi.is_none() && kl_at(n, &mut m)? <= budget {
+                    hi = Some(n);
+                }
+            }
+            let mut k = hi.ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "even with every linear in BF16 the KL stays above {budget}"
+                ))
+            })?;
+            while lo + 1 < k {
+                let mid = (lo + k) / 2;
+                if kl_at(mid, &mut m)? <= budget {
+                    k = mid;
+                } else {
+                    lo = mid;
+                }
+            }
+            // verify by re-quantizing with the fallback recipe; widen the fallback if needed
+            loop {
+                let fallback: Vec<String> = layers[..k].iter().map(|l| l.name.clone()).collect();
+                let r = recipe.with_fallback(&fallback);
+                let q2 = quantize(
+                    config.clone(),
+                    tokenizer.clone(),
+                    weights.clone(),
+                    &r,
+                    &opts.quant,
+                    &|_, _, _| {},
+                )?;
+                let m2 =
+                    LlamaModel::load(CpuBackend::new(), config.clone(), &q2, Some(DType::F32))?;
+                let kl = mean_kl(&m2, &base, tokens)?;
+                progress("verifying budget", k, n);
+                if kl <= budget || k == n {
+                    if kl > budget {
+                        return Err(Error::InvalidArgument(format!(
+                            "the budget {budget} could not be met (KL {kl})"
+                        )));
+                    }
+                    break Some(BudgetResult {
+                        budget,
+                        fallback,
+                        kl,
+                    });
+                }
+                k += 1;
+            }
+        }
+    };
+    Ok(AnalyzeReport {
+        layers,
+        full_kl,
+        budget,
+    })
+}
