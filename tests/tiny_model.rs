@@ -487,3 +487,30 @@ fn context_overflow_and_bad_token_are_errors() {
         Err(Error::ContextOverflow { .. })
     ));
 }
+
+#[test]
+fn logits_from_a_row_equal_the_tail_of_all_logits() {
+    let (_d, c, _w, m) = load_tiny(false, 13);
+    let v = c.vocab_size;
+    let mut s = m.new_session(16, 32, true).expect("session");
+    let all = m.forward(&mut s, &IDS, Logits::All).expect("all").to_vec();
+    for k in [0, 4, IDS.len() - 1] {
+        s.reset();
+        let tail = m
+            .forward(&mut s, &IDS, Logits::From(k))
+            .expect("from")
+            .to_vec();
+        assert_eq!(tail, all[k * v..], "From({k})");
+    }
+    s.reset();
+    assert!(
+        m.forward(&mut s, &IDS, Logits::From(IDS.len())).is_err(),
+        "start past the tokens"
+    );
+    s.reset();
+    let last = m
+        .forward(&mut s, &IDS, Logits::Last)
+        .expect("last")
+        .to_vec();
+    assert_eq!(last, all[(IDS.len() - 1) * v..]);
+}

@@ -179,9 +179,10 @@ fn chunk_logp<B: Backend>(
 ) -> Result<()> {
     let vocab = model.config.vocab_size;
     s.reset();
-    let logits = model.forward(s, &tokens[c * ctx..(c + 1) * ctx], Logits::All)?;
-    for (r, j) in (ctx / 2..ctx - 1).enumerate() {
-        log_softmax(&logits[j * vocab..(j + 1) * vocab], row);
+    // logits of positions ctx/2 .. ctx-1 (row r is position ctx/2 + r); the last one is unused
+    let logits = model.forward(s, &tokens[c * ctx..(c + 1) * ctx], Logits::From(ctx / 2))?;
+    for r in 0..ctx - 1 - ctx / 2 {
+        log_softmax(&logits[r * vocab..(r + 1) * vocab], row);
         out[r * vocab..(r + 1) * vocab]
             .iter_mut()
             .zip(row.iter())

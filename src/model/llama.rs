@@ -90,6 +90,9 @@ pub enum Logits {
     Last,
     /// Every token's (rows, vocab); the session must have been created with `all_logits`.
     All,
+    /// The tokens from index k on ((rows − k), vocab), as `All` requires; the LM head runs on
+    /// those rows only (perplexity scores the second half of a chunk).
+    From(usize),
 }
 
 /// Run state of one sequence: activations, KV cache, position.
@@ -329,9 +332,16 @@ impl<B: Backend> LlamaModel<B> {
                 max: s.max_seq,
             });
         }
-        if want == Logits::All && (!s.all_logits || tokens.len() > s.max_batch) {
+        let first = match want {
+            Logits::Last => tokens.len() - 1,
+            Logits::All => 0,
+            Logits::From(k) => k,
+        };
+        if want != Logits::Last
+            && (!s.all_logits || tokens.len() > s.max_batch || first >= tokens.len())
+        {
             return Err(Error::InvalidArgument(format!(
-                "all-token logits need a session made with all_logits and at most {} tokens",
+                "logits of several tokens need a session made with all_logits, at most {} tokens and a start inside them",
                 s.max_batch
             )));
         }
@@ -357,7 +367,7 @@ impl<B: Backend> LlamaModel<B> {
         }
         let n = match want {
             Logits::Last => vocab,
-            Logits::All => tokens.len() * vocab,
+            Logits::All | Logits::From(_) => (tokens.len() - first) * vocab,
         };
         Ok(&s.host_logits[..n])
     }
@@ -468,21 +478,17 @@ impl<B: Backend> LlamaModel<B> {
     /// Final norm + LM head on the chunk's last row (or all rows), copied to the host.
     fn logits(&self, s: &mut Session<B>, rows: usize, want: Logits, ph: Phase) -> Result<()> {
         let (b, c) = (&self.backend, &self.config);
-        let dim = c.hidden_size;
-        let vocab = c.vocab_size;
-        match want {
-            Logits::All => {
-                b.rms_norm(&mut s.xb, &s.x, &self.norm, rows, dim, c.rms_norm_eps)?;
-                b.linear(&mut s.logits, &s.xb, &self.lm_head, rows, ph)?;
-                b.read(&s.logits, 0, &mut s.host_logits[..rows * vocab])
-            }
-            Logits::Last => {
-                // Normalise only the last row: move it to the front of xb first.
-                b.copy(&mut s.xb, 0, &s.x, (rows - 1) * dim, dim)?;
-                b.rms_norm(&mut s.x, &s.xb, &self.norm, 1, dim, c.rms_norm_eps)?;
-                b.linear(&mut s.logits, &s.x, &self.lm_head, 1, ph)?;
-                b.read(&s.logits, 0, &mut s.host_logits[..vocab])
-            }
-        }
+        let (dim, vocab) = (c.hidden_size, c.vocab_size);
+        let first = match want {
+            Logits::Last => rows - 1,
+            Logits::All => 0,
+            Logits::From(k) => k,
+        };
+        let n = rows - first;
+        // Normalise only the rows whose logits are wanted: move them to the front of xb.
+        b.copy(&mut s.xb, 0, &s.x, first * dim, n * dim)?;
+        b.rms_norm(&mut s.x, &s.xb, &self.norm, n, dim, c.rms_norm_eps)?;
+        b.linear(&mut s.logits, &s.x, &self.lm_head, n, ph)?;
+        b.read(&s.logits, 0, &mut s.host_logits[..n * vocab])
     }
 }
