@@ -7,6 +7,7 @@
 //! Baseline log-probabilities can be saved (f16) and reloaded so repeated evals skip it.
 
 use crate::backend::Backend;
+use crate::engine::sampler::argmax;
 use crate::error::{Error, Result};
 use crate::model::llama::{LlamaModel, Logits, Session};
 use half::f16;
@@ -302,21 +303,11 @@ pub fn evaluate<B: Backend>(
                     .map(|(&a, &b)| (a as f64).exp() * (a as f64 - b as f64))
                     .sum();
                 out.kl.push(kl.max(0.0));
-                out.same_top.push(argmax_f32(pr) == argmax_f32(qr));
+                out.same_top.push(argmax(pr) == argmax(qr));
             }
             progress(c + 1, chunks);
         }
         Ok(())
     })?;
     Ok(out)
-}
-
-fn argmax_f32(x: &[f32]) -> usize {
-    let mut b = 0;
-    for (i, &v) in x.iter().enumerate() {
-        if v > x[b] {
-            b = i;
-        }
-    }
-    b
 }

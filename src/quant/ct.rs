@@ -87,6 +87,22 @@ fn act_args(q: &super::pipeline::QLinear) -> Json {
     }
 }
 
+/// `X.weight_scale` of a per-channel ([n, 1]) or per-tensor ([1]) int8 / fp8 weight; `scale`
+/// holds one value per output channel (a per-tensor scale broadcast).
+fn channel_scale(name: &str, scale: &[f32], per_tensor: bool) -> (String, St, Vec<usize>, Vec<u8>) {
+    let (values, shape) = if per_tensor {
+        (&scale[..1], vec![1])
+    } else {
+        (scale, vec![scale.len(), 1])
+    };
+    (
+        format!("{name}.weight_scale"),
+        St::F32,
+        shape,
+        bytes_of(values),
+    )
+}
+
 fn bytes_of<T: bytemuck::Pod>(v: &[T]) -> Vec<u8> {
     bytemuck::cast_slice(v).to_vec()
 }
@@ -116,17 +132,7 @@ fn write_into(q: &QuantizedModel, dir: &Path) -> Result<()> {
         match &ql.weight {
             QuantWeight::Int8 { q: w, scale, .. } => {
                 owned.push((format!("{name}.weight"), St::I8, vec![n, k], bytes_of(w)));
-                let (sv, shape) = if per_tensor {
-                    (vec![scale[0]], vec![1])
-                } else {
-                    (scale.clone(), vec![n, 1])
-                };
-                owned.push((
-                    format!("{name}.weight_scale"),
-                    St::F32,
-                    shape,
-                    bytes_of(&sv),
-                ));
+                owned.push(channel_scale(name, scale, per_tensor));
             }
             QuantWeight::Fp8 { codes, scale } => {
                 owned.push((
@@ -135,17 +141,7 @@ fn write_into(q: &QuantizedModel, dir: &Path) -> Result<()> {
                     vec![n, k],
                     codes.clone(),
                 ));
-                let (sv, shape) = if per_tensor {
-                    (vec![scale[0]], vec![1])
-                } else {
-                    (scale.clone(), vec![n, 1])
-                };
-                owned.push((
-                    format!("{name}.weight_scale"),
-                    St::F32,
-                    shape,
-                    bytes_of(&sv),
-                ));
+                owned.push(channel_scale(name, scale, per_tensor));
             }
             QuantWeight::Int4 {
                 packed,

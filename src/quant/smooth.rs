@@ -237,16 +237,17 @@ pub fn apply(
                     for kv in 0..nkv {
                         for i in 0..hd {
                             let idx = |h: usize| (kv * group + h) * hd + i;
-                            let a = (0..group)
-                                .map(|h| st.chan_absmax[idx(h)])
-                                .fold(0f32, f32::max);
-                            let wm = (0..group).map(|h| wmax[idx(h)]).fold(0f32, f32::max);
-                            let shared =
-                                scales(&[a], &[wm], alpha_of(method), 1.0 - alpha_of(method))[0];
-                            let shared = if method == Method::Flex {
-                                (0..group).map(|h| s[idx(h)]).fold(0f32, f32::max)
-                            } else {
-                                shared
+                            let shared = match method {
+                                Method::SmoothQuant { alpha } | Method::Iterative { alpha } => {
+                                    let a = (0..group)
+                                        .map(|h| st.chan_absmax[idx(h)])
+                                        .fold(0f32, f32::max);
+                                    let wm = (0..group).map(|h| wmax[idx(h)]).fold(0f32, f32::max);
+                                    scales(&[a], &[wm], alpha, 1.0 - alpha)[0]
+                                }
+                                // Flex already searched its exponents: the group shares the
+                                // largest of its heads' scales
+                                Method::Flex => (0..group).map(|h| s[idx(h)]).fold(0f32, f32::max),
                             };
                             (0..group).for_each(|h| s[idx(h)] = shared);
                         }
@@ -303,11 +304,4 @@ pub fn apply(
         }
     }
     Ok(done)
-}
-
-fn alpha_of(m: Method) -> f32 {
-    match m {
-        Method::SmoothQuant { alpha } | Method::Iterative { alpha } => alpha,
-        Method::Flex => 0.5,
-    }
 }

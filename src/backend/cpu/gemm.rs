@@ -218,6 +218,28 @@ unsafe impl Send for SendPtr {}
 // SAFETY: as above; no two tasks touch the same element.
 unsafe impl Sync for SendPtr {}
 
+/// Split the n output columns into contiguous chunks (multiples of `nr`, enough to balance
+/// the pool, big enough to amortise a task) and run `f(n0, n1)` for each: on rayon when the
+/// product is large, inline otherwise. The float, decoded and int8 GEMMs all schedule through
+/// this; an element's reduction order does not depend on the chunk it falls in.
+pub(crate) fn for_each_column_chunk(
+    m: usize,
+    n: usize,
+    k: usize,
+    nr: usize,
+    f: impl Fn(usize, usize) + Sync,
+) {
+    let threads = rayon::current_num_threads().max(1);
+    let chunk = (n.div_ceil(threads * 4)).max(16).div_ceil(nr) * nr;
+    let n_chunks = n.div_ceil(chunk);
+    let run = |c: usize| f(c * chunk, ((c + 1) * chunk).min(n));
+    if n_chunks <= 1 || m * n * k < 32 * 1024 {
+        (0..n_chunks).for_each(run);
+    } else {
+        (0..n_chunks).into_par_iter().for_each(run);
+    }
+}
+
 /// Compute rows `n0..n1` of the output for all m tokens.
 ///
 /// # Safety
@@ -304,23 +326,13 @@ pub fn matmul_with<W: WElem>(
         isa == Isa::Portable || has_avx2(),
         "AVX2 kernels requested on a CPU without AVX2/FMA/F16C"
     );
-    let threads = rayon::current_num_threads().max(1);
-    // Enough chunks to balance, each a multiple of NR and big enough to amortise a task.
-    let chunk = (n.div_ceil(threads * 4)).max(16).div_ceil(NR) * NR;
     let out_ptr = SendPtr(out.as_mut_ptr());
-    let n_chunks = n.div_ceil(chunk);
-    let run = |c: usize| {
+    for_each_column_chunk(m, n, k, NR, |n0, n1| {
         let p = out_ptr;
-        let (n0, n1) = (c * chunk, ((c + 1) * chunk).min(n));
-        // SAFETY: chunk c writes only columns n0..n1 of out, disjoint from every other
+        // SAFETY: this chunk writes only columns n0..n1 of out, disjoint from every other
         // chunk; the size checks above keep all accesses in bounds.
         unsafe { block(isa, x, w, m, n, k, n0, n1, p.0) }
-    };
-    if n_chunks == 1 || m * n * k < 32 * 1024 {
-        (0..n_chunks).for_each(run);
-    } else {
-        (0..n_chunks).into_par_iter().for_each(run);
-    }
+    });
 }
 
 thread_local! {
@@ -349,12 +361,9 @@ pub fn matmul_decoded(
         isa == Isa::Portable || has_avx2(),
         "AVX2 kernels requested on a CPU without AVX2/FMA/F16C"
     );
-    let threads = rayon::current_num_threads().max(1);
-    let chunk = (n.div_ceil(threads * 4)).max(16).div_ceil(NR) * NR;
     let out_ptr = SendPtr(out.as_mut_ptr());
-    let run = |c: usize| {
+    for_each_column_chunk(m, n, k, NR, |n0, n1| {
         let p = out_ptr;
-        let (n0, n1) = (c * chunk, ((c + 1) * chunk).min(n));
         DECODED.with(|buf| {
             let mut buf = buf.borrow_mut();
             if buf.len() < NR * k {
@@ -387,13 +396,7 @@ pub fn matmul_decoded(
                 j += r;
             }
         });
-    };
-    let n_chunks = n.div_ceil(chunk);
-    if n_chunks == 1 || m * n * k < 32 * 1024 {
-        (0..n_chunks).for_each(run);
-    } else {
-        (0..n_chunks).into_par_iter().for_each(run);
-    }
+    });
 }
 
 /// All m tokens against C decoded rows `w` (C × k), written to columns j..j+C of out.

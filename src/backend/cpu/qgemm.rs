@@ -4,8 +4,7 @@
 //! `vpmaddwd` pairs into 8 int32 lanes (exact: |pair sum| <= 2 * 128 * 127); portable path in
 //! plain i32 arithmetic. Parallel over weight rows like `gemm::matmul`.
 
-use super::gemm::{has_avx2, Isa, SendPtr};
-use rayon::prelude::*;
+use super::gemm::{for_each_column_chunk, has_avx2, Isa, SendPtr};
 
 const MR: usize = 4;
 const NR: usize = 3;
@@ -104,10 +103,7 @@ pub fn gemm_i8(
         isa == Isa::Portable || has_avx2(),
         "AVX2 kernels requested on a CPU without AVX2"
     );
-    let threads = rayon::current_num_threads().max(1);
-    let chunk = (n.div_ceil(threads * 4)).max(16).div_ceil(NR) * NR;
-    let run = |c: usize| {
-        let (n0, n1) = (c * chunk, ((c + 1) * chunk).min(n));
+    for_each_column_chunk(m, n, k, NR, |n0, n1| {
         macro_rules! t {
             ($r:expr, $c:expr, $i:expr, $j:expr) => {{
                 let mut acc = [[0i32; $c]; $r];
@@ -150,13 +146,7 @@ pub fn gemm_i8(
             }
             j += 1;
         }
-    };
-    let n_chunks = n.div_ceil(chunk);
-    if n_chunks == 1 || m * n * k < 32 * 1024 {
-        (0..n_chunks).for_each(run);
-    } else {
-        (0..n_chunks).into_par_iter().for_each(run);
-    }
+    });
 }
 
 /// acc (m, n) as exact int32 (for tests and references).
