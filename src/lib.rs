@@ -10,6 +10,7 @@ pub mod error;
 pub mod eval;
 pub mod model;
 pub mod quant;
+pub mod report;
 pub mod tensor;
 pub mod tokenizer;
 

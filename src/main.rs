@@ -32,6 +32,36 @@ enum BenchFormat {
     Csv,
 }
 
+#[derive(clap::Args)]
+struct EvalArgs {
+    /// The model to evaluate (e.g. a quantized checkpoint).
+    #[arg(short, long)]
+    model: PathBuf,
+    /// The reference model (default: the fetched FP16 baseline).
+    #[arg(long)]
+    baseline: Option<PathBuf>,
+    /// Evaluation text (e.g. wikitext-2's wiki.test.raw).
+    #[arg(long)]
+    data: PathBuf,
+    #[arg(long, default_value_t = 512)]
+    ctx: usize,
+    /// Chunks to score at most.
+    #[arg(long, default_value_t = 40)]
+    chunks: usize,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Save the baseline's log-probabilities (f16) for later runs.
+    #[arg(long)]
+    save_baseline: Option<PathBuf>,
+    /// Use saved baseline log-probabilities instead of running the baseline model.
+    #[arg(long, conflicts_with_all = ["baseline", "save_baseline"])]
+    load_baseline: Option<PathBuf>,
+    /// Write a self-contained HTML report (summary and per-token KL distribution).
+    #[arg(long)]
+    report: Option<PathBuf>,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Convert a GGUF model into a Hugging Face model directory.
@@ -72,31 +102,7 @@ enum Cmd {
     },
     /// Accuracy against a baseline: perplexity, KL divergence, top-1 agreement
     /// (llama-perplexity conventions: ctx-token chunks, second half scored, no BOS).
-    Eval {
-        /// The model to evaluate (e.g. a quantized checkpoint).
-        #[arg(short, long)]
-        model: PathBuf,
-        /// The reference model (default: the fetched FP16 baseline).
-        #[arg(long)]
-        baseline: Option<PathBuf>,
-        /// Evaluation text (e.g. wikitext-2's wiki.test.raw).
-        #[arg(long)]
-        data: PathBuf,
-        #[arg(long, default_value_t = 512)]
-        ctx: usize,
-        /// Chunks to score at most.
-        #[arg(long, default_value_t = 40)]
-        chunks: usize,
-        /// Print JSON instead of a table.
-        #[arg(long)]
-        json: bool,
-        /// Save the baseline's log-probabilities (f16) for later runs.
-        #[arg(long)]
-        save_baseline: Option<PathBuf>,
-        /// Use saved baseline log-probabilities instead of running the baseline model.
-        #[arg(long, conflicts_with_all = ["baseline", "save_baseline"])]
-        load_baseline: Option<PathBuf>,
-    },
+    Eval(EvalArgs),
     /// Prefill (ppN) and decode (tgN) tok/s, mean ± stddev over repetitions (llama-bench style).
     Bench {
         /// Models to compare (GGUF files or HF directories); default: the fetched FP16 baseline.
@@ -142,6 +148,10 @@ enum Cmd {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// Write a self-contained HTML report (sensitivity bars, input histograms with clip
+        /// ranges, KL distribution).
+        #[arg(long)]
+        report: Option<PathBuf>,
     },
     /// Generate text from a prompt, streaming it to stdout; speed goes to stderr.
     Generate {
@@ -259,17 +269,19 @@ fn run_generate<B: Backend>(
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
-fn run_eval(
-    model: &Path,
-    baseline: Option<PathBuf>,
-    data: &Path,
-    ctx: usize,
-    max_chunks: usize,
-    json: bool,
-    save_baseline: Option<PathBuf>,
-    load_baseline: Option<PathBuf>,
-) -> Result<()> {
+fn run_eval(a: EvalArgs) -> Result<()> {
+    let EvalArgs {
+        model,
+        baseline,
+        data,
+        ctx,
+        chunks: max_chunks,
+        json,
+        save_baseline,
+        load_baseline,
+        report,
+    } = a;
+    let (model, data) = (model.as_path(), data.as_path());
     use ferroq::eval::{evaluate, n_chunks, BaseSource, Baseline};
     let m = ferroq::model::open(CpuBackend::new(), model, None)
         .with_context(|| format!("loading {}", model.display()))?;
@@ -293,6 +305,11 @@ fn run_eval(
     }
     let t = std::time::Instant::now();
     let progress = |d: usize, n: usize| progress_bar("scoring chunks", d, n);
+    let baseline_name = match (&load_baseline, &baseline) {
+        (Some(f), _) => format!("saved log-probabilities {}", f.display()),
+        (None, Some(b)) => b.display().to_string(),
+        (None, None) => DEFAULT_MODEL.to_string(),
+    };
     let scores = match load_baseline {
         Some(f) => {
             let b = Baseline::load(&f)?;
@@ -330,6 +347,16 @@ fn run_eval(
         }
     };
     let sum = scores.summary(chunks, ctx);
+    if let Some(path) = &report {
+        let html = ferroq::report::eval_page(
+            &model.display().to_string(),
+            &baseline_name,
+            &sum,
+            &scores,
+        );
+        std::fs::write(path, html).with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
     if json {
         println!("{}", serde_json::to_string_pretty(&sum)?);
     } else {
@@ -461,28 +488,23 @@ fn main() -> Result<()> {
                 r.calib_tokens,
                 out.display()
             );
+            let rotated = q.config.hadamard.sites();
+            if !rotated.is_empty() {
+                let list: Vec<String> = rotated
+                    .iter()
+                    .map(|(s, b)| format!("{} (block {b})", s.name()))
+                    .collect();
+                eprintln!("online Hadamard rotation of {}", list.join(", "));
+            }
+            for s in &r.hadamard_skipped {
+                eprintln!(
+                    "warning: {} not rotated: its width has no power-of-two block of at least {}",
+                    s.name(),
+                    ferroq::model::hadamard::MIN_BLOCK
+                );
+            }
         }
-        Cmd::Eval {
-            model,
-            baseline,
-            data,
-            ctx,
-            chunks,
-            json,
-            save_baseline,
-            load_baseline,
-        } => {
-            run_eval(
-                &model,
-                baseline,
-                &data,
-                ctx,
-                chunks,
-                json,
-                save_baseline,
-                load_baseline,
-            )?;
-        }
+        Cmd::Eval(args) => run_eval(args)?,
         Cmd::Bench {
             model,
             n_prompt,
@@ -525,6 +547,7 @@ fn main() -> Result<()> {
             kl_budget,
             out_recipe,
             json,
+            report,
         } => {
             let model = resolve_model(model)?;
             let r = ferroq::quant::recipe::Recipe::load(&recipe)?;
@@ -566,6 +589,12 @@ fn main() -> Result<()> {
                 &opts,
                 &progress_bar,
             )?;
+            if let Some(path) = &report {
+                let html =
+                    ferroq::report::analyze_page(&model.display().to_string(), &recipe, &rep);
+                std::fs::write(path, html).with_context(|| format!("writing {}", path.display()))?;
+                eprintln!("wrote {}", path.display());
+            }
             if json {
                 println!("{}", serde_json::to_string_pretty(&rep)?);
             } else {

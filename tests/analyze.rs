@@ -21,30 +21,6 @@ processors:
       weight: {scope: per_channel, dtype: int8}
 ";
 
-/// A byte-level tokenizer is enough: the tiny model is fed ids directly, but the pipeline
-/// wants a tokenizer to build calibration samples from text.
-fn tokenizer() -> ferroq::tokenizer::TokenizerBundle {
-    let vocab: serde_json::Map<String, serde_json::Value> =
-        (0..67u32).map(|i| (format!("<{i}>"), i.into())).collect();
-    let mut v = vocab.clone();
-    for (i, c) in "abcdefghijklmnopqrstuvwxyz .,".chars().enumerate() {
-        v.insert(c.to_string(), serde_json::json!(10 + i));
-    }
-    let json = serde_json::json!({"version": "1.0", "added_tokens": [], "normalizer": null,
-        "pre_tokenizer": {"type": "Split", "pattern": {"Regex": "."}, "behavior": "Isolated", "invert": false},
-        "post_processor": null, "decoder": null,
-        "model": {"type": "WordLevel", "vocab": v, "unk_token": "<0>"}});
-    let json = json.to_string();
-    ferroq::tokenizer::TokenizerBundle {
-        tokenizer: ferroq::tokenizer::TokenizerBundle::from_json(json.clone()).expect("tokenizer"),
-        json,
-        chat_template: None,
-        bos_token: None,
-        eos_token: None,
-        eos_ids: vec![],
-    }
-}
-
 #[test]
 fn planted_outlier_ranks_first_and_budget_is_met() {
     let c = tiny_config(false);
@@ -56,7 +32,7 @@ fn planted_outlier_ranks_first_and_budget_is_met() {
             row[5] *= 60.0;
         }
     }
-    let tok = tokenizer();
+    let tok = byte_tokenizer();
     let mut rng = ferroq::engine::sampler::Rng::new(8);
     let ids: Vec<u32> = (0..3 * 32).map(|_| (rng.next_u64() % 67) as u32).collect();
     let recipe = Recipe::from_yaml(RECIPE).expect("recipe");

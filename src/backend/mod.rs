@@ -120,6 +120,8 @@ pub trait Backend: Send + Sync + Sized + 'static {
     fn attention(&self, a: AttentionArgs<'_, Self>) -> Result<()>;
     /// gate (len) = silu(gate) * up
     fn silu_mul(&self, gate: &mut Self::Buf, up: &Self::Buf, len: usize) -> Result<()>;
+    /// x (len) ← blockdiag(H_block) x: the online rotation of `model::hadamard`.
+    fn hadamard(&self, x: &mut Self::Buf, len: usize, block: usize) -> Result<()>;
 }
 
 /// Arguments of [`Backend::attention`], bundled because there are many.

@@ -6,6 +6,7 @@
 
 use crate::error::{Error, Result};
 use crate::model::gguf::GgufFile;
+use crate::model::hadamard::OnlineHadamard;
 use serde_json::{json, Value as Json};
 
 /// Architectures that share the Llama block (pre-norm, RoPE, GQA, SwiGLU).
@@ -62,6 +63,9 @@ pub struct ModelConfig {
     pub qkv_bias: bool,
     pub bos_token_id: Option<u32>,
     pub eos_token_ids: Vec<u32>,
+    /// Inputs rotated online (set by quantization recipes; kept in the checkpoint's
+    /// `quantization_config`, not in the HF fields).
+    pub hadamard: OnlineHadamard,
 }
 
 fn field<'a>(j: &'a Json, key: &str) -> Result<&'a Json> {
@@ -223,6 +227,7 @@ impl ModelConfig {
             qkv_bias,
             bos_token_id: token_ids(j.get("bos_token_id")).first().copied(),
             eos_token_ids: token_ids(j.get("eos_token_id")),
+            hadamard: OnlineHadamard::NONE,
         }
         .validate()
     }
@@ -285,6 +290,7 @@ impl ModelConfig {
                 .ok()
                 .map(|v| v as u32),
             eos_token_ids: eos.into_iter().collect(),
+            hadamard: OnlineHadamard::NONE,
         }
         .validate()
     }

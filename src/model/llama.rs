@@ -41,7 +41,10 @@ pub struct LlamaModel<B: Backend> {
 }
 
 /// Where a linear's input is observed during calibration: the four distinct inputs of a block.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
 pub enum Site {
     /// input_layernorm output, read by q/k/v_proj
     AttnIn,
@@ -63,6 +66,29 @@ impl Site {
             Site::OIn => &["self_attn.o_proj"],
             Site::MlpIn => &["mlp.gate_proj", "mlp.up_proj"],
             Site::DownIn => &["mlp.down_proj"],
+        }
+    }
+
+    /// The name recipes and checkpoints use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Site::AttnIn => "attn_in",
+            Site::OIn => "o_in",
+            Site::MlpIn => "mlp_in",
+            Site::DownIn => "down_in",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Site> {
+        Site::ALL.into_iter().find(|s| s.name() == name)
+    }
+
+    /// Channels of this input.
+    pub fn dim(self, c: &ModelConfig) -> usize {
+        match self {
+            Site::AttnIn | Site::MlpIn => c.hidden_size,
+            Site::OIn => c.q_dim(),
+            Site::DownIn => c.intermediate_size,
         }
     }
 
@@ -141,6 +167,24 @@ impl<B: Backend> LlamaModel<B> {
         weight_dtype: Option<DType>,
     ) -> Result<Self> {
         let c = &config;
+        if let Some(h) = src.online_hadamard() {
+            if h != c.hadamard {
+                return Err(Error::Config(format!(
+                    "the weights were made for online Hadamard rotation {:?} but the config asks for {:?}",
+                    h.sites(),
+                    c.hadamard.sites()
+                )));
+            }
+        }
+        for (site, block) in c.hadamard.sites() {
+            if site.dim(c) % block != 0 {
+                return Err(Error::Config(format!(
+                    "hadamard block {block} does not divide {} ({} channels)",
+                    site.name(),
+                    site.dim(c)
+                )));
+            }
+        }
         let (dim, qd, kvd, ffn) = (c.hidden_size, c.q_dim(), c.kv_dim(), c.intermediate_size);
         let embed_t = load_checked(src, "model.embed_tokens.weight", &[c.vocab_size, dim])?;
         let wdt = weight_dtype.unwrap_or(embed_t.dtype());
@@ -407,9 +451,14 @@ impl<B: Backend> LlamaModel<B> {
     ) -> Result<()> {
         let (b, c) = (&self.backend, &self.config);
         let (rows, pos) = (tokens.len(), s.pos);
-        // Copy a linear input to the host and hand it to the hook (calibration only).
+        // A linear input is complete: rotate it if the model says so (consumers' weights were
+        // rotated to match), then copy it to the host for the hook (calibration only), so
+        // calibration sees exactly what the linears quantize.
         macro_rules! observe {
             ($l:expr, $site:expr, $buf:ident, $dim:expr) => {
+                if let Some(block) = c.hadamard.block($site) {
+                    b.hadamard(&mut s.$buf, rows * $dim, block)?;
+                }
                 if let Some(h) = hook.as_deref_mut() {
                     let n = rows * $dim;
                     b.read(&s.$buf, 0, &mut s.obs[..n])?;

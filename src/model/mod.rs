@@ -5,6 +5,7 @@
 pub mod config;
 pub mod convert;
 pub mod gguf;
+pub mod hadamard;
 pub mod linear;
 pub mod llama;
 pub mod safetensors_io;
@@ -26,6 +27,11 @@ pub trait WeightSource {
     /// `model.layers.0.self_attn.q_proj`), or None when it is dense.
     fn quant_linear(&self, _name: &str) -> Result<Option<(QuantWeight, ActSpec)>> {
         Ok(None)
+    }
+    /// The online rotation these weights were made for, when the source knows it (quantized
+    /// models); loading checks it against the config so rotated weights never run unrotated.
+    fn online_hadamard(&self) -> Option<hadamard::OnlineHadamard> {
+        None
     }
 }
 
@@ -115,10 +121,11 @@ pub fn open<B: Backend>(backend: B, path: &Path, weight_dtype: Option<DType>) ->
             })
         }
         Format::HfDir => {
-            let config = read_hf_config(path)?;
+            let mut config = read_hf_config(path)?;
             let tokenizer = TokenizerBundle::from_hf_dir(path, &config.eos_token_ids)?;
             let model = if compressed_config(path)?.is_some() {
                 let src = crate::quant::ct::CompressedTensors::open(path, &config)?;
+                config.hadamard = src.hadamard;
                 LlamaModel::load(backend, config, &src, weight_dtype)?
             } else {
                 let src = safetensors_io::SafetensorsWeights::open_dir(path)?;

@@ -12,7 +12,7 @@ use super::recipe::Recipe;
 use crate::backend::cpu::CpuBackend;
 use crate::backend::Backend;
 use crate::error::{Error, Result};
-use crate::eval::{self, BaseSource, Baseline};
+use crate::eval::{self, BaseSource, Baseline, EvalSummary, TokenScores};
 use crate::model::linear::LinearWeight;
 use crate::model::llama::{LlamaModel, Site};
 use crate::tensor::{DType, HostTensor};
@@ -37,6 +37,23 @@ pub struct BudgetResult {
     pub kl: f64,
 }
 
+/// The evaluation-set histogram of one input (for the HTML report).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct InputHistogram {
+    /// The linears reading this input.
+    pub linears: Vec<String>,
+    /// Bins cover [-range, range].
+    pub range: f32,
+    pub counts: Vec<u64>,
+    /// (min, max) seen.
+    pub observed: (f32, f32),
+    /// The static range the recipe's observer chose, when the scheme has one.
+    pub clip: Option<(f32, f32)>,
+}
+
+/// Inputs drawn in the report: those of the most sensitive linears.
+const REPORT_INPUTS: usize = 6;
+
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct AnalyzeReport {
     /// Most sensitive first.
@@ -44,6 +61,13 @@ pub struct AnalyzeReport {
     /// Mean KL with every selected linear quantized.
     pub full_kl: f64,
     pub budget: Option<BudgetResult>,
+    /// Summary and per-token KL of the fully quantized model (report only).
+    #[serde(skip)]
+    pub full_summary: Option<EvalSummary>,
+    #[serde(skip)]
+    pub full_token_kl: Vec<f64>,
+    #[serde(skip)]
+    pub inputs: Vec<InputHistogram>,
 }
 
 pub struct AnalyzeOptions {
@@ -53,9 +77,8 @@ pub struct AnalyzeOptions {
     pub kl_budget: Option<f64>,
 }
 
-/// Mean KL of `model` against the baseline.
-fn mean_kl<B: Backend>(model: &LlamaModel<B>, base: &Baseline, tokens: &[u32]) -> Result<f64> {
-    let s = eval::evaluate(
+fn scores<B: Backend>(model: &LlamaModel<B>, base: &Baseline, tokens: &[u32]) -> Result<TokenScores> {
+    eval::evaluate(
         model,
         BaseSource::File(base),
         tokens,
@@ -63,8 +86,14 @@ fn mean_kl<B: Backend>(model: &LlamaModel<B>, base: &Baseline, tokens: &[u32]) -
         base.chunks,
         None,
         &|_, _| {},
-    )?;
-    Ok(s.summary(base.chunks, base.ctx).kl_mean)
+    )
+}
+
+/// Mean KL of `model` against the baseline.
+fn mean_kl<B: Backend>(model: &LlamaModel<B>, base: &Baseline, tokens: &[u32]) -> Result<f64> {
+    Ok(scores(model, base, tokens)?
+        .summary(base.chunks, base.ctx)
+        .kl_mean)
 }
 
 /// Put the quantized weights of `names` into the float model (and dense weights back for the rest).
@@ -125,7 +154,8 @@ pub fn analyze(
         .float
         .as_ref()
         .ok_or_else(|| Error::InvalidArgument("quantize kept no float weights".into()))?;
-    let mut m = LlamaModel::load(CpuBackend::new(), config.clone(), float, Some(DType::F32))?;
+    // q.config carries the recipe's online rotation, which the float weights already have
+    let mut m = LlamaModel::load(CpuBackend::new(), q.config.clone(), float, Some(DType::F32))?;
     let base = eval::baseline(&m, tokens, opts.ctx, opts.chunks)?;
 
     // cheap statistics of each input, from the evaluation chunks
@@ -135,6 +165,22 @@ pub fn analyze(
         .map(|c| c.to_vec())
         .collect();
     let stats = calib::collect(&m, &samples, &CollectOptions::default(), 1, &|_, _| {})?;
+    // and their histograms (second pass: the ranges come from the first), for the report
+    let hist = calib::collect(
+        &m,
+        &samples,
+        &CollectOptions {
+            hist_ranges: Some(
+                stats
+                    .iter()
+                    .map(|(k, s)| (*k, s.act.min.abs().max(s.act.max.abs())))
+                    .collect(),
+            ),
+            keep_rows: 0,
+        },
+        1,
+        &|_, _| {},
+    )?;
 
     let names: Vec<String> = q.linears.keys().cloned().collect();
     let mut layers = Vec::with_capacity(names.len());
@@ -156,7 +202,10 @@ pub fn analyze(
     layers.sort_by(|a, b| b.kl.total_cmp(&a.kl).then(a.name.cmp(&b.name)));
     let all: Vec<&String> = names.iter().collect();
     set_quantized(&mut m, &q, float, &all)?;
-    let full_kl = mean_kl(&m, &base, tokens)?;
+    let full = scores(&m, &base, tokens)?;
+    let full_summary = full.summary(base.chunks, base.ctx);
+    let full_kl = full_summary.kl_mean;
+    let inputs = input_histograms(&hist, &layers, &q);
 
     let budget = match opts.kl_budget {
         None => None,
@@ -214,7 +263,7 @@ pub fn analyze(
                     &|_, _, _| {},
                 )?;
                 let m2 =
-                    LlamaModel::load(CpuBackend::new(), config.clone(), &q2, Some(DType::F32))?;
+                    LlamaModel::load(CpuBackend::new(), q2.config.clone(), &q2, Some(DType::F32))?;
                 let kl = mean_kl(&m2, &base, tokens)?;
                 progress("verifying budget", k, n);
                 if kl <= budget || k == n {
@@ -237,5 +286,48 @@ pub fn analyze(
         layers,
         full_kl,
         budget,
+        full_summary: Some(full_summary),
+        full_token_kl: full.kl,
+        inputs,
     })
+}
+
+/// Histograms of the inputs of the most sensitive linears (from the float model's evaluation
+/// pass), with the clip range their static activation scheme chose.
+fn input_histograms(
+    hist: &calib::StatsMap,
+    ranked: &[LayerSensitivity],
+    q: &QuantizedModel,
+) -> Vec<InputHistogram> {
+    let mut sites: Vec<(usize, Site)> = Vec::new();
+    for l in ranked {
+        if let Some(k) = Site::of_linear(&l.name) {
+            if !sites.contains(&k) && sites.len() < REPORT_INPUTS {
+                sites.push(k);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for (l, site) in sites {
+        let Some(st) = hist.get(&(l, site)) else {
+            continue;
+        };
+        let Some(h) = &st.act.hist else { continue };
+        let linears: Vec<String> = site
+            .linears()
+            .iter()
+            .map(|m| format!("model.layers.{l}.{m}"))
+            .collect();
+        let clip = linears
+            .iter()
+            .find_map(|n| q.linears.get(n).and_then(|ql| ql.act.clip_range()));
+        out.push(InputHistogram {
+            linears,
+            range: h.range,
+            counts: h.counts.clone(),
+            observed: (st.act.min, st.act.max),
+            clip,
+        });
+    }
+    out
 }

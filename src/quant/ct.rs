@@ -6,7 +6,9 @@
 //! tensor, [out, groups] per group), and for static activations `X.input_scale` (+
 //! `X.input_zero_point`). pd_mix is written as vLLM's dynamic per-token W8A8 (what vLLM runs);
 //! its calibrated per-tensor decode scale, which vLLM has no field for, goes in the extra
-//! `quantization_config.ferroq.pd_mix` block that vLLM ignores. Everything else is BF16.
+//! `quantization_config.ferroq.pd_mix` block that vLLM ignores. Online Hadamard rotations
+//! (`ferroq.hadamard`: input name → block) have no compressed-tensors field either: such a
+//! checkpoint runs correctly only in ferroq. Everything else is BF16.
 //!
 //! Reading accepts those checkpoints and llm-compressor's W8A8 / FP8 / W4A16 ones: targets
 //! `Linear`, exact module names or `re:` patterns; `ignore` by the same rules.
@@ -17,6 +19,8 @@ use super::weight::WeightScope;
 use super::{formats, ActQuant, ActSpec, QDType, QuantWeight};
 use crate::error::{Error, Result};
 use crate::model::config::ModelConfig;
+use crate::model::hadamard::OnlineHadamard;
+use crate::model::llama::Site;
 use crate::model::safetensors_io::{write_raw_safetensors, RawTensor, SafetensorsWeights};
 use crate::model::WeightSource;
 use crate::tensor::{DType, HostTensor};
@@ -251,6 +255,13 @@ fn write_into(q: &QuantizedModel, dir: &Path) -> Result<()> {
     } else {
         "mixed-precision"
     };
+    let hadamard: serde_json::Map<String, Json> = q
+        .config
+        .hadamard
+        .sites()
+        .into_iter()
+        .map(|(site, block)| (site.name().to_string(), json!(block)))
+        .collect();
     let quantization = json!({
         "quant_method": "compressed-tensors",
         "format": format,
@@ -259,7 +270,7 @@ fn write_into(q: &QuantizedModel, dir: &Path) -> Result<()> {
         "kv_cache_scheme": null,
         "ignore": ignore,
         "config_groups": cg,
-        "ferroq": {"version": 1, "pd_mix": pd_mix},
+        "ferroq": {"version": 1, "pd_mix": pd_mix, "hadamard": hadamard},
     });
     crate::model::write_model_files(dir, &q.config, "bfloat16", Some(quantization), &q.tokenizer)
 }
@@ -288,6 +299,8 @@ pub struct CompressedTensors {
     st: SafetensorsWeights,
     schemes: BTreeMap<String, Scheme>,
     pd_mix: BTreeMap<String, (f32, i32)>,
+    /// The online rotation the weights were made for; the model must apply it.
+    pub hadamard: OnlineHadamard,
 }
 
 fn get_u64(a: &Json, key: &str, what: &str) -> Result<u64> {
@@ -384,10 +397,30 @@ impl CompressedTensors {
                 pd_mix.insert(n.clone(), (s as f32, z as i32));
             }
         }
+        let mut hadamard = OnlineHadamard::NONE;
+        if let Some(h) = qc.get("ferroq").and_then(|f| f.get("hadamard")) {
+            let h = h.as_object().ok_or_else(|| {
+                Error::Config("ferroq.hadamard must map input names to block sizes".into())
+            })?;
+            for (n, v) in h {
+                let site = Site::from_name(n).ok_or_else(|| {
+                    Error::Config(format!(
+                        "ferroq.hadamard: unknown input `{n}` (attn_in, o_in, mlp_in, down_in)"
+                    ))
+                })?;
+                let block = v.as_u64().ok_or_else(|| {
+                    Error::Config(format!("ferroq.hadamard.{n}: block must be an integer"))
+                })?;
+                hadamard
+                    .set(site, block as usize, site.dim(config))
+                    .map_err(|e| Error::Config(format!("ferroq.hadamard: {e}")))?;
+            }
+        }
         Ok(CompressedTensors {
             st: SafetensorsWeights::open_dir(dir)?,
             schemes,
             pd_mix,
+            hadamard,
         })
     }
 
@@ -596,6 +629,9 @@ impl CompressedTensors {
 impl WeightSource for CompressedTensors {
     fn tensor_names(&self) -> Vec<String> {
         self.st.tensor_names()
+    }
+    fn online_hadamard(&self) -> Option<OnlineHadamard> {
+        Some(self.hadamard)
     }
     fn load(&self, name: &str) -> Result<HostTensor> {
         self.st.load(name)

@@ -142,6 +142,22 @@ impl ActSpec {
         dtype: QDType::Int8,
         symmetric: true,
     };
+
+    /// The input range a calibrated static scale represents (values outside are clipped):
+    /// None for dynamic or unquantized inputs, whose range is each token's own.
+    pub fn clip_range(&self) -> Option<(f32, f32)> {
+        let (ActQuant::Static { scale, zp } | ActQuant::PdMix { scale, zp }) = self.policy else {
+            return None;
+        };
+        Some(match (self.dtype, self.symmetric) {
+            (QDType::Fp8E4M3, _) => {
+                let m = formats::Fp8::E4M3.max() * scale;
+                (-m, m)
+            }
+            (_, true) => (-127.0 * scale, 127.0 * scale),
+            (_, false) => ((-128 - zp) as f32 * scale, (127 - zp) as f32 * scale),
+        })
+    }
 }
 
 /// Which pass a forward call is: the prompt (prefill) or one generated token (decode).

@@ -14,6 +14,7 @@ use super::{ActQuant, ActSpec, QuantWeight};
 use crate::backend::cpu::CpuBackend;
 use crate::error::{Error, Result};
 use crate::model::config::ModelConfig;
+use crate::model::hadamard;
 use crate::model::llama::{LlamaModel, Site};
 use crate::model::WeightSource;
 use crate::tensor::{DType, HostTensor};
@@ -63,6 +64,8 @@ pub struct QuantReport {
     pub calib_tokens: usize,
     pub quantized: usize,
     pub fallback: Vec<String>,
+    /// Sites the recipe asked to rotate whose width has no power-of-two block ≥ 8.
+    pub hadamard_skipped: Vec<Site>,
     pub secs: f64,
 }
 
@@ -91,6 +94,9 @@ impl WeightSource for QuantizedModel {
     }
     fn quant_linear(&self, name: &str) -> Result<Option<(QuantWeight, ActSpec)>> {
         Ok(self.linears.get(name).map(|q| (q.weight.clone(), q.act)))
+    }
+    fn online_hadamard(&self) -> Option<hadamard::OnlineHadamard> {
+        Some(self.config.hadamard)
     }
 }
 
@@ -139,15 +145,23 @@ pub fn quantize(
         calib_tokens: samples.iter().map(|s| s.len()).sum(),
         ..Default::default()
     };
-    let float_model = |w: &BTreeMap<String, HostTensor>| {
-        LlamaModel::load(CpuBackend::new(), config.clone(), w, Some(DType::F32))
+    let float_model = |c: &ModelConfig, w: &BTreeMap<String, HostTensor>| {
+        LlamaModel::load(CpuBackend::new(), c.clone(), w, Some(DType::F32))
     };
+    let mut config = config;
 
     // 1. outlier suppression, in recipe order, on statistics of the current float model
     let smoothers: Vec<&Processor> = recipe
         .processors
         .iter()
-        .filter(|p| !matches!(p, Processor::LinearQuant { .. }))
+        .filter(|p| {
+            matches!(
+                p,
+                Processor::IterSmooth { .. }
+                    | Processor::SmoothQuant { .. }
+                    | Processor::FlexSmooth { .. }
+            )
+        })
         .collect();
     if !smoothers.is_empty() {
         let keep_rows = if smoothers
@@ -158,7 +172,7 @@ pub fn quantize(
         } else {
             0
         };
-        let model = float_model(&weights)?;
+        let model = float_model(&config, &weights)?;
         let mut stats = calib::collect(
             &model,
             &samples,
@@ -183,10 +197,38 @@ pub fn quantize(
                     exclude,
                 } => (Method::SmoothQuant { alpha: *alpha }, include, exclude),
                 Processor::FlexSmooth { include, exclude } => (Method::Flex, include, exclude),
-                Processor::LinearQuant { .. } => continue,
+                Processor::LinearQuant { .. } | Processor::Hadamard { .. } => continue,
             };
             report.smoothed_subgraphs +=
                 smooth::apply(method, &config, &mut weights, &mut stats, inc, exc)?;
+        }
+    }
+
+    // 1b. online rotation, on the smoothed weights (the recipe puts it after every smoother)
+    if let Some(Processor::Hadamard { sites }) = recipe
+        .processors
+        .iter()
+        .find(|p| matches!(p, Processor::Hadamard { .. }))
+    {
+        for &site in sites {
+            let dim = site.dim(&config);
+            let Some(block) = hadamard::block_for(dim) else {
+                report.hadamard_skipped.push(site);
+                continue;
+            };
+            if config.hadamard.block(site).is_some() {
+                continue; // listed twice
+            }
+            for l in 0..config.num_layers {
+                for m in site.linears() {
+                    let name = format!("model.layers.{l}.{m}.weight");
+                    let w = weights
+                        .get_mut(&name)
+                        .ok_or_else(|| Error::MissingTensor(name.clone()))?;
+                    hadamard::rotate_columns(w, block)?;
+                }
+            }
+            config.hadamard.set(site, block, dim)?;
         }
     }
 
@@ -224,7 +266,7 @@ pub fn quantize(
     });
     let mut act_stats: StatsMap = BTreeMap::new();
     if needs_static {
-        let model = float_model(&weights)?;
+        let model = float_model(&config, &weights)?;
         act_stats = calib::collect(
             &model,
             &samples,

@@ -8,6 +8,7 @@
 
 use super::weight::{WeightMethod, WeightQConfig, WeightScope};
 use super::QDType;
+use crate::model::llama::Site;
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 
@@ -49,6 +50,12 @@ pub enum Processor {
         #[serde(default)]
         exclude: Vec<String>,
     },
+    /// Online Hadamard rotation (QuaRot) of the listed inputs of every layer, applied after
+    /// any smoothing (`model::hadamard`).
+    Hadamard {
+        #[serde(default = "all_sites")]
+        sites: Vec<Site>,
+    },
     LinearQuant {
         qconfig: QConfig,
         #[serde(default = "all")]
@@ -56,6 +63,10 @@ pub enum Processor {
         #[serde(default)]
         exclude: Vec<String>,
     },
+}
+
+fn all_sites() -> Vec<Site> {
+    Site::ALL.to_vec()
 }
 
 fn default_iter_alpha() -> f32 {
@@ -286,6 +297,24 @@ impl Recipe {
         {
             return bad("no `linear_quant` processor: nothing would be quantized".into());
         }
+        // smoothing rescales weight columns channel by channel: it must see unrotated weights
+        if let Some(h) = self
+            .processors
+            .iter()
+            .position(|p| matches!(p, Processor::Hadamard { .. }))
+        {
+            if self.processors[h + 1..].iter().any(|p| {
+                matches!(
+                    p,
+                    Processor::Hadamard { .. }
+                        | Processor::IterSmooth { .. }
+                        | Processor::SmoothQuant { .. }
+                        | Processor::FlexSmooth { .. }
+                )
+            }) {
+                return bad("`hadamard` must come once, after every smoothing processor".into());
+            }
+        }
         for p in &self.processors {
             match p {
                 Processor::IterSmooth { alpha, .. } | Processor::SmoothQuant { alpha, .. } => {
@@ -293,7 +322,7 @@ impl Recipe {
                         return bad(format!("alpha {alpha} must be in (0, 1)"));
                     }
                 }
-                Processor::FlexSmooth { .. } => {}
+                Processor::FlexSmooth { .. } | Processor::Hadamard { .. } => {}
                 Processor::LinearQuant { qconfig, .. } => {
                     let w = qconfig.weight.to_qconfig()?;
                     match (w.dtype, &qconfig.act) {
@@ -335,6 +364,7 @@ const W8A8: &str = "
 processors:
   - type: iter_smooth
     alpha: 0.5
+  - type: hadamard
   - type: linear_quant
     qconfig:
       act: {scope: pd_mix, dtype: int8, symmetric: false, method: minmax}
@@ -353,6 +383,7 @@ const W8A8_STATIC: &str = "
 processors:
   - type: iter_smooth
     alpha: 0.5
+  - type: hadamard
   - type: linear_quant
     qconfig:
       act: {scope: per_tensor, dtype: int8, symmetric: false, method: minmax}

@@ -223,3 +223,27 @@ pub fn write_hf_dir(dir: &Path, c: &ModelConfig, weights: &BTreeMap<String, Host
         .expect("write");
     std::fs::write(dir.join("config.json"), c.to_hf_json("float32").to_string()).expect("config");
 }
+
+/// A byte-level tokenizer is enough: the tiny model is fed ids directly, but the pipeline
+/// wants a tokenizer to build calibration samples from text.
+pub fn byte_tokenizer() -> ferroq::tokenizer::TokenizerBundle {
+    let vocab: serde_json::Map<String, serde_json::Value> =
+        (0..67u32).map(|i| (format!("<{i}>"), i.into())).collect();
+    let mut v = vocab.clone();
+    for (i, c) in "abcdefghijklmnopqrstuvwxyz .,".chars().enumerate() {
+        v.insert(c.to_string(), serde_json::json!(10 + i));
+    }
+    let json = serde_json::json!({"version": "1.0", "added_tokens": [], "normalizer": null,
+        "pre_tokenizer": {"type": "Split", "pattern": {"Regex": "."}, "behavior": "Isolated", "invert": false},
+        "post_processor": null, "decoder": null,
+        "model": {"type": "WordLevel", "vocab": v, "unk_token": "<0>"}});
+    let json = json.to_string();
+    ferroq::tokenizer::TokenizerBundle {
+        tokenizer: ferroq::tokenizer::TokenizerBundle::from_json(json.clone()).expect("tokenizer"),
+        json,
+        chat_template: None,
+        bos_token: None,
+        eos_token: None,
+        eos_ids: vec![],
+    }
+}

@@ -489,4 +489,14 @@ impl Backend for CpuBackend {
             .for_each(|(g, u)| *g = *g / (1.0 + (-*g).exp()) * u);
         Ok(())
     }
+    fn hadamard(&self, x: &mut Vec<f32>, len: usize, block: usize) -> Result<()> {
+        check_len("hadamard input", x.len(), len)?;
+        if !block.is_power_of_two() || len % block != 0 {
+            return Err(Error::InvalidArgument(format!(
+                "hadamard block {block} must be a power of two dividing the input length {len}"
+            )));
+        }
+        crate::model::hadamard::fwht(&mut x[..len], block);
+        Ok(())
+    }
 }

@@ -1,0 +1,119 @@
+//! Online Hadamard rotation of linear inputs (QuaRot, Ashkboos et al. 2024; the incoherence
+//! processing of QuIP#). For an orthonormal H, `W x = (W H)(Hᵀ x)`: the weights are rotated
+//! once offline and the activation is rotated on the fly, which is exact in float but spreads
+//! a few outlier channels over a whole block, so per-token int8 quantization of the rotated
+//! activation loses far less. H here is block-diagonal with Sylvester (Walsh) blocks of a
+//! power-of-two size b, scaled by 1/√b; it is symmetric and its own inverse, so the same fast
+//! Walsh–Hadamard transform (b·log2 b additions per block) rotates activations and weight rows.
+//! Which decoder inputs (sites) are rotated, and with which block, is part of the model: it
+//! travels in `ModelConfig::hadamard` and in the checkpoint's `quantization_config.ferroq`.
+
+use crate::error::{Error, Result};
+use crate::model::llama::Site;
+use crate::tensor::HostTensor;
+
+/// Largest block a site gets: past this the transform stops paying for itself in spreading.
+pub const MAX_BLOCK: usize = 4096;
+/// Smaller blocks spread an outlier too little to be worth a pass over the activations.
+pub const MIN_BLOCK: usize = 8;
+
+/// Per-site block sizes of the rotated inputs (every layer alike).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OnlineHadamard {
+    /// Indexed like `Site::ALL`.
+    blocks: [Option<usize>; 4],
+}
+
+fn index(site: Site) -> usize {
+    match site {
+        Site::AttnIn => 0,
+        Site::OIn => 1,
+        Site::MlpIn => 2,
+        Site::DownIn => 3,
+    }
+}
+
+/// The block used for an input of `dim` channels: its largest power-of-two divisor, capped;
+/// `None` when that is below `MIN_BLOCK`.
+pub fn block_for(dim: usize) -> Option<usize> {
+    if dim == 0 {
+        return None;
+    }
+    let b = (1usize << dim.trailing_zeros()).min(MAX_BLOCK);
+    (b >= MIN_BLOCK).then_some(b)
+}
+
+impl OnlineHadamard {
+    pub const NONE: OnlineHadamard = OnlineHadamard { blocks: [None; 4] };
+
+    pub fn block(&self, site: Site) -> Option<usize> {
+        self.blocks[index(site)]
+    }
+
+    /// Rotate `site`'s input in blocks of `block`, after checking the block fits `dim`.
+    pub fn set(&mut self, site: Site, block: usize, dim: usize) -> Result<()> {
+        if !block.is_power_of_two() || block < 2 || dim % block != 0 {
+            return Err(Error::InvalidArgument(format!(
+                "hadamard block {block} for {} must be a power of two ≥ 2 dividing its {dim} channels",
+                site.name()
+            )));
+        }
+        self.blocks[index(site)] = Some(block);
+        Ok(())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.blocks.iter().all(Option::is_none)
+    }
+
+    /// (site, block) of every rotated site, in `Site::ALL` order.
+    pub fn sites(&self) -> Vec<(Site, usize)> {
+        Site::ALL
+            .into_iter()
+            .filter_map(|s| self.block(s).map(|b| (s, b)))
+            .collect()
+    }
+}
+
+/// In place: x (rows of whole blocks) ← blockdiag(H_b) x, H_b = Sylvester Hadamard / √b.
+/// `x.len()` must be a multiple of `block` (a power of two); callers check.
+pub fn fwht(x: &mut [f32], block: usize) {
+    let norm = 1.0 / (block as f32).sqrt();
+    for blk in x.chunks_exact_mut(block) {
+        let mut h = 1;
+        while h < block {
+            // butterflies between the two halves of every 2h-span; the inner loop vectorises
+            for span in blk.chunks_exact_mut(2 * h) {
+                let (a, b) = span.split_at_mut(h);
+                for (u, v) in a.iter_mut().zip(b.iter_mut()) {
+                    let (s, d) = (*u + *v, *u - *v);
+                    *u = s;
+                    *v = d;
+                }
+            }
+            h *= 2;
+        }
+        blk.iter_mut().for_each(|v| *v *= norm);
+    }
+}
+
+/// W ← W·H for a `[out, in]` weight (every row rotated), so that `(W H)(H x) = W x`.
+pub fn rotate_columns(w: &mut HostTensor, block: usize) -> Result<()> {
+    let [_, k] = w.shape[..] else {
+        return Err(Error::InvalidArgument(format!(
+            "hadamard: weight of shape {:?} is not 2-D",
+            w.shape
+        )));
+    };
+    if !block.is_power_of_two() || k % block != 0 {
+        return Err(Error::InvalidArgument(format!(
+            "hadamard block {block} does not divide in_features {k}"
+        )));
+    }
+    let mut v = w.to_f32_vec();
+    // rows are whole blocks, so one pass over the flat buffer rotates every row
+    fwht(&mut v, block);
+    let rotated = HostTensor::from_f32(w.shape.clone(), v)?;
+    *w = rotated.to_dtype(w.dtype());
+    Ok(())
+}
