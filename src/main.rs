@@ -60,6 +60,17 @@ struct EvalArgs {
     /// Write a self-contained HTML report (summary and per-token KL distribution).
     #[arg(long)]
     report: Option<PathBuf>,
+    /// How the evaluated model runs the scored positions: `prefill` (whole chunk in one pass,
+    /// as llama-perplexity) or `decode` (first half as a prompt, then one token at a time, so
+    /// pd_mix models use their static decode scales).
+    #[arg(long, value_enum, default_value_t = PathArg::Prefill)]
+    path: PathArg,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum PathArg {
+    Prefill,
+    Decode,
 }
 
 #[derive(Subcommand)]
@@ -280,7 +291,12 @@ fn run_eval(a: EvalArgs) -> Result<()> {
         save_baseline,
         load_baseline,
         report,
+        path,
     } = a;
+    let path = match path {
+        PathArg::Prefill => ferroq::eval::EvalPath::Prefill,
+        PathArg::Decode => ferroq::eval::EvalPath::Decode,
+    };
     let (model, data) = (model.as_path(), data.as_path());
     use ferroq::eval::{evaluate, n_chunks, BaseSource, Baseline};
     let m = ferroq::model::open(CpuBackend::new(), model, None)
@@ -319,6 +335,7 @@ fn run_eval(a: EvalArgs) -> Result<()> {
                 &tokens,
                 ctx,
                 chunks,
+                path,
                 None,
                 &progress,
             )?
@@ -336,6 +353,7 @@ fn run_eval(a: EvalArgs) -> Result<()> {
                 &tokens,
                 ctx,
                 chunks,
+                path,
                 save.as_mut(),
                 &progress,
             )?;
@@ -348,12 +366,8 @@ fn run_eval(a: EvalArgs) -> Result<()> {
     };
     let sum = scores.summary(chunks, ctx);
     if let Some(path) = &report {
-        let html = ferroq::report::eval_page(
-            &model.display().to_string(),
-            &baseline_name,
-            &sum,
-            &scores,
-        );
+        let html =
+            ferroq::report::eval_page(&model.display().to_string(), &baseline_name, &sum, &scores);
         std::fs::write(path, html).with_context(|| format!("writing {}", path.display()))?;
         eprintln!("wrote {}", path.display());
     }
@@ -528,7 +542,13 @@ fn main() -> Result<()> {
                     .unwrap_or_default();
                 eprintln!("benchmarking {name} ...");
                 rows.extend(ferroq::bench::bench(
-                    &m.model, &name, size, n_prompt, n_gen, reps,
+                    &m.model,
+                    &name,
+                    size,
+                    n_prompt,
+                    n_gen,
+                    reps,
+                    &progress_bar,
                 )?);
             }
             match output {
@@ -592,7 +612,8 @@ fn main() -> Result<()> {
             if let Some(path) = &report {
                 let html =
                     ferroq::report::analyze_page(&model.display().to_string(), &recipe, &rep);
-                std::fs::write(path, html).with_context(|| format!("writing {}", path.display()))?;
+                std::fs::write(path, html)
+                    .with_context(|| format!("writing {}", path.display()))?;
                 eprintln!("wrote {}", path.display());
             }
             if json {

@@ -54,18 +54,24 @@ pub fn bar_chart(title: &str, unit: &str, bars: &[(String, f64)]) -> String {
     s
 }
 
-/// A histogram of `counts` over [lo, hi] (equal bins), log-scaled counts, with labelled
-/// vertical markers at x positions.
+/// A histogram of `counts` (equal bins over `bins`), log-scaled counts, drawn on the x axis
+/// `domain` (which contains `bins`), with labelled vertical markers at x positions.
 pub fn histogram(
     title: &str,
     x_label: &str,
-    (lo, hi): (f64, f64),
+    bins: (f64, f64),
+    domain: (f64, f64),
     counts: &[f64],
     markers: &[(f64, String, &str)],
 ) -> String {
+    let (lo, hi) = domain;
     let (h, left, bottom, top) = (240.0, 50.0, 40.0, 28.0);
     let (pw, ph) = (WIDTH - left - 20.0, h - top - bottom);
-    let ymax = counts.iter().map(|c| (1.0 + c).log10()).fold(0f64, f64::max).max(1e-9);
+    let ymax = counts
+        .iter()
+        .map(|c| (1.0 + c).log10())
+        .fold(0f64, f64::max)
+        .max(1e-9);
     let xpos = |x: f64| left + (x - lo) / (hi - lo).max(1e-30) * pw;
     let mut s = String::new();
     let _ = write!(
@@ -73,7 +79,7 @@ pub fn histogram(
         r##"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{h}" font-family="sans-serif" font-size="11"><text x="0" y="16" font-size="13" font-weight="bold">{}</text><rect x="{left}" y="{top}" width="{pw:.1}" height="{ph:.1}" fill="none" stroke="#999"/>"##,
         esc(title)
     );
-    let bw = pw / counts.len().max(1) as f64;
+    let bw = (xpos(bins.1) - xpos(bins.0)) / counts.len().max(1) as f64;
     for (i, &c) in counts.iter().enumerate() {
         if c <= 0.0 {
             continue;
@@ -82,7 +88,7 @@ pub fn histogram(
         let _ = write!(
             s,
             r##"<rect x="{:.2}" y="{:.2}" width="{:.2}" height="{bh:.2}" fill="#6a9f58"/>"##,
-            left + bw * i as f64,
+            xpos(bins.0) + bw * i as f64,
             top + ph - bh,
             bw.max(0.5)
         );
@@ -108,11 +114,16 @@ pub fn histogram(
     );
     for (i, (x, label, color)) in markers.iter().enumerate() {
         let px = xpos(x.clamp(lo, hi));
+        // labels near the right edge grow leftwards so they stay inside the plot
+        let (tx, anchor) = if px > left + 0.8 * pw {
+            (px - 3.0, "end")
+        } else {
+            (px + 3.0, "start")
+        };
         let _ = write!(
             s,
-            r#"<line x1="{px:.1}" y1="{top}" x2="{px:.1}" y2="{:.1}" stroke="{color}" stroke-width="2" stroke-dasharray="5,3"/><text x="{:.1}" y="{:.1}" fill="{color}">{}</text>"#,
+            r#"<line x1="{px:.1}" y1="{top}" x2="{px:.1}" y2="{:.1}" stroke="{color}" stroke-width="2" stroke-dasharray="5,3"/><text x="{tx:.1}" y="{:.1}" fill="{color}" text-anchor="{anchor}">{}</text>"#,
             top + ph,
-            px + 3.0,
             top + 12.0 + 12.0 * i as f64,
             esc(label)
         );
@@ -143,6 +154,7 @@ pub fn kl_distribution(kl: &[f64], summary: &EvalSummary) -> String {
         &format!("Per-token KL(base ‖ model), {} tokens", kl.len()),
         "log10 KL (nats)",
         (lo, hi),
+        (lo, hi),
         &counts,
         &[
             mark(summary.kl_mean, "mean", "#c0392b"),
@@ -162,8 +174,16 @@ pub fn input_histogram(h: &InputHistogram) -> String {
         .map(|c| c.iter().sum::<u64>() as f64)
         .collect();
     let mut markers = vec![
-        (h.observed.0 as f64, format!("min {:.3}", h.observed.0), "#2c3e50"),
-        (h.observed.1 as f64, format!("max {:.3}", h.observed.1), "#2c3e50"),
+        (
+            h.observed.0 as f64,
+            format!("min {:.3}", h.observed.0),
+            "#2c3e50",
+        ),
+        (
+            h.observed.1 as f64,
+            format!("max {:.3}", h.observed.1),
+            "#2c3e50",
+        ),
     ];
     let note = match h.clip {
         Some((a, b)) => {
@@ -173,10 +193,16 @@ pub fn input_histogram(h: &InputHistogram) -> String {
         }
         None => "dynamic per-token scales: no static clip".to_string(),
     };
+    // wide enough for the clip markers too, which may lie outside the observed range
+    let r = h.range as f64;
+    let reach = h
+        .clip
+        .map_or(r, |(a, b)| r.max(a.abs() as f64).max(b.abs() as f64));
     histogram(
         &format!("Input of {} ({note})", h.linears.join(", ")),
         "activation value",
-        (-h.range as f64, h.range as f64),
+        (-r, r),
+        (-1.03 * reach, 1.03 * reach),
         &counts,
         &markers,
     )
@@ -208,7 +234,16 @@ fn table(head: &[&str], rows: &[Vec<String>]) -> String {
 
 fn summary_table(s: &EvalSummary) -> String {
     table(
-        &["PPL base", "PPL", "PPL change", "KL mean", "KL median", "KL p99", "KL max", "same top-1"],
+        &[
+            "PPL base",
+            "PPL",
+            "PPL change",
+            "KL mean",
+            "KL median",
+            "KL p99",
+            "KL max",
+            "same top-1",
+        ],
         &[vec![
             format!("{:.4}", s.ppl_base),
             format!("{:.4}", s.ppl),
@@ -262,7 +297,11 @@ pub fn analyze_page(model: &str, recipe: &str, r: &AnalyzeReport) -> String {
         .map(|l| (l.name.trim_start_matches("model.").to_string(), l.kl))
         .collect();
     body.push_str(&bar_chart(
-        &format!("Sensitivity: mean KL caused alone (top {} of {})", top.len(), r.layers.len()),
+        &format!(
+            "Sensitivity: mean KL caused alone (top {} of {})",
+            top.len(),
+            r.layers.len()
+        ),
         "",
         &top,
     ));
@@ -287,6 +326,9 @@ pub fn analyze_page(model: &str, recipe: &str, r: &AnalyzeReport) -> String {
             ]
         })
         .collect();
-    body.push_str(&table(&["rank, linear", "KL alone", "input kurtosis", "max/std"], &rows));
+    body.push_str(&table(
+        &["rank, linear", "KL alone", "input kurtosis", "max/std"],
+        &rows,
+    ));
     page(&format!("ferroq analyze: {model}"), &body)
 }

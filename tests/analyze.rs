@@ -118,6 +118,7 @@ fn planted_outlier_ranks_first_and_budget_is_met() {
             &ids,
             32,
             3,
+            ferroq::eval::EvalPath::Prefill,
             None,
             &|_, _| {},
         )

@@ -47,7 +47,17 @@ fn tokens(n: usize) -> Vec<u32> {
 fn self_evaluation_is_exact() {
     let m = tiny(1);
     let t = tokens(100);
-    let s = evaluate(&m, BaseSource::Model(&m), &t, 16, 5, None, &|_, _| {}).expect("eval");
+    let s = evaluate(
+        &m,
+        BaseSource::Model(&m),
+        &t,
+        16,
+        5,
+        ferroq::eval::EvalPath::Prefill,
+        None,
+        &|_, _| {},
+    )
+    .expect("eval");
     assert_eq!(
         s.kl.len(),
         5 * 7,
@@ -71,6 +81,7 @@ fn different_models_differ_and_saved_baseline_matches() {
         &t,
         16,
         5,
+        ferroq::eval::EvalPath::Prefill,
         Some(&mut save),
         &|_, _| {},
     )
@@ -83,7 +94,17 @@ fn different_models_differ_and_saved_baseline_matches() {
     let f = dir.path().join("base.bin");
     save.save(&f).expect("save");
     let loaded = Baseline::load(&f).expect("load");
-    let again = evaluate(&b, BaseSource::File(&loaded), &t, 16, 5, None, &|_, _| {}).expect("eval");
+    let again = evaluate(
+        &b,
+        BaseSource::File(&loaded),
+        &t,
+        16,
+        5,
+        ferroq::eval::EvalPath::Prefill,
+        None,
+        &|_, _| {},
+    )
+    .expect("eval");
     // f16 storage of the baseline log-probs: close, not bit-equal
     let (x, y) = (live.summary(5, 16), again.summary(5, 16));
     assert!(
@@ -101,13 +122,94 @@ fn different_models_differ_and_saved_baseline_matches() {
         &other,
         16,
         5,
+        ferroq::eval::EvalPath::Prefill,
         None,
         &|_, _| {}
     )
     .is_err());
-    assert!(evaluate(&b, BaseSource::File(&loaded), &t, 8, 5, None, &|_, _| {}).is_err());
+    assert!(evaluate(
+        &b,
+        BaseSource::File(&loaded),
+        &t,
+        8,
+        5,
+        ferroq::eval::EvalPath::Prefill,
+        None,
+        &|_, _| {}
+    )
+    .is_err());
     // truncated baseline file is an error
     let bytes = std::fs::read(&f).expect("read");
     std::fs::write(&f, &bytes[..bytes.len() / 2]).expect("write");
     assert!(Baseline::load(&f).is_err());
+}
+
+#[test]
+fn decode_path_matches_prefill_in_float_and_takes_pd_mix_static_scales() {
+    use ferroq::eval::EvalPath;
+    use ferroq::quant::pipeline::{quantize, QuantizeOptions};
+    use std::sync::atomic::Ordering;
+    let m = tiny(4);
+    let t = tokens(100);
+    let run = |model: &LlamaModel<CpuBackend>, path| {
+        evaluate(
+            model,
+            BaseSource::Model(&m),
+            &t,
+            16,
+            3,
+            path,
+            None,
+            &|_, _| {},
+        )
+        .expect("eval")
+        .summary(3, 16)
+    };
+    // a float model computes the same logits token by token as in one pass
+    let s = run(&m, EvalPath::Decode);
+    assert!(s.kl_max <= 1e-9, "decode vs prefill KL {}", s.kl_max);
+    assert_eq!(s.top1_agreement_pct, 100.0);
+
+    let c = tiny_config(false);
+    let r = ferroq::quant::recipe::Recipe::load("w8a8").expect("preset");
+    let opts = QuantizeOptions {
+        n_samples: 4,
+        seq_len: 16,
+        ..Default::default()
+    };
+    let q = quantize(
+        c.clone(),
+        byte_tokenizer(),
+        tiny_weights(&c, 4),
+        &r,
+        &opts,
+        &|_, _, _| {},
+    )
+    .expect("quantize");
+    let qm = LlamaModel::load(CpuBackend::new(), q.config.clone(), &q, None).expect("load");
+    let counts = |qm: &LlamaModel<CpuBackend>| {
+        (
+            qm.backend.counters.dynamic_rows.load(Ordering::Relaxed),
+            qm.backend.counters.static_rows.load(Ordering::Relaxed),
+        )
+    };
+    let pre = run(&qm, EvalPath::Prefill);
+    let (dyn_rows, static_rows) = counts(&qm);
+    assert!(
+        dyn_rows > 0 && static_rows == 0,
+        "prefill: {dyn_rows} dynamic, {static_rows} static"
+    );
+    let dec = run(&qm, EvalPath::Decode);
+    let (dyn2, static2) = counts(&qm);
+    // 3 chunks × 7 decoded positions × 7 linears × 2 layers run static
+    assert_eq!(static2, 3 * 7 * 7 * 2, "decode rows on the static path");
+    assert!(
+        dyn2 > dyn_rows,
+        "the prompt halves still prefill dynamically"
+    );
+    assert!(pre.kl_mean > 0.0 && dec.kl_mean > 0.0);
+    assert_ne!(
+        pre.kl_mean, dec.kl_mean,
+        "the two paths quantize differently"
+    );
 }

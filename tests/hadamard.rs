@@ -62,8 +62,15 @@ fn fwht_equals_the_explicit_matrix_and_is_its_own_inverse() {
             }
         }
         hadamard::fwht(&mut y, block);
-        let worst = y.iter().zip(&x).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-        assert!(worst <= 1e-4, "block {block}: H·H·x differs from x by {worst}");
+        let worst = y
+            .iter()
+            .zip(&x)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(
+            worst <= 1e-4,
+            "block {block}: H·H·x differs from x by {worst}"
+        );
     }
 }
 
@@ -73,7 +80,9 @@ fn backend_op_checks_its_block() {
     let mut x = b.upload(&[1.0f32; 48]).expect("upload");
     assert!(b.hadamard(&mut x, 48, 16).is_ok());
     for (len, block) in [(48usize, 12usize), (48, 32), (64, 16)] {
-        let e = b.hadamard(&mut x, len, block).expect_err("bad block or length");
+        let e = b
+            .hadamard(&mut x, len, block)
+            .expect_err("bad block or length");
         eprintln!("{e}");
     }
 }
@@ -87,7 +96,9 @@ fn config() -> ferroq::model::config::ModelConfig {
 
 fn logits(m: &LlamaModel<CpuBackend>, ids: &[u32]) -> Vec<f32> {
     let mut s = m.new_session(32, 32, true).expect("session");
-    m.forward(&mut s, ids, Logits::All).expect("forward").to_vec()
+    m.forward(&mut s, ids, Logits::All)
+        .expect("forward")
+        .to_vec()
 }
 
 #[test]
@@ -114,8 +125,15 @@ fn rotated_float_model_computes_the_same_function() {
     let ids: Vec<u32> = (0..20).map(|i| (i * 7 + 3) % 67).collect();
     let (want, got) = (logits(&base, &ids), logits(&rot, &ids));
     let scale = want.iter().fold(0f32, |a, v| a.max(v.abs()));
-    let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-    assert!(worst <= 1e-4 * scale, "rotation changed the function by {worst} (max {scale})");
+    let worst = got
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(
+        worst <= 1e-4 * scale,
+        "rotation changed the function by {worst} (max {scale})"
+    );
     // the rotated weights alone (model not told to rotate) compute something else
     let wrong = LlamaModel::load(CpuBackend::new(), c, &rw, Some(DType::F32)).expect("unrotated");
     let off = logits(&wrong, &ids)
@@ -153,11 +171,15 @@ fn rotation_survives_the_checkpoint_and_is_checked_at_load() {
     let w = tiny_weights(&c, 9);
     let tok = byte_tokenizer();
     let r = Recipe::from_yaml(ROTATED_W8A8).expect("recipe");
-    let q = quantize(c.clone(), tok, w, &r, &small_calib(), &|_, _, _| {})
-        .expect("quantize");
+    let q = quantize(c.clone(), tok, w, &r, &small_calib(), &|_, _, _| {}).expect("quantize");
     assert_eq!(
         q.config.hadamard.sites(),
-        vec![(Site::AttnIn, 32), (Site::OIn, 32), (Site::MlpIn, 32), (Site::DownIn, 16)]
+        vec![
+            (Site::AttnIn, 32),
+            (Site::OIn, 32),
+            (Site::MlpIn, 32),
+            (Site::DownIn, 16)
+        ]
     );
     let mem = LlamaModel::load(CpuBackend::new(), q.config.clone(), &q, None).expect("in memory");
     let dir = tempfile::tempdir().expect("tmp");
@@ -168,9 +190,16 @@ fn rotation_survives_the_checkpoint_and_is_checked_at_load() {
     let ids: Vec<u32> = (0..12).map(|i| (i * 5 + 1) % 67).collect();
     let (a, b) = (logits(&mem, &ids), logits(&loaded.model, &ids));
     let scale = a.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+    let worst = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
     // the fallback down_proj is BF16 on disk, f32 in memory
-    assert!(worst <= 2e-2 * scale, "checkpoint differs by {worst} (max {scale})");
+    assert!(
+        worst <= 2e-2 * scale,
+        "checkpoint differs by {worst} (max {scale})"
+    );
 
     // quantized weights with the rotation dropped from the config: refused, not run wrong
     match LlamaModel::load(CpuBackend::new(), c.clone(), &q, None) {
@@ -202,8 +231,7 @@ fn sites_without_a_block_are_skipped_and_reported() {
     let c = tiny_config(false); // FFN 45: no power-of-two block for down_in
     let w = tiny_weights(&c, 2);
     let r = Recipe::from_yaml(ROTATED_W8A8).expect("recipe");
-    let q = quantize(c, byte_tokenizer(), w, &r, &small_calib(), &|_, _, _| {})
-        .expect("quantize");
+    let q = quantize(c, byte_tokenizer(), w, &r, &small_calib(), &|_, _, _| {}).expect("quantize");
     assert_eq!(q.report.hadamard_skipped, vec![Site::DownIn]);
     assert_eq!(q.config.hadamard.block(Site::DownIn), None);
     assert_eq!(q.config.hadamard.block(Site::AttnIn), Some(32));
@@ -232,6 +260,9 @@ processors:
     let e = Recipe::from_yaml(unknown).expect_err("unknown site");
     assert!(e.to_string().contains("gate_in"), "{e}");
     let mut h = OnlineHadamard::NONE;
-    assert!(h.set(Site::DownIn, 32, 48).is_err(), "32 does not divide 48");
+    assert!(
+        h.set(Site::DownIn, 32, 48).is_err(),
+        "32 does not divide 48"
+    );
     assert!(h.set(Site::DownIn, 16, 48).is_ok());
 }

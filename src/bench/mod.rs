@@ -84,6 +84,7 @@ pub fn bench<B: Backend>(
     n_prompt: usize,
     n_gen: usize,
     reps: usize,
+    progress: &(dyn Fn(&str, usize, usize) + Sync),
 ) -> Result<Vec<BenchRow>> {
     if reps == 0 {
         return Err(Error::InvalidArgument(
@@ -124,6 +125,7 @@ pub fn bench<B: Backend>(
                 if rep > 0 {
                     samples.push(n_prompt as f64 / t.elapsed().as_secs_f64());
                 }
+                progress(&format!("pp{n_prompt} (1 warm-up)"), rep + 1, reps + 1);
             }
             Ok(())
         })?;
@@ -144,6 +146,7 @@ pub fn bench<B: Backend>(
                 if rep > 0 {
                     samples.push(n_gen as f64 / t.elapsed().as_secs_f64());
                 }
+                progress(&format!("tg{n_gen} (1 warm-up)"), rep + 1, reps + 1);
             }
             Ok(())
         })?;

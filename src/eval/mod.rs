@@ -168,26 +168,56 @@ pub fn n_chunks(tokens: usize, ctx: usize, max_chunks: usize) -> usize {
     (tokens / ctx).min(max_chunks)
 }
 
+/// Which code path the evaluated model's scored positions run through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EvalPath {
+    /// The whole chunk in one forward pass (llama-perplexity; quantized activations take the
+    /// prefill scheme, e.g. pd_mix's per-token dynamic scales).
+    Prefill,
+    /// The first half prefilled as a prompt, then every scored position fed as a single decoded
+    /// token (teacher forcing): what generation runs, e.g. pd_mix's static decode scales.
+    Decode,
+}
+
 /// Log-probabilities (f32) of chunk `c`'s scored positions under `model`: (per_chunk, vocab).
+#[allow(clippy::too_many_arguments)]
 fn chunk_logp<B: Backend>(
     model: &LlamaModel<B>,
     s: &mut Session<B>,
     tokens: &[u32],
     ctx: usize,
     c: usize,
+    path: EvalPath,
     out: &mut [f32],
     row: &mut [f64],
 ) -> Result<()> {
     let vocab = model.config.vocab_size;
-    s.reset();
-    // logits of positions ctx/2 .. ctx-1 (row r is position ctx/2 + r); the last one is unused
-    let logits = model.forward(s, &tokens[c * ctx..(c + 1) * ctx], Logits::From(ctx / 2))?;
-    for r in 0..ctx - 1 - ctx / 2 {
-        log_softmax(&logits[r * vocab..(r + 1) * vocab], row);
+    let chunk = &tokens[c * ctx..(c + 1) * ctx];
+    // row r is position ctx/2 + r, which predicts token ctx/2 + r + 1
+    let per = ctx - 1 - ctx / 2;
+    let mut emit = |r: usize, logits: &[f32]| {
+        log_softmax(logits, row);
         out[r * vocab..(r + 1) * vocab]
             .iter_mut()
             .zip(row.iter())
             .for_each(|(o, &v)| *o = v as f32);
+    };
+    s.reset();
+    match path {
+        EvalPath::Prefill => {
+            let logits = model.forward(s, chunk, Logits::From(ctx / 2))?;
+            for r in 0..per {
+                emit(r, &logits[r * vocab..(r + 1) * vocab]);
+            }
+        }
+        EvalPath::Decode => {
+            model.forward(s, &chunk[..ctx / 2], Logits::Last)?;
+            for r in 0..per {
+                let logits =
+                    model.forward(s, &chunk[ctx / 2 + r..ctx / 2 + r + 1], Logits::Last)?;
+                emit(r, logits);
+            }
+        }
     }
     Ok(())
 }
@@ -198,6 +228,7 @@ pub fn baseline<B: Backend>(
     tokens: &[u32],
     ctx: usize,
     chunks: usize,
+    progress: &(dyn Fn(usize, usize) + Sync),
 ) -> Result<Baseline> {
     let vocab = model.config.vocab_size;
     if ctx < 4 || chunks == 0 || tokens.len() < chunks * ctx {
@@ -213,10 +244,20 @@ pub fn baseline<B: Backend>(
     let mut s = model.new_session(ctx, ctx, true)?;
     model.backend.run_on_workers(|| -> Result<()> {
         for c in 0..chunks {
-            chunk_logp(model, &mut s, tokens, ctx, c, &mut p, &mut row)?;
+            chunk_logp(
+                model,
+                &mut s,
+                tokens,
+                ctx,
+                c,
+                EvalPath::Prefill,
+                &mut p,
+                &mut row,
+            )?;
             b.logp
                 .extend(p.iter().map(|&v| f16::from_f32(v.max(-65000.0))));
             b.chunks = c + 1;
+            progress(c + 1, chunks);
         }
         Ok(())
     })?;
@@ -231,14 +272,17 @@ pub enum BaseSource<'a, B: Backend> {
     File(&'a Baseline),
 }
 
-/// Score `model` against the baseline on `chunks` chunks of `ctx` tokens. With a model
-/// baseline, `save` receives the baseline's log-probabilities for `--save-baseline`.
+/// Score `model` (through `path`) against the baseline (always prefilled) on `chunks` chunks
+/// of `ctx` tokens. With a model baseline, `save` receives the baseline's log-probabilities
+/// for `--save-baseline`.
+#[allow(clippy::too_many_arguments)]
 pub fn evaluate<B: Backend>(
     model: &LlamaModel<B>,
     base: BaseSource<'_, B>,
     tokens: &[u32],
     ctx: usize,
     chunks: usize,
+    path: EvalPath,
     mut save: Option<&mut Baseline>,
     progress: &(dyn Fn(usize, usize) + Sync),
 ) -> Result<TokenScores> {
@@ -275,7 +319,7 @@ pub fn evaluate<B: Backend>(
     model.backend.run_on_workers(|| -> Result<()> {
         for c in 0..chunks {
             if let Some((m, sb)) = state.0.as_mut() {
-                chunk_logp(m, sb, tokens, ctx, c, &mut p, &mut row)?;
+                chunk_logp(m, sb, tokens, ctx, c, EvalPath::Prefill, &mut p, &mut row)?;
                 if let Some(sv) = save.as_deref_mut() {
                     sv.logp
                         .extend(p.iter().map(|&v| f16::from_f32(v.max(-65000.0))));
@@ -288,7 +332,7 @@ pub fn evaluate<B: Backend>(
                     .zip(&b.logp[off..off + per * vocab])
                     .for_each(|(p, v)| *p = v.to_f32());
             }
-            chunk_logp(model, &mut s, tokens, ctx, c, &mut q, &mut row)?;
+            chunk_logp(model, &mut s, tokens, ctx, c, path, &mut q, &mut row)?;
             for r in 0..per {
                 let (pr, qr) = (
                     &p[r * vocab..(r + 1) * vocab],

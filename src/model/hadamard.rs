@@ -52,7 +52,7 @@ impl OnlineHadamard {
 
     /// Rotate `site`'s input in blocks of `block`, after checking the block fits `dim`.
     pub fn set(&mut self, site: Site, block: usize, dim: usize) -> Result<()> {
-        if !block.is_power_of_two() || block < 2 || dim % block != 0 {
+        if !block.is_power_of_two() || block < 2 || !dim.is_multiple_of(block) {
             return Err(Error::InvalidArgument(format!(
                 "hadamard block {block} for {} must be a power of two ≥ 2 dividing its {dim} channels",
                 site.name()
@@ -105,7 +105,7 @@ pub fn rotate_columns(w: &mut HostTensor, block: usize) -> Result<()> {
             w.shape
         )));
     };
-    if !block.is_power_of_two() || k % block != 0 {
+    if !block.is_power_of_two() || !k.is_multiple_of(block) {
         return Err(Error::InvalidArgument(format!(
             "hadamard block {block} does not divide in_features {k}"
         )));

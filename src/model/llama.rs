@@ -177,7 +177,7 @@ impl<B: Backend> LlamaModel<B> {
             }
         }
         for (site, block) in c.hadamard.sites() {
-            if site.dim(c) % block != 0 {
+            if !site.dim(c).is_multiple_of(block) {
                 return Err(Error::Config(format!(
                     "hadamard block {block} does not divide {} ({} channels)",
                     site.name(),

@@ -77,13 +77,18 @@ pub struct AnalyzeOptions {
     pub kl_budget: Option<f64>,
 }
 
-fn scores<B: Backend>(model: &LlamaModel<B>, base: &Baseline, tokens: &[u32]) -> Result<TokenScores> {
+fn scores<B: Backend>(
+    model: &LlamaModel<B>,
+    base: &Baseline,
+    tokens: &[u32],
+) -> Result<TokenScores> {
     eval::evaluate(
         model,
         BaseSource::File(base),
         tokens,
         base.ctx,
         base.chunks,
+        eval::EvalPath::Prefill,
         None,
         &|_, _| {},
     )
@@ -156,7 +161,9 @@ pub fn analyze(
         .ok_or_else(|| Error::InvalidArgument("quantize kept no float weights".into()))?;
     // q.config carries the recipe's online rotation, which the float weights already have
     let mut m = LlamaModel::load(CpuBackend::new(), q.config.clone(), float, Some(DType::F32))?;
-    let base = eval::baseline(&m, tokens, opts.ctx, opts.chunks)?;
+    let base = eval::baseline(&m, tokens, opts.ctx, opts.chunks, &|d, n| {
+        progress("float baseline", d, n)
+    })?;
 
     // cheap statistics of each input, from the evaluation chunks
     let samples: Vec<Vec<u32>> = tokens

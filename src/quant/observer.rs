@@ -120,19 +120,16 @@ fn kl_threshold(h: &Histogram) -> f32 {
             i += 16;
             continue;
         }
-        // quantize p into `levels` buckets, spread each back over its non-empty bins
+        // quantize the histogram below the threshold into `levels` buckets, spread each back
+        // over its non-empty bins; the clipped mass stays out of q (TensorRT's candidate
+        // distribution), so p's folded edge bin is what charges a threshold for clipping
         let mut q = vec![0f64; i];
         for l in 0..levels {
             let (a, b) = (
                 l * i / levels,
                 ((l + 1) * i / levels).max(l * i / levels + 1),
             );
-            let mass: f64 = abs[a..b].iter().sum::<f64>()
-                + if b == i {
-                    abs[i..].iter().sum::<f64>()
-                } else {
-                    0.0
-                };
+            let mass: f64 = abs[a..b].iter().sum::<f64>();
             let nonzero = abs[a..b].iter().filter(|&&v| v > 0.0).count();
             if nonzero > 0 {
                 for t in a..b {

@@ -491,7 +491,7 @@ impl Backend for CpuBackend {
     }
     fn hadamard(&self, x: &mut Vec<f32>, len: usize, block: usize) -> Result<()> {
         check_len("hadamard input", x.len(), len)?;
-        if !block.is_power_of_two() || len % block != 0 {
+        if !block.is_power_of_two() || !len.is_multiple_of(block) {
             return Err(Error::InvalidArgument(format!(
                 "hadamard block {block} must be a power of two dividing the input length {len}"
             )));
