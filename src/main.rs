@@ -91,7 +91,7 @@ enum Cmd {
         /// Float model: a .gguf file or a Hugging Face directory (default: the fetched SmolLM2).
         #[arg(short, long)]
         model: Option<PathBuf>,
-        /// Preset (w8a8, w8a8-dynamic, w8a8-static, fp8, w4a16) or a recipe YAML file.
+        /// Preset (w8a8, w8a8-dynamic, w8a8-static, fp8, w4a16, w4a16-gptq) or a recipe YAML file.
         #[arg(long, default_value = "w8a8")]
         recipe: String,
         /// Calibration text: plain text (cut into windows) or JSONL with a "text" field.

@@ -63,7 +63,8 @@ fn weight_args(q: &super::pipeline::QLinear) -> Json {
         WeightScope::PerGroup(g) => ("group", Some(g)),
     };
     let observer = match q.wcfg.method {
-        super::weight::WeightMethod::MinMax => "minmax",
+        // GPTQ changes the rounding, not the observer (llm-compressor records minmax too)
+        super::weight::WeightMethod::MinMax | super::weight::WeightMethod::Gptq => "minmax",
         super::weight::WeightMethod::Ssz => "ssz",
     };
     args(

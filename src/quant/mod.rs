@@ -8,6 +8,7 @@ pub mod analyze;
 pub mod calib;
 pub mod ct;
 pub mod formats;
+pub mod gptq;
 pub mod observer;
 pub mod pipeline;
 pub mod recipe;

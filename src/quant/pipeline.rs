@@ -6,10 +6,11 @@
 //! the norms and the LM head stay dense in BF16 (the fallback precision).
 
 use super::calib::{self, CollectOptions, StatsMap};
+use super::gptq;
 use super::observer;
 use super::recipe::{ActConfig, ActMethod, ActScope, Processor, Recipe};
 use super::smooth::{self, Method};
-use super::weight::{quantize_weight, WeightQConfig};
+use super::weight::{quantize_weight, WeightMethod, WeightQConfig};
 use super::{ActQuant, ActSpec, QuantWeight};
 use crate::backend::cpu::CpuBackend;
 use crate::error::{Error, Result};
@@ -19,6 +20,7 @@ use crate::model::llama::{LlamaModel, Site};
 use crate::model::WeightSource;
 use crate::tensor::{DType, HostTensor};
 use crate::tokenizer::TokenizerBundle;
+use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -292,6 +294,26 @@ pub fn quantize(
         }
     }
 
+    // 3b. GPTQ needs every calibration row of the inputs it quantizes against
+    let needs_gptq = plan.values().any(|(w, _)| w.method == WeightMethod::Gptq);
+    let mut gptq_rows: StatsMap = BTreeMap::new();
+    if needs_gptq {
+        let model = float_model(&config, &weights)?;
+        gptq_rows = calib::collect(
+            &model,
+            &samples,
+            &CollectOptions {
+                hist_ranges: None,
+                keep_rows: usize::MAX,
+            },
+            opts.batch,
+            &|d, n| progress("GPTQ inputs", d, n),
+        )?;
+    }
+    // H⁻¹ factors of the current layer's inputs (the plan is in name order, so a layer's
+    // linears are contiguous and older factors can go)
+    let mut factors: BTreeMap<(usize, Site), gptq::InputFactor> = BTreeMap::new();
+
     let float = opts.keep_float.then(|| weights.clone());
     // 4. quantize the weights
     let mut linears = BTreeMap::new();
@@ -308,7 +330,25 @@ pub fn quantize(
                 actual: w.shape.clone(),
             });
         };
-        let weight = quantize_weight(&w.to_f32_vec(), n, k, &wcfg)?;
+        let weight = if wcfg.method == WeightMethod::Gptq {
+            let key = Site::of_linear(&name).ok_or_else(|| {
+                Error::InvalidArgument(format!("{name}: GPTQ needs a decoder linear"))
+            })?;
+            factors.retain(|(l, _), _| *l == key.0);
+            let factor = match factors.entry(key) {
+                Entry::Occupied(e) => e.into_mut(),
+                Entry::Vacant(e) => {
+                    let rows = gptq_rows.get(&key).ok_or_else(|| {
+                        Error::InvalidArgument(format!("{name}: no calibration rows for GPTQ"))
+                    })?;
+                    e.insert(gptq::InputFactor::new(&rows.rows, k)?)
+                }
+            };
+            gptq::gptq_int4(&w.to_f32_vec(), n, k, factor, &wcfg)
+                .map_err(|e| Error::InvalidArgument(format!("{name}: {e}")))?
+        } else {
+            quantize_weight(&w.to_f32_vec(), n, k, &wcfg)?
+        };
         let act = match &act_cfg {
             None => ActSpec::NONE,
             Some(a) => {

@@ -12,6 +12,8 @@ use crate::error::{Error, Result};
 pub enum WeightMethod {
     MinMax,
     Ssz,
+    /// GPTQ error compensation (int4; `gptq.rs`) over minmax group scales.
+    Gptq,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,7 +57,12 @@ fn quant_err(x: &[f32], s: f32, z: f32, qmin: f32, qmax: f32) -> f64 {
 }
 
 /// (scale, zero point) of one segment of weights on an integer grid.
-fn int_params(x: &[f32], dtype: QDType, symmetric: bool, method: WeightMethod) -> (f32, f32) {
+pub(crate) fn int_params(
+    x: &[f32],
+    dtype: QDType,
+    symmetric: bool,
+    method: WeightMethod,
+) -> (f32, f32) {
     let (qmin, qmax) = grid(dtype, symmetric);
     let (lo, hi) = x
         .iter()
