@@ -93,11 +93,8 @@ fn write_checkpoint(dir: &Path, kind: Kind, c: &ModelConfig) -> Direct {
         let v = t.to_f32_vec();
         match kind {
             Kind::W8A8 => {
-                let scale: Vec<f32> = bf16_round(
-                    &v.chunks(k)
-                        .map(|r| r.iter().fold(0f32, |a, x| a.max(x.abs())) / 127.0)
-                        .collect::<Vec<_>>(),
-                );
+                let scale: Vec<f32> =
+                    bf16_round(&v.chunks(k).map(|r| max_abs(r) / 127.0).collect::<Vec<_>>());
                 let q: Vec<i8> = v
                     .iter()
                     .enumerate()
@@ -131,11 +128,8 @@ fn write_checkpoint(dir: &Path, kind: Kind, c: &ModelConfig) -> Direct {
             Kind::W4A16 => {
                 let g = 16;
                 let groups = k / g;
-                let scale: Vec<f32> = bf16_round(
-                    &v.chunks(g)
-                        .map(|s| s.iter().fold(0f32, |a, x| a.max(x.abs())) / 7.0)
-                        .collect::<Vec<_>>(),
-                );
+                let scale: Vec<f32> =
+                    bf16_round(&v.chunks(g).map(|s| max_abs(s) / 7.0).collect::<Vec<_>>());
                 let q: Vec<i8> = v
                     .iter()
                     .enumerate()
@@ -168,7 +162,7 @@ fn write_checkpoint(dir: &Path, kind: Kind, c: &ModelConfig) -> Direct {
                 direct.q.insert(module.into(), (qw, ActSpec::NONE));
             }
             Kind::Fp8Static => {
-                let s = v.iter().fold(0f32, |a, x| a.max(x.abs())) / 448.0;
+                let s = max_abs(&v) / 448.0;
                 let codes: Vec<u8> = v.iter().map(|x| Fp8::E4M3.encode(x / s)).collect();
                 files.push((name.clone(), St::F8_E4M3, vec![n, k], codes.clone()));
                 files.push((
@@ -281,12 +275,8 @@ fn llm_compressor_style_checkpoints_load() {
         );
         // and the quantized model stays near the float one
         let got = logits(&loaded);
-        let scale = fl.iter().fold(0f32, |a, v| a.max(v.abs()));
-        let worst = got
-            .iter()
-            .zip(&fl)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
+        let scale = max_abs(&fl);
+        let worst = max_abs_diff(&got, &fl);
         assert!(
             worst < 0.25 * scale,
             "quantized logits drift by {worst} (max {scale})"

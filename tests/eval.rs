@@ -38,6 +38,26 @@ fn tiny(seed: u64) -> LlamaModel<CpuBackend> {
     LlamaModel::load(CpuBackend::new(), c.clone(), &tiny_weights(&c, seed), None).expect("load")
 }
 
+/// Prefill-path scores, no saved baseline, no progress.
+fn score(
+    m: &LlamaModel<CpuBackend>,
+    base: BaseSource<'_, CpuBackend>,
+    t: &[u32],
+    ctx: usize,
+    chunks: usize,
+) -> ferroq::Result<TokenScores> {
+    evaluate(
+        m,
+        base,
+        t,
+        ctx,
+        chunks,
+        ferroq::eval::EvalPath::Prefill,
+        None,
+        &|_, _| {},
+    )
+}
+
 fn tokens(n: usize) -> Vec<u32> {
     let mut rng = ferroq::engine::sampler::Rng::new(5);
     (0..n).map(|_| (rng.next_u64() % 67) as u32).collect()
@@ -47,17 +67,7 @@ fn tokens(n: usize) -> Vec<u32> {
 fn self_evaluation_is_exact() {
     let m = tiny(1);
     let t = tokens(100);
-    let s = evaluate(
-        &m,
-        BaseSource::Model(&m),
-        &t,
-        16,
-        5,
-        ferroq::eval::EvalPath::Prefill,
-        None,
-        &|_, _| {},
-    )
-    .expect("eval");
+    let s = score(&m, BaseSource::Model(&m), &t, 16, 5).expect("eval");
     assert_eq!(
         s.kl.len(),
         5 * 7,
@@ -94,17 +104,7 @@ fn different_models_differ_and_saved_baseline_matches() {
     let f = dir.path().join("base.bin");
     save.save(&f).expect("save");
     let loaded = Baseline::load(&f).expect("load");
-    let again = evaluate(
-        &b,
-        BaseSource::File(&loaded),
-        &t,
-        16,
-        5,
-        ferroq::eval::EvalPath::Prefill,
-        None,
-        &|_, _| {},
-    )
-    .expect("eval");
+    let again = score(&b, BaseSource::File(&loaded), &t, 16, 5).expect("eval");
     // f16 storage of the baseline log-probs: close, not bit-equal
     let (x, y) = (live.summary(5, 16), again.summary(5, 16));
     assert!(
@@ -116,28 +116,8 @@ fn different_models_differ_and_saved_baseline_matches() {
     assert!((x.ppl_base - y.ppl_base).abs() < 1e-2 * x.ppl_base);
     // a baseline for other text or context is refused
     let other = tokens(120)[20..].to_vec();
-    assert!(evaluate(
-        &b,
-        BaseSource::File(&loaded),
-        &other,
-        16,
-        5,
-        ferroq::eval::EvalPath::Prefill,
-        None,
-        &|_, _| {}
-    )
-    .is_err());
-    assert!(evaluate(
-        &b,
-        BaseSource::File(&loaded),
-        &t,
-        8,
-        5,
-        ferroq::eval::EvalPath::Prefill,
-        None,
-        &|_, _| {}
-    )
-    .is_err());
+    assert!(score(&b, BaseSource::File(&loaded), &other, 16, 5).is_err());
+    assert!(score(&b, BaseSource::File(&loaded), &t, 8, 5).is_err());
     // truncated baseline file is an error
     let bytes = std::fs::read(&f).expect("read");
     std::fs::write(&f, &bytes[..bytes.len() / 2]).expect("write");

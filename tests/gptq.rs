@@ -144,6 +144,8 @@ fn gptq_preset_runs_through_the_pipeline() {
     assert_eq!(q.config.hadamard.sites().len(), 4);
     let m = LlamaModel::load(CpuBackend::new(), q.config.clone(), &q, None).expect("load");
     let mut s = m.new_session(8, 16, false).expect("session");
-    let logits = m.forward(&mut s, &[1, 5, 9, 13], Logits::Last).expect("forward");
+    let logits = m
+        .forward(&mut s, &[1, 5, 9, 13], Logits::Last)
+        .expect("forward");
     assert!(logits.iter().all(|v| v.is_finite()));
 }

@@ -62,11 +62,7 @@ fn fwht_equals_the_explicit_matrix_and_is_its_own_inverse() {
             }
         }
         hadamard::fwht(&mut y, block);
-        let worst = y
-            .iter()
-            .zip(&x)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
+        let worst = max_abs_diff(&y, &x);
         assert!(
             worst <= 1e-4,
             "block {block}: H·H·x differs from x by {worst}"
@@ -124,23 +120,15 @@ fn rotated_float_model_computes_the_same_function() {
     let rot = LlamaModel::load(CpuBackend::new(), rc, &rw, Some(DType::F32)).expect("rotated");
     let ids: Vec<u32> = (0..20).map(|i| (i * 7 + 3) % 67).collect();
     let (want, got) = (logits(&base, &ids), logits(&rot, &ids));
-    let scale = want.iter().fold(0f32, |a, v| a.max(v.abs()));
-    let worst = got
-        .iter()
-        .zip(&want)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0f32, f32::max);
+    let scale = max_abs(&want);
+    let worst = max_abs_diff(&got, &want);
     assert!(
         worst <= 1e-4 * scale,
         "rotation changed the function by {worst} (max {scale})"
     );
     // the rotated weights alone (model not told to rotate) compute something else
     let wrong = LlamaModel::load(CpuBackend::new(), c, &rw, Some(DType::F32)).expect("unrotated");
-    let off = logits(&wrong, &ids)
-        .iter()
-        .zip(&want)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0f32, f32::max);
+    let off = max_abs_diff(&logits(&wrong, &ids), &want);
     assert!(off > 1e-2 * scale, "rotation had no effect ({off})");
 }
 
@@ -189,12 +177,8 @@ fn rotation_survives_the_checkpoint_and_is_checked_at_load() {
     assert_eq!(loaded.model.config.hadamard, q.config.hadamard);
     let ids: Vec<u32> = (0..12).map(|i| (i * 5 + 1) % 67).collect();
     let (a, b) = (logits(&mem, &ids), logits(&loaded.model, &ids));
-    let scale = a.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let worst = a
-        .iter()
-        .zip(&b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0f32, f32::max);
+    let scale = max_abs(&a);
+    let worst = max_abs_diff(&a, &b);
     // the fallback down_proj is BF16 on disk, f32 in memory
     assert!(
         worst <= 2e-2 * scale,

@@ -88,12 +88,8 @@ fn smoothing_leaves_the_float_function_unchanged() {
     assert_eq!(total, 120 + 60 + 120, "subgraphs smoothed");
     let smoothed = LlamaModel::load(CpuBackend::new(), c, &w, Some(DType::F32)).expect("load");
     let got = float_logits(&smoothed, &ids);
-    let scale = want.iter().fold(0f32, |a, v| a.max(v.abs()));
-    let worst = got
-        .iter()
-        .zip(&want)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0f32, f32::max);
+    let scale = common::max_abs(&want);
+    let worst = common::max_abs_diff(&got, &want);
     eprintln!("max |logit| {scale}, worst difference {worst}");
     assert!(
         worst <= 1e-3 * scale,

@@ -177,12 +177,7 @@ pub fn analyze(
         &m,
         &samples,
         &CollectOptions {
-            hist_ranges: Some(
-                stats
-                    .iter()
-                    .map(|(k, s)| (*k, s.act.min.abs().max(s.act.max.abs())))
-                    .collect(),
-            ),
+            hist_ranges: Some(calib::hist_ranges(&stats)),
             keep_rows: 0,
         },
         1,

@@ -111,6 +111,14 @@ impl SiteStats {
 
 pub type StatsMap = BTreeMap<(usize, Site), SiteStats>;
 
+/// Histogram ranges for a second pass: each site's max |x| from a first pass.
+pub fn hist_ranges(stats: &StatsMap) -> BTreeMap<(usize, Site), f32> {
+    stats
+        .iter()
+        .map(|(k, s)| (*k, s.act.min.abs().max(s.act.max.abs())))
+        .collect()
+}
+
 /// What to collect.
 #[derive(Clone, Debug, Default)]
 pub struct CollectOptions {

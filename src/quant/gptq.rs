@@ -112,7 +112,7 @@ pub struct InputFactor {
 impl InputFactor {
     /// From calibration rows (rows, k) of the input that the linears read.
     pub fn new(x: &[f32], k: usize) -> Result<Self> {
-        if k == 0 || x.is_empty() || x.len() % k != 0 {
+        if k == 0 || x.is_empty() || !x.len().is_multiple_of(k) {
             return Err(Error::InvalidArgument(format!(
                 "GPTQ: {} calibration values are not rows of {k}",
                 x.len()
@@ -157,8 +157,8 @@ pub fn gptq_int4(
         || f.k != k
         || w.len() != n * k
         || g == 0
-        || g % 2 != 0
-        || k % 2 != 0
+        || !g.is_multiple_of(2)
+        || !k.is_multiple_of(2)
     {
         return Err(Error::InvalidArgument(format!(
             "GPTQ: needs int4 weights [{n}, {k}] with an even group, inputs of {k} (got {} values, inputs of {}, group {g})",

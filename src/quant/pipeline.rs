@@ -1,7 +1,8 @@
 //! The quantization pipeline behind `ferroq quantize`: float weights → calibration pass →
-//! outlier suppression (recipe order) → calibration pass on the smoothed model for static
-//! activation scales (plus a histogram pass when an observer needs one) → weight quantization
-//! → a `QuantizedModel` that runs directly (it is a `WeightSource`) and is written as a
+//! outlier suppression (recipe order) → online Hadamard rotation (QuaRot) → calibration pass on
+//! the smoothed, rotated model for static activation scales (plus a histogram pass when an
+//! observer needs one, and a pass keeping every input row for GPTQ) → weight quantization
+//! (round-to-nearest, ssz or GPTQ) → a `QuantizedModel` that runs directly (it is a `WeightSource`) and is written as a
 //! compressed-tensors checkpoint by `ct.rs`. Linears no `linear_quant` selects, the embedding,
 //! the norms and the LM head stay dense in BF16 (the fallback precision).
 
@@ -156,14 +157,7 @@ pub fn quantize(
     let smoothers: Vec<&Processor> = recipe
         .processors
         .iter()
-        .filter(|p| {
-            matches!(
-                p,
-                Processor::IterSmooth { .. }
-                    | Processor::SmoothQuant { .. }
-                    | Processor::FlexSmooth { .. }
-            )
-        })
+        .filter(|p| p.is_smoother())
         .collect();
     if !smoothers.is_empty() {
         let keep_rows = if smoothers
@@ -277,15 +271,11 @@ pub fn quantize(
             &|d, n| progress("activation ranges", d, n),
         )?;
         if needs_hist {
-            let ranges = act_stats
-                .iter()
-                .map(|(k, s)| (*k, s.act.min.abs().max(s.act.max.abs())))
-                .collect();
             act_stats = calib::collect(
                 &model,
                 &samples,
                 &CollectOptions {
-                    hist_ranges: Some(ranges),
+                    hist_ranges: Some(calib::hist_ranges(&act_stats)),
                     keep_rows: 0,
                 },
                 opts.batch,

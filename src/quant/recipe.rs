@@ -65,6 +65,18 @@ pub enum Processor {
     },
 }
 
+impl Processor {
+    /// SmoothQuant-family processors: they rescale weight columns channel by channel.
+    pub fn is_smoother(&self) -> bool {
+        matches!(
+            self,
+            Processor::IterSmooth { .. }
+                | Processor::SmoothQuant { .. }
+                | Processor::FlexSmooth { .. }
+        )
+    }
+}
+
 fn all_sites() -> Vec<Site> {
     Site::ALL.to_vec()
 }
@@ -310,15 +322,10 @@ impl Recipe {
             .iter()
             .position(|p| matches!(p, Processor::Hadamard { .. }))
         {
-            if self.processors[h + 1..].iter().any(|p| {
-                matches!(
-                    p,
-                    Processor::Hadamard { .. }
-                        | Processor::IterSmooth { .. }
-                        | Processor::SmoothQuant { .. }
-                        | Processor::FlexSmooth { .. }
-                )
-            }) {
+            if self.processors[h + 1..]
+                .iter()
+                .any(|p| p.is_smoother() || matches!(p, Processor::Hadamard { .. }))
+            {
                 return bad("`hadamard` must come once, after every smoothing processor".into());
             }
         }

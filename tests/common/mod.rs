@@ -138,6 +138,19 @@ pub fn f32_tensor(name: &str, dims: Vec<u64>, data: &[f32]) -> GgufTensor {
     }
 }
 
+/// max |v|: the scale that value-scaled tolerances multiply.
+pub fn max_abs(v: &[f32]) -> f32 {
+    v.iter().fold(0f32, |a, x| a.max(x.abs()))
+}
+
+/// max |a − b| over two equally long slices.
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max)
+}
+
 /// Uniform random values in [-scale, scale).
 pub fn randn(rng: &mut Rng, n: usize, scale: f32) -> Vec<f32> {
     (0..n)
