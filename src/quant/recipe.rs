@@ -374,16 +374,24 @@ impl Recipe {
 // The int8 presets smooth with alpha 0.5, not msModelSlim's default 0.9: on SmolLM2-135M
 // (wikitext-2, 3 chunks, `ferroq eval`) pd_mix W8A8 mean KL was 0.051 at 0.9, 0.015 at 0.7,
 // 0.0099 at 0.5 and 0.017 at 0.3; flex_smooth's search reached 0.0117.
-// Its decode scales use the KL observer: decode tokens never carry the prompt's massive
-// first-token activations, so clipping for the bulk pays (3 chunks, `eval --path decode`: KL
-// 0.0093 with minmax, 0.0071 with histogram_kl); a per-tensor static scale that prefill also
-// uses must keep those outliers (w8a8-static: 0.0103 with minmax, 0.035 with histogram_kl).
+// pd_mix where a static decode scale is cheap: the norm outputs read by q/k/v and gate/up,
+// with the KL observer (decode tokens never carry the prompt's massive first-token
+// activations, so clipping for the bulk pays: 3 chunks, `eval --path decode`, all linears
+// pd_mix: KL 0.0093 with minmax, 0.0071 with histogram_kl). o_proj's and down_proj's inputs
+// stay per-token dynamic in decode too: making either dynamic took decode KL from 0.0071 to
+// 0.0052 / 0.0050, both to 0.0029 (q/k/v 0.0069, gate/up no gain). A per-tensor scale that
+// prefill also uses must keep the outliers instead (w8a8-static: 0.0103 minmax, 0.035 KL).
 // Hadamard rotation of all four inputs took prefill-path KL from 0.0099 to 0.0024.
 const W8A8: &str = "
 processors:
   - type: iter_smooth
     alpha: 0.5
   - type: hadamard
+  - type: linear_quant
+    include: ['*o_proj', '*down_proj']
+    qconfig:
+      act: {scope: per_token, dtype: int8, symmetric: false}
+      weight: {scope: per_channel, dtype: int8, symmetric: true, method: minmax}
   - type: linear_quant
     qconfig:
       act: {scope: pd_mix, dtype: int8, symmetric: false, method: histogram_kl}
