@@ -47,16 +47,19 @@ fn planted_outlier_ranks_first_and_budget_is_met() {
         chunks: 3,
         kl_budget: None,
     };
-    let r = analyze(
-        c.clone(),
-        &tok,
-        w.clone(),
-        &recipe,
-        &ids,
-        &opts,
-        &|_, _, _| {},
-    )
-    .expect("analyze");
+    let run = |opts: &AnalyzeOptions| {
+        analyze(
+            c.clone(),
+            &tok,
+            w.clone(),
+            &recipe,
+            &ids,
+            opts,
+            &|_, _, _| {},
+        )
+        .expect("analyze")
+    };
+    let r = run(&opts);
     assert_eq!(r.layers.len(), 14);
     assert_eq!(
         r.layers[0].name,
@@ -78,16 +81,7 @@ fn planted_outlier_ranks_first_and_budget_is_met() {
         kl_budget: Some(budget),
         ..opts
     };
-    let r = analyze(
-        c.clone(),
-        &tok,
-        w.clone(),
-        &recipe,
-        &ids,
-        &opts,
-        &|_, _, _| {},
-    )
-    .expect("analyze");
+    let r = run(&opts);
     let b = r.budget.expect("budget result");
     assert!(b.kl <= budget, "{} > {budget}", b.kl);
     assert_eq!(b.fallback[0], broken);

@@ -222,6 +222,17 @@ fn chunk_logp<B: Backend>(
     Ok(())
 }
 
+/// The text must hold `chunks` whole chunks of at least 4 tokens.
+fn check_chunks(tokens: &[u32], ctx: usize, chunks: usize) -> Result<()> {
+    if ctx < 4 || chunks == 0 || tokens.len() < chunks * ctx {
+        return Err(Error::InvalidArgument(format!(
+            "need {chunks} chunks of {ctx} tokens (at least 4), the text has {} tokens",
+            tokens.len()
+        )));
+    }
+    Ok(())
+}
+
 /// Baseline log-probabilities of `model` on the chunks, without scoring anything.
 pub fn baseline<B: Backend>(
     model: &LlamaModel<B>,
@@ -231,12 +242,7 @@ pub fn baseline<B: Backend>(
     progress: &(dyn Fn(usize, usize) + Sync),
 ) -> Result<Baseline> {
     let vocab = model.config.vocab_size;
-    if ctx < 4 || chunks == 0 || tokens.len() < chunks * ctx {
-        return Err(Error::InvalidArgument(format!(
-            "need {chunks} chunks of {ctx} tokens, the text has {}",
-            tokens.len()
-        )));
-    }
+    check_chunks(tokens, ctx, chunks)?;
     let per = ctx - 1 - ctx / 2;
     let mut b = Baseline::empty(ctx, vocab, tokens, chunks);
     let mut p = vec![0f32; per * vocab];
@@ -287,12 +293,7 @@ pub fn evaluate<B: Backend>(
     progress: &(dyn Fn(usize, usize) + Sync),
 ) -> Result<TokenScores> {
     let vocab = model.config.vocab_size;
-    if ctx < 4 || chunks == 0 || tokens.len() < chunks * ctx {
-        return Err(Error::InvalidArgument(format!(
-            "need {chunks} chunks of {ctx} tokens (at least 4), the text has {} tokens",
-            tokens.len()
-        )));
-    }
+    check_chunks(tokens, ctx, chunks)?;
     if let BaseSource::File(b) = &base {
         if b.vocab != vocab
             || b.ctx != ctx
