@@ -7,7 +7,7 @@ mod common;
 
 use common::randn;
 use ferroq::backend::cpu::gemm::{has_avx2, Isa};
-use ferroq::backend::cpu::{qgemm, CpuBackend};
+use ferroq::backend::cpu::{qgemm, vnni, CpuBackend, Int8Isa};
 use ferroq::backend::Backend;
 use ferroq::engine::sampler::Rng;
 use ferroq::model::linear::{Linear, LinearWeight};
@@ -136,10 +136,77 @@ fn decoded(q: &QuantWeight, n: usize, k: usize) -> Vec<f32> {
 }
 
 #[test]
+fn vnni_gemm_is_bit_identical_to_the_portable_path() {
+    if !vnni::available() {
+        eprintln!("no AVX-512 VNNI on this CPU: the VNNI path is not exercised here");
+        return;
+    }
+    let mut rng = Rng::new(11);
+    for &(m, n, k, with_bias) in &[
+        (1, 1, 1, false),
+        (1, 17, 33, true),
+        (3, 16, 4, false),
+        (8, 32, 64, true),
+        (13, 47, 131, true),
+        (37, 100, 576, false),
+        (2, 33, 1537, true),
+    ] {
+        let qa = rand_i8(&mut rng, m * k, -128);
+        let qw = rand_i8(&mut rng, n * k, -127);
+        let a_scale: Vec<f32> = (0..m).map(|i| 0.01 + i as f32 * 0.003).collect();
+        let a_zp: Vec<i32> = (0..m).map(|i| (i as i32 * 37) % 256 - 128).collect();
+        let w_scale: Vec<f32> = (0..n).map(|j| 0.02 + j as f32 * 0.001).collect();
+        let colsum: Vec<i32> = (0..n)
+            .map(|j| qw[j * k..(j + 1) * k].iter().map(|&v| v as i32).sum())
+            .collect();
+        let bias = randn(&mut rng, n, 1.0);
+        let bias = with_bias.then_some(&bias[..]);
+        let mut want = vec![f32::NAN; m * n];
+        qgemm::gemm_i8_f32(
+            Isa::Portable, &mut want, &qa, &a_scale, &a_zp, &qw, &w_scale, &colsum, bias, m, n, k,
+        );
+        let packed = vnni::PackedI8::pack(&qw, &w_scale, &colsum, n, k);
+        // guard values past the end must survive the masked stores
+        let mut got = vec![f32::NAN; m * n + 5];
+        vnni::gemm(&mut got, &qa, &a_scale, &a_zp, &packed, bias, m);
+        for (e, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert_eq!(g.to_bits(), w.to_bits(), "{m}x{n}x{k} element {e}: {g} vs {w}");
+        }
+        assert!(got[m * n..].iter().all(|v| v.is_nan()), "wrote past the output");
+        let mut dec = vec![0f32; 3 * k];
+        let r = n.min(3);
+        packed.decode_rows(n - r, r, &mut dec[..r * k]);
+        for jj in 0..r {
+            let j = n - r + jj;
+            for t in 0..k {
+                assert_eq!(dec[jj * k + t], qw[j * k + t] as f32 * w_scale[j]);
+            }
+        }
+    }
+}
+
+#[test]
 fn w8a8_linear_matches_reference_for_each_policy() {
-    let b = CpuBackend::new();
+    let mut per_isa = Vec::new();
+    for isa in Int8Isa::all_available() {
+        per_isa.push((isa, w8a8_linear_matches_reference(isa)));
+    }
+    // every int8 kernel family computes the same integers and the same float epilogue (the
+    // last output, weight-only, goes through float kernels whose FMA rounding differs)
+    let (_, portable) = &per_isa[0];
+    let int8 = portable.len() - 1;
+    for (isa, outs) in &per_isa[1..] {
+        assert!(outs[..int8] == portable[..int8], "{isa:?} differs from the portable path");
+    }
+}
+
+/// Checks `isa`'s W8A8 linear against an f64 reference and returns its outputs.
+fn w8a8_linear_matches_reference(isa: Int8Isa) -> Vec<Vec<f32>> {
+    let mut outs = Vec::new();
+    let b = CpuBackend::with_int8_isa(isa);
     let mut rng = Rng::new(3);
-    let (m, n, k) = (5, 37, 96);
+    // m > 32 takes the parallel activation quantization; n, k not multiples of any tile
+    let (m, n, k) = (37, 37, 99);
     let w = randn(&mut rng, n * k, 0.3);
     let x = randn(&mut rng, m * k, 2.0);
     let cfg = WeightQConfig {
@@ -166,6 +233,7 @@ fn w8a8_linear_matches_reference_for_each_policy() {
             let mut out = vec![0.0; m * n];
             b.linear(&mut out, &x, &lin, m, Phase::Prefill)
                 .expect("linear");
+            outs.push(out.clone());
             for i in 0..m {
                 let row = &x[i * k..(i + 1) * k];
                 let (s, z) = match policy {
@@ -187,12 +255,26 @@ fn w8a8_linear_matches_reference_for_each_policy() {
                     let g = out[i * n + j] as f64;
                     assert!(
                         (g - r).abs() <= 1e-5 * r.abs() + 1e-4,
-                        "sym {symmetric} {policy:?} ({i},{j}) {g} vs {r}"
+                        "{isa:?} sym {symmetric} {policy:?} ({i},{j}) {g} vs {r}"
                     );
                 }
             }
         }
     }
+    // weight-only int8 (no activation quantization) decodes the weight, whatever its layout
+    let (lin, q) = quant_linear(&b, &w, n, k, cfg, ActSpec::NONE);
+    let wd = decoded(&q, n, k);
+    let mut out = vec![0.0; m * n];
+    b.linear(&mut out, &x, &lin, m, Phase::Prefill).expect("linear");
+    for i in 0..m {
+        for j in 0..n {
+            let r: f64 = (0..k).map(|t| x[i * k + t] as f64 * wd[j * k + t] as f64).sum();
+            let g = out[i * n + j] as f64;
+            assert!((g - r).abs() <= 1e-5 * r.abs() + 1e-4, "{isa:?} W8A16 ({i},{j}) {g} vs {r}");
+        }
+    }
+    outs.push(out);
+    outs
 }
 
 #[test]

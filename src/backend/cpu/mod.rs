@@ -5,6 +5,7 @@
 
 pub mod gemm;
 pub mod qgemm;
+pub mod vnni;
 
 use super::{AttentionArgs, Backend};
 use crate::error::{Error, Result};
@@ -60,15 +61,87 @@ pub struct QuantCounters {
     pub static_rows: AtomicU64,
 }
 
-#[derive(Debug, Default)]
+/// Which int8 GEMM family runs W8A8 linears.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Int8Isa {
+    /// AVX-512 VNNI on weights repacked at load (`vnni.rs`).
+    Avx512Vnni,
+    /// AVX2 `vpmaddwd` on row-major weights (`qgemm.rs`).
+    Avx2,
+    /// Plain Rust.
+    Portable,
+}
+
+impl Int8Isa {
+    /// The best family this CPU supports.
+    pub fn detect() -> Int8Isa {
+        if vnni::available() {
+            Int8Isa::Avx512Vnni
+        } else if gemm::has_avx2() {
+            Int8Isa::Avx2
+        } else {
+            Int8Isa::Portable
+        }
+    }
+
+    /// Every family this CPU can run, best last (tests run them all).
+    pub fn all_available() -> Vec<Int8Isa> {
+        let mut v = vec![Int8Isa::Portable];
+        if gemm::has_avx2() {
+            v.push(Int8Isa::Avx2);
+        }
+        if vnni::available() {
+            v.push(Int8Isa::Avx512Vnni);
+        }
+        v
+    }
+
+    fn gemm_isa(self) -> gemm::Isa {
+        match self {
+            Int8Isa::Portable => gemm::Isa::Portable,
+            Int8Isa::Avx2 | Int8Isa::Avx512Vnni => gemm::Isa::Avx2,
+        }
+    }
+}
+
+#[derive(Debug)]
 pub struct CpuBackend {
     pub counters: QuantCounters,
+    int8: Int8Isa,
+}
+
+impl Default for CpuBackend {
+    fn default() -> Self {
+        CpuBackend::with_int8_isa(Int8Isa::detect())
+    }
 }
 
 impl CpuBackend {
     pub fn new() -> Self {
         CpuBackend::default()
     }
+
+    /// A backend whose W8A8 linears use `isa` (tests and benchmarks force the slower paths).
+    /// Panics if the CPU cannot run it.
+    pub fn with_int8_isa(isa: Int8Isa) -> Self {
+        assert!(
+            Int8Isa::all_available().contains(&isa),
+            "{isa:?} int8 kernels requested on a CPU without them"
+        );
+        CpuBackend {
+            counters: QuantCounters::default(),
+            int8: isa,
+        }
+    }
+}
+
+/// A quantized weight in the layout this backend's kernels read.
+#[derive(Clone, Debug)]
+pub enum CpuQMatrix {
+    /// Row-major, as `quant::QuantWeight` stores it.
+    Plain(QuantWeight),
+    /// INT8 repacked for the VNNI kernels (only built when the backend runs them).
+    Vnni(vnni::PackedI8),
 }
 
 /// Per-thread scratch for quantized activations, grown to the largest (rows × k) seen.
@@ -115,33 +188,51 @@ impl CpuBackend {
         out: &mut [f32],
         x: &[f32],
         w: &Linear<CpuBackend>,
-        qw: &QuantWeight,
+        qm: &CpuQMatrix,
         m: usize,
         phase: Phase,
     ) -> Result<()> {
         let (n, k) = (w.out_features, w.in_features);
-        let isa = gemm::Isa::detect();
+        let isa = self.int8.gemm_isa();
         let bias = w.bias.as_deref();
-        match (qw, w.act.policy) {
-            (_, ActQuant::None) => {
-                gemm::matmul_decoded(isa, out, x, m, n, k, &|j, r, buf| qw.decode_rows(k, j, r, buf));
-                add_bias(out, bias, m, n);
+        if w.act.policy == ActQuant::None {
+            match qm {
+                CpuQMatrix::Plain(qw) => {
+                    gemm::matmul_decoded(isa, out, x, m, n, k, &|j, r, buf| qw.decode_rows(k, j, r, buf))
+                }
+                CpuQMatrix::Vnni(p) => gemm::matmul_decoded(isa, out, x, m, n, k, &|j, r, buf| p.decode_rows(j, r, buf)),
             }
-            (QuantWeight::Int8 { q, scale, colsum }, _) => {
+            add_bias(out, bias, m, n);
+            return Ok(());
+        }
+        let qw = match qm {
+            CpuQMatrix::Vnni(p) => {
                 if w.act.dtype != QDType::Int8 {
                     return Err(Error::InvalidArgument(format!("{}: int8 weights need int8 activations", w.name)));
                 }
                 let fixed = self.act_params(&w.act, phase, m);
                 SCRATCH.with(|sc| {
                     let sc = &mut *sc.borrow_mut();
-                    grow(&mut sc.q, m * k);
-                    grow(&mut sc.scale, m);
-                    grow(&mut sc.zp, m);
-                    quant::quantize_rows_i8(x, m, k, w.act.symmetric, fixed, &mut sc.q, &mut sc.scale, &mut sc.zp);
+                    quantize_act_i8(sc, x, m, k, w.act.symmetric, fixed);
+                    vnni::gemm(out, &sc.q, &sc.scale, &sc.zp, p, bias, m);
+                });
+                return Ok(());
+            }
+            CpuQMatrix::Plain(qw) => qw,
+        };
+        match qw {
+            QuantWeight::Int8 { q, scale, colsum } => {
+                if w.act.dtype != QDType::Int8 {
+                    return Err(Error::InvalidArgument(format!("{}: int8 weights need int8 activations", w.name)));
+                }
+                let fixed = self.act_params(&w.act, phase, m);
+                SCRATCH.with(|sc| {
+                    let sc = &mut *sc.borrow_mut();
+                    quantize_act_i8(sc, x, m, k, w.act.symmetric, fixed);
                     qgemm::gemm_i8_f32(isa, out, &sc.q, &sc.scale, &sc.zp, q, scale, colsum, bias, m, n, k);
                 });
             }
-            (QuantWeight::Fp8 { codes, scale }, _) => {
+            QuantWeight::Fp8 { codes, scale } => {
                 if w.act.dtype != QDType::Fp8E4M3 {
                     return Err(Error::InvalidArgument(format!("{}: fp8 weights need fp8 activations", w.name)));
                 }
@@ -166,7 +257,7 @@ impl CpuBackend {
                     }
                 });
             }
-            (QuantWeight::Int4 { .. }, _) => {
+            QuantWeight::Int4 { .. } => {
                 return Err(Error::InvalidArgument(format!(
                     "{}: int4 weights run weight-only (W4A16); activation quantization is not supported",
                     w.name
@@ -175,6 +266,25 @@ impl CpuBackend {
         }
         Ok(())
     }
+}
+
+/// Quantize the (m, k) activations into the scratch's q / scale / zp, rows in parallel when
+/// there are enough of them to pay for the tasks.
+fn quantize_act_i8(sc: &mut ActScratch, x: &[f32], m: usize, k: usize, symmetric: bool, fixed: Option<(f32, i32)>) {
+    grow(&mut sc.q, m * k);
+    grow(&mut sc.scale, m);
+    grow(&mut sc.zp, m);
+    const ROWS: usize = 16;
+    let (q, scale, zp) = (&mut sc.q[..m * k], &mut sc.scale[..m], &mut sc.zp[..m]);
+    if m < 2 * ROWS {
+        quant::quantize_rows_i8(x, m, k, symmetric, fixed, q, scale, zp);
+        return;
+    }
+    q.par_chunks_mut(ROWS * k)
+        .zip(scale.par_chunks_mut(ROWS))
+        .zip(zp.par_chunks_mut(ROWS))
+        .zip(x[..m * k].par_chunks(ROWS * k))
+        .for_each(|(((q, s), z), x)| quant::quantize_rows_i8(x, s.len(), k, symmetric, fixed, q, s, z));
 }
 
 fn add_bias(out: &mut [f32], bias: Option<&[f32]>, m: usize, n: usize) {
@@ -219,13 +329,13 @@ fn rms_norm_row(out: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
 impl Backend for CpuBackend {
     type Buf = Vec<f32>;
     type Matrix = CpuMatrix;
-    type QMatrix = QuantWeight;
+    type QMatrix = CpuQMatrix;
 
     fn describe(&self) -> String {
-        let isa = if gemm::has_avx2() {
-            "avx2+fma+f16c"
-        } else {
-            "portable"
+        let isa = match self.int8 {
+            Int8Isa::Avx512Vnni => "avx2+fma+f16c, int8 avx512-vnni",
+            Int8Isa::Avx2 => "avx2+fma+f16c",
+            Int8Isa::Portable => "portable",
         };
         format!("cpu ({} threads, {isa})", rayon::current_num_threads())
     }
@@ -263,7 +373,7 @@ impl Backend for CpuBackend {
         Ok(CpuMatrix { rows, cols, data })
     }
 
-    fn upload_quant(&self, w: &QuantWeight, rows: usize, cols: usize) -> Result<QuantWeight> {
+    fn upload_quant(&self, w: &QuantWeight, rows: usize, cols: usize) -> Result<CpuQMatrix> {
         let ok = match w {
             QuantWeight::Int8 { q, scale, colsum } => {
                 q.len() == rows * cols && scale.len() == rows && colsum.len() == rows
@@ -287,7 +397,14 @@ impl Backend for CpuBackend {
                 "quantized weight does not match shape [{rows}, {cols}]"
             )));
         }
-        Ok(w.clone())
+        Ok(match w {
+            QuantWeight::Int8 { q, scale, colsum }
+                if self.int8 == Int8Isa::Avx512Vnni && cols <= vnni::MAX_K =>
+            {
+                CpuQMatrix::Vnni(vnni::PackedI8::pack(q, scale, colsum, rows, cols))
+            }
+            _ => CpuQMatrix::Plain(w.clone()),
+        })
     }
 
     fn embed(&self, out: &mut Vec<f32>, table: &CpuMatrix, ids: &[u32]) -> Result<()> {
