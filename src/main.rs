@@ -7,6 +7,7 @@ use ferroq::backend::cpu::CpuBackend;
 use ferroq::backend::{Backend, DeviceSpec};
 use ferroq::engine::generate::{generate, GenerateOptions};
 use ferroq::engine::sampler::SamplingParams;
+use ferroq::model::config::LmHead;
 use ferroq::tensor::DType;
 use ferroq::tokenizer::ChatMessage;
 use std::io::Write;
@@ -23,6 +24,12 @@ struct Cli {
     threads: Option<usize>,
     #[command(subcommand)]
     cmd: Cmd,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LmHeadArg {
+    Dense,
+    Int8,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -107,6 +114,10 @@ enum Cmd {
         /// Samples calibrated concurrently (the result does not depend on it).
         #[arg(long, default_value_t = 4)]
         calib_batch: usize,
+        /// LM head format, overriding the recipe's `lm_head` (the presets say int8; `dense`
+        /// keeps it in the checkpoint's float dtype).
+        #[arg(long, value_enum)]
+        lm_head: Option<LmHeadArg>,
         /// Output directory.
         #[arg(short, long)]
         out: PathBuf,
@@ -465,10 +476,17 @@ fn main() -> Result<()> {
             calib_samples,
             calib_len,
             calib_batch,
+            lm_head,
             out,
         } => {
             let model = resolve_model(model)?;
-            let recipe_v = ferroq::quant::recipe::Recipe::load(&recipe)?;
+            let mut recipe_v = ferroq::quant::recipe::Recipe::load(&recipe)?;
+            if let Some(h) = lm_head {
+                recipe_v.lm_head = match h {
+                    LmHeadArg::Dense => LmHead::Dense,
+                    LmHeadArg::Int8 => LmHead::Int8,
+                };
+            }
             let t = std::time::Instant::now();
             let (config, tok, weights) = ferroq::model::read_all(&model)
                 .with_context(|| format!("reading {}", model.display()))?;

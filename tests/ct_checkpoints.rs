@@ -383,6 +383,11 @@ fn bad_recipes_name_the_key_or_value() {
     let base = |extra: &str, act: &str, weight: &str| {
         format!("processors:\n  - type: iter_smooth\n    {extra}\n  - type: linear_quant\n    qconfig:\n      {act}\n      weight: {weight}\n")
     };
+    let m = err(&format!(
+        "lm_head: int3\n{}",
+        base("alpha: 0.5", "act: {scope: per_token, dtype: int8}", "{scope: per_channel, dtype: int8}")
+    ));
+    assert!(m.contains("int3"), "{m}");
     let m = err(&base(
         "alpah: 0.5",
         "act: {scope: per_token, dtype: int8}",

@@ -449,3 +449,51 @@ fn mismatched_activation_dtype_is_an_error() {
     };
     assert!(b.upload_quant(&bad, 8, 16).is_err());
 }
+
+#[test]
+fn int4_decode_paths_are_bit_identical_to_the_reference() {
+    use ferroq::backend::cpu::int4::{has_avx512, Int4Rows};
+    let mut rng = Rng::new(12);
+    let mut paths = vec![false];
+    if has_avx512() {
+        paths.push(true);
+    } else {
+        eprintln!("no AVX-512F on this CPU: only the portable int4 decode is exercised");
+    }
+    // groups that are and are not multiples of the 16-value vector step; k not a multiple of
+    // the group (short last group); symmetric and asymmetric
+    for &(n, k, group, symmetric) in &[
+        (3, 128, 128, true),
+        (5, 576, 128, false),
+        (2, 100, 32, false),
+        (4, 70, 6, true),
+        (7, 1536, 64, true),
+        (1, 18, 18, false),
+    ] {
+        let w = randn(&mut rng, n * k, 0.5);
+        let cfg = WeightQConfig {
+            dtype: QDType::Int4,
+            scope: WeightScope::PerGroup(group),
+            symmetric,
+            method: WeightMethod::MinMax,
+        };
+        let q = quantize_weight(&w, n, k, &cfg).expect("quantize");
+        let QuantWeight::Int4 { packed, scale, zero, group: g } = &q else {
+            panic!("not int4")
+        };
+        assert_eq!(zero.is_empty(), symmetric);
+        let rows = Int4Rows { packed, scale, zero, group: *g, k };
+        let want = decoded(&q, n, k);
+        for &avx in &paths {
+            for (j, r) in [(0, n), (n - 1, 1), (n / 2, n - n / 2)] {
+                let mut got = vec![f32::NAN; r * k];
+                rows.decode(j, r, &mut got, avx);
+                let w = &want[j * k..(j + r) * k];
+                assert!(
+                    got.iter().zip(w).all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "avx512 {avx} n {n} k {k} group {group} rows {j}+{r}"
+                );
+            }
+        }
+    }
+}

@@ -66,6 +66,21 @@ pub struct ModelConfig {
     /// Inputs rotated online (set by quantization recipes; kept in the checkpoint's
     /// `quantization_config`, not in the HF fields).
     pub hadamard: OnlineHadamard,
+    /// How the LM head runs (set by recipes like `hadamard`, kept in `quantization_config`).
+    pub lm_head: LmHead,
+}
+
+/// The LM head's format. A quantized checkpoint stores the head (usually tied to the token
+/// embedding) in float and asks for int8 here, so the embedding keeps its precision and the
+/// file stays loadable by other runtimes; `LlamaModel::load` quantizes it (per-channel
+/// symmetric int8 weights, per-token dynamic int8 input).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LmHead {
+    /// The checkpoint's float dtype.
+    #[default]
+    Dense,
+    Int8,
 }
 
 fn field<'a>(j: &'a Json, key: &str) -> Result<&'a Json> {
@@ -228,6 +243,7 @@ impl ModelConfig {
             bos_token_id: token_ids(j.get("bos_token_id")).first().copied(),
             eos_token_ids: token_ids(j.get("eos_token_id")),
             hadamard: OnlineHadamard::NONE,
+            lm_head: LmHead::Dense,
         }
         .validate()
     }
@@ -291,6 +307,7 @@ impl ModelConfig {
                 .map(|v| v as u32),
             eos_token_ids: eos.into_iter().collect(),
             hadamard: OnlineHadamard::NONE,
+            lm_head: LmHead::Dense,
         }
         .validate()
     }

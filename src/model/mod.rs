@@ -126,6 +126,7 @@ pub fn open<B: Backend>(backend: B, path: &Path, weight_dtype: Option<DType>) ->
             let model = if compressed_config(path)?.is_some() {
                 let src = crate::quant::ct::CompressedTensors::open(path, &config)?;
                 config.hadamard = src.hadamard;
+                config.lm_head = src.lm_head;
                 LlamaModel::load(backend, config, &src, weight_dtype)?
             } else {
                 let src = safetensors_io::SafetensorsWeights::open_dir(path)?;

@@ -18,7 +18,7 @@ use super::recipe::ActScope;
 use super::weight::WeightScope;
 use super::{formats, ActQuant, ActSpec, QDType, QuantWeight};
 use crate::error::{Error, Result};
-use crate::model::config::ModelConfig;
+use crate::model::config::{LmHead, ModelConfig};
 use crate::model::hadamard::OnlineHadamard;
 use crate::model::llama::Site;
 use crate::model::safetensors_io::{write_raw_safetensors, RawTensor, SafetensorsWeights};
@@ -271,7 +271,7 @@ fn write_into(q: &QuantizedModel, dir: &Path) -> Result<()> {
         "kv_cache_scheme": null,
         "ignore": ignore,
         "config_groups": cg,
-        "ferroq": {"version": 1, "pd_mix": pd_mix, "hadamard": hadamard},
+        "ferroq": {"version": 1, "pd_mix": pd_mix, "hadamard": hadamard, "lm_head": q.config.lm_head},
     });
     crate::model::write_model_files(dir, &q.config, "bfloat16", Some(quantization), &q.tokenizer)
 }
@@ -302,6 +302,8 @@ pub struct CompressedTensors {
     pd_mix: BTreeMap<String, (f32, i32)>,
     /// The online rotation the weights were made for; the model must apply it.
     pub hadamard: OnlineHadamard,
+    /// `ferroq.lm_head` (absent: dense).
+    pub lm_head: LmHead,
 }
 
 fn get_u64(a: &Json, key: &str, what: &str) -> Result<u64> {
@@ -417,11 +419,18 @@ impl CompressedTensors {
                     .map_err(|e| Error::Config(format!("ferroq.hadamard: {e}")))?;
             }
         }
+        let lm_head = match qc.get("ferroq").and_then(|f| f.get("lm_head")) {
+            None => LmHead::Dense,
+            Some(v) => serde_json::from_value(v.clone()).map_err(|_| {
+                Error::Config(format!("ferroq.lm_head: expected \"dense\" or \"int8\", got {v}"))
+            })?,
+        };
         Ok(CompressedTensors {
             st: SafetensorsWeights::open_dir(dir)?,
             schemes,
             pd_mix,
             hadamard,
+            lm_head,
         })
     }
 

@@ -392,6 +392,8 @@ pub fn quantize(
         .map(|(k, t)| (k, t.to_dtype(DType::BF16)))
         .collect();
     report.secs = t0.elapsed().as_secs_f64();
+    // set last: the float models built for calibration above keep a float head
+    config.lm_head = recipe.lm_head;
     Ok(QuantizedModel {
         config,
         tokenizer,

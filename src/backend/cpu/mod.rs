@@ -4,6 +4,7 @@
 //! nothing here allocates, so a decode step allocates nothing.
 
 pub mod gemm;
+pub mod int4;
 pub mod qgemm;
 pub mod vnni;
 
@@ -197,6 +198,11 @@ impl CpuBackend {
         let bias = w.bias.as_deref();
         if w.act.policy == ActQuant::None {
             match qm {
+                CpuQMatrix::Plain(QuantWeight::Int4 { packed, scale, zero, group }) => {
+                    let rows = int4::Int4Rows { packed, scale, zero, group: *group, k };
+                    let v = int4::has_avx512();
+                    gemm::matmul_decoded(isa, out, x, m, n, k, &|j, r, buf| rows.decode(j, r, buf, v))
+                }
                 CpuQMatrix::Plain(qw) => {
                     gemm::matmul_decoded(isa, out, x, m, n, k, &|j, r, buf| qw.decode_rows(k, j, r, buf))
                 }
