@@ -497,3 +497,73 @@ fn int4_decode_paths_are_bit_identical_to_the_reference() {
         }
     }
 }
+
+#[test]
+fn int4_register_decode_gemm_matches_reference_and_is_batch_invariant() {
+    use ferroq::backend::cpu::int4::{gemm, has_avx512, Int4Rows, PackedI4};
+    if !has_avx512() {
+        eprintln!("no AVX-512F on this CPU: the register-decode int4 GEMM is not exercised");
+        return;
+    }
+    let mut rng = Rng::new(13);
+    for &(m, n, k, group, symmetric) in &[
+        (1, 5, 576, 128, true),
+        (2, 9, 576, 128, false),
+        (3, 4, 64, 32, false),
+        (9, 7, 1536, 64, true),
+        (17, 3, 192, 96, false),
+    ] {
+        let w = randn(&mut rng, n * k, 0.5);
+        let x = randn(&mut rng, m * k, 1.0);
+        let cfg = WeightQConfig {
+            dtype: QDType::Int4,
+            scope: WeightScope::PerGroup(group),
+            symmetric,
+            method: WeightMethod::MinMax,
+        };
+        let q = quantize_weight(&w, n, k, &cfg).expect("quantize");
+        let QuantWeight::Int4 { packed, scale, zero, group: g } = &q else {
+            panic!("not int4")
+        };
+        let rows = Int4Rows { packed, scale, zero, group: *g, k };
+        let p = PackedI4::pack(&rows, n).expect("supported shape");
+        let wd = decoded(&q, n, k);
+        let mut out = vec![f32::NAN; m * n];
+        gemm(&mut out, &x, m, &p);
+        for i in 0..m {
+            for j in 0..n {
+                let terms = (0..k).map(|t| x[i * k + t] as f64 * wd[j * k + t] as f64);
+                let r: f64 = terms.clone().sum();
+                let mag: f64 = terms.map(f64::abs).sum();
+                let g = out[i * n + j] as f64;
+                assert!((g - r).abs() <= 1e-6 * mag + 1e-6, "{m}x{n}x{k} g{group} ({i},{j}) {g} vs {r}");
+            }
+        }
+        // every token alone gives the same bits as in the batch
+        for i in 0..m {
+            let mut one = vec![f32::NAN; n];
+            gemm(&mut one, &x[i * k..(i + 1) * k], 1, &p);
+            assert!(
+                one.iter().zip(&out[i * n..(i + 1) * n]).all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{m}x{n}x{k}: token {i} alone differs from the batch"
+            );
+        }
+    }
+    // shapes the kernel does not take fall back to the decode path
+    let q = quantize_weight(
+        &randn(&mut rng, 2 * 48, 0.5),
+        2,
+        48,
+        &WeightQConfig {
+            dtype: QDType::Int4,
+            scope: WeightScope::PerGroup(16),
+            symmetric: true,
+            method: WeightMethod::MinMax,
+        },
+    )
+    .expect("quantize");
+    let QuantWeight::Int4 { packed, scale, zero, group } = &q else {
+        panic!("not int4")
+    };
+    assert!(PackedI4::pack(&Int4Rows { packed, scale, zero, group: *group, k: 48 }, 2).is_none());
+}

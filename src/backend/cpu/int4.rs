@@ -1,10 +1,16 @@
-//! INT4 group-quantized weight rows decoded to f32 for the W4A16 matmul (`gemm::matmul_decoded`),
-//! the same values as `QuantWeight::decode_rows`, bit for bit. Each group's 16 possible values
-//! ((q − 8 − zero) · scale, offset-binary nibbles as GPTQ / compressed-tensors `pack_quantized`
-//! store them) are computed once into a table; the AVX-512 path spreads 8 packed bytes into 16
-//! in-order nibble indices and looks all 16 up with one `vpermps`, the portable path indexes
-//! the table per nibble. Decode runs once per weight row per call, so at decode batch 1 it is
-//! the whole cost of the W4A16 linear besides streaming the packed bytes.
+//! W4A16 on the CPU: INT4 group-quantized weights (offset-binary nibbles, value
+//! (q − 8 − zero) · scale, as GPTQ / compressed-tensors `pack_quantized` store them).
+//!
+//! Two paths. `gemm` (AVX-512F, groups and k multiples of 16) decodes 16 weights at a time in
+//! registers — nibbles spread to bytes in element order, zero point subtracted as bytes, widened,
+//! converted, scaled: exactly the reference's decoded values — and feeds them to up to four
+//! tokens' FMAs, so the decoded weights never touch memory; at decode batch 1 that is what makes
+//! W4A16 bandwidth-bound instead of decode-bound. Its reduction order per token (16 lanes over
+//! k, then a lane sum) does not depend on how many tokens share the call, so a prompt gives the
+//! same logits batched or alone. Otherwise `Int4Rows::decode` writes rows as f32 (a per-group
+//! 16-entry table, bit-identical to `QuantWeight::decode_rows`) for `gemm::matmul_decoded`.
+
+use super::gemm::{for_each_column_chunk, SendPtr};
 
 /// Whether the AVX-512 path runs here.
 pub fn has_avx512() -> bool {
@@ -72,6 +78,7 @@ impl Int4Rows<'_> {
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
+    use super::{PackedI4, MR, NR, NR_FEW};
     use std::arch::x86_64::*;
 
     /// Decode whole 16-value steps of one group; returns how many values were written.
@@ -98,4 +105,184 @@ mod avx512 {
         }
         steps * 16
     }
+
+    /// Rows n0..n1 of W against every token.
+    ///
+    /// # Safety
+    /// See `super::gemm`.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn rows(out: *mut f32, x: &[f32], m: usize, w: &PackedI4, n0: usize, n1: usize) {
+        // Few tokens: more weight rows per tile keep enough independent FMA chains in flight.
+        // Each (token, row) accumulates alone, so the tile shape never changes a result.
+        let nr = if m <= 2 { NR_FEW } else { NR };
+        let mut j = n0;
+        while j < n1 {
+            let c = nr.min(n1 - j);
+            let mut i = 0;
+            while i < m {
+                let r = MR.min(m - i);
+                macro_rules! t {
+                    ($r:expr) => {
+                        match c {
+                            NR_FEW => tile::<$r, NR_FEW>(out, x, w, i, j),
+                            NR => tile::<$r, NR>(out, x, w, i, j),
+                            _ => (0..c).for_each(|jj| tile::<$r, 1>(out, x, w, i, j + jj)),
+                        }
+                    };
+                }
+                match r {
+                    8 => t!(8),
+                    7 => t!(7),
+                    6 => t!(6),
+                    5 => t!(5),
+                    4 => t!(4),
+                    3 => t!(3),
+                    2 => t!(2),
+                    _ => t!(1),
+                }
+                i += r;
+            }
+            j += c;
+        }
+    }
+
+    /// Tokens i..i+R against weight rows j..j+C.
+    ///
+    /// # Safety
+    /// In bounds per `super::gemm`'s asserts; CPU has AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn tile<const R: usize, const C: usize>(
+        out: *mut f32,
+        x: &[f32],
+        w: &PackedI4,
+        i: usize,
+        j: usize,
+    ) {
+        let (k, g, n) = (w.k, w.group, w.n);
+        let low = _mm_set1_epi8(0x0f);
+        let mut acc = [[_mm512_setzero_ps(); C]; R];
+        for gi in 0..w.groups {
+            let mut s = [_mm512_setzero_ps(); C];
+            let mut zz = [_mm_setzero_si128(); C];
+            for c in 0..C {
+                let e = (j + c) * w.groups + gi;
+                s[c] = _mm512_set1_ps(w.scale[e]);
+                zz[c] = _mm_set1_epi8(w.zz[e]);
+            }
+            let end = ((gi + 1) * g).min(k);
+            let mut t = gi * g;
+            while t < end {
+                let mut wv = [[_mm512_setzero_ps(); 2]; C];
+                for c in 0..C {
+                    let b = _mm_loadu_si128(w.data.as_ptr().add(((j + c) * k + t) / 2) as *const __m128i);
+                    // values t..t+16 in the low nibbles, t+16..t+32 in the high ones
+                    let lo = _mm_sub_epi8(_mm_and_si128(b, low), zz[c]);
+                    let hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(b, 4), low), zz[c]);
+                    wv[c][0] = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(lo)), s[c]);
+                    wv[c][1] = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(hi)), s[c]);
+                }
+                for (r, row) in acc.iter_mut().enumerate() {
+                    let xp = x.as_ptr().add((i + r) * k + t);
+                    let (x0, x1) = (_mm512_loadu_ps(xp), _mm512_loadu_ps(xp.add(16)));
+                    for (a, v) in row.iter_mut().zip(wv.iter()) {
+                        *a = _mm512_fmadd_ps(x1, v[1], _mm512_fmadd_ps(x0, v[0], *a));
+                    }
+                }
+                t += 32;
+            }
+        }
+        for (r, row) in acc.iter().enumerate() {
+            for (c, a) in row.iter().enumerate() {
+                *out.add((i + r) * n + j + c) = _mm512_reduce_add_ps(*a);
+            }
+        }
+    }
+}
+
+/// Tokens per micro-tile.
+const MR: usize = 8;
+/// Weight rows per micro-tile (16 accumulators + 4 decoded vectors at MR = 8).
+const NR: usize = 2;
+/// Weight rows per micro-tile when a call has at most 2 tokens.
+const NR_FEW: usize = 4;
+
+/// An INT4 weight repacked for `gemm`: per row, each 32-value block is 16 bytes whose low
+/// nibbles are values 0..16 and high nibbles values 16..32 (llama.cpp's Q4_0 order), so one
+/// mask and one shift give both halves in element order.
+#[derive(Clone, Debug)]
+pub struct PackedI4 {
+    pub n: usize,
+    pub k: usize,
+    group: usize,
+    groups: usize,
+    /// (n, k / 2)
+    data: Vec<u8>,
+    /// (n, groups)
+    scale: Vec<f32>,
+    /// (n, groups): 8 + zero, what the kernel subtracts from a nibble
+    zz: Vec<i8>,
+}
+
+impl PackedI4 {
+    /// Whether `gemm` can run this weight here: AVX-512F, whole 32-value blocks in every
+    /// group, zero points in int4 range (so q − 8 − zero fits a byte).
+    pub fn supported(w: &Int4Rows<'_>) -> bool {
+        has_avx512() && w.group % 32 == 0 && w.k % 32 == 0 && w.zero.iter().all(|z| (-8..=7).contains(z))
+    }
+
+    /// Repack `n` rows; None where `supported` says no.
+    pub fn pack(w: &Int4Rows<'_>, n: usize) -> Option<PackedI4> {
+        if !PackedI4::supported(w) || w.packed.len() < n * w.k / 2 {
+            return None;
+        }
+        let (k, groups) = (w.k, w.k.div_ceil(w.group));
+        let nib = |row: usize, t: usize| {
+            let b = w.packed[(row * k + t) / 2];
+            if t % 2 == 0 { b & 15 } else { b >> 4 }
+        };
+        let mut data = vec![0u8; n * k / 2];
+        for row in 0..n {
+            for blk in 0..k / 32 {
+                for u in 0..16 {
+                    let t = blk * 32 + u;
+                    data[(row * k + blk * 32) / 2 + u] = nib(row, t) | nib(row, t + 16) << 4;
+                }
+            }
+        }
+        let zz = (0..n * groups)
+            .map(|e| 8 + if w.zero.is_empty() { 0 } else { w.zero[e] })
+            .collect();
+        Some(PackedI4 {
+            n,
+            k,
+            group: w.group,
+            groups,
+            data,
+            scale: w.scale[..n * groups].to_vec(),
+            zz,
+        })
+    }
+}
+
+/// out (m, n) = x (m, k) · Wᵀ, decoding W in registers (values exactly the reference's).
+///
+/// # Panics
+/// If the buffers are smaller than the shape says or the CPU lacks AVX-512F.
+pub fn gemm(out: &mut [f32], x: &[f32], m: usize, w: &PackedI4) {
+    let (n, k) = (w.n, w.k);
+    assert!(out.len() >= m * n && x.len() >= m * k, "int4 gemm: buffers too small");
+    assert!(has_avx512(), "AVX-512 int4 gemm on a CPU without AVX-512F");
+    let p = SendPtr(out.as_mut_ptr());
+    for_each_column_chunk(m, n, k, NR, |n0, n1| {
+        let p = p;
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX-512F presence and the operand sizes were asserted (PackedI4 holds n rows
+        // of k by construction); this task writes only columns n0..n1 of out (m, n).
+        unsafe {
+            avx512::rows(p.0, x, m, w, n0, n1)
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (p, n0, n1);
+    });
 }

@@ -143,6 +143,8 @@ pub enum CpuQMatrix {
     Plain(QuantWeight),
     /// INT8 repacked for the VNNI kernels (only built when the backend runs them).
     Vnni(vnni::PackedI8),
+    /// INT4 repacked for the AVX-512 W4A16 kernel (where the CPU and the shape allow).
+    Int4(int4::PackedI4),
 }
 
 /// Per-thread scratch for quantized activations, grown to the largest (rows × k) seen.
@@ -207,6 +209,7 @@ impl CpuBackend {
                     gemm::matmul_decoded(isa, out, x, m, n, k, &|j, r, buf| qw.decode_rows(k, j, r, buf))
                 }
                 CpuQMatrix::Vnni(p) => gemm::matmul_decoded(isa, out, x, m, n, k, &|j, r, buf| p.decode_rows(j, r, buf)),
+                CpuQMatrix::Int4(p) => int4::gemm(out, x, m, p),
             }
             add_bias(out, bias, m, n);
             return Ok(());
@@ -224,6 +227,7 @@ impl CpuBackend {
                 });
                 return Ok(());
             }
+            CpuQMatrix::Int4(_) => return Err(int4_needs_weight_only(w)),
             CpuQMatrix::Plain(qw) => qw,
         };
         match qw {
@@ -263,15 +267,17 @@ impl CpuBackend {
                     }
                 });
             }
-            QuantWeight::Int4 { .. } => {
-                return Err(Error::InvalidArgument(format!(
-                    "{}: int4 weights run weight-only (W4A16); activation quantization is not supported",
-                    w.name
-                )))
-            }
+            QuantWeight::Int4 { .. } => return Err(int4_needs_weight_only(w)),
         }
         Ok(())
     }
+}
+
+fn int4_needs_weight_only(w: &Linear<CpuBackend>) -> Error {
+    Error::InvalidArgument(format!(
+        "{}: int4 weights run weight-only (W4A16); activation quantization is not supported",
+        w.name
+    ))
 }
 
 /// Quantize the (m, k) activations into the scratch's q / scale / zp, rows in parallel when
@@ -408,6 +414,13 @@ impl Backend for CpuBackend {
                 if self.int8 == Int8Isa::Avx512Vnni && cols <= vnni::MAX_K =>
             {
                 CpuQMatrix::Vnni(vnni::PackedI8::pack(q, scale, colsum, rows, cols))
+            }
+            QuantWeight::Int4 { packed, scale, zero, group } => {
+                let r4 = int4::Int4Rows { packed, scale, zero, group: *group, k: cols };
+                match int4::PackedI4::pack(&r4, rows) {
+                    Some(p) => CpuQMatrix::Int4(p),
+                    None => CpuQMatrix::Plain(w.clone()),
+                }
             }
             _ => CpuQMatrix::Plain(w.clone()),
         })
