@@ -5,7 +5,7 @@
 mod common;
 
 use common::randn;
-use ferroq::backend::cpu::gemm::{self, Isa};
+use ferroq::backend::cpu::gemm::{self, Isa, WElem};
 use ferroq::backend::cpu::CpuBackend;
 use ferroq::backend::{AttentionArgs, Backend};
 use ferroq::engine::sampler::Rng;
@@ -104,6 +104,48 @@ fn matmul_all_dtypes_shapes_and_isas() {
 }
 
 #[test]
+fn panel_matmul_matches_reference_and_rows_do_not_depend_on_batch() {
+    use ferroq::backend::cpu::panel::{self, Panels};
+    if !panel::available() {
+        eprintln!("no AVX-512 F/BW/VL on this CPU: the panel kernels are not exercised");
+        return;
+    }
+    let mut rng = Rng::new(4);
+    for &(m, n, k) in &[(1, 1, 1), (1, 9, 17), (2, 8, 16), (3, 17, 33), (7, 97, 131), (70, 40, 576), (1, 300, 576)] {
+        let x = randn(&mut rng, m * k, 2.0);
+        let w32 = randn(&mut rng, n * k, 1.0);
+        let w16: Vec<f16> = w32.iter().map(|&v| f16::from_f32(v)).collect();
+        let wb: Vec<bf16> = w32.iter().map(|&v| bf16::from_f32(v)).collect();
+        let widen = |v: &dyn Fn(usize) -> f32| (0..n * k).map(v).collect::<Vec<f32>>();
+        let atol = 1e-5 * k as f64;
+        macro_rules! check {
+            ($w:expr, $name:expr) => {{
+                let p = Panels::pack(&$w, n, k);
+                let wf = widen(&|e| WElem::to_f32($w[e]));
+                let mut out = vec![f32::NAN; m * n + 3];
+                panel::matmul(&mut out, &x, m, &p);
+                assert!(out[m * n..].iter().all(|v| v.is_nan()), "{} wrote past the output", $name);
+                let want = naive_matmul(&x, &wf, m, n, k);
+                assert_close(&format!("{} panels {m}x{n}x{k}", $name), &out[..m * n], &want, 1e-5, atol);
+                for i in 0..m {
+                    let mut one = vec![0.0; n];
+                    panel::matmul(&mut one, &x[i * k..(i + 1) * k], 1, &p);
+                    assert_eq!(one, out[i * n..(i + 1) * n], "{} {m}x{n}x{k} row {i}", $name);
+                }
+                let mut row = vec![0.0; k];
+                for j in [0, n / 2, n - 1] {
+                    p.row_into(j, &mut row);
+                    assert_eq!(row, wf[j * k..(j + 1) * k], "{} row_into {j}", $name);
+                }
+            }};
+        }
+        check!(w32, "f32");
+        check!(w16, "f16");
+        check!(wb, "bf16");
+    }
+}
+
+#[test]
 fn matmul_rows_do_not_depend_on_batch() {
     // A row's result is bit-identical whether computed alone or inside a batch.
     let mut rng = Rng::new(2);
@@ -113,12 +155,14 @@ fn matmul_rows_do_not_depend_on_batch() {
         .into_iter()
         .map(f16::from_f32)
         .collect();
-    let mut all = vec![0.0; m * n];
-    gemm::matmul(&mut all, &x, &w, m, n, k);
-    for i in 0..m {
-        let mut one = vec![0.0; n];
-        gemm::matmul(&mut one, &x[i * k..(i + 1) * k], &w, 1, n, k);
-        assert_eq!(one, all[i * n..(i + 1) * n], "row {i}");
+    for isa in isas() {
+        let mut all = vec![0.0; m * n];
+        gemm::matmul_with(isa, &mut all, &x, &w, m, n, k);
+        for i in 0..m {
+            let mut one = vec![0.0; n];
+            gemm::matmul_with(isa, &mut one, &x[i * k..(i + 1) * k], &w, 1, n, k);
+            assert_eq!(one, all[i * n..(i + 1) * n], "{isa:?} row {i}");
+        }
     }
 }
 

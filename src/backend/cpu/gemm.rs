@@ -26,6 +26,23 @@ pub trait WElem: Copy + Send + Sync + 'static {
     /// `p .. p + 8` must be readable and the CPU must support AVX2, FMA and F16C.
     #[cfg(target_arch = "x86_64")]
     unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256;
+    /// Load the first `live` of 16 consecutive elements widened to f32, zeros after.
+    ///
+    /// # Safety
+    /// `p .. p + live` must be readable (live <= 16); CPU has AVX-512F/BW/VL.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load16(p: *const Self, live: usize) -> std::arch::x86_64::__m512;
+}
+
+/// The lane mask of the first `live` of 16 lanes.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn mask16(live: usize) -> u16 {
+    if live >= 16 {
+        u16::MAX
+    } else {
+        (1u16 << live) - 1
+    }
 }
 
 impl WElem for f32 {
@@ -38,6 +55,12 @@ impl WElem for f32 {
     #[inline]
     unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256 {
         std::arch::x86_64::_mm256_loadu_ps(p)
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    #[inline]
+    unsafe fn load16(p: *const Self, live: usize) -> std::arch::x86_64::__m512 {
+        std::arch::x86_64::_mm512_maskz_loadu_ps(mask16(live), p)
     }
 }
 
@@ -52,6 +75,13 @@ impl WElem for f16 {
     unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256 {
         use std::arch::x86_64::*;
         _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    #[inline]
+    unsafe fn load16(p: *const Self, live: usize) -> std::arch::x86_64::__m512 {
+        use std::arch::x86_64::*;
+        _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask16(live), p as *const i16))
     }
 }
 
@@ -68,6 +98,14 @@ impl WElem for bf16 {
         // bf16 is the top half of an f32: widen to 32 bits and shift into place.
         let w = _mm256_cvtepu16_epi32(_mm_loadu_si128(p as *const __m128i));
         _mm256_castsi256_ps(_mm256_slli_epi32(w, 16))
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    #[inline]
+    unsafe fn load16(p: *const Self, live: usize) -> std::arch::x86_64::__m512 {
+        use std::arch::x86_64::*;
+        let w = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask16(live), p as *const i16));
+        _mm512_castsi512_ps(_mm512_slli_epi32(w, 16))
     }
 }
 
@@ -88,6 +126,21 @@ impl Isa {
         } else {
             Isa::Portable
         }
+    }
+}
+
+/// Whether the AVX-512 panel kernels (`panel.rs`) can run here.
+pub fn has_avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        has_avx2()
+            && is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512vl")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
     }
 }
 

@@ -5,6 +5,7 @@
 
 pub mod gemm;
 pub mod int4;
+pub mod panel;
 pub mod qgemm;
 pub mod vnni;
 
@@ -25,6 +26,10 @@ pub enum MatrixData {
     F32(Vec<f32>),
     F16(Vec<f16>),
     BF16(Vec<bf16>),
+    /// Repacked for the AVX-512 panel kernels (`panel.rs`) where the CPU has them.
+    PanelF32(panel::Panels<f32>),
+    PanelF16(panel::Panels<f16>),
+    PanelBF16(panel::Panels<bf16>),
 }
 
 /// A `[rows, cols]` row-major weight matrix.
@@ -38,9 +43,9 @@ pub struct CpuMatrix {
 impl CpuMatrix {
     pub fn dtype(&self) -> DType {
         match self.data {
-            MatrixData::F32(_) => DType::F32,
-            MatrixData::F16(_) => DType::F16,
-            MatrixData::BF16(_) => DType::BF16,
+            MatrixData::F32(_) | MatrixData::PanelF32(_) => DType::F32,
+            MatrixData::F16(_) | MatrixData::PanelF16(_) => DType::F16,
+            MatrixData::BF16(_) | MatrixData::PanelBF16(_) => DType::BF16,
         }
     }
 
@@ -51,6 +56,9 @@ impl CpuMatrix {
             MatrixData::F32(v) => out.copy_from_slice(&v[s]),
             MatrixData::F16(v) => out.iter_mut().zip(&v[s]).for_each(|(o, x)| *o = x.to_f32()),
             MatrixData::BF16(v) => out.iter_mut().zip(&v[s]).for_each(|(o, x)| *o = x.to_f32()),
+            MatrixData::PanelF32(p) => p.row_into(r, out),
+            MatrixData::PanelF16(p) => p.row_into(r, out),
+            MatrixData::PanelBF16(p) => p.row_into(r, out),
         }
     }
 }
@@ -344,10 +352,17 @@ impl Backend for CpuBackend {
     type QMatrix = CpuQMatrix;
 
     fn describe(&self) -> String {
+        let dense = if panel::available() {
+            "avx512"
+        } else if gemm::has_avx2() {
+            "avx2+fma+f16c"
+        } else {
+            "portable"
+        };
         let isa = match self.int8 {
-            Int8Isa::Avx512Vnni => "avx2+fma+f16c, int8 avx512-vnni",
-            Int8Isa::Avx2 => "avx2+fma+f16c",
-            Int8Isa::Portable => "portable",
+            Int8Isa::Avx512Vnni => format!("{dense}, int8 avx512-vnni"),
+            Int8Isa::Avx2 => format!("{dense}, int8 avx2"),
+            Int8Isa::Portable => format!("{dense}, int8 portable"),
         };
         format!("cpu ({} threads, {isa})", rayon::current_num_threads())
     }
@@ -377,7 +392,11 @@ impl Backend for CpuBackend {
                 t.shape
             )));
         };
+        let packed = panel::available();
         let data = match t.to_dtype(dtype).data {
+            HostData::F32(v) if packed => MatrixData::PanelF32(panel::Panels::pack(&v, rows, cols)),
+            HostData::F16(v) if packed => MatrixData::PanelF16(panel::Panels::pack(&v, rows, cols)),
+            HostData::BF16(v) if packed => MatrixData::PanelBF16(panel::Panels::pack(&v, rows, cols)),
             HostData::F32(v) => MatrixData::F32(v),
             HostData::F16(v) => MatrixData::F16(v),
             HostData::BF16(v) => MatrixData::BF16(v),
@@ -504,6 +523,9 @@ impl Backend for CpuBackend {
                 MatrixData::F32(v) => gemm::matmul(out, x, v, rows, n, k),
                 MatrixData::F16(v) => gemm::matmul(out, x, v, rows, n, k),
                 MatrixData::BF16(v) => gemm::matmul(out, x, v, rows, n, k),
+                MatrixData::PanelF32(p) => panel::matmul(out, x, rows, p),
+                MatrixData::PanelF16(p) => panel::matmul(out, x, rows, p),
+                MatrixData::PanelBF16(p) => panel::matmul(out, x, rows, p),
             },
             LinearWeight::Quant(q) => return self.quant_linear(out, x, w, q, rows, phase),
         }

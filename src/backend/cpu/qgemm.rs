@@ -112,7 +112,7 @@ pub fn gemm_i8(
                 unsafe {
                     let (pa, pw) = (qa.as_ptr().add($i * k), qw.as_ptr().add($j * k));
                     #[cfg(target_arch = "x86_64")]
-                    if isa == Isa::Avx2 {
+                    if isa != Isa::Portable {
                         avx2::tile::<$r, $c>(pa, pw, k, &mut acc);
                     } else {
                         tile_portable::<$r, $c>(pa, pw, k, &mut acc);

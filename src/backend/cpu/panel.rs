@@ -1,0 +1,165 @@
+//! AVX-512 dense matmul for F32 / F16 / BF16 weights repacked at load into panels of 8 rows ×
+//! 16 k (the packed-B layout of BLIS-style GEMMs): one k-step of a panel is 8 × 16 contiguous
+//! elements, so a tile streams memory strictly in order and the hardware prefetcher sees one
+//! stream per task instead of eight strided rows — what decoding at batch 1 needs to reach the
+//! memory bandwidth. Rows pad to a multiple of 8 and k to a multiple of 16 with zeros.
+//!
+//! Every (token, row) accumulates in 16 lanes over k (a masked load for the activation's tail)
+//! and ends with one `_mm512_reduce_add_ps`, whatever the tile's token count, so a token's
+//! output is bit-identical batched or alone (the property `gemm.rs` keeps for its own tiles).
+
+use super::gemm::{for_each_column_chunk, has_avx512, SendPtr, WElem};
+
+/// Weight rows per panel.
+pub const PR: usize = 8;
+/// k per step.
+const KS: usize = 16;
+/// Tokens per tile (24 accumulators + 3 activations + 1 weight of 32 registers).
+const MR: usize = 3;
+/// Tokens per cache block (their activations stay in L2 while a panel sweeps them).
+const MC: usize = 64;
+
+/// Whether this CPU runs the panel kernels.
+pub fn available() -> bool {
+    has_avx512()
+}
+
+/// A `[n, k]` weight in panels.
+#[derive(Clone, Debug)]
+pub struct Panels<W> {
+    pub n: usize,
+    pub k: usize,
+    /// k rounded up to 16
+    k16: usize,
+    /// (n.div_ceil(8), k16 / 16, 8, 16): panel p, step s, row r, lane e = w[8p + r, 16s + e]
+    data: Vec<W>,
+}
+
+impl<W: WElem + Default> Panels<W> {
+    /// Repack a row-major `w (n, k)`.
+    pub fn pack(w: &[W], n: usize, k: usize) -> Panels<W> {
+        let k16 = k.div_ceil(KS) * KS;
+        let mut data = vec![W::default(); n.div_ceil(PR) * PR * k16];
+        for (j, row) in w.chunks_exact(k).take(n).enumerate() {
+            for (s, chunk) in row.chunks(KS).enumerate() {
+                let at = ((j / PR * (k16 / KS) + s) * PR + j % PR) * KS;
+                data[at..at + chunk.len()].copy_from_slice(chunk);
+            }
+        }
+        Panels { n, k, k16, data }
+    }
+
+    /// Row `r` widened into out (k).
+    pub fn row_into(&self, r: usize, out: &mut [f32]) {
+        for (s, chunk) in out[..self.k].chunks_mut(KS).enumerate() {
+            let at = ((r / PR * (self.k16 / KS) + s) * PR + r % PR) * KS;
+            let len = chunk.len();
+            chunk
+                .iter_mut()
+                .zip(&self.data[at..at + len])
+                .for_each(|(o, v)| *o = v.to_f32());
+        }
+    }
+}
+
+/// out (m, n) = x (m, k) · Wᵀ.
+///
+/// # Panics
+/// If the buffers are smaller than the shape says or the CPU lacks AVX-512 F/BW/VL.
+pub fn matmul<W: WElem>(out: &mut [f32], x: &[f32], m: usize, w: &Panels<W>) {
+    let (n, k) = (w.n, w.k);
+    assert!(out.len() >= m * n && x.len() >= m * k, "panel matmul: buffers too small");
+    assert!(available(), "AVX-512 panel kernels on a CPU without AVX-512 F/BW/VL");
+    let p = SendPtr(out.as_mut_ptr());
+    for_each_column_chunk(m, n, k, PR, |n0, n1| {
+        let p = p;
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX-512 presence and buffer sizes asserted above; chunks are whole panels
+        // (n0 a multiple of 8) and this task writes only columns n0..n1 of out.
+        unsafe {
+            imp::panels(p.0, x, m, w, n0 / PR, n1.div_ceil(PR), n1)
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (p, n0, n1);
+    });
+}
+
+#[cfg(target_arch = "x86_64")]
+mod imp {
+    use super::{Panels, KS, MC, MR, PR};
+    use crate::backend::cpu::gemm::WElem;
+    use std::arch::x86_64::*;
+
+    /// Panels p0..p1 (output columns below n_end) against every token.
+    ///
+    /// # Safety
+    /// See `super::matmul`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    pub unsafe fn panels<W: WElem>(
+        out: *mut f32,
+        x: &[f32],
+        m: usize,
+        w: &Panels<W>,
+        p0: usize,
+        p1: usize,
+        n_end: usize,
+    ) {
+        let mut i0 = 0;
+        while i0 < m {
+            let i1 = (i0 + MC).min(m);
+            for p in p0..p1 {
+                let live = (n_end - p * PR).min(PR);
+                let mut i = i0;
+                while i < i1 {
+                    match i1 - i {
+                        1 => tile::<1, W>(out, x, w, i, p, live),
+                        2 => tile::<2, W>(out, x, w, i, p, live),
+                        _ => tile::<MR, W>(out, x, w, i, p, live),
+                    }
+                    i += (i1 - i).min(MR);
+                }
+            }
+            i0 = i1;
+        }
+    }
+
+    /// Tokens i..i+R against panel p; stores the first `live` of its 8 rows.
+    ///
+    /// # Safety
+    /// i + R <= m, p a panel of w, CPU has AVX-512 F/BW/VL.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    #[inline]
+    unsafe fn tile<const R: usize, W: WElem>(
+        out: *mut f32,
+        x: &[f32],
+        w: &Panels<W>,
+        i: usize,
+        p: usize,
+        live: usize,
+    ) {
+        let (n, k) = (w.n, w.k);
+        let steps = w.k16 / KS;
+        let mut wp = w.data.as_ptr().add(p * steps * PR * KS);
+        let mut acc = [[_mm512_setzero_ps(); PR]; R];
+        for s in 0..steps {
+            let t = s * KS;
+            let valid = (k - t).min(KS);
+            let mut xv = [_mm512_setzero_ps(); R];
+            for (r, v) in xv.iter_mut().enumerate() {
+                *v = f32::load16(x.as_ptr().add((i + r) * k + t), valid);
+            }
+            for c in 0..PR {
+                let wv = W::load16(wp.add(c * KS), KS);
+                for (r, row) in acc.iter_mut().enumerate() {
+                    row[c] = _mm512_fmadd_ps(xv[r], wv, row[c]);
+                }
+            }
+            wp = wp.add(PR * KS);
+        }
+        for (r, row) in acc.iter().enumerate() {
+            for (c, a) in row.iter().enumerate().take(live) {
+                *out.add((i + r) * n + p * PR + c) = _mm512_reduce_add_ps(*a);
+            }
+        }
+    }
+}
