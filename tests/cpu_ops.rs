@@ -271,6 +271,8 @@ fn attention_causal_gqa() {
         (9, 3, 64, 1, 40),
         (6, 6, 4, 7, 0),
         (3, 1, 16, 2, 0),
+        (4, 2, 8, 11, 3), // query blocks of ATTN_ROWS and a partial one
+        (9, 3, 64, 9, 0),
     ] {
         let max_seq = start + rows + 2;
         let (qd, kvd) = (nh * hd, nkv * hd);
@@ -278,7 +280,7 @@ fn attention_causal_gqa() {
         let kc = randn(&mut rng, max_seq * kvd, 1.0);
         let vc = randn(&mut rng, max_seq * kvd, 1.0);
         let mut out = vec![f32::NAN; rows * qd];
-        let mut scratch = vec![0.0; nh * max_seq];
+        let mut scratch = vec![0.0; nh * ferroq::backend::ATTN_ROWS * max_seq];
         b.attention(AttentionArgs {
             out: &mut out,
             q: &q,
@@ -325,6 +327,25 @@ fn attention_causal_gqa() {
             1e-5,
             1e-5,
         );
+        // a row computed alone (as in decode) gives the same bits as inside the block
+        for r in 0..rows {
+            let mut one = vec![f32::NAN; qd];
+            b.attention(AttentionArgs {
+                out: &mut one,
+                q: &q[r * qd..(r + 1) * qd].to_vec(),
+                k_cache: &kc,
+                v_cache: &vc,
+                scratch: &mut scratch,
+                rows: 1,
+                start_pos: start + r,
+                max_seq,
+                n_heads: nh,
+                n_kv_heads: nkv,
+                head_dim: hd,
+            })
+            .expect("attention");
+            assert_eq!(one, out[r * qd..(r + 1) * qd], "row {r} alone differs");
+        }
     }
 }
 

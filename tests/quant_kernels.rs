@@ -567,3 +567,37 @@ fn int4_register_decode_gemm_matches_reference_and_is_batch_invariant() {
     };
     assert!(PackedI4::pack(&Int4Rows { packed, scale, zero, group: *group, k: 48 }, 2).is_none());
 }
+
+#[test]
+fn avx512_activation_quantizer_is_bit_identical_to_the_reference() {
+    use ferroq::backend::cpu::actq;
+    if !actq::available() {
+        eprintln!("no AVX-512 F/BW on this CPU: the vector quantizer is not exercised");
+        return;
+    }
+    let mut rng = Rng::new(14);
+    for &(m, k) in &[(1, 1), (3, 17), (5, 576), (2, 1537), (4, 33)] {
+        let mut x = randn(&mut rng, m * k, 3.0);
+        // rounding ties, an all-zero row, huge values (clamped) and an outlier
+        x[0] = 0.5;
+        if m > 2 {
+            x[2 * k..3 * k].fill(0.0);
+        }
+        if k > 3 {
+            x[1] = 1e30;
+            x[2] = -7.5;
+            x[3] = f32::INFINITY;
+        }
+        for symmetric in [true, false] {
+            for fixed in [None, Some((0.05f32, 0)), Some((0.02f32, -3))] {
+                let (mut q0, mut s0, mut z0) = (vec![0i8; m * k], vec![0f32; m], vec![0i32; m]);
+                let (mut q1, mut s1, mut z1) = (vec![1i8; m * k], vec![1f32; m], vec![1i32; m]);
+                quant::quantize_rows_i8(&x, m, k, symmetric, fixed, &mut q0, &mut s0, &mut z0);
+                actq::quantize_rows_i8(&x, m, k, symmetric, fixed, &mut q1, &mut s1, &mut z1);
+                assert_eq!(q0, q1, "{m}x{k} sym {symmetric} {fixed:?}");
+                assert_eq!(s0.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), s1.iter().map(|v| v.to_bits()).collect::<Vec<_>>());
+                assert_eq!(z0, z1);
+            }
+        }
+    }
+}

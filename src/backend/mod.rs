@@ -116,13 +116,18 @@ pub trait Backend: Send + Sync + Sized + 'static {
     ) -> Result<()>;
     /// Causal grouped-query attention of `rows` new queries at positions start_pos.. against
     /// the cache (positions 0 ..= start_pos + r). out, q: (rows, n_heads * head_dim);
-    /// k_cache, v_cache: (max_seq, n_kv_heads * head_dim); scratch: (n_heads, max_seq).
+    /// k_cache, v_cache: (max_seq, n_kv_heads * head_dim); scratch: (n_heads, ATTN_ROWS *
+    /// max_seq).
     fn attention(&self, a: AttentionArgs<'_, Self>) -> Result<()>;
     /// gate (len) = silu(gate) * up
     fn silu_mul(&self, gate: &mut Self::Buf, up: &Self::Buf, len: usize) -> Result<()>;
     /// x (len) ← blockdiag(H_block) x: the online rotation of `model::hadamard`.
     fn hadamard(&self, x: &mut Self::Buf, len: usize, block: usize) -> Result<()>;
 }
+
+/// Query rows an attention call scores together per head (its scratch holds this many score
+/// rows per head).
+pub const ATTN_ROWS: usize = 4;
 
 /// Arguments of [`Backend::attention`], bundled because there are many.
 pub struct AttentionArgs<'a, B: Backend> {

@@ -144,7 +144,7 @@ pub struct Session<B: Backend> {
     logits: B::Buf,        // (max_batch or 1, vocab)
     k_cache: Vec<B::Buf>,  // layers × (max_seq, kv_dim)
     v_cache: Vec<B::Buf>,  // layers × (max_seq, kv_dim)
-    scratch: B::Buf,       // (n_heads, max_seq) attention scores
+    scratch: B::Buf,       // (n_heads, ATTN_ROWS * max_seq) attention scores
     host_logits: Vec<f32>, // (max_batch or 1, vocab)
     obs: Vec<f32>,         // (max_batch, max width) host copy for observers; empty unless observed
 }
@@ -387,7 +387,7 @@ impl<B: Backend> LlamaModel<B> {
             logits: b.alloc(logit_rows * c.vocab_size)?,
             k_cache,
             v_cache,
-            scratch: b.alloc(c.num_heads * max_seq)?,
+            scratch: b.alloc(c.num_heads * crate::backend::ATTN_ROWS * max_seq)?,
             host_logits: vec![0f32; logit_rows * c.vocab_size],
             obs: Vec::new(),
         })

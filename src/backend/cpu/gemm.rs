@@ -163,6 +163,45 @@ mod avx2 {
     use super::WElem;
     use std::arch::x86_64::*;
 
+    /// o = Σ_j p[j] · (row j of v), FMA in key order; 64 columns at a time stay in registers.
+    ///
+    /// # Safety
+    /// CPU has AVX2+FMA; v holds p.len() rows of o.len() values at stride ldv.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn weighted_rows(o: &mut [f32], p: &[f32], v: *const f32, ldv: usize) {
+        let d = o.len();
+        let mut c0 = 0;
+        while c0 + 64 <= d {
+            let mut acc = [_mm256_setzero_ps(); 8];
+            for (j, &pj) in p.iter().enumerate() {
+                let pb = _mm256_set1_ps(pj);
+                let row = v.add(j * ldv + c0);
+                for (u, a) in acc.iter_mut().enumerate() {
+                    *a = _mm256_fmadd_ps(pb, _mm256_loadu_ps(row.add(8 * u)), *a);
+                }
+            }
+            for (u, a) in acc.iter().enumerate() {
+                _mm256_storeu_ps(o.as_mut_ptr().add(c0 + 8 * u), *a);
+            }
+            c0 += 64;
+        }
+        while c0 + 8 <= d {
+            let mut a = _mm256_setzero_ps();
+            for (j, &pj) in p.iter().enumerate() {
+                a = _mm256_fmadd_ps(_mm256_set1_ps(pj), _mm256_loadu_ps(v.add(j * ldv + c0)), a);
+            }
+            _mm256_storeu_ps(o.as_mut_ptr().add(c0), a);
+            c0 += 8;
+        }
+        for (c, oc) in o.iter_mut().enumerate().skip(c0) {
+            let mut a = 0f32;
+            for (j, &pj) in p.iter().enumerate() {
+                a = pj.mul_add(*v.add(j * ldv + c), a);
+            }
+            *oc = a;
+        }
+    }
+
     #[target_feature(enable = "avx2,fma,f16c")]
     #[inline]
     unsafe fn hsum(v: __m256) -> f32 {
@@ -508,4 +547,89 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
         portable::tile::<1, 1, f32>(a.as_ptr(), k, b.as_ptr(), k, k, &mut out, 1);
     }
     out
+}
+
+/// out[i · ldo + j] = dot(x row i, w row j) for i < m, j < n on the calling thread, operands at
+/// any row stride (attention's Q·Kᵀ over heads inside token rows). Each element is reduced in
+/// `dot`'s order, whatever tile it falls in.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_strided(
+    out: &mut [f32],
+    ldo: usize,
+    x: &[f32],
+    ldx: usize,
+    w: &[f32],
+    ldw: usize,
+    m: usize,
+    n: usize,
+    k: usize,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(
+        out.len() >= (m - 1) * ldo + n && x.len() >= (m - 1) * ldx + k && w.len() >= (n - 1) * ldw + k,
+        "matmul_strided: operands too small"
+    );
+    let avx2 = has_avx2();
+    macro_rules! t {
+        ($r:expr, $c:expr, $i:expr, $j:expr) => {{
+            let (xp, wp, op) = (x.as_ptr().add($i * ldx), w.as_ptr().add($j * ldw), out.as_mut_ptr().add($i * ldo + $j));
+            #[cfg(target_arch = "x86_64")]
+            if avx2 {
+                avx2::tile::<$r, $c, f32>(xp, ldx, wp, ldw, k, op, ldo);
+            } else {
+                portable::tile::<$r, $c, f32>(xp, ldx, wp, ldw, k, op, ldo);
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            {
+                let _ = avx2;
+                portable::tile::<$r, $c, f32>(xp, ldx, wp, ldw, k, op, ldo);
+            }
+        }};
+    }
+    // SAFETY: every tile reads rows i..i+R of x and j..j+C of w and writes the matching block
+    // of out, all inside the bounds asserted above; AVX2 is used only where detected.
+    unsafe {
+        let mut j = 0;
+        while j + NR <= n {
+            let mut i = 0;
+            while i + MR <= m {
+                t!(MR, NR, i, j);
+                i += MR;
+            }
+            while i < m {
+                t!(1, NR, i, j);
+                i += 1;
+            }
+            j += NR;
+        }
+        while j < n {
+            for i in 0..m {
+                t!(1, 1, i, j);
+            }
+            j += 1;
+        }
+    }
+}
+
+/// o (d) = Σ_j p[j] · v[j · ldv .. j · ldv + d] (attention's P·V for one query row), each
+/// element accumulated in key order, so the result does not depend on other rows.
+pub fn weighted_rows(o: &mut [f32], p: &[f32], v: &[f32], ldv: usize) {
+    let d = o.len();
+    if p.is_empty() {
+        o.fill(0.0);
+        return;
+    }
+    assert!(v.len() >= (p.len() - 1) * ldv + d, "weighted_rows: v too small");
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: AVX2+FMA detected; every row j < p.len() of v holds d values (asserted).
+        unsafe { avx2::weighted_rows(o, p, v.as_ptr(), ldv) };
+        return;
+    }
+    o.fill(0.0);
+    for (j, &pj) in p.iter().enumerate() {
+        o.iter_mut().zip(&v[j * ldv..j * ldv + d]).for_each(|(o, x)| *o += pj * x);
+    }
 }

@@ -3,13 +3,14 @@
 //! widened inside the matmul kernels (`gemm.rs`). Ops over rows or heads run on rayon's pool;
 //! nothing here allocates, so a decode step allocates nothing.
 
+pub mod actq;
 pub mod gemm;
 pub mod int4;
 pub mod panel;
 pub mod qgemm;
 pub mod vnni;
 
-use super::{AttentionArgs, Backend};
+use super::{AttentionArgs, Backend, ATTN_ROWS};
 use crate::error::{Error, Result};
 use crate::model::linear::{Linear, LinearWeight};
 use crate::quant::{self, ActQuant, ActSpec, Phase, QDType, QuantWeight};
@@ -297,14 +298,14 @@ fn quantize_act_i8(sc: &mut ActScratch, x: &[f32], m: usize, k: usize, symmetric
     const ROWS: usize = 16;
     let (q, scale, zp) = (&mut sc.q[..m * k], &mut sc.scale[..m], &mut sc.zp[..m]);
     if m < 2 * ROWS {
-        quant::quantize_rows_i8(x, m, k, symmetric, fixed, q, scale, zp);
+        actq::quantize_rows_i8(x, m, k, symmetric, fixed, q, scale, zp);
         return;
     }
     q.par_chunks_mut(ROWS * k)
         .zip(scale.par_chunks_mut(ROWS))
         .zip(zp.par_chunks_mut(ROWS))
         .zip(x[..m * k].par_chunks(ROWS * k))
-        .for_each(|(((q, s), z), x)| quant::quantize_rows_i8(x, s.len(), k, symmetric, fixed, q, s, z));
+        .for_each(|(((q, s), z), x)| actq::quantize_rows_i8(x, s.len(), k, symmetric, fixed, q, s, z));
 }
 
 fn add_bias(out: &mut [f32], bias: Option<&[f32]>, m: usize, n: usize) {
@@ -597,7 +598,7 @@ impl Backend for CpuBackend {
             a.k_cache.len().min(a.v_cache.len()),
             total * kvd,
         )?;
-        check_len("attention scratch", a.scratch.len(), nh * a.max_seq)?;
+        check_len("attention scratch", a.scratch.len(), nh * ATTN_ROWS * a.max_seq)?;
         if total > a.max_seq {
             return Err(Error::ContextOverflow {
                 needed: total,
@@ -608,31 +609,43 @@ impl Backend for CpuBackend {
         let scale = 1.0 / (hd as f32).sqrt();
         let (q, kc, vc) = (&a.q[..], &a.k_cache[..], &a.v_cache[..]);
         let out = SendPtr(a.out.as_mut_ptr());
-        let (rows, start_pos) = (a.rows, a.start_pos);
-        // One task per head; each owns one scratch row of max_seq scores.
+        let (rows, start_pos, max_seq) = (a.rows, a.start_pos, a.max_seq);
+        // One task per head; each owns ATTN_ROWS score rows of max_seq. Query rows go in
+        // blocks: Q·Kᵀ as one strided tile product (each score reduced in `dot`'s order, so a
+        // row's scores do not depend on its block), then softmax and P·V row by row.
         a.scratch
-            .par_chunks_mut(a.max_seq)
+            .par_chunks_mut(ATTN_ROWS * max_seq)
             .take(nh)
             .enumerate()
             .for_each(|(h, scores)| {
                 let g = h / group;
-                for r in 0..rows {
-                    let n_keys = start_pos + r + 1;
-                    let qv = &q[r * qd + h * hd..r * qd + (h + 1) * hd];
-                    let s = &mut scores[..n_keys];
-                    for (j, sj) in s.iter_mut().enumerate() {
-                        *sj = gemm::dot(qv, &kc[j * kvd + g * hd..j * kvd + (g + 1) * hd]) * scale;
+                let mut r0 = 0;
+                while r0 < rows {
+                    let rb = ATTN_ROWS.min(rows - r0);
+                    let n_max = start_pos + r0 + rb; // keys seen by the block's last row
+                    gemm::matmul_strided(
+                        scores,
+                        max_seq,
+                        &q[r0 * qd + h * hd..],
+                        qd,
+                        &kc[g * hd..],
+                        kvd,
+                        rb,
+                        n_max,
+                        hd,
+                    );
+                    for rr in 0..rb {
+                        let r = r0 + rr;
+                        let s = &mut scores[rr * max_seq..rr * max_seq + start_pos + r + 1];
+                        s.iter_mut().for_each(|v| *v *= scale);
+                        softmax(s);
+                        let p = out;
+                        // SAFETY: head h of row r is written by this task only (tasks are per
+                        // head), and r * qd + (h + 1) * hd <= rows * qd, checked above.
+                        let o = unsafe { std::slice::from_raw_parts_mut(p.0.add(r * qd + h * hd), hd) };
+                        gemm::weighted_rows(o, s, &vc[g * hd..], kvd);
                     }
-                    softmax(s);
-                    let p = out;
-                    // SAFETY: head h of row r is written by this task only (tasks are per head),
-                    // and r * qd + (h + 1) * hd <= rows * qd, checked above.
-                    let o = unsafe { std::slice::from_raw_parts_mut(p.0.add(r * qd + h * hd), hd) };
-                    o.fill(0.0);
-                    for (j, &pj) in s.iter().enumerate() {
-                        let v = &vc[j * kvd + g * hd..j * kvd + (g + 1) * hd];
-                        o.iter_mut().zip(v).for_each(|(o, v)| *o += pj * v);
-                    }
+                    r0 += rb;
                 }
             });
         Ok(())
@@ -654,7 +667,13 @@ impl Backend for CpuBackend {
                 "hadamard block {block} must be a power of two dividing the input length {len}"
             )));
         }
-        crate::model::hadamard::fwht(&mut x[..len], block);
+        // whole blocks per task; the transform is per block, so the split changes nothing
+        let x = &mut x[..len];
+        if len >= 64 * block {
+            x.par_chunks_mut(16 * block).for_each(|c| crate::model::hadamard::fwht(c, block));
+        } else {
+            crate::model::hadamard::fwht(x, block);
+        }
         Ok(())
     }
 }
