@@ -175,7 +175,7 @@ mod avx512 {
             while t < end {
                 let mut wv = [[_mm512_setzero_ps(); 2]; C];
                 for c in 0..C {
-                    let b = _mm_loadu_si128(w.data.as_ptr().add(((j + c) * k + t) / 2) as *const __m128i);
+                    let b = _mm_loadu_si128(w.data.as_ptr().add(w.offset(j + c, t / 32)) as *const __m128i);
                     // values t..t+16 in the low nibbles, t+16..t+32 in the high ones
                     let lo = _mm_sub_epi8(_mm_and_si128(b, low), zz[c]);
                     let hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(b, 4), low), zz[c]);
@@ -207,16 +207,20 @@ const NR: usize = 2;
 /// Weight rows per micro-tile when a call has at most 2 tokens.
 const NR_FEW: usize = 4;
 
-/// An INT4 weight repacked for `gemm`: per row, each 32-value block is 16 bytes whose low
+/// Rows per panel: one 32-value block of 4 rows is one 64-byte cache line.
+const PANEL: usize = 4;
+
+/// An INT4 weight repacked for `gemm`: each 32-value block of a row is 16 bytes whose low
 /// nibbles are values 0..16 and high nibbles values 16..32 (llama.cpp's Q4_0 order), so one
-/// mask and one shift give both halves in element order.
+/// mask and one shift give both halves in element order; the blocks of 4 consecutive rows
+/// are interleaved (panel, block, row), so a tile streams memory in order.
 #[derive(Clone, Debug)]
 pub struct PackedI4 {
     pub n: usize,
     pub k: usize,
     group: usize,
     groups: usize,
-    /// (n, k / 2)
+    /// (n.div_ceil(4), k / 32, 4, 16), zero rows padding the last panel
     data: Vec<u8>,
     /// (n, groups)
     scale: Vec<f32>,
@@ -225,6 +229,17 @@ pub struct PackedI4 {
 }
 
 impl PackedI4 {
+    /// Byte offset of 32-value block `blk` of row `row`.
+    #[inline(always)]
+    fn offset_of(k: usize, row: usize, blk: usize) -> usize {
+        ((row / PANEL * (k / 32) + blk) * PANEL + row % PANEL) * 16
+    }
+
+    #[inline(always)]
+    fn offset(&self, row: usize, blk: usize) -> usize {
+        Self::offset_of(self.k, row, blk)
+    }
+
     /// Whether `gemm` can run this weight here: AVX-512F, whole 32-value blocks in every
     /// group, zero points in int4 range (so q − 8 − zero fits a byte).
     pub fn supported(w: &Int4Rows<'_>) -> bool {
@@ -241,12 +256,12 @@ impl PackedI4 {
             let b = w.packed[(row * k + t) / 2];
             if t % 2 == 0 { b & 15 } else { b >> 4 }
         };
-        let mut data = vec![0u8; n * k / 2];
+        let mut data = vec![0u8; n.div_ceil(PANEL) * PANEL * k / 2];
         for row in 0..n {
             for blk in 0..k / 32 {
                 for u in 0..16 {
                     let t = blk * 32 + u;
-                    data[(row * k + blk * 32) / 2 + u] = nib(row, t) | nib(row, t + 16) << 4;
+                    data[Self::offset_of(k, row, blk) + u] = nib(row, t) | nib(row, t + 16) << 4;
                 }
             }
         }
