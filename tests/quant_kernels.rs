@@ -450,6 +450,17 @@ fn mismatched_activation_dtype_is_an_error() {
     assert!(b.upload_quant(&bad, 8, 16).is_err());
 }
 
+/// A random (n, k) weight quantized to int4 minmax groups.
+fn int4_weight(rng: &mut Rng, n: usize, k: usize, group: usize, symmetric: bool) -> QuantWeight {
+    let cfg = WeightQConfig {
+        dtype: QDType::Int4,
+        scope: WeightScope::PerGroup(group),
+        symmetric,
+        method: WeightMethod::MinMax,
+    };
+    quantize_weight(&randn(rng, n * k, 0.5), n, k, &cfg).expect("quantize")
+}
+
 #[test]
 fn int4_decode_paths_are_bit_identical_to_the_reference() {
     use ferroq::backend::cpu::int4::{has_avx512, Int4Rows};
@@ -470,14 +481,7 @@ fn int4_decode_paths_are_bit_identical_to_the_reference() {
         (7, 1536, 64, true),
         (1, 18, 18, false),
     ] {
-        let w = randn(&mut rng, n * k, 0.5);
-        let cfg = WeightQConfig {
-            dtype: QDType::Int4,
-            scope: WeightScope::PerGroup(group),
-            symmetric,
-            method: WeightMethod::MinMax,
-        };
-        let q = quantize_weight(&w, n, k, &cfg).expect("quantize");
+        let q = int4_weight(&mut rng, n, k, group, symmetric);
         let QuantWeight::Int4 { packed, scale, zero, group: g } = &q else {
             panic!("not int4")
         };
@@ -513,15 +517,8 @@ fn int4_register_decode_gemm_matches_reference_and_is_batch_invariant() {
         (9, 7, 1536, 64, true),
         (17, 3, 192, 96, false),
     ] {
-        let w = randn(&mut rng, n * k, 0.5);
         let x = randn(&mut rng, m * k, 1.0);
-        let cfg = WeightQConfig {
-            dtype: QDType::Int4,
-            scope: WeightScope::PerGroup(group),
-            symmetric,
-            method: WeightMethod::MinMax,
-        };
-        let q = quantize_weight(&w, n, k, &cfg).expect("quantize");
+        let q = int4_weight(&mut rng, n, k, group, symmetric);
         let QuantWeight::Int4 { packed, scale, zero, group: g } = &q else {
             panic!("not int4")
         };
@@ -550,18 +547,7 @@ fn int4_register_decode_gemm_matches_reference_and_is_batch_invariant() {
         }
     }
     // shapes the kernel does not take fall back to the decode path
-    let q = quantize_weight(
-        &randn(&mut rng, 2 * 48, 0.5),
-        2,
-        48,
-        &WeightQConfig {
-            dtype: QDType::Int4,
-            scope: WeightScope::PerGroup(16),
-            symmetric: true,
-            method: WeightMethod::MinMax,
-        },
-    )
-    .expect("quantize");
+    let q = int4_weight(&mut rng, 2, 48, 16, true);
     let QuantWeight::Int4 { packed, scale, zero, group } = &q else {
         panic!("not int4")
     };

@@ -332,39 +332,43 @@ pub(crate) fn for_each_column_chunk(
     }
 }
 
-/// Compute rows `n0..n1` of the output for all m tokens.
+/// Compute output columns `n0..n1` for all m tokens: out[i·ldo + j] = x row i · w row j, rows
+/// of x at stride ldx and of w at stride ldw.
 ///
 /// # Safety
-/// `out` points at an (m, n) buffer; x is (m, k); w is (n, k); n1 <= n.
+/// x holds m rows of k at stride ldx, w rows 0..n1 of k at stride ldw, out m rows of n1 at
+/// stride ldo.
 #[allow(clippy::too_many_arguments)]
 unsafe fn block<W: WElem>(
     isa: Isa,
     x: &[f32],
+    ldx: usize,
     w: &[W],
+    ldw: usize,
     m: usize,
-    n: usize,
     k: usize,
     n0: usize,
     n1: usize,
     out: *mut f32,
+    ldo: usize,
 ) {
     macro_rules! t {
         ($r:expr, $c:expr, $i:expr, $j:expr) => {{
             let (xp, wp, op) = (
-                x.as_ptr().add($i * k),
-                w.as_ptr().add($j * k),
-                out.add($i * n + $j),
+                x.as_ptr().add($i * ldx),
+                w.as_ptr().add($j * ldw),
+                out.add($i * ldo + $j),
             );
             #[cfg(target_arch = "x86_64")]
             if isa == Isa::Avx2 {
-                avx2::tile::<$r, $c, W>(xp, k, wp, k, k, op, n);
+                avx2::tile::<$r, $c, W>(xp, ldx, wp, ldw, k, op, ldo);
             } else {
-                portable::tile::<$r, $c, W>(xp, k, wp, k, k, op, n);
+                portable::tile::<$r, $c, W>(xp, ldx, wp, ldw, k, op, ldo);
             }
             #[cfg(not(target_arch = "x86_64"))]
             {
                 let _ = isa;
-                portable::tile::<$r, $c, W>(xp, k, wp, k, k, op, n);
+                portable::tile::<$r, $c, W>(xp, ldx, wp, ldw, k, op, ldo);
             }
         }};
     }
@@ -423,7 +427,7 @@ pub fn matmul_with<W: WElem>(
         let p = out_ptr;
         // SAFETY: this chunk writes only columns n0..n1 of out, disjoint from every other
         // chunk; the size checks above keep all accesses in bounds.
-        unsafe { block(isa, x, w, m, n, k, n0, n1, p.0) }
+        unsafe { block(isa, x, k, w, k, m, k, n0, n1, p.0, n) }
     });
 }
 
@@ -571,46 +575,8 @@ pub fn matmul_strided(
         out.len() >= (m - 1) * ldo + n && x.len() >= (m - 1) * ldx + k && w.len() >= (n - 1) * ldw + k,
         "matmul_strided: operands too small"
     );
-    let avx2 = has_avx2();
-    macro_rules! t {
-        ($r:expr, $c:expr, $i:expr, $j:expr) => {{
-            let (xp, wp, op) = (x.as_ptr().add($i * ldx), w.as_ptr().add($j * ldw), out.as_mut_ptr().add($i * ldo + $j));
-            #[cfg(target_arch = "x86_64")]
-            if avx2 {
-                avx2::tile::<$r, $c, f32>(xp, ldx, wp, ldw, k, op, ldo);
-            } else {
-                portable::tile::<$r, $c, f32>(xp, ldx, wp, ldw, k, op, ldo);
-            }
-            #[cfg(not(target_arch = "x86_64"))]
-            {
-                let _ = avx2;
-                portable::tile::<$r, $c, f32>(xp, ldx, wp, ldw, k, op, ldo);
-            }
-        }};
-    }
-    // SAFETY: every tile reads rows i..i+R of x and j..j+C of w and writes the matching block
-    // of out, all inside the bounds asserted above; AVX2 is used only where detected.
-    unsafe {
-        let mut j = 0;
-        while j + NR <= n {
-            let mut i = 0;
-            while i + MR <= m {
-                t!(MR, NR, i, j);
-                i += MR;
-            }
-            while i < m {
-                t!(1, NR, i, j);
-                i += 1;
-            }
-            j += NR;
-        }
-        while j < n {
-            for i in 0..m {
-                t!(1, 1, i, j);
-            }
-            j += 1;
-        }
-    }
+    // SAFETY: x, w and out hold the rows and strides asserted above.
+    unsafe { block(Isa::detect(), x, ldx, w, ldw, m, k, 0, n, out.as_mut_ptr(), ldo) }
 }
 
 /// o (d) = Σ_j p[j] · v[j · ldv .. j · ldv + d] (attention's P·V for one query row), each

@@ -195,6 +195,27 @@ impl CpuBackend {
         fixed
     }
 
+    /// Quantize the input (m, in_features) as `w.act` says and run `gemm` on the scratch.
+    fn with_int8_act(
+        &self,
+        w: &Linear<CpuBackend>,
+        x: &[f32],
+        m: usize,
+        phase: Phase,
+        gemm: impl FnOnce(&ActScratch),
+    ) -> Result<()> {
+        if w.act.dtype != QDType::Int8 {
+            return Err(Error::InvalidArgument(format!("{}: int8 weights need int8 activations", w.name)));
+        }
+        let fixed = self.act_params(&w.act, phase, m);
+        SCRATCH.with(|sc| {
+            let sc = &mut *sc.borrow_mut();
+            quantize_act_i8(sc, x, m, w.in_features, w.act.symmetric, fixed);
+            gemm(sc);
+        });
+        Ok(())
+    }
+
     fn quant_linear(
         &self,
         out: &mut [f32],
@@ -225,31 +246,18 @@ impl CpuBackend {
         }
         let qw = match qm {
             CpuQMatrix::Vnni(p) => {
-                if w.act.dtype != QDType::Int8 {
-                    return Err(Error::InvalidArgument(format!("{}: int8 weights need int8 activations", w.name)));
-                }
-                let fixed = self.act_params(&w.act, phase, m);
-                SCRATCH.with(|sc| {
-                    let sc = &mut *sc.borrow_mut();
-                    quantize_act_i8(sc, x, m, k, w.act.symmetric, fixed);
-                    vnni::gemm(out, &sc.q, &sc.scale, &sc.zp, p, bias, m);
-                });
-                return Ok(());
+                return self.with_int8_act(w, x, m, phase, |sc| {
+                    vnni::gemm(out, &sc.q, &sc.scale, &sc.zp, p, bias, m)
+                })
             }
             CpuQMatrix::Int4(_) => return Err(int4_needs_weight_only(w)),
             CpuQMatrix::Plain(qw) => qw,
         };
         match qw {
             QuantWeight::Int8 { q, scale, colsum } => {
-                if w.act.dtype != QDType::Int8 {
-                    return Err(Error::InvalidArgument(format!("{}: int8 weights need int8 activations", w.name)));
-                }
-                let fixed = self.act_params(&w.act, phase, m);
-                SCRATCH.with(|sc| {
-                    let sc = &mut *sc.borrow_mut();
-                    quantize_act_i8(sc, x, m, k, w.act.symmetric, fixed);
-                    qgemm::gemm_i8_f32(isa, out, &sc.q, &sc.scale, &sc.zp, q, scale, colsum, bias, m, n, k);
-                });
+                self.with_int8_act(w, x, m, phase, |sc| {
+                    qgemm::gemm_i8_f32(isa, out, &sc.q, &sc.scale, &sc.zp, q, scale, colsum, bias, m, n, k)
+                })?;
             }
             QuantWeight::Fp8 { codes, scale } => {
                 if w.act.dtype != QDType::Fp8E4M3 {
