@@ -111,7 +111,15 @@ fn panel_matmul_matches_reference_and_rows_do_not_depend_on_batch() {
         return;
     }
     let mut rng = Rng::new(4);
-    for &(m, n, k) in &[(1, 1, 1), (1, 9, 17), (2, 8, 16), (3, 17, 33), (7, 97, 131), (70, 40, 576), (1, 300, 576)] {
+    for &(m, n, k) in &[
+        (1, 1, 1),
+        (1, 9, 17),
+        (2, 8, 16),
+        (3, 17, 33),
+        (7, 97, 131),
+        (70, 40, 576),
+        (1, 300, 576),
+    ] {
         let x = randn(&mut rng, m * k, 2.0);
         let w32 = randn(&mut rng, n * k, 1.0);
         let w16: Vec<f16> = w32.iter().map(|&v| f16::from_f32(v)).collect();
@@ -124,13 +132,28 @@ fn panel_matmul_matches_reference_and_rows_do_not_depend_on_batch() {
                 let wf = widen(&|e| WElem::to_f32($w[e]));
                 let mut out = vec![f32::NAN; m * n + 3];
                 panel::matmul(&mut out, &x, m, &p);
-                assert!(out[m * n..].iter().all(|v| v.is_nan()), "{} wrote past the output", $name);
+                assert!(
+                    out[m * n..].iter().all(|v| v.is_nan()),
+                    "{} wrote past the output",
+                    $name
+                );
                 let want = naive_matmul(&x, &wf, m, n, k);
-                assert_close(&format!("{} panels {m}x{n}x{k}", $name), &out[..m * n], &want, 1e-5, atol);
+                assert_close(
+                    &format!("{} panels {m}x{n}x{k}", $name),
+                    &out[..m * n],
+                    &want,
+                    1e-5,
+                    atol,
+                );
                 for i in 0..m {
                     let mut one = vec![0.0; n];
                     panel::matmul(&mut one, &x[i * k..(i + 1) * k], 1, &p);
-                    assert_eq!(one, out[i * n..(i + 1) * n], "{} {m}x{n}x{k} row {i}", $name);
+                    assert_eq!(
+                        one,
+                        out[i * n..(i + 1) * n],
+                        "{} {m}x{n}x{k} row {i}",
+                        $name
+                    );
                 }
                 let mut row = vec![0.0; k];
                 for j in [0, n / 2, n - 1] {
@@ -390,4 +413,54 @@ fn silu_mul_embed_add_copy() {
     b.copy(&mut d, 1, &x, 1, 2).expect("copy");
     assert_eq!(d, vec![0.0, 2.5, 3.5, 0.0]);
     assert!(b.copy(&mut d, 3, &x, 0, 2).is_err());
+}
+
+#[test]
+fn attention_helpers_match_reference_on_every_isa() {
+    let mut rng = Rng::new(7);
+    // Q·Kᵀ with row strides (heads inside token rows), odd sizes
+    let (m, n, k, ldx, ldw, ldo) = (5, 11, 13, 40, 21, 17);
+    let x = randn(&mut rng, (m - 1) * ldx + k, 1.0);
+    let w = randn(&mut rng, (n - 1) * ldw + k, 1.0);
+    // P·V with d not a multiple of 8 or 64
+    let (keys, d, ldv) = (9, 70, 75);
+    let p = randn(&mut rng, keys, 0.3);
+    let v = randn(&mut rng, (keys - 1) * ldv + d, 1.0);
+    for isa in isas() {
+        let mut out = vec![f32::NAN; (m - 1) * ldo + n];
+        gemm::matmul_strided(isa, &mut out, ldo, &x, ldx, &w, ldw, m, n, k);
+        for i in 0..m {
+            let want: Vec<f64> = (0..n)
+                .map(|j| {
+                    (0..k)
+                        .map(|t| x[i * ldx + t] as f64 * w[j * ldw + t] as f64)
+                        .sum()
+                })
+                .collect();
+            assert_close(
+                &format!("{isa:?} strided row {i}"),
+                &out[i * ldo..i * ldo + n],
+                &want,
+                1e-5,
+                1e-5,
+            );
+            // the same bits as `dot`, which the decode path's single rows use
+            for j in 0..n {
+                let single = gemm::dot(&x[i * ldx..i * ldx + k], &w[j * ldw..j * ldw + k]);
+                if isa == Isa::detect() {
+                    assert_eq!(
+                        out[i * ldo + j].to_bits(),
+                        single.to_bits(),
+                        "{isa:?} ({i},{j})"
+                    );
+                }
+            }
+        }
+        let mut o = vec![f32::NAN; d];
+        gemm::weighted_rows(isa, &mut o, &p, &v, ldv);
+        let want: Vec<f64> = (0..d)
+            .map(|c| (0..keys).map(|j| p[j] as f64 * v[j * ldv + c] as f64).sum())
+            .collect();
+        assert_close(&format!("{isa:?} weighted rows"), &o, &want, 1e-5, 1e-5);
+    }
 }

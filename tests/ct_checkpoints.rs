@@ -385,7 +385,11 @@ fn bad_recipes_name_the_key_or_value() {
     };
     let m = err(&format!(
         "lm_head: int3\n{}",
-        base("alpha: 0.5", "act: {scope: per_token, dtype: int8}", "{scope: per_channel, dtype: int8}")
+        base(
+            "alpha: 0.5",
+            "act: {scope: per_token, dtype: int8}",
+            "{scope: per_channel, dtype: int8}"
+        )
     ));
     assert!(m.contains("int3"), "{m}");
     let m = err(&base(

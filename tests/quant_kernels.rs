@@ -163,16 +163,34 @@ fn vnni_gemm_is_bit_identical_to_the_portable_path() {
         let bias = with_bias.then_some(&bias[..]);
         let mut want = vec![f32::NAN; m * n];
         qgemm::gemm_i8_f32(
-            Isa::Portable, &mut want, &qa, &a_scale, &a_zp, &qw, &w_scale, &colsum, bias, m, n, k,
+            Isa::Portable,
+            &mut want,
+            &qa,
+            &a_scale,
+            &a_zp,
+            &qw,
+            &w_scale,
+            &colsum,
+            bias,
+            m,
+            n,
+            k,
         );
         let packed = vnni::PackedI8::pack(&qw, &w_scale, &colsum, n, k);
         // guard values past the end must survive the masked stores
         let mut got = vec![f32::NAN; m * n + 5];
         vnni::gemm(&mut got, &qa, &a_scale, &a_zp, &packed, bias, m);
         for (e, (g, w)) in got.iter().zip(&want).enumerate() {
-            assert_eq!(g.to_bits(), w.to_bits(), "{m}x{n}x{k} element {e}: {g} vs {w}");
+            assert_eq!(
+                g.to_bits(),
+                w.to_bits(),
+                "{m}x{n}x{k} element {e}: {g} vs {w}"
+            );
         }
-        assert!(got[m * n..].iter().all(|v| v.is_nan()), "wrote past the output");
+        assert!(
+            got[m * n..].iter().all(|v| v.is_nan()),
+            "wrote past the output"
+        );
         let mut dec = vec![0f32; 3 * k];
         let r = n.min(3);
         packed.decode_rows(n - r, r, &mut dec[..r * k]);
@@ -196,7 +214,10 @@ fn w8a8_linear_matches_reference_for_each_policy() {
     let (_, portable) = &per_isa[0];
     let int8 = portable.len() - 1;
     for (isa, outs) in &per_isa[1..] {
-        assert!(outs[..int8] == portable[..int8], "{isa:?} differs from the portable path");
+        assert!(
+            outs[..int8] == portable[..int8],
+            "{isa:?} differs from the portable path"
+        );
     }
 }
 
@@ -265,12 +286,18 @@ fn w8a8_linear_matches_reference(isa: Int8Isa) -> Vec<Vec<f32>> {
     let (lin, q) = quant_linear(&b, &w, n, k, cfg, ActSpec::NONE);
     let wd = decoded(&q, n, k);
     let mut out = vec![0.0; m * n];
-    b.linear(&mut out, &x, &lin, m, Phase::Prefill).expect("linear");
+    b.linear(&mut out, &x, &lin, m, Phase::Prefill)
+        .expect("linear");
     for i in 0..m {
         for j in 0..n {
-            let r: f64 = (0..k).map(|t| x[i * k + t] as f64 * wd[j * k + t] as f64).sum();
+            let r: f64 = (0..k)
+                .map(|t| x[i * k + t] as f64 * wd[j * k + t] as f64)
+                .sum();
             let g = out[i * n + j] as f64;
-            assert!((g - r).abs() <= 1e-5 * r.abs() + 1e-4, "{isa:?} W8A16 ({i},{j}) {g} vs {r}");
+            assert!(
+                (g - r).abs() <= 1e-5 * r.abs() + 1e-4,
+                "{isa:?} W8A16 ({i},{j}) {g} vs {r}"
+            );
         }
     }
     outs.push(out);
@@ -482,11 +509,23 @@ fn int4_decode_paths_are_bit_identical_to_the_reference() {
         (1, 18, 18, false),
     ] {
         let q = int4_weight(&mut rng, n, k, group, symmetric);
-        let QuantWeight::Int4 { packed, scale, zero, group: g } = &q else {
+        let QuantWeight::Int4 {
+            packed,
+            scale,
+            zero,
+            group: g,
+        } = &q
+        else {
             panic!("not int4")
         };
         assert_eq!(zero.is_empty(), symmetric);
-        let rows = Int4Rows { packed, scale, zero, group: *g, k };
+        let rows = Int4Rows {
+            packed,
+            scale,
+            zero,
+            group: *g,
+            k,
+        };
         let want = decoded(&q, n, k);
         for &avx in &paths {
             for (j, r) in [(0, n), (n - 1, 1), (n / 2, n - n / 2)] {
@@ -519,10 +558,22 @@ fn int4_register_decode_gemm_matches_reference_and_is_batch_invariant() {
     ] {
         let x = randn(&mut rng, m * k, 1.0);
         let q = int4_weight(&mut rng, n, k, group, symmetric);
-        let QuantWeight::Int4 { packed, scale, zero, group: g } = &q else {
+        let QuantWeight::Int4 {
+            packed,
+            scale,
+            zero,
+            group: g,
+        } = &q
+        else {
             panic!("not int4")
         };
-        let rows = Int4Rows { packed, scale, zero, group: *g, k };
+        let rows = Int4Rows {
+            packed,
+            scale,
+            zero,
+            group: *g,
+            k,
+        };
         let p = PackedI4::pack(&rows, n).expect("supported shape");
         let wd = decoded(&q, n, k);
         let mut out = vec![f32::NAN; m * n];
@@ -533,7 +584,10 @@ fn int4_register_decode_gemm_matches_reference_and_is_batch_invariant() {
                 let r: f64 = terms.clone().sum();
                 let mag: f64 = terms.map(f64::abs).sum();
                 let g = out[i * n + j] as f64;
-                assert!((g - r).abs() <= 1e-6 * mag + 1e-6, "{m}x{n}x{k} g{group} ({i},{j}) {g} vs {r}");
+                assert!(
+                    (g - r).abs() <= 1e-6 * mag + 1e-6,
+                    "{m}x{n}x{k} g{group} ({i},{j}) {g} vs {r}"
+                );
             }
         }
         // every token alone gives the same bits as in the batch
@@ -541,17 +595,35 @@ fn int4_register_decode_gemm_matches_reference_and_is_batch_invariant() {
             let mut one = vec![f32::NAN; n];
             gemm(&mut one, &x[i * k..(i + 1) * k], 1, &p);
             assert!(
-                one.iter().zip(&out[i * n..(i + 1) * n]).all(|(a, b)| a.to_bits() == b.to_bits()),
+                one.iter()
+                    .zip(&out[i * n..(i + 1) * n])
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
                 "{m}x{n}x{k}: token {i} alone differs from the batch"
             );
         }
     }
     // shapes the kernel does not take fall back to the decode path
     let q = int4_weight(&mut rng, 2, 48, 16, true);
-    let QuantWeight::Int4 { packed, scale, zero, group } = &q else {
+    let QuantWeight::Int4 {
+        packed,
+        scale,
+        zero,
+        group,
+    } = &q
+    else {
         panic!("not int4")
     };
-    assert!(PackedI4::pack(&Int4Rows { packed, scale, zero, group: *group, k: 48 }, 2).is_none());
+    assert!(PackedI4::pack(
+        &Int4Rows {
+            packed,
+            scale,
+            zero,
+            group: *group,
+            k: 48
+        },
+        2
+    )
+    .is_none());
 }
 
 #[test]
@@ -581,7 +653,10 @@ fn avx512_activation_quantizer_is_bit_identical_to_the_reference() {
                 quant::quantize_rows_i8(&x, m, k, symmetric, fixed, &mut q0, &mut s0, &mut z0);
                 actq::quantize_rows_i8(&x, m, k, symmetric, fixed, &mut q1, &mut s1, &mut z1);
                 assert_eq!(q0, q1, "{m}x{k} sym {symmetric} {fixed:?}");
-                assert_eq!(s0.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), s1.iter().map(|v| v.to_bits()).collect::<Vec<_>>());
+                assert_eq!(
+                    s0.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    s1.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+                );
                 assert_eq!(z0, z1);
             }
         }

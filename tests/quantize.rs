@@ -5,9 +5,9 @@ mod common;
 
 use ferroq::backend::cpu::CpuBackend;
 use ferroq::engine::generate::{generate, GenerateOptions};
+use ferroq::model::config::LmHead;
 use ferroq::model::llama::{LlamaModel, Logits};
 use ferroq::quant::pipeline::{quantize, QuantizeOptions, QuantizedModel};
-use ferroq::model::config::LmHead;
 use ferroq::quant::recipe::Recipe;
 
 fn quantized(preset: &str, opts: &QuantizeOptions) -> QuantizedModel {
@@ -240,15 +240,24 @@ processors:
         assert_eq!(head.name, "lm_head");
         let int8_head = r.lm_head == LmHead::Int8;
         assert_eq!(int8_head, i == 0 || i == 2, "{recipe}");
-        assert_eq!(matches!(head.weight, LinearWeight::Quant(_)), int8_head, "{recipe}");
+        assert_eq!(
+            matches!(head.weight, LinearWeight::Quant(_)),
+            int8_head,
+            "{recipe}"
+        );
         if int8_head {
             // a value other than dense / int8 is refused, naming the field
             let cfg_path = out.join("config.json");
             let text = std::fs::read_to_string(&cfg_path).expect("cfg");
             assert!(text.contains("\"lm_head\": \"int8\""), "{text}");
-            std::fs::write(&cfg_path, text.replace("\"lm_head\": \"int8\"", "\"lm_head\": \"int3\""))
-                .expect("write");
-            let e = ferroq::model::open(CpuBackend::new(), &out, None).err().expect("refused");
+            std::fs::write(
+                &cfg_path,
+                text.replace("\"lm_head\": \"int8\"", "\"lm_head\": \"int3\""),
+            )
+            .expect("write");
+            let e = ferroq::model::open(CpuBackend::new(), &out, None)
+                .err()
+                .expect("refused");
             assert!(e.to_string().contains("ferroq.lm_head"), "{e}");
             std::fs::write(&cfg_path, text).expect("restore");
         }

@@ -40,8 +40,8 @@ pub struct LlamaModel<B: Backend> {
     /// Hadamard block applied to the final norm's output when the int8 LM head was built
     /// from rotated weights (`LmHead::Int8`).
     lm_head_block: Option<usize>,
-    rope_cos: B::Buf,   // (rope_len, head_dim / 2)
-    rope_sin: B::Buf,   // (rope_len, head_dim / 2)
+    rope_cos: B::Buf, // (rope_len, head_dim / 2)
+    rope_sin: B::Buf, // (rope_len, head_dim / 2)
     rope_len: usize,
 }
 
@@ -271,9 +271,9 @@ impl<B: Backend> LlamaModel<B> {
                 method: WeightMethod::MinMax,
             };
             let mut wf = t.to_f32_vec(); // (vocab, dim)
-            // QuaRot-style rotation of the head's input: unrotated, per-token int8 of the final
-            // norm's output cost 0.0064 mean KL on wikitext-2 (40 chunks, w8a8 model; 0.0022
-            // with a float head); rotated 0.0031 (10 chunks; weight-only int8: 0.0028).
+                                         // QuaRot-style rotation of the head's input: unrotated, per-token int8 of the final
+                                         // norm's output cost 0.0064 mean KL on wikitext-2 (40 chunks, w8a8 model; 0.0022
+                                         // with a float head); rotated 0.0031 (10 chunks; weight-only int8: 0.0028).
             lm_head_block = hadamard::block_for(dim);
             if let Some(block) = lm_head_block {
                 hadamard::fwht(&mut wf, block);

@@ -422,7 +422,9 @@ impl CompressedTensors {
         let lm_head = match qc.get("ferroq").and_then(|f| f.get("lm_head")) {
             None => LmHead::Dense,
             Some(v) => serde_json::from_value(v.clone()).map_err(|_| {
-                Error::Config(format!("ferroq.lm_head: expected \"dense\" or \"int8\", got {v}"))
+                Error::Config(format!(
+                    "ferroq.lm_head: expected \"dense\" or \"int8\", got {v}"
+                ))
             })?,
         };
         Ok(CompressedTensors {

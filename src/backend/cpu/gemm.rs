@@ -555,9 +555,10 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 
 /// out[i · ldo + j] = dot(x row i, w row j) for i < m, j < n on the calling thread, operands at
 /// any row stride (attention's Q·Kᵀ over heads inside token rows). Each element is reduced in
-/// `dot`'s order, whatever tile it falls in.
+/// `dot`'s order, whatever tile it falls in. Panics if `isa` is AVX2 on a CPU without it.
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_strided(
+    isa: Isa,
     out: &mut [f32],
     ldo: usize,
     x: &[f32],
@@ -572,30 +573,46 @@ pub fn matmul_strided(
         return;
     }
     assert!(
-        out.len() >= (m - 1) * ldo + n && x.len() >= (m - 1) * ldx + k && w.len() >= (n - 1) * ldw + k,
+        out.len() >= (m - 1) * ldo + n
+            && x.len() >= (m - 1) * ldx + k
+            && w.len() >= (n - 1) * ldw + k,
         "matmul_strided: operands too small"
     );
-    // SAFETY: x, w and out hold the rows and strides asserted above.
-    unsafe { block(Isa::detect(), x, ldx, w, ldw, m, k, 0, n, out.as_mut_ptr(), ldo) }
+    assert!(
+        isa == Isa::Portable || has_avx2(),
+        "AVX2 kernels requested on a CPU without AVX2"
+    );
+    // SAFETY: x, w and out hold the rows and strides asserted above; AVX2 checked.
+    unsafe { block(isa, x, ldx, w, ldw, m, k, 0, n, out.as_mut_ptr(), ldo) }
 }
 
 /// o (d) = Σ_j p[j] · v[j · ldv .. j · ldv + d] (attention's P·V for one query row), each
-/// element accumulated in key order, so the result does not depend on other rows.
-pub fn weighted_rows(o: &mut [f32], p: &[f32], v: &[f32], ldv: usize) {
+/// element accumulated in key order, so the result does not depend on other rows. Panics if
+/// `isa` is AVX2 on a CPU without it.
+pub fn weighted_rows(isa: Isa, o: &mut [f32], p: &[f32], v: &[f32], ldv: usize) {
     let d = o.len();
     if p.is_empty() {
         o.fill(0.0);
         return;
     }
-    assert!(v.len() >= (p.len() - 1) * ldv + d, "weighted_rows: v too small");
+    assert!(
+        v.len() >= (p.len() - 1) * ldv + d,
+        "weighted_rows: v too small"
+    );
+    assert!(
+        isa == Isa::Portable || has_avx2(),
+        "AVX2 kernels requested on a CPU without AVX2"
+    );
     #[cfg(target_arch = "x86_64")]
-    if has_avx2() {
+    if isa == Isa::Avx2 {
         // SAFETY: AVX2+FMA detected; every row j < p.len() of v holds d values (asserted).
         unsafe { avx2::weighted_rows(o, p, v.as_ptr(), ldv) };
         return;
     }
     o.fill(0.0);
     for (j, &pj) in p.iter().enumerate() {
-        o.iter_mut().zip(&v[j * ldv..j * ldv + d]).for_each(|(o, x)| *o += pj * x);
+        o.iter_mut()
+            .zip(&v[j * ldv..j * ldv + d])
+            .for_each(|(o, x)| *o += pj * x);
     }
 }

@@ -52,9 +52,15 @@ impl Int4Rows<'_> {
     /// CPU); both paths write the same bits.
     pub fn decode(&self, j: usize, r: usize, out: &mut [f32], avx512: bool) {
         let (k, g) = (self.k, self.group);
-        assert!(g > 0 && g % 2 == 0 && k % 2 == 0, "int4 rows: group and k must be even");
+        assert!(
+            g > 0 && g % 2 == 0 && k % 2 == 0,
+            "int4 rows: group and k must be even"
+        );
         assert!(out.len() >= r * k && self.packed.len() >= (j + r) * k / 2);
-        assert!(!avx512 || has_avx512(), "AVX-512 int4 decode on a CPU without AVX-512F");
+        assert!(
+            !avx512 || has_avx512(),
+            "AVX-512 int4 decode on a CPU without AVX-512F"
+        );
         for (jj, row) in out.chunks_exact_mut(k).take(r).enumerate() {
             let jr = j + jj;
             let bytes = &self.packed[jr * k / 2..(jr + 1) * k / 2];
@@ -175,7 +181,9 @@ mod avx512 {
             while t < end {
                 let mut wv = [[_mm512_setzero_ps(); 2]; C];
                 for c in 0..C {
-                    let b = _mm_loadu_si128(w.data.as_ptr().add(w.offset(j + c, t / 32)) as *const __m128i);
+                    let b = _mm_loadu_si128(
+                        w.data.as_ptr().add(w.offset(j + c, t / 32)) as *const __m128i
+                    );
                     // values t..t+16 in the low nibbles, t+16..t+32 in the high ones
                     let lo = _mm_sub_epi8(_mm_and_si128(b, low), zz[c]);
                     let hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(b, 4), low), zz[c]);
@@ -243,7 +251,10 @@ impl PackedI4 {
     /// Whether `gemm` can run this weight here: AVX-512F, whole 32-value blocks in every
     /// group, zero points in int4 range (so q − 8 − zero fits a byte).
     pub fn supported(w: &Int4Rows<'_>) -> bool {
-        has_avx512() && w.group % 32 == 0 && w.k % 32 == 0 && w.zero.iter().all(|z| (-8..=7).contains(z))
+        has_avx512()
+            && w.group.is_multiple_of(32)
+            && w.k.is_multiple_of(32)
+            && w.zero.iter().all(|z| (-8..=7).contains(z))
     }
 
     /// Repack `n` rows; None where `supported` says no.
@@ -254,7 +265,11 @@ impl PackedI4 {
         let (k, groups) = (w.k, w.k.div_ceil(w.group));
         let nib = |row: usize, t: usize| {
             let b = w.packed[(row * k + t) / 2];
-            if t % 2 == 0 { b & 15 } else { b >> 4 }
+            if t.is_multiple_of(2) {
+                b & 15
+            } else {
+                b >> 4
+            }
         };
         let mut data = vec![0u8; n.div_ceil(PANEL) * PANEL * k / 2];
         for row in 0..n {
@@ -286,10 +301,14 @@ impl PackedI4 {
 /// If the buffers are smaller than the shape says or the CPU lacks AVX-512F.
 pub fn gemm(out: &mut [f32], x: &[f32], m: usize, w: &PackedI4) {
     let (n, k) = (w.n, w.k);
-    assert!(out.len() >= m * n && x.len() >= m * k, "int4 gemm: buffers too small");
+    assert!(
+        out.len() >= m * n && x.len() >= m * k,
+        "int4 gemm: buffers too small"
+    );
     assert!(has_avx512(), "AVX-512 int4 gemm on a CPU without AVX-512F");
     let p = SendPtr(out.as_mut_ptr());
     for_each_column_chunk(m, n, k, NR, |n0, n1| {
+        #[allow(clippy::redundant_locals)] // capture the Sync wrapper, not its raw pointer field
         let p = p;
         #[cfg(target_arch = "x86_64")]
         // SAFETY: AVX-512F presence and the operand sizes were asserted (PackedI4 holds n rows

@@ -205,7 +205,10 @@ impl CpuBackend {
         gemm: impl FnOnce(&ActScratch),
     ) -> Result<()> {
         if w.act.dtype != QDType::Int8 {
-            return Err(Error::InvalidArgument(format!("{}: int8 weights need int8 activations", w.name)));
+            return Err(Error::InvalidArgument(format!(
+                "{}: int8 weights need int8 activations",
+                w.name
+            )));
         }
         let fixed = self.act_params(&w.act, phase, m);
         SCRATCH.with(|sc| {
@@ -230,15 +233,32 @@ impl CpuBackend {
         let bias = w.bias.as_deref();
         if w.act.policy == ActQuant::None {
             match qm {
-                CpuQMatrix::Plain(QuantWeight::Int4 { packed, scale, zero, group }) => {
-                    let rows = int4::Int4Rows { packed, scale, zero, group: *group, k };
+                CpuQMatrix::Plain(QuantWeight::Int4 {
+                    packed,
+                    scale,
+                    zero,
+                    group,
+                }) => {
+                    let rows = int4::Int4Rows {
+                        packed,
+                        scale,
+                        zero,
+                        group: *group,
+                        k,
+                    };
                     let v = int4::has_avx512();
-                    gemm::matmul_decoded(isa, out, x, m, n, k, &|j, r, buf| rows.decode(j, r, buf, v))
+                    gemm::matmul_decoded(isa, out, x, m, n, k, &|j, r, buf| {
+                        rows.decode(j, r, buf, v)
+                    })
                 }
                 CpuQMatrix::Plain(qw) => {
-                    gemm::matmul_decoded(isa, out, x, m, n, k, &|j, r, buf| qw.decode_rows(k, j, r, buf))
+                    gemm::matmul_decoded(isa, out, x, m, n, k, &|j, r, buf| {
+                        qw.decode_rows(k, j, r, buf)
+                    })
                 }
-                CpuQMatrix::Vnni(p) => gemm::matmul_decoded(isa, out, x, m, n, k, &|j, r, buf| p.decode_rows(j, r, buf)),
+                CpuQMatrix::Vnni(p) => gemm::matmul_decoded(isa, out, x, m, n, k, &|j, r, buf| {
+                    p.decode_rows(j, r, buf)
+                }),
                 CpuQMatrix::Int4(p) => int4::gemm(out, x, m, p),
             }
             add_bias(out, bias, m, n);
@@ -256,12 +276,17 @@ impl CpuBackend {
         match qw {
             QuantWeight::Int8 { q, scale, colsum } => {
                 self.with_int8_act(w, x, m, phase, |sc| {
-                    qgemm::gemm_i8_f32(isa, out, &sc.q, &sc.scale, &sc.zp, q, scale, colsum, bias, m, n, k)
+                    qgemm::gemm_i8_f32(
+                        isa, out, &sc.q, &sc.scale, &sc.zp, q, scale, colsum, bias, m, n, k,
+                    )
                 })?;
             }
             QuantWeight::Fp8 { codes, scale } => {
                 if w.act.dtype != QDType::Fp8E4M3 {
-                    return Err(Error::InvalidArgument(format!("{}: fp8 weights need fp8 activations", w.name)));
+                    return Err(Error::InvalidArgument(format!(
+                        "{}: fp8 weights need fp8 activations",
+                        w.name
+                    )));
                 }
                 let fixed = self.act_params(&w.act, phase, m).map(|(s, _)| s);
                 let lut = quant::fp8_table();
@@ -273,7 +298,9 @@ impl CpuBackend {
                     gemm::matmul_decoded(isa, out, &sc.xf, m, n, k, &|j, r, buf| {
                         for (jj, row) in buf.chunks_exact_mut(k).take(r).enumerate() {
                             let src = &codes[(j + jj) * k..(j + jj + 1) * k];
-                            row.iter_mut().zip(src).for_each(|(o, &c)| *o = lut[c as usize]);
+                            row.iter_mut()
+                                .zip(src)
+                                .for_each(|(o, &c)| *o = lut[c as usize]);
                         }
                     });
                     for (i, row) in out[..m * n].chunks_exact_mut(n).enumerate() {
@@ -299,7 +326,14 @@ fn int4_needs_weight_only(w: &Linear<CpuBackend>) -> Error {
 
 /// Quantize the (m, k) activations into the scratch's q / scale / zp, rows in parallel when
 /// there are enough of them to pay for the tasks.
-fn quantize_act_i8(sc: &mut ActScratch, x: &[f32], m: usize, k: usize, symmetric: bool, fixed: Option<(f32, i32)>) {
+fn quantize_act_i8(
+    sc: &mut ActScratch,
+    x: &[f32],
+    m: usize,
+    k: usize,
+    symmetric: bool,
+    fixed: Option<(f32, i32)>,
+) {
     grow(&mut sc.q, m * k);
     grow(&mut sc.scale, m);
     grow(&mut sc.zp, m);
@@ -313,7 +347,9 @@ fn quantize_act_i8(sc: &mut ActScratch, x: &[f32], m: usize, k: usize, symmetric
         .zip(scale.par_chunks_mut(ROWS))
         .zip(zp.par_chunks_mut(ROWS))
         .zip(x[..m * k].par_chunks(ROWS * k))
-        .for_each(|(((q, s), z), x)| actq::quantize_rows_i8(x, s.len(), k, symmetric, fixed, q, s, z));
+        .for_each(|(((q, s), z), x)| {
+            actq::quantize_rows_i8(x, s.len(), k, symmetric, fixed, q, s, z)
+        });
 }
 
 fn add_bias(out: &mut [f32], bias: Option<&[f32]>, m: usize, n: usize) {
@@ -405,7 +441,9 @@ impl Backend for CpuBackend {
         let data = match t.to_dtype(dtype).data {
             HostData::F32(v) if packed => MatrixData::PanelF32(panel::Panels::pack(&v, rows, cols)),
             HostData::F16(v) if packed => MatrixData::PanelF16(panel::Panels::pack(&v, rows, cols)),
-            HostData::BF16(v) if packed => MatrixData::PanelBF16(panel::Panels::pack(&v, rows, cols)),
+            HostData::BF16(v) if packed => {
+                MatrixData::PanelBF16(panel::Panels::pack(&v, rows, cols))
+            }
             HostData::F32(v) => MatrixData::F32(v),
             HostData::F16(v) => MatrixData::F16(v),
             HostData::BF16(v) => MatrixData::BF16(v),
@@ -443,8 +481,19 @@ impl Backend for CpuBackend {
             {
                 CpuQMatrix::Vnni(vnni::PackedI8::pack(q, scale, colsum, rows, cols))
             }
-            QuantWeight::Int4 { packed, scale, zero, group } => {
-                let r4 = int4::Int4Rows { packed, scale, zero, group: *group, k: cols };
+            QuantWeight::Int4 {
+                packed,
+                scale,
+                zero,
+                group,
+            } => {
+                let r4 = int4::Int4Rows {
+                    packed,
+                    scale,
+                    zero,
+                    group: *group,
+                    k: cols,
+                };
                 match int4::PackedI4::pack(&r4, rows) {
                     Some(p) => CpuQMatrix::Int4(p),
                     None => CpuQMatrix::Plain(w.clone()),
@@ -606,7 +655,11 @@ impl Backend for CpuBackend {
             a.k_cache.len().min(a.v_cache.len()),
             total * kvd,
         )?;
-        check_len("attention scratch", a.scratch.len(), nh * ATTN_ROWS * a.max_seq)?;
+        check_len(
+            "attention scratch",
+            a.scratch.len(),
+            nh * ATTN_ROWS * a.max_seq,
+        )?;
         if total > a.max_seq {
             return Err(Error::ContextOverflow {
                 needed: total,
@@ -618,6 +671,7 @@ impl Backend for CpuBackend {
         let (q, kc, vc) = (&a.q[..], &a.k_cache[..], &a.v_cache[..]);
         let out = SendPtr(a.out.as_mut_ptr());
         let (rows, start_pos, max_seq) = (a.rows, a.start_pos, a.max_seq);
+        let isa = gemm::Isa::detect();
         // One task per head; each owns ATTN_ROWS score rows of max_seq. Query rows go in
         // blocks: Q·Kᵀ as one strided tile product (each score reduced in `dot`'s order, so a
         // row's scores do not depend on its block), then softmax and P·V row by row.
@@ -632,6 +686,7 @@ impl Backend for CpuBackend {
                     let rb = ATTN_ROWS.min(rows - r0);
                     let n_max = start_pos + r0 + rb; // keys seen by the block's last row
                     gemm::matmul_strided(
+                        isa,
                         scores,
                         max_seq,
                         &q[r0 * qd + h * hd..],
@@ -650,8 +705,9 @@ impl Backend for CpuBackend {
                         let p = out;
                         // SAFETY: head h of row r is written by this task only (tasks are per
                         // head), and r * qd + (h + 1) * hd <= rows * qd, checked above.
-                        let o = unsafe { std::slice::from_raw_parts_mut(p.0.add(r * qd + h * hd), hd) };
-                        gemm::weighted_rows(o, s, &vc[g * hd..], kvd);
+                        let o =
+                            unsafe { std::slice::from_raw_parts_mut(p.0.add(r * qd + h * hd), hd) };
+                        gemm::weighted_rows(isa, o, s, &vc[g * hd..], kvd);
                     }
                     r0 += rb;
                 }
@@ -678,7 +734,8 @@ impl Backend for CpuBackend {
         // whole blocks per task; the transform is per block, so the split changes nothing
         let x = &mut x[..len];
         if len >= 64 * block {
-            x.par_chunks_mut(16 * block).for_each(|c| crate::model::hadamard::fwht(c, block));
+            x.par_chunks_mut(16 * block)
+                .for_each(|c| crate::model::hadamard::fwht(c, block));
         } else {
             crate::model::hadamard::fwht(x, block);
         }

@@ -68,10 +68,17 @@ impl<W: WElem + Default> Panels<W> {
 /// If the buffers are smaller than the shape says or the CPU lacks AVX-512 F/BW/VL.
 pub fn matmul<W: WElem>(out: &mut [f32], x: &[f32], m: usize, w: &Panels<W>) {
     let (n, k) = (w.n, w.k);
-    assert!(out.len() >= m * n && x.len() >= m * k, "panel matmul: buffers too small");
-    assert!(available(), "AVX-512 panel kernels on a CPU without AVX-512 F/BW/VL");
+    assert!(
+        out.len() >= m * n && x.len() >= m * k,
+        "panel matmul: buffers too small"
+    );
+    assert!(
+        available(),
+        "AVX-512 panel kernels on a CPU without AVX-512 F/BW/VL"
+    );
     let p = SendPtr(out.as_mut_ptr());
     for_each_column_chunk(m, n, k, PR, |n0, n1| {
+        #[allow(clippy::redundant_locals)] // capture the Sync wrapper, not its raw pointer field
         let p = p;
         #[cfg(target_arch = "x86_64")]
         // SAFETY: AVX-512 presence and buffer sizes asserted above; chunks are whole panels

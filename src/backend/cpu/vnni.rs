@@ -118,20 +118,28 @@ pub fn gemm(
     assert!(out.len() >= m * n && qa.len() >= m * k && a_scale.len() >= m && a_zp.len() >= m);
     assert!(bias.is_none_or(|b| b.len() >= n));
     assert!(k <= MAX_K, "vnni gemm: k = {k} > {MAX_K}");
-    assert!(available(), "VNNI kernels requested on a CPU without AVX-512 VNNI");
+    assert!(
+        available(),
+        "VNNI kernels requested on a CPU without AVX-512 VNNI"
+    );
     XU.with(|xu| {
         let mut xu = xu.borrow_mut();
         if xu.len() < m * k4 {
             xu.resize(m * k4, 0);
         }
         for (dst, src) in xu.chunks_exact_mut(k4).zip(qa.chunks_exact(k)).take(m) {
-            dst[..k].iter_mut().zip(src).for_each(|(d, &s)| *d = (s as u8) ^ 0x80);
+            dst[..k]
+                .iter_mut()
+                .zip(src)
+                .for_each(|(d, &s)| *d = (s as u8) ^ 0x80);
             dst[k..].fill(0);
         }
         let xu = &xu[..m * k4];
         let p = SendPtr(out.as_mut_ptr());
         // Chunks are whole 16-column blocks so no two tasks share a block.
         for_each_column_chunk(m, n, k, NB * CB, |n0, n1| {
+            #[allow(clippy::redundant_locals)]
+            // capture the Sync wrapper, not its raw pointer field
             let p = p;
             let (b0, b1) = (n0 / NB, n1.div_ceil(NB));
             #[cfg(target_arch = "x86_64")]
@@ -169,7 +177,12 @@ mod imp {
         b1: usize,
         out: *mut f32,
     ) {
-        let e = Epi { a_scale, a_zp, bias, out };
+        let e = Epi {
+            a_scale,
+            a_zp,
+            bias,
+            out,
+        };
         let mut b = b0;
         while b < b1 {
             let cb = CB.min(b1 - b);
@@ -249,7 +262,11 @@ mod imp {
                 // (s_a · s_w) · acc + b, in the scalar epilogue's order.
                 let mut y = _mm512_mul_ps(_mm512_mul_ps(sa, sw), _mm512_cvtepi32_ps(corrected));
                 let live = (n - j).min(NB);
-                let mask: __mmask16 = if live == NB { 0xffff } else { (1u16 << live) - 1 };
+                let mask: __mmask16 = if live == NB {
+                    0xffff
+                } else {
+                    (1u16 << live) - 1
+                };
                 let bv = match e.bias {
                     Some(bs) => _mm512_maskz_loadu_ps(mask, bs.as_ptr().add(j)),
                     None => _mm512_setzero_ps(),
