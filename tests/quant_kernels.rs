@@ -489,17 +489,10 @@ fn int4_weight(rng: &mut Rng, n: usize, k: usize, group: usize, symmetric: bool)
 }
 
 #[test]
-fn int4_decode_paths_are_bit_identical_to_the_reference() {
-    use ferroq::backend::cpu::int4::{has_avx512, Int4Rows};
+fn int4_row_decode_is_the_dequantization_formula() {
     let mut rng = Rng::new(12);
-    let mut paths = vec![false];
-    if has_avx512() {
-        paths.push(true);
-    } else {
-        eprintln!("no AVX-512F on this CPU: only the portable int4 decode is exercised");
-    }
-    // groups that are and are not multiples of the 16-value vector step; k not a multiple of
-    // the group (short last group); symmetric and asymmetric
+    // groups that are and are not multiples of the vector steps; k not a multiple of the group
+    // (short last group); symmetric and asymmetric
     for &(n, k, group, symmetric) in &[
         (3, 128, 128, true),
         (5, 576, 128, false),
@@ -519,22 +512,24 @@ fn int4_decode_paths_are_bit_identical_to_the_reference() {
             panic!("not int4")
         };
         assert_eq!(zero.is_empty(), symmetric);
-        let rows = Int4Rows {
-            packed,
-            scale,
-            zero,
-            group: *g,
-            k,
+        let groups = k.div_ceil(*g);
+        // value t of row j: ((nibble − 8) − zero) · scale, element by element
+        let want = |j: usize, t: usize| {
+            let byte = packed[(j * k + t) / 2];
+            let nib = if t % 2 == 0 { byte & 15 } else { byte >> 4 };
+            let e = j * groups + t / g;
+            let z = if zero.is_empty() { 0.0 } else { zero[e] as f32 };
+            ((nib as i32 - 8) as f32 - z) * scale[e]
         };
-        let want = decoded(&q, n, k);
-        for &avx in &paths {
-            for (j, r) in [(0, n), (n - 1, 1), (n / 2, n - n / 2)] {
-                let mut got = vec![f32::NAN; r * k];
-                rows.decode(j, r, &mut got, avx);
-                let w = &want[j * k..(j + r) * k];
-                assert!(
-                    got.iter().zip(w).all(|(a, b)| a.to_bits() == b.to_bits()),
-                    "avx512 {avx} n {n} k {k} group {group} rows {j}+{r}"
+        for (j, r) in [(0, n), (n - 1, 1), (n / 2, n - n / 2)] {
+            let mut got = vec![f32::NAN; r * k];
+            q.decode_rows(k, j, r, &mut got);
+            for (e, v) in got.iter().enumerate() {
+                let (jj, t) = (j + e / k, e % k);
+                assert_eq!(
+                    v.to_bits(),
+                    want(jj, t).to_bits(),
+                    "n {n} k {k} group {group} ({jj},{t})"
                 );
             }
         }
@@ -543,7 +538,7 @@ fn int4_decode_paths_are_bit_identical_to_the_reference() {
 
 #[test]
 fn int4_register_decode_gemm_matches_reference_and_is_batch_invariant() {
-    use ferroq::backend::cpu::int4::{gemm, has_avx512, Int4Rows, PackedI4};
+    use ferroq::backend::cpu::int4::{gemm, has_avx512, PackedI4};
     if !has_avx512() {
         eprintln!("no AVX-512F on this CPU: the register-decode int4 GEMM is not exercised");
         return;
@@ -558,23 +553,7 @@ fn int4_register_decode_gemm_matches_reference_and_is_batch_invariant() {
     ] {
         let x = randn(&mut rng, m * k, 1.0);
         let q = int4_weight(&mut rng, n, k, group, symmetric);
-        let QuantWeight::Int4 {
-            packed,
-            scale,
-            zero,
-            group: g,
-        } = &q
-        else {
-            panic!("not int4")
-        };
-        let rows = Int4Rows {
-            packed,
-            scale,
-            zero,
-            group: *g,
-            k,
-        };
-        let p = PackedI4::pack(&rows, n).expect("supported shape");
+        let p = PackedI4::pack(&q, n, k).expect("supported shape");
         let wd = decoded(&q, n, k);
         let mut out = vec![f32::NAN; m * n];
         gemm(&mut out, &x, m, &p);
@@ -604,26 +583,7 @@ fn int4_register_decode_gemm_matches_reference_and_is_batch_invariant() {
     }
     // shapes the kernel does not take fall back to the decode path
     let q = int4_weight(&mut rng, 2, 48, 16, true);
-    let QuantWeight::Int4 {
-        packed,
-        scale,
-        zero,
-        group,
-    } = &q
-    else {
-        panic!("not int4")
-    };
-    assert!(PackedI4::pack(
-        &Int4Rows {
-            packed,
-            scale,
-            zero,
-            group: *group,
-            k: 48
-        },
-        2
-    )
-    .is_none());
+    assert!(PackedI4::pack(&q, 2, 48).is_none());
 }
 
 #[test]

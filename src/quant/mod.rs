@@ -97,10 +97,13 @@ impl QuantWeight {
                         } else {
                             zero[jr * groups + gi] as f32
                         };
+                        // the group's 16 values once, then a lookup per nibble
+                        let lut: [f32; 16] =
+                            std::array::from_fn(|q| ((q as i32 - 8) as f32 - z) * s);
                         let b = &bytes[gi * g / 2..gi * g / 2 + chunk.len() / 2];
                         for (pair, &byte) in chunk.chunks_exact_mut(2).zip(b) {
-                            pair[0] = (((byte & 15) as i32 - 8) as f32 - z) * s;
-                            pair[1] = (((byte >> 4) as i32 - 8) as f32 - z) * s;
+                            pair[0] = lut[(byte & 15) as usize];
+                            pair[1] = lut[(byte >> 4) as usize];
                         }
                     }
                 }

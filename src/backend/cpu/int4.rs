@@ -1,18 +1,19 @@
 //! W4A16 on the CPU: INT4 group-quantized weights (offset-binary nibbles, value
 //! (q − 8 − zero) · scale, as GPTQ / compressed-tensors `pack_quantized` store them).
 //!
-//! Two paths. `gemm` (AVX-512F, groups and k multiples of 16) decodes 16 weights at a time in
-//! registers — nibbles spread to bytes in element order, zero point subtracted as bytes, widened,
-//! converted, scaled: exactly the reference's decoded values — and feeds them to up to four
-//! tokens' FMAs, so the decoded weights never touch memory; at decode batch 1 that is what makes
-//! W4A16 bandwidth-bound instead of decode-bound. Its reduction order per token (16 lanes over
-//! k, then a lane sum) does not depend on how many tokens share the call, so a prompt gives the
-//! same logits batched or alone. Otherwise `Int4Rows::decode` writes rows as f32 (a per-group
-//! 16-entry table, bit-identical to `QuantWeight::decode_rows`) for `gemm::matmul_decoded`.
+//! `gemm` (AVX-512, groups and k multiples of 32, weights repacked at load into `PackedI4`)
+//! decodes 16 weights at a time in registers — nibbles masked out of 32-value blocks, zero point
+//! subtracted as bytes, widened, converted, scaled: exactly the reference's decoded values — and
+//! feeds them to up to eight tokens' FMAs, so the decoded weights never touch memory; at decode
+//! batch 1 that is what makes W4A16 bandwidth-bound instead of decode-bound. Its reduction order
+//! per token (16 lanes over k, then a lane sum) does not depend on the tile shape or on how many
+//! tokens share the call, so a prompt gives the same logits batched or alone. Other shapes and
+//! CPUs decode rows with `QuantWeight::decode_rows` into `gemm::matmul_decoded`.
 
 use super::gemm::{for_each_column_chunk, SendPtr};
+use crate::quant::QuantWeight;
 
-/// Whether the AVX-512 path runs here.
+/// Whether the AVX-512 kernel runs here.
 pub fn has_avx512() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
@@ -24,93 +25,10 @@ pub fn has_avx512() -> bool {
     }
 }
 
-/// A borrowed INT4 weight: packed (n, k/2) nibbles, scale and zero (n, ceil(k / group)).
-#[derive(Clone, Copy)]
-pub struct Int4Rows<'a> {
-    pub packed: &'a [u8],
-    pub scale: &'a [f32],
-    /// empty for symmetric weights
-    pub zero: &'a [i8],
-    pub group: usize,
-    pub k: usize,
-}
-
-impl Int4Rows<'_> {
-    /// The 16 values of group `gi` of row `j`, in the reference's arithmetic.
-    fn table(&self, j: usize, gi: usize) -> [f32; 16] {
-        let groups = self.k.div_ceil(self.group);
-        let s = self.scale[j * groups + gi];
-        let z = if self.zero.is_empty() {
-            0.0
-        } else {
-            self.zero[j * groups + gi] as f32
-        };
-        std::array::from_fn(|q| ((q as i32 - 8) as f32 - z) * s)
-    }
-
-    /// Rows j..j+r into out (r × k). `avx512` picks the vector path (the caller checked the
-    /// CPU); both paths write the same bits.
-    pub fn decode(&self, j: usize, r: usize, out: &mut [f32], avx512: bool) {
-        let (k, g) = (self.k, self.group);
-        assert!(
-            g > 0 && g % 2 == 0 && k % 2 == 0,
-            "int4 rows: group and k must be even"
-        );
-        assert!(out.len() >= r * k && self.packed.len() >= (j + r) * k / 2);
-        assert!(
-            !avx512 || has_avx512(),
-            "AVX-512 int4 decode on a CPU without AVX-512F"
-        );
-        for (jj, row) in out.chunks_exact_mut(k).take(r).enumerate() {
-            let jr = j + jj;
-            let bytes = &self.packed[jr * k / 2..(jr + 1) * k / 2];
-            for (gi, chunk) in row.chunks_mut(g).enumerate() {
-                let lut = self.table(jr, gi);
-                let b = &bytes[gi * g / 2..gi * g / 2 + chunk.len() / 2];
-                let mut done = 0;
-                #[cfg(target_arch = "x86_64")]
-                if avx512 {
-                    // SAFETY: AVX-512F presence asserted above; chunk holds 2·b.len() values.
-                    done = unsafe { avx512::group(&lut, b, chunk) };
-                }
-                for (pair, &byte) in chunk[done..].chunks_exact_mut(2).zip(&b[done / 2..]) {
-                    pair[0] = lut[(byte & 15) as usize];
-                    pair[1] = lut[(byte >> 4) as usize];
-                }
-            }
-        }
-    }
-}
-
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use super::{PackedI4, MR, NR, NR_FEW};
     use std::arch::x86_64::*;
-
-    /// Decode whole 16-value steps of one group; returns how many values were written.
-    ///
-    /// # Safety
-    /// CPU has AVX-512F; out.len() >= 2 · bytes.len().
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn group(lut: &[f32; 16], bytes: &[u8], out: &mut [f32]) -> usize {
-        let table = _mm512_loadu_ps(lut.as_ptr());
-        let lo_mask = _mm_set1_epi16(0x000f);
-        let hi_mask = _mm_set1_epi16(0x00f0);
-        let steps = (2 * bytes.len()).min(out.len()) / 16;
-        for s in 0..steps {
-            // 8 bytes → 8 u16 lanes; low nibble stays in byte 0, high nibble moves to byte 1,
-            // which puts the 16 nibbles in element order.
-            let b = _mm_loadl_epi64(bytes.as_ptr().add(8 * s) as *const __m128i);
-            let w = _mm_cvtepu8_epi16(b);
-            let nib = _mm_or_si128(
-                _mm_and_si128(w, lo_mask),
-                _mm_slli_epi16(_mm_and_si128(w, hi_mask), 4),
-            );
-            let v = _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(nib), table);
-            _mm512_storeu_ps(out.as_mut_ptr().add(16 * s), v);
-        }
-        steps * 16
-    }
 
     /// Rows n0..n1 of W against every token.
     ///
@@ -248,23 +166,31 @@ impl PackedI4 {
         Self::offset_of(self.k, row, blk)
     }
 
-    /// Whether `gemm` can run this weight here: AVX-512F, whole 32-value blocks in every
-    /// group, zero points in int4 range (so q − 8 − zero fits a byte).
-    pub fn supported(w: &Int4Rows<'_>) -> bool {
-        has_avx512()
-            && w.group.is_multiple_of(32)
-            && w.k.is_multiple_of(32)
-            && w.zero.iter().all(|z| (-8..=7).contains(z))
-    }
-
-    /// Repack `n` rows; None where `supported` says no.
-    pub fn pack(w: &Int4Rows<'_>, n: usize) -> Option<PackedI4> {
-        if !PackedI4::supported(w) || w.packed.len() < n * w.k / 2 {
+    /// Repack an INT4 `[n, k]` weight for `gemm`; None where it cannot run it: not INT4, no
+    /// AVX-512F, groups or k not whole 32-value blocks, or zero points outside int4 range (so
+    /// q − 8 − zero would not fit a byte).
+    pub fn pack(w: &QuantWeight, n: usize, k: usize) -> Option<PackedI4> {
+        let QuantWeight::Int4 {
+            packed,
+            scale,
+            zero,
+            group,
+        } = w
+        else {
+            return None;
+        };
+        let group = *group;
+        if !has_avx512()
+            || !group.is_multiple_of(32)
+            || !k.is_multiple_of(32)
+            || !zero.iter().all(|z| (-8..=7).contains(z))
+            || packed.len() < n * k / 2
+        {
             return None;
         }
-        let (k, groups) = (w.k, w.k.div_ceil(w.group));
+        let groups = k.div_ceil(group);
         let nib = |row: usize, t: usize| {
-            let b = w.packed[(row * k + t) / 2];
+            let b = packed[(row * k + t) / 2];
             if t.is_multiple_of(2) {
                 b & 15
             } else {
@@ -281,21 +207,21 @@ impl PackedI4 {
             }
         }
         let zz = (0..n * groups)
-            .map(|e| 8 + if w.zero.is_empty() { 0 } else { w.zero[e] })
+            .map(|e| 8 + if zero.is_empty() { 0 } else { zero[e] })
             .collect();
         Some(PackedI4 {
             n,
             k,
-            group: w.group,
+            group,
             groups,
             data,
-            scale: w.scale[..n * groups].to_vec(),
+            scale: scale[..n * groups].to_vec(),
             zz,
         })
     }
 }
 
-/// out (m, n) = x (m, k) · Wᵀ, decoding W in registers (values exactly the reference's).
+/// out (m, n) = x (m, k) · Wᵀ, decoding W in registers.
 ///
 /// # Panics
 /// If the buffers are smaller than the shape says or the CPU lacks AVX-512F.

@@ -233,24 +233,6 @@ impl CpuBackend {
         let bias = w.bias.as_deref();
         if w.act.policy == ActQuant::None {
             match qm {
-                CpuQMatrix::Plain(QuantWeight::Int4 {
-                    packed,
-                    scale,
-                    zero,
-                    group,
-                }) => {
-                    let rows = int4::Int4Rows {
-                        packed,
-                        scale,
-                        zero,
-                        group: *group,
-                        k,
-                    };
-                    let v = int4::has_avx512();
-                    gemm::matmul_decoded(isa, out, x, m, n, k, &|j, r, buf| {
-                        rows.decode(j, r, buf, v)
-                    })
-                }
                 CpuQMatrix::Plain(qw) => {
                     gemm::matmul_decoded(isa, out, x, m, n, k, &|j, r, buf| {
                         qw.decode_rows(k, j, r, buf)
@@ -481,24 +463,10 @@ impl Backend for CpuBackend {
             {
                 CpuQMatrix::Vnni(vnni::PackedI8::pack(q, scale, colsum, rows, cols))
             }
-            QuantWeight::Int4 {
-                packed,
-                scale,
-                zero,
-                group,
-            } => {
-                let r4 = int4::Int4Rows {
-                    packed,
-                    scale,
-                    zero,
-                    group: *group,
-                    k: cols,
-                };
-                match int4::PackedI4::pack(&r4, rows) {
-                    Some(p) => CpuQMatrix::Int4(p),
-                    None => CpuQMatrix::Plain(w.clone()),
-                }
-            }
+            QuantWeight::Int4 { .. } => match int4::PackedI4::pack(w, rows, cols) {
+                Some(p) => CpuQMatrix::Int4(p),
+                None => CpuQMatrix::Plain(w.clone()),
+            },
             _ => CpuQMatrix::Plain(w.clone()),
         })
     }
