@@ -78,27 +78,6 @@ impl OnlineHadamard {
 /// In place: x (rows of whole blocks) ← blockdiag(H_b) x, H_b = Sylvester Hadamard / √b.
 /// `x.len()` must be a multiple of `block` (a power of two); callers check.
 pub fn fwht(x: &mut [f32], block: usize) {
-    #[cfg(target_arch = "x86_64")]
-    if is_x86_feature_detected!("avx2") {
-        // SAFETY: AVX2 detected.
-        unsafe { fwht_avx2(x, block) };
-        return;
-    }
-    fwht_impl(x, block)
-}
-
-/// `fwht` compiled for AVX2 (the same operations per element, so the same bits).
-///
-/// # Safety
-/// CPU has AVX2.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn fwht_avx2(x: &mut [f32], block: usize) {
-    fwht_impl(x, block)
-}
-
-#[inline(always)]
-fn fwht_impl(x: &mut [f32], block: usize) {
     let norm = 1.0 / (block as f32).sqrt();
     for blk in x.chunks_exact_mut(block) {
         let mut h = 1;

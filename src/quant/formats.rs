@@ -21,7 +21,7 @@ pub fn round_even(x: f32) -> f32 {
 }
 
 /// q = clamp(round(x / scale) + zp, qmin, qmax) with qmin = -127 (symmetric) or -128.
-#[inline(always)]
+#[inline]
 pub fn quantize_i8(x: f32, inv_scale: f32, zp: i32, symmetric: bool) -> i8 {
     let qmin = if symmetric { -127.0 } else { -128.0 };
     (round_even(x * inv_scale) + zp as f32).clamp(qmin, 127.0) as i8

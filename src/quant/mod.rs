@@ -200,7 +200,6 @@ pub fn quantize_rows_i8(
 }
 
 /// (scale, zero point) covering `row` (always including 0.0 so it stays exact).
-#[inline(always)]
 pub fn dynamic_i8_params(row: &[f32], symmetric: bool) -> (f32, i32) {
     let (mut lo, mut hi) = (0f32, 0f32);
     for &v in row {
