@@ -162,6 +162,45 @@ fn load_checked(src: &dyn WeightSource, name: &str, shape: &[usize]) -> Result<H
     Ok(t)
 }
 
+/// The LM head in int8 from its float weight `t` (vocab, dim): per-channel symmetric weights
+/// of W·H and a per-token int8 input rotated by the same block Hadamard H (returned, for
+/// `logits` to apply). QuaRot-style: unrotated, per-token int8 of the final norm's output cost
+/// 0.0064 mean KL on wikitext-2 (40 chunks, w8a8 model; 0.0022 with a float head); rotated
+/// 0.0031 (10 chunks; weight-only int8: 0.0028).
+fn int8_lm_head<B: Backend>(
+    backend: &B,
+    t: &HostTensor,
+    vocab: usize,
+    dim: usize,
+) -> Result<(Linear<B>, Option<usize>)> {
+    let mut wf = t.to_f32_vec(); // (vocab, dim)
+    let block = hadamard::block_for(dim);
+    if let Some(b) = block {
+        hadamard::fwht(&mut wf, b);
+    }
+    let cfg = WeightQConfig {
+        dtype: QDType::Int8,
+        scope: WeightScope::PerChannel,
+        symmetric: true,
+        method: WeightMethod::MinMax,
+    };
+    let q = quantize_weight(&wf, vocab, dim, &cfg)?;
+    let head = Linear {
+        name: "lm_head".into(),
+        in_features: dim,
+        out_features: vocab,
+        weight: LinearWeight::Quant(backend.upload_quant(&q, vocab, dim)?),
+        bias: None,
+        // per-token asymmetric: the final norm's output is not centred
+        act: ActSpec {
+            policy: ActQuant::Dynamic,
+            dtype: QDType::Int8,
+            symmetric: false,
+        },
+    };
+    Ok((head, block))
+}
+
 impl<B: Backend> LlamaModel<B> {
     /// Build the model from `src` (HF tensor names). `weight_dtype` None keeps each tensor's
     /// checkpoint dtype for the embedding's dtype and all matrices.
@@ -242,51 +281,32 @@ impl<B: Backend> LlamaModel<B> {
             });
         }
         let embed = Arc::new(backend.upload_matrix(&embed_t, wdt)?);
-        let lm_head = if c.tie_word_embeddings {
-            Linear {
+        // An int8 head is built from the float weights (the tied embedding or lm_head.weight)
+        // unless the checkpoint quantized lm_head itself.
+        let int8_head = c.lm_head == LmHead::Int8
+            && (c.tie_word_embeddings || src.quant_linear("lm_head")?.is_none());
+        let (lm_head, lm_head_block) = if int8_head {
+            let t = if c.tie_word_embeddings {
+                embed_t
+            } else {
+                load_checked(src, "lm_head.weight", &[c.vocab_size, dim])?
+            };
+            int8_lm_head(&backend, &t, c.vocab_size, dim)?
+        } else if c.tie_word_embeddings {
+            let head = Linear {
                 name: "lm_head".into(),
                 in_features: dim,
                 out_features: c.vocab_size,
                 weight: LinearWeight::Dense(embed.clone()),
                 bias: None,
                 act: ActSpec::NONE,
-            }
+            };
+            (head, None)
         } else {
             let mut l = linear("lm_head", c.vocab_size, dim, false)?;
             l.name = "lm_head".into();
-            l
+            (l, None)
         };
-        let mut lm_head = lm_head;
-        let mut lm_head_block = None;
-        if c.lm_head == LmHead::Int8 && matches!(lm_head.weight, LinearWeight::Dense(_)) {
-            let t = if c.tie_word_embeddings {
-                embed_t
-            } else {
-                load_checked(src, "lm_head.weight", &[c.vocab_size, dim])?
-            };
-            let cfg = WeightQConfig {
-                dtype: QDType::Int8,
-                scope: WeightScope::PerChannel,
-                symmetric: true,
-                method: WeightMethod::MinMax,
-            };
-            let mut wf = t.to_f32_vec(); // (vocab, dim)
-                                         // QuaRot-style rotation of the head's input: unrotated, per-token int8 of the final
-                                         // norm's output cost 0.0064 mean KL on wikitext-2 (40 chunks, w8a8 model; 0.0022
-                                         // with a float head); rotated 0.0031 (10 chunks; weight-only int8: 0.0028).
-            lm_head_block = hadamard::block_for(dim);
-            if let Some(block) = lm_head_block {
-                hadamard::fwht(&mut wf, block);
-            }
-            let q = quantize_weight(&wf, c.vocab_size, dim, &cfg)?;
-            lm_head.weight = LinearWeight::Quant(backend.upload_quant(&q, c.vocab_size, dim)?);
-            // per-token asymmetric: the final norm's output is not centred
-            lm_head.act = ActSpec {
-                policy: ActQuant::Dynamic,
-                dtype: QDType::Int8,
-                symmetric: false,
-            };
-        }
         let norm = vector("model.norm.weight", dim)?;
         let inv_freq = c.rope_inv_freq();
         let rope_len = c.max_position_embeddings.max(1);
