@@ -129,6 +129,28 @@ fn quant_linear(
     (lin, q)
 }
 
+/// out (m, n) within 1e-5 relative + 1e-4 of xa (m, k) · wd (n, k)ᵀ computed in f64.
+fn assert_matches_f64(
+    what: &str,
+    out: &[f32],
+    xa: &[f64],
+    wd: &[f32],
+    m: usize,
+    n: usize,
+    k: usize,
+) {
+    for i in 0..m {
+        for j in 0..n {
+            let r: f64 = (0..k).map(|t| xa[i * k + t] * wd[j * k + t] as f64).sum();
+            let g = out[i * n + j] as f64;
+            assert!(
+                (g - r).abs() <= 1e-5 * r.abs() + 1e-4,
+                "{what} ({i},{j}) {g} vs {r}"
+            );
+        }
+    }
+}
+
 fn decoded(q: &QuantWeight, n: usize, k: usize) -> Vec<f32> {
     let mut d = vec![0.0; n * k];
     q.decode_rows(k, 0, n, &mut d);
@@ -255,31 +277,25 @@ fn w8a8_linear_matches_reference(isa: Int8Isa) -> Vec<Vec<f32>> {
             b.linear(&mut out, &x, &lin, m, Phase::Prefill)
                 .expect("linear");
             outs.push(out.clone());
-            for i in 0..m {
-                let row = &x[i * k..(i + 1) * k];
-                let (s, z) = match policy {
-                    ActQuant::Static { scale, zp } => (scale, zp),
-                    _ => quant::dynamic_i8_params(row, symmetric),
-                };
-                let xa: Vec<f64> = row
-                    .iter()
-                    .map(|&v| {
+            // the activations as the kernel sees them: quantized per row, dequantized
+            let xa: Vec<f64> = x
+                .chunks_exact(k)
+                .flat_map(|row| {
+                    let (s, z) = match policy {
+                        ActQuant::Static { scale, zp } => (scale, zp),
+                        _ => quant::dynamic_i8_params(row, symmetric),
+                    };
+                    row.iter().map(move |&v| {
                         quant::formats::dequantize_i8(
                             quant::formats::quantize_i8(v, 1.0 / s, z, symmetric),
                             s,
                             z,
                         ) as f64
                     })
-                    .collect();
-                for j in 0..n {
-                    let r: f64 = (0..k).map(|t| xa[t] * wd[j * k + t] as f64).sum();
-                    let g = out[i * n + j] as f64;
-                    assert!(
-                        (g - r).abs() <= 1e-5 * r.abs() + 1e-4,
-                        "{isa:?} sym {symmetric} {policy:?} ({i},{j}) {g} vs {r}"
-                    );
-                }
-            }
+                })
+                .collect();
+            let what = format!("{isa:?} sym {symmetric} {policy:?}");
+            assert_matches_f64(&what, &out, &xa, &wd, m, n, k);
         }
     }
     // weight-only int8 (no activation quantization) decodes the weight, whatever its layout
@@ -288,18 +304,8 @@ fn w8a8_linear_matches_reference(isa: Int8Isa) -> Vec<Vec<f32>> {
     let mut out = vec![0.0; m * n];
     b.linear(&mut out, &x, &lin, m, Phase::Prefill)
         .expect("linear");
-    for i in 0..m {
-        for j in 0..n {
-            let r: f64 = (0..k)
-                .map(|t| x[i * k + t] as f64 * wd[j * k + t] as f64)
-                .sum();
-            let g = out[i * n + j] as f64;
-            assert!(
-                (g - r).abs() <= 1e-5 * r.abs() + 1e-4,
-                "{isa:?} W8A16 ({i},{j}) {g} vs {r}"
-            );
-        }
-    }
+    let xa: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+    assert_matches_f64(&format!("{isa:?} W8A16"), &out, &xa, &wd, m, n, k);
     outs.push(out);
     outs
 }
@@ -337,18 +343,10 @@ fn fp8_and_int4_linears_match_reference() {
     let mut xq = vec![0.0; m * k];
     let mut xs = vec![0.0; m];
     quant::quantize_rows_fp8(&x, m, k, None, &mut xq, &mut xs);
-    for i in 0..m {
-        for j in 0..n {
-            let r: f64 = (0..k)
-                .map(|t| xq[i * k + t] as f64 * xs[i] as f64 * wd[j * k + t] as f64)
-                .sum();
-            let g = out[i * n + j] as f64;
-            assert!(
-                (g - r).abs() <= 1e-5 * r.abs() + 1e-4,
-                "fp8 ({i},{j}) {g} vs {r}"
-            );
-        }
-    }
+    let xa: Vec<f64> = (0..m * k)
+        .map(|e| xq[e] as f64 * xs[e / k] as f64)
+        .collect();
+    assert_matches_f64("fp8", &out, &xa, &wd, m, n, k);
     // W4A16: float activations, int4 weights
     for symmetric in [true, false] {
         let cfg = WeightQConfig {
@@ -361,18 +359,8 @@ fn fp8_and_int4_linears_match_reference() {
         let wd = decoded(&q, n, k);
         b.linear(&mut out, &x, &lin, m, Phase::Decode)
             .expect("int4 linear");
-        for i in 0..m {
-            for j in 0..n {
-                let r: f64 = (0..k)
-                    .map(|t| x[i * k + t] as f64 * wd[j * k + t] as f64)
-                    .sum();
-                let g = out[i * n + j] as f64;
-                assert!(
-                    (g - r).abs() <= 1e-5 * r.abs() + 1e-4,
-                    "int4 ({i},{j}) {g} vs {r}"
-                );
-            }
-        }
+        let xa: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+        assert_matches_f64("int4", &out, &xa, &wd, m, n, k);
     }
 }
 
