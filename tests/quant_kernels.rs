@@ -504,7 +504,11 @@ fn int4_row_decode_is_the_dequantization_formula() {
         // value t of row j: ((nibble − 8) − zero) · scale, element by element
         let want = |j: usize, t: usize| {
             let byte = packed[(j * k + t) / 2];
-            let nib = if t % 2 == 0 { byte & 15 } else { byte >> 4 };
+            let nib = if t.is_multiple_of(2) {
+                byte & 15
+            } else {
+                byte >> 4
+            };
             let e = j * groups + t / g;
             let z = if zero.is_empty() { 0.0 } else { zero[e] as f32 };
             ((nib as i32 - 8) as f32 - z) * scale[e]
