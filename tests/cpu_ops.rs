@@ -7,7 +7,7 @@ mod common;
 use common::randn;
 use ferroq::backend::cpu::gemm::{self, Isa, WElem};
 use ferroq::backend::cpu::CpuBackend;
-use ferroq::backend::{AttentionArgs, Backend};
+use ferroq::backend::{Backend, KvSeq};
 use ferroq::engine::sampler::Rng;
 use ferroq::model::linear::{Linear, LinearWeight};
 use ferroq::quant::Phase;
@@ -264,14 +264,29 @@ fn rope_rotate_half() {
         .collect();
     let x = randn(&mut rng, rows * heads * hd, 1.0);
     let mut y = x.clone();
-    b.rope(&mut y, &cos, &sin, rows, heads, hd, start)
-        .expect("rope");
+    // two sequences in one batch: rows 0..1 at position 2, rows 1..rows at `start`
+    let seqs = [
+        KvSeq {
+            row0: 0,
+            rows: 1,
+            start_pos: 2,
+            blocks: &[],
+        },
+        KvSeq {
+            row0: 1,
+            rows: rows - 1,
+            start_pos: start,
+            blocks: &[],
+        },
+    ];
+    b.rope(&mut y, &cos, &sin, &seqs, heads, hd).expect("rope");
     let mut want = vec![0.0; x.len()];
     for r in 0..rows {
         for h in 0..heads {
             let base = (r * heads + h) * hd;
             for i in 0..half {
-                let a = (start + r) as f64 * inv[i];
+                let p = if r == 0 { 2 } else { start + r - 1 };
+                let a = p as f64 * inv[i];
                 let (x0, x1) = (x[base + i] as f64, x[base + i + half] as f64);
                 want[base + i] = x0 * a.cos() - x1 * a.sin();
                 want[base + i + half] = x1 * a.cos() + x0 * a.sin();
@@ -279,97 +294,16 @@ fn rope_rotate_half() {
         }
     }
     assert_close("rope", &y, &want, 1e-5, 1e-6);
+    let late = [KvSeq {
+        row0: 0,
+        rows,
+        start_pos: 14,
+        blocks: &[],
+    }];
     assert!(
-        b.rope(&mut y, &cos, &sin, rows, heads, hd, 14).is_err(),
+        b.rope(&mut y, &cos, &sin, &late, heads, hd).is_err(),
         "positions past the table are an error"
     );
-}
-
-#[test]
-fn attention_causal_gqa() {
-    let b = CpuBackend::new();
-    let mut rng = Rng::new(6);
-    for (nh, nkv, hd, rows, start) in [
-        (4, 2, 8, 5, 3),
-        (9, 3, 64, 1, 40),
-        (6, 6, 4, 7, 0),
-        (3, 1, 16, 2, 0),
-        (4, 2, 8, 11, 3), // query blocks of ATTN_ROWS and a partial one
-        (9, 3, 64, 9, 0),
-    ] {
-        let max_seq = start + rows + 2;
-        let (qd, kvd) = (nh * hd, nkv * hd);
-        let q = randn(&mut rng, rows * qd, 1.0);
-        let kc = randn(&mut rng, max_seq * kvd, 1.0);
-        let vc = randn(&mut rng, max_seq * kvd, 1.0);
-        let mut out = vec![f32::NAN; rows * qd];
-        let mut scratch = vec![0.0; nh * ferroq::backend::ATTN_ROWS * max_seq];
-        b.attention(AttentionArgs {
-            out: &mut out,
-            q: &q,
-            k_cache: &kc,
-            v_cache: &vc,
-            scratch: &mut scratch,
-            rows,
-            start_pos: start,
-            max_seq,
-            n_heads: nh,
-            n_kv_heads: nkv,
-            head_dim: hd,
-        })
-        .expect("attention");
-        let mut want = vec![0.0; rows * qd];
-        for r in 0..rows {
-            for h in 0..nh {
-                let g = h / (nh / nkv);
-                let n_keys = start + r + 1;
-                let s: Vec<f64> = (0..n_keys)
-                    .map(|j| {
-                        (0..hd)
-                            .map(|i| {
-                                q[r * qd + h * hd + i] as f64 * kc[j * kvd + g * hd + i] as f64
-                            })
-                            .sum::<f64>()
-                            / (hd as f64).sqrt()
-                    })
-                    .collect();
-                let mx = s.iter().cloned().fold(f64::MIN, f64::max);
-                let e: Vec<f64> = s.iter().map(|v| (v - mx).exp()).collect();
-                let z: f64 = e.iter().sum();
-                for i in 0..hd {
-                    want[r * qd + h * hd + i] = (0..n_keys)
-                        .map(|j| e[j] / z * vc[j * kvd + g * hd + i] as f64)
-                        .sum();
-                }
-            }
-        }
-        assert_close(
-            &format!("attention nh{nh} nkv{nkv} hd{hd}"),
-            &out,
-            &want,
-            1e-5,
-            1e-5,
-        );
-        // a row computed alone (as in decode) gives the same bits as inside the block
-        for r in 0..rows {
-            let mut one = vec![f32::NAN; qd];
-            b.attention(AttentionArgs {
-                out: &mut one,
-                q: &q[r * qd..(r + 1) * qd].to_vec(),
-                k_cache: &kc,
-                v_cache: &vc,
-                scratch: &mut scratch,
-                rows: 1,
-                start_pos: start + r,
-                max_seq,
-                n_heads: nh,
-                n_kv_heads: nkv,
-                head_dim: hd,
-            })
-            .expect("attention");
-            assert_eq!(one, out[r * qd..(r + 1) * qd], "row {r} alone differs");
-        }
-    }
 }
 
 #[test]

@@ -92,32 +92,33 @@ pub trait Backend: Send + Sync + Sized + 'static {
         rows: usize,
         phase: Phase,
     ) -> Result<()>;
-    /// Rotate x (rows, n_heads, head_dim) in place, HF rotate_half convention; token r is at
-    /// position start_pos + r; cos/sin are (max_pos, head_dim / 2).
-    #[allow(clippy::too_many_arguments)]
+    /// Rotate x (rows, n_heads, head_dim) in place, HF rotate_half convention; each sequence's
+    /// row row0 + r is at position start_pos + r; cos/sin are (max_pos, head_dim / 2).
     fn rope(
         &self,
         x: &mut Self::Buf,
         cos: &Self::Buf,
         sin: &Self::Buf,
-        rows: usize,
+        seqs: &[KvSeq<'_>],
         n_heads: usize,
         head_dim: usize,
-        start_pos: usize,
     ) -> Result<()>;
-    /// cache (max_seq, kv_dim)[start_pos .. start_pos + rows] = src (rows, kv_dim)
+    /// Store each sequence's new keys or values: cache (n_blocks, block_size, kv_dim) at the
+    /// slots of positions start_pos .. start_pos + rows (through its block table) =
+    /// src (rows, kv_dim) from row row0.
     fn write_kv(
         &self,
         cache: &mut Self::Buf,
         src: &Self::Buf,
-        start_pos: usize,
-        rows: usize,
+        seqs: &[KvSeq<'_>],
+        block_size: usize,
         kv_dim: usize,
     ) -> Result<()>;
-    /// Causal grouped-query attention of `rows` new queries at positions start_pos.. against
-    /// the cache (positions 0 ..= start_pos + r). out, q: (rows, n_heads * head_dim);
-    /// k_cache, v_cache: (max_seq, n_kv_heads * head_dim); scratch: (n_heads, ATTN_ROWS *
-    /// max_seq).
+    /// Causal grouped-query attention: each sequence's `rows` new queries at positions
+    /// start_pos.. attend to its cached positions 0 ..= start_pos + r. out, q: (batch rows,
+    /// n_heads * head_dim); k_cache, v_cache: (n_blocks, block_size, n_kv_heads * head_dim);
+    /// scratch: (n_heads, ATTN_ROWS * max_seq). A sequence's results do not depend on the
+    /// other sequences, its block table or block size (bit for bit).
     fn attention(&self, a: AttentionArgs<'_, Self>) -> Result<()>;
     /// gate (len) = silu(gate) * up
     fn silu_mul(&self, gate: &mut Self::Buf, up: &Self::Buf, len: usize) -> Result<()>;
@@ -129,6 +130,55 @@ pub trait Backend: Send + Sync + Sized + 'static {
 /// rows per head).
 pub const ATTN_ROWS: usize = 4;
 
+/// One sequence inside a batched forward pass: batch rows row0 .. row0 + rows are its tokens
+/// at positions start_pos ..; its KV cache lives in the physical blocks of `blocks` (vLLM's
+/// block table: position p is slot p % block_size of block blocks[p / block_size]).
+#[derive(Clone, Copy, Debug)]
+pub struct KvSeq<'a> {
+    pub row0: usize,
+    pub rows: usize,
+    pub start_pos: usize,
+    pub blocks: &'a [u32],
+}
+
+impl KvSeq<'_> {
+    /// Check that the table covers every position up to start_pos + rows, inside a cache of
+    /// n_blocks blocks, within max_seq positions and a batch of batch_rows rows.
+    pub fn check(
+        &self,
+        block_size: usize,
+        n_blocks: usize,
+        max_seq: usize,
+        batch_rows: usize,
+    ) -> Result<()> {
+        let end = self.start_pos + self.rows;
+        if end > max_seq {
+            return Err(crate::error::Error::ContextOverflow {
+                needed: end,
+                max: max_seq,
+            });
+        }
+        let need = end.div_ceil(block_size.max(1));
+        if block_size == 0 || self.blocks.len() < need || self.row0 + self.rows > batch_rows {
+            return Err(crate::error::Error::InvalidArgument(format!(
+                "kv sequence: rows {}..{} of {batch_rows}, positions up to {end} need {need} blocks of {block_size}, the table has {}",
+                self.row0,
+                self.row0 + self.rows,
+                self.blocks.len()
+            )));
+        }
+        if let Some(&b) = self.blocks[..need]
+            .iter()
+            .find(|&&b| b as usize >= n_blocks)
+        {
+            return Err(crate::error::Error::InvalidArgument(format!(
+                "kv block {b} outside a cache of {n_blocks} blocks"
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// Arguments of [`Backend::attention`], bundled because there are many.
 pub struct AttentionArgs<'a, B: Backend> {
     pub out: &'a mut B::Buf,
@@ -136,8 +186,9 @@ pub struct AttentionArgs<'a, B: Backend> {
     pub k_cache: &'a B::Buf,
     pub v_cache: &'a B::Buf,
     pub scratch: &'a mut B::Buf,
-    pub rows: usize,
-    pub start_pos: usize,
+    pub seqs: &'a [KvSeq<'a>],
+    pub block_size: usize,
+    /// Longest sequence the scratch has room for.
     pub max_seq: usize,
     pub n_heads: usize,
     pub n_kv_heads: usize,

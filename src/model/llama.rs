@@ -5,11 +5,13 @@
 //! once for (max_batch, max_seq), so prefill (a batch of prompt tokens in one pass) and decode
 //! (one token) allocate nothing.
 
-use crate::backend::{AttentionArgs, Backend};
+use crate::backend::{AttentionArgs, Backend, KvSeq};
 use crate::error::{Error, Result};
 use crate::model::config::{LmHead, ModelConfig};
 use crate::model::hadamard;
+use crate::model::kv::KvCache;
 use crate::model::linear::{Linear, LinearWeight};
+pub use crate::model::session::Session;
 use crate::model::WeightSource;
 use crate::quant::weight::{quantize_weight, WeightMethod, WeightQConfig, WeightScope};
 use crate::quant::{ActQuant, ActSpec, Phase, QDType};
@@ -126,34 +128,46 @@ pub enum Logits {
     From(usize),
 }
 
-/// Run state of one sequence: activations, KV cache, position.
-pub struct Session<B: Backend> {
-    pub max_batch: usize,
+/// Activation buffers for forward passes of up to `max_rows` tokens (from one or several
+/// sequences) over sequences of up to `max_seq` positions: llama2.c's RunState without the KV
+/// cache, which lives in a [`KvCache`] so that sequences can share one block pool.
+pub struct Workspace<B: Backend> {
+    pub max_rows: usize,
     pub max_seq: usize,
-    /// Tokens already in the KV cache.
-    pub pos: usize,
-    all_logits: bool,
-    x: B::Buf,             // (max_batch, dim) residual stream
-    xb: B::Buf,            // (max_batch, dim)
-    q: B::Buf,             // (max_batch, q_dim)
-    k: B::Buf,             // (max_batch, kv_dim)
-    v: B::Buf,             // (max_batch, kv_dim)
-    att: B::Buf,           // (max_batch, q_dim)
-    hb: B::Buf,            // (max_batch, ffn)
-    hb2: B::Buf,           // (max_batch, ffn)
-    logits: B::Buf,        // (max_batch or 1, vocab)
-    k_cache: Vec<B::Buf>,  // layers × (max_seq, kv_dim)
-    v_cache: Vec<B::Buf>,  // layers × (max_seq, kv_dim)
-    scratch: B::Buf,       // (n_heads, ATTN_ROWS * max_seq) attention scores
-    host_logits: Vec<f32>, // (max_batch or 1, vocab)
-    obs: Vec<f32>,         // (max_batch, max width) host copy for observers; empty unless observed
+    /// Rows of logits one call can return.
+    pub logit_rows: usize,
+    x: B::Buf,                // (max_rows, dim) residual stream
+    xb: B::Buf,               // (max_rows, dim)
+    q: B::Buf,                // (max_rows, q_dim)
+    k: B::Buf,                // (max_rows, kv_dim)
+    v: B::Buf,                // (max_rows, kv_dim)
+    att: B::Buf,              // (max_rows, q_dim)
+    hb: B::Buf,               // (max_rows, ffn)
+    hb2: B::Buf,              // (max_rows, ffn)
+    logits: B::Buf,           // (logit_rows, vocab)
+    scratch: B::Buf,          // (n_heads, ATTN_ROWS * max_seq) attention scores
+    host_logits: Vec<f32>,    // (logit_rows, vocab)
+    tokens: Vec<u32>,         // (max_rows) the batch's tokens, concatenated
+    pub(crate) obs: Vec<f32>, // (max_rows, max width) host copy for observers; empty unless observed
 }
 
-impl<B: Backend> Session<B> {
-    /// Forget the sequence (the cache is overwritten as new tokens arrive).
-    pub fn reset(&mut self) {
-        self.pos = 0;
+impl<B: Backend> Workspace<B> {
+    /// The logits the last call copied to the host.
+    pub(crate) fn host_logits(&self) -> &[f32] {
+        &self.host_logits
     }
+}
+
+/// One sequence's share of a batched forward pass ([`LlamaModel::forward_batch`]).
+#[derive(Clone, Copy, Debug)]
+pub struct BatchEntry<'a> {
+    /// New tokens, fed at positions start_pos ..
+    pub tokens: &'a [u32],
+    pub start_pos: usize,
+    /// The sequence's block table in the [`KvCache`]; must cover start_pos + tokens.len().
+    pub blocks: &'a [u32],
+    /// Return the logits of its last token.
+    pub want_logits: bool,
 }
 
 fn load_checked(src: &dyn WeightSource, name: &str, shape: &[usize]) -> Result<HostTensor> {
@@ -363,18 +377,25 @@ impl<B: Backend> LlamaModel<B> {
             .find(|l| l.name == name)
     }
 
-    /// Allocate the run state for sequences of up to `max_seq` tokens, fed at most `max_batch`
-    /// tokens per forward call.
-    pub fn new_session(
+    /// Whether any linear quantizes its input differently in prefill and decode (pd_mix): such
+    /// a model must not run prefill and decode rows in one forward call.
+    pub fn phase_sensitive(&self) -> bool {
+        self.linears()
+            .any(|l| matches!(l.act.policy, ActQuant::PdMix { .. }))
+    }
+
+    /// Allocate activation buffers for `max_rows` tokens per call over sequences of up to
+    /// `max_seq` positions, returning up to `logit_rows` rows of logits per call.
+    pub fn new_workspace(
         &self,
-        max_batch: usize,
+        max_rows: usize,
         max_seq: usize,
-        all_logits: bool,
-    ) -> Result<Session<B>> {
+        logit_rows: usize,
+    ) -> Result<Workspace<B>> {
         let c = &self.config;
-        if max_batch == 0 || max_seq == 0 {
+        if max_rows == 0 || max_seq == 0 || logit_rows == 0 {
             return Err(Error::InvalidArgument(
-                "max_batch and max_seq must be positive".into(),
+                "max_batch, max_seq and logit rows must be positive".into(),
             ));
         }
         if max_seq > self.rope_len {
@@ -384,220 +405,198 @@ impl<B: Backend> LlamaModel<B> {
             });
         }
         let b = &self.backend;
-        let logit_rows = if all_logits { max_batch } else { 1 };
-        let mut k_cache = Vec::with_capacity(c.num_layers);
-        let mut v_cache = Vec::with_capacity(c.num_layers);
-        for _ in 0..c.num_layers {
-            k_cache.push(b.alloc(max_seq * c.kv_dim())?);
-            v_cache.push(b.alloc(max_seq * c.kv_dim())?);
-        }
-        Ok(Session {
-            max_batch,
+        Ok(Workspace {
+            max_rows,
             max_seq,
-            pos: 0,
-            all_logits,
-            x: b.alloc(max_batch * c.hidden_size)?,
-            xb: b.alloc(max_batch * c.hidden_size)?,
-            q: b.alloc(max_batch * c.q_dim())?,
-            k: b.alloc(max_batch * c.kv_dim())?,
-            v: b.alloc(max_batch * c.kv_dim())?,
-            att: b.alloc(max_batch * c.q_dim())?,
-            hb: b.alloc(max_batch * c.intermediate_size)?,
-            hb2: b.alloc(max_batch * c.intermediate_size)?,
+            logit_rows,
+            x: b.alloc(max_rows * c.hidden_size)?,
+            xb: b.alloc(max_rows * c.hidden_size)?,
+            q: b.alloc(max_rows * c.q_dim())?,
+            k: b.alloc(max_rows * c.kv_dim())?,
+            v: b.alloc(max_rows * c.kv_dim())?,
+            att: b.alloc(max_rows * c.q_dim())?,
+            hb: b.alloc(max_rows * c.intermediate_size)?,
+            hb2: b.alloc(max_rows * c.intermediate_size)?,
             logits: b.alloc(logit_rows * c.vocab_size)?,
-            k_cache,
-            v_cache,
             scratch: b.alloc(c.num_heads * crate::backend::ATTN_ROWS * max_seq)?,
             host_logits: vec![0f32; logit_rows * c.vocab_size],
+            tokens: Vec::with_capacity(max_rows),
             obs: Vec::new(),
         })
     }
 
-    /// Feed `tokens` at the session's position and return logits (`Logits::Last`: vocab;
-    /// `Logits::All`: tokens.len() × vocab, which needs tokens.len() <= max_batch). Longer
-    /// inputs are processed in chunks of max_batch.
-    pub fn forward<'s>(
+    /// Check token ids against the vocabulary.
+    pub(crate) fn check_tokens(&self, tokens: &[u32]) -> Result<()> {
+        let vocab = self.config.vocab_size;
+        match tokens.iter().find(|&&id| id as usize >= vocab) {
+            Some(&id) => Err(Error::TokenOutOfRange { id, vocab }),
+            None => Ok(()),
+        }
+    }
+
+    /// One forward pass over several sequences at once (continuous batching): their new
+    /// tokens are stacked into one batch for the linears, attention reads each sequence's own
+    /// blocks of `kv`. Returns (entries with want_logits, vocab) logits in entry order. Every
+    /// kernel is batch-invariant, so a sequence gets the same logits bit for bit whatever else
+    /// is in the batch, as long as `ph` is the phase it would run in alone ([`Phase::of_chunk`]).
+    pub fn forward_batch<'w>(
         &self,
-        s: &'s mut Session<B>,
-        tokens: &[u32],
-        want: Logits,
-    ) -> Result<&'s [f32]> {
-        if tokens.is_empty() {
+        ws: &'w mut Workspace<B>,
+        kv: &mut KvCache<B>,
+        entries: &[BatchEntry<'_>],
+        ph: Phase,
+    ) -> Result<&'w [f32]> {
+        let rows: usize = entries.iter().map(|e| e.tokens.len()).sum();
+        let n_logits = entries.iter().filter(|e| e.want_logits).count();
+        if rows == 0 || entries.iter().any(|e| e.tokens.is_empty()) {
             return Err(Error::InvalidArgument(
-                "forward needs at least one token".into(),
+                "forward needs at least one token per sequence".into(),
             ));
         }
-        if s.pos + tokens.len() > s.max_seq {
-            return Err(Error::ContextOverflow {
-                needed: s.pos + tokens.len(),
-                max: s.max_seq,
-            });
-        }
-        let first = match want {
-            Logits::Last => tokens.len() - 1,
-            Logits::All => 0,
-            Logits::From(k) => k,
-        };
-        if want != Logits::Last
-            && (!s.all_logits || tokens.len() > s.max_batch || first >= tokens.len())
-        {
+        if rows > ws.max_rows || n_logits > ws.logit_rows {
             return Err(Error::InvalidArgument(format!(
-                "logits of several tokens need a session made with all_logits, at most {} tokens and a start inside them",
-                s.max_batch
+                "a batch of {rows} tokens and {n_logits} logit rows exceeds the workspace ({} tokens, {} logit rows)",
+                ws.max_rows, ws.logit_rows
             )));
         }
-        let vocab = self.config.vocab_size;
-        for &id in tokens {
-            if id as usize >= vocab {
-                return Err(Error::TokenOutOfRange { id, vocab });
+        let mut seqs = Vec::with_capacity(entries.len());
+        let mut picks = Vec::with_capacity(n_logits);
+        ws.tokens.clear();
+        for e in entries {
+            self.check_tokens(e.tokens)?;
+            let row0 = ws.tokens.len();
+            ws.tokens.extend_from_slice(e.tokens);
+            if e.want_logits {
+                picks.push(row0 + e.tokens.len() - 1..row0 + e.tokens.len());
             }
-        }
-        let n_chunks = tokens.len().div_ceil(s.max_batch);
-        for (i, chunk) in tokens.chunks(s.max_batch).enumerate() {
-            // A single token after the prompt is a decode step; everything else is prefill.
-            let ph = if chunk.len() == 1 && s.pos > 0 {
-                Phase::Decode
-            } else {
-                Phase::Prefill
-            };
-            self.forward_chunk(s, chunk, ph, None)?;
-            if i + 1 == n_chunks {
-                self.logits(s, chunk.len(), want, ph)?;
-            }
-            s.pos += chunk.len();
-        }
-        let n = match want {
-            Logits::Last => vocab,
-            Logits::All | Logits::From(_) => (tokens.len() - first) * vocab,
-        };
-        Ok(&s.host_logits[..n])
-    }
-
-    /// Run all blocks on one chunk, leaving the final residual stream in `s.x`.
-    /// Feed `tokens` (prefill) and show every linear's input to `hook`; no logits.
-    pub fn forward_observed(
-        &self,
-        s: &mut Session<B>,
-        tokens: &[u32],
-        hook: &mut dyn ActivationHook,
-    ) -> Result<()> {
-        if tokens.is_empty() || s.pos + tokens.len() > s.max_seq {
-            return Err(Error::ContextOverflow {
-                needed: s.pos + tokens.len(),
-                max: s.max_seq,
+            seqs.push(KvSeq {
+                row0,
+                rows: e.tokens.len(),
+                start_pos: e.start_pos,
+                blocks: e.blocks,
             });
         }
-        let c = &self.config;
-        let width = c.hidden_size.max(c.q_dim()).max(c.intermediate_size);
-        if s.obs.len() < s.max_batch * width {
-            s.obs = vec![0f32; s.max_batch * width];
-        }
-        for chunk in tokens.chunks(s.max_batch) {
-            self.forward_chunk(s, chunk, Phase::Prefill, Some(&mut *hook))?;
-            s.pos += chunk.len();
-        }
-        Ok(())
+        let tokens = std::mem::take(&mut ws.tokens);
+        let run = self.forward_rows(ws, kv, &tokens, &seqs, ph, None);
+        ws.tokens = tokens;
+        run?;
+        let n = self.logits(ws, &picks, ph)?;
+        Ok(&ws.host_logits[..n * self.config.vocab_size])
     }
 
-    fn forward_chunk(
+    /// Run all blocks on `tokens` (the sequences `seqs` stacked), leaving the final residual
+    /// stream in `ws.x`. `hook` sees every linear input (calibration).
+    pub(crate) fn forward_rows(
         &self,
-        s: &mut Session<B>,
+        ws: &mut Workspace<B>,
+        kv: &mut KvCache<B>,
         tokens: &[u32],
+        seqs: &[KvSeq<'_>],
         ph: Phase,
         mut hook: Option<&mut dyn ActivationHook>,
     ) -> Result<()> {
         let (b, c) = (&self.backend, &self.config);
-        let (rows, pos) = (tokens.len(), s.pos);
+        let rows = tokens.len();
+        for sq in seqs {
+            sq.check(kv.block_size, kv.n_blocks, ws.max_seq, rows)?;
+        }
         // A linear input is complete: rotate it if the model says so (consumers' weights were
         // rotated to match), then copy it to the host for the hook (calibration only), so
         // calibration sees exactly what the linears quantize.
         macro_rules! observe {
             ($l:expr, $site:expr, $buf:ident, $dim:expr) => {
                 if let Some(block) = c.hadamard.block($site) {
-                    b.hadamard(&mut s.$buf, rows * $dim, block)?;
+                    b.hadamard(&mut ws.$buf, rows * $dim, block)?;
                 }
                 if let Some(h) = hook.as_deref_mut() {
                     let n = rows * $dim;
-                    b.read(&s.$buf, 0, &mut s.obs[..n])?;
-                    h.observe($l, $site, &s.obs[..n], rows, $dim);
+                    b.read(&ws.$buf, 0, &mut ws.obs[..n])?;
+                    h.observe($l, $site, &ws.obs[..n], rows, $dim);
                 }
             };
         }
         let (dim, hd) = (c.hidden_size, c.head_dim);
-        b.embed(&mut s.x, &self.embed, tokens)?;
+        let (cos, sin) = (&self.rope_cos, &self.rope_sin);
+        b.embed(&mut ws.x, &self.embed, tokens)?;
         for (l, layer) in self.layers.iter().enumerate() {
             // attention block
-            b.rms_norm(&mut s.xb, &s.x, &layer.attn_norm, rows, dim, c.rms_norm_eps)?;
+            b.rms_norm(
+                &mut ws.xb,
+                &ws.x,
+                &layer.attn_norm,
+                rows,
+                dim,
+                c.rms_norm_eps,
+            )?;
             observe!(l, Site::AttnIn, xb, dim);
-            b.linear(&mut s.q, &s.xb, &layer.q, rows, ph)?;
-            b.linear(&mut s.k, &s.xb, &layer.k, rows, ph)?;
-            b.linear(&mut s.v, &s.xb, &layer.v, rows, ph)?;
-            b.rope(
-                &mut s.q,
-                &self.rope_cos,
-                &self.rope_sin,
-                rows,
-                c.num_heads,
-                hd,
-                pos,
-            )?;
-            b.rope(
-                &mut s.k,
-                &self.rope_cos,
-                &self.rope_sin,
-                rows,
-                c.num_kv_heads,
-                hd,
-                pos,
-            )?;
-            b.write_kv(&mut s.k_cache[l], &s.k, pos, rows, c.kv_dim())?;
-            b.write_kv(&mut s.v_cache[l], &s.v, pos, rows, c.kv_dim())?;
+            b.linear(&mut ws.q, &ws.xb, &layer.q, rows, ph)?;
+            b.linear(&mut ws.k, &ws.xb, &layer.k, rows, ph)?;
+            b.linear(&mut ws.v, &ws.xb, &layer.v, rows, ph)?;
+            b.rope(&mut ws.q, cos, sin, seqs, c.num_heads, hd)?;
+            b.rope(&mut ws.k, cos, sin, seqs, c.num_kv_heads, hd)?;
+            b.write_kv(&mut kv.k[l], &ws.k, seqs, kv.block_size, c.kv_dim())?;
+            b.write_kv(&mut kv.v[l], &ws.v, seqs, kv.block_size, c.kv_dim())?;
             b.attention(AttentionArgs {
-                out: &mut s.att,
-                q: &s.q,
-                k_cache: &s.k_cache[l],
-                v_cache: &s.v_cache[l],
-                scratch: &mut s.scratch,
-                rows,
-                start_pos: pos,
-                max_seq: s.max_seq,
+                out: &mut ws.att,
+                q: &ws.q,
+                k_cache: &kv.k[l],
+                v_cache: &kv.v[l],
+                scratch: &mut ws.scratch,
+                seqs,
+                block_size: kv.block_size,
+                max_seq: ws.max_seq,
                 n_heads: c.num_heads,
                 n_kv_heads: c.num_kv_heads,
                 head_dim: hd,
             })?;
             observe!(l, Site::OIn, att, c.q_dim());
-            b.linear(&mut s.xb, &s.att, &layer.o, rows, ph)?;
-            b.add_assign(&mut s.x, &s.xb, rows * dim)?;
+            b.linear(&mut ws.xb, &ws.att, &layer.o, rows, ph)?;
+            b.add_assign(&mut ws.x, &ws.xb, rows * dim)?;
             // MLP block
-            b.rms_norm(&mut s.xb, &s.x, &layer.mlp_norm, rows, dim, c.rms_norm_eps)?;
+            b.rms_norm(
+                &mut ws.xb,
+                &ws.x,
+                &layer.mlp_norm,
+                rows,
+                dim,
+                c.rms_norm_eps,
+            )?;
             observe!(l, Site::MlpIn, xb, dim);
-            b.linear(&mut s.hb, &s.xb, &layer.gate, rows, ph)?;
-            b.linear(&mut s.hb2, &s.xb, &layer.up, rows, ph)?;
-            b.silu_mul(&mut s.hb, &s.hb2, rows * c.intermediate_size)?;
+            b.linear(&mut ws.hb, &ws.xb, &layer.gate, rows, ph)?;
+            b.linear(&mut ws.hb2, &ws.xb, &layer.up, rows, ph)?;
+            b.silu_mul(&mut ws.hb, &ws.hb2, rows * c.intermediate_size)?;
             observe!(l, Site::DownIn, hb, c.intermediate_size);
-            b.linear(&mut s.xb, &s.hb, &layer.down, rows, ph)?;
-            b.add_assign(&mut s.x, &s.xb, rows * dim)?;
+            b.linear(&mut ws.xb, &ws.hb, &layer.down, rows, ph)?;
+            b.add_assign(&mut ws.x, &ws.xb, rows * dim)?;
         }
         Ok(())
     }
 
-    /// Final norm + LM head on the chunk's last row (or all rows), copied to the host.
-    fn logits(&self, s: &mut Session<B>, rows: usize, want: Logits, ph: Phase) -> Result<()> {
+    /// Final norm + LM head on the rows `picks` of the last forward (in order), copied to the
+    /// host: returns how many rows of logits `ws.host_logits` now holds.
+    pub(crate) fn logits(
+        &self,
+        ws: &mut Workspace<B>,
+        picks: &[std::ops::Range<usize>],
+        ph: Phase,
+    ) -> Result<usize> {
         let (b, c) = (&self.backend, &self.config);
         let (dim, vocab) = (c.hidden_size, c.vocab_size);
-        let first = match want {
-            Logits::Last => rows - 1,
-            Logits::All => 0,
-            Logits::From(k) => k,
-        };
-        let n = rows - first;
         // Normalise only the rows whose logits are wanted: move them to the front of xb.
-        b.copy(&mut s.xb, 0, &s.x, first * dim, n * dim)?;
-        b.rms_norm(&mut s.x, &s.xb, &self.norm, n, dim, c.rms_norm_eps)?;
-        if let Some(block) = self.lm_head_block {
-            b.hadamard(&mut s.x, n * dim, block)?;
+        let mut n = 0;
+        for r in picks {
+            b.copy(&mut ws.xb, n * dim, &ws.x, r.start * dim, r.len() * dim)?;
+            n += r.len();
         }
-        b.linear(&mut s.logits, &s.x, &self.lm_head, n, ph)?;
-        b.read(&s.logits, 0, &mut s.host_logits[..n * vocab])
+        if n == 0 {
+            return Ok(0);
+        }
+        b.rms_norm(&mut ws.x, &ws.xb, &self.norm, n, dim, c.rms_norm_eps)?;
+        if let Some(block) = self.lm_head_block {
+            b.hadamard(&mut ws.x, n * dim, block)?;
+        }
+        b.linear(&mut ws.logits, &ws.x, &self.lm_head, n, ph)?;
+        b.read(&ws.logits, 0, &mut ws.host_logits[..n * vocab])?;
+        Ok(n)
     }
 }

@@ -6,9 +6,11 @@ pub mod config;
 pub mod convert;
 pub mod gguf;
 pub mod hadamard;
+pub mod kv;
 pub mod linear;
 pub mod llama;
 pub mod safetensors_io;
+pub mod session;
 
 use crate::backend::Backend;
 use crate::error::{Error, Result};

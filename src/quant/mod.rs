@@ -171,6 +171,20 @@ pub enum Phase {
     Decode,
 }
 
+impl Phase {
+    /// The phase of `rows` tokens of one sequence fed at position `start_pos`: a single token
+    /// after the prompt is a decode step, everything else prefill. Every caller (generate,
+    /// eval, the serving scheduler) uses this rule, so a pd_mix model takes the same path for
+    /// the same tokens whoever feeds them.
+    pub fn of_chunk(rows: usize, start_pos: usize) -> Phase {
+        if rows == 1 && start_pos > 0 {
+            Phase::Decode
+        } else {
+            Phase::Prefill
+        }
+    }
+}
+
 /// Quantize activation rows to int8. Dynamic: one (scale, zp) per row from the row's range;
 /// static: the given pair. x is (m, k); q (m, k); scale, zp (m).
 #[allow(clippy::too_many_arguments)]

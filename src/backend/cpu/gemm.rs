@@ -164,20 +164,32 @@ mod avx2 {
     use std::arch::x86_64::*;
 
     /// o = Σ_j p[j] · (row j of v), FMA in key order; 64 columns at a time stay in registers.
+    /// Row j lives in block `blocks[j / bs]`: at v + (blocks[j / bs] · bs + j % bs) · ldv.
     ///
     /// # Safety
-    /// CPU has AVX2+FMA; v holds p.len() rows of o.len() values at stride ldv.
+    /// CPU has AVX2+FMA; every row j < p.len() holds o.len() values at that address.
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn weighted_rows(o: &mut [f32], p: &[f32], v: *const f32, ldv: usize) {
+    pub unsafe fn weighted_rows(
+        o: &mut [f32],
+        p: &[f32],
+        v: *const f32,
+        ldv: usize,
+        blocks: &[u32],
+        bs: usize,
+    ) {
         let d = o.len();
+        let block = |blk: u32| v.add(blk as usize * bs * ldv);
         let mut c0 = 0;
         while c0 + 64 <= d {
             let mut acc = [_mm256_setzero_ps(); 8];
-            for (j, &pj) in p.iter().enumerate() {
-                let pb = _mm256_set1_ps(pj);
-                let row = v.add(j * ldv + c0);
-                for (u, a) in acc.iter_mut().enumerate() {
-                    *a = _mm256_fmadd_ps(pb, _mm256_loadu_ps(row.add(8 * u)), *a);
+            for (pb, &blk) in p.chunks(bs).zip(blocks) {
+                let base = block(blk).add(c0);
+                for (j, &pj) in pb.iter().enumerate() {
+                    let pv = _mm256_set1_ps(pj);
+                    let r = base.add(j * ldv);
+                    for (u, a) in acc.iter_mut().enumerate() {
+                        *a = _mm256_fmadd_ps(pv, _mm256_loadu_ps(r.add(8 * u)), *a);
+                    }
                 }
             }
             for (u, a) in acc.iter().enumerate() {
@@ -187,16 +199,22 @@ mod avx2 {
         }
         while c0 + 8 <= d {
             let mut a = _mm256_setzero_ps();
-            for (j, &pj) in p.iter().enumerate() {
-                a = _mm256_fmadd_ps(_mm256_set1_ps(pj), _mm256_loadu_ps(v.add(j * ldv + c0)), a);
+            for (pb, &blk) in p.chunks(bs).zip(blocks) {
+                let base = block(blk).add(c0);
+                for (j, &pj) in pb.iter().enumerate() {
+                    a = _mm256_fmadd_ps(_mm256_set1_ps(pj), _mm256_loadu_ps(base.add(j * ldv)), a);
+                }
             }
             _mm256_storeu_ps(o.as_mut_ptr().add(c0), a);
             c0 += 8;
         }
         for (c, oc) in o.iter_mut().enumerate().skip(c0) {
             let mut a = 0f32;
-            for (j, &pj) in p.iter().enumerate() {
-                a = pj.mul_add(*v.add(j * ldv + c), a);
+            for (pb, &blk) in p.chunks(bs).zip(blocks) {
+                let base = block(blk).add(c);
+                for (j, &pj) in pb.iter().enumerate() {
+                    a = pj.mul_add(*base.add(j * ldv), a);
+                }
             }
             *oc = a;
         }
@@ -590,29 +608,56 @@ pub fn matmul_strided(
 /// element accumulated in key order, so the result does not depend on other rows. Panics if
 /// `isa` is AVX2 on a CPU without it.
 pub fn weighted_rows(isa: Isa, o: &mut [f32], p: &[f32], v: &[f32], ldv: usize) {
+    weighted_rows_paged(isa, o, p, v, ldv, &[0], p.len().max(1));
+}
+
+/// [`weighted_rows`] over a paged cache: row j is v[(blocks[j / bs] · bs + j % bs) · ldv ..]
+/// (a vLLM-style block table). The accumulation order is the key order whatever the blocks, so
+/// the result equals the contiguous one bit for bit. Panics if a block lies outside `v` or the
+/// table is too short for p.len() keys.
+pub fn weighted_rows_paged(
+    isa: Isa,
+    o: &mut [f32],
+    p: &[f32],
+    v: &[f32],
+    ldv: usize,
+    blocks: &[u32],
+    bs: usize,
+) {
     let d = o.len();
     if p.is_empty() {
         o.fill(0.0);
         return;
     }
     assert!(
-        v.len() >= (p.len() - 1) * ldv + d,
-        "weighted_rows: v too small"
+        bs > 0 && blocks.len() * bs >= p.len(),
+        "weighted_rows: block table too short"
     );
+    for (b, &blk) in blocks.iter().enumerate().take(p.len().div_ceil(bs)) {
+        let rows = bs.min(p.len() - b * bs);
+        assert!(
+            v.len() >= (blk as usize * bs + rows - 1) * ldv + d,
+            "weighted_rows: block {blk} outside v"
+        );
+    }
     assert!(
         isa == Isa::Portable || has_avx2(),
         "AVX2 kernels requested on a CPU without AVX2"
     );
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx2 {
-        // SAFETY: AVX2+FMA detected; every row j < p.len() of v holds d values (asserted).
-        unsafe { avx2::weighted_rows(o, p, v.as_ptr(), ldv) };
+        // SAFETY: AVX2+FMA detected; every row j < p.len() of every used block holds d values
+        // (asserted above).
+        unsafe { avx2::weighted_rows(o, p, v.as_ptr(), ldv, blocks, bs) };
         return;
     }
     o.fill(0.0);
-    for (j, &pj) in p.iter().enumerate() {
-        o.iter_mut()
-            .zip(&v[j * ldv..j * ldv + d])
-            .for_each(|(o, x)| *o += pj * x);
+    for (pb, &blk) in p.chunks(bs).zip(blocks) {
+        let base = blk as usize * bs * ldv;
+        for (j, &pj) in pb.iter().enumerate() {
+            o.iter_mut()
+                .zip(&v[base + j * ldv..base + j * ldv + d])
+                .for_each(|(o, x)| *o += pj * x);
+        }
     }
 }

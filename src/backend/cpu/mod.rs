@@ -10,7 +10,7 @@ pub mod panel;
 pub mod qgemm;
 pub mod vnni;
 
-use super::{AttentionArgs, Backend, ATTN_ROWS};
+use super::{AttentionArgs, Backend, KvSeq, ATTN_ROWS};
 use crate::error::{Error, Result};
 use crate::model::linear::{Linear, LinearWeight};
 use crate::quant::{self, ActQuant, ActSpec, Phase, QDType, QuantWeight};
@@ -564,33 +564,32 @@ impl Backend for CpuBackend {
         x: &mut Vec<f32>,
         cos: &Vec<f32>,
         sin: &Vec<f32>,
-        rows: usize,
+        seqs: &[KvSeq<'_>],
         n_heads: usize,
         head_dim: usize,
-        start_pos: usize,
     ) -> Result<()> {
-        let half = head_dim / 2;
-        check_len("rope x", x.len(), rows * n_heads * head_dim)?;
-        check_len(
-            "rope table",
-            cos.len().min(sin.len()),
-            (start_pos + rows) * half,
-        )?;
-        for (r, row) in x[..rows * n_heads * head_dim]
-            .chunks_exact_mut(n_heads * head_dim)
-            .enumerate()
-        {
-            let p = start_pos + r;
-            let (c, s) = (
-                &cos[p * half..(p + 1) * half],
-                &sin[p * half..(p + 1) * half],
-            );
-            for head in row.chunks_exact_mut(head_dim) {
-                let (lo, hi) = head.split_at_mut(half);
-                for i in 0..half {
-                    let (x0, x1) = (lo[i], hi[i]);
-                    lo[i] = x0 * c[i] - x1 * s[i];
-                    hi[i] = x1 * c[i] + x0 * s[i];
+        let (half, width) = (head_dim / 2, n_heads * head_dim);
+        for sq in seqs {
+            check_len("rope x", x.len(), (sq.row0 + sq.rows) * width)?;
+            check_len(
+                "rope table",
+                cos.len().min(sin.len()),
+                (sq.start_pos + sq.rows) * half,
+            )?;
+            let rows = &mut x[sq.row0 * width..(sq.row0 + sq.rows) * width];
+            for (r, row) in rows.chunks_exact_mut(width).enumerate() {
+                let p = sq.start_pos + r;
+                let (c, s) = (
+                    &cos[p * half..(p + 1) * half],
+                    &sin[p * half..(p + 1) * half],
+                );
+                for head in row.chunks_exact_mut(head_dim) {
+                    let (lo, hi) = head.split_at_mut(half);
+                    for i in 0..half {
+                        let (x0, x1) = (lo[i], hi[i]);
+                        lo[i] = x0 * c[i] - x1 * s[i];
+                        hi[i] = x1 * c[i] + x0 * s[i];
+                    }
                 }
             }
         }
@@ -601,83 +600,95 @@ impl Backend for CpuBackend {
         &self,
         cache: &mut Vec<f32>,
         src: &Vec<f32>,
-        start_pos: usize,
-        rows: usize,
+        seqs: &[KvSeq<'_>],
+        block_size: usize,
         kv_dim: usize,
     ) -> Result<()> {
-        check_len("kv cache", cache.len(), (start_pos + rows) * kv_dim)?;
-        check_len("kv src", src.len(), rows * kv_dim)?;
-        cache[start_pos * kv_dim..(start_pos + rows) * kv_dim]
-            .copy_from_slice(&src[..rows * kv_dim]);
+        let n_blocks = cache.len() / (block_size * kv_dim).max(1);
+        for sq in seqs {
+            sq.check(block_size, n_blocks, usize::MAX, src.len() / kv_dim.max(1))?;
+            for r in 0..sq.rows {
+                let p = sq.start_pos + r;
+                let slot = sq.blocks[p / block_size] as usize * block_size + p % block_size;
+                cache[slot * kv_dim..(slot + 1) * kv_dim]
+                    .copy_from_slice(&src[(sq.row0 + r) * kv_dim..(sq.row0 + r + 1) * kv_dim]);
+            }
+        }
         Ok(())
     }
 
     fn attention(&self, a: AttentionArgs<'_, CpuBackend>) -> Result<()> {
         let (hd, nh, nkv) = (a.head_dim, a.n_heads, a.n_kv_heads);
-        let (qd, kvd) = (nh * hd, nkv * hd);
-        let total = a.start_pos + a.rows;
-        check_len("attention q", a.q.len(), a.rows * qd)?;
-        check_len("attention out", a.out.len(), a.rows * qd)?;
-        check_len(
-            "attention kv",
-            a.k_cache.len().min(a.v_cache.len()),
-            total * kvd,
-        )?;
+        let (qd, kvd, bs) = (nh * hd, nkv * hd, a.block_size);
+        if nkv == 0 || nh % nkv != 0 {
+            return Err(Error::InvalidArgument(format!(
+                "attention: {nh} query heads are not a multiple of {nkv} kv heads"
+            )));
+        }
+        let batch_rows = a.q.len().min(a.out.len()) / qd.max(1);
+        let n_blocks = a.k_cache.len().min(a.v_cache.len()) / (bs * kvd).max(1);
+        for sq in a.seqs {
+            sq.check(bs, n_blocks, a.max_seq, batch_rows)?;
+        }
         check_len(
             "attention scratch",
             a.scratch.len(),
             nh * ATTN_ROWS * a.max_seq,
         )?;
-        if total > a.max_seq {
-            return Err(Error::ContextOverflow {
-                needed: total,
-                max: a.max_seq,
-            });
-        }
         let group = nh / nkv;
         let scale = 1.0 / (hd as f32).sqrt();
         let (q, kc, vc) = (&a.q[..], &a.k_cache[..], &a.v_cache[..]);
         let out = SendPtr(a.out.as_mut_ptr());
-        let (rows, start_pos, max_seq) = (a.rows, a.start_pos, a.max_seq);
+        let (seqs, max_seq) = (a.seqs, a.max_seq);
         let isa = gemm::Isa::detect();
         // One task per head; each owns ATTN_ROWS score rows of max_seq. Query rows go in
-        // blocks: Q·Kᵀ as one strided tile product (each score reduced in `dot`'s order, so a
-        // row's scores do not depend on its block), then softmax and P·V row by row.
+        // blocks: Q·Kᵀ as strided tile products, one per KV block (each score reduced in
+        // `dot`'s order, so a row's scores depend neither on its query block nor on the block
+        // table), then softmax and P·V row by row in key order.
         a.scratch
             .par_chunks_mut(ATTN_ROWS * max_seq)
             .take(nh)
             .enumerate()
             .for_each(|(h, scores)| {
                 let g = h / group;
-                let mut r0 = 0;
-                while r0 < rows {
-                    let rb = ATTN_ROWS.min(rows - r0);
-                    let n_max = start_pos + r0 + rb; // keys seen by the block's last row
-                    gemm::matmul_strided(
-                        isa,
-                        scores,
-                        max_seq,
-                        &q[r0 * qd + h * hd..],
-                        qd,
-                        &kc[g * hd..],
-                        kvd,
-                        rb,
-                        n_max,
-                        hd,
-                    );
-                    for rr in 0..rb {
-                        let r = r0 + rr;
-                        let s = &mut scores[rr * max_seq..rr * max_seq + start_pos + r + 1];
-                        s.iter_mut().for_each(|v| *v *= scale);
-                        softmax(s);
-                        let p = out;
-                        // SAFETY: head h of row r is written by this task only (tasks are per
-                        // head), and r * qd + (h + 1) * hd <= rows * qd, checked above.
-                        let o =
-                            unsafe { std::slice::from_raw_parts_mut(p.0.add(r * qd + h * hd), hd) };
-                        gemm::weighted_rows(isa, o, s, &vc[g * hd..], kvd);
+                for sq in seqs {
+                    let mut r0 = 0;
+                    while r0 < sq.rows {
+                        let rb = ATTN_ROWS.min(sq.rows - r0);
+                        let n_max = sq.start_pos + r0 + rb; // keys seen by the block's last row
+                        let qrow = &q[(sq.row0 + r0) * qd + h * hd..];
+                        for (b, &blk) in sq.blocks.iter().enumerate().take(n_max.div_ceil(bs)) {
+                            let j0 = b * bs;
+                            gemm::matmul_strided(
+                                isa,
+                                &mut scores[j0..],
+                                max_seq,
+                                qrow,
+                                qd,
+                                &kc[blk as usize * bs * kvd + g * hd..],
+                                kvd,
+                                rb,
+                                bs.min(n_max - j0),
+                                hd,
+                            );
+                        }
+                        for rr in 0..rb {
+                            let r = sq.row0 + r0 + rr;
+                            let keys = sq.start_pos + r0 + rr + 1;
+                            let s = &mut scores[rr * max_seq..rr * max_seq + keys];
+                            s.iter_mut().for_each(|v| *v *= scale);
+                            softmax(s);
+                            let p = out;
+                            // SAFETY: head h of row r is written by this task only (tasks are
+                            // per head, sequences own disjoint rows), and
+                            // r * qd + (h + 1) * hd <= batch_rows * qd, checked above.
+                            let o = unsafe {
+                                std::slice::from_raw_parts_mut(p.0.add(r * qd + h * hd), hd)
+                            };
+                            gemm::weighted_rows_paged(isa, o, s, &vc[g * hd..], kvd, sq.blocks, bs);
+                        }
+                        r0 += rb;
                     }
-                    r0 += rb;
                 }
             });
         Ok(())

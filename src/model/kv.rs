@@ -1,0 +1,105 @@
+//! The paged KV cache of vLLM's PagedAttention (Kwon et al., SOSP 2023): per layer, one pool of
+//! fixed-size blocks of key (and value) rows, and per sequence a block table mapping its
+//! logical blocks to physical ones. Memory is taken block by block as a sequence grows, so a
+//! server holds what its sequences use, not max_seq per request. `BlockAllocator` is the
+//! host-side free list; the single-sequence `Session` uses one block of max_seq positions.
+
+use crate::backend::Backend;
+use crate::error::{Error, Result};
+use crate::model::llama::LlamaModel;
+
+/// The block pool of every layer's keys and values.
+pub struct KvCache<B: Backend> {
+    pub block_size: usize,
+    pub n_blocks: usize,
+    pub(crate) k: Vec<B::Buf>, // layers × (n_blocks, block_size, kv_dim)
+    pub(crate) v: Vec<B::Buf>, // layers × (n_blocks, block_size, kv_dim)
+}
+
+impl<B: Backend> KvCache<B> {
+    pub fn new(model: &LlamaModel<B>, n_blocks: usize, block_size: usize) -> Result<Self> {
+        if n_blocks == 0 || block_size == 0 {
+            return Err(Error::InvalidArgument(
+                "a KV cache needs at least one block of at least one position".into(),
+            ));
+        }
+        let c = &model.config;
+        let len = n_blocks * block_size * c.kv_dim();
+        let (mut k, mut v) = (
+            Vec::with_capacity(c.num_layers),
+            Vec::with_capacity(c.num_layers),
+        );
+        for _ in 0..c.num_layers {
+            k.push(model.backend.alloc(len)?);
+            v.push(model.backend.alloc(len)?);
+        }
+        Ok(KvCache {
+            block_size,
+            n_blocks,
+            k,
+            v,
+        })
+    }
+
+    /// Bytes the pool holds (keys and values, all layers).
+    pub fn bytes(&self, model: &LlamaModel<B>) -> usize {
+        2 * model.config.num_layers * self.n_blocks * self.block_size * model.config.kv_dim() * 4
+    }
+}
+
+/// Free list of a [`KvCache`]'s blocks.
+#[derive(Clone, Debug)]
+pub struct BlockAllocator {
+    free: Vec<u32>,
+    n_blocks: usize,
+    block_size: usize,
+}
+
+impl BlockAllocator {
+    pub fn new(n_blocks: usize, block_size: usize) -> Self {
+        // popped from the end: hand out low block ids first
+        BlockAllocator {
+            free: (0..n_blocks as u32).rev().collect(),
+            n_blocks,
+            block_size,
+        }
+    }
+
+    pub fn block_size(&self) -> usize {
+        self.block_size
+    }
+    pub fn total(&self) -> usize {
+        self.n_blocks
+    }
+    pub fn free_blocks(&self) -> usize {
+        self.free.len()
+    }
+    pub fn used(&self) -> usize {
+        self.n_blocks - self.free.len()
+    }
+
+    /// Blocks needed to hold `positions` positions.
+    pub fn blocks_for(&self, positions: usize) -> usize {
+        positions.div_ceil(self.block_size)
+    }
+
+    /// Grow `table` to cover `positions` positions; false (and `table` unchanged) when the
+    /// pool has too few free blocks.
+    pub fn grow(&mut self, table: &mut Vec<u32>, positions: usize) -> bool {
+        let need = self.blocks_for(positions).saturating_sub(table.len());
+        if need > self.free.len() {
+            return false;
+        }
+        for _ in 0..need {
+            if let Some(b) = self.free.pop() {
+                table.push(b);
+            }
+        }
+        true
+    }
+
+    /// Return every block of `table` to the pool and empty it.
+    pub fn release(&mut self, table: &mut Vec<u32>) {
+        self.free.extend(table.drain(..).rev());
+    }
+}

@@ -1,0 +1,151 @@
+//! `Session`: the run state of one sequence (generate, eval, calibration, bench): a
+//! [`Workspace`] of activation buffers plus a private KV cache of one block holding max_seq
+//! positions, so prefill (a batch of prompt tokens in one pass) and decode (one token)
+//! allocate nothing. It runs the same batched forward pass as the server's scheduler, with a
+//! one-entry block table, so a prompt gives the same logits here and there.
+
+use crate::backend::{Backend, KvSeq};
+use crate::error::{Error, Result};
+use crate::model::kv::KvCache;
+use crate::model::llama::{ActivationHook, LlamaModel, Logits, Workspace};
+use crate::quant::Phase;
+
+/// The block table of a session's cache: one block of max_seq positions.
+const ONE_BLOCK: [u32; 1] = [0];
+
+/// Run state of one sequence: activations, KV cache, position.
+pub struct Session<B: Backend> {
+    pub max_batch: usize,
+    pub max_seq: usize,
+    /// Tokens already in the KV cache.
+    pub pos: usize,
+    all_logits: bool,
+    ws: Workspace<B>,
+    kv: KvCache<B>, // one block of (max_seq, kv_dim) per layer
+}
+
+impl<B: Backend> Session<B> {
+    /// Forget the sequence (the cache is overwritten as new tokens arrive).
+    pub fn reset(&mut self) {
+        self.pos = 0;
+    }
+}
+
+impl<B: Backend> LlamaModel<B> {
+    /// Allocate the run state for sequences of up to `max_seq` tokens, fed at most `max_batch`
+    /// tokens per forward call.
+    pub fn new_session(
+        &self,
+        max_batch: usize,
+        max_seq: usize,
+        all_logits: bool,
+    ) -> Result<Session<B>> {
+        let logit_rows = if all_logits { max_batch } else { 1 };
+        let ws = self.new_workspace(max_batch, max_seq, logit_rows)?;
+        Ok(Session {
+            max_batch,
+            max_seq,
+            pos: 0,
+            all_logits,
+            kv: KvCache::new(self, 1, max_seq)?,
+            ws,
+        })
+    }
+
+    /// Feed `tokens` at the session's position and return logits (`Logits::Last`: vocab;
+    /// `Logits::All`: tokens.len() × vocab, which needs tokens.len() <= max_batch). Longer
+    /// inputs are processed in chunks of max_batch.
+    pub fn forward<'s>(
+        &self,
+        s: &'s mut Session<B>,
+        tokens: &[u32],
+        want: Logits,
+    ) -> Result<&'s [f32]> {
+        if tokens.is_empty() {
+            return Err(Error::InvalidArgument(
+                "forward needs at least one token".into(),
+            ));
+        }
+        if s.pos + tokens.len() > s.max_seq {
+            return Err(Error::ContextOverflow {
+                needed: s.pos + tokens.len(),
+                max: s.max_seq,
+            });
+        }
+        let first = match want {
+            Logits::Last => tokens.len() - 1,
+            Logits::All => 0,
+            Logits::From(k) => k,
+        };
+        if want != Logits::Last
+            && (!s.all_logits || tokens.len() > s.max_batch || first >= tokens.len())
+        {
+            return Err(Error::InvalidArgument(format!(
+                "logits of several tokens need a session made with all_logits, at most {} tokens and a start inside them",
+                s.max_batch
+            )));
+        }
+        self.check_tokens(tokens)?;
+        let n_chunks = tokens.len().div_ceil(s.max_batch);
+        let mut n = 0;
+        for (i, chunk) in tokens.chunks(s.max_batch).enumerate() {
+            let ph = Phase::of_chunk(chunk.len(), s.pos);
+            let seq = [KvSeq {
+                row0: 0,
+                rows: chunk.len(),
+                start_pos: s.pos,
+                blocks: &ONE_BLOCK,
+            }];
+            self.forward_rows(&mut s.ws, &mut s.kv, chunk, &seq, ph, None)?;
+            if i + 1 == n_chunks {
+                let from = if want == Logits::Last {
+                    chunk.len() - 1
+                } else {
+                    first
+                };
+                n = self.logits(&mut s.ws, &[from..chunk.len()], ph)?;
+            }
+            s.pos += chunk.len();
+        }
+        Ok(&s.ws.host_logits()[..n * self.config.vocab_size])
+    }
+
+    /// Feed `tokens` (prefill) and show every linear's input to `hook`; no logits.
+    pub fn forward_observed(
+        &self,
+        s: &mut Session<B>,
+        tokens: &[u32],
+        hook: &mut dyn ActivationHook,
+    ) -> Result<()> {
+        if tokens.is_empty() || s.pos + tokens.len() > s.max_seq {
+            return Err(Error::ContextOverflow {
+                needed: s.pos + tokens.len(),
+                max: s.max_seq,
+            });
+        }
+        self.check_tokens(tokens)?;
+        let c = &self.config;
+        let width = c.hidden_size.max(c.q_dim()).max(c.intermediate_size);
+        if s.ws.obs.len() < s.max_batch * width {
+            s.ws.obs = vec![0f32; s.max_batch * width];
+        }
+        for chunk in tokens.chunks(s.max_batch) {
+            let seq = [KvSeq {
+                row0: 0,
+                rows: chunk.len(),
+                start_pos: s.pos,
+                blocks: &ONE_BLOCK,
+            }];
+            self.forward_rows(
+                &mut s.ws,
+                &mut s.kv,
+                chunk,
+                &seq,
+                Phase::Prefill,
+                Some(&mut *hook),
+            )?;
+            s.pos += chunk.len();
+        }
+        Ok(())
+    }
+}
