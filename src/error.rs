@@ -83,6 +83,9 @@ pub enum Error {
 
     #[error("{0}")]
     Json(String),
+
+    #[error("server: {0}")]
+    Server(String),
 }
 
 impl Error {
