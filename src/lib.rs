@@ -11,6 +11,7 @@ pub mod eval;
 pub mod model;
 pub mod quant;
 pub mod report;
+pub mod server;
 pub mod tensor;
 pub mod tokenizer;
 

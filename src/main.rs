@@ -11,6 +11,9 @@ use ferroq::model::config::LmHead;
 use ferroq::tensor::DType;
 use ferroq::tokenizer::ChatMessage;
 use std::io::Write;
+
+#[path = "cli/serve.rs"]
+mod serve_cmd;
 use std::path::{Path, PathBuf};
 
 /// Where `bash models/fetch.sh` puts the default model (SmolLM2-135M-Instruct, FP16).
@@ -222,6 +225,10 @@ enum Cmd {
         #[arg(long)]
         ignore_eos: bool,
     },
+    /// Serve the model over an OpenAI-compatible HTTP API with continuous batching.
+    Serve(serve_cmd::ServeArgs),
+    /// Measure a running server: throughput and time to first token at several concurrencies.
+    Loadgen(serve_cmd::LoadgenArgs),
 }
 
 fn resolve_model(m: Option<PathBuf>) -> Result<PathBuf> {
@@ -671,6 +678,11 @@ fn main() -> Result<()> {
                 }
             }
         }
+        Cmd::Serve(a) => {
+            let model = resolve_model(a.model.clone())?;
+            serve_cmd::serve(a, model)?
+        }
+        Cmd::Loadgen(a) => serve_cmd::loadgen(a)?,
         Cmd::Generate {
             model,
             prompt,

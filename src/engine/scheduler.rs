@@ -51,6 +51,23 @@ impl Default for SchedulerConfig {
     }
 }
 
+/// Whether a request of `prompt_tokens` and `max_tokens` fits a context of `max_seq_len`:
+/// the error names the limit it breaks.
+pub fn check_lengths(max_seq_len: usize, prompt_tokens: usize, max_tokens: usize) -> Result<()> {
+    if prompt_tokens == 0 {
+        return Err(Error::InvalidArgument(
+            "the prompt encodes to no tokens".into(),
+        ));
+    }
+    if prompt_tokens + max_tokens > max_seq_len {
+        return Err(Error::InvalidArgument(format!(
+            "this server's context limit (--max-seq-len) is {max_seq_len} tokens, but the request needs {} ({prompt_tokens} in the prompt, {max_tokens} to generate)",
+            prompt_tokens + max_tokens
+        )));
+    }
+    Ok(())
+}
+
 /// What a request hears back, in order: text pieces, then one `Done` (or `Failed`).
 #[derive(Clone, Debug, PartialEq)]
 pub enum Event {
@@ -194,22 +211,9 @@ impl<B: Backend> Scheduler<B> {
         self.kv.bytes(&self.model)
     }
 
-    /// Whether a request of `prompt_tokens` and `max_tokens` can ever run: the error names
-    /// the limit it breaks.
+    /// Whether a request of `prompt_tokens` and `max_tokens` can ever run here.
     pub fn check(&self, prompt_tokens: usize, max_tokens: usize) -> Result<()> {
-        let limit = self.cfg.max_seq_len;
-        if prompt_tokens == 0 {
-            return Err(Error::InvalidArgument(
-                "the prompt encodes to no tokens".into(),
-            ));
-        }
-        if prompt_tokens + max_tokens > limit {
-            return Err(Error::InvalidArgument(format!(
-                "this server's context limit (--max-seq-len) is {limit} tokens, but the request needs {} ({prompt_tokens} in the prompt, {max_tokens} to generate)",
-                prompt_tokens + max_tokens
-            )));
-        }
-        Ok(())
+        check_lengths(self.cfg.max_seq_len, prompt_tokens, max_tokens)
     }
 
     /// Queue a request (checked with [`Scheduler::check`]; an unchecked one fails here).

@@ -115,17 +115,25 @@ impl EngineHandle {
         }
     }
 
-    /// Refuse new requests, let running ones finish for up to `grace`, cancel the rest and
-    /// wait for the thread. Blocking.
-    pub fn shutdown(&self, grace: Duration) {
+    /// Refuse new requests from now on and tell the thread to let running ones finish for up
+    /// to `grace`, then cancel the rest. Returns at once; [`EngineHandle::join`] waits.
+    pub fn begin_shutdown(&self, grace: Duration) {
         self.closing.store(true, Ordering::Release);
         if let Ok(tx) = self.tx.lock() {
             let _ = tx.send(Command::Shutdown { grace });
         }
+    }
+
+    /// Wait for the scheduler thread to end (after `begin_shutdown`). Blocking.
+    pub fn join(&self) {
         let join = self.join.lock().ok().and_then(|mut j| j.take());
         if let Some(j) = join {
             let _ = j.join();
         }
+    }
+
+    pub fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::Acquire)
     }
 }
 

@@ -1,0 +1,592 @@
+//! `ferroq serve` end to end: the binary is started on a free loopback port with the real
+//! model and driven over HTTP — by the official OpenAI Python client (same text as
+//! `ferroq generate`), by 32 concurrent streams (same text as their solo runs, KV blocks back
+//! to zero), and by clients that disconnect, overfill the queue or send bad requests; SIGTERM
+//! lets running requests finish (or cancels them after the grace period) and exits cleanly.
+
+mod common;
+
+use common::real_gguf;
+use ferroq::engine::metrics::scrape;
+use ferroq::server::client;
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_ferroq");
+
+/// A `ferroq serve` child process; killed when dropped.
+struct Server {
+    child: Child,
+    addr: String,
+    log: Arc<Mutex<String>>,
+}
+
+impl Server {
+    fn start(extra: &[&str]) -> Server {
+        let gguf = real_gguf();
+        let mut child = Command::new(BIN)
+            .args(["serve", "--port", "0", "--kv-cache-tokens", "4096", "-m"])
+            .arg(&gguf)
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn ferroq serve");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = mpsc::channel();
+        let l = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(|l| l.ok()) {
+                if let Some(a) = line.split("listening on http://").nth(1) {
+                    let _ = tx.send(a.trim().to_string());
+                }
+                l.lock().expect("log").push_str(&(line + "\n"));
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(120)) {
+            Ok(a) => a,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("server did not start:\n{}", log.lock().expect("log"));
+            }
+        };
+        Server { child, addr, log }
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().expect("log").clone()
+    }
+
+    async fn metric(&self, name: &str) -> f64 {
+        let (status, text) = client::get(&self.addr, "/metrics").await.expect("metrics");
+        assert_eq!(status, 200);
+        scrape(&text, name).unwrap_or_else(|| panic!("{name} missing from /metrics:\n{text}"))
+    }
+
+    /// Poll a metric until it equals `want` (the scheduler publishes after its step).
+    async fn wait_metric(&self, name: &str, want: f64) {
+        let t = Instant::now();
+        loop {
+            let v = self.metric(name).await;
+            if v == want {
+                return;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(20),
+                "{name} stays at {v}, expected {want}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(ok.success());
+    }
+
+    /// Wait for the process to exit; its status.
+    fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let t = Instant::now();
+        loop {
+            if let Some(s) = self.child.try_wait().expect("wait") {
+                return s;
+            }
+            assert!(
+                t.elapsed() < within,
+                "server still running:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A streamed request read to its end: text, finish reason, events.
+#[derive(Debug)]
+struct Streamed {
+    text: String,
+    finish: Option<String>,
+    events: usize,
+}
+
+async fn read_stream(r: &mut client::Response) -> Streamed {
+    let mut s = Streamed {
+        text: String::new(),
+        finish: None,
+        events: 0,
+    };
+    loop {
+        let d = r
+            .next_event()
+            .await
+            .expect("read")
+            .expect("stream ended before [DONE]");
+        if d == "[DONE]" {
+            return s;
+        }
+        s.events += 1;
+        let v: Value = serde_json::from_str(&d).expect("chunk JSON");
+        let c = &v["choices"][0];
+        s.text.push_str(
+            c["text"]
+                .as_str()
+                .or(c["delta"]["content"].as_str())
+                .unwrap_or(""),
+        );
+        if let Some(f) = c["finish_reason"].as_str() {
+            s.finish = Some(f.to_string());
+        }
+    }
+}
+
+async fn stream_completion(addr: &str, body: Value) -> Streamed {
+    let mut r = client::send(addr, "POST", "/v1/completions", Some(&body.to_string()))
+        .await
+        .expect("send");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("text/event-stream"));
+    read_stream(&mut r).await
+}
+
+/// `ferroq generate`'s stdout for a greedy request.
+fn cli_generate(args: &[&str]) -> String {
+    let out = Command::new(BIN)
+        .arg("generate")
+        .arg("-m")
+        .arg(real_gguf())
+        .args(args)
+        .output()
+        .expect("ferroq generate");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+fn python() -> String {
+    if let Some(p) = std::env::var_os("FERROQ_PYTHON") {
+        return p.to_string_lossy().into_owned();
+    }
+    let venv = concat!(env!("CARGO_MANIFEST_DIR"), "/models/cache/venv/bin/python");
+    if std::path::Path::new(venv).exists() {
+        venv.into()
+    } else {
+        "python3".into()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_python_client_gets_the_same_text_as_generate() {
+    let py = python();
+    let has = Command::new(&py).args(["-c", "import openai"]).status();
+    assert!(
+        has.is_ok_and(|s| s.success()),
+        "{py} cannot import the openai package: run `bash scripts/test.sh` (it installs it into models/cache/venv) or set FERROQ_PYTHON"
+    );
+    let srv = Server::start(&["--served-model-name", "smollm2"]);
+    let (prompt, chat_prompt, n) = (
+        "The capital of France is",
+        "What is the capital of France?",
+        "24",
+    );
+    let out = Command::new(&py)
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/openai_client.py"
+        ))
+        .args([
+            &format!("http://{}/v1", srv.addr),
+            "smollm2",
+            prompt,
+            chat_prompt,
+            n,
+        ])
+        .output()
+        .expect("python");
+    assert!(
+        out.status.success(),
+        "openai client failed:\n{}\nserver log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        srv.log()
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("client JSON");
+    // `generate` prints the prompt, the completion and a newline; with --chat only the reply
+    let plain = cli_generate(&["-p", prompt, "-n", n]);
+    let chat = cli_generate(&["--chat", "-p", chat_prompt, "-n", n]);
+    assert_eq!(
+        format!(
+            "{prompt}{}\n",
+            v["completion"]["text"].as_str().expect("text")
+        ),
+        plain
+    );
+    assert_eq!(
+        format!("{}\n", v["chat"]["text"].as_str().expect("text")),
+        chat
+    );
+    assert_eq!(
+        v["chat_stream"]["text"], v["chat"]["text"],
+        "streamed and whole chat differ"
+    );
+    assert_eq!(v["chat"]["role"], "assistant");
+    assert_eq!(
+        v["chat_stream"]["completion_tokens"],
+        v["chat"]["completion_tokens"]
+    );
+    assert!(
+        v["chat_stream"]["chunks"].as_u64().expect("chunks") >= 3,
+        "{v}"
+    );
+    assert_eq!(v["completion"]["prompt_tokens"], 5);
+    for k in ["completion", "chat", "chat_stream"] {
+        let f = v[k]["finish_reason"].as_str().expect("finish");
+        let toks = v[k]["completion_tokens"].as_u64().expect("usage");
+        assert!(
+            f == "length" && toks == 24 || f == "stop" && toks < 24,
+            "{k}: {f} after {toks}"
+        );
+    }
+    assert_eq!(v["models"], json!(["smollm2"]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thirty_two_concurrent_streams_equal_their_solo_runs_and_free_the_cache() {
+    let srv = Server::start(&["--max-batch", "32", "--max-seq-len", "256"]);
+    let words = "a small boat crossed the grey sea at dawn carrying letters for the lighthouse keeper and his two dogs";
+    let w: Vec<&str> = words.split(' ').collect();
+    let bodies: Vec<Value> = (0..32)
+        .map(|i| {
+            let n = 1 + (i * 5) % (w.len() - 1);
+            json!({"prompt": format!("{i}. {}", w[..n].join(" ")), "max_tokens": 4 + (i * 7) % 24,
+                   "temperature": 0, "stream": true})
+        })
+        .collect();
+    let mut solo = Vec::new();
+    for b in &bodies {
+        solo.push(stream_completion(&srv.addr, b.clone()).await);
+    }
+    let tasks: Vec<_> = bodies
+        .iter()
+        .map(|b| {
+            let (addr, b) = (srv.addr.clone(), b.clone());
+            tokio::spawn(async move { stream_completion(&addr, b).await })
+        })
+        .collect();
+    for (i, (t, s)) in tasks.into_iter().zip(&solo).enumerate() {
+        let got = t.await.expect("task");
+        assert_eq!(
+            got.text, s.text,
+            "request {i}: concurrent text differs from its solo run"
+        );
+        assert_eq!(got.finish, s.finish, "request {i}");
+        assert!(got.finish.is_some());
+    }
+    srv.wait_metric("ferroq_kv_blocks_used", 0.0).await;
+    srv.wait_metric("ferroq_running_sequences", 0.0).await;
+    assert_eq!(
+        srv.metric("ferroq_requests_total{outcome=\"finished\"}")
+            .await,
+        64.0
+    );
+    assert_eq!(
+        srv.metric("ferroq_requests_total{outcome=\"cancelled\"}")
+            .await,
+        0.0
+    );
+    // the concurrent burst really was batched
+    let steps_le_1 = srv.metric("ferroq_batch_size_bucket{le=\"1\"}").await;
+    let steps = srv.metric("ferroq_batch_size_count").await;
+    assert!(steps > steps_le_1, "no step ran more than one sequence");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disconnect_frees_blocks_and_a_full_queue_gives_429() {
+    let srv = Server::start(&["--max-batch", "1", "--max-queue", "1"]);
+    let long = json!({"prompt": "Once upon a time", "max_tokens": 1000, "ignore_eos": true, "stream": true});
+    let mut a = client::send(
+        &srv.addr,
+        "POST",
+        "/v1/completions",
+        Some(&long.to_string()),
+    )
+    .await
+    .expect("a");
+    assert_eq!(a.status, 200);
+    for _ in 0..2 {
+        a.next_event().await.expect("read").expect("event");
+    }
+    assert!(srv.metric("ferroq_kv_blocks_used").await > 0.0);
+    // b waits behind a; c finds the queue full
+    let short = json!({"prompt": "Hello", "max_tokens": 5, "ignore_eos": true, "stream": true});
+    let mut b = client::send(
+        &srv.addr,
+        "POST",
+        "/v1/completions",
+        Some(&short.to_string()),
+    )
+    .await
+    .expect("b");
+    assert_eq!(b.status, 200);
+    srv.wait_metric("ferroq_queue_depth", 1.0).await;
+    let (status, body) = client::post(&srv.addr, "/v1/completions", &short.to_string())
+        .await
+        .expect("c");
+    assert_eq!(status, 429, "{body}");
+    let v: Value = serde_json::from_str(&body).expect("error JSON");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .expect("message")
+            .contains("the server is full"),
+        "{v}"
+    );
+    // a's client goes away mid-stream: a is cancelled, b runs
+    drop(a);
+    let got = read_stream(&mut b).await;
+    assert_eq!(got.finish.as_deref(), Some("length"));
+    assert!(!got.text.is_empty());
+    srv.wait_metric("ferroq_kv_blocks_used", 0.0).await;
+    assert_eq!(
+        srv.metric("ferroq_requests_total{outcome=\"cancelled\"}")
+            .await,
+        1.0
+    );
+    assert_eq!(
+        srv.metric("ferroq_requests_total{outcome=\"queue_full\"}")
+            .await,
+        1.0
+    );
+    assert_eq!(
+        srv.metric("ferroq_requests_total{outcome=\"finished\"}")
+            .await,
+        1.0
+    );
+    // the freed place takes new requests again
+    let (status, _) = client::post(
+        &srv.addr,
+        "/v1/completions",
+        &json!({"prompt": "Hi", "max_tokens": 2}).to_string(),
+    )
+    .await
+    .expect("d");
+    assert_eq!(status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_400s_that_name_the_field() {
+    let srv = Server::start(&["--max-seq-len", "64"]);
+    let long_prompt = "word ".repeat(100);
+    let cases: Vec<(&str, String, u16, Option<&str>, &str)> = vec![
+        (
+            "completions",
+            r#"{"prompt":"#.into(),
+            400,
+            None,
+            "not valid JSON",
+        ),
+        (
+            "completions",
+            "[1,2]".into(),
+            400,
+            None,
+            "must be a JSON object",
+        ),
+        (
+            "completions",
+            r#"{"max_tokens":3}"#.into(),
+            400,
+            Some("prompt"),
+            "`prompt` is required",
+        ),
+        (
+            "completions",
+            r#"{"prompt":"hi","max_tokens":"a"}"#.into(),
+            400,
+            Some("max_tokens"),
+            "integer",
+        ),
+        (
+            "completions",
+            r#"{"prompt":"hi","temperature":"hot"}"#.into(),
+            400,
+            Some("temperature"),
+            "must be a number",
+        ),
+        (
+            "completions",
+            r#"{"prompt":"hi","temperature":3}"#.into(),
+            400,
+            Some("temperature"),
+            "[0, 2]",
+        ),
+        (
+            "completions",
+            r#"{"prompt":"hi","n":2}"#.into(),
+            400,
+            Some("n"),
+            "must be 1",
+        ),
+        (
+            "completions",
+            r#"{"prompt":"hi","stop":5}"#.into(),
+            400,
+            Some("stop"),
+            "strings",
+        ),
+        (
+            "completions",
+            r#"{"prompt":"hi","stream":"yes"}"#.into(),
+            400,
+            Some("stream"),
+            "boolean",
+        ),
+        (
+            "completions",
+            r#"{"prompt":[999999]}"#.into(),
+            400,
+            Some("prompt"),
+            "outside the vocabulary",
+        ),
+        (
+            "completions",
+            json!({"prompt": long_prompt}).to_string(),
+            400,
+            Some("prompt"),
+            "context limit (--max-seq-len) is 64",
+        ),
+        (
+            "completions",
+            r#"{"prompt":"hi","max_tokens":100}"#.into(),
+            400,
+            Some("max_tokens"),
+            "context limit (--max-seq-len) is 64",
+        ),
+        (
+            "completions",
+            r#"{"prompt":"hi","model":"gpt-4"}"#.into(),
+            404,
+            Some("model"),
+            "does not exist",
+        ),
+        (
+            "chat/completions",
+            r#"{"messages":"hi"}"#.into(),
+            400,
+            Some("messages"),
+            "must be an array",
+        ),
+        (
+            "chat/completions",
+            r#"{"messages":[{"role":"user","content":5}]}"#.into(),
+            400,
+            Some("messages[0].content"),
+            "string",
+        ),
+        (
+            "chat/completions",
+            r#"{"messages":[{"content":"x"}]}"#.into(),
+            400,
+            Some("messages[0].role"),
+            "string",
+        ),
+    ];
+    for (ep, body, want_status, param, msg) in &cases {
+        let (status, text) = client::post(&srv.addr, &format!("/v1/{ep}"), body)
+            .await
+            .expect("post");
+        assert_eq!(status, *want_status, "{body}: {text}");
+        let v: Value = serde_json::from_str(&text).expect("error JSON");
+        let m = v["error"]["message"].as_str().expect("message");
+        assert!(m.contains(msg), "{body}: message {m:?} lacks {msg:?}");
+        assert_eq!(v["error"]["param"].as_str(), *param, "{body}: {v}");
+    }
+    let (status, text) = client::get(&srv.addr, "/health").await.expect("health");
+    assert_eq!((status, text.as_str()), (200, "ok\n"));
+    let (_, models) = client::get(&srv.addr, "/v1/models").await.expect("models");
+    let v: Value = serde_json::from_str(&models).expect("json");
+    assert_eq!(v["data"][0]["max_model_len"], 64);
+    assert_eq!(
+        srv.metric("ferroq_requests_total{outcome=\"bad_request\"}")
+            .await,
+        cases.len() as f64
+    );
+    // a good request still works after all that
+    let (status, text) = client::post(
+        &srv.addr,
+        "/v1/completions",
+        r#"{"prompt":"hi","max_tokens":3}"#,
+    )
+    .await
+    .expect("post");
+    assert_eq!(status, 200, "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_running_requests_then_exits() {
+    let mut srv = Server::start(&["--shutdown-grace", "60"]);
+    let body = json!({"prompt": "The river", "max_tokens": 30, "ignore_eos": true, "stream": true});
+    let mut r = client::send(
+        &srv.addr,
+        "POST",
+        "/v1/completions",
+        Some(&body.to_string()),
+    )
+    .await
+    .expect("send");
+    r.next_event().await.expect("read").expect("first event");
+    srv.signal("-TERM");
+    let rest = read_stream(&mut r).await;
+    assert_eq!(
+        rest.finish.as_deref(),
+        Some("length"),
+        "the running request finishes"
+    );
+    let status = srv.wait_exit(Duration::from_secs(60));
+    assert!(status.success(), "exit {status:?}:\n{}", srv.log());
+    assert!(srv.log().contains("ferroq serve: stopped"));
+    assert!(
+        client::get(&srv.addr, "/health").await.is_err(),
+        "still accepting"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigint_past_the_grace_period_cancels_running_requests() {
+    let mut srv = Server::start(&["--shutdown-grace", "0.3"]);
+    let body =
+        json!({"prompt": "The river", "max_tokens": 1500, "ignore_eos": true, "stream": true});
+    let mut r = client::send(
+        &srv.addr,
+        "POST",
+        "/v1/completions",
+        Some(&body.to_string()),
+    )
+    .await
+    .expect("send");
+    r.next_event().await.expect("read").expect("first event");
+    srv.signal("-INT");
+    let rest = read_stream(&mut r).await;
+    assert_eq!(
+        rest.finish.as_deref(),
+        Some("abort"),
+        "cancelled at the deadline"
+    );
+    let status = srv.wait_exit(Duration::from_secs(30));
+    assert!(status.success(), "exit {status:?}:\n{}", srv.log());
+}
