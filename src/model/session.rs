@@ -103,7 +103,8 @@ impl<B: Backend> LlamaModel<B> {
                 } else {
                     first
                 };
-                n = self.logits(&mut s.ws, &[from..chunk.len()], ph)?;
+                let rows = from..chunk.len();
+                n = self.logits(&mut s.ws, std::slice::from_ref(&rows), ph)?;
             }
             s.pos += chunk.len();
         }

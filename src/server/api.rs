@@ -301,9 +301,7 @@ pub fn parse(endpoint: Endpoint, body: &[u8]) -> Parsed<GenRequest> {
     let sampling = SamplingParams {
         temperature: b.number("temperature", 0.0, 2.0)?.unwrap_or(1.0) as f32,
         top_p: match b.number("top_p", 0.0, 1.0)? {
-            Some(p) if p == 0.0 => {
-                return Err(BadRequest::field("top_p", "`top_p` must be > 0".into()))
-            }
+            Some(0.0) => return Err(BadRequest::field("top_p", "`top_p` must be > 0".into())),
             p => p.unwrap_or(1.0) as f32,
         },
         top_k: match b.get("top_k") {
