@@ -14,5 +14,6 @@ pub mod report;
 pub mod server;
 pub mod tensor;
 pub mod tokenizer;
+pub mod vision;
 
 pub use error::{Error, Result};

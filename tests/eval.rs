@@ -127,7 +127,6 @@ fn different_models_differ_and_saved_baseline_matches() {
 #[test]
 fn decode_path_matches_prefill_in_float_and_takes_pd_mix_static_scales() {
     use ferroq::eval::EvalPath;
-    use ferroq::quant::pipeline::{quantize, QuantizeOptions};
     use std::sync::atomic::Ordering;
     let m = tiny(4);
     let t = tokens(100);
@@ -150,22 +149,7 @@ fn decode_path_matches_prefill_in_float_and_takes_pd_mix_static_scales() {
     assert!(s.kl_max <= 1e-9, "decode vs prefill KL {}", s.kl_max);
     assert_eq!(s.top1_agreement_pct, 100.0);
 
-    let c = tiny_config(false);
-    let r = ferroq::quant::recipe::Recipe::load("w8a8").expect("preset");
-    let opts = QuantizeOptions {
-        n_samples: 4,
-        seq_len: 16,
-        ..Default::default()
-    };
-    let q = quantize(
-        c.clone(),
-        byte_tokenizer(),
-        tiny_weights(&c, 4),
-        &r,
-        &opts,
-        &|_, _, _| {},
-    )
-    .expect("quantize");
+    let q = tiny_w8a8(4);
     let qm = LlamaModel::load(CpuBackend::new(), q.config.clone(), &q, None).expect("load");
     let counts = |qm: &LlamaModel<CpuBackend>| {
         (

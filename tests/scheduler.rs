@@ -222,24 +222,8 @@ fn preemption_when_the_pool_runs_dry_keeps_outputs() {
 
 #[test]
 fn pd_mix_model_runs_decode_and_prefill_rows_apart_and_matches_solo() {
-    use ferroq::quant::pipeline::{quantize, QuantizeOptions};
     use std::sync::atomic::Ordering;
-    let c = tiny_config(false);
-    let r = ferroq::quant::recipe::Recipe::load("w8a8").expect("preset");
-    let opts = QuantizeOptions {
-        n_samples: 4,
-        seq_len: 16,
-        ..Default::default()
-    };
-    let q = quantize(
-        c.clone(),
-        byte_tokenizer(),
-        tiny_weights(&c, 4),
-        &r,
-        &opts,
-        &|_, _, _| {},
-    )
-    .expect("quantize");
+    let q = tiny_w8a8(4);
     let m =
         Arc::new(LlamaModel::load(CpuBackend::new(), q.config.clone(), &q, None).expect("load"));
     assert!(m.phase_sensitive());

@@ -537,10 +537,11 @@ async fn bad_requests_get_400s_that_name_the_field() {
     assert_eq!(status, 200, "{text}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_finishes_running_requests_then_exits() {
-    let mut srv = Server::start(&["--shutdown-grace", "60"]);
-    let body = json!({"prompt": "The river", "max_tokens": 30, "ignore_eos": true, "stream": true});
+/// Start a stream of `max_tokens`, send `sig` after its first event, and return how the stream
+/// ended; the server must then exit cleanly.
+async fn signal_mid_stream(grace: &str, max_tokens: usize, sig: &str) -> Option<String> {
+    let mut srv = Server::start(&["--shutdown-grace", grace]);
+    let body = json!({"prompt": "The river", "max_tokens": max_tokens, "ignore_eos": true, "stream": true});
     let mut r = client::send(
         &srv.addr,
         "POST",
@@ -550,13 +551,8 @@ async fn sigterm_finishes_running_requests_then_exits() {
     .await
     .expect("send");
     r.next_event().await.expect("read").expect("first event");
-    srv.signal("-TERM");
+    srv.signal(sig);
     let rest = read_stream(&mut r).await;
-    assert_eq!(
-        rest.finish.as_deref(),
-        Some("length"),
-        "the running request finishes"
-    );
     let status = srv.wait_exit(Duration::from_secs(60));
     assert!(status.success(), "exit {status:?}:\n{}", srv.log());
     assert!(srv.log().contains("ferroq serve: stopped"));
@@ -564,29 +560,25 @@ async fn sigterm_finishes_running_requests_then_exits() {
         client::get(&srv.addr, "/health").await.is_err(),
         "still accepting"
     );
+    rest.finish
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_running_requests_then_exits() {
+    let finish = signal_mid_stream("60", 30, "-TERM").await;
+    assert_eq!(
+        finish.as_deref(),
+        Some("length"),
+        "the running request finishes"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigint_past_the_grace_period_cancels_running_requests() {
-    let mut srv = Server::start(&["--shutdown-grace", "0.3"]);
-    let body =
-        json!({"prompt": "The river", "max_tokens": 1500, "ignore_eos": true, "stream": true});
-    let mut r = client::send(
-        &srv.addr,
-        "POST",
-        "/v1/completions",
-        Some(&body.to_string()),
-    )
-    .await
-    .expect("send");
-    r.next_event().await.expect("read").expect("first event");
-    srv.signal("-INT");
-    let rest = read_stream(&mut r).await;
+    let finish = signal_mid_stream("0.3", 1500, "-INT").await;
     assert_eq!(
-        rest.finish.as_deref(),
+        finish.as_deref(),
         Some("abort"),
         "cancelled at the deadline"
     );
-    let status = srv.wait_exit(Duration::from_secs(30));
-    assert!(status.success(), "exit {status:?}:\n{}", srv.log());
 }

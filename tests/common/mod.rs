@@ -260,3 +260,24 @@ pub fn byte_tokenizer() -> ferroq::tokenizer::TokenizerBundle {
         eos_ids: vec![],
     }
 }
+
+/// The tiny model quantized with the `w8a8` preset (pd_mix) on 4 samples of 16 tokens.
+pub fn tiny_w8a8(seed: u64) -> ferroq::quant::pipeline::QuantizedModel {
+    use ferroq::quant::pipeline::{quantize, QuantizeOptions};
+    let c = tiny_config(false);
+    let r = ferroq::quant::recipe::Recipe::load("w8a8").expect("preset");
+    let opts = QuantizeOptions {
+        n_samples: 4,
+        seq_len: 16,
+        ..Default::default()
+    };
+    quantize(
+        c.clone(),
+        byte_tokenizer(),
+        tiny_weights(&c, seed),
+        &r,
+        &opts,
+        &|_, _, _| {},
+    )
+    .expect("quantize")
+}
