@@ -86,6 +86,9 @@ pub enum Error {
 
     #[error("server: {0}")]
     Server(String),
+
+    #[error("CUDA: {0}")]
+    Cuda(String),
 }
 
 impl Error {

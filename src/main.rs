@@ -12,6 +12,8 @@ use ferroq::tensor::DType;
 use ferroq::tokenizer::ChatMessage;
 use std::io::Write;
 
+#[path = "cli/info.rs"]
+mod info_cmd;
 #[path = "cli/serve.rs"]
 mod serve_cmd;
 use std::path::{Path, PathBuf};
@@ -225,6 +227,8 @@ enum Cmd {
         #[arg(long)]
         ignore_eos: bool,
     },
+    /// Show the CPU kernels, CUDA driver, devices, NVRTC and kernel cache of this machine.
+    Info,
     /// Serve the model over an OpenAI-compatible HTTP API with continuous batching.
     Serve(serve_cmd::ServeArgs),
     /// Measure a running server: throughput and time to first token at several concurrencies.
@@ -683,6 +687,7 @@ fn main() -> Result<()> {
             serve_cmd::serve(a, model)?
         }
         Cmd::Loadgen(a) => serve_cmd::loadgen(a)?,
+        Cmd::Info => info_cmd::info()?,
         Cmd::Generate {
             model,
             prompt,
@@ -719,17 +724,8 @@ fn main() -> Result<()> {
                 stop_at_eos: !ignore_eos,
                 ..Default::default()
             };
-            match DeviceSpec::parse(&device)? {
-                DeviceSpec::Cpu => run_generate(
-                    CpuBackend::new(),
-                    &model,
-                    &prompt,
-                    chat,
-                    system,
-                    opts,
-                    dtype,
-                )?,
-            }
+            let backend = DeviceSpec::parse(&device)?.cpu_backend()?;
+            run_generate(backend, &model, &prompt, chat, system, opts, dtype)?;
         }
     }
     Ok(())

@@ -29,6 +29,7 @@ fn magnitude(x: &[f32], xd: Dims, layout: Layout, s: &ConvShape, w: &[f32]) -> V
     conv2d_ref(&ax, xd, layout, s, &aw, None).expect("magnitude")
 }
 
+#[allow(clippy::too_many_arguments)]
 fn unfused(
     x: &[f32],
     xd: Dims,
@@ -418,7 +419,7 @@ fn resnet_blocks_from_torchvision_names_match_the_unfused_graph() {
     let path = dir.path().join("resnet.safetensors");
     let tensors = tiny_resnet(&mut rng);
     write_safetensors(&path, &tensors, None).expect("write");
-    let src = SafetensorsWeights::open_files(&[path.clone()]).expect("open");
+    let src = SafetensorsWeights::open_files(std::slice::from_ref(&path)).expect("open");
     let mut stack = ResNetStack::load(&src).expect("load");
     assert_eq!(stack.blocks.len(), 4);
     assert!(stack.blocks[2].downsample.is_some() && stack.blocks[2].conv1.shape.stride == (2, 2));

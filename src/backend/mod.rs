@@ -6,6 +6,7 @@
 //! Design after candle's per-device backend traits and llm.c's "one function per layer op".
 
 pub mod cpu;
+pub mod cuda;
 
 use crate::error::Result;
 use crate::model::linear::Linear;
@@ -16,18 +17,38 @@ use crate::tensor::{DType, HostTensor};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DeviceSpec {
     Cpu,
+    /// CUDA device N.
+    Cuda(usize),
 }
 
 impl DeviceSpec {
+    /// `cpu`, `cuda`, `cuda:N` or `auto`. `auto` is the CPU until the CUDA backend can run
+    /// models.
     pub fn parse(s: &str) -> crate::error::Result<Self> {
         match s {
             "cpu" | "auto" => Ok(DeviceSpec::Cpu),
-            other if other.starts_with("cuda") => Err(crate::error::Error::InvalidArgument(
-                format!("device `{other}`: this build has no CUDA backend yet; use --device cpu"),
-            )),
-            other => Err(crate::error::Error::InvalidArgument(format!(
-                "unknown device `{other}` (expected cpu, cuda[:N] or auto)"
-            ))),
+            "cuda" => Ok(DeviceSpec::Cuda(0)),
+            other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
+                Some(Ok(n)) => Ok(DeviceSpec::Cuda(n)),
+                _ => Err(crate::error::Error::InvalidArgument(format!(
+                    "unknown device `{other}` (expected cpu, cuda, cuda:N or auto)"
+                ))),
+            },
+        }
+    }
+
+    /// The CPU backend, or for CUDA the reason it cannot run a model here: no driver, no such
+    /// device, or (on a machine with the device) the backend that is not built yet.
+    pub fn cpu_backend(self) -> crate::error::Result<cpu::CpuBackend> {
+        match self {
+            DeviceSpec::Cpu => Ok(cpu::CpuBackend::new()),
+            DeviceSpec::Cuda(n) => {
+                let d = cuda::device::probe(n)?;
+                Err(crate::error::Error::Cuda(format!(
+                    "found cuda:{n} ({}, {}), but the CUDA backend cannot run models yet (its kernels compile; the launching backend is issue 5's open part); use --device cpu",
+                    d.name, d.arch
+                )))
+            }
         }
     }
 }

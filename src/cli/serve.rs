@@ -2,7 +2,6 @@
 //! `ferroq::server` (kept out of main.rs so the command front stays readable).
 
 use anyhow::{bail, Context, Result};
-use ferroq::backend::cpu::CpuBackend;
 use ferroq::backend::{Backend, DeviceSpec};
 use ferroq::engine::scheduler::{SchedulerConfig, PREFILL_CHUNK};
 use ferroq::server::loadgen::{self, LoadOptions};
@@ -56,9 +55,7 @@ pub fn serve(a: ServeArgs, model: PathBuf) -> Result<()> {
     if !(a.shutdown_grace >= 0.0 && a.shutdown_grace.is_finite()) {
         bail!("--shutdown-grace must be a number of seconds >= 0");
     }
-    let backend = match DeviceSpec::parse(&a.device)? {
-        DeviceSpec::Cpu => CpuBackend::new(),
-    };
+    let backend = DeviceSpec::parse(&a.device)?.cpu_backend()?;
     let t = std::time::Instant::now();
     let loaded = ferroq::model::open(backend, &model, dtype)
         .with_context(|| format!("loading {}", model.display()))?;

@@ -97,7 +97,7 @@ impl ConvShape {
                 "conv {self:?}: channels, kernel, stride, dilation and groups must be positive"
             )));
         }
-        if self.in_c % self.groups != 0 || self.out_c % self.groups != 0 {
+        if !self.in_c.is_multiple_of(self.groups) || !self.out_c.is_multiple_of(self.groups) {
             return Err(Error::InvalidArgument(format!(
                 "conv groups {} must divide in_channels {} and out_channels {}",
                 self.groups, self.in_c, self.out_c
@@ -188,7 +188,7 @@ pub fn fold_bn(
     let lens = [bn.gamma.len(), bn.beta.len(), bn.mean.len(), bn.var.len()];
     if lens.iter().any(|&l| l != out_c)
         || bias.is_some_and(|b| b.len() != out_c)
-        || w.len() % out_c.max(1) != 0
+        || !w.len().is_multiple_of(out_c.max(1))
     {
         return Err(Error::InvalidArgument(format!(
             "batch norm of {lens:?} channels (bias {:?}) does not match a conv of {out_c} output channels",

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# GPU validation in two halves, for the device machine (no Rust toolchain, no network there):
+#
+#   bash scripts/gpu-check.sh build    here: build ferroq and the CUDA test binaries, strip them
+#                                      into .gpu/ (git-ignored), with the commit they came from
+#   then one device call:              run(command="bash scripts/gpu-check.sh remote",
+#                                          carry=[".gpu"], timeout_s=600)
+#   bash scripts/gpu-check.sh remote   there: `ferroq info`, every kernel compiled to CUBIN by the
+#                                      device's NVRTC for its own arch and the CI arches, then the
+#                                      GPU-vs-CPU kernel tests (`--ignored`); logs and a markdown
+#                                      summary (date, device, commit, results) go to $OUT
+#
+# Record each run's summary in docs/GPU_RESULTS.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+case "${1:-}" in
+build)
+  cargo build --release -q
+  rm -rf .gpu && mkdir -p .gpu
+  cp target/release/ferroq .gpu/
+  for t in cuda_kernels cuda_compile; do
+    bin=$(cargo test --release --no-run --test "$t" --message-format=json 2>/dev/null |
+      python3 -c 'import json,sys
+for l in sys.stdin:
+    m = json.loads(l)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == sys.argv[1]:
+        print(m["executable"])' "$t" | tail -1)
+    cp "$bin" ".gpu/$t"
+  done
+  strip .gpu/*
+  git rev-parse --short HEAD > .gpu/COMMIT
+  du -sh .gpu
+  echo 'now: run(command="bash scripts/gpu-check.sh remote", carry=[".gpu"], timeout_s=600)'
+  ;;
+remote)
+  OUT=${OUT:-/tmp/gpu-out}
+  mkdir -p "$OUT"
+  for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do
+    [ -d "$d" ] && export LD_LIBRARY_PATH="$d:${LD_LIBRARY_PATH:-}"
+  done
+  export FERROQ_KERNEL_CACHE=/tmp/ferroq-kernels
+  status=0
+  {
+    echo "# GPU check $(date -u +%FT%TZ), commit $(cat .gpu/COMMIT)"
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
+  } | tee "$OUT/summary.md"
+  .gpu/ferroq info 2>&1 | tee "$OUT/info.log"
+  .gpu/cuda_compile --test-threads 1 --nocapture every_kernel the_disk_cache a_compile_error 2>&1 |
+    tee "$OUT/compile.log" || status=1
+  .gpu/cuda_kernels --ignored --test-threads 1 --nocapture 2>&1 | tee "$OUT/kernels.log" || status=1
+  {
+    echo
+    echo '## results'
+    grep -hE '^test |test result' "$OUT/compile.log" "$OUT/kernels.log" || true
+  } | tee -a "$OUT/summary.md"
+  exit $status
+  ;;
+*)
+  echo "usage: bash scripts/gpu-check.sh build|remote" >&2
+  exit 2
+  ;;
+esac

@@ -1,0 +1,136 @@
+//! The typed kernel table: every CUDA kernel ferroq launches is a `Kernel` variant that knows
+//! its module (one `kernels/*.cu` file) and its `extern "C"` symbol, so call sites never name
+//! kernels as loose strings and the compile test can check the table against what ptxas saw.
+//! A module's source is `kernels/common.cuh` followed by its file (no CUDA headers).
+
+/// One `kernels/*.cu` file, compiled as one CUBIN.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Module {
+    Norm,
+    Rope,
+    Embed,
+    Activation,
+    Kv,
+    Attention,
+    Gemm,
+    Sampling,
+}
+
+const COMMON: &str = include_str!("../../../kernels/common.cuh");
+
+impl Module {
+    pub const ALL: [Module; 8] = [
+        Module::Norm,
+        Module::Rope,
+        Module::Embed,
+        Module::Activation,
+        Module::Kv,
+        Module::Attention,
+        Module::Gemm,
+        Module::Sampling,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Module::Norm => "norm",
+            Module::Rope => "rope",
+            Module::Embed => "embed",
+            Module::Activation => "activation",
+            Module::Kv => "kv",
+            Module::Attention => "attention",
+            Module::Gemm => "gemm",
+            Module::Sampling => "sampling",
+        }
+    }
+
+    fn body(self) -> &'static str {
+        match self {
+            Module::Norm => include_str!("../../../kernels/norm.cu"),
+            Module::Rope => include_str!("../../../kernels/rope.cu"),
+            Module::Embed => include_str!("../../../kernels/embed.cu"),
+            Module::Activation => include_str!("../../../kernels/activation.cu"),
+            Module::Kv => include_str!("../../../kernels/kv.cu"),
+            Module::Attention => include_str!("../../../kernels/attention.cu"),
+            Module::Gemm => include_str!("../../../kernels/gemm.cu"),
+            Module::Sampling => include_str!("../../../kernels/sampling.cu"),
+        }
+    }
+
+    /// What NVRTC compiles: the common header, then the module (a `#line` keeps error line
+    /// numbers pointing into the module's own file).
+    pub fn source(self) -> String {
+        format!("{COMMON}\n#line 1 \"{}.cu\"\n{}", self.name(), self.body())
+    }
+
+    pub fn kernels(self) -> impl Iterator<Item = Kernel> {
+        Kernel::ALL.into_iter().filter(move |k| k.module() == self)
+    }
+}
+
+/// Every kernel, by module.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kernel {
+    RmsNorm,
+    AddRmsNorm,
+    Rope,
+    EmbedBf16,
+    SiluMul,
+    AddAssign,
+    WriteKv,
+    AttnPartial,
+    AttnCombine,
+    GemmBf16,
+    GemvBf16,
+    ArgmaxRows,
+}
+
+impl Kernel {
+    pub const ALL: [Kernel; 12] = [
+        Kernel::RmsNorm,
+        Kernel::AddRmsNorm,
+        Kernel::Rope,
+        Kernel::EmbedBf16,
+        Kernel::SiluMul,
+        Kernel::AddAssign,
+        Kernel::WriteKv,
+        Kernel::AttnPartial,
+        Kernel::AttnCombine,
+        Kernel::GemmBf16,
+        Kernel::GemvBf16,
+        Kernel::ArgmaxRows,
+    ];
+
+    pub fn module(self) -> Module {
+        match self {
+            Kernel::RmsNorm | Kernel::AddRmsNorm => Module::Norm,
+            Kernel::Rope => Module::Rope,
+            Kernel::EmbedBf16 => Module::Embed,
+            Kernel::SiluMul | Kernel::AddAssign => Module::Activation,
+            Kernel::WriteKv => Module::Kv,
+            Kernel::AttnPartial | Kernel::AttnCombine => Module::Attention,
+            Kernel::GemmBf16 | Kernel::GemvBf16 => Module::Gemm,
+            Kernel::ArgmaxRows => Module::Sampling,
+        }
+    }
+
+    /// The `extern "C"` name in the module.
+    pub fn symbol(self) -> &'static str {
+        match self {
+            Kernel::RmsNorm => "rms_norm",
+            Kernel::AddRmsNorm => "add_rms_norm",
+            Kernel::Rope => "rope",
+            Kernel::EmbedBf16 => "embed_bf16",
+            Kernel::SiluMul => "silu_mul",
+            Kernel::AddAssign => "add_assign",
+            Kernel::WriteKv => "write_kv",
+            Kernel::AttnPartial => "attn_partial",
+            Kernel::AttnCombine => "attn_combine",
+            Kernel::GemmBf16 => "gemm_bf16",
+            Kernel::GemvBf16 => "gemv_bf16",
+            Kernel::ArgmaxRows => "argmax_rows",
+        }
+    }
+}
+
+/// The architectures CI proves every module compiles for (Ampere, Ada, Hopper).
+pub const CI_ARCHES: [&str; 3] = ["sm_80", "sm_89", "sm_90a"];

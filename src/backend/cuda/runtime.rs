@@ -1,0 +1,63 @@
+//! A CUDA device ready to launch ferroq's kernels: the context and stream (cudarc), and the
+//! typed kernel table resolved lazily — a module's CUBIN comes from the disk cache (compiled by
+//! NVRTC for this device's arch on first use) and is loaded once. This is the part of the CUDA
+//! backend the GPU tests (tests/cuda_kernels.rs) launch kernels through; the `Backend`
+//! implementation will sit on it.
+
+use super::device::{probe, DeviceInfo};
+use super::kernels::{Kernel, Module};
+use super::nvrtc::KernelCache;
+use crate::error::{Error, Result};
+use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+pub struct Gpu {
+    pub info: DeviceInfo,
+    pub ctx: Arc<CudaContext>,
+    pub stream: Arc<CudaStream>,
+    cache: KernelCache,
+    modules: HashMap<Module, Arc<CudaModule>>,
+}
+
+fn drv(what: &str, e: impl std::fmt::Debug) -> Error {
+    Error::Cuda(format!("{what}: {e:?}"))
+}
+
+impl Gpu {
+    /// Open device `ordinal` (probing first, so a missing driver is an error, not a panic).
+    pub fn new(ordinal: usize) -> Result<Self> {
+        let info = probe(ordinal)?;
+        let ctx = CudaContext::new(ordinal).map_err(|e| drv("creating the context", e))?;
+        let stream = ctx.default_stream();
+        Ok(Gpu {
+            info,
+            ctx,
+            stream,
+            cache: KernelCache::new(KernelCache::default_dir()),
+            modules: HashMap::new(),
+        })
+    }
+
+    /// The kernel's function, compiling and loading its module on first use.
+    pub fn function(&mut self, k: Kernel) -> Result<CudaFunction> {
+        let m = k.module();
+        if !self.modules.contains_key(&m) {
+            let c = self
+                .cache
+                .get_or_compile(&m.source(), m.name(), &self.info.arch)?;
+            let module = self
+                .ctx
+                .load_module(cudarc::nvrtc::Ptx::from_binary(c.cubin))
+                .map_err(|e| drv(&format!("loading module {}", m.name()), e))?;
+            self.modules.insert(m, module);
+        }
+        let module = self
+            .modules
+            .get(&m)
+            .ok_or_else(|| Error::Cuda(format!("module {} not loaded", m.name())))?;
+        module
+            .load_function(k.symbol())
+            .map_err(|e| drv(&format!("kernel {}", k.symbol()), e))
+    }
+}

@@ -1,0 +1,393 @@
+//! Every CUDA kernel against the CPU reference on random data (odd sizes, GQA head counts,
+//! paged block tables, several key splits). These need a GPU: they are `#[ignore]`d and run on
+//! the device machine with `--ignored` (scripts/gpu-check.sh builds them here and runs them
+//! there). Without a GPU they are not run — and not reported as passing.
+
+mod common;
+
+use common::randn;
+use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+use ferroq::backend::cpu::CpuBackend;
+use ferroq::backend::cuda::kernels::Kernel;
+use ferroq::backend::cuda::runtime::Gpu;
+use ferroq::backend::{AttentionArgs, Backend, KvSeq, ATTN_ROWS};
+use ferroq::engine::sampler::{argmax, Rng};
+use half::bf16;
+
+fn gpu() -> Gpu {
+    Gpu::new(0).unwrap_or_else(|e| panic!("these tests need a CUDA GPU: {e}"))
+}
+
+fn cfg(grid: (u32, u32), block: u32) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (grid.0, grid.1, 1),
+        block_dim: (block, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+fn up<T: cudarc::driver::DeviceRepr>(g: &Gpu, v: &[T]) -> CudaSlice<T> {
+    g.stream.clone_htod(v).expect("upload")
+}
+
+fn down(g: &Gpu, d: &CudaSlice<f32>) -> Vec<f32> {
+    g.stream.clone_dtoh(d).expect("download")
+}
+
+fn assert_close(what: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for (i, (&a, &b)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (a - b).abs() <= atol + rtol * b.abs(),
+            "{what}: index {i}: gpu {a} cpu {b}"
+        );
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn norms_match_the_cpu() {
+    let mut g = gpu();
+    let cpu = CpuBackend::new();
+    let mut rng = Rng::new(1);
+    for (rows, dim) in [(1, 576), (7, 1000), (33, 4096), (3, 33)] {
+        let (x, y, w) = (
+            randn(&mut rng, rows * dim, 2.0),
+            randn(&mut rng, rows * dim, 1.0),
+            randn(&mut rng, dim, 1.0),
+        );
+        let mut want = vec![0.0; rows * dim];
+        cpu.rms_norm(&mut want, &x, &w, rows, dim, 1e-5)
+            .expect("cpu");
+        let (xd, wd) = (up(&g, &x), up(&g, &w));
+        let mut od = g.stream.alloc_zeros::<f32>(rows * dim).expect("alloc");
+        let (f, dim_i, eps) = (
+            g.function(Kernel::RmsNorm).expect("kernel"),
+            dim as i32,
+            1e-5f32,
+        );
+        let mut b = g.stream.launch_builder(&f);
+        b.arg(&mut od).arg(&xd).arg(&wd).arg(&dim_i).arg(&eps);
+        // SAFETY: argument types and order match rms_norm's signature; buffers hold rows * dim.
+        unsafe { b.launch(cfg((rows as u32, 1), 256)) }.expect("launch");
+        assert_close(
+            &format!("rms_norm {rows}x{dim}"),
+            &down(&g, &od),
+            &want,
+            1e-5,
+            1e-5,
+        );
+        // fused residual add: x += y, out = norm(x)
+        let mut xs: Vec<f32> = x.iter().zip(&y).map(|(a, b)| a + b).collect();
+        cpu.rms_norm(&mut want, &xs, &w, rows, dim, 1e-5)
+            .expect("cpu");
+        let (mut xd, yd) = (up(&g, &x), up(&g, &y));
+        let f = g.function(Kernel::AddRmsNorm).expect("kernel");
+        let mut b = g.stream.launch_builder(&f);
+        b.arg(&mut od)
+            .arg(&mut xd)
+            .arg(&yd)
+            .arg(&wd)
+            .arg(&dim_i)
+            .arg(&eps);
+        // SAFETY: matches add_rms_norm's signature.
+        unsafe { b.launch(cfg((rows as u32, 1), 256)) }.expect("launch");
+        assert_close("add_rms_norm out", &down(&g, &od), &want, 1e-5, 1e-5);
+        xs.truncate(rows * dim);
+        assert_close("add_rms_norm residual", &down(&g, &xd), &xs, 0.0, 0.0);
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn gemm_and_gemv_match_f64() {
+    let mut g = gpu();
+    let mut rng = Rng::new(2);
+    for (m, n, k) in [
+        (1, 49152, 576),
+        (3, 1536, 576),
+        (8, 576, 1536),
+        (37, 100, 130),
+        (130, 67, 64),
+        (5, 7, 33),
+    ] {
+        let x = randn(&mut rng, m * k, 1.0);
+        let w: Vec<bf16> = randn(&mut rng, n * k, 0.1)
+            .into_iter()
+            .map(bf16::from_f32)
+            .collect();
+        let mut want = vec![0f32; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                want[i * n + j] = (0..k)
+                    .map(|t| x[i * k + t] as f64 * w[j * k + t].to_f64())
+                    .sum::<f64>() as f32;
+            }
+        }
+        let (xd, wd) = (
+            up(&g, &x),
+            up(&g, &w.iter().map(|v| v.to_bits()).collect::<Vec<u16>>()),
+        );
+        let (mi, ni, ki) = (m as i32, n as i32, k as i32);
+        let mut kernels = vec![(
+            Kernel::GemmBf16,
+            cfg((n.div_ceil(64) as u32, m.div_ceil(64) as u32), 256),
+        )];
+        if m <= 8 && k % 2 == 0 {
+            kernels.push((Kernel::GemvBf16, cfg((n.div_ceil(8) as u32, 1), 256)));
+        }
+        for (kern, lc) in kernels {
+            let mut od = g.stream.alloc_zeros::<f32>(m * n).expect("alloc");
+            let f = g.function(kern).expect("kernel");
+            let mut b = g.stream.launch_builder(&f);
+            b.arg(&mut od).arg(&xd).arg(&wd).arg(&mi).arg(&ni).arg(&ki);
+            // SAFETY: (out, x, w, m, n, k) as both GEMM kernels take them.
+            unsafe { b.launch(lc) }.expect("launch");
+            let scale = (k as f32).sqrt() * 0.1;
+            assert_close(
+                &format!("{kern:?} {m}x{n}x{k}"),
+                &down(&g, &od),
+                &want,
+                1e-4 * scale,
+                1e-4,
+            );
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn argmax_matches_the_sampler_including_ties() {
+    let mut g = gpu();
+    let mut rng = Rng::new(3);
+    let (rows, vocab) = (5, 49152);
+    let mut logits = randn(&mut rng, rows * vocab, 3.0);
+    logits[2 * vocab + 100] = 50.0; // a tie in row 2: the lower index wins
+    logits[2 * vocab + 40000] = 50.0;
+    let ld = up(&g, &logits);
+    let mut od = g.stream.alloc_zeros::<u32>(rows).expect("alloc");
+    let (f, v) = (
+        g.function(Kernel::ArgmaxRows).expect("kernel"),
+        vocab as i32,
+    );
+    let mut b = g.stream.launch_builder(&f);
+    b.arg(&mut od).arg(&ld).arg(&v);
+    // SAFETY: matches argmax_rows's signature.
+    unsafe { b.launch(cfg((rows as u32, 1), 1024)) }.expect("launch");
+    let got: Vec<u32> = g.stream.clone_dtoh(&od).expect("download");
+    let want: Vec<u32> = logits.chunks(vocab).map(argmax).collect();
+    assert_eq!(got, want);
+    assert_eq!(got[2], 100);
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn paged_split_attention_matches_the_cpu() {
+    let mut g = gpu();
+    let cpu = CpuBackend::new();
+    let mut rng = Rng::new(4);
+    let (nh, nkv, hd, bs) = (9usize, 3usize, 64usize, 16usize);
+    let (qd, kvd) = (nh * hd, nkv * hd);
+    // two sequences: a 5-row prefill chunk at 300 and a decode row at 77
+    let seqs_spec = [(300usize, 5usize), (77, 1)];
+    let max_blocks = 20usize;
+    let n_blocks = 2 * max_blocks;
+    let kc = randn(&mut rng, n_blocks * bs * kvd, 1.0);
+    let vc = randn(&mut rng, n_blocks * bs * kvd, 1.0);
+    let tables: Vec<Vec<u32>> = vec![
+        (0..max_blocks as u32).rev().collect(),
+        (max_blocks as u32..n_blocks as u32).collect(),
+    ];
+    let rows: usize = seqs_spec.iter().map(|s| s.1).sum();
+    let q = randn(&mut rng, rows * qd, 1.0);
+    let mut kv_seqs = Vec::new();
+    let (mut seq_of, mut n_keys) = (Vec::new(), Vec::new());
+    let mut row0 = 0;
+    for (i, &(start, r)) in seqs_spec.iter().enumerate() {
+        kv_seqs.push(KvSeq {
+            row0,
+            rows: r,
+            start_pos: start,
+            blocks: &tables[i],
+        });
+        for rr in 0..r {
+            seq_of.push(i as u32);
+            n_keys.push((start + rr + 1) as u32);
+        }
+        row0 += r;
+    }
+    let max_seq = max_blocks * bs;
+    let mut want = vec![0f32; rows * qd];
+    let mut scratch = vec![0f32; nh * ATTN_ROWS * max_seq];
+    cpu.attention(AttentionArgs {
+        out: &mut want,
+        q: &q,
+        k_cache: &kc,
+        v_cache: &vc,
+        scratch: &mut scratch,
+        seqs: &kv_seqs,
+        block_size: bs,
+        max_seq,
+        n_heads: nh,
+        n_kv_heads: nkv,
+        head_dim: hd,
+    })
+    .expect("cpu attention");
+    let flat: Vec<u32> = tables.concat();
+    let (split_len, splits) = (64usize, max_seq.div_ceil(64));
+    let mut part = g
+        .stream
+        .alloc_zeros::<f32>(rows * nh * splits * (hd + 2))
+        .expect("alloc");
+    let (qd_, kd, vd, td, sd, nd) = (
+        up(&g, &q),
+        up(&g, &kc),
+        up(&g, &vc),
+        up(&g, &flat),
+        up(&g, &seq_of),
+        up(&g, &n_keys),
+    );
+    let ints = [
+        max_blocks as i32,
+        bs as i32,
+        nh as i32,
+        nkv as i32,
+        hd as i32,
+        split_len as i32,
+        splits as i32,
+    ];
+    let scale = 1.0 / (hd as f32).sqrt();
+    let f = g.function(Kernel::AttnPartial).expect("kernel");
+    let mut b = g.stream.launch_builder(&f);
+    b.arg(&mut part)
+        .arg(&qd_)
+        .arg(&kd)
+        .arg(&vd)
+        .arg(&td)
+        .arg(&sd)
+        .arg(&nd);
+    for v in &ints {
+        b.arg(v);
+    }
+    b.arg(&scale);
+    // SAFETY: matches attn_partial's signature; part holds rows * nh * splits * (hd + 2).
+    unsafe { b.launch(cfg(((rows * nh) as u32, splits as u32), 128)) }.expect("launch");
+    let mut od = g.stream.alloc_zeros::<f32>(rows * qd).expect("alloc");
+    let (hd_i, sp_i) = (hd as i32, splits as i32);
+    let f = g.function(Kernel::AttnCombine).expect("kernel");
+    let mut b = g.stream.launch_builder(&f);
+    b.arg(&mut od).arg(&part).arg(&hd_i).arg(&sp_i);
+    // SAFETY: matches attn_combine's signature.
+    unsafe { b.launch(cfg(((rows * nh) as u32, 1), 64)) }.expect("launch");
+    assert_close("paged split attention", &down(&g, &od), &want, 1e-5, 1e-4);
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn elementwise_kernels_match_the_cpu() {
+    let mut g = gpu();
+    let cpu = CpuBackend::new();
+    let mut rng = Rng::new(5);
+    // silu_mul and add_assign on an odd length
+    let n = 100_003;
+    let (gate, upv) = (randn(&mut rng, n, 3.0), randn(&mut rng, n, 1.0));
+    let mut want = gate.clone();
+    cpu.silu_mul(&mut want, &upv, n).expect("cpu");
+    let (mut gd, ud, ni) = (up(&g, &gate), up(&g, &upv), n as i32);
+    let f = g.function(Kernel::SiluMul).expect("kernel");
+    let mut b = g.stream.launch_builder(&f);
+    b.arg(&mut gd).arg(&ud).arg(&ni);
+    // SAFETY: matches silu_mul's signature.
+    unsafe { b.launch(cfg((256, 1), 256)) }.expect("launch");
+    assert_close("silu_mul", &down(&g, &gd), &want, 1e-6, 1e-5);
+    let mut sum = gate.clone();
+    cpu.add_assign(&mut sum, &upv, n).expect("cpu");
+    let mut xd = up(&g, &gate);
+    let f = g.function(Kernel::AddAssign).expect("kernel");
+    let mut b = g.stream.launch_builder(&f);
+    b.arg(&mut xd).arg(&ud).arg(&ni);
+    // SAFETY: matches add_assign's signature.
+    unsafe { b.launch(cfg((256, 1), 256)) }.expect("launch");
+    assert_close("add_assign", &down(&g, &xd), &sum, 0.0, 0.0);
+
+    // rope at per-row positions (two sequences)
+    let (heads, hd, max_pos) = (9usize, 64usize, 512usize);
+    let half = hd / 2;
+    let (cos, sin): (Vec<f32>, Vec<f32>) = (0..max_pos * half)
+        .map(|t| {
+            let a = (t / half) as f32 * 10000f32.powf(-2.0 * (t % half) as f32 / hd as f32);
+            (a.cos(), a.sin())
+        })
+        .unzip();
+    let x = randn(&mut rng, 6 * heads * hd, 1.0);
+    let seqs = [
+        KvSeq {
+            row0: 0,
+            rows: 4,
+            start_pos: 100,
+            blocks: &[],
+        },
+        KvSeq {
+            row0: 4,
+            rows: 2,
+            start_pos: 7,
+            blocks: &[],
+        },
+    ];
+    let mut want = x.clone();
+    cpu.rope(&mut want, &cos, &sin, &seqs, heads, hd)
+        .expect("cpu");
+    let pos: Vec<u32> = vec![100, 101, 102, 103, 7, 8];
+    let (mut xd, cd, sd, pd) = (up(&g, &x), up(&g, &cos), up(&g, &sin), up(&g, &pos));
+    let (hi, di) = (heads as i32, hd as i32);
+    let f = g.function(Kernel::Rope).expect("kernel");
+    let mut b = g.stream.launch_builder(&f);
+    b.arg(&mut xd).arg(&cd).arg(&sd).arg(&pd).arg(&hi).arg(&di);
+    // SAFETY: matches rope's signature.
+    unsafe { b.launch(cfg((6, 1), 128)) }.expect("launch");
+    assert_close("rope", &down(&g, &xd), &want, 1e-5, 1e-5);
+
+    // embedding from bf16 and the paged KV write
+    let (vocab, dim) = (1000usize, 576usize);
+    let table: Vec<bf16> = randn(&mut rng, vocab * dim, 1.0)
+        .into_iter()
+        .map(bf16::from_f32)
+        .collect();
+    let ids: Vec<u32> = vec![0, 999, 17, 17, 512];
+    let want: Vec<f32> = ids
+        .iter()
+        .flat_map(|&i| {
+            table[i as usize * dim..(i as usize + 1) * dim]
+                .iter()
+                .map(|v| v.to_f32())
+        })
+        .collect();
+    let (td, idd, dim_i) = (
+        up(&g, &table.iter().map(|v| v.to_bits()).collect::<Vec<u16>>()),
+        up(&g, &ids),
+        dim as i32,
+    );
+    let mut od = g.stream.alloc_zeros::<f32>(ids.len() * dim).expect("alloc");
+    let f = g.function(Kernel::EmbedBf16).expect("kernel");
+    let mut b = g.stream.launch_builder(&f);
+    b.arg(&mut od).arg(&td).arg(&idd).arg(&dim_i);
+    // SAFETY: matches embed_bf16's signature.
+    unsafe { b.launch(cfg((ids.len() as u32, 1), 256)) }.expect("launch");
+    assert_close("embed_bf16", &down(&g, &od), &want, 0.0, 0.0);
+    let (kvd, n_slots) = (192usize, 64usize);
+    let src = randn(&mut rng, 3 * kvd, 1.0);
+    let slots: Vec<u32> = vec![63, 0, 17];
+    let mut want = vec![0f32; n_slots * kvd];
+    for (r, &s) in slots.iter().enumerate() {
+        want[s as usize * kvd..(s as usize + 1) * kvd]
+            .copy_from_slice(&src[r * kvd..(r + 1) * kvd]);
+    }
+    let mut cache = g.stream.alloc_zeros::<f32>(n_slots * kvd).expect("alloc");
+    let (sd, sl, kv_i) = (up(&g, &src), up(&g, &slots), kvd as i32);
+    let f = g.function(Kernel::WriteKv).expect("kernel");
+    let mut b = g.stream.launch_builder(&f);
+    b.arg(&mut cache).arg(&sd).arg(&sl).arg(&kv_i);
+    // SAFETY: matches write_kv's signature; every slot < n_slots.
+    unsafe { b.launch(cfg((3, 1), 128)) }.expect("launch");
+    assert_close("write_kv", &down(&g, &cache), &want, 0.0, 0.0);
+}
