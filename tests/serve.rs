@@ -535,6 +535,23 @@ async fn bad_requests_get_400s_that_name_the_field() {
     .await
     .expect("post");
     assert_eq!(status, 200, "{text}");
+    // sampling: the same seed gives the same text
+    let sampled = r#"{"prompt":"Once upon a time","max_tokens":12,"temperature":1.0,"seed":7}"#;
+    let text_of = |body: String| -> String {
+        let v: Value = serde_json::from_str(&body).expect("json");
+        v["choices"][0]["text"].as_str().expect("text").to_string()
+    };
+    let (_, a) = client::post(&srv.addr, "/v1/completions", sampled)
+        .await
+        .expect("a");
+    let (_, b) = client::post(&srv.addr, "/v1/completions", sampled)
+        .await
+        .expect("b");
+    assert_eq!(
+        text_of(a),
+        text_of(b),
+        "seeded sampling is not reproducible"
+    );
 }
 
 /// Start a stream of `max_tokens`, send `sig` after its first event, and return how the stream

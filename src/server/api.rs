@@ -2,8 +2,9 @@
 //! parsed field by field (so a wrong type is a 400 that names the field, and unknown fields
 //! that clients send — `logprobs`, `user`, `frequency_penalty` at 0 — are ignored), and the
 //! response and stream-chunk JSON in OpenAI's shapes. vLLM's extensions `top_k`,
-//! `repetition_penalty`, `ignore_eos` and `min_tokens`-free defaults are followed: without
-//! `max_tokens` a request may generate up to the context limit.
+//! `repetition_penalty` and `ignore_eos` are accepted, and vLLM's defaults followed: without
+//! `max_tokens` a request may generate up to the context limit; without `seed` each request
+//! samples with a fresh one.
 
 use crate::engine::sampler::SamplingParams;
 use crate::engine::scheduler::Finish;
@@ -263,6 +264,16 @@ fn stop_strings(b: &Body) -> Parsed<Vec<String>> {
     Ok(list)
 }
 
+/// A seed for a request that gave none: the clock mixed with a process-wide counter.
+fn unseeded() -> u64 {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    (t ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15)).rotate_left(17)
+}
+
 /// Parse a request body for `endpoint`.
 pub fn parse(endpoint: Endpoint, body: &[u8]) -> Parsed<GenRequest> {
     let v: Value = serde_json::from_slice(body).map_err(|e| BadRequest {
@@ -318,7 +329,8 @@ pub fn parse(endpoint: Endpoint, body: &[u8]) -> Parsed<GenRequest> {
                 .ok_or_else(|| {
                     BadRequest::field("seed", format!("`seed` must be an integer, got {v}"))
                 })?,
-            None => 0,
+            // without a seed every request samples differently (as OpenAI and vLLM do)
+            None => unseeded(),
         },
     };
     let stream_usage = match b.get("stream_options") {
