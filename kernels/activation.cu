@@ -11,3 +11,12 @@ extern "C" __global__ void add_assign(float* __restrict__ x, const float* __rest
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x)
         x[i] += y[i];
 }
+
+// x (rows, n) += b (n): a linear's bias (Qwen2's q/k/v) after the GEMM.
+extern "C" __global__ void add_bias(float* __restrict__ x, const float* __restrict__ b, int rows,
+                                    int n) {
+    const long total = (long)rows * n;
+    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < total;
+         i += (long)gridDim.x * blockDim.x)
+        x[i] += b[i % n];
+}

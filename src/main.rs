@@ -4,6 +4,7 @@
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use ferroq::backend::cpu::CpuBackend;
+use ferroq::backend::cuda::backend::CudaBackend;
 use ferroq::backend::{Backend, DeviceSpec};
 use ferroq::engine::generate::{generate, GenerateOptions};
 use ferroq::engine::sampler::SamplingParams;
@@ -724,8 +725,22 @@ fn main() -> Result<()> {
                 stop_at_eos: !ignore_eos,
                 ..Default::default()
             };
-            let backend = DeviceSpec::parse(&device)?.cpu_backend()?;
-            run_generate(backend, &model, &prompt, chat, system, opts, dtype)?;
+            match DeviceSpec::parse(&device)? {
+                DeviceSpec::Cpu => run_generate(
+                    CpuBackend::new(),
+                    &model,
+                    &prompt,
+                    chat,
+                    system,
+                    opts,
+                    dtype,
+                )?,
+                DeviceSpec::Cuda(n) => {
+                    let b = CudaBackend::new(n)?;
+                    eprintln!("{}", DeviceSpec::CUDA_UNVALIDATED);
+                    run_generate(b, &model, &prompt, chat, system, opts, dtype)?
+                }
+            }
         }
     }
     Ok(())

@@ -77,9 +77,10 @@ fn every_kernel_compiles_to_cubin_for_ampere_ada_and_hopper() {
             );
         }
     }
-    // every kernel belongs to a module that was compiled
-    for k in Kernel::ALL {
+    // every kernel belongs to a module that was compiled, and indexes the table in order
+    for (i, k) in Kernel::ALL.into_iter().enumerate() {
         assert!(Module::ALL.contains(&k.module()));
+        assert_eq!(k.index(), i);
     }
 }
 
@@ -148,7 +149,7 @@ fn ptxas_log_parsing() {
 }
 
 #[test]
-fn device_cuda_without_a_driver_is_a_clear_error() {
+fn device_cuda_is_a_clear_error_without_a_driver() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferroq"))
         .args(["generate", "--device", "cuda", "-p", "hi", "-n", "1", "-m"])
         .arg(concat!(

@@ -22,8 +22,8 @@ pub enum DeviceSpec {
 }
 
 impl DeviceSpec {
-    /// `cpu`, `cuda`, `cuda:N` or `auto`. `auto` is the CPU until the CUDA backend can run
-    /// models.
+    /// `cpu`, `cuda`, `cuda:N` or `auto`. `auto` stays on the CPU until the CUDA backend has
+    /// been validated on a GPU.
     pub fn parse(s: &str) -> crate::error::Result<Self> {
         match s {
             "cpu" | "auto" => Ok(DeviceSpec::Cpu),
@@ -37,20 +37,9 @@ impl DeviceSpec {
         }
     }
 
-    /// The CPU backend, or for CUDA the reason it cannot run a model here: no driver, no such
-    /// device, or (on a machine with the device) the backend that is not built yet.
-    pub fn cpu_backend(self) -> crate::error::Result<cpu::CpuBackend> {
-        match self {
-            DeviceSpec::Cpu => Ok(cpu::CpuBackend::new()),
-            DeviceSpec::Cuda(n) => {
-                let d = cuda::device::probe(n)?;
-                Err(crate::error::Error::Cuda(format!(
-                    "found cuda:{n} ({}, {}), but the CUDA backend cannot run models yet (its kernels compile; the launching backend is issue 5's open part); use --device cpu",
-                    d.name, d.arch
-                )))
-            }
-        }
-    }
+    /// Printed when `--device cuda` runs: the CUDA backend compiles and its kernels build, but
+    /// no GPU has run it yet.
+    pub const CUDA_UNVALIDATED: &'static str = "warning: the CUDA backend has not been validated on a GPU yet (docs/GPU_RESULTS.md); compare with --device cpu";
 }
 
 pub trait Backend: Send + Sync + Sized + 'static {

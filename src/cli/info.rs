@@ -43,6 +43,6 @@ pub fn info() -> Result<()> {
         bytes as f64 / (1 << 20) as f64,
         Module::ALL.len()
     );
-    println!("cuda backend: kernels compile (tests/cuda_compile.rs); model execution on CUDA is not built yet");
+    println!("cuda backend: built (bf16 weights); not yet validated on a GPU (docs/GPU_RESULTS.md)");
     Ok(())
 }

@@ -2,6 +2,8 @@
 //! `ferroq::server` (kept out of main.rs so the command front stays readable).
 
 use anyhow::{bail, Context, Result};
+use ferroq::backend::cpu::CpuBackend;
+use ferroq::backend::cuda::backend::CudaBackend;
 use ferroq::backend::{Backend, DeviceSpec};
 use ferroq::engine::scheduler::{SchedulerConfig, PREFILL_CHUNK};
 use ferroq::server::loadgen::{self, LoadOptions};
@@ -51,11 +53,21 @@ pub struct ServeArgs {
 }
 
 pub fn serve(a: ServeArgs, model: PathBuf) -> Result<()> {
+    match DeviceSpec::parse(&a.device)? {
+        DeviceSpec::Cpu => serve_on(CpuBackend::new(), a, model),
+        DeviceSpec::Cuda(n) => {
+            let b = CudaBackend::new(n)?;
+            eprintln!("{}", DeviceSpec::CUDA_UNVALIDATED);
+            serve_on(b, a, model)
+        }
+    }
+}
+
+fn serve_on<B: Backend>(backend: B, a: ServeArgs, model: PathBuf) -> Result<()> {
     let dtype = a.dtype.as_deref().map(DType::parse).transpose()?;
     if !(a.shutdown_grace >= 0.0 && a.shutdown_grace.is_finite()) {
         bail!("--shutdown-grace must be a number of seconds >= 0");
     }
-    let backend = DeviceSpec::parse(&a.device)?.cpu_backend()?;
     let t = std::time::Instant::now();
     let loaded = ferroq::model::open(backend, &model, dtype)
         .with_context(|| format!("loading {}", model.display()))?;

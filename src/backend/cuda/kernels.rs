@@ -76,6 +76,7 @@ pub enum Kernel {
     EmbedBf16,
     SiluMul,
     AddAssign,
+    AddBias,
     WriteKv,
     AttnPartial,
     AttnCombine,
@@ -85,13 +86,14 @@ pub enum Kernel {
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 12] = [
+    pub const ALL: [Kernel; 13] = [
         Kernel::RmsNorm,
         Kernel::AddRmsNorm,
         Kernel::Rope,
         Kernel::EmbedBf16,
         Kernel::SiluMul,
         Kernel::AddAssign,
+        Kernel::AddBias,
         Kernel::WriteKv,
         Kernel::AttnPartial,
         Kernel::AttnCombine,
@@ -105,7 +107,7 @@ impl Kernel {
             Kernel::RmsNorm | Kernel::AddRmsNorm => Module::Norm,
             Kernel::Rope => Module::Rope,
             Kernel::EmbedBf16 => Module::Embed,
-            Kernel::SiluMul | Kernel::AddAssign => Module::Activation,
+            Kernel::SiluMul | Kernel::AddAssign | Kernel::AddBias => Module::Activation,
             Kernel::WriteKv => Module::Kv,
             Kernel::AttnPartial | Kernel::AttnCombine => Module::Attention,
             Kernel::GemmBf16 | Kernel::GemvBf16 => Module::Gemm,
@@ -114,6 +116,11 @@ impl Kernel {
     }
 
     /// The `extern "C"` name in the module.
+    /// Position in [`Kernel::ALL`] (declaration order; tests/cuda_compile.rs checks it).
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     pub fn symbol(self) -> &'static str {
         match self {
             Kernel::RmsNorm => "rms_norm",
@@ -122,6 +129,7 @@ impl Kernel {
             Kernel::EmbedBf16 => "embed_bf16",
             Kernel::SiluMul => "silu_mul",
             Kernel::AddAssign => "add_assign",
+            Kernel::AddBias => "add_bias",
             Kernel::WriteKv => "write_kv",
             Kernel::AttnPartial => "attn_partial",
             Kernel::AttnCombine => "attn_combine",

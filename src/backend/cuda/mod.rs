@@ -5,6 +5,7 @@
 //! the device and then says so. Design after candle's CUDA backend (kernels compiled apart and
 //! loaded lazily) and vLLM's csrc kernels.
 
+pub mod backend;
 pub mod device;
 pub mod kernels;
 pub mod nvrtc;

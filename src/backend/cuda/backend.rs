@@ -1,0 +1,396 @@
+//! `CudaBackend`: the `Backend` trait on one CUDA device, launching `kernels/*.cu` through the
+//! typed table. Activations are f32 device buffers (`CudaSlice<f32>`), dense weights BF16
+//! (whatever dtype the checkpoint or `--dtype` asks for: the GEMMs read bf16), accumulation f32.
+//! Block tables, positions and token ids are uploaded per call. Not yet here: quantized weights
+//! (issue 6), the online Hadamard rotation, cuBLAS, allocation-free decode and CUDA graphs.
+//! Unvalidated on hardware until a GPU session runs tests/cuda_model.rs (docs/GPU_RESULTS.md).
+
+use super::kernels::Kernel;
+use super::runtime::Gpu;
+use crate::backend::{AttentionArgs, Backend, KvSeq};
+use crate::error::{Error, Result};
+use crate::model::linear::{Linear, LinearWeight};
+use crate::quant::{Phase, QuantWeight};
+use crate::tensor::{DType, HostTensor};
+use cudarc::driver::{CudaFunction, CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg};
+use half::bf16;
+
+/// A dense `[rows, cols]` weight in BF16 on the device.
+pub struct CudaMatrix {
+    pub rows: usize,
+    pub cols: usize,
+    data: CudaSlice<u16>, // (rows, cols) bf16 bits
+}
+
+/// Quantized weights have no CUDA kernels yet (issue 6); this type is never constructed.
+pub enum CudaQMatrix {}
+
+pub struct CudaBackend {
+    gpu: Gpu,
+    functions: Vec<CudaFunction>, // indexed by Kernel::index
+}
+
+/// Keys per attention split (the kernel's shared score buffer holds 256).
+const SPLIT_LEN: usize = 256;
+/// Rows at most for the weight-streaming GEMV.
+const GEMV_MAX_M: usize = 8;
+
+fn drv(what: &str, e: impl std::fmt::Debug) -> Error {
+    Error::Cuda(format!("{what}: {e:?}"))
+}
+
+fn grid1(n: usize, block: u32) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (n as u32, 1, 1),
+        block_dim: (block, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+fn check(what: &str, have: usize, need: usize) -> Result<()> {
+    if have < need {
+        return Err(Error::InvalidArgument(format!(
+            "{what}: device buffer holds {have} values, the op needs {need}"
+        )));
+    }
+    Ok(())
+}
+
+fn i32_of(v: usize, what: &str) -> Result<i32> {
+    i32::try_from(v).map_err(|_| Error::InvalidArgument(format!("{what} {v} exceeds i32")))
+}
+
+impl CudaBackend {
+    /// Open device `ordinal` and load every kernel (compiled for its arch, or from the cache).
+    pub fn new(ordinal: usize) -> Result<Self> {
+        let mut gpu = Gpu::new(ordinal)?;
+        let functions = Kernel::ALL
+            .into_iter()
+            .map(|k| gpu.function(k))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(CudaBackend { gpu, functions })
+    }
+
+    fn f(&self, k: Kernel) -> &CudaFunction {
+        &self.functions[k.index()]
+    }
+
+    fn up<T: DeviceRepr>(&self, v: &[T]) -> Result<CudaSlice<T>> {
+        self.gpu.stream.clone_htod(v).map_err(|e| drv("upload", e))
+    }
+}
+
+impl Backend for CudaBackend {
+    type Buf = CudaSlice<f32>;
+    type Matrix = CudaMatrix;
+    type QMatrix = CudaQMatrix;
+
+    fn describe(&self) -> String {
+        let d = &self.gpu.info;
+        format!(
+            "cuda:{} ({}, {}, {:.0} GiB, bf16 weights)",
+            d.ordinal,
+            d.name,
+            d.arch,
+            d.total_mem as f64 / (1u64 << 30) as f64
+        )
+    }
+
+    fn alloc(&self, len: usize) -> Result<Self::Buf> {
+        self.gpu
+            .stream
+            .alloc_zeros::<f32>(len.max(1))
+            .map_err(|e| drv("alloc", e))
+    }
+
+    fn upload(&self, data: &[f32]) -> Result<Self::Buf> {
+        self.up(data)
+    }
+
+    fn read(&self, buf: &Self::Buf, offset: usize, out: &mut [f32]) -> Result<()> {
+        check("read", buf.len(), offset + out.len())?;
+        let view = buf.slice(offset..offset + out.len());
+        self.gpu
+            .stream
+            .memcpy_dtoh(&view, out)
+            .map_err(|e| drv("download", e))?;
+        self.gpu
+            .stream
+            .synchronize()
+            .map_err(|e| drv("synchronize", e))
+    }
+
+    fn upload_matrix(&self, t: &HostTensor, _dtype: DType) -> Result<Self::Matrix> {
+        let [rows, cols] = t.shape[..] else {
+            return Err(Error::InvalidArgument(format!(
+                "a matrix must be 2-D, got shape {:?}",
+                t.shape
+            )));
+        };
+        let bits: Vec<u16> = t
+            .to_f32_vec()
+            .into_iter()
+            .map(|v| bf16::from_f32(v).to_bits())
+            .collect();
+        Ok(CudaMatrix {
+            rows,
+            cols,
+            data: self.up(&bits)?,
+        })
+    }
+
+    fn upload_quant(&self, w: &QuantWeight, rows: usize, cols: usize) -> Result<Self::QMatrix> {
+        Err(Error::Cuda(format!(
+            "quantized weights ({:?}, {rows}x{cols}) have no CUDA kernels yet (issue 6); run quantized models with --device cpu",
+            w.dtype()
+        )))
+    }
+
+    fn embed(&self, out: &mut Self::Buf, table: &Self::Matrix, ids: &[u32]) -> Result<()> {
+        check("embed out", out.len(), ids.len() * table.cols)?;
+        let ids_d = self.up(ids)?;
+        let dim = i32_of(table.cols, "dim")?;
+        let mut b = self.gpu.stream.launch_builder(self.f(Kernel::EmbedBf16));
+        b.arg(out).arg(&table.data).arg(&ids_d).arg(&dim);
+        // SAFETY: (out, table, ids, dim) as embed_bf16 takes them; out holds ids × dim and every
+        // id was range-checked by the model.
+        unsafe { b.launch(grid1(ids.len(), 256)) }.map_err(|e| drv("embed", e))?;
+        Ok(())
+    }
+
+    fn rms_norm(
+        &self,
+        out: &mut Self::Buf,
+        x: &Self::Buf,
+        weight: &Self::Buf,
+        rows: usize,
+        dim: usize,
+        eps: f32,
+    ) -> Result<()> {
+        check("rms_norm", out.len().min(x.len()), rows * dim)?;
+        let d = i32_of(dim, "dim")?;
+        let mut b = self.gpu.stream.launch_builder(self.f(Kernel::RmsNorm));
+        b.arg(out).arg(x).arg(weight).arg(&d).arg(&eps);
+        // SAFETY: matches rms_norm's signature; buffers hold rows × dim (checked).
+        unsafe { b.launch(grid1(rows, 256)) }.map_err(|e| drv("rms_norm", e))?;
+        Ok(())
+    }
+
+    fn copy(
+        &self,
+        dst: &mut Self::Buf,
+        dst_off: usize,
+        src: &Self::Buf,
+        src_off: usize,
+        len: usize,
+    ) -> Result<()> {
+        check("copy src", src.len(), src_off + len)?;
+        check("copy dst", dst.len(), dst_off + len)?;
+        let s = src.slice(src_off..src_off + len);
+        let mut d = dst.slice_mut(dst_off..dst_off + len);
+        self.gpu
+            .stream
+            .memcpy_dtod(&s, &mut d)
+            .map_err(|e| drv("copy", e))
+    }
+
+    fn add_assign(&self, x: &mut Self::Buf, y: &Self::Buf, len: usize) -> Result<()> {
+        check("add", x.len().min(y.len()), len)?;
+        let n = i32_of(len, "len")?;
+        let mut b = self.gpu.stream.launch_builder(self.f(Kernel::AddAssign));
+        b.arg(x).arg(y).arg(&n);
+        // SAFETY: matches add_assign's signature; both hold len values (checked).
+        unsafe { b.launch(grid1(len.div_ceil(256).min(4096), 256)) }.map_err(|e| drv("add", e))?;
+        Ok(())
+    }
+
+    fn linear(
+        &self,
+        out: &mut Self::Buf,
+        x: &Self::Buf,
+        w: &Linear<Self>,
+        rows: usize,
+        _phase: Phase,
+    ) -> Result<()> {
+        let m = match &w.weight {
+            LinearWeight::Dense(m) => m,
+            LinearWeight::Quant(q) => match *q {},
+        };
+        let (n, k) = (m.rows, m.cols);
+        check(&w.name, x.len(), rows * k)?;
+        check(&w.name, out.len(), rows * n)?;
+        let (mi, ni, ki) = (i32_of(rows, "rows")?, i32_of(n, "n")?, i32_of(k, "k")?);
+        let gemv = rows <= GEMV_MAX_M && k % 2 == 0;
+        let (kern, cfg) = if gemv {
+            (Kernel::GemvBf16, grid1(n.div_ceil(8), 256))
+        } else {
+            let cfg = LaunchConfig {
+                grid_dim: (n.div_ceil(64) as u32, rows.div_ceil(64) as u32, 1),
+                block_dim: (256, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            (Kernel::GemmBf16, cfg)
+        };
+        let mut b = self.gpu.stream.launch_builder(self.f(kern));
+        b.arg(&mut *out)
+            .arg(x)
+            .arg(&m.data)
+            .arg(&mi)
+            .arg(&ni)
+            .arg(&ki);
+        // SAFETY: (out, x, w, m, n, k) as both GEMM kernels take them; sizes checked; the
+        // GEMV runs only for even k (its bf16-pair loads need 4-byte aligned rows).
+        unsafe { b.launch(cfg) }.map_err(|e| drv(&w.name, e))?;
+        if let Some(bias) = &w.bias {
+            let mut b = self.gpu.stream.launch_builder(self.f(Kernel::AddBias));
+            b.arg(out).arg(bias).arg(&mi).arg(&ni);
+            // SAFETY: matches add_bias; out holds rows × n, bias n.
+            unsafe { b.launch(grid1((rows * n).div_ceil(256).min(4096), 256)) }
+                .map_err(|e| drv("bias", e))?;
+        }
+        Ok(())
+    }
+
+    fn rope(
+        &self,
+        x: &mut Self::Buf,
+        cos: &Self::Buf,
+        sin: &Self::Buf,
+        seqs: &[KvSeq<'_>],
+        n_heads: usize,
+        head_dim: usize,
+    ) -> Result<()> {
+        let rows: usize = seqs.iter().map(|s| s.row0 + s.rows).max().unwrap_or(0);
+        check("rope", x.len(), rows * n_heads * head_dim)?;
+        let mut pos = vec![0u32; rows];
+        for s in seqs {
+            for r in 0..s.rows {
+                pos[s.row0 + r] = (s.start_pos + r) as u32;
+            }
+        }
+        let last = pos.iter().copied().max().unwrap_or(0) as usize;
+        check(
+            "rope table",
+            cos.len().min(sin.len()),
+            (last + 1) * head_dim / 2,
+        )?;
+        let pos_d = self.up(&pos)?;
+        let (h, d) = (i32_of(n_heads, "heads")?, i32_of(head_dim, "head_dim")?);
+        let mut b = self.gpu.stream.launch_builder(self.f(Kernel::Rope));
+        b.arg(x).arg(cos).arg(sin).arg(&pos_d).arg(&h).arg(&d);
+        // SAFETY: matches rope's signature; x holds rows × heads × head_dim, every position is
+        // inside the tables (checked).
+        unsafe { b.launch(grid1(rows, 128)) }.map_err(|e| drv("rope", e))?;
+        Ok(())
+    }
+
+    fn write_kv(
+        &self,
+        cache: &mut Self::Buf,
+        src: &Self::Buf,
+        seqs: &[KvSeq<'_>],
+        block_size: usize,
+        kv_dim: usize,
+    ) -> Result<()> {
+        let n_blocks = cache.len() / (block_size * kv_dim).max(1);
+        let mut slots = Vec::new();
+        for s in seqs {
+            s.check(block_size, n_blocks, usize::MAX, src.len() / kv_dim.max(1))?;
+            slots.resize(slots.len().max(s.row0 + s.rows), 0u32);
+            for r in 0..s.rows {
+                let p = s.start_pos + r;
+                slots[s.row0 + r] =
+                    s.blocks[p / block_size] * block_size as u32 + (p % block_size) as u32;
+            }
+        }
+        if slots.is_empty() {
+            return Ok(());
+        }
+        let slots_d = self.up(&slots)?;
+        let kvd = i32_of(kv_dim, "kv_dim")?;
+        let mut b = self.gpu.stream.launch_builder(self.f(Kernel::WriteKv));
+        b.arg(cache).arg(src).arg(&slots_d).arg(&kvd);
+        // SAFETY: matches write_kv's signature; every slot is inside the cache (checked).
+        unsafe { b.launch(grid1(slots.len(), 128)) }.map_err(|e| drv("write_kv", e))?;
+        Ok(())
+    }
+
+    fn attention(&self, a: AttentionArgs<'_, Self>) -> Result<()> {
+        let (nh, nkv, hd, bs) = (a.n_heads, a.n_kv_heads, a.head_dim, a.block_size);
+        if nkv == 0 || nh % nkv != 0 || hd > 256 {
+            return Err(Error::InvalidArgument(format!(
+                "attention: {nh} heads over {nkv} kv heads of dim {hd} (the kernel takes head dims up to 256)"
+            )));
+        }
+        let rows: usize = a.seqs.iter().map(|s| s.row0 + s.rows).max().unwrap_or(0);
+        let n_blocks = a.k_cache.len().min(a.v_cache.len()) / (bs * nkv * hd).max(1);
+        let max_blocks = a
+            .seqs
+            .iter()
+            .map(|s| s.blocks.len())
+            .max()
+            .unwrap_or(1)
+            .max(1);
+        let (mut tables, mut seq_of, mut n_keys) = (
+            vec![0u32; a.seqs.len() * max_blocks],
+            vec![0u32; rows],
+            vec![0u32; rows],
+        );
+        for (i, s) in a.seqs.iter().enumerate() {
+            s.check(bs, n_blocks, a.max_seq, rows)?;
+            tables[i * max_blocks..i * max_blocks + s.blocks.len()].copy_from_slice(s.blocks);
+            for r in 0..s.rows {
+                seq_of[s.row0 + r] = i as u32;
+                n_keys[s.row0 + r] = (s.start_pos + r + 1) as u32;
+            }
+        }
+        let longest = n_keys.iter().copied().max().unwrap_or(1) as usize;
+        let splits = longest.div_ceil(SPLIT_LEN).max(1);
+        let mut part = self.alloc(rows * nh * splits * (hd + 2))?;
+        let (t_d, s_d, n_d) = (self.up(&tables)?, self.up(&seq_of)?, self.up(&n_keys)?);
+        let ints = [max_blocks, bs, nh, nkv, hd, SPLIT_LEN, splits].map(|v| v as i32);
+        let scale = 1.0 / (hd as f32).sqrt();
+        let mut b = self.gpu.stream.launch_builder(self.f(Kernel::AttnPartial));
+        b.arg(&mut part)
+            .arg(a.q)
+            .arg(a.k_cache)
+            .arg(a.v_cache)
+            .arg(&t_d)
+            .arg(&s_d)
+            .arg(&n_d);
+        for v in &ints {
+            b.arg(v);
+        }
+        b.arg(&scale);
+        let cfg = LaunchConfig {
+            grid_dim: ((rows * nh) as u32, splits as u32, 1),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: matches attn_partial's signature; part holds rows × heads × splits × (hd + 2),
+        // every table entry is a block inside the caches (checked).
+        unsafe { b.launch(cfg) }.map_err(|e| drv("attention", e))?;
+        let (hd_i, sp_i) = (hd as i32, splits as i32);
+        let mut b = self.gpu.stream.launch_builder(self.f(Kernel::AttnCombine));
+        b.arg(a.out).arg(&part).arg(&hd_i).arg(&sp_i);
+        // SAFETY: matches attn_combine's signature; out holds rows × heads × hd.
+        unsafe { b.launch(grid1(rows * nh, 64)) }.map_err(|e| drv("attention combine", e))?;
+        Ok(())
+    }
+
+    fn silu_mul(&self, gate: &mut Self::Buf, up: &Self::Buf, len: usize) -> Result<()> {
+        check("silu", gate.len().min(up.len()), len)?;
+        let n = i32_of(len, "len")?;
+        let mut b = self.gpu.stream.launch_builder(self.f(Kernel::SiluMul));
+        b.arg(gate).arg(up).arg(&n);
+        // SAFETY: matches silu_mul's signature; both hold len values.
+        unsafe { b.launch(grid1(len.div_ceil(256).min(4096), 256)) }.map_err(|e| drv("silu", e))?;
+        Ok(())
+    }
+
+    fn hadamard(&self, _x: &mut Self::Buf, _len: usize, block: usize) -> Result<()> {
+        Err(Error::Cuda(format!(
+            "the online Hadamard rotation (block {block}) has no CUDA kernel yet; rotated (quantized) models run with --device cpu"
+        )))
+    }
+}
