@@ -18,7 +18,7 @@ build)
   cargo build --release -q
   rm -rf .gpu && mkdir -p .gpu
   cp target/release/ferroq .gpu/
-  for t in cuda_kernels cuda_model cuda_compile; do
+  for t in cuda_kernels cuda_quant cuda_model cuda_compile; do
     bin=$(cargo test --release --no-run --test "$t" --message-format=json 2>/dev/null |
       python3 -c 'import json,sys
 for l in sys.stdin:
@@ -48,11 +48,12 @@ remote)
   .gpu/cuda_compile --test-threads 1 --nocapture every_kernel the_disk_cache a_compile_error 2>&1 |
     tee "$OUT/compile.log" || status=1
   .gpu/cuda_kernels --ignored --test-threads 1 --nocapture 2>&1 | tee "$OUT/kernels.log" || status=1
+  .gpu/cuda_quant --ignored --test-threads 1 --nocapture 2>&1 | tee "$OUT/quant.log" || status=1
   .gpu/cuda_model --ignored --test-threads 1 --nocapture 2>&1 | tee "$OUT/model.log" || status=1
   {
     echo
     echo '## results'
-    grep -hE '^test |test result' "$OUT/compile.log" "$OUT/kernels.log" "$OUT/model.log" || true
+    grep -hE '^test |test result' "$OUT/compile.log" "$OUT/kernels.log" "$OUT/quant.log" "$OUT/model.log" || true
   } | tee -a "$OUT/summary.md"
   exit $status
   ;;

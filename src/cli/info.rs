@@ -43,6 +43,8 @@ pub fn info() -> Result<()> {
         bytes as f64 / (1 << 20) as f64,
         Module::ALL.len()
     );
-    println!("cuda backend: built (bf16 weights); not yet validated on a GPU (docs/GPU_RESULTS.md)");
+    println!(
+        "cuda backend: built (bf16 weights); not yet validated on a GPU (docs/GPU_RESULTS.md)"
+    );
     Ok(())
 }

@@ -14,12 +14,14 @@ pub enum Module {
     Attention,
     Gemm,
     Sampling,
+    GemmInt8,
+    Quant,
 }
 
 const COMMON: &str = include_str!("../../../kernels/common.cuh");
 
 impl Module {
-    pub const ALL: [Module; 8] = [
+    pub const ALL: [Module; 10] = [
         Module::Norm,
         Module::Rope,
         Module::Embed,
@@ -28,6 +30,8 @@ impl Module {
         Module::Attention,
         Module::Gemm,
         Module::Sampling,
+        Module::GemmInt8,
+        Module::Quant,
     ];
 
     pub fn name(self) -> &'static str {
@@ -40,6 +44,8 @@ impl Module {
             Module::Attention => "attention",
             Module::Gemm => "gemm",
             Module::Sampling => "sampling",
+            Module::GemmInt8 => "gemm_int8",
+            Module::Quant => "quant",
         }
     }
 
@@ -53,6 +59,8 @@ impl Module {
             Module::Attention => include_str!("../../../kernels/attention.cu"),
             Module::Gemm => include_str!("../../../kernels/gemm.cu"),
             Module::Sampling => include_str!("../../../kernels/sampling.cu"),
+            Module::GemmInt8 => include_str!("../../../kernels/gemm_int8.cu"),
+            Module::Quant => include_str!("../../../kernels/quant.cu"),
         }
     }
 
@@ -83,10 +91,14 @@ pub enum Kernel {
     GemmBf16,
     GemvBf16,
     ArgmaxRows,
+    GemmW8a8,
+    GemvW8a8,
+    RmsNormQuantI8,
+    SiluMulQuantI8,
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 13] = [
+    pub const ALL: [Kernel; 17] = [
         Kernel::RmsNorm,
         Kernel::AddRmsNorm,
         Kernel::Rope,
@@ -100,6 +112,10 @@ impl Kernel {
         Kernel::GemmBf16,
         Kernel::GemvBf16,
         Kernel::ArgmaxRows,
+        Kernel::GemmW8a8,
+        Kernel::GemvW8a8,
+        Kernel::RmsNormQuantI8,
+        Kernel::SiluMulQuantI8,
     ];
 
     pub fn module(self) -> Module {
@@ -112,6 +128,8 @@ impl Kernel {
             Kernel::AttnPartial | Kernel::AttnCombine => Module::Attention,
             Kernel::GemmBf16 | Kernel::GemvBf16 => Module::Gemm,
             Kernel::ArgmaxRows => Module::Sampling,
+            Kernel::GemmW8a8 | Kernel::GemvW8a8 => Module::GemmInt8,
+            Kernel::RmsNormQuantI8 | Kernel::SiluMulQuantI8 => Module::Quant,
         }
     }
 
@@ -136,6 +154,10 @@ impl Kernel {
             Kernel::GemmBf16 => "gemm_bf16",
             Kernel::GemvBf16 => "gemv_bf16",
             Kernel::ArgmaxRows => "argmax_rows",
+            Kernel::GemmW8a8 => "gemm_w8a8",
+            Kernel::GemvW8a8 => "gemv_w8a8",
+            Kernel::RmsNormQuantI8 => "rms_norm_quant_i8",
+            Kernel::SiluMulQuantI8 => "silu_mul_quant_i8",
         }
     }
 }
