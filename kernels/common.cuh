@@ -15,43 +15,36 @@ __device__ __forceinline__ bf16_t f32_to_bf16(float f) {
     return r;
 }
 
-__device__ __forceinline__ float warp_sum(float v) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-
-__device__ __forceinline__ float warp_max(float v) {
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-    return v;
-}
-
-// Sum over the block (blockDim.x a multiple of 32, at most 1024); `sh` holds 32 floats.
-// Every thread gets the total.
-__device__ __forceinline__ float block_sum(float v, float* sh) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    v = warp_sum(v);
-    __syncthreads();
-    if (lane == 0) sh[warp] = v;
-    __syncthreads();
-    v = (threadIdx.x < (blockDim.x >> 5)) ? sh[threadIdx.x] : 0.0f;
-    if (warp == 0) v = warp_sum(v);
-    if (threadIdx.x == 0) sh[0] = v;
-    __syncthreads();
-    return sh[0];
-}
-
 #define NEG_INF __int_as_float(0xff800000)
 
-// Max over the block, as block_sum.
-__device__ __forceinline__ float block_max(float v, float* sh) {
+// Sum (MAX = false) or maximum (MAX = true) across the warp; every lane gets it.
+template <bool MAX>
+__device__ __forceinline__ float warp_reduce(float v) {
+    for (int o = 16; o > 0; o >>= 1) {
+        const float w = __shfl_xor_sync(0xffffffffu, v, o);
+        v = MAX ? fmaxf(v, w) : v + w;
+    }
+    return v;
+}
+
+__device__ __forceinline__ float warp_sum(float v) { return warp_reduce<false>(v); }
+__device__ __forceinline__ float warp_max(float v) { return warp_reduce<true>(v); }
+
+// Sum or maximum over the block (blockDim.x a multiple of 32, at most 1024); `sh` holds 32
+// floats. Every thread gets the result.
+template <bool MAX>
+__device__ __forceinline__ float block_reduce(float v, float* sh) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    v = warp_max(v);
+    v = warp_reduce<MAX>(v);
     __syncthreads();
     if (lane == 0) sh[warp] = v;
     __syncthreads();
-    v = (threadIdx.x < (blockDim.x >> 5)) ? sh[threadIdx.x] : NEG_INF;
-    if (warp == 0) v = warp_max(v);
+    v = (threadIdx.x < (blockDim.x >> 5)) ? sh[threadIdx.x] : (MAX ? NEG_INF : 0.0f);
+    if (warp == 0) v = warp_reduce<MAX>(v);
     if (threadIdx.x == 0) sh[0] = v;
     __syncthreads();
     return sh[0];
 }
+
+__device__ __forceinline__ float block_sum(float v, float* sh) { return block_reduce<false>(v, sh); }
+__device__ __forceinline__ float block_max(float v, float* sh) { return block_reduce<true>(v, sh); }

@@ -1,3 +1,15 @@
+// (value, index) maximum across the warp, ties to the lower index; every lane gets it.
+__device__ __forceinline__ void warp_argmax(float& best, u32& bi) {
+    for (int o = 16; o > 0; o >>= 1) {
+        const float ov = __shfl_xor_sync(0xffffffffu, best, o);
+        const u32 oi = __shfl_xor_sync(0xffffffffu, bi, o);
+        if (ov > best || (ov == best && oi < bi)) {
+            best = ov;
+            bi = oi;
+        }
+    }
+}
+
 // Greedy sampling on the device: out[row] = argmax of logits (rows, vocab), ties to the lowest
 // index (the CPU sampler's rule), so only the token id crosses to the host. One block per row.
 extern "C" __global__ void argmax_rows(u32* __restrict__ out, const float* __restrict__ logits,
@@ -14,14 +26,7 @@ extern "C" __global__ void argmax_rows(u32* __restrict__ out, const float* __res
             bi = (u32)i;
         }
     }
-    for (int o = 16; o > 0; o >>= 1) {
-        const float ov = __shfl_xor_sync(0xffffffffu, best, o);
-        const u32 oi = __shfl_xor_sync(0xffffffffu, bi, o);
-        if (ov > best || (ov == best && oi < bi)) {
-            best = ov;
-            bi = oi;
-        }
-    }
+    warp_argmax(best, bi);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     if (lane == 0) {
         sv[warp] = best;
@@ -32,14 +37,7 @@ extern "C" __global__ void argmax_rows(u32* __restrict__ out, const float* __res
         const int nw = blockDim.x >> 5;
         best = lane < nw ? sv[lane] : NEG_INF;
         bi = lane < nw ? si[lane] : 0xffffffffu;
-        for (int o = 16; o > 0; o >>= 1) {
-            const float ov = __shfl_xor_sync(0xffffffffu, best, o);
-            const u32 oi = __shfl_xor_sync(0xffffffffu, bi, o);
-            if (ov > best || (ov == best && oi < bi)) {
-                best = ov;
-                bi = oi;
-            }
-        }
+        warp_argmax(best, bi);
         if (lane == 0) out[blockIdx.x] = bi;
     }
 }
