@@ -391,3 +391,30 @@ fn elementwise_kernels_match_the_cpu() {
     unsafe { b.launch(cfg((3, 1), 128)) }.expect("launch");
     assert_close("write_kv", &down(&g, &cache), &want, 0.0, 0.0);
 }
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn hadamard_rotation_is_bit_identical_to_the_cpu() {
+    let mut g = gpu();
+    let mut rng = Rng::new(6);
+    for (len, block) in [(576, 64), (1536 * 3, 512), (4096, 4096), (48, 16)] {
+        let x = randn(&mut rng, len, 1.0);
+        let mut want = x.clone();
+        ferroq::model::hadamard::fwht(&mut want, block);
+        let mut xd = up(&g, &x);
+        let (f, b_i) = (
+            g.function(Kernel::FwhtBlocks).expect("kernel"),
+            block as i32,
+        );
+        let mut b = g.stream.launch_builder(&f);
+        b.arg(&mut xd).arg(&b_i);
+        let cfg = LaunchConfig {
+            grid_dim: ((len / block) as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: (block * 4) as u32,
+        };
+        // SAFETY: matches fwht_blocks; len is whole blocks; shared memory holds one block.
+        unsafe { b.launch(cfg) }.expect("launch");
+        assert_eq!(down(&g, &xd), want, "fwht {len} in blocks of {block}");
+    }
+}

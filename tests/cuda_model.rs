@@ -6,16 +6,17 @@
 
 mod common;
 
-use common::{tiny_config, tiny_weights};
+use common::{tiny_config, tiny_weights, w8a8_of};
 use ferroq::backend::cpu::CpuBackend;
 use ferroq::backend::cuda::backend::CudaBackend;
 use ferroq::engine::sampler::{argmax, Rng};
 use ferroq::model::config::ModelConfig;
 use ferroq::model::llama::{LlamaModel, Logits};
+use ferroq::model::WeightSource;
 use ferroq::tensor::{DType, HostTensor};
 use std::collections::BTreeMap;
 
-fn compare(c: &ModelConfig, w: &BTreeMap<String, HostTensor>, prompt: &[u32], steps: usize) {
+fn compare(c: &ModelConfig, w: &dyn WeightSource, prompt: &[u32], steps: usize) {
     let cpu =
         LlamaModel::load(CpuBackend::new(), c.clone(), w, Some(DType::BF16)).expect("cpu model");
     let gpu_b = CudaBackend::new(0).unwrap_or_else(|e| panic!("needs a CUDA GPU: {e}"));
@@ -81,6 +82,22 @@ fn compare(c: &ModelConfig, w: &BTreeMap<String, HostTensor>, prompt: &[u32], st
         compared >= steps / 2,
         "too many near ties to judge ({compared}/{steps})"
     );
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn quantized_w8a8_model_matches_the_cpu() {
+    // the w8a8 preset: pd_mix int8 linears (per-token in prefill, static in decode), Hadamard
+    // rotation of every linear input, int8 LM head; FFN 48 so every in_features is a multiple
+    // of 16 (the int8 GEMM's k step)
+    let c = ModelConfig::from_hf_json(
+        r#"{"model_type": "llama", "hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 67, "rms_norm_eps": 1e-5,
+            "rope_theta": 10000.0, "max_position_embeddings": 64, "tie_word_embeddings": false}"#,
+    )
+    .expect("config");
+    let q = w8a8_of(&c, 13);
+    compare(&q.config, &q, &[3, 17, 42, 5, 9, 60, 1], 32);
 }
 
 #[test]

@@ -263,8 +263,12 @@ pub fn byte_tokenizer() -> ferroq::tokenizer::TokenizerBundle {
 
 /// The tiny model quantized with the `w8a8` preset (pd_mix) on 4 samples of 16 tokens.
 pub fn tiny_w8a8(seed: u64) -> ferroq::quant::pipeline::QuantizedModel {
+    w8a8_of(&tiny_config(false), seed)
+}
+
+/// Random weights for `c` quantized with the `w8a8` preset on 4 samples of 16 tokens.
+pub fn w8a8_of(c: &ModelConfig, seed: u64) -> ferroq::quant::pipeline::QuantizedModel {
     use ferroq::quant::pipeline::{quantize, QuantizeOptions};
-    let c = tiny_config(false);
     let r = ferroq::quant::recipe::Recipe::load("w8a8").expect("preset");
     let opts = QuantizeOptions {
         n_samples: 4,
@@ -274,7 +278,7 @@ pub fn tiny_w8a8(seed: u64) -> ferroq::quant::pipeline::QuantizedModel {
     quantize(
         c.clone(),
         byte_tokenizer(),
-        tiny_weights(&c, seed),
+        tiny_weights(c, seed),
         &r,
         &opts,
         &|_, _, _| {},

@@ -1,8 +1,10 @@
 //! `CudaBackend`: the `Backend` trait on one CUDA device, launching `kernels/*.cu` through the
 //! typed table. Activations are f32 device buffers (`CudaSlice<f32>`), dense weights BF16
 //! (whatever dtype the checkpoint or `--dtype` asks for: the GEMMs read bf16), accumulation f32.
-//! Block tables, positions and token ids are uploaded per call. Not yet here: quantized weights
-//! (issue 6), the online Hadamard rotation, cuBLAS, allocation-free decode and CUDA graphs.
+//! Block tables, positions and token ids are uploaded per call. Int8 (W8A8) linears quantize
+//! their input on the device (per token, per tensor or pd_mix) and run the tensor-core GEMM;
+//! the online Hadamard rotation has its kernel. Not yet here: FP8 / INT4 weights, cuBLAS,
+//! the fused norm+quant in the model, allocation-free decode and CUDA graphs.
 //! Unvalidated on hardware until a GPU session runs tests/cuda_model.rs (docs/GPU_RESULTS.md).
 
 use super::kernels::Kernel;
@@ -10,7 +12,7 @@ use super::runtime::Gpu;
 use crate::backend::{AttentionArgs, Backend, KvSeq};
 use crate::error::{Error, Result};
 use crate::model::linear::{Linear, LinearWeight};
-use crate::quant::{Phase, QuantWeight};
+use crate::quant::{ActQuant, Phase, QDType, QuantWeight};
 use crate::tensor::{DType, HostTensor};
 use cudarc::driver::{CudaFunction, CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg};
 use half::bf16;
@@ -22,8 +24,14 @@ pub struct CudaMatrix {
     data: CudaSlice<u16>, // (rows, cols) bf16 bits
 }
 
-/// Quantized weights have no CUDA kernels yet (issue 6); this type is never constructed.
-pub enum CudaQMatrix {}
+/// A quantized `[rows, cols]` weight on the device. Only int8 (W8A8) runs on CUDA so far.
+pub enum CudaQMatrix {
+    Int8 {
+        q: CudaSlice<i8>,       // (rows, cols)
+        scale: CudaSlice<f32>,  // (rows) per output channel
+        colsum: CudaSlice<i32>, // (rows) Σ_k q[j, k], for asymmetric activations' zero point
+    },
+}
 
 pub struct CudaBackend {
     gpu: Gpu,
@@ -77,6 +85,94 @@ impl CudaBackend {
 
     fn up<T: DeviceRepr>(&self, v: &[T]) -> Result<CudaSlice<T>> {
         self.gpu.stream.clone_htod(v).map_err(|e| drv("upload", e))
+    }
+}
+
+impl CudaBackend {
+    /// W8A8: quantize the input per the linear's activation policy (per token, per tensor, or
+    /// pd_mix by phase, as the CPU's `act_params`), then the int8 GEMM (GEMV for ≤ 16 rows)
+    /// with the scale / zero-point / bias epilogue.
+    fn linear_w8a8(
+        &self,
+        out: &mut CudaSlice<f32>,
+        x: &CudaSlice<f32>,
+        w: &Linear<Self>,
+        qm: &CudaQMatrix,
+        rows: usize,
+        phase: Phase,
+    ) -> Result<()> {
+        let CudaQMatrix::Int8 { q, scale, colsum } = qm;
+        let (n, k) = (w.out_features, w.in_features);
+        check(&w.name, x.len(), rows * k)?;
+        check(&w.name, out.len(), rows * n)?;
+        let fixed = match (w.act.dtype, w.act.policy) {
+            (QDType::Int8, ActQuant::Dynamic) => None,
+            (QDType::Int8, ActQuant::Static { scale, zp }) => Some((scale, zp)),
+            (QDType::Int8, ActQuant::PdMix { scale, zp }) => match phase {
+                Phase::Prefill => None,
+                Phase::Decode => Some((scale, zp)),
+            },
+            (dt, policy) => {
+                return Err(Error::Cuda(format!(
+                    "{}: int8 weights with {dt:?} activations ({policy:?}) have no CUDA kernel yet",
+                    w.name
+                )))
+            }
+        };
+        let stream = &self.gpu.stream;
+        let mut qa = stream
+            .alloc_zeros::<i8>(rows * k)
+            .map_err(|e| drv("alloc", e))?;
+        let mut a_scale = stream
+            .alloc_zeros::<f32>(rows)
+            .map_err(|e| drv("alloc", e))?;
+        let mut a_zp = stream
+            .alloc_zeros::<i32>(rows)
+            .map_err(|e| drv("alloc", e))?;
+        let (k_i, sym) = (i32_of(k, "k")?, i32::from(w.act.symmetric));
+        let (st_scale, st_zp) = fixed.unwrap_or((0.0, 0));
+        let mut b = stream.launch_builder(self.f(Kernel::QuantRowsI8));
+        b.arg(&mut qa)
+            .arg(&mut a_scale)
+            .arg(&mut a_zp)
+            .arg(x)
+            .arg(&k_i)
+            .arg(&sym)
+            .arg(&st_scale)
+            .arg(&st_zp);
+        // SAFETY: matches quant_rows_i8; qa holds rows × k, the scales rows.
+        unsafe { b.launch(grid1(rows, 256)) }.map_err(|e| drv("quantize activations", e))?;
+        let (m_i, n_i) = (i32_of(rows, "rows")?, i32_of(n, "n")?);
+        let (kern, cfg) = if rows <= 16 {
+            (Kernel::GemvW8a8, grid1(n.div_ceil(8), 256))
+        } else {
+            let cfg = LaunchConfig {
+                grid_dim: (n.div_ceil(64) as u32, rows.div_ceil(64) as u32, 1),
+                block_dim: (128, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            (Kernel::GemmW8a8, cfg)
+        };
+        // a null device pointer for the kernels' optional pointer parameters
+        let null: u64 = 0;
+        let mut b = stream.launch_builder(self.f(kern));
+        b.arg(&mut *out)
+            .arg(&null)
+            .arg(&qa)
+            .arg(q)
+            .arg(&a_scale)
+            .arg(&a_zp)
+            .arg(scale)
+            .arg(colsum);
+        match &w.bias {
+            Some(bias) => b.arg(bias),
+            None => b.arg(&null),
+        };
+        b.arg(&m_i).arg(&n_i).arg(&k_i);
+        // SAFETY: the argument list of gemm_w8a8 / gemv_w8a8 (null acc_out; bias or null);
+        // k is a multiple of 16 (checked at upload); buffers sized rows × k, n × k, rows × n.
+        unsafe { b.launch(cfg) }.map_err(|e| drv(&w.name, e))?;
+        Ok(())
     }
 }
 
@@ -140,10 +236,17 @@ impl Backend for CudaBackend {
     }
 
     fn upload_quant(&self, w: &QuantWeight, rows: usize, cols: usize) -> Result<Self::QMatrix> {
-        Err(Error::Cuda(format!(
-            "quantized weights ({:?}, {rows}x{cols}) have no CUDA kernels yet (issue 6); run quantized models with --device cpu",
-            w.dtype()
-        )))
+        match w {
+            QuantWeight::Int8 { q, scale, colsum } if cols.is_multiple_of(16) => Ok(CudaQMatrix::Int8 {
+                q: self.up(q)?,
+                scale: self.up(scale)?,
+                colsum: self.up(colsum)?,
+            }),
+            _ => Err(Error::Cuda(format!(
+                "{:?} weights of {rows}x{cols} have no CUDA kernels yet (issue 6: int8 with in_features a multiple of 16 runs); use --device cpu",
+                w.dtype()
+            ))),
+        }
     }
 
     fn embed(&self, out: &mut Self::Buf, table: &Self::Matrix, ids: &[u32]) -> Result<()> {
@@ -210,11 +313,11 @@ impl Backend for CudaBackend {
         x: &Self::Buf,
         w: &Linear<Self>,
         rows: usize,
-        _phase: Phase,
+        phase: Phase,
     ) -> Result<()> {
         let m = match &w.weight {
             LinearWeight::Dense(m) => m,
-            LinearWeight::Quant(q) => match *q {},
+            LinearWeight::Quant(q) => return self.linear_w8a8(out, x, w, q, rows, phase),
         };
         let (n, k) = (m.rows, m.cols);
         check(&w.name, x.len(), rows * k)?;
@@ -388,9 +491,24 @@ impl Backend for CudaBackend {
         Ok(())
     }
 
-    fn hadamard(&self, _x: &mut Self::Buf, _len: usize, block: usize) -> Result<()> {
-        Err(Error::Cuda(format!(
-            "the online Hadamard rotation (block {block}) has no CUDA kernel yet; rotated (quantized) models run with --device cpu"
-        )))
+    fn hadamard(&self, x: &mut Self::Buf, len: usize, block: usize) -> Result<()> {
+        check("hadamard", x.len(), len)?;
+        if !block.is_power_of_two() || block > 4096 || !len.is_multiple_of(block) {
+            return Err(Error::InvalidArgument(format!(
+                "hadamard block {block} must be a power of two <= 4096 dividing {len}"
+            )));
+        }
+        let b_i = block as i32;
+        let mut b = self.gpu.stream.launch_builder(self.f(Kernel::FwhtBlocks));
+        b.arg(x).arg(&b_i);
+        let cfg = LaunchConfig {
+            grid_dim: ((len / block) as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: (block * 4) as u32,
+        };
+        // SAFETY: matches fwht_blocks; x holds len = whole blocks; shared memory holds one
+        // block (at most 16 KiB).
+        unsafe { b.launch(cfg) }.map_err(|e| drv("hadamard", e))?;
+        Ok(())
     }
 }

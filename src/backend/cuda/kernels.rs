@@ -16,12 +16,13 @@ pub enum Module {
     Sampling,
     GemmInt8,
     Quant,
+    Hadamard,
 }
 
 const COMMON: &str = include_str!("../../../kernels/common.cuh");
 
 impl Module {
-    pub const ALL: [Module; 10] = [
+    pub const ALL: [Module; 11] = [
         Module::Norm,
         Module::Rope,
         Module::Embed,
@@ -32,6 +33,7 @@ impl Module {
         Module::Sampling,
         Module::GemmInt8,
         Module::Quant,
+        Module::Hadamard,
     ];
 
     pub fn name(self) -> &'static str {
@@ -46,6 +48,7 @@ impl Module {
             Module::Sampling => "sampling",
             Module::GemmInt8 => "gemm_int8",
             Module::Quant => "quant",
+            Module::Hadamard => "hadamard",
         }
     }
 
@@ -61,6 +64,7 @@ impl Module {
             Module::Sampling => include_str!("../../../kernels/sampling.cu"),
             Module::GemmInt8 => include_str!("../../../kernels/gemm_int8.cu"),
             Module::Quant => include_str!("../../../kernels/quant.cu"),
+            Module::Hadamard => include_str!("../../../kernels/hadamard.cu"),
         }
     }
 
@@ -95,10 +99,12 @@ pub enum Kernel {
     GemvW8a8,
     RmsNormQuantI8,
     SiluMulQuantI8,
+    QuantRowsI8,
+    FwhtBlocks,
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 17] = [
+    pub const ALL: [Kernel; 19] = [
         Kernel::RmsNorm,
         Kernel::AddRmsNorm,
         Kernel::Rope,
@@ -116,6 +122,8 @@ impl Kernel {
         Kernel::GemvW8a8,
         Kernel::RmsNormQuantI8,
         Kernel::SiluMulQuantI8,
+        Kernel::QuantRowsI8,
+        Kernel::FwhtBlocks,
     ];
 
     pub fn module(self) -> Module {
@@ -129,7 +137,8 @@ impl Kernel {
             Kernel::GemmBf16 | Kernel::GemvBf16 => Module::Gemm,
             Kernel::ArgmaxRows => Module::Sampling,
             Kernel::GemmW8a8 | Kernel::GemvW8a8 => Module::GemmInt8,
-            Kernel::RmsNormQuantI8 | Kernel::SiluMulQuantI8 => Module::Quant,
+            Kernel::RmsNormQuantI8 | Kernel::SiluMulQuantI8 | Kernel::QuantRowsI8 => Module::Quant,
+            Kernel::FwhtBlocks => Module::Hadamard,
         }
     }
 
@@ -158,6 +167,8 @@ impl Kernel {
             Kernel::GemvW8a8 => "gemv_w8a8",
             Kernel::RmsNormQuantI8 => "rms_norm_quant_i8",
             Kernel::SiluMulQuantI8 => "silu_mul_quant_i8",
+            Kernel::QuantRowsI8 => "quant_rows_i8",
+            Kernel::FwhtBlocks => "fwht_blocks",
         }
     }
 }
