@@ -377,6 +377,20 @@ async fn disconnect_frees_blocks_and_a_full_queue_gives_429() {
             .await,
         1.0
     );
+    // a non-streamed request whose client gives up is cancelled too: the response head only
+    // comes at the end, so dropping the pending send closes the connection mid-generation
+    let whole = json!({"prompt": "Once upon a time", "max_tokens": 1000, "ignore_eos": true});
+    let body = whole.to_string();
+    let pending = client::send(&srv.addr, "POST", "/v1/completions", Some(&body));
+    assert!(
+        tokio::time::timeout(Duration::from_millis(700), pending)
+            .await
+            .is_err(),
+        "1000 tokens came back in 0.7 s"
+    );
+    srv.wait_metric("ferroq_requests_total{outcome=\"cancelled\"}", 2.0)
+        .await;
+    srv.wait_metric("ferroq_kv_blocks_used", 0.0).await;
     // the freed place takes new requests again
     let (status, _) = client::post(
         &srv.addr,
