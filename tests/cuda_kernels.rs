@@ -37,6 +37,7 @@ fn down(g: &Gpu, d: &CudaSlice<f32>) -> Vec<f32> {
 fn assert_close(what: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32) {
     assert_eq!(got.len(), want.len(), "{what}: length");
     for (i, (&a, &b)) in got.iter().zip(want).enumerate() {
+        // written as a `<=` that NaN fails
         assert!(
             (a - b).abs() <= atol + rtol * b.abs(),
             "{what}: index {i}: gpu {a} cpu {b}"

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{tiny_config, tiny_weights, w8a8_of};
+use common::{max_abs_diff, tiny_config, tiny_weights, w8a8_of};
 use ferroq::backend::cpu::CpuBackend;
 use ferroq::backend::cuda::backend::CudaBackend;
 use ferroq::engine::sampler::{argmax, Rng};
@@ -37,10 +37,8 @@ fn compare(c: &ModelConfig, w: &dyn WeightSource, prompt: &[u32], steps: usize) 
         .expect("gpu")
         .to_vec();
     let scale = lc.iter().fold(0f32, |m, v| m.max(v.abs())).max(1.0);
-    let worst = lc
-        .iter()
-        .zip(&lg)
-        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(lg.iter().all(|v| v.is_finite()), "non-finite GPU logits");
+    let worst = max_abs_diff(&lc, &lg);
     assert!(
         worst <= 2e-2 * scale,
         "prefill logits differ by {worst} (scale {scale})"
@@ -57,10 +55,11 @@ fn compare(c: &ModelConfig, w: &dyn WeightSource, prompt: &[u32], steps: usize) 
             .forward(&mut sg, &[next], Logits::Last)
             .expect("gpu")
             .to_vec();
-        let worst = lc
-            .iter()
-            .zip(&lg)
-            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(
+            lg.iter().all(|v| v.is_finite()),
+            "step {step}: non-finite GPU logits"
+        );
+        let worst = max_abs_diff(&lc, &lg);
         assert!(
             worst <= 2e-2 * scale,
             "step {step}: logits differ by {worst}"
