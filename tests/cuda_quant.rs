@@ -293,3 +293,117 @@ fn fused_norm_and_silu_quant_match_the_cpu() {
         );
     }
 }
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn fp8_gemm_and_quant_match_the_cpu() {
+    use ferroq::quant::formats::Fp8;
+    use ferroq::quant::{fp8_table, quantize_rows_fp8};
+    let mut g = gpu();
+    assert!(
+        g.info.capability >= (8, 9),
+        "FP8 tensor cores need sm_89+, this is {}",
+        g.info.arch
+    );
+    let lut = fp8_table();
+    let mut rng = Rng::new(23);
+    for (m, n, k) in [(1, 1536, 576), (37, 100, 64), (130, 33, 1552)] {
+        let codes = |rng: &mut Rng, len: usize| -> Vec<u8> {
+            randn(rng, len, 300.0)
+                .into_iter()
+                .map(|v| Fp8::E4M3.encode(v))
+                .collect()
+        };
+        let (qa, qw) = (codes(&mut rng, m * k), codes(&mut rng, n * k));
+        let a_scale: Vec<f32> = randn(&mut rng, m, 0.01)
+            .iter()
+            .map(|v| v.abs() + 1e-3)
+            .collect();
+        let w_scale: Vec<f32> = randn(&mut rng, n, 0.01)
+            .iter()
+            .map(|v| v.abs() + 1e-3)
+            .collect();
+        let bias = randn(&mut rng, n, 1.0);
+        let (mut want, mut mag) = (vec![0f64; m * n], vec![0f64; m * n]);
+        for i in 0..m {
+            for j in 0..n {
+                for t in 0..k {
+                    let p = lut[qa[i * k + t] as usize] as f64 * lut[qw[j * k + t] as usize] as f64;
+                    want[i * n + j] += p;
+                    mag[i * n + j] += p.abs();
+                }
+                let s = a_scale[i] as f64 * w_scale[j] as f64;
+                want[i * n + j] = want[i * n + j] * s + bias[j] as f64;
+                mag[i * n + j] *= s;
+            }
+        }
+        let mut out = g.stream.alloc_zeros::<f32>(m * n).expect("alloc");
+        let (qad, qwd, asd, wsd, bd) = (
+            up(&g, &qa),
+            up(&g, &qw),
+            up(&g, &a_scale),
+            up(&g, &w_scale),
+            up(&g, &bias),
+        );
+        let (mi, ni, ki) = (m as i32, n as i32, k as i32);
+        let f = g.function(Kernel::GemmFp8).expect("kernel");
+        let mut b = g.stream.launch_builder(&f);
+        b.arg(&mut out)
+            .arg(&qad)
+            .arg(&qwd)
+            .arg(&asd)
+            .arg(&wsd)
+            .arg(&bd)
+            .arg(&mi)
+            .arg(&ni)
+            .arg(&ki);
+        let cfg = LaunchConfig {
+            grid_dim: (n.div_ceil(32) as u32, m.div_ceil(64) as u32, 1),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: the argument list of gemm_fp8; k is a multiple of 16; buffers sized m×k, n×k.
+        unsafe { b.launch(cfg) }.expect("launch");
+        let got: Vec<f32> = g.stream.clone_dtoh(&out).expect("out");
+        for (i, (&a, (&w, &mg))) in got.iter().zip(want.iter().zip(&mag)).enumerate() {
+            // products of e4m3 values are exact in f32; only the sums round
+            assert!(
+                (a as f64 - w).abs() <= 1e-5 * mg + 1e-6,
+                "fp8 {m}x{n}x{k} at {i}: gpu {a} want {w}"
+            );
+        }
+    }
+    // per-token quantization to e4m3 against quantize_rows_fp8
+    let (rows, dim) = (9, 1536);
+    let x = randn(&mut rng, rows * dim, 5.0);
+    let (mut want, mut want_s) = (vec![0f32; rows * dim], vec![0f32; rows]);
+    quantize_rows_fp8(&x, rows, dim, None, &mut want, &mut want_s);
+    let xd = up(&g, &x);
+    let mut q = g.stream.alloc_zeros::<u8>(rows * dim).expect("alloc");
+    let mut s = g.stream.alloc_zeros::<f32>(rows).expect("alloc");
+    let (dim_i, no_static) = (dim as i32, 0f32);
+    let f = g.function(Kernel::QuantRowsFp8).expect("kernel");
+    let mut b = g.stream.launch_builder(&f);
+    b.arg(&mut q)
+        .arg(&mut s)
+        .arg(&xd)
+        .arg(&dim_i)
+        .arg(&no_static);
+    // SAFETY: matches quant_rows_fp8; dim is even.
+    unsafe {
+        b.launch(LaunchConfig {
+            grid_dim: (rows as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        })
+    }
+    .expect("launch");
+    let codes: Vec<u8> = g.stream.clone_dtoh(&q).expect("q");
+    let scales: Vec<f32> = g.stream.clone_dtoh(&s).expect("s");
+    assert_eq!(scales, want_s, "fp8 row scales");
+    let decoded: Vec<f32> = codes.iter().map(|&c| lut[c as usize]).collect();
+    assert_eq!(
+        decoded, want,
+        "fp8 codes (round to nearest even, saturating)"
+    );
+}

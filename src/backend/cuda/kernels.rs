@@ -17,12 +17,13 @@ pub enum Module {
     GemmInt8,
     Quant,
     Hadamard,
+    GemmFp8,
 }
 
 const COMMON: &str = include_str!("../../../kernels/common.cuh");
 
 impl Module {
-    pub const ALL: [Module; 11] = [
+    pub const ALL: [Module; 12] = [
         Module::Norm,
         Module::Rope,
         Module::Embed,
@@ -34,6 +35,7 @@ impl Module {
         Module::GemmInt8,
         Module::Quant,
         Module::Hadamard,
+        Module::GemmFp8,
     ];
 
     pub fn name(self) -> &'static str {
@@ -49,6 +51,7 @@ impl Module {
             Module::GemmInt8 => "gemm_int8",
             Module::Quant => "quant",
             Module::Hadamard => "hadamard",
+            Module::GemmFp8 => "gemm_fp8",
         }
     }
 
@@ -65,6 +68,7 @@ impl Module {
             Module::GemmInt8 => include_str!("../../../kernels/gemm_int8.cu"),
             Module::Quant => include_str!("../../../kernels/quant.cu"),
             Module::Hadamard => include_str!("../../../kernels/hadamard.cu"),
+            Module::GemmFp8 => include_str!("../../../kernels/gemm_fp8.cu"),
         }
     }
 
@@ -101,10 +105,12 @@ pub enum Kernel {
     SiluMulQuantI8,
     QuantRowsI8,
     FwhtBlocks,
+    GemmFp8,
+    QuantRowsFp8,
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 19] = [
+    pub const ALL: [Kernel; 21] = [
         Kernel::RmsNorm,
         Kernel::AddRmsNorm,
         Kernel::Rope,
@@ -124,6 +130,8 @@ impl Kernel {
         Kernel::SiluMulQuantI8,
         Kernel::QuantRowsI8,
         Kernel::FwhtBlocks,
+        Kernel::GemmFp8,
+        Kernel::QuantRowsFp8,
     ];
 
     pub fn module(self) -> Module {
@@ -139,6 +147,7 @@ impl Kernel {
             Kernel::GemmW8a8 | Kernel::GemvW8a8 => Module::GemmInt8,
             Kernel::RmsNormQuantI8 | Kernel::SiluMulQuantI8 | Kernel::QuantRowsI8 => Module::Quant,
             Kernel::FwhtBlocks => Module::Hadamard,
+            Kernel::GemmFp8 | Kernel::QuantRowsFp8 => Module::GemmFp8,
         }
     }
 
@@ -169,6 +178,8 @@ impl Kernel {
             Kernel::SiluMulQuantI8 => "silu_mul_quant_i8",
             Kernel::QuantRowsI8 => "quant_rows_i8",
             Kernel::FwhtBlocks => "fwht_blocks",
+            Kernel::GemmFp8 => "gemm_fp8",
+            Kernel::QuantRowsFp8 => "quant_rows_fp8",
         }
     }
 }

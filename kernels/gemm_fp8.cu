@@ -1,0 +1,122 @@
+// FP8 E4M3 W8A8 (sm_89+): e4m3 activations with a per-token scale times e4m3 weights with a
+// per-output-channel scale, f32 accumulation on tensor cores (mma.m16n8k32 e4m3), epilogue
+// out[i, j] = (s_a[i] * s_w[j]) * acc + bias[j]. Tiling as gemm_int8.cu but 64 x 32 block tiles
+// (4 warps of 2 x 2 mma tiles): with 2 x 4 tiles ptxas spills on sm_90a, where this mma is
+// not native (Hopper's FP8 path is wgmma, still to write). k steps of 32 as 32-bit words; k a
+// multiple of 16. Grid (ceil(n / 32), ceil(m / 64)), 128 threads.
+// Ampere has no FP8 tensor cores: there the kernels compile to a trap and the host never
+// launches them (FP8 checkpoints on sm_80 take the weight-dequant path or a clear error).
+typedef unsigned char u8;
+
+#define FT_M 64
+#define FT_N 32
+#define FT_NB 2 // n8 tiles per warp
+#define FT_KW 8
+#define FT_PAD 1
+
+__device__ __forceinline__ void mma_e4m3(float* c, const u32* a, const u32* b) {
+#if __CUDA_ARCH__ >= 890
+    asm volatile(
+        "mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#else
+    asm volatile("trap;");
+#endif
+}
+
+extern "C" __global__ void __launch_bounds__(128) gemm_fp8(
+    float* __restrict__ out, const u8* __restrict__ qa, const u8* __restrict__ qw,
+    const float* __restrict__ a_scale, const float* __restrict__ w_scale,
+    const float* __restrict__ bias, int m, int n, int k) {
+    __shared__ u32 as[FT_M][FT_KW + FT_PAD];
+    __shared__ u32 bs[FT_N][FT_KW + FT_PAD];
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int g = lane >> 2, t = lane & 3;
+    const int m0 = blockIdx.y * FT_M, n0 = blockIdx.x * FT_N;
+    const int wm = (warp >> 1) * 32, wn = (warp & 1) * (8 * FT_NB);
+    float acc[2][FT_NB][4];
+#pragma unroll
+    for (int a = 0; a < 2; ++a)
+#pragma unroll
+        for (int b = 0; b < FT_NB; ++b)
+#pragma unroll
+            for (int c = 0; c < 4; ++c) acc[a][b][c] = 0.0f;
+    const int kw_total = k >> 2;
+    for (int kw0 = 0; kw0 < kw_total; kw0 += FT_KW) {
+        for (int e = tid; e < FT_M * FT_KW; e += 128) {
+            const int r = e / FT_KW, c = e % FT_KW, gi = m0 + r, gk = kw0 + c;
+            as[r][c] = (gi < m && gk < kw_total) ? ((const u32*)(qa + (size_t)gi * k))[gk] : 0u;
+        }
+        for (int e = tid; e < FT_N * FT_KW; e += 128) {
+            const int r = e / FT_KW, c = e % FT_KW, gj = n0 + r, gk = kw0 + c;
+            bs[r][c] = (gj < n && gk < kw_total) ? ((const u32*)(qw + (size_t)gj * k))[gk] : 0u;
+        }
+        __syncthreads();
+        u32 af[2][4], bf[FT_NB][2];
+#pragma unroll
+        for (int a = 0; a < 2; ++a) {
+            const int r = wm + a * 16 + g;
+            af[a][0] = as[r][t];
+            af[a][1] = as[r + 8][t];
+            af[a][2] = as[r][t + 4];
+            af[a][3] = as[r + 8][t + 4];
+        }
+#pragma unroll
+        for (int b = 0; b < FT_NB; ++b) {
+            const int r = wn + b * 8 + g;
+            bf[b][0] = bs[r][t];
+            bf[b][1] = bs[r][t + 4];
+        }
+#pragma unroll
+        for (int a = 0; a < 2; ++a)
+#pragma unroll
+            for (int b = 0; b < FT_NB; ++b) mma_e4m3(acc[a][b], af[a], bf[b]);
+        __syncthreads();
+    }
+#pragma unroll
+    for (int a = 0; a < 2; ++a)
+#pragma unroll
+        for (int b = 0; b < FT_NB; ++b)
+#pragma unroll
+            for (int c = 0; c < 4; ++c) {
+                const int i = m0 + wm + a * 16 + g + (c >> 1) * 8;
+                const int j = n0 + wn + b * 8 + t * 2 + (c & 1);
+                if (i < m && j < n) {
+                    float y = __fmul_rn(__fmul_rn(a_scale[i], w_scale[j]), acc[a][b][c]);
+                    if (bias) y = __fadd_rn(y, bias[j]);
+                    out[(size_t)i * n + j] = y;
+                }
+            }
+}
+
+// Per-token dynamic (or static, when static_scale > 0) E4M3 quantization of x (rows, dim):
+// scale = absmax / 448, codes by round-to-nearest-even with saturation (cvt.rn.satfinite, the
+// CPU's Fp8::encode). One block per row; dim even.
+extern "C" __global__ void quant_rows_fp8(u8* __restrict__ q, float* __restrict__ scale,
+                                          const float* __restrict__ x, int dim,
+                                          float static_scale) {
+    __shared__ float sh[32];
+    const float* xr = x + (size_t)blockIdx.x * dim;
+    float s = static_scale;
+    if (!(s > 0.0f)) {
+        float a = 0.0f;
+        for (int i = threadIdx.x; i < dim; i += blockDim.x) a = fmaxf(a, fabsf(xr[i]));
+        a = block_max(a, sh);
+        s = a > 0.0f ? __fdiv_rn(a, 448.0f) : 1.0f;
+    }
+    const float inv = __fdiv_rn(1.0f, s);
+    unsigned short* q2 = (unsigned short*)(q + (size_t)blockIdx.x * dim);
+    for (int p = threadIdx.x; p < (dim >> 1); p += blockDim.x) {
+        const float lo = __fmul_rn(xr[2 * p], inv), hi = __fmul_rn(xr[2 * p + 1], inv);
+        unsigned short d = 0;
+#if __CUDA_ARCH__ >= 890
+        asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;" : "=h"(d) : "f"(hi), "f"(lo));
+#else
+        asm volatile("trap;");
+#endif
+        q2[p] = d;
+    }
+    if (threadIdx.x == 0) scale[blockIdx.x] = s;
+}
