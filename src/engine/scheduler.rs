@@ -264,41 +264,50 @@ impl<B: Backend> Scheduler<B> {
 
     /// End every request now (shutdown): each hears `Done` with reason Cancelled.
     pub fn cancel_all(&mut self) {
-        for mut s in self.running.drain(..).chain(self.waiting.drain(..)) {
-            self.alloc.release(&mut s.blocks);
-            let _ = s.req.events.send(Event::Done(Finish {
+        let event = |s: &Seq| {
+            Event::Done(Finish {
                 reason: FinishReason::Cancelled,
                 prompt_tokens: s.req.prompt.len(),
                 completion_tokens: s.generated,
-            }));
-            self.metrics.count(Outcome::Cancelled);
-        }
-        self.publish();
+            })
+        };
+        self.end_all(event, Some(Outcome::Cancelled));
     }
 
     /// End every request with an error (a forward step failed).
     pub fn fail_all(&mut self, msg: &str) {
+        self.end_all(|_| Event::Failed(msg.to_string()), None);
+    }
+
+    /// Release every request's blocks, send each its last event, count it under `outcome`.
+    fn end_all(&mut self, event: impl Fn(&Seq) -> Event, outcome: Option<Outcome>) {
         for mut s in self.running.drain(..).chain(self.waiting.drain(..)) {
             self.alloc.release(&mut s.blocks);
-            let _ = s.req.events.send(Event::Failed(msg.to_string()));
+            let _ = s.req.events.send(event(&s));
+            if let Some(o) = outcome {
+                self.metrics.count(o);
+            }
         }
         self.publish();
     }
 
-    /// Drop requests whose client went away, freeing their blocks.
-    fn drop_cancelled(&mut self) {
-        let (metrics, alloc) = (&self.metrics, &mut self.alloc);
-        let mut gone = |s: &mut Seq| {
-            if s.req.events.is_closed() && !s.done {
-                alloc.release(&mut s.blocks);
-                metrics.count(Outcome::Cancelled);
-                false
-            } else {
-                true
+    /// Drop finished requests (their `Done` was sent) and abandoned ones (the client went
+    /// away: counted as cancelled), freeing their blocks. Runs before a step, so an abandoned
+    /// request costs no more compute, and after it, so finished ones leave at once.
+    fn release_ended(&mut self) {
+        let (alloc, metrics) = (&mut self.alloc, &self.metrics);
+        let mut keep = |s: &mut Seq| {
+            if !s.done && !s.req.events.is_closed() {
+                return true;
             }
+            if !s.done {
+                metrics.count(Outcome::Cancelled);
+            }
+            alloc.release(&mut s.blocks);
+            false
         };
-        self.running.retain_mut(&mut gone);
-        self.waiting.retain_mut(gone);
+        self.running.retain_mut(&mut keep);
+        self.waiting.retain_mut(keep);
     }
 
     /// Move waiting requests into the batch while there is room and memory for their first
@@ -366,7 +375,7 @@ impl<B: Backend> Scheduler<B> {
 
     /// One forward step over the running batch. Returns false when there was nothing to do.
     pub fn step(&mut self) -> Result<bool> {
-        self.drop_cancelled();
+        self.release_ended();
         self.admit();
         let plan = self.plan();
         if plan.is_empty() {
@@ -387,7 +396,7 @@ impl<B: Backend> Scheduler<B> {
         for group in groups {
             self.run_group(&group)?;
         }
-        self.retire();
+        self.release_ended();
         self.publish();
         Ok(true)
     }
@@ -425,22 +434,6 @@ impl<B: Backend> Scheduler<B> {
             }
         }
         Ok(())
-    }
-
-    /// Retire finished sequences (their `Done` was sent) and abandoned ones, freeing blocks.
-    fn retire(&mut self) {
-        let (alloc, metrics) = (&mut self.alloc, &self.metrics);
-        self.running.retain_mut(|s| {
-            if s.done || s.req.events.is_closed() {
-                if !s.done {
-                    metrics.count(Outcome::Cancelled);
-                }
-                alloc.release(&mut s.blocks);
-                false
-            } else {
-                true
-            }
-        });
     }
 }
 
