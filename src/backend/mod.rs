@@ -152,6 +152,17 @@ pub struct KvSeq<'a> {
 }
 
 impl KvSeq<'_> {
+    /// The cache slot (row of the (n_blocks · block_size, kv_dim) pool) of position `p`; the
+    /// table must cover it (see `check`).
+    pub fn slot(&self, p: usize, block_size: usize) -> usize {
+        self.blocks[p / block_size] as usize * block_size + p % block_size
+    }
+
+    /// Rows of the batch that `seqs` occupy (one past the last).
+    pub fn batch_rows(seqs: &[KvSeq<'_>]) -> usize {
+        seqs.iter().map(|s| s.row0 + s.rows).max().unwrap_or(0)
+    }
+
     /// Check that the table covers every position up to start_pos + rows, inside a cache of
     /// n_blocks blocks, within max_seq positions and a batch of batch_rows rows.
     pub fn check(

@@ -609,7 +609,7 @@ impl Backend for CpuBackend {
             sq.check(block_size, n_blocks, usize::MAX, src.len() / kv_dim.max(1))?;
             for r in 0..sq.rows {
                 let p = sq.start_pos + r;
-                let slot = sq.blocks[p / block_size] as usize * block_size + p % block_size;
+                let slot = sq.slot(p, block_size);
                 cache[slot * kv_dim..(slot + 1) * kv_dim]
                     .copy_from_slice(&src[(sq.row0 + r) * kv_dim..(sq.row0 + r + 1) * kv_dim]);
             }

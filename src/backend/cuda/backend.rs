@@ -47,12 +47,18 @@ fn drv(what: &str, e: impl std::fmt::Debug) -> Error {
     Error::Cuda(format!("{what}: {e:?}"))
 }
 
-fn grid1(n: usize, block: u32) -> LaunchConfig {
+/// A launch of an (x, y) grid of `block`-thread blocks with `shared_bytes` of dynamic shared
+/// memory.
+fn grid(x: usize, y: usize, block: u32, shared_bytes: usize) -> LaunchConfig {
     LaunchConfig {
-        grid_dim: (n as u32, 1, 1),
+        grid_dim: (x as u32, y as u32, 1),
         block_dim: (block, 1, 1),
-        shared_mem_bytes: 0,
+        shared_mem_bytes: shared_bytes as u32,
     }
+}
+
+fn grid1(n: usize, block: u32) -> LaunchConfig {
+    grid(n, 1, block, 0)
 }
 
 fn check(what: &str, have: usize, need: usize) -> Result<()> {
@@ -146,12 +152,10 @@ impl CudaBackend {
         let (kern, cfg) = if rows <= 16 {
             (Kernel::GemvW8a8, grid1(n.div_ceil(8), 256))
         } else {
-            let cfg = LaunchConfig {
-                grid_dim: (n.div_ceil(64) as u32, rows.div_ceil(64) as u32, 1),
-                block_dim: (128, 1, 1),
-                shared_mem_bytes: 0,
-            };
-            (Kernel::GemmW8a8, cfg)
+            (
+                Kernel::GemmW8a8,
+                grid(n.div_ceil(64), rows.div_ceil(64), 128, 0),
+            )
         };
         // a null device pointer for the kernels' optional pointer parameters
         let null: u64 = 0;
@@ -327,12 +331,10 @@ impl Backend for CudaBackend {
         let (kern, cfg) = if gemv {
             (Kernel::GemvBf16, grid1(n.div_ceil(8), 256))
         } else {
-            let cfg = LaunchConfig {
-                grid_dim: (n.div_ceil(64) as u32, rows.div_ceil(64) as u32, 1),
-                block_dim: (256, 1, 1),
-                shared_mem_bytes: 0,
-            };
-            (Kernel::GemmBf16, cfg)
+            (
+                Kernel::GemmBf16,
+                grid(n.div_ceil(64), rows.div_ceil(64), 256, 0),
+            )
         };
         let mut b = self.gpu.stream.launch_builder(self.f(kern));
         b.arg(&mut *out)
@@ -363,7 +365,7 @@ impl Backend for CudaBackend {
         n_heads: usize,
         head_dim: usize,
     ) -> Result<()> {
-        let rows: usize = seqs.iter().map(|s| s.row0 + s.rows).max().unwrap_or(0);
+        let rows = KvSeq::batch_rows(seqs);
         check("rope", x.len(), rows * n_heads * head_dim)?;
         let mut pos = vec![0u32; rows];
         for s in seqs {
@@ -396,14 +398,11 @@ impl Backend for CudaBackend {
         kv_dim: usize,
     ) -> Result<()> {
         let n_blocks = cache.len() / (block_size * kv_dim).max(1);
-        let mut slots = Vec::new();
+        let mut slots = vec![0u32; KvSeq::batch_rows(seqs)];
         for s in seqs {
             s.check(block_size, n_blocks, usize::MAX, src.len() / kv_dim.max(1))?;
-            slots.resize(slots.len().max(s.row0 + s.rows), 0u32);
             for r in 0..s.rows {
-                let p = s.start_pos + r;
-                slots[s.row0 + r] =
-                    s.blocks[p / block_size] * block_size as u32 + (p % block_size) as u32;
+                slots[s.row0 + r] = s.slot(s.start_pos + r, block_size) as u32;
             }
         }
         if slots.is_empty() {
@@ -425,7 +424,7 @@ impl Backend for CudaBackend {
                 "attention: {nh} heads over {nkv} kv heads of dim {hd} (the kernel takes head dims up to 256)"
             )));
         }
-        let rows: usize = a.seqs.iter().map(|s| s.row0 + s.rows).max().unwrap_or(0);
+        let rows = KvSeq::batch_rows(a.seqs);
         let n_blocks = a.k_cache.len().min(a.v_cache.len()) / (bs * nkv * hd).max(1);
         let max_blocks = a
             .seqs
@@ -465,11 +464,7 @@ impl Backend for CudaBackend {
             b.arg(v);
         }
         b.arg(&scale);
-        let cfg = LaunchConfig {
-            grid_dim: ((rows * nh) as u32, splits as u32, 1),
-            block_dim: (128, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let cfg = grid(rows * nh, splits, 128, 0);
         // SAFETY: matches attn_partial's signature; part holds rows × heads × splits × (hd + 2),
         // every table entry is a block inside the caches (checked).
         unsafe { b.launch(cfg) }.map_err(|e| drv("attention", e))?;
@@ -501,11 +496,7 @@ impl Backend for CudaBackend {
         let b_i = block as i32;
         let mut b = self.gpu.stream.launch_builder(self.f(Kernel::FwhtBlocks));
         b.arg(x).arg(&b_i);
-        let cfg = LaunchConfig {
-            grid_dim: ((len / block) as u32, 1, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: (block * 4) as u32,
-        };
+        let cfg = grid(len / block, 1, 256, block * 4);
         // SAFETY: matches fwht_blocks; x holds len = whole blocks; shared memory holds one
         // block (at most 16 KiB).
         unsafe { b.launch(cfg) }.map_err(|e| drv("hadamard", e))?;
