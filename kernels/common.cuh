@@ -48,3 +48,35 @@ __device__ __forceinline__ float block_reduce(float v, float* sh) {
 
 __device__ __forceinline__ float block_sum(float v, float* sh) { return block_reduce<false>(v, sh); }
 __device__ __forceinline__ float block_max(float v, float* sh) { return block_reduce<true>(v, sh); }
+
+// 8-bit tensor-core GEMMs (gemm_int8.cu, gemm_fp8.cu) stage k steps of 32 bytes per row as 8
+// 32-bit words, padded by one word per shared row.
+#define MMA8_KW 8
+
+// Stage rows r0 .. r0 + ROWS of the row-major byte matrix src (rows_total, k; k a multiple of
+// 4), words kw0 .. kw0 + MMA8_KW, into dst; zero outside the matrix. The whole block shares it.
+template <int ROWS>
+__device__ __forceinline__ void stage_words(u32 (*dst)[MMA8_KW + 1], const void* src, int r0,
+                                            int rows_total, int k, int kw0) {
+    const int kw_total = k >> 2;
+    for (int e = threadIdx.x; e < ROWS * MMA8_KW; e += blockDim.x) {
+        const int r = e / MMA8_KW, c = e % MMA8_KW, gr = r0 + r, gk = kw0 + c;
+        dst[r][c] = (gr < rows_total && gk < kw_total)
+                        ? ((const u32*)((const unsigned char*)src + (size_t)gr * k))[gk]
+                        : 0u;
+    }
+}
+
+// The m16n8k32 8-bit A fragment of rows r .. r + 15 (row-major, 4 words per lane) and the B
+// fragment of columns (weight rows) r .. r + 7, from staged words. g = lane / 4, t = lane % 4.
+__device__ __forceinline__ void frag_a8(u32* a, const u32 (*s)[MMA8_KW + 1], int r, int g, int t) {
+    a[0] = s[r + g][t];
+    a[1] = s[r + g + 8][t];
+    a[2] = s[r + g][t + 4];
+    a[3] = s[r + g + 8][t + 4];
+}
+
+__device__ __forceinline__ void frag_b8(u32* b, const u32 (*s)[MMA8_KW + 1], int r, int g, int t) {
+    b[0] = s[r + g][t];
+    b[1] = s[r + g][t + 4];
+}

@@ -11,8 +11,6 @@ typedef unsigned char u8;
 #define FT_M 64
 #define FT_N 32
 #define FT_NB 2 // n8 tiles per warp
-#define FT_KW 8
-#define FT_PAD 1
 
 __device__ __forceinline__ void mma_e4m3(float* c, const u32* a, const u32* b) {
 #if __CUDA_ARCH__ >= 890
@@ -30,8 +28,8 @@ extern "C" __global__ void __launch_bounds__(128) gemm_fp8(
     float* __restrict__ out, const u8* __restrict__ qa, const u8* __restrict__ qw,
     const float* __restrict__ a_scale, const float* __restrict__ w_scale,
     const float* __restrict__ bias, int m, int n, int k) {
-    __shared__ u32 as[FT_M][FT_KW + FT_PAD];
-    __shared__ u32 bs[FT_N][FT_KW + FT_PAD];
+    __shared__ u32 as[FT_M][MMA8_KW + 1];
+    __shared__ u32 bs[FT_N][MMA8_KW + 1];
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int g = lane >> 2, t = lane & 3;
     const int m0 = blockIdx.y * FT_M, n0 = blockIdx.x * FT_N;
@@ -43,32 +41,15 @@ extern "C" __global__ void __launch_bounds__(128) gemm_fp8(
         for (int b = 0; b < FT_NB; ++b)
 #pragma unroll
             for (int c = 0; c < 4; ++c) acc[a][b][c] = 0.0f;
-    const int kw_total = k >> 2;
-    for (int kw0 = 0; kw0 < kw_total; kw0 += FT_KW) {
-        for (int e = tid; e < FT_M * FT_KW; e += 128) {
-            const int r = e / FT_KW, c = e % FT_KW, gi = m0 + r, gk = kw0 + c;
-            as[r][c] = (gi < m && gk < kw_total) ? ((const u32*)(qa + (size_t)gi * k))[gk] : 0u;
-        }
-        for (int e = tid; e < FT_N * FT_KW; e += 128) {
-            const int r = e / FT_KW, c = e % FT_KW, gj = n0 + r, gk = kw0 + c;
-            bs[r][c] = (gj < n && gk < kw_total) ? ((const u32*)(qw + (size_t)gj * k))[gk] : 0u;
-        }
+    for (int kw0 = 0; kw0 < (k >> 2); kw0 += MMA8_KW) {
+        stage_words<FT_M>(as, qa, m0, m, k, kw0);
+        stage_words<FT_N>(bs, qw, n0, n, k, kw0);
         __syncthreads();
         u32 af[2][4], bf[FT_NB][2];
 #pragma unroll
-        for (int a = 0; a < 2; ++a) {
-            const int r = wm + a * 16 + g;
-            af[a][0] = as[r][t];
-            af[a][1] = as[r + 8][t];
-            af[a][2] = as[r][t + 4];
-            af[a][3] = as[r + 8][t + 4];
-        }
+        for (int a = 0; a < 2; ++a) frag_a8(af[a], as, wm + a * 16, g, t);
 #pragma unroll
-        for (int b = 0; b < FT_NB; ++b) {
-            const int r = wn + b * 8 + g;
-            bf[b][0] = bs[r][t];
-            bf[b][1] = bs[r][t + 4];
-        }
+        for (int b = 0; b < FT_NB; ++b) frag_b8(bf[b], bs, wn + b * 8, g, t);
 #pragma unroll
         for (int a = 0; a < 2; ++a)
 #pragma unroll

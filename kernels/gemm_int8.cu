@@ -23,8 +23,6 @@ __device__ __forceinline__ void epilogue(float* out, int* acc_out, int i, int j,
 // Grid (ceil(n / 64), ceil(m / 64)), 128 threads.
 #define QT_M 64
 #define QT_N 64
-#define QT_KW 8  // 32 int8 = 8 words per row per k step
-#define QT_PAD 1 // words of padding per shared row (fewer bank conflicts)
 
 __device__ __forceinline__ void mma_s8(int* c, const u32* a, const u32* b) {
     asm volatile(
@@ -39,8 +37,8 @@ extern "C" __global__ void __launch_bounds__(128) gemm_w8a8(
     const i8* __restrict__ qw, const float* __restrict__ a_scale, const int* __restrict__ a_zp,
     const float* __restrict__ w_scale, const int* __restrict__ colsum,
     const float* __restrict__ bias, int m, int n, int k) {
-    __shared__ u32 as[QT_M][QT_KW + QT_PAD];
-    __shared__ u32 bs[QT_N][QT_KW + QT_PAD];
+    __shared__ u32 as[QT_M][MMA8_KW + 1];
+    __shared__ u32 bs[QT_N][MMA8_KW + 1];
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int g = lane >> 2, t = lane & 3;
     const int m0 = blockIdx.y * QT_M, n0 = blockIdx.x * QT_N;
@@ -52,32 +50,15 @@ extern "C" __global__ void __launch_bounds__(128) gemm_w8a8(
         for (int b = 0; b < 4; ++b)
 #pragma unroll
             for (int c = 0; c < 4; ++c) acc[a][b][c] = 0;
-    const int kw_total = k >> 2;
-    for (int kw0 = 0; kw0 < kw_total; kw0 += QT_KW) {
-        for (int e = tid; e < QT_M * QT_KW; e += 128) {
-            const int r = e / QT_KW, c = e % QT_KW, gi = m0 + r, gk = kw0 + c;
-            as[r][c] = (gi < m && gk < kw_total) ? ((const u32*)(qa + (size_t)gi * k))[gk] : 0u;
-        }
-        for (int e = tid; e < QT_N * QT_KW; e += 128) {
-            const int r = e / QT_KW, c = e % QT_KW, gj = n0 + r, gk = kw0 + c;
-            bs[r][c] = (gj < n && gk < kw_total) ? ((const u32*)(qw + (size_t)gj * k))[gk] : 0u;
-        }
+    for (int kw0 = 0; kw0 < (k >> 2); kw0 += MMA8_KW) {
+        stage_words<QT_M>(as, qa, m0, m, k, kw0);
+        stage_words<QT_N>(bs, qw, n0, n, k, kw0);
         __syncthreads();
         u32 af[2][4], bf[4][2];
 #pragma unroll
-        for (int a = 0; a < 2; ++a) {
-            const int r = wm + a * 16 + g;
-            af[a][0] = as[r][t];
-            af[a][1] = as[r + 8][t];
-            af[a][2] = as[r][t + 4];
-            af[a][3] = as[r + 8][t + 4];
-        }
+        for (int a = 0; a < 2; ++a) frag_a8(af[a], as, wm + a * 16, g, t);
 #pragma unroll
-        for (int b = 0; b < 4; ++b) {
-            const int r = wn + b * 8 + g;
-            bf[b][0] = bs[r][t];
-            bf[b][1] = bs[r][t + 4];
-        }
+        for (int b = 0; b < 4; ++b) frag_b8(bf[b], bs, wn + b * 8, g, t);
 #pragma unroll
         for (int a = 0; a < 2; ++a)
 #pragma unroll
