@@ -29,6 +29,16 @@ impl<B: Backend> Session<B> {
     pub fn reset(&mut self) {
         self.pos = 0;
     }
+
+    /// The sequence of a forward call of `rows` tokens at the session's position.
+    fn chunk_seq(&self, rows: usize) -> [KvSeq<'static>; 1] {
+        [KvSeq {
+            row0: 0,
+            rows,
+            start_pos: self.pos,
+            blocks: &ONE_BLOCK,
+        }]
+    }
 }
 
 impl<B: Backend> LlamaModel<B> {
@@ -90,12 +100,7 @@ impl<B: Backend> LlamaModel<B> {
         let mut n = 0;
         for (i, chunk) in tokens.chunks(s.max_batch).enumerate() {
             let ph = Phase::of_chunk(chunk.len(), s.pos);
-            let seq = [KvSeq {
-                row0: 0,
-                rows: chunk.len(),
-                start_pos: s.pos,
-                blocks: &ONE_BLOCK,
-            }];
+            let seq = s.chunk_seq(chunk.len());
             self.forward_rows(&mut s.ws, &mut s.kv, chunk, &seq, ph, None)?;
             if i + 1 == n_chunks {
                 let from = if want == Logits::Last {
@@ -131,12 +136,7 @@ impl<B: Backend> LlamaModel<B> {
             s.ws.obs = vec![0f32; s.max_batch * width];
         }
         for chunk in tokens.chunks(s.max_batch) {
-            let seq = [KvSeq {
-                row0: 0,
-                rows: chunk.len(),
-                start_pos: s.pos,
-                blocks: &ONE_BLOCK,
-            }];
+            let seq = s.chunk_seq(chunk.len());
             self.forward_rows(
                 &mut s.ws,
                 &mut s.kv,
