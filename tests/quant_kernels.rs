@@ -7,7 +7,7 @@ mod common;
 
 use common::randn;
 use ferroq::backend::cpu::gemm::{has_avx2, Isa};
-use ferroq::backend::cpu::{qgemm, vnni, CpuBackend, Int8Isa};
+use ferroq::backend::cpu::{int4_bf16, qgemm, vnni, CpuBackend, Int8Isa};
 use ferroq::backend::Backend;
 use ferroq::engine::sampler::Rng;
 use ferroq::model::linear::{Linear, LinearWeight};
@@ -347,20 +347,27 @@ fn fp8_and_int4_linears_match_reference() {
         .map(|e| xq[e] as f64 * xs[e / k] as f64)
         .collect();
     assert_matches_f64("fp8", &out, &xa, &wd, m, n, k);
-    // W4A16: float activations, int4 weights
-    for symmetric in [true, false] {
-        let cfg = WeightQConfig {
-            dtype: QDType::Int4,
-            scope: WeightScope::PerGroup(128),
-            symmetric,
-            method: WeightMethod::Ssz,
-        };
-        let (lin, q) = quant_linear(&b, &w, n, k, cfg, ActSpec::NONE);
-        let wd = decoded(&q, n, k);
-        b.linear(&mut out, &x, &lin, m, Phase::Decode)
-            .expect("int4 linear");
-        let xa: Vec<f64> = x.iter().map(|&v| v as f64).collect();
-        assert_matches_f64("int4", &out, &xa, &wd, m, n, k);
+    // W4A16: BF16 activations, int4 weights. Group 128 takes the BF16-dot kernel where the
+    // CPU has it, 32 the f32 register-decode kernel, 16 the row-decode fallback: all three
+    // multiply the same BF16-rounded activations.
+    let xa: Vec<f64> = x
+        .iter()
+        .map(|&v| f32::from_bits((int4_bf16::bf16_bits(v) as u32) << 16) as f64)
+        .collect();
+    for group in [128, 32, 16] {
+        for symmetric in [true, false] {
+            let cfg = WeightQConfig {
+                dtype: QDType::Int4,
+                scope: WeightScope::PerGroup(group),
+                symmetric,
+                method: WeightMethod::Ssz,
+            };
+            let (lin, q) = quant_linear(&b, &w, n, k, cfg, ActSpec::NONE);
+            let wd = decoded(&q, n, k);
+            b.linear(&mut out, &x, &lin, m, Phase::Decode)
+                .expect("int4 linear");
+            assert_matches_f64(&format!("int4 g{group}"), &out, &xa, &wd, m, n, k);
+        }
     }
 }
 
@@ -576,6 +583,122 @@ fn int4_register_decode_gemm_matches_reference_and_is_batch_invariant() {
     // shapes the kernel does not take fall back to the decode path
     let q = int4_weight(&mut rng, 2, 48, 16, true);
     assert!(PackedI4::pack(&q, 2, 48).is_none());
+}
+
+#[test]
+fn bf16_rounding_is_round_to_nearest_even_on_every_path() {
+    let mut rng = Rng::new(15);
+    let mut x = randn(&mut rng, 1000, 3.0);
+    // ties both ways, values just past a tie, a denormal, the largest finite (rounds to inf),
+    // infinities, zeros of both signs and NaNs
+    let special = [
+        f32::from_bits(0x3f80_8000),
+        f32::from_bits(0x3f81_8000),
+        f32::from_bits(0x3f80_8001),
+        f32::from_bits(0x0000_0123),
+        f32::MAX,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        0.0,
+        -0.0,
+        f32::NAN,
+        f32::from_bits(0x7f80_0001),
+    ];
+    x[..special.len()].copy_from_slice(&special);
+    for (i, &v) in x.iter().enumerate() {
+        let got = int4_bf16::bf16_bits(v);
+        if v.is_nan() {
+            assert!(
+                f32::from_bits((got as u32) << 16).is_nan(),
+                "NaN {i} became {got:#x}"
+            );
+        } else {
+            assert_eq!(
+                got,
+                half::bf16::from_f32(v).to_bits(),
+                "element {i} = {v:e}"
+            );
+        }
+    }
+    // the vector path (whole blocks of 16) and the scalar tail agree bit for bit
+    for len in [0, 5, 16, 33, 1000] {
+        let mut out = vec![0xdead_u16; len];
+        int4_bf16::round_to_bf16(&x[..len], &mut out);
+        let want: Vec<u16> = x[..len].iter().map(|&v| int4_bf16::bf16_bits(v)).collect();
+        assert_eq!(out, want, "len {len}");
+    }
+}
+
+#[test]
+fn int4_bf16_gemm_matches_reference_and_is_batch_invariant() {
+    use int4_bf16::{available, bf16_bits, gemm, round_to_bf16, PackedI4Bf16};
+    if !available() {
+        eprintln!("no AVX-512 BF16 on this CPU: the BF16-dot int4 GEMM is not exercised");
+        return;
+    }
+    let mut rng = Rng::new(16);
+    // rows not a multiple of the 4-row panel, odd token counts, k with a short last group,
+    // groups of one, two and three blocks, symmetric and asymmetric
+    for &(m, n, k, group, symmetric) in &[
+        (1, 5, 576, 128, true),
+        (2, 9, 576, 128, false),
+        (3, 4, 64, 64, false),
+        (5, 7, 1536, 64, true),
+        (17, 3, 384, 192, false),
+        (1, 1, 128, 128, false),
+        (4, 16, 256, 64, false),
+    ] {
+        let x = randn(&mut rng, m * k, 1.0);
+        // random nibbles and scales, and zero points cycling through all of -8..=7 so every
+        // lookup table is used
+        let groups = k.div_ceil(group);
+        let q = QuantWeight::Int4 {
+            packed: (0..n * k / 2).map(|_| rng.next_u64() as u8).collect(),
+            scale: (0..n * groups)
+                .map(|_| 0.01 + (rng.next_u64() % 1000) as f32 * 1e-4)
+                .collect(),
+            zero: if symmetric {
+                Vec::new()
+            } else {
+                (0..n * groups).map(|e| (e % 16) as i8 - 8).collect()
+            },
+            group,
+        };
+        let p = PackedI4Bf16::pack(&q, n, k).expect("supported shape");
+        let wd = decoded(&q, n, k);
+        let mut xb = vec![0u16; m * k];
+        round_to_bf16(&x, &mut xb);
+        let mut out = vec![f32::NAN; m * n];
+        gemm(&mut out, &xb, m, &p);
+        for i in 0..m {
+            for j in 0..n {
+                let xr = |t: usize| f32::from_bits((bf16_bits(x[i * k + t]) as u32) << 16) as f64;
+                let terms = (0..k).map(|t| xr(t) * wd[j * k + t] as f64);
+                let r: f64 = terms.clone().sum();
+                let mag: f64 = terms.map(f64::abs).sum();
+                let g = out[i * n + j] as f64;
+                assert!(
+                    (g - r).abs() <= 1e-6 * mag + 1e-6,
+                    "{m}x{n}x{k} g{group} ({i},{j}) {g} vs {r}"
+                );
+            }
+        }
+        for i in 0..m {
+            let mut one = vec![f32::NAN; n];
+            gemm(&mut one, &xb[i * k..(i + 1) * k], 1, &p);
+            assert!(
+                one.iter()
+                    .zip(&out[i * n..(i + 1) * n])
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{m}x{n}x{k}: token {i} alone differs from the batch"
+            );
+        }
+    }
+    // groups or k that are not whole 64-value blocks are left to the other kernels
+    let q = int4_weight(&mut rng, 2, 96, 32, true);
+    assert!(PackedI4Bf16::pack(&q, 2, 96).is_none());
+    let q = int4_weight(&mut rng, 2, 96, 96, true);
+    assert!(PackedI4Bf16::pack(&q, 2, 96).is_none());
 }
 
 #[test]

@@ -6,6 +6,7 @@
 pub mod actq;
 pub mod gemm;
 pub mod int4;
+pub mod int4_bf16;
 pub mod panel;
 pub mod qgemm;
 pub mod vnni;
@@ -154,13 +155,16 @@ pub enum CpuQMatrix {
     Vnni(vnni::PackedI8),
     /// INT4 repacked for the AVX-512 W4A16 kernel (where the CPU and the shape allow).
     Int4(int4::PackedI4),
+    /// INT4 repacked for the AVX-512 BF16 W4A16 kernel (preferred where it runs).
+    Int4Bf16(int4_bf16::PackedI4Bf16),
 }
 
 /// Per-thread scratch for quantized activations, grown to the largest (rows × k) seen.
 #[derive(Default)]
 struct ActScratch {
     q: Vec<i8>,      // (rows, k) int8 activations
-    xf: Vec<f32>,    // (rows, k) FP8-rounded activations
+    xf: Vec<f32>,    // (rows, k) FP8- or BF16-rounded activations
+    xb: Vec<u16>,    // (rows, k) BF16 activations (W4A16), as bits
     scale: Vec<f32>, // (rows)
     zp: Vec<i32>,    // (rows)
 }
@@ -232,17 +236,40 @@ impl CpuBackend {
         let isa = self.int8.gemm_isa();
         let bias = w.bias.as_deref();
         if w.act.policy == ActQuant::None {
-            match qm {
-                CpuQMatrix::Plain(qw) => {
-                    gemm::matmul_decoded(isa, out, x, m, n, k, &|j, r, buf| {
-                        qw.decode_rows(k, j, r, buf)
-                    })
+            // W4A16's activations are BF16 on every path, so every CPU multiplies the same
+            // products (the BF16 kernel takes them as bits, the others widened back to f32)
+            SCRATCH.with(|sc| {
+                let sc = &mut *sc.borrow_mut();
+                match qm {
+                    CpuQMatrix::Plain(qw @ QuantWeight::Int4 { .. }) => {
+                        grow(&mut sc.xf, m * k);
+                        int4_bf16::round_through_bf16(&x[..m * k], &mut sc.xf);
+                        gemm::matmul_decoded(isa, out, &sc.xf, m, n, k, &|j, r, buf| {
+                            qw.decode_rows(k, j, r, buf)
+                        })
+                    }
+                    CpuQMatrix::Plain(qw) => {
+                        gemm::matmul_decoded(isa, out, x, m, n, k, &|j, r, buf| {
+                            qw.decode_rows(k, j, r, buf)
+                        })
+                    }
+                    CpuQMatrix::Vnni(p) => {
+                        gemm::matmul_decoded(isa, out, x, m, n, k, &|j, r, buf| {
+                            p.decode_rows(j, r, buf)
+                        })
+                    }
+                    CpuQMatrix::Int4(p) => {
+                        grow(&mut sc.xf, m * k);
+                        int4_bf16::round_through_bf16(&x[..m * k], &mut sc.xf);
+                        int4::gemm(out, &sc.xf, m, p)
+                    }
+                    CpuQMatrix::Int4Bf16(p) => {
+                        grow(&mut sc.xb, m * k);
+                        int4_bf16::round_to_bf16(&x[..m * k], &mut sc.xb);
+                        int4_bf16::gemm(out, &sc.xb, m, p)
+                    }
                 }
-                CpuQMatrix::Vnni(p) => gemm::matmul_decoded(isa, out, x, m, n, k, &|j, r, buf| {
-                    p.decode_rows(j, r, buf)
-                }),
-                CpuQMatrix::Int4(p) => int4::gemm(out, x, m, p),
-            }
+            });
             add_bias(out, bias, m, n);
             return Ok(());
         }
@@ -252,7 +279,7 @@ impl CpuBackend {
                     vnni::gemm(out, &sc.q, &sc.scale, &sc.zp, p, bias, m)
                 })
             }
-            CpuQMatrix::Int4(_) => return Err(int4_needs_weight_only(w)),
+            CpuQMatrix::Int4(_) | CpuQMatrix::Int4Bf16(_) => return Err(int4_needs_weight_only(w)),
             CpuQMatrix::Plain(qw) => qw,
         };
         match qw {
@@ -463,10 +490,15 @@ impl Backend for CpuBackend {
             {
                 CpuQMatrix::Vnni(vnni::PackedI8::pack(q, scale, colsum, rows, cols))
             }
-            QuantWeight::Int4 { .. } => match int4::PackedI4::pack(w, rows, cols) {
-                Some(p) => CpuQMatrix::Int4(p),
-                None => CpuQMatrix::Plain(w.clone()),
-            },
+            QuantWeight::Int4 { .. } => {
+                if let Some(p) = int4_bf16::PackedI4Bf16::pack(w, rows, cols) {
+                    CpuQMatrix::Int4Bf16(p)
+                } else if let Some(p) = int4::PackedI4::pack(w, rows, cols) {
+                    CpuQMatrix::Int4(p)
+                } else {
+                    CpuQMatrix::Plain(w.clone())
+                }
+            }
             _ => CpuQMatrix::Plain(w.clone()),
         })
     }
