@@ -210,7 +210,14 @@ mod avx512 {
     use super::{PackedI4Bf16, BLOCK, MR, PANEL, TABLES};
     use std::arch::x86_64::*;
 
-    /// Round x to BF16 bits, 32 at a time; returns how many were done.
+    /// 32 BF16 values held as integer lanes, retyped for the dot instruction.
+    #[inline(always)]
+    fn bh(v: __m512i) -> __m512bh {
+        // SAFETY: both are plain 512-bit vectors; every bit pattern is a valid __m512bh.
+        unsafe { std::mem::transmute::<__m512i, __m512bh>(v) }
+    }
+
+    /// Round x to BF16 bits, 16 at a time; returns how many were done.
     ///
     /// # Safety
     /// AVX-512 F/BW present; out holds x.len() elements.
@@ -295,13 +302,11 @@ mod avx512 {
                 }
                 for (r, pr) in part.iter_mut().enumerate() {
                     let xp = x.as_ptr().add((i + r) * k + b * BLOCK);
-                    let x0: __m512bh = std::mem::transmute(_mm512_loadu_si512(xp as *const _));
-                    let x1: __m512bh =
-                        std::mem::transmute(_mm512_loadu_si512(xp.add(32) as *const _));
+                    let x0 = bh(_mm512_loadu_si512(xp as *const _));
+                    let x1 = bh(_mm512_loadu_si512(xp.add(32) as *const _));
                     for c in 0..PANEL {
-                        let (l, h): (__m512bh, __m512bh) =
-                            (std::mem::transmute(lo[c]), std::mem::transmute(hi[c]));
-                        pr[c] = _mm512_dpbf16_ps(_mm512_dpbf16_ps(pr[c], x0, l), x1, h);
+                        pr[c] =
+                            _mm512_dpbf16_ps(_mm512_dpbf16_ps(pr[c], x0, bh(lo[c])), x1, bh(hi[c]));
                     }
                 }
             }
