@@ -9,6 +9,7 @@ pub mod int4;
 pub mod int4_bf16;
 pub mod panel;
 pub mod qgemm;
+pub mod vmath;
 pub mod vnni;
 
 use super::{AttentionArgs, Backend, KvSeq, ATTN_ROWS};
@@ -382,11 +383,7 @@ fn check_len(what: impl std::fmt::Display, have: usize, need: usize) -> Result<(
 /// Softmax in place, max-subtracted.
 fn softmax(x: &mut [f32]) {
     let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0f32;
-    for v in x.iter_mut() {
-        *v = (*v - max).exp();
-        sum += *v;
-    }
+    let sum = vmath::exp_shifted_sum(x, max);
     let inv = 1.0 / sum;
     x.iter_mut().for_each(|v| *v *= inv);
 }
@@ -729,10 +726,7 @@ impl Backend for CpuBackend {
     fn silu_mul(&self, gate: &mut Vec<f32>, up: &Vec<f32>, len: usize) -> Result<()> {
         check_len("silu gate", gate.len(), len)?;
         check_len("silu up", up.len(), len)?;
-        gate[..len]
-            .iter_mut()
-            .zip(&up[..len])
-            .for_each(|(g, u)| *g = *g / (1.0 + (-*g).exp()) * u);
+        vmath::silu_mul(&mut gate[..len], &up[..len]);
         Ok(())
     }
     fn hadamard(&self, x: &mut Vec<f32>, len: usize, block: usize) -> Result<()> {

@@ -163,10 +163,43 @@ mod imp {
             }
             wp = wp.add(PR * KS);
         }
+        let keep = ((1u16 << live) - 1) as u8;
         for (r, row) in acc.iter().enumerate() {
-            for (c, a) in row.iter().enumerate().take(live) {
-                *out.add((i + r) * n + p * PR + c) = _mm512_reduce_add_ps(*a);
-            }
+            _mm256_mask_storeu_ps(out.add((i + r) * n + p * PR), keep, reduce8(row));
         }
+    }
+
+    /// The lane sums of 8 accumulators as one vector (sum c in lane c), by a transpose-and-add
+    /// tree: about 20 shuffles and adds where 8 separate reductions take ~64, which at k = 576
+    /// was a fifth of the FMA work. The order of additions is fixed, so a result does not
+    /// depend on the tile.
+    ///
+    /// # Safety
+    /// CPU has AVX-512F.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    #[inline]
+    unsafe fn reduce8(a: &[__m512; PR]) -> __m256 {
+        // pairs (c, c+1): 512 → 256 lanes each, row c in the low half, c+1 in the high one
+        // (macros, not closures: a closure would not inherit the target features)
+        macro_rules! fold {
+            ($lo:literal, $hi:literal, $x:expr, $y:expr) => {
+                _mm512_add_ps(
+                    _mm512_shuffle_f32x4::<$lo>($x, $y),
+                    _mm512_shuffle_f32x4::<$hi>($x, $y),
+                )
+            };
+        }
+        let s01 = fold!(0b01_00_01_00, 0b11_10_11_10, a[0], a[1]);
+        let s23 = fold!(0b01_00_01_00, 0b11_10_11_10, a[2], a[3]);
+        let s45 = fold!(0b01_00_01_00, 0b11_10_11_10, a[4], a[5]);
+        let s67 = fold!(0b01_00_01_00, 0b11_10_11_10, a[6], a[7]);
+        // quads: 128-bit quarter q holds 4 partial sums of row q (of 0..4, or 4..8)
+        let t0 = fold!(0b10_00_10_00, 0b11_01_11_01, s01, s23);
+        let t4 = fold!(0b10_00_10_00, 0b11_01_11_01, s45, s67);
+        // within each quarter: lane 0 the sum of row q, lane 1 of row q + 4
+        let u = _mm512_add_ps(_mm512_unpacklo_ps(t0, t4), _mm512_unpackhi_ps(t0, t4));
+        let v = _mm512_add_ps(u, _mm512_permute_ps::<0b01_00_11_10>(u));
+        let order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 0, 0, 0, 0, 0, 0, 0, 0);
+        _mm512_castps512_ps256(_mm512_permutexvar_ps(order, v))
     }
 }
