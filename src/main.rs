@@ -9,6 +9,7 @@ use ferroq::backend::{Backend, DeviceSpec};
 use ferroq::engine::generate::{generate, GenerateOptions};
 use ferroq::engine::sampler::SamplingParams;
 use ferroq::model::config::LmHead;
+use ferroq::quant::ActScope;
 use ferroq::tensor::DType;
 use ferroq::tokenizer::ChatMessage;
 use std::io::Write;
@@ -28,8 +29,57 @@ struct Cli {
     /// Worker threads for CPU ops (default: all cores).
     #[arg(long, global = true)]
     threads: Option<usize>,
+    /// Override every quantized linear's activation scope (generate, eval, bench, serve):
+    /// per_token (dynamic in prefill and decode), per_tensor (the calibrated static scale in
+    /// both) or pd_mix (per-token prefill, static decode).
+    #[arg(long, global = true, value_enum)]
+    act_scope: Option<ActScopeArg>,
     #[command(subcommand)]
     cmd: Cmd,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+#[value(rename_all = "snake_case")]
+enum ActScopeArg {
+    PerToken,
+    PerTensor,
+    PdMix,
+}
+
+impl From<ActScopeArg> for ActScope {
+    fn from(a: ActScopeArg) -> ActScope {
+        match a {
+            ActScopeArg::PerToken => ActScope::PerToken,
+            ActScopeArg::PerTensor => ActScope::PerTensor,
+            ActScopeArg::PdMix => ActScope::PdMix,
+        }
+    }
+}
+
+/// Open a model and apply `--act-scope` to it.
+fn open_model<B: Backend>(
+    backend: B,
+    path: &Path,
+    dtype: Option<DType>,
+    scope: Option<ActScopeArg>,
+) -> Result<ferroq::model::Loaded<B>> {
+    let mut loaded = ferroq::model::open(backend, path, dtype)
+        .with_context(|| format!("loading {}", path.display()))?;
+    if let Some(scope) = scope {
+        let scope = ActScope::from(scope);
+        let (applied, kept) = loaded.model.set_act_scope(scope);
+        eprintln!("act scope {scope:?} on {applied} quantized-activation linears");
+        if kept > 0 {
+            eprintln!(
+                "warning: {kept} linears quantize their input dynamically in this checkpoint (no \
+                 calibrated static scale) and stay per-token"
+            );
+        }
+        if applied + kept == 0 {
+            eprintln!("warning: no linear quantizes its activations: --act-scope changes nothing");
+        }
+    }
+    Ok(loaded)
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -256,10 +306,10 @@ fn run_generate<B: Backend>(
     system: Option<String>,
     opts: GenerateOptions,
     dtype: Option<DType>,
+    scope: Option<ActScopeArg>,
 ) -> Result<()> {
     let t = std::time::Instant::now();
-    let loaded = ferroq::model::open(backend, model, dtype)
-        .with_context(|| format!("loading {}", model.display()))?;
+    let loaded = open_model(backend, model, dtype, scope)?;
     eprintln!(
         "loaded {} ({:?}, {} layers, weights {}) on {} in {:.2}s",
         model.display(),
@@ -303,7 +353,7 @@ fn run_generate<B: Backend>(
     Ok(())
 }
 
-fn run_eval(a: EvalArgs) -> Result<()> {
+fn run_eval(a: EvalArgs, scope: Option<ActScopeArg>) -> Result<()> {
     let EvalArgs {
         model,
         baseline,
@@ -322,8 +372,7 @@ fn run_eval(a: EvalArgs) -> Result<()> {
     };
     let (model, data) = (model.as_path(), data.as_path());
     use ferroq::eval::{evaluate, n_chunks, BaseSource, Baseline};
-    let m = ferroq::model::open(CpuBackend::new(), model, None)
-        .with_context(|| format!("loading {}", model.display()))?;
+    let m = open_model(CpuBackend::new(), model, None, scope)?;
     let text =
         std::fs::read_to_string(data).with_context(|| format!("reading {}", data.display()))?;
     // llama-perplexity convention for these models: no BOS, the whole text tokenized at once
@@ -548,7 +597,7 @@ fn main() -> Result<()> {
                 );
             }
         }
-        Cmd::Eval(args) => run_eval(args)?,
+        Cmd::Eval(args) => run_eval(args, cli.act_scope)?,
         Cmd::Bench {
             model,
             n_prompt,
@@ -563,8 +612,7 @@ fn main() -> Result<()> {
             };
             let mut rows = Vec::new();
             for path in &models {
-                let m = ferroq::model::open(CpuBackend::new(), path, None)
-                    .with_context(|| format!("loading {}", path.display()))?;
+                let m = open_model(CpuBackend::new(), path, None, cli.act_scope)?;
                 let size = disk_size(path)?;
                 let name = path
                     .file_name()
@@ -685,7 +733,7 @@ fn main() -> Result<()> {
         }
         Cmd::Serve(a) => {
             let model = resolve_model(a.model.clone())?;
-            serve_cmd::serve(a, model)?
+            serve_cmd::serve(a, model, cli.act_scope)?
         }
         Cmd::Loadgen(a) => serve_cmd::loadgen(a)?,
         Cmd::Info => info_cmd::info()?,
@@ -734,11 +782,13 @@ fn main() -> Result<()> {
                     system,
                     opts,
                     dtype,
+                    cli.act_scope,
                 )?,
                 DeviceSpec::Cuda(n) => {
                     let b = CudaBackend::new(n)?;
                     eprintln!("{}", DeviceSpec::CUDA_UNVALIDATED);
-                    run_generate(b, &model, &prompt, chat, system, opts, dtype)?
+                    let scope = cli.act_scope;
+                    run_generate(b, &model, &prompt, chat, system, opts, dtype, scope)?
                 }
             }
         }

@@ -514,3 +514,79 @@ fn logits_from_a_row_equal_the_tail_of_all_logits() {
         .to_vec();
     assert_eq!(last, all[(IDS.len() - 1) * v..]);
 }
+
+/// `--act-scope`: every quantized linear switches to the requested scope, the run-time paths
+/// follow it (counted by the backend), and pd_mix on a pd_mix checkpoint changes nothing.
+/// Linears the w8a8 preset quantizes dynamically (no static scale) stay per-token and are
+/// counted as such.
+#[test]
+fn act_scope_override_switches_every_quantized_linear() {
+    use ferroq::quant::{ActQuant, ActScope};
+    use std::sync::atomic::Ordering;
+    let q = tiny_w8a8(3);
+    let load = || LlamaModel::load(CpuBackend::new(), q.config.clone(), &q, None).expect("load");
+    let ids = [5u32, 17, 33, 2, 9];
+    // (logits of a prefill and one decode step, dynamic rows, static rows)
+    let run = |m: &LlamaModel<CpuBackend>| {
+        let mut s = m.new_session(8, 16, false).expect("session");
+        let mut v = m
+            .forward(&mut s, &ids, Logits::Last)
+            .expect("prefill")
+            .to_vec();
+        v.extend_from_slice(m.forward(&mut s, &[7], Logits::Last).expect("decode"));
+        let c = &m.backend.counters;
+        (
+            v,
+            c.dynamic_rows.load(Ordering::SeqCst),
+            c.static_rows.load(Ordering::SeqCst),
+        )
+    };
+    let m = load();
+    let (pd, pd_dyn, pd_st) = run(&m);
+    assert!(pd_dyn > 0 && pd_st > 0, "pd_mix runs both paths");
+    let count = |p: fn(&ActQuant) -> bool| m.linears().filter(|l| p(&l.act.policy)).count();
+    let static_scaled = count(|p| matches!(p, ActQuant::PdMix { .. } | ActQuant::Static { .. }));
+    let dynamic = count(|p| matches!(p, ActQuant::Dynamic));
+    assert!(static_scaled > 0);
+
+    let mut m = load();
+    assert_eq!(m.set_act_scope(ActScope::PdMix), (static_scaled, dynamic));
+    assert_eq!(
+        run(&m).0,
+        pd,
+        "pd_mix on a pd_mix checkpoint changes nothing"
+    );
+
+    let mut m = load();
+    assert_eq!(
+        m.set_act_scope(ActScope::PerToken),
+        (static_scaled + dynamic, 0)
+    );
+    assert!(m
+        .linears()
+        .all(|l| matches!(l.act.policy, ActQuant::Dynamic | ActQuant::None)));
+    let (tok, tok_dyn, tok_st) = run(&m);
+    assert_eq!((tok_dyn > 0, tok_st), (true, 0));
+    assert_ne!(tok, pd, "the decode step quantizes differently per token");
+
+    let mut m = load();
+    assert_eq!(
+        m.set_act_scope(ActScope::PerTensor),
+        (static_scaled, dynamic)
+    );
+    assert!(m.linears().all(|l| matches!(
+        l.act.policy,
+        ActQuant::Static { .. } | ActQuant::Dynamic | ActQuant::None
+    )));
+    let (_, t_dyn, t_st) = run(&m);
+    assert!(t_st > 0);
+    if dynamic == 0 {
+        assert_eq!(t_dyn, 0);
+    }
+    // after per-token no static scale is left: the static scopes leave every linear per-token
+    m.set_act_scope(ActScope::PerToken);
+    assert_eq!(
+        m.set_act_scope(ActScope::PdMix),
+        (0, static_scaled + dynamic)
+    );
+}

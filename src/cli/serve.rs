@@ -52,25 +52,29 @@ pub struct ServeArgs {
     device: String,
 }
 
-pub fn serve(a: ServeArgs, model: PathBuf) -> Result<()> {
+pub fn serve(a: ServeArgs, model: PathBuf, scope: Option<super::ActScopeArg>) -> Result<()> {
     match DeviceSpec::parse(&a.device)? {
-        DeviceSpec::Cpu => serve_on(CpuBackend::new(), a, model),
+        DeviceSpec::Cpu => serve_on(CpuBackend::new(), a, model, scope),
         DeviceSpec::Cuda(n) => {
             let b = CudaBackend::new(n)?;
             eprintln!("{}", DeviceSpec::CUDA_UNVALIDATED);
-            serve_on(b, a, model)
+            serve_on(b, a, model, scope)
         }
     }
 }
 
-fn serve_on<B: Backend>(backend: B, a: ServeArgs, model: PathBuf) -> Result<()> {
+fn serve_on<B: Backend>(
+    backend: B,
+    a: ServeArgs,
+    model: PathBuf,
+    scope: Option<super::ActScopeArg>,
+) -> Result<()> {
     let dtype = a.dtype.as_deref().map(DType::parse).transpose()?;
     if !(a.shutdown_grace >= 0.0 && a.shutdown_grace.is_finite()) {
         bail!("--shutdown-grace must be a number of seconds >= 0");
     }
     let t = std::time::Instant::now();
-    let loaded = ferroq::model::open(backend, &model, dtype)
-        .with_context(|| format!("loading {}", model.display()))?;
+    let loaded = super::open_model(backend, &model, dtype, scope)?;
     let limit = loaded.model.config.max_position_embeddings;
     let max_seq_len = a.max_seq_len.unwrap_or(limit.min(2048));
     if max_seq_len > limit {

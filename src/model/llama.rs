@@ -358,8 +358,8 @@ impl<B: Backend> LlamaModel<B> {
             .chain(std::iter::once(&self.lm_head))
     }
 
-    /// The linear called `name` (HF module name, or `lm_head`), to swap its weight.
-    pub fn linear_mut(&mut self, name: &str) -> Option<&mut Linear<B>> {
+    /// Every linear, mutably, in `linears`' order.
+    fn linears_mut(&mut self) -> impl Iterator<Item = &mut Linear<B>> {
         self.layers
             .iter_mut()
             .flat_map(|l| {
@@ -374,7 +374,31 @@ impl<B: Backend> LlamaModel<B> {
                 ]
             })
             .chain(std::iter::once(&mut self.lm_head))
-            .find(|l| l.name == name)
+    }
+
+    /// The linear called `name` (HF module name, or `lm_head`), to swap its weight.
+    pub fn linear_mut(&mut self, name: &str) -> Option<&mut Linear<B>> {
+        self.linears_mut().find(|l| l.name == name)
+    }
+
+    /// Override every quantized linear's activation scope (`--act-scope`). Returns (linears
+    /// now in the scope, linears left per-token because the checkpoint has no static scale
+    /// for their input). Per-token drops the static scales, so apply it to a fresh model.
+    pub fn set_act_scope(&mut self, scope: crate::quant::ActScope) -> (usize, usize) {
+        let (mut applied, mut kept) = (0, 0);
+        for l in self.linears_mut() {
+            if l.act.policy == ActQuant::None {
+                continue;
+            }
+            let (p, as_asked) = scope.apply(l.act.policy);
+            l.act.policy = p;
+            if as_asked {
+                applied += 1;
+            } else {
+                kept += 1;
+            }
+        }
+        (applied, kept)
     }
 
     /// Whether any linear quantizes its input differently in prefill and decode (pd_mix): such

@@ -164,6 +164,39 @@ impl ActSpec {
     }
 }
 
+/// An override of every quantized linear's activation scope, for experiments (`--act-scope`):
+/// how much of a pd_mix model's accuracy or speed comes from the per-token prefill path or the
+/// static decode path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ActScope {
+    /// Per-token dynamic scales in prefill and decode.
+    PerToken,
+    /// The calibrated per-tensor scale in prefill and decode.
+    PerTensor,
+    /// Per-token in prefill, per-tensor in decode.
+    PdMix,
+}
+
+impl ActScope {
+    /// `policy` under this scope, and whether it is what the scope asked for. Unquantized
+    /// inputs stay unquantized; an input the checkpoint quantizes dynamically has no
+    /// calibrated static scale, so under the per-tensor and pd_mix scopes it stays per-token
+    /// (false).
+    pub fn apply(self, policy: ActQuant) -> (ActQuant, bool) {
+        let fixed = match policy {
+            ActQuant::None => return (ActQuant::None, true),
+            ActQuant::Static { scale, zp } | ActQuant::PdMix { scale, zp } => Some((scale, zp)),
+            ActQuant::Dynamic => None,
+        };
+        match (self, fixed) {
+            (ActScope::PerToken, _) => (ActQuant::Dynamic, true),
+            (ActScope::PerTensor, Some((scale, zp))) => (ActQuant::Static { scale, zp }, true),
+            (ActScope::PdMix, Some((scale, zp))) => (ActQuant::PdMix { scale, zp }, true),
+            (_, None) => (ActQuant::Dynamic, false),
+        }
+    }
+}
+
 /// Which pass a forward call is: the prompt (prefill) or one generated token (decode).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Phase {
