@@ -407,3 +407,133 @@ fn fp8_gemm_and_quant_match_the_cpu() {
         "fp8 codes (round to nearest even, saturating)"
     );
 }
+
+/// Every quantized linear kind through `CudaBackend::linear` against `CpuBackend::linear` with
+/// the same weights: W8A8 (dynamic, static and pd_mix in both phases; GEMV and GEMM sizes),
+/// FP8 (where the GPU has FP8 tensor cores; otherwise upload must refuse with a clear error),
+/// and W4A16 (symmetric and asymmetric, groups that do and do not take the GEMV, odd rows),
+/// with and without bias. Tolerance: value-scaled, 1e-4 of Σ|x·w| (the GPU and CPU sum in
+/// different orders; the quantized operands are the same).
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn quantized_linears_on_the_backend_match_the_cpu() {
+    use ferroq::backend::cuda::backend::CudaBackend;
+    use ferroq::model::linear::{Linear, LinearWeight};
+    use ferroq::quant::weight::{quantize_weight, WeightMethod, WeightQConfig, WeightScope};
+    use ferroq::quant::{ActQuant, ActSpec, Phase, QDType};
+    let gb = CudaBackend::new(0).unwrap_or_else(|e| panic!("these tests need a CUDA GPU: {e}"));
+    let cb = CpuBackend::new();
+    let fp8_ok = {
+        let g = gpu();
+        g.info.capability >= (8, 9)
+    };
+    let mut rng = Rng::new(31);
+    let int = |dtype, scope, symmetric| WeightQConfig {
+        dtype,
+        scope,
+        symmetric,
+        method: WeightMethod::MinMax,
+    };
+    let cases: Vec<(&str, WeightQConfig, ActSpec)> = vec![
+        (
+            "w8a8 dynamic",
+            int(QDType::Int8, WeightScope::PerChannel, true),
+            ActSpec {
+                policy: ActQuant::Dynamic,
+                dtype: QDType::Int8,
+                symmetric: false,
+            },
+        ),
+        (
+            "w8a8 pd_mix",
+            int(QDType::Int8, WeightScope::PerChannel, true),
+            ActSpec {
+                policy: ActQuant::PdMix { scale: 0.03, zp: 3 },
+                dtype: QDType::Int8,
+                symmetric: false,
+            },
+        ),
+        (
+            "fp8 dynamic",
+            int(QDType::Fp8E4M3, WeightScope::PerChannel, true),
+            ActSpec {
+                policy: ActQuant::Dynamic,
+                dtype: QDType::Fp8E4M3,
+                symmetric: true,
+            },
+        ),
+        (
+            "fp8 static",
+            int(QDType::Fp8E4M3, WeightScope::PerChannel, true),
+            ActSpec {
+                policy: ActQuant::Static { scale: 0.01, zp: 0 },
+                dtype: QDType::Fp8E4M3,
+                symmetric: true,
+            },
+        ),
+        (
+            "w4a16 g128",
+            int(QDType::Int4, WeightScope::PerGroup(128), true),
+            ActSpec::NONE,
+        ),
+        (
+            "w4a16 g128 asym",
+            int(QDType::Int4, WeightScope::PerGroup(128), false),
+            ActSpec::NONE,
+        ),
+        (
+            "w4a16 g48 asym",
+            int(QDType::Int4, WeightScope::PerGroup(48), false),
+            ActSpec::NONE,
+        ),
+    ];
+    for (name, cfg, act) in cases {
+        for &(m, n, k) in &[(1, 77, 576), (5, 130, 384), (37, 64, 1536)] {
+            let w = randn(&mut rng, n * k, 0.2);
+            let x = randn(&mut rng, m * k, 1.0);
+            let bias = randn(&mut rng, n, 0.5);
+            let q = quantize_weight(&w, n, k, &cfg).expect("quantize");
+            let gq = gb.upload_quant(&q, n, k);
+            if cfg.dtype == QDType::Fp8E4M3 && !fp8_ok {
+                let e = gq.err().expect("FP8 upload must fail below sm_89");
+                assert!(e.to_string().contains("8.9"), "{e}");
+                continue;
+            }
+            let cpu_lin = Linear {
+                name: name.into(),
+                in_features: k,
+                out_features: n,
+                weight: LinearWeight::Quant(cb.upload_quant(&q, n, k).expect("cpu upload")),
+                bias: Some(bias.clone()),
+                act,
+            };
+            let gpu_lin = Linear {
+                name: name.into(),
+                in_features: k,
+                out_features: n,
+                weight: LinearWeight::Quant(gq.expect("gpu upload")),
+                bias: Some(gb.upload(&bias).expect("bias")),
+                act,
+            };
+            let xd = gb.upload(&x).expect("x");
+            for phase in [Phase::Prefill, Phase::Decode] {
+                let mut want = vec![0f32; m * n];
+                cb.linear(&mut want, &x, &cpu_lin, m, phase)
+                    .expect("cpu linear");
+                let mut od = gb.alloc(m * n).expect("out");
+                gb.linear(&mut od, &xd, &gpu_lin, m, phase)
+                    .expect("gpu linear");
+                let mut got = vec![0f32; m * n];
+                gb.read(&od, 0, &mut got).expect("read");
+                let mag: f32 = x.iter().map(|v| v.abs()).sum::<f32>() / m as f32
+                    * w.iter().map(|v| v.abs()).fold(0f32, f32::max);
+                for (e, (g, c)) in got.iter().zip(&want).enumerate() {
+                    assert!(
+                        (g - c).abs() <= 1e-4 * mag + 1e-5,
+                        "{name} {m}x{n}x{k} {phase:?} [{e}]: gpu {g} cpu {c}"
+                    );
+                }
+            }
+        }
+    }
+}

@@ -1,18 +1,18 @@
 //! `CudaBackend`: the `Backend` trait on one CUDA device, launching `kernels/*.cu` through the
 //! typed table. Activations are f32 device buffers (`CudaSlice<f32>`), dense weights BF16
 //! (whatever dtype the checkpoint or `--dtype` asks for: the GEMMs read bf16), accumulation f32.
-//! Block tables, positions and token ids are uploaded per call. Int8 (W8A8) linears quantize
-//! their input on the device (per token, per tensor or pd_mix) and run the tensor-core GEMM;
-//! the online Hadamard rotation has its kernel. Not yet here: FP8 / INT4 weights, cuBLAS,
-//! the fused norm+quant in the model, allocation-free decode and CUDA graphs.
+//! Block tables, positions and token ids are uploaded per call. Quantized linears (W8A8 int8,
+//! FP8, W4A16) are in `qlinear.rs`; the online Hadamard rotation has its kernel. Not yet here:
+//! cuBLAS, the fused norm+quant in the model, allocation-free decode and CUDA graphs.
 //! Unvalidated on hardware until a GPU session runs tests/cuda_model.rs (docs/GPU_RESULTS.md).
 
 use super::kernels::Kernel;
+pub use super::qlinear::CudaQMatrix;
 use super::runtime::Gpu;
 use crate::backend::{AttentionArgs, Backend, KvSeq};
 use crate::error::{Error, Result};
 use crate::model::linear::{Linear, LinearWeight};
-use crate::quant::{ActQuant, Phase, QDType, QuantWeight};
+use crate::quant::{Phase, QuantWeight};
 use crate::tensor::{DType, HostTensor};
 use cudarc::driver::{CudaFunction, CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg};
 use half::bf16;
@@ -24,17 +24,8 @@ pub struct CudaMatrix {
     data: CudaSlice<u16>, // (rows, cols) bf16 bits
 }
 
-/// A quantized `[rows, cols]` weight on the device. Only int8 (W8A8) runs on CUDA so far.
-pub enum CudaQMatrix {
-    Int8 {
-        q: CudaSlice<i8>,       // (rows, cols)
-        scale: CudaSlice<f32>,  // (rows) per output channel
-        colsum: CudaSlice<i32>, // (rows) Σ_k q[j, k], for asymmetric activations' zero point
-    },
-}
-
 pub struct CudaBackend {
-    gpu: Gpu,
+    pub(super) gpu: Gpu,
     functions: Vec<CudaFunction>, // indexed by Kernel::index
 }
 
@@ -43,13 +34,13 @@ const SPLIT_LEN: usize = 256;
 /// Rows at most for the weight-streaming GEMV.
 const GEMV_MAX_M: usize = 8;
 
-fn drv(what: &str, e: impl std::fmt::Debug) -> Error {
+pub(super) fn drv(what: &str, e: impl std::fmt::Debug) -> Error {
     Error::Cuda(format!("{what}: {e:?}"))
 }
 
 /// A launch of an (x, y) grid of `block`-thread blocks with `shared_bytes` of dynamic shared
 /// memory.
-fn grid(x: usize, y: usize, block: u32, shared_bytes: usize) -> LaunchConfig {
+pub(super) fn grid(x: usize, y: usize, block: u32, shared_bytes: usize) -> LaunchConfig {
     LaunchConfig {
         grid_dim: (x as u32, y as u32, 1),
         block_dim: (block, 1, 1),
@@ -57,11 +48,11 @@ fn grid(x: usize, y: usize, block: u32, shared_bytes: usize) -> LaunchConfig {
     }
 }
 
-fn grid1(n: usize, block: u32) -> LaunchConfig {
+pub(super) fn grid1(n: usize, block: u32) -> LaunchConfig {
     grid(n, 1, block, 0)
 }
 
-fn check(what: &str, have: usize, need: usize) -> Result<()> {
+pub(super) fn check(what: &str, have: usize, need: usize) -> Result<()> {
     if have < need {
         return Err(Error::InvalidArgument(format!(
             "{what}: device buffer holds {have} values, the op needs {need}"
@@ -70,7 +61,7 @@ fn check(what: &str, have: usize, need: usize) -> Result<()> {
     Ok(())
 }
 
-fn i32_of(v: usize, what: &str) -> Result<i32> {
+pub(super) fn i32_of(v: usize, what: &str) -> Result<i32> {
     i32::try_from(v).map_err(|_| Error::InvalidArgument(format!("{what} {v} exceeds i32")))
 }
 
@@ -85,98 +76,12 @@ impl CudaBackend {
         Ok(CudaBackend { gpu, functions })
     }
 
-    fn f(&self, k: Kernel) -> &CudaFunction {
+    pub(super) fn f(&self, k: Kernel) -> &CudaFunction {
         &self.functions[k.index()]
     }
 
-    fn up<T: DeviceRepr>(&self, v: &[T]) -> Result<CudaSlice<T>> {
+    pub(super) fn up<T: DeviceRepr>(&self, v: &[T]) -> Result<CudaSlice<T>> {
         self.gpu.stream.clone_htod(v).map_err(|e| drv("upload", e))
-    }
-}
-
-impl CudaBackend {
-    /// W8A8: quantize the input per the linear's activation policy (per token, per tensor, or
-    /// pd_mix by phase, as the CPU's `act_params`), then the int8 GEMM (GEMV for ≤ 16 rows)
-    /// with the scale / zero-point / bias epilogue.
-    fn linear_w8a8(
-        &self,
-        out: &mut CudaSlice<f32>,
-        x: &CudaSlice<f32>,
-        w: &Linear<Self>,
-        qm: &CudaQMatrix,
-        rows: usize,
-        phase: Phase,
-    ) -> Result<()> {
-        let CudaQMatrix::Int8 { q, scale, colsum } = qm;
-        let (n, k) = (w.out_features, w.in_features);
-        check(&w.name, x.len(), rows * k)?;
-        check(&w.name, out.len(), rows * n)?;
-        let fixed = match (w.act.dtype, w.act.policy) {
-            (QDType::Int8, ActQuant::Dynamic) => None,
-            (QDType::Int8, ActQuant::Static { scale, zp }) => Some((scale, zp)),
-            (QDType::Int8, ActQuant::PdMix { scale, zp }) => match phase {
-                Phase::Prefill => None,
-                Phase::Decode => Some((scale, zp)),
-            },
-            (dt, policy) => {
-                return Err(Error::Cuda(format!(
-                    "{}: int8 weights with {dt:?} activations ({policy:?}) have no CUDA kernel yet",
-                    w.name
-                )))
-            }
-        };
-        let stream = &self.gpu.stream;
-        let mut qa = stream
-            .alloc_zeros::<i8>(rows * k)
-            .map_err(|e| drv("alloc", e))?;
-        let mut a_scale = stream
-            .alloc_zeros::<f32>(rows)
-            .map_err(|e| drv("alloc", e))?;
-        let mut a_zp = stream
-            .alloc_zeros::<i32>(rows)
-            .map_err(|e| drv("alloc", e))?;
-        let (k_i, sym) = (i32_of(k, "k")?, i32::from(w.act.symmetric));
-        let (st_scale, st_zp) = fixed.unwrap_or((0.0, 0));
-        let mut b = stream.launch_builder(self.f(Kernel::QuantRowsI8));
-        b.arg(&mut qa)
-            .arg(&mut a_scale)
-            .arg(&mut a_zp)
-            .arg(x)
-            .arg(&k_i)
-            .arg(&sym)
-            .arg(&st_scale)
-            .arg(&st_zp);
-        // SAFETY: matches quant_rows_i8; qa holds rows × k, the scales rows.
-        unsafe { b.launch(grid1(rows, 256)) }.map_err(|e| drv("quantize activations", e))?;
-        let (m_i, n_i) = (i32_of(rows, "rows")?, i32_of(n, "n")?);
-        let (kern, cfg) = if rows <= 16 {
-            (Kernel::GemvW8a8, grid1(n.div_ceil(8), 256))
-        } else {
-            (
-                Kernel::GemmW8a8,
-                grid(n.div_ceil(64), rows.div_ceil(64), 128, 0),
-            )
-        };
-        // a null device pointer for the kernels' optional pointer parameters
-        let null: u64 = 0;
-        let mut b = stream.launch_builder(self.f(kern));
-        b.arg(&mut *out)
-            .arg(&null)
-            .arg(&qa)
-            .arg(q)
-            .arg(&a_scale)
-            .arg(&a_zp)
-            .arg(scale)
-            .arg(colsum);
-        match &w.bias {
-            Some(bias) => b.arg(bias),
-            None => b.arg(&null),
-        };
-        b.arg(&m_i).arg(&n_i).arg(&k_i);
-        // SAFETY: the argument list of gemm_w8a8 / gemv_w8a8 (null acc_out; bias or null);
-        // k is a multiple of 16 (checked at upload); buffers sized rows × k, n × k, rows × n.
-        unsafe { b.launch(cfg) }.map_err(|e| drv(&w.name, e))?;
-        Ok(())
     }
 }
 
@@ -240,17 +145,7 @@ impl Backend for CudaBackend {
     }
 
     fn upload_quant(&self, w: &QuantWeight, rows: usize, cols: usize) -> Result<Self::QMatrix> {
-        match w {
-            QuantWeight::Int8 { q, scale, colsum } if cols.is_multiple_of(16) => Ok(CudaQMatrix::Int8 {
-                q: self.up(q)?,
-                scale: self.up(scale)?,
-                colsum: self.up(colsum)?,
-            }),
-            _ => Err(Error::Cuda(format!(
-                "{:?} weights of {rows}x{cols} have no CUDA kernels yet (issue 6: int8 with in_features a multiple of 16 runs); use --device cpu",
-                w.dtype()
-            ))),
-        }
+        self.upload_q(w, rows, cols)
     }
 
     fn embed(&self, out: &mut Self::Buf, table: &Self::Matrix, ids: &[u32]) -> Result<()> {
@@ -321,7 +216,7 @@ impl Backend for CudaBackend {
     ) -> Result<()> {
         let m = match &w.weight {
             LinearWeight::Dense(m) => m,
-            LinearWeight::Quant(q) => return self.linear_w8a8(out, x, w, q, rows, phase),
+            LinearWeight::Quant(q) => return self.linear_quant(out, x, w, q, rows, phase),
         };
         let (n, k) = (m.rows, m.cols);
         check(&w.name, x.len(), rows * k)?;

@@ -18,12 +18,13 @@ pub enum Module {
     Quant,
     Hadamard,
     GemmFp8,
+    GemmInt4,
 }
 
 const COMMON: &str = include_str!("../../../kernels/common.cuh");
 
 impl Module {
-    pub const ALL: [Module; 12] = [
+    pub const ALL: [Module; 13] = [
         Module::Norm,
         Module::Rope,
         Module::Embed,
@@ -36,6 +37,7 @@ impl Module {
         Module::Quant,
         Module::Hadamard,
         Module::GemmFp8,
+        Module::GemmInt4,
     ];
 
     pub fn name(self) -> &'static str {
@@ -52,6 +54,7 @@ impl Module {
             Module::Quant => "quant",
             Module::Hadamard => "hadamard",
             Module::GemmFp8 => "gemm_fp8",
+            Module::GemmInt4 => "gemm_int4",
         }
     }
 
@@ -69,6 +72,7 @@ impl Module {
             Module::Quant => include_str!("../../../kernels/quant.cu"),
             Module::Hadamard => include_str!("../../../kernels/hadamard.cu"),
             Module::GemmFp8 => include_str!("../../../kernels/gemm_fp8.cu"),
+            Module::GemmInt4 => include_str!("../../../kernels/gemm_int4.cu"),
         }
     }
 
@@ -107,10 +111,12 @@ pub enum Kernel {
     FwhtBlocks,
     GemmFp8,
     QuantRowsFp8,
+    GemvW4a16,
+    GemmW4a16,
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 21] = [
+    pub const ALL: [Kernel; 23] = [
         Kernel::RmsNorm,
         Kernel::AddRmsNorm,
         Kernel::Rope,
@@ -132,6 +138,8 @@ impl Kernel {
         Kernel::FwhtBlocks,
         Kernel::GemmFp8,
         Kernel::QuantRowsFp8,
+        Kernel::GemvW4a16,
+        Kernel::GemmW4a16,
     ];
 
     pub fn module(self) -> Module {
@@ -148,6 +156,7 @@ impl Kernel {
             Kernel::RmsNormQuantI8 | Kernel::SiluMulQuantI8 | Kernel::QuantRowsI8 => Module::Quant,
             Kernel::FwhtBlocks => Module::Hadamard,
             Kernel::GemmFp8 | Kernel::QuantRowsFp8 => Module::GemmFp8,
+            Kernel::GemvW4a16 | Kernel::GemmW4a16 => Module::GemmInt4,
         }
     }
 
@@ -180,6 +189,8 @@ impl Kernel {
             Kernel::FwhtBlocks => "fwht_blocks",
             Kernel::GemmFp8 => "gemm_fp8",
             Kernel::QuantRowsFp8 => "quant_rows_fp8",
+            Kernel::GemvW4a16 => "gemv_w4a16",
+            Kernel::GemmW4a16 => "gemm_w4a16",
         }
     }
 }
