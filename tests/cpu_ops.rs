@@ -400,64 +400,65 @@ fn attention_helpers_match_reference_on_every_isa() {
 }
 
 #[test]
-fn vector_exp_and_silu_match_f64() {
+fn exp_and_silu_match_f64_on_the_vector_and_scalar_paths() {
+    use ferroq::backend::cpu::vmath;
+    if !vmath::avx512() {
+        eprintln!("no AVX-512F on this CPU: only the scalar exp path is exercised");
+    }
+    for vector in [true, false] {
+        exp_and_silu_match_f64(vector);
+    }
+}
+
+fn exp_and_silu_match_f64(vector: bool) {
     use ferroq::backend::cpu::vmath;
     let mut rng = Rng::new(9);
     // the whole useful range, the clamps' edges, zero, and lengths with a tail
     let mut x: Vec<f32> = (0..1000).map(|_| (rng.next_f32() - 0.5) * 200.0).collect();
     x[..8].copy_from_slice(&[0.0, -0.0, 88.7, -87.3, -103.9, 1e-8, -1e-8, 0.346_573_6]);
     let mut e = x.clone();
-    vmath::exp_each(&mut e);
+    vmath::exp_shifted_sum_on(&mut e, 0.0, vector);
     for (&v, &g) in x.iter().zip(&e) {
         let want = (v as f64).exp();
         if want > f32::MAX as f64 {
             assert!(g.is_infinite(), "exp({v}) = {g}, want inf");
         } else if want < f32::MIN_POSITIVE as f64 {
-            assert!(
-                g.abs() <= 2.0 * f32::MIN_POSITIVE,
-                "exp({v}) = {g}, want ~{want}"
-            );
+            assert!(g.abs() <= 2.0 * f32::MIN_POSITIVE, "exp({v}) = {g}, want ~{want}");
         } else {
             assert!(
                 ((g as f64 - want) / want).abs() <= 2.5e-7,
-                "exp({v}) = {g}, want {want}"
+                "exp({v}) = {g}, want {want} (vector {vector})"
             );
         }
     }
     let mut inf = [f32::NEG_INFINITY, f32::INFINITY, f32::NAN];
-    vmath::exp_each(&mut inf);
+    vmath::exp_shifted_sum_on(&mut inf, 0.0, vector);
     assert_eq!(inf[0], 0.0);
     assert!(inf[1].is_infinite() && inf[2].is_nan());
     // the returned sum is the sum of what was written, shifted
     for len in [1, 15, 16, 17, 100] {
         let input: Vec<f32> = x[..len].iter().map(|v| v / 20.0).collect();
         let mut s = input.clone();
-        let sum = vmath::exp_shifted_sum(&mut s, 3.0);
+        let sum = vmath::exp_shifted_sum_on(&mut s, 3.0, vector);
         // the shift is applied in f32, as softmax's (x − max) is
         let each: Vec<f64> = input.iter().map(|&v| ((v - 3.0) as f64).exp()).collect();
         let want: f64 = each.iter().sum();
-        assert!(
-            ((sum as f64 - want) / want).abs() < 1e-6,
-            "len {len}: {sum} vs {want}"
-        );
+        assert!(((sum as f64 - want) / want).abs() < 1e-6, "len {len}: {sum} vs {want}");
         for (g, w) in s.iter().zip(&each) {
-            assert!(
-                ((*g as f64 - w) / w).abs() <= 2.5e-7,
-                "len {len}: {g} vs {w}"
-            );
+            assert!(((*g as f64 - w) / w).abs() <= 2.5e-7, "len {len}: {g} vs {w}");
         }
     }
     for len in [1, 16, 37, 1000] {
         let mut g: Vec<f32> = x[..len].iter().map(|v| v / 10.0).collect();
         let up: Vec<f32> = (0..len).map(|_| rng.next_f32() * 4.0 - 2.0).collect();
         let gate = g.clone();
-        vmath::silu_mul(&mut g, &up);
+        vmath::silu_mul_on(&mut g, &up, vector);
         for i in 0..len {
             let (a, u) = (gate[i] as f64, up[i] as f64);
             let want = a / (1.0 + (-a).exp()) * u;
             assert!(
                 (g[i] as f64 - want).abs() <= 1e-6 * want.abs() + 1e-30,
-                "silu({a})·{u} = {}, want {want}",
+                "silu({a})·{u} = {}, want {want} (vector {vector})",
                 g[i]
             );
         }

@@ -7,8 +7,14 @@
 /// x[i] = exp(x[i] − shift); returns the sum of the results (softmax's numerator and
 /// denominator in one pass).
 pub fn exp_shifted_sum(x: &mut [f32], shift: f32) -> f32 {
+    exp_shifted_sum_on(x, shift, avx512())
+}
+
+/// `exp_shifted_sum` on the vector path where `vector` and the CPU allow it, the scalar one
+/// otherwise (tests force the scalar path).
+pub fn exp_shifted_sum_on(x: &mut [f32], shift: f32, vector: bool) -> f32 {
     #[cfg(target_arch = "x86_64")]
-    if avx512() {
+    if vector && avx512() {
         // SAFETY: AVX-512F present (checked).
         return unsafe { imp::exp_shifted_sum(x, shift) };
     }
@@ -25,9 +31,17 @@ pub fn exp_shifted_sum(x: &mut [f32], shift: f32) -> f32 {
 /// # Panics
 /// If `up` is shorter than `gate`.
 pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
+    silu_mul_on(gate, up, avx512())
+}
+
+/// `silu_mul` on the vector path where `vector` and the CPU allow it, the scalar one otherwise.
+///
+/// # Panics
+/// If `up` is shorter than `gate`.
+pub fn silu_mul_on(gate: &mut [f32], up: &[f32], vector: bool) {
     assert!(up.len() >= gate.len(), "silu_mul: up shorter than gate");
     #[cfg(target_arch = "x86_64")]
-    if avx512() {
+    if vector && avx512() {
         // SAFETY: AVX-512F present (checked); up holds gate.len() elements (asserted).
         return unsafe { imp::silu_mul(gate, up) };
     }
@@ -36,12 +50,8 @@ pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
     }
 }
 
-/// exp of each element (for tests of the vector path against f64).
-pub fn exp_each(x: &mut [f32]) {
-    exp_shifted_sum(x, 0.0);
-}
-
-fn avx512() -> bool {
+/// Whether the vector paths run here.
+pub fn avx512() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         is_x86_feature_detected!("avx512f")
