@@ -80,3 +80,23 @@ __device__ __forceinline__ void frag_b8(u32* b, const u32 (*s)[MMA8_KW + 1], int
     b[0] = s[r + g][t];
     b[1] = s[r + g][t + 4];
 }
+
+// One m16n8k32 s8 tensor-core step (sm_80+): c (int32) += a · b from frag_a8 / frag_b8.
+__device__ __forceinline__ void mma_s8(int* c, const u32* a, const u32* b) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};"
+        : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+// One m16n8k16 bf16 tensor-core step (sm_80+): c (f32) += a · b. Its fragments have the same
+// word layout as the 8-bit ones (a word holds 2 bf16 of consecutive k instead of 4 bytes), so
+// frag_a8 / frag_b8 load them from the same staging.
+__device__ __forceinline__ void mma_bf16(float* c, const u32* a, const u32* b) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}

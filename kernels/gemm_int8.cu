@@ -24,14 +24,6 @@ __device__ __forceinline__ void epilogue(float* out, int* acc_out, int i, int j,
 #define QT_M 64
 #define QT_N 64
 
-__device__ __forceinline__ void mma_s8(int* c, const u32* a, const u32* b) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-        "{%8,%9}, {%0,%1,%2,%3};"
-        : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-}
-
 extern "C" __global__ void __launch_bounds__(128) gemm_w8a8(
     float* __restrict__ out, int* __restrict__ acc_out, const i8* __restrict__ qa,
     const i8* __restrict__ qw, const float* __restrict__ a_scale, const int* __restrict__ a_zp,

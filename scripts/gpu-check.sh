@@ -7,8 +7,13 @@
 #                                          carry=[".gpu"], timeout_s=600)
 #   bash scripts/gpu-check.sh remote   there: `ferroq info`, every kernel compiled to CUBIN by the
 #                                      device's NVRTC for its own arch and the CI arches, then the
-#                                      GPU-vs-CPU kernel and whole-model tests (`--ignored`); logs and a markdown
-#                                      summary (date, device, commit, results) go to $OUT
+#                                      GPU-vs-CPU kernel, quantized-linear, conv and whole-model
+#                                      tests (`--ignored`); logs and a markdown summary (date,
+#                                      device, commit, results) go to $OUT
+#   then a second device call:         run(command="bash scripts/gpu-check.sh bench", carry=[".gpu"])
+#   bash scripts/gpu-check.sh bench    there: the fused conv against the unfused sequence
+#                                      (examples/conv_cuda_bench.rs) and PyTorch's cuDNN on the
+#                                      same shapes (scripts/gpu/conv_torch.py), tables to $OUT
 #
 # Record each run's summary in docs/GPU_RESULTS.md.
 set -euo pipefail
@@ -18,7 +23,9 @@ build)
   cargo build --release -q
   rm -rf .gpu && mkdir -p .gpu
   cp target/release/ferroq .gpu/
-  for t in cuda_kernels cuda_quant cuda_model cuda_compile; do
+  cargo build --release -q --example conv_cuda_bench
+  cp target/release/examples/conv_cuda_bench .gpu/
+  for t in cuda_kernels cuda_quant cuda_conv cuda_model cuda_compile; do
     bin=$(cargo test --release --no-run --test "$t" --message-format=json 2>/dev/null |
       python3 -c 'import json,sys
 for l in sys.stdin:
@@ -49,16 +56,33 @@ remote)
     tee "$OUT/compile.log" || status=1
   .gpu/cuda_kernels --ignored --test-threads 1 --nocapture 2>&1 | tee "$OUT/kernels.log" || status=1
   .gpu/cuda_quant --ignored --test-threads 1 --nocapture 2>&1 | tee "$OUT/quant.log" || status=1
+  .gpu/cuda_conv --ignored --test-threads 1 --nocapture 2>&1 | tee "$OUT/conv.log" || status=1
   .gpu/cuda_model --ignored --test-threads 1 --nocapture 2>&1 | tee "$OUT/model.log" || status=1
   {
     echo
     echo '## results'
-    grep -hE '^test |test result' "$OUT/compile.log" "$OUT/kernels.log" "$OUT/quant.log" "$OUT/model.log" || true
+    grep -hE '^test |test result' "$OUT/compile.log" "$OUT/kernels.log" "$OUT/quant.log" \
+      "$OUT/conv.log" "$OUT/model.log" || true
   } | tee -a "$OUT/summary.md"
   exit $status
   ;;
+bench)
+  OUT=${OUT:-/tmp/gpu-out}
+  mkdir -p "$OUT"
+  export FERROQ_KERNEL_CACHE=/tmp/ferroq-kernels
+  {
+    echo "# GPU benchmarks $(date -u +%FT%TZ), commit $(cat .gpu/COMMIT)"
+    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader || true
+    echo
+    echo '## fused conv + bn + relu (ferroq)'
+    .gpu/conv_cuda_bench 20
+    echo
+    echo "## PyTorch cuDNN, same shapes"
+    PYTHONUNBUFFERED=1 python3 scripts/gpu/conv_torch.py 20
+  } 2>&1 | tee "$OUT/bench.md"
+  ;;
 *)
-  echo "usage: bash scripts/gpu-check.sh build|remote" >&2
+  echo "usage: bash scripts/gpu-check.sh build|remote|bench" >&2
   exit 2
   ;;
 esac

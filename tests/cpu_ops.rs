@@ -423,7 +423,10 @@ fn exp_and_silu_match_f64(vector: bool) {
         if want > f32::MAX as f64 {
             assert!(g.is_infinite(), "exp({v}) = {g}, want inf");
         } else if want < f32::MIN_POSITIVE as f64 {
-            assert!(g.abs() <= 2.0 * f32::MIN_POSITIVE, "exp({v}) = {g}, want ~{want}");
+            assert!(
+                g.abs() <= 2.0 * f32::MIN_POSITIVE,
+                "exp({v}) = {g}, want ~{want}"
+            );
         } else {
             assert!(
                 ((g as f64 - want) / want).abs() <= 2.5e-7,
@@ -443,9 +446,15 @@ fn exp_and_silu_match_f64(vector: bool) {
         // the shift is applied in f32, as softmax's (x − max) is
         let each: Vec<f64> = input.iter().map(|&v| ((v - 3.0) as f64).exp()).collect();
         let want: f64 = each.iter().sum();
-        assert!(((sum as f64 - want) / want).abs() < 1e-6, "len {len}: {sum} vs {want}");
+        assert!(
+            ((sum as f64 - want) / want).abs() < 1e-6,
+            "len {len}: {sum} vs {want}"
+        );
         for (g, w) in s.iter().zip(&each) {
-            assert!(((*g as f64 - w) / w).abs() <= 2.5e-7, "len {len}: {g} vs {w}");
+            assert!(
+                ((*g as f64 - w) / w).abs() <= 2.5e-7,
+                "len {len}: {g} vs {w}"
+            );
         }
     }
     for len in [1, 16, 37, 1000] {

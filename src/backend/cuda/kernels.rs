@@ -19,12 +19,13 @@ pub enum Module {
     Hadamard,
     GemmFp8,
     GemmInt4,
+    Conv,
 }
 
 const COMMON: &str = include_str!("../../../kernels/common.cuh");
 
 impl Module {
-    pub const ALL: [Module; 13] = [
+    pub const ALL: [Module; 14] = [
         Module::Norm,
         Module::Rope,
         Module::Embed,
@@ -38,6 +39,7 @@ impl Module {
         Module::Hadamard,
         Module::GemmFp8,
         Module::GemmInt4,
+        Module::Conv,
     ];
 
     pub fn name(self) -> &'static str {
@@ -55,6 +57,7 @@ impl Module {
             Module::Hadamard => "hadamard",
             Module::GemmFp8 => "gemm_fp8",
             Module::GemmInt4 => "gemm_int4",
+            Module::Conv => "conv",
         }
     }
 
@@ -73,6 +76,7 @@ impl Module {
             Module::Hadamard => include_str!("../../../kernels/hadamard.cu"),
             Module::GemmFp8 => include_str!("../../../kernels/gemm_fp8.cu"),
             Module::GemmInt4 => include_str!("../../../kernels/gemm_int4.cu"),
+            Module::Conv => include_str!("../../../kernels/conv.cu"),
         }
     }
 
@@ -113,10 +117,14 @@ pub enum Kernel {
     QuantRowsFp8,
     GemvW4a16,
     GemmW4a16,
+    ConvInt8,
+    ConvBf16,
+    ChannelAffine,
+    ReluInplace,
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 23] = [
+    pub const ALL: [Kernel; 27] = [
         Kernel::RmsNorm,
         Kernel::AddRmsNorm,
         Kernel::Rope,
@@ -140,6 +148,10 @@ impl Kernel {
         Kernel::QuantRowsFp8,
         Kernel::GemvW4a16,
         Kernel::GemmW4a16,
+        Kernel::ConvInt8,
+        Kernel::ConvBf16,
+        Kernel::ChannelAffine,
+        Kernel::ReluInplace,
     ];
 
     pub fn module(self) -> Module {
@@ -157,6 +169,9 @@ impl Kernel {
             Kernel::FwhtBlocks => Module::Hadamard,
             Kernel::GemmFp8 | Kernel::QuantRowsFp8 => Module::GemmFp8,
             Kernel::GemvW4a16 | Kernel::GemmW4a16 => Module::GemmInt4,
+            Kernel::ConvInt8 | Kernel::ConvBf16 | Kernel::ChannelAffine | Kernel::ReluInplace => {
+                Module::Conv
+            }
         }
     }
 
@@ -191,6 +206,10 @@ impl Kernel {
             Kernel::QuantRowsFp8 => "quant_rows_fp8",
             Kernel::GemvW4a16 => "gemv_w4a16",
             Kernel::GemmW4a16 => "gemm_w4a16",
+            Kernel::ConvInt8 => "conv_int8",
+            Kernel::ConvBf16 => "conv_bf16",
+            Kernel::ChannelAffine => "channel_affine",
+            Kernel::ReluInplace => "relu_inplace",
         }
     }
 }
