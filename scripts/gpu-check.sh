@@ -10,10 +10,18 @@
 #                                      GPU-vs-CPU kernel, quantized-linear, conv and whole-model
 #                                      tests (`--ignored`); logs and a markdown summary (date,
 #                                      device, commit, results) go to $OUT
-#   then a second device call:         run(command="bash scripts/gpu-check.sh bench", carry=[".gpu"])
+#   then:                              run(command="bash scripts/gpu-check.sh bench", carry=[".gpu"])
 #   bash scripts/gpu-check.sh bench    there: the fused conv against the unfused sequence
 #                                      (examples/conv_cuda_bench.rs) and PyTorch's cuDNN on the
-#                                      same shapes (scripts/gpu/conv_torch.py), tables to $OUT
+#                                      same shapes (scripts/gpu/conv_torch.py); ferroq's linears
+#                                      (examples/cuda_gemm_bench.rs) and PyTorch's GEMMs
+#                                      (scripts/gpu/gemm_torch.py); tables to $OUT
+#   then, one or two calls:            run(command="bash scripts/gpu-check.sh model bf16 w8a8 hf", ...)
+#   bash scripts/gpu-check.sh model Q.. there: Llama-3.1-8B-shaped random-weight pp2048 / tg128
+#                                      with the copy-bandwidth ceiling (examples/
+#                                      cuda_decode_bench.rs) for each Q in bf16 w8a8 fp8 w4a16,
+#                                      and `hf` for transformers' LlamaForCausalLM (scripts/gpu/
+#                                      hf_decode.py); each model takes a few minutes to build
 #
 # Record each run's summary in docs/GPU_RESULTS.md.
 set -euo pipefail
@@ -23,8 +31,10 @@ build)
   cargo build --release -q
   rm -rf .gpu && mkdir -p .gpu
   cp target/release/ferroq .gpu/
-  cargo build --release -q --example conv_cuda_bench
-  cp target/release/examples/conv_cuda_bench .gpu/
+  for e in conv_cuda_bench cuda_gemm_bench cuda_decode_bench; do
+    cargo build --release -q --example "$e"
+    cp "target/release/examples/$e" .gpu/
+  done
   for t in cuda_kernels cuda_quant cuda_conv cuda_model cuda_compile; do
     bin=$(cargo test --release --no-run --test "$t" --message-format=json 2>/dev/null |
       python3 -c 'import json,sys
@@ -79,10 +89,32 @@ bench)
     echo
     echo "## PyTorch cuDNN, same shapes"
     PYTHONUNBUFFERED=1 python3 scripts/gpu/conv_torch.py 20
+    echo
+    echo '## linears (ferroq, activation quantization included)'
+    .gpu/cuda_gemm_bench 20
+    echo
+    echo '## PyTorch GEMMs, same shapes'
+    PYTHONUNBUFFERED=1 python3 scripts/gpu/gemm_torch.py 20
   } 2>&1 | tee "$OUT/bench.md"
   ;;
+model)
+  OUT=${OUT:-/tmp/gpu-out}
+  mkdir -p "$OUT"
+  export FERROQ_KERNEL_CACHE=/tmp/ferroq-kernels
+  shift
+  for q in "${@:-bf16}"; do
+    {
+      echo "# Llama-3.1-8B-shaped $q $(date -u +%FT%TZ), commit $(cat .gpu/COMMIT)"
+      if [ "$q" = hf ]; then
+        PYTHONUNBUFFERED=1 python3 scripts/gpu/hf_decode.py 32
+      else
+        .gpu/cuda_decode_bench --quant "$q" --layers 32 -p 2048 -n 128 -r 2
+      fi
+    } 2>&1 | tee "$OUT/model-$q.md"
+  done
+  ;;
 *)
-  echo "usage: bash scripts/gpu-check.sh build|remote|bench" >&2
+  echo "usage: bash scripts/gpu-check.sh build|remote|bench|model QUANT..." >&2
   exit 2
   ;;
 esac

@@ -1,0 +1,145 @@
+//! ferroq's GPU linears on Llama-3.1-8B's projection shapes (and 8192³) for M ∈ {1, 16, 128,
+//! 512, 2048, 8192} tokens (issue 6): BF16, W8A8 int8 (dynamic per-token activations), FP8
+//! (sm_89+) and W4A16. Each figure is the whole linear as the model runs it — activation
+//! quantization included for W8A8 / FP8 — so it is what a forward pass pays; the PyTorch peers
+//! (scripts/gpu/gemm_torch.py: torch._int_mm, torch._scaled_mm, torch.matmul) time the bare
+//! GEMM on pre-quantized operands. Runs on the device (scripts/gpu-check.sh bench).
+//!
+//!   cargo run --release --example cuda_gemm_bench [-- ITERS]
+//!
+//! Prints a markdown table of microseconds per call and TOPS (2·M·N·K / time).
+
+use ferroq::backend::cuda::backend::CudaBackend;
+use ferroq::backend::Backend;
+use ferroq::model::linear::{Linear, LinearWeight};
+use ferroq::quant::weight::{quantize_weight, WeightMethod, WeightQConfig, WeightScope};
+use ferroq::quant::{ActQuant, ActSpec, Phase, QDType};
+use ferroq::tensor::HostTensor;
+use std::sync::Arc;
+use std::time::Instant;
+
+fn random(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        })
+        .collect()
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    Bf16,
+    W8a8,
+    Fp8,
+    W4a16,
+}
+
+fn main() -> anyhow::Result<()> {
+    let iters: usize = std::env::args()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20);
+    let b = CudaBackend::new(0)?;
+    println!("{}; {iters} iterations per point", b.describe());
+    println!("| kind | M | N × K | µs | TOPS |");
+    println!("|---|---|---|---|---|");
+    // (N, K): q, kv (k and v each), o, gate/up (each), down; and a square
+    let shapes = [
+        (4096, 4096),
+        (1024, 4096),
+        (14336, 4096),
+        (4096, 14336),
+        (8192, 8192),
+    ];
+    for (n, k) in shapes {
+        let w = random(n * k, (n * 31 + k) as u64);
+        for kind in [Kind::Bf16, Kind::W8a8, Kind::Fp8, Kind::W4a16] {
+            let int = |dtype, scope| WeightQConfig {
+                dtype,
+                scope,
+                symmetric: true,
+                method: WeightMethod::MinMax,
+            };
+            let (weight, act) = match kind {
+                Kind::Bf16 => (
+                    LinearWeight::Dense(Arc::new(b.upload_matrix(
+                        &HostTensor::from_f32(vec![n, k], w.clone())?,
+                        ferroq::tensor::DType::BF16,
+                    )?)),
+                    ActSpec::NONE,
+                ),
+                Kind::W8a8 | Kind::Fp8 => {
+                    let dtype = if matches!(kind, Kind::W8a8) {
+                        QDType::Int8
+                    } else {
+                        QDType::Fp8E4M3
+                    };
+                    let q = quantize_weight(&w, n, k, &int(dtype, WeightScope::PerChannel))?;
+                    match b.upload_quant(&q, n, k) {
+                        Ok(d) => (
+                            LinearWeight::Quant(d),
+                            ActSpec {
+                                policy: ActQuant::Dynamic,
+                                dtype,
+                                symmetric: true,
+                            },
+                        ),
+                        Err(e) => {
+                            println!("| {kind:?} | – | {n} × {k} | {e} | – |");
+                            continue;
+                        }
+                    }
+                }
+                Kind::W4a16 => {
+                    let q =
+                        quantize_weight(&w, n, k, &int(QDType::Int4, WeightScope::PerGroup(128)))?;
+                    (
+                        LinearWeight::Quant(b.upload_quant(&q, n, k)?),
+                        ActSpec::NONE,
+                    )
+                }
+            };
+            let lin = Linear {
+                name: format!("{kind:?}"),
+                in_features: k,
+                out_features: n,
+                weight,
+                bias: None,
+                act,
+            };
+            for m in [1usize, 16, 128, 512, 2048, 8192] {
+                if n == 8192 && m != 8192 {
+                    continue; // the square is the large-M reference point only
+                }
+                let x = b.upload(&random(m * k, m as u64))?;
+                let mut out = b.alloc(m * n)?;
+                let phase = if m == 1 {
+                    Phase::Decode
+                } else {
+                    Phase::Prefill
+                };
+                for _ in 0..3 {
+                    b.linear(&mut out, &x, &lin, m, phase)?;
+                }
+                let mut host = [0f32; 1];
+                b.read(&out, 0, &mut host)?; // synchronises
+                let t = Instant::now();
+                for _ in 0..iters {
+                    b.linear(&mut out, &x, &lin, m, phase)?;
+                }
+                b.read(&out, 0, &mut host)?;
+                let s = t.elapsed().as_secs_f64() / iters as f64;
+                println!(
+                    "| {kind:?} | {m} | {n} × {k} | {:.1} | {:.1} |",
+                    s * 1e6,
+                    2.0 * (m * n * k) as f64 / s / 1e12
+                );
+            }
+        }
+    }
+    Ok(())
+}
