@@ -101,3 +101,67 @@ extern "C" __global__ void quant_rows_fp8(u8* __restrict__ q, float* __restrict_
     }
     if (threadIdx.x == 0) scale[blockIdx.x] = s;
 }
+
+// Two e4m3 codes (low byte first) to f32, exactly (every e4m3 value is an f16 and an f32).
+__device__ __forceinline__ void e4m3x2_to_f32(unsigned short v, float& lo, float& hi) {
+#if __CUDA_ARCH__ >= 890
+    u32 h2;
+    asm("cvt.rn.f16x2.e4m3x2 %0, %1;" : "=r"(h2) : "h"(v));
+    const unsigned short l = (unsigned short)(h2 & 0xffffu), h = (unsigned short)(h2 >> 16);
+    asm("cvt.f32.f16 %0, %1;" : "=f"(lo) : "h"(l));
+    asm("cvt.f32.f16 %0, %1;" : "=f"(hi) : "h"(h));
+#else
+    asm volatile("trap;");
+    lo = hi = 0.0f;
+#endif
+}
+
+// Decode-sized FP8 (m <= 8): one warp per weight row streams it once in 16-byte loads (k a
+// multiple of 16, so every row is 16-byte aligned), decoding both operands to f32 (exact
+// products) for all m rows; epilogue as gemm_fp8. 256 threads, grid ceil(n / 8).
+#define FP8_GEMV_MAX_M 8
+
+__device__ __forceinline__ void e4m3x16_to_f32(uint4 v, float* f) {
+    const u32 w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        e4m3x2_to_f32((unsigned short)(w[i] & 0xffffu), f[4 * i], f[4 * i + 1]);
+        e4m3x2_to_f32((unsigned short)(w[i] >> 16), f[4 * i + 2], f[4 * i + 3]);
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256) gemv_fp8(
+    float* __restrict__ out, const u8* __restrict__ qa, const u8* __restrict__ qw,
+    const float* __restrict__ a_scale, const float* __restrict__ w_scale,
+    const float* __restrict__ bias, int m, int n, int k) {
+    const int j = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
+    if (j >= n) return;
+    const uint4* wr = (const uint4*)(qw + (size_t)j * k);
+    float acc[FP8_GEMV_MAX_M];
+#pragma unroll
+    for (int r = 0; r < FP8_GEMV_MAX_M; ++r) acc[r] = 0.0f;
+    for (int p = lane; p < (k >> 4); p += 32) {
+        float wv[16];
+        e4m3x16_to_f32(wr[p], wv);
+#pragma unroll
+        for (int r = 0; r < FP8_GEMV_MAX_M; ++r) {
+            if (r < m) {
+                float av[16];
+                e4m3x16_to_f32(((const uint4*)(qa + (size_t)r * k))[p], av);
+#pragma unroll
+                for (int e = 0; e < 16; ++e) acc[r] = fmaf(av[e], wv[e], acc[r]);
+            }
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < FP8_GEMV_MAX_M; ++r) {
+        if (r < m) {
+            const float v = warp_sum(acc[r]);
+            if (lane == 0) {
+                float y = __fmul_rn(__fmul_rn(a_scale[r], w_scale[j]), v);
+                if (bias) y = __fadd_rn(y, bias[j]);
+                out[(size_t)r * n + j] = y;
+            }
+        }
+    }
+}

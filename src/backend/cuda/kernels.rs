@@ -121,10 +121,11 @@ pub enum Kernel {
     ConvBf16,
     ChannelAffine,
     ReluInplace,
+    GemvFp8,
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 27] = [
+    pub const ALL: [Kernel; 28] = [
         Kernel::RmsNorm,
         Kernel::AddRmsNorm,
         Kernel::Rope,
@@ -152,6 +153,7 @@ impl Kernel {
         Kernel::ConvBf16,
         Kernel::ChannelAffine,
         Kernel::ReluInplace,
+        Kernel::GemvFp8,
     ];
 
     pub fn module(self) -> Module {
@@ -167,7 +169,7 @@ impl Kernel {
             Kernel::GemmW8a8 | Kernel::GemvW8a8 => Module::GemmInt8,
             Kernel::RmsNormQuantI8 | Kernel::SiluMulQuantI8 | Kernel::QuantRowsI8 => Module::Quant,
             Kernel::FwhtBlocks => Module::Hadamard,
-            Kernel::GemmFp8 | Kernel::QuantRowsFp8 => Module::GemmFp8,
+            Kernel::GemmFp8 | Kernel::QuantRowsFp8 | Kernel::GemvFp8 => Module::GemmFp8,
             Kernel::GemvW4a16 | Kernel::GemmW4a16 => Module::GemmInt4,
             Kernel::ConvInt8 | Kernel::ConvBf16 | Kernel::ChannelAffine | Kernel::ReluInplace => {
                 Module::Conv
@@ -210,6 +212,7 @@ impl Kernel {
             Kernel::ConvBf16 => "conv_bf16",
             Kernel::ChannelAffine => "channel_affine",
             Kernel::ReluInplace => "relu_inplace",
+            Kernel::GemvFp8 => "gemv_fp8",
         }
     }
 }

@@ -32,8 +32,10 @@ pub enum CudaQMatrix {
     },
 }
 
-/// Rows at most for the weight-streaming GEMVs (int8: `gemv_w8a8`, int4: `gemv_w4a16`).
+/// Rows at most for the weight-streaming GEMVs (int8: `gemv_w8a8`, fp8: `gemv_fp8`, int4:
+/// `gemv_w4a16`).
 const GEMV_MAX_M_I8: usize = 16;
+const GEMV_MAX_M_FP8: usize = 8;
 const GEMV_MAX_M_I4: usize = 8;
 
 /// The static (scale, zero point) a linear's activations use in `phase`, None for per-token
@@ -218,7 +220,8 @@ impl CudaBackend {
     }
 
     /// FP8 W8A8: e4m3 activations (per-token scales, or the static one), then the e4m3
-    /// tensor-core GEMM with the per-token × per-channel scale and bias epilogue.
+    /// tensor-core GEMM (the GEMV for ≤ 8 rows) with the per-token × per-channel scale and bias
+    /// epilogue.
     fn linear_fp8(
         &self,
         out: &mut CudaSlice<f32>,
@@ -253,7 +256,15 @@ impl CudaBackend {
         unsafe { b.launch(grid1(rows, 256)) }.map_err(|e| drv("quantize activations", e))?;
         let (m_i, n_i) = (i32_of(rows, "rows")?, i32_of(n, "n")?);
         let null: u64 = 0;
-        let mut b = stream.launch_builder(self.f(Kernel::GemmFp8));
+        let (kern, cfg) = if rows <= GEMV_MAX_M_FP8 {
+            (Kernel::GemvFp8, grid1(n.div_ceil(8), 256))
+        } else {
+            (
+                Kernel::GemmFp8,
+                grid(n.div_ceil(32), rows.div_ceil(64), 128, 0),
+            )
+        };
+        let mut b = stream.launch_builder(self.f(kern));
         b.arg(&mut *out)
             .arg(&qa)
             .arg(codes)
@@ -264,10 +275,9 @@ impl CudaBackend {
             None => b.arg(&null),
         };
         b.arg(&m_i).arg(&n_i).arg(&k_i);
-        // SAFETY: the argument list of gemm_fp8 (bias or null); k a multiple of 16 and the
-        // device sm_89+ (checked at upload); buffers sized rows × k, n × k, rows × n.
-        unsafe { b.launch(grid(n.div_ceil(32), rows.div_ceil(64), 128, 0)) }
-            .map_err(|e| drv(&w.name, e))?;
+        // SAFETY: the argument list of gemm_fp8 / gemv_fp8 (bias or null); k a multiple of 16
+        // and the device sm_89+ (checked at upload); buffers sized rows × k, n × k, rows × n.
+        unsafe { b.launch(cfg) }.map_err(|e| drv(&w.name, e))?;
         Ok(())
     }
 
