@@ -158,3 +158,52 @@ fn unknown_pre_tokenizer_is_named() {
         Ok(_) => panic!("unknown pre-tokenizer accepted"),
     }
 }
+
+/// Streaming detokenization: fed one id at a time, the pieces concatenate to the full decode,
+/// and no piece but the last ends inside a character — for the byte-level BPE of the real
+/// model (emoji and CJK split across tokens) and for a SentencePiece vocabulary (leading-space
+/// pieces, byte fallback).
+#[test]
+fn text_stream_pieces_concatenate_to_the_full_decode() {
+    use ferroq::tokenizer::TextStream;
+    let check = |t: &TokenizerBundle, ids: &[u32], what: &str| {
+        let full = t.decode(ids, false).expect("decode");
+        let mut stream = TextStream::new();
+        let mut pieces = Vec::new();
+        for n in 1..=ids.len() {
+            let p = stream.push(t, &ids[..n]).expect("push").to_string();
+            assert!(
+                !p.ends_with('\u{FFFD}'),
+                "{what}: piece {p:?} splits a character"
+            );
+            pieces.push(p);
+        }
+        if what.contains('🦀') {
+            assert!(
+                pieces.iter().any(String::is_empty),
+                "{what}: expected a character split across ids to be held back"
+            );
+        }
+        pieces.push(stream.finish(t, ids).expect("finish").to_string());
+        assert_eq!(pieces.concat(), full, "{what}");
+        assert_eq!(stream.text(), full, "{what}");
+        // pushing the same ids again adds nothing
+        assert_eq!(stream.push(t, ids).expect("again"), "");
+    };
+    let (_f, t) = smollm();
+    for text in [
+        "Hello world! 🦀🚀 Grüße, 你好世界 — naïve café.",
+        "  leading spaces\n\nand\ttabs  ",
+        "",
+    ] {
+        let ids = t.encode(text).expect("encode");
+        check(&t, &ids, text);
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = dir.path().join("spm.gguf");
+    std::fs::write(&p, spm_gguf(false)).expect("write");
+    let f = GgufFile::open(&p).expect("open");
+    let spm = TokenizerBundle::from_gguf(&f).expect("tokenizer");
+    let ids = spm.encode("hello world hé hello").expect("encode");
+    check(&spm, &ids, "sentencepiece");
+}

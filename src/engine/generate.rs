@@ -7,7 +7,7 @@ use crate::backend::Backend;
 use crate::engine::sampler::{Sampler, SamplingParams};
 use crate::error::{Error, Result};
 use crate::model::llama::{LlamaModel, Logits};
-use crate::tokenizer::TokenizerBundle;
+use crate::tokenizer::{TextStream, TokenizerBundle};
 use std::time::Instant;
 
 #[derive(Clone, Debug)]
@@ -88,7 +88,7 @@ fn generate_here<B: Backend>(
     let mut sampler = Sampler::new(opts.sampling.clone(), model.config.vocab_size);
     let mut history = prompt.to_vec();
     let mut out = Vec::with_capacity(opts.max_new_tokens);
-    let mut text = String::new();
+    let mut stream = TextStream::new();
     let mut stats = GenerationStats {
         prompt_tokens: prompt.len(),
         ..Default::default()
@@ -96,7 +96,7 @@ fn generate_here<B: Backend>(
     if opts.max_new_tokens == 0 {
         return Ok(Generation {
             tokens: out,
-            text,
+            text: String::new(),
             stats,
         });
     }
@@ -113,14 +113,9 @@ fn generate_here<B: Backend>(
         }
         out.push(next);
         history.push(next);
-        // Emit only once the decoded tail is whole characters (byte-level BPE can split them).
-        let decoded = tok.decode(&out, false)?;
-        if decoded.len() > text.len()
-            && !decoded.ends_with('\u{FFFD}')
-            && decoded.starts_with(&text)
-        {
-            on_text(&decoded[text.len()..]);
-            text = decoded;
+        let piece = stream.push(tok, &out)?;
+        if !piece.is_empty() {
+            on_text(piece);
         }
         if out.len() >= opts.max_new_tokens {
             break;
@@ -130,10 +125,11 @@ fn generate_here<B: Backend>(
     }
     stats.decode_secs = t1.elapsed().as_secs_f64();
     stats.generated_tokens = out.len();
-    let final_text = tok.decode(&out, false)?;
-    if final_text.len() > text.len() && final_text.starts_with(&text) {
-        on_text(&final_text[text.len()..]);
+    let rest = stream.finish(tok, &out)?;
+    if !rest.is_empty() {
+        on_text(rest);
     }
+    let final_text = stream.text().to_string();
     Ok(Generation {
         tokens: out,
         text: final_text,

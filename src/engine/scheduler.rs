@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::model::kv::{BlockAllocator, KvCache};
 use crate::model::llama::{BatchEntry, LlamaModel, Workspace};
 use crate::quant::Phase;
-use crate::tokenizer::TokenizerBundle;
+use crate::tokenizer::{TextStream, TokenizerBundle};
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
@@ -128,17 +128,13 @@ struct Seq {
     blocks: Vec<u32>,
     sampler: Sampler,
     generated: usize,
+    /// The completion detokenized incrementally (whole characters only).
+    stream: TextStream,
     /// Completion text sent so far.
     sent: String,
     last_token: Option<Instant>,
     /// `Done` (or `Failed`) was sent.
     done: bool,
-}
-
-impl Seq {
-    fn completion(&self) -> &[u32] {
-        &self.tokens[self.req.prompt.len()..]
-    }
 }
 
 /// One sequence's part of a step.
@@ -231,6 +227,7 @@ impl<B: Backend> Scheduler<B> {
             blocks: Vec::new(),
             sampler,
             generated: 0,
+            stream: TextStream::new(),
             sent: String::new(),
             last_token: None,
             done: false,
@@ -452,38 +449,44 @@ fn accept(s: &mut Seq, next: u32, tok: &TokenizerBundle, cfg: &SchedulerConfig, 
     s.tokens.push(next);
     s.generated += 1;
     metrics.add_tokens(0, 1);
-    let text = match tok.decode(s.completion(), false) {
-        Ok(t) => t,
-        Err(e) => {
-            let _ = s.req.events.send(Event::Failed(e.to_string()));
-            s.done = true;
-            return;
-        }
+    let limit = s.generated >= s.req.max_tokens || s.tokens.len() >= cfg.max_seq_len;
+    let completion = &s.tokens[s.req.prompt.len()..];
+    let advanced = if limit {
+        s.stream.finish(tok, completion)
+    } else {
+        s.stream.push(tok, completion)
     };
-    let stable = text.starts_with(&s.sent) && !text.ends_with('\u{FFFD}');
+    if let Err(e) = advanced {
+        let _ = s.req.events.send(Event::Failed(e.to_string()));
+        s.done = true;
+        return;
+    }
+    // whole characters only, so a stop string found here is final; the search starts where
+    // a stop string overlapping the unsent tail could begin
+    let text = s.stream.text().to_string();
+    let longest = s.req.stop.iter().map(String::len).max().unwrap_or(0);
+    let mut from = s.sent.len().saturating_sub(longest);
+    while !text.is_char_boundary(from) {
+        from -= 1;
+    }
     if let Some(cut) = s
         .req
         .stop
         .iter()
-        .filter_map(|st| text.find(st.as_str()))
+        .filter_map(|st| text[from..].find(st.as_str()).map(|i| from + i))
         .min()
     {
-        if stable && cut >= s.sent.len() {
+        if cut >= s.sent.len() {
             s.send(&text[..cut]);
         }
         return s.finish(FinishReason::Stop, metrics);
     }
-    let limit = s.generated >= s.req.max_tokens || s.tokens.len() >= cfg.max_seq_len;
     if limit {
-        if text.starts_with(&s.sent) {
-            s.send(&text);
-        }
+        s.send(&text);
         return s.finish(FinishReason::Length, metrics);
     }
-    if stable {
-        let hold = held_back(&text, &s.req.stop);
-        s.send(&text[..text.len() - hold]);
-    }
+    let hold = held_back(&text, &s.req.stop);
+    s.send(&text[..text.len() - hold]);
 }
 
 /// Bytes at the end of `text` that could begin a stop string (held back until it is clear).

@@ -8,6 +8,7 @@
 
 pub mod chat;
 mod gguf_vocab;
+pub mod stream;
 
 use crate::error::{Error, Result};
 use crate::model::gguf::GgufFile;
@@ -15,6 +16,7 @@ use std::path::Path;
 use std::str::FromStr;
 
 pub use chat::ChatMessage;
+pub use stream::TextStream;
 
 /// A tokenizer with the metadata generation needs.
 #[derive(Clone)]

@@ -1,0 +1,62 @@
+//! Incremental detokenization for streaming generated text: each new token costs a decode of a
+//! short window (the tokens since the last emitted text plus the ones emitted last time, as
+//! context for the tokenizer's decoder) instead of the whole completion — the prefix / read
+//! offset scheme of Hugging Face text-generation-inference and vLLM. Text is emitted only when
+//! it is whole characters (byte-level BPE can split a character across tokens), so the pieces
+//! concatenate to the full decode.
+
+use super::TokenizerBundle;
+use crate::error::Result;
+
+/// The state of one stream of generated ids.
+#[derive(Clone, Debug, Default)]
+pub struct TextStream {
+    /// Start of the decode window: ids before it are never decoded again.
+    prefix: usize,
+    /// Ids up to here are in `text`.
+    read: usize,
+    /// Everything emitted so far.
+    text: String,
+}
+
+impl TextStream {
+    pub fn new() -> Self {
+        TextStream::default()
+    }
+
+    /// Everything emitted so far.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// `ids` is the completion so far (earlier ids unchanged, new ones appended). Returns the
+    /// new text that is whole characters, possibly empty.
+    pub fn push(&mut self, tok: &TokenizerBundle, ids: &[u32]) -> Result<&str> {
+        self.advance(tok, ids, false)
+    }
+
+    /// At the end of the stream: the rest of the text, whole characters or not.
+    pub fn finish(&mut self, tok: &TokenizerBundle, ids: &[u32]) -> Result<&str> {
+        self.advance(tok, ids, true)
+    }
+
+    fn advance(&mut self, tok: &TokenizerBundle, ids: &[u32], last: bool) -> Result<&str> {
+        let start = self.text.len();
+        if ids.len() <= self.read {
+            return Ok("");
+        }
+        let before = tok.decode(&ids[self.prefix..self.read], false)?;
+        let now = tok.decode(&ids[self.prefix..], false)?;
+        // a window whose decode does not extend the previous one (a decoder merging across
+        // the boundary) waits for more ids, as does a split character
+        if now.len() > before.len()
+            && now.starts_with(&before)
+            && (last || !now.ends_with('\u{FFFD}'))
+        {
+            self.text.push_str(&now[before.len()..]);
+            self.prefix = self.read;
+            self.read = ids.len();
+        }
+        Ok(&self.text[start..])
+    }
+}
