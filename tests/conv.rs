@@ -474,3 +474,87 @@ fn resnet_blocks_from_torchvision_names_match_the_unfused_graph() {
         .expect_err("missing");
     assert!(e.to_string().contains("layer2.0.bn2.running_var"), "{e}");
 }
+
+/// The INT8 conv's VNNI path (groups of at least 16 output channels on AVX-512 VNNI CPUs)
+/// gives the same bits as the AVX2 / portable path, float and requantized outputs alike.
+#[test]
+fn int8_vnni_path_is_bit_identical_to_the_portable_one() {
+    if !ferroq::backend::cpu::vnni::available() {
+        eprintln!("no AVX-512 VNNI on this CPU: the VNNI conv path is not exercised");
+        return;
+    }
+    let mut rng = Rng::new(95);
+    let shape = |in_c, out_c, k, s, p, groups| ConvShape {
+        groups,
+        ..ConvShape::square(in_c, out_c, k, s, p)
+    };
+    for (s, xd) in [
+        (
+            shape(3, 16, 7, 2, 3, 1),
+            Dims {
+                n: 2,
+                c: 3,
+                h: 19,
+                w: 17,
+            },
+        ),
+        (
+            shape(32, 48, 3, 1, 1, 1),
+            Dims {
+                n: 1,
+                c: 32,
+                h: 9,
+                w: 8,
+            },
+        ),
+        (
+            shape(16, 32, 1, 2, 0, 1),
+            Dims {
+                n: 2,
+                c: 16,
+                h: 10,
+                w: 10,
+            },
+        ),
+        (
+            shape(64, 64, 3, 1, 1, 2),
+            Dims {
+                n: 1,
+                c: 64,
+                h: 7,
+                w: 6,
+            },
+        ),
+    ] {
+        for (layout, relu) in [(Layout::Nchw, true), (Layout::Nhwc, false)] {
+            let x = randn(&mut rng, xd.len(), 1.0);
+            let w = randn(&mut rng, s.weight_len(), 0.3);
+            let b = randn(&mut rng, s.out_c, 0.2);
+            let prec = ConvPrecision::Int8 {
+                act_scale: minmax_act_scale(&x),
+            };
+            let fast = FusedConv::new(s, &w, &b, prec, relu).expect("conv");
+            let ConvWeights::Int8 { vnni, .. } = &fast.weights else {
+                panic!("not int8")
+            };
+            assert_eq!(vnni.len(), s.groups, "{s:?}: groups not packed for VNNI");
+            let mut slow = fast.clone();
+            if let ConvWeights::Int8 { vnni, .. } = &mut slow.weights {
+                vnni.clear();
+            }
+            let (a, od) = fast.forward(&x, xd, layout).expect("vnni");
+            let (b2, _) = slow.forward(&x, xd, layout).expect("portable");
+            assert!(
+                a.iter().zip(&b2).all(|(u, v)| u.to_bits() == v.to_bits()),
+                "{s:?} {layout:?}: float outputs differ"
+            );
+            let scale = minmax_act_scale(&a);
+            let (mut qa, mut qb) = (vec![0i8; od.len()], vec![0i8; od.len()]);
+            for (f, q) in [(&fast, &mut qa), (&slow, &mut qb)] {
+                f.forward_into(&x, xd, layout, ConvOut::Int8 { out: q, scale })
+                    .expect("int8 out");
+            }
+            assert_eq!(qa, qb, "{s:?} {layout:?}: int8 outputs differ");
+        }
+    }
+}

@@ -10,7 +10,7 @@
 //! are the unfused reference the tests hold the fused op to.
 
 use crate::backend::cpu::gemm::{self, Isa, WElem};
-use crate::backend::cpu::qgemm;
+use crate::backend::cpu::{qgemm, vnni};
 use crate::error::{Error, Result};
 use crate::quant::formats::{quantize_i8, round_even};
 use half::bf16;
@@ -289,11 +289,14 @@ fn check_lens(x: &[f32], xd: Dims, s: &ConvShape, w: &[f32], bias: Option<&[f32]
 pub enum ConvWeights {
     F32(Vec<f32>),
     Bf16(Vec<bf16>),
-    /// Per-output-channel symmetric int8 and the static per-tensor input scale.
+    /// Per-output-channel symmetric int8 and the static per-tensor input scale; `vnni` holds
+    /// each group's weights repacked for the AVX-512 VNNI GEMM where the CPU has it and the
+    /// groups are wide enough to fill its 16-column blocks (empty otherwise).
     Int8 {
         q: Vec<i8>,
         w_scale: Vec<f32>,
         act_scale: f32,
+        vnni: Vec<vnni::PackedI8>,
     },
 }
 
@@ -443,10 +446,27 @@ impl FusedConv {
                         .zip(row)
                         .for_each(|(q, &v)| *q = quantize_i8(v, inv, 0, true));
                 }
+                let (cout_g, groups) = (shape.cout_g(), shape.groups);
+                let packed = if vnni::available() && cout_g >= vnni::NB && k <= vnni::MAX_K {
+                    (0..groups)
+                        .map(|g| {
+                            let rows = g * cout_g..(g + 1) * cout_g;
+                            let qg = &q[rows.start * k..rows.end * k];
+                            let colsum: Vec<i32> = qg
+                                .chunks(k)
+                                .map(|r| r.iter().map(|&v| v as i32).sum())
+                                .collect();
+                            vnni::PackedI8::pack(qg, &w_scale[rows], &colsum, cout_g, k)
+                        })
+                        .collect()
+                } else {
+                    Vec::new()
+                };
                 ConvWeights::Int8 {
                     q,
                     w_scale,
                     act_scale,
+                    vnni: packed,
                 }
             }
         };
@@ -537,6 +557,7 @@ impl FusedConv {
                 q,
                 w_scale,
                 act_scale,
+                vnni: packed,
             } => {
                 let (pixels, k, cout_g) = (od.h * od.w, s.k(), s.cout_g());
                 let inv = 1.0 / act_scale;
@@ -545,9 +566,34 @@ impl FusedConv {
                     .map(|&v| quantize_i8(v, inv, 0, true))
                     .collect();
                 let mut a = vec![0i8; pixels * k]; // (pixels, k)
+                                                   // the VNNI GEMM's epilogue is (s_a · s_w) · acc + b, the same float expression
+                                                   // as the closure below, so both paths give the same bits
+                let (a_scale, a_zp) = (vec![*act_scale; pixels], vec![0i32; pixels]);
+                let mut tmp = vec![
+                    0f32;
+                    if packed.is_empty() {
+                        0
+                    } else {
+                        pixels * cout_g
+                    }
+                ];
                 for n in 0..xd.n {
                     for g in 0..s.groups {
                         im2col(&qx, xd, layout, s, od, n, g, &mut a);
+                        if let Some(pg) = packed.get(g) {
+                            let bias_g = &bias[g * cout_g..(g + 1) * cout_g];
+                            vnni::gemm(&mut tmp, &a, &a_scale, &a_zp, pg, Some(bias_g), pixels);
+                            tmp.par_chunks(cout_g).enumerate().for_each(|(p, row)| {
+                                for (j, &v) in row.iter().enumerate() {
+                                    let c = g * cout_g + j;
+                                    let v = if relu { v.max(0.0) } else { v };
+                                    // SAFETY: (n, c, pixel p) is inside out and this task owns
+                                    // pixel p.
+                                    unsafe { ptr.store(od.at(layout, n, c, p / od.w, p % od.w), v) }
+                                }
+                            });
+                            continue;
+                        }
                         let qw = &q[g * cout_g * k..(g + 1) * cout_g * k];
                         qgemm::gemm_i8(Isa::detect(), &a, qw, pixels, cout_g, k, |p, j, acc| {
                             let c = g * cout_g + j;

@@ -129,6 +129,7 @@ impl CudaConv {
                 q,
                 w_scale,
                 act_scale,
+                ..
             } => (
                 DevWeights::Int8 {
                     q: gpu
