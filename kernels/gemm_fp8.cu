@@ -72,36 +72,6 @@ extern "C" __global__ void __launch_bounds__(128) gemm_fp8(
             }
 }
 
-// Per-token dynamic (or static, when static_scale > 0) E4M3 quantization of x (rows, dim):
-// scale = absmax / 448, codes by round-to-nearest-even with saturation (cvt.rn.satfinite, the
-// CPU's Fp8::encode). One block per row; dim even.
-extern "C" __global__ void quant_rows_fp8(u8* __restrict__ q, float* __restrict__ scale,
-                                          const float* __restrict__ x, int dim,
-                                          float static_scale) {
-    __shared__ float sh[32];
-    const float* xr = x + (size_t)blockIdx.x * dim;
-    float s = static_scale;
-    if (!(s > 0.0f)) {
-        float a = 0.0f;
-        for (int i = threadIdx.x; i < dim; i += blockDim.x) a = fmaxf(a, fabsf(xr[i]));
-        a = block_max(a, sh);
-        s = a > 0.0f ? __fdiv_rn(a, 448.0f) : 1.0f;
-    }
-    const float inv = __fdiv_rn(1.0f, s);
-    unsigned short* q2 = (unsigned short*)(q + (size_t)blockIdx.x * dim);
-    for (int p = threadIdx.x; p < (dim >> 1); p += blockDim.x) {
-        const float lo = __fmul_rn(xr[2 * p], inv), hi = __fmul_rn(xr[2 * p + 1], inv);
-        unsigned short d = 0;
-#if __CUDA_ARCH__ >= 890
-        asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;" : "=h"(d) : "f"(hi), "f"(lo));
-#else
-        asm volatile("trap;");
-#endif
-        q2[p] = d;
-    }
-    if (threadIdx.x == 0) scale[blockIdx.x] = s;
-}
-
 // Two e4m3 codes (low byte first) to f32, exactly (every e4m3 value is an f16 and an f32).
 __device__ __forceinline__ void e4m3x2_to_f32(unsigned short v, float& lo, float& hi) {
 #if __CUDA_ARCH__ >= 890

@@ -1,6 +1,6 @@
 // Activation quantization, alone (a linear's input) or fused into the op that produces the
-// activation: RMSNorm (optionally after the residual add) then int8, whose normalized row is
-// never stored, and SiLU(gate) * up then int8. Per row either dynamic (the row's range, the
+// activation: RMSNorm (optionally after the residual add) then int8 or E4M3, whose normalized
+// row is never stored, and SiLU(gate) * up then int8 or E4M3. Per row either dynamic (the row's range, the
 // CPU's quant::dynamic_i8_params: symmetric absmax / 127, or asymmetric (hi - lo) / 255 with
 // zp = round(-128 - lo / s), 0 always inside the range) or static (given scale and zero point,
 // the decode side of pd_mix). Rounding is half-to-even (rintf) without FMA contraction, as the
@@ -62,14 +62,10 @@ extern "C" __global__ void quant_rows_i8(i8* __restrict__ q, float* __restrict__
                  [=](int i) { return xr[i]; }, dim, symmetric, static_scale, static_zp, sh);
 }
 
-// x (rows, dim) [+= y when y is not null], then int8 of rms_norm(x) * w.
-extern "C" __global__ void rms_norm_quant_i8(i8* __restrict__ q, float* __restrict__ scale,
-                                             int* __restrict__ zp, float* __restrict__ x,
-                                             const float* __restrict__ y,
-                                             const float* __restrict__ w, int dim, float eps,
-                                             int symmetric, float static_scale, int static_zp) {
-    __shared__ float sh[32];
-    float* xr = x + (size_t)blockIdx.x * dim;
+// Row blockIdx.x of x (rows, dim) [+= y when y is not null, written back]; returns
+// 1 / rms(x) for rms_norm(x) * w.
+__device__ __forceinline__ float residual_rms(float* xr, const float* __restrict__ y, int dim,
+                                              float eps, float* sh) {
     float ss = 0.0f;
     for (int i = threadIdx.x; i < dim; i += blockDim.x) {
         float v = xr[i];
@@ -79,7 +75,27 @@ extern "C" __global__ void rms_norm_quant_i8(i8* __restrict__ q, float* __restri
         }
         ss += v * v;
     }
-    const float r = __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn(__fdiv_rn(block_sum(ss, sh), (float)dim), eps)));
+    return __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn(__fdiv_rn(block_sum(ss, sh), (float)dim), eps)));
+}
+
+// gr = silu(gr) * ur in place (one row), visible to the whole block afterwards.
+__device__ __forceinline__ void silu_mul_row(float* gr, const float* ur, int dim) {
+    for (int i = threadIdx.x; i < dim; i += blockDim.x) {
+        const float g = gr[i];
+        gr[i] = __fmul_rn(__fdiv_rn(g, __fadd_rn(1.0f, expf(-g))), ur[i]);
+    }
+    __syncthreads();
+}
+
+// x (rows, dim) [+= y when y is not null], then int8 of rms_norm(x) * w.
+extern "C" __global__ void rms_norm_quant_i8(i8* __restrict__ q, float* __restrict__ scale,
+                                             int* __restrict__ zp, float* __restrict__ x,
+                                             const float* __restrict__ y,
+                                             const float* __restrict__ w, int dim, float eps,
+                                             int symmetric, float static_scale, int static_zp) {
+    __shared__ float sh[32];
+    float* xr = x + (size_t)blockIdx.x * dim;
+    const float r = residual_rms(xr, y, dim, eps, sh);
     quantize_row(q + (size_t)blockIdx.x * dim, scale + blockIdx.x, zp + blockIdx.x,
                  [=](int i) { return __fmul_rn(__fmul_rn(xr[i], r), w[i]); }, dim, symmetric,
                  static_scale, static_zp, sh);
@@ -92,12 +108,72 @@ extern "C" __global__ void silu_mul_quant_i8(i8* __restrict__ q, float* __restri
                                              float static_scale, int static_zp) {
     __shared__ float sh[32];
     float* gr = gate + (size_t)blockIdx.x * dim;
-    const float* ur = up + (size_t)blockIdx.x * dim;
-    for (int i = threadIdx.x; i < dim; i += blockDim.x) {
-        const float g = gr[i];
-        gr[i] = __fmul_rn(__fdiv_rn(g, __fadd_rn(1.0f, expf(-g))), ur[i]);
-    }
-    __syncthreads();
+    silu_mul_row(gr, up + (size_t)blockIdx.x * dim, dim);
     quantize_row(q + (size_t)blockIdx.x * dim, scale + blockIdx.x, zp + blockIdx.x,
                  [=](int i) { return gr[i]; }, dim, symmetric, static_scale, static_zp, sh);
+}
+
+// E4M3 of one row of `dim` values (dim even): scale = absmax / 448 (dynamic) or static_scale
+// when > 0, codes by round-to-nearest-even with saturation (cvt.rn.satfinite, the CPU's
+// Fp8::encode); thread 0 stores the scale. value(i) is evaluated twice, as in quantize_row.
+// sm_89+ (a trap below, where the host never launches it).
+template <typename F>
+__device__ void quantize_row_fp8(unsigned char* q, float* scale_out, F value, int dim,
+                                 float static_scale, float* sh) {
+    float s = static_scale;
+    if (!(s > 0.0f)) {
+        float a = 0.0f;
+        for (int i = threadIdx.x; i < dim; i += blockDim.x) a = fmaxf(a, fabsf(value(i)));
+        a = block_max(a, sh);
+        s = a > 0.0f ? __fdiv_rn(a, 448.0f) : 1.0f;
+    }
+    const float inv = __fdiv_rn(1.0f, s);
+    unsigned short* q2 = (unsigned short*)q;
+    for (int p = threadIdx.x; p < (dim >> 1); p += blockDim.x) {
+        const float lo = __fmul_rn(value(2 * p), inv), hi = __fmul_rn(value(2 * p + 1), inv);
+        unsigned short d = 0;
+#if __CUDA_ARCH__ >= 890
+        asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;" : "=h"(d) : "f"(hi), "f"(lo));
+#else
+        asm volatile("trap;");
+#endif
+        q2[p] = d;
+    }
+    if (threadIdx.x == 0) *scale_out = s;
+}
+
+// Per-token dynamic (or static, when static_scale > 0) E4M3 of x (rows, dim), dim even.
+extern "C" __global__ void quant_rows_fp8(unsigned char* __restrict__ q, float* __restrict__ scale,
+                                          const float* __restrict__ x, int dim,
+                                          float static_scale) {
+    __shared__ float sh[32];
+    const float* xr = x + (size_t)blockIdx.x * dim;
+    quantize_row_fp8(q + (size_t)blockIdx.x * dim, scale + blockIdx.x,
+                     [=](int i) { return xr[i]; }, dim, static_scale, sh);
+}
+
+// x (rows, dim) [+= y when y is not null], then E4M3 of rms_norm(x) * w (dim even).
+extern "C" __global__ void rms_norm_quant_fp8(unsigned char* __restrict__ q,
+                                              float* __restrict__ scale, float* __restrict__ x,
+                                              const float* __restrict__ y,
+                                              const float* __restrict__ w, int dim, float eps,
+                                              float static_scale) {
+    __shared__ float sh[32];
+    float* xr = x + (size_t)blockIdx.x * dim;
+    const float r = residual_rms(xr, y, dim, eps, sh);
+    quantize_row_fp8(q + (size_t)blockIdx.x * dim, scale + blockIdx.x,
+                     [=](int i) { return __fmul_rn(__fmul_rn(xr[i], r), w[i]); }, dim,
+                     static_scale, sh);
+}
+
+// gate (rows, dim) = silu(gate) * up, then its E4M3 (dim even).
+extern "C" __global__ void silu_mul_quant_fp8(unsigned char* __restrict__ q,
+                                              float* __restrict__ scale, float* __restrict__ gate,
+                                              const float* __restrict__ up, int dim,
+                                              float static_scale) {
+    __shared__ float sh[32];
+    float* gr = gate + (size_t)blockIdx.x * dim;
+    silu_mul_row(gr, up + (size_t)blockIdx.x * dim, dim);
+    quantize_row_fp8(q + (size_t)blockIdx.x * dim, scale + blockIdx.x,
+                     [=](int i) { return gr[i]; }, dim, static_scale, sh);
 }

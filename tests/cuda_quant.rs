@@ -537,3 +537,133 @@ fn quantized_linears_on_the_backend_match_the_cpu() {
         }
     }
 }
+
+/// The fused RMSNorm(+residual) → E4M3 and SiLU·up → E4M3 kernels against the CPU's
+/// `quantize_rows_fp8` of the CPU's norm / SiLU output: scales within one ulp, codes equal
+/// except rounding-boundary cases (at most 0.1%, one e4m3 step apart), dynamic and static.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn fused_norm_and_silu_quant_fp8_match_the_cpu() {
+    use ferroq::quant::formats::Fp8;
+    use ferroq::quant::{fp8_table, quantize_rows_fp8};
+    let mut g = gpu();
+    assert!(g.info.capability >= (8, 9), "E4M3 conversion needs sm_89+");
+    let cpu = CpuBackend::new();
+    let lut = fp8_table();
+    let mut rng = Rng::new(24);
+    // (kernel output, cpu rows, static scale, what)
+    let check = |got: (Vec<u8>, Vec<f32>),
+                 want_rows: &[f32],
+                 rows: usize,
+                 dim: usize,
+                 stat: Option<f32>,
+                 what: &str| {
+        let (mut want, mut want_s) = (vec![0f32; rows * dim], vec![0f32; rows]);
+        quantize_rows_fp8(want_rows, rows, dim, stat, &mut want, &mut want_s);
+        for r in 0..rows {
+            let ulps = (got.1[r].to_bits() as i64 - want_s[r].to_bits() as i64).abs();
+            assert!(
+                ulps <= 1,
+                "{what}: row {r} scale {} vs {}",
+                got.1[r],
+                want_s[r]
+            );
+        }
+        let mut boundary = 0;
+        for (i, (&c, &w)) in got.0.iter().zip(&want).enumerate() {
+            let v = lut[c as usize];
+            if v != w {
+                // neighbours on the e4m3 grid: magnitude codes one apart, same sign (or both
+                // at zero / the smallest subnormal)
+                let cw = Fp8::E4M3.encode(w);
+                let (mg, mw) = ((c & 0x7f) as i32, (cw & 0x7f) as i32);
+                let same_sign = c & 0x80 == cw & 0x80;
+                assert!(
+                    (mg - mw).abs() <= 1 && (same_sign || mg.max(mw) <= 1),
+                    "{what}: value {i}: {v} vs {w}"
+                );
+                boundary += 1;
+            }
+        }
+        assert!(
+            boundary * 1000 <= got.0.len(),
+            "{what}: {boundary} mismatches"
+        );
+    };
+    for (rows, dim) in [(1, 576), (7, 4096), (33, 1536)] {
+        let (x, y, w) = (
+            randn(&mut rng, rows * dim, 2.0),
+            randn(&mut rng, rows * dim, 1.0),
+            randn(&mut rng, dim, 1.0),
+        );
+        let sum: Vec<f32> = x.iter().zip(&y).map(|(a, b)| a + b).collect();
+        let mut normed = vec![0f32; rows * dim];
+        cpu.rms_norm(&mut normed, &sum, &w, rows, dim, 1e-5)
+            .expect("cpu");
+        let mut act = x.clone();
+        cpu.silu_mul(&mut act, &y, rows * dim).expect("cpu");
+        for stat in [None, Some(0.01f32)] {
+            let st = stat.unwrap_or(0.0);
+            let cfg = LaunchConfig {
+                grid_dim: (rows as u32, 1, 1),
+                block_dim: (256, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            let (dim_i, eps) = (dim as i32, 1e-5f32);
+            // norm: q, scale, x (+= y), y, w, dim, eps, static
+            let (mut xd, yd, wd) = (up(&g, &x), up(&g, &y), up(&g, &w));
+            let mut q = g.stream.alloc_zeros::<u8>(rows * dim).expect("alloc");
+            let mut s = g.stream.alloc_zeros::<f32>(rows).expect("alloc");
+            let f = g.function(Kernel::RmsNormQuantFp8).expect("kernel");
+            let mut b = g.stream.launch_builder(&f);
+            b.arg(&mut q)
+                .arg(&mut s)
+                .arg(&mut xd)
+                .arg(&yd)
+                .arg(&wd)
+                .arg(&dim_i)
+                .arg(&eps)
+                .arg(&st);
+            // SAFETY: matches rms_norm_quant_fp8; buffers rows × dim, w dim, dim even.
+            unsafe { b.launch(cfg) }.expect("launch");
+            let got = (
+                g.stream.clone_dtoh(&q).expect("q"),
+                g.stream.clone_dtoh(&s).expect("s"),
+            );
+            let resid: Vec<f32> = g.stream.clone_dtoh(&xd).expect("x");
+            assert_eq!(resid, sum, "the residual add");
+            check(
+                got,
+                &normed,
+                rows,
+                dim,
+                stat,
+                &format!("norm fp8 {rows}x{dim} {stat:?}"),
+            );
+            // silu: q, scale, gate, up, dim, static
+            let (mut gd, ud) = (up(&g, &x), up(&g, &y));
+            let f = g.function(Kernel::SiluMulQuantFp8).expect("kernel");
+            let mut b = g.stream.launch_builder(&f);
+            b.arg(&mut q)
+                .arg(&mut s)
+                .arg(&mut gd)
+                .arg(&ud)
+                .arg(&dim_i)
+                .arg(&st);
+            // SAFETY: matches silu_mul_quant_fp8; buffers rows × dim, dim even.
+            unsafe { b.launch(cfg) }.expect("launch");
+            let got = (
+                g.stream.clone_dtoh(&q).expect("q"),
+                g.stream.clone_dtoh(&s).expect("s"),
+            );
+            check(
+                got,
+                &act,
+                rows,
+                dim,
+                stat,
+                &format!("silu fp8 {rows}x{dim} {stat:?}"),
+            );
+        }
+    }
+}

@@ -122,10 +122,12 @@ pub enum Kernel {
     ChannelAffine,
     ReluInplace,
     GemvFp8,
+    RmsNormQuantFp8,
+    SiluMulQuantFp8,
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 28] = [
+    pub const ALL: [Kernel; 30] = [
         Kernel::RmsNorm,
         Kernel::AddRmsNorm,
         Kernel::Rope,
@@ -154,6 +156,8 @@ impl Kernel {
         Kernel::ChannelAffine,
         Kernel::ReluInplace,
         Kernel::GemvFp8,
+        Kernel::RmsNormQuantFp8,
+        Kernel::SiluMulQuantFp8,
     ];
 
     pub fn module(self) -> Module {
@@ -167,9 +171,14 @@ impl Kernel {
             Kernel::GemmBf16 | Kernel::GemvBf16 => Module::Gemm,
             Kernel::ArgmaxRows => Module::Sampling,
             Kernel::GemmW8a8 | Kernel::GemvW8a8 => Module::GemmInt8,
-            Kernel::RmsNormQuantI8 | Kernel::SiluMulQuantI8 | Kernel::QuantRowsI8 => Module::Quant,
+            Kernel::RmsNormQuantI8
+            | Kernel::SiluMulQuantI8
+            | Kernel::QuantRowsI8
+            | Kernel::QuantRowsFp8
+            | Kernel::RmsNormQuantFp8
+            | Kernel::SiluMulQuantFp8 => Module::Quant,
             Kernel::FwhtBlocks => Module::Hadamard,
-            Kernel::GemmFp8 | Kernel::QuantRowsFp8 | Kernel::GemvFp8 => Module::GemmFp8,
+            Kernel::GemmFp8 | Kernel::GemvFp8 => Module::GemmFp8,
             Kernel::GemvW4a16 | Kernel::GemmW4a16 => Module::GemmInt4,
             Kernel::ConvInt8 | Kernel::ConvBf16 | Kernel::ChannelAffine | Kernel::ReluInplace => {
                 Module::Conv
@@ -213,6 +222,8 @@ impl Kernel {
             Kernel::ChannelAffine => "channel_affine",
             Kernel::ReluInplace => "relu_inplace",
             Kernel::GemvFp8 => "gemv_fp8",
+            Kernel::RmsNormQuantFp8 => "rms_norm_quant_fp8",
+            Kernel::SiluMulQuantFp8 => "silu_mul_quant_fp8",
         }
     }
 }
