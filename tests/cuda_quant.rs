@@ -560,14 +560,9 @@ fn fused_norm_and_silu_quant_fp8_match_the_cpu() {
                  what: &str| {
         let (mut want, mut want_s) = (vec![0f32; rows * dim], vec![0f32; rows]);
         quantize_rows_fp8(want_rows, rows, dim, stat, &mut want, &mut want_s);
-        for r in 0..rows {
-            let ulps = (got.1[r].to_bits() as i64 - want_s[r].to_bits() as i64).abs();
-            assert!(
-                ulps <= 1,
-                "{what}: row {r} scale {} vs {}",
-                got.1[r],
-                want_s[r]
-            );
+        for (r, (g, w)) in got.1.iter().zip(&want_s).enumerate() {
+            let ulps = (g.to_bits() as i64 - w.to_bits() as i64).abs();
+            assert!(ulps <= 1, "{what}: row {r} scale {g} vs {w}");
         }
         let mut boundary = 0;
         for (i, (&c, &w)) in got.0.iter().zip(&want).enumerate() {
