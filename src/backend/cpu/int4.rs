@@ -126,6 +126,18 @@ mod avx512 {
     }
 }
 
+/// Nibble t of row `row` in the checkpoint's packing (value t of a row in the low nibble of
+/// byte t / 2 when t is even, the high one when odd).
+#[inline]
+pub(crate) fn nibble(packed: &[u8], k: usize, row: usize, t: usize) -> u8 {
+    let b = packed[(row * k + t) / 2];
+    if t.is_multiple_of(2) {
+        b & 15
+    } else {
+        b >> 4
+    }
+}
+
 /// Tokens per micro-tile.
 const MR: usize = 8;
 /// Weight rows per micro-tile (16 accumulators + 4 decoded vectors at MR = 8).
@@ -189,14 +201,7 @@ impl PackedI4 {
             return None;
         }
         let groups = k.div_ceil(group);
-        let nib = |row: usize, t: usize| {
-            let b = packed[(row * k + t) / 2];
-            if t.is_multiple_of(2) {
-                b & 15
-            } else {
-                b >> 4
-            }
-        };
+        let nib = |row: usize, t: usize| nibble(packed, k, row, t);
         let mut data = vec![0u8; n.div_ceil(PANEL) * PANEL * k / 2];
         for row in 0..n {
             for blk in 0..k / 32 {

@@ -138,14 +138,7 @@ impl PackedI4Bf16 {
         {
             return None;
         }
-        let nib = |row: usize, t: usize| {
-            let b = packed[(row * k + t) / 2];
-            if t.is_multiple_of(2) {
-                b & 15
-            } else {
-                b >> 4
-            }
-        };
+        let nib = |row: usize, t: usize| super::int4::nibble(packed, k, row, t);
         let rows = n.div_ceil(PANEL) * PANEL;
         let blocks = k / BLOCK;
         let mut data = vec![0u8; rows * k / 2];

@@ -10,7 +10,7 @@ use super::kernels::Kernel;
 use crate::error::{Error, Result};
 use crate::model::linear::Linear;
 use crate::quant::{ActQuant, Phase, QDType, QuantWeight};
-use cudarc::driver::{CudaSlice, PushKernelArg};
+use cudarc::driver::{CudaSlice, DeviceRepr, LaunchArgs, PushKernelArg, ValidAsZeroBits};
 
 /// A quantized `[rows, cols]` weight on the device.
 pub enum CudaQMatrix {
@@ -38,6 +38,17 @@ const GEMV_MAX_M_I8: usize = 16;
 const GEMV_MAX_M_FP8: usize = 8;
 const GEMV_MAX_M_I4: usize = 8;
 
+/// Push an optional device pointer argument: the buffer, or null (`null` holds 0).
+fn arg_or_null<'a, T>(b: &mut LaunchArgs<'a>, v: Option<&'a CudaSlice<T>>, null: &'a u64)
+where
+    LaunchArgs<'a>: PushKernelArg<&'a CudaSlice<T>> + PushKernelArg<&'a u64>,
+{
+    match v {
+        Some(s) => <LaunchArgs<'a> as PushKernelArg<&'a CudaSlice<T>>>::arg(b, s),
+        None => <LaunchArgs<'a> as PushKernelArg<&'a u64>>::arg(b, null),
+    };
+}
+
 /// The static (scale, zero point) a linear's activations use in `phase`, None for per-token
 /// dynamic scales (pd_mix: dynamic in prefill, static in decode), as the CPU's `act_params`.
 fn fixed_params(w: &Linear<CudaBackend>, phase: Phase) -> Option<(f32, i32)> {
@@ -52,6 +63,14 @@ fn fixed_params(w: &Linear<CudaBackend>, phase: Phase) -> Option<(f32, i32)> {
 }
 
 impl CudaBackend {
+    /// A zeroed device buffer of `len` elements (activation-quantization scratch).
+    fn zeros<T: DeviceRepr + ValidAsZeroBits>(&self, len: usize) -> Result<CudaSlice<T>> {
+        self.gpu
+            .stream
+            .alloc_zeros::<T>(len)
+            .map_err(|e| drv("alloc", e))
+    }
+
     /// Upload a quantized weight in the layout its kernels read; a clear error where no CUDA
     /// kernel runs it.
     pub(super) fn upload_q(
@@ -166,15 +185,11 @@ impl CudaBackend {
         };
         let (n, k) = (w.out_features, w.in_features);
         let stream = &self.gpu.stream;
-        let mut qa = stream
-            .alloc_zeros::<i8>(rows * k)
-            .map_err(|e| drv("alloc", e))?;
-        let mut a_scale = stream
-            .alloc_zeros::<f32>(rows)
-            .map_err(|e| drv("alloc", e))?;
-        let mut a_zp = stream
-            .alloc_zeros::<i32>(rows)
-            .map_err(|e| drv("alloc", e))?;
+        let (mut qa, mut a_scale, mut a_zp) = (
+            self.zeros::<i8>(rows * k)?,
+            self.zeros::<f32>(rows)?,
+            self.zeros::<i32>(rows)?,
+        );
         let (k_i, sym) = (i32_of(k, "k")?, i32::from(w.act.symmetric));
         let (st_scale, st_zp) = fixed_params(w, phase).unwrap_or((0.0, 0));
         let mut b = stream.launch_builder(self.f(Kernel::QuantRowsI8));
@@ -208,10 +223,7 @@ impl CudaBackend {
             .arg(&a_zp)
             .arg(scale)
             .arg(colsum);
-        match &w.bias {
-            Some(bias) => b.arg(bias),
-            None => b.arg(&null),
-        };
+        arg_or_null(&mut b, w.bias.as_ref(), &null);
         b.arg(&m_i).arg(&n_i).arg(&k_i);
         // SAFETY: the argument list of gemm_w8a8 / gemv_w8a8 (null acc_out; bias or null);
         // k is a multiple of 16 (checked at upload); buffers sized rows × k, n × k, rows × n.
@@ -236,12 +248,7 @@ impl CudaBackend {
         };
         let (n, k) = (w.out_features, w.in_features);
         let stream = &self.gpu.stream;
-        let mut qa = stream
-            .alloc_zeros::<u8>(rows * k)
-            .map_err(|e| drv("alloc", e))?;
-        let mut a_scale = stream
-            .alloc_zeros::<f32>(rows)
-            .map_err(|e| drv("alloc", e))?;
+        let (mut qa, mut a_scale) = (self.zeros::<u8>(rows * k)?, self.zeros::<f32>(rows)?);
         let k_i = i32_of(k, "k")?;
         // quant_rows_fp8 uses the static scale when it is > 0
         let st_scale = fixed_params(w, phase).map_or(0.0, |(s, _)| s);
@@ -270,10 +277,7 @@ impl CudaBackend {
             .arg(codes)
             .arg(&a_scale)
             .arg(scale);
-        match &w.bias {
-            Some(bias) => b.arg(bias),
-            None => b.arg(&null),
-        };
+        arg_or_null(&mut b, w.bias.as_ref(), &null);
         b.arg(&m_i).arg(&n_i).arg(&k_i);
         // SAFETY: the argument list of gemm_fp8 / gemv_fp8 (bias or null); k a multiple of 16
         // and the device sm_89+ (checked at upload); buffers sized rows × k, n × k, rows × n.
@@ -319,14 +323,8 @@ impl CudaBackend {
         let null: u64 = 0;
         let mut b = self.gpu.stream.launch_builder(self.f(kern));
         b.arg(&mut *out).arg(x).arg(packed).arg(scale);
-        match zero {
-            Some(z) => b.arg(z),
-            None => b.arg(&null),
-        };
-        match &w.bias {
-            Some(bias) => b.arg(bias),
-            None => b.arg(&null),
-        };
+        arg_or_null(&mut b, zero.as_ref(), &null);
+        arg_or_null(&mut b, w.bias.as_ref(), &null);
         b.arg(&m_i).arg(&n_i).arg(&k_i).arg(&g_i);
         // SAFETY: the argument list of gemv_w4a16 / gemm_w4a16 (zero and bias or null);
         // packed holds n × k / 2 bytes, scale and zero n × ceil(k / group); the GEMV runs
