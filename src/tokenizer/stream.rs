@@ -29,18 +29,23 @@ impl TextStream {
         &self.text
     }
 
+    /// At the end of the stream: the rest of the text, whole characters or not. It comes from
+    /// one decode of all the ids, so `text()` is then the full decode even where a window
+    /// could not be extended.
+    pub fn finish(&mut self, tok: &TokenizerBundle, ids: &[u32]) -> Result<&str> {
+        let start = self.text.len();
+        let full = tok.decode(ids, false)?;
+        if full.len() > start && full.starts_with(&self.text) {
+            self.text.push_str(&full[start..]);
+        }
+        self.prefix = self.read.min(ids.len());
+        self.read = ids.len();
+        Ok(&self.text[start..])
+    }
+
     /// `ids` is the completion so far (earlier ids unchanged, new ones appended). Returns the
     /// new text that is whole characters, possibly empty.
     pub fn push(&mut self, tok: &TokenizerBundle, ids: &[u32]) -> Result<&str> {
-        self.advance(tok, ids, false)
-    }
-
-    /// At the end of the stream: the rest of the text, whole characters or not.
-    pub fn finish(&mut self, tok: &TokenizerBundle, ids: &[u32]) -> Result<&str> {
-        self.advance(tok, ids, true)
-    }
-
-    fn advance(&mut self, tok: &TokenizerBundle, ids: &[u32], last: bool) -> Result<&str> {
         let start = self.text.len();
         if ids.len() <= self.read {
             return Ok("");
@@ -49,10 +54,7 @@ impl TextStream {
         let now = tok.decode(&ids[self.prefix..], false)?;
         // a window whose decode does not extend the previous one (a decoder merging across
         // the boundary) waits for more ids, as does a split character
-        if now.len() > before.len()
-            && now.starts_with(&before)
-            && (last || !now.ends_with('\u{FFFD}'))
-        {
+        if now.len() > before.len() && now.starts_with(&before) && !now.ends_with('\u{FFFD}') {
             self.text.push_str(&now[before.len()..]);
             self.prefix = self.read;
             self.read = ids.len();
