@@ -15,6 +15,7 @@ use clap::Parser;
 use ferroq::backend::cuda::backend::CudaBackend;
 use ferroq::backend::cuda::runtime::Gpu;
 use ferroq::backend::Backend;
+use ferroq::engine::sampler::Rng;
 use ferroq::model::config::ModelConfig;
 use ferroq::model::linear::LinearWeight;
 use ferroq::model::llama::LlamaModel;
@@ -49,19 +50,16 @@ struct Args {
     reps: usize,
 }
 
-/// Uniform random values in ±scale·√3 (unit variance × scale), from a per-tensor seed, in
-/// parallel chunks (8B values must not take minutes).
+/// Uniform random values in ±scale·√3 (unit variance × scale): the project's seeded generator,
+/// one stream per parallel chunk (8B values must not take minutes).
 fn random(n: usize, scale: f32, seed: u64) -> Vec<f32> {
     let mut v = vec![0f32; n];
     v.par_chunks_mut(1 << 16)
         .enumerate()
         .for_each(|(c, chunk)| {
-            let mut s = seed ^ (c as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+            let mut rng = Rng::new(seed.wrapping_mul(1 << 32) ^ c as u64);
             for x in chunk {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                *x = ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale * 1.732;
+                *x = (rng.next_f32() * 2.0 - 1.0) * scale * 1.732;
             }
         });
     v

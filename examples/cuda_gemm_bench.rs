@@ -11,6 +11,7 @@
 
 use ferroq::backend::cuda::backend::CudaBackend;
 use ferroq::backend::Backend;
+use ferroq::engine::sampler::Rng;
 use ferroq::model::linear::{Linear, LinearWeight};
 use ferroq::quant::weight::{quantize_weight, WeightMethod, WeightQConfig, WeightScope};
 use ferroq::quant::{ActQuant, ActSpec, Phase, QDType};
@@ -18,16 +19,10 @@ use ferroq::tensor::HostTensor;
 use std::sync::Arc;
 use std::time::Instant;
 
+/// Uniform values in [-0.5, 0.5) from the project's seeded generator.
 fn random(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-        })
-        .collect()
+    let mut rng = Rng::new(seed);
+    (0..n).map(|_| rng.next_f32() - 0.5).collect()
 }
 
 #[derive(Clone, Copy, Debug)]
