@@ -5,6 +5,7 @@
 //! BatchNorm kernel, then a ReLU kernel) the benchmark compares the fused op with.
 
 use super::conv::{BatchNorm, ConvShape, ConvWeights, Dims, FusedConv, Layout};
+use crate::backend::cuda::backend::{drv, grid1, i32_of};
 use crate::backend::cuda::kernels::Kernel;
 use crate::backend::cuda::runtime::Gpu;
 use crate::error::{Error, Result};
@@ -75,14 +76,6 @@ pub struct CudaConv {
     kernel: CudaFunction,
 }
 
-fn drv(what: &str, e: impl std::fmt::Debug) -> Error {
-    Error::Cuda(format!("{what}: {e:?}"))
-}
-
-fn i32_of(v: usize, what: &str) -> Result<i32> {
-    i32::try_from(v).map_err(|_| Error::InvalidArgument(format!("conv {what} {v} exceeds i32")))
-}
-
 /// Rows of `k` padded with zeros to `kp` columns.
 fn pad_rows<T: Copy + Default>(w: &[T], rows: usize, k: usize, kp: usize) -> Vec<T> {
     let mut out = vec![T::default(); rows * kp];
@@ -92,12 +85,9 @@ fn pad_rows<T: Copy + Default>(w: &[T], rows: usize, k: usize, kp: usize) -> Vec
     out
 }
 
+/// A grid-stride launch over `len` elements (kernels loop, so the grid is capped).
 fn launch_1d(len: usize) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: (len.div_ceil(256).clamp(1, 65_535) as u32, 1, 1),
-        block_dim: (256, 1, 1),
-        shared_mem_bytes: 0,
-    }
+    grid1(len.div_ceil(256).clamp(1, 65_535), 256)
 }
 
 impl CudaConv {
@@ -155,26 +145,26 @@ impl CudaConv {
     fn geom(&self, xd: Dims, od: Dims, layout: Layout) -> Result<ConvGeom> {
         let s = &self.shape;
         Ok(ConvGeom {
-            n: i32_of(xd.n, "batch")?,
-            c: i32_of(xd.c, "channels")?,
-            h: i32_of(xd.h, "height")?,
-            w: i32_of(xd.w, "width")?,
-            oc: i32_of(od.c, "out channels")?,
-            oh: i32_of(od.h, "out height")?,
-            ow: i32_of(od.w, "out width")?,
-            kh: i32_of(s.kh, "kernel")?,
-            kw: i32_of(s.kw, "kernel")?,
-            sh: i32_of(s.stride.0, "stride")?,
-            sw: i32_of(s.stride.1, "stride")?,
-            ph: i32_of(s.padding.0, "padding")?,
-            pw: i32_of(s.padding.1, "padding")?,
-            dh: i32_of(s.dilation.0, "dilation")?,
-            dw: i32_of(s.dilation.1, "dilation")?,
-            groups: i32_of(s.groups, "groups")?,
-            cin_g: i32_of(s.cin_g(), "channels per group")?,
-            cout_g: i32_of(s.cout_g(), "channels per group")?,
-            k: i32_of(s.k(), "columns")?,
-            kp: i32_of(self.kp, "columns")?,
+            n: i32_of(xd.n, "conv batch")?,
+            c: i32_of(xd.c, "conv channels")?,
+            h: i32_of(xd.h, "conv height")?,
+            w: i32_of(xd.w, "conv width")?,
+            oc: i32_of(od.c, "conv out channels")?,
+            oh: i32_of(od.h, "conv out height")?,
+            ow: i32_of(od.w, "conv out width")?,
+            kh: i32_of(s.kh, "conv kernel")?,
+            kw: i32_of(s.kw, "conv kernel")?,
+            sh: i32_of(s.stride.0, "conv stride")?,
+            sw: i32_of(s.stride.1, "conv stride")?,
+            ph: i32_of(s.padding.0, "conv padding")?,
+            pw: i32_of(s.padding.1, "conv padding")?,
+            dh: i32_of(s.dilation.0, "conv dilation")?,
+            dw: i32_of(s.dilation.1, "conv dilation")?,
+            groups: i32_of(s.groups, "conv groups")?,
+            cin_g: i32_of(s.cin_g(), "conv channels per group")?,
+            cout_g: i32_of(s.cout_g(), "conv channels per group")?,
+            k: i32_of(s.k(), "conv columns")?,
+            kp: i32_of(self.kp, "conv columns")?,
             nhwc: i32::from(layout == Layout::Nhwc),
         })
     }
@@ -311,7 +301,7 @@ impl UnfusedBnRelu {
             },
             "plane",
         )?;
-        let channels = i32_of(od.c, "channels")?;
+        let channels = i32_of(od.c, "conv channels")?;
         let mut b = gpu.stream.launch_builder(&self.affine);
         b.arg(&mut *y)
             .arg(&self.scale)

@@ -34,7 +34,7 @@ const SPLIT_LEN: usize = 256;
 /// Rows at most for the weight-streaming GEMV.
 const GEMV_MAX_M: usize = 8;
 
-pub(super) fn drv(what: &str, e: impl std::fmt::Debug) -> Error {
+pub(crate) fn drv(what: &str, e: impl std::fmt::Debug) -> Error {
     Error::Cuda(format!("{what}: {e:?}"))
 }
 
@@ -48,7 +48,7 @@ pub(super) fn grid(x: usize, y: usize, block: u32, shared_bytes: usize) -> Launc
     }
 }
 
-pub(super) fn grid1(n: usize, block: u32) -> LaunchConfig {
+pub(crate) fn grid1(n: usize, block: u32) -> LaunchConfig {
     grid(n, 1, block, 0)
 }
 
@@ -61,7 +61,7 @@ pub(super) fn check(what: &str, have: usize, need: usize) -> Result<()> {
     Ok(())
 }
 
-pub(super) fn i32_of(v: usize, what: &str) -> Result<i32> {
+pub(crate) fn i32_of(v: usize, what: &str) -> Result<i32> {
     i32::try_from(v).map_err(|_| Error::InvalidArgument(format!("{what} {v} exceeds i32")))
 }
 
