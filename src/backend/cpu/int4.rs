@@ -138,6 +138,49 @@ pub(crate) fn nibble(packed: &[u8], k: usize, row: usize, t: usize) -> u8 {
     }
 }
 
+/// The parts of an INT4 `[n, k]` weight that the repacking kernels read.
+pub(crate) struct Int4View<'a> {
+    pub packed: &'a [u8],
+    pub scale: &'a [f32],
+    /// empty for symmetric weights
+    pub zero: &'a [i8],
+    pub group: usize,
+    pub groups: usize,
+}
+
+impl<'a> Int4View<'a> {
+    /// None where a kernel working in `block`-value blocks cannot take `w`: not INT4, groups
+    /// or k not whole blocks, zero points outside int4 range (so q − 8 − zero fits the
+    /// kernels' arithmetic), or data shorter than the shape.
+    pub(crate) fn of(w: &'a QuantWeight, n: usize, k: usize, block: usize) -> Option<Self> {
+        let QuantWeight::Int4 {
+            packed,
+            scale,
+            zero,
+            group,
+        } = w
+        else {
+            return None;
+        };
+        let group = *group;
+        if group == 0 || !group.is_multiple_of(block) || !k.is_multiple_of(block) {
+            return None;
+        }
+        let groups = k.div_ceil(group);
+        let ok = zero.iter().all(|z| (-8..=7).contains(z))
+            && packed.len() >= n * k / 2
+            && scale.len() >= n * groups
+            && (zero.is_empty() || zero.len() >= n * groups);
+        ok.then_some(Int4View {
+            packed,
+            scale,
+            zero,
+            group,
+            groups,
+        })
+    }
+}
+
 /// Tokens per micro-tile.
 const MR: usize = 8;
 /// Weight rows per micro-tile (16 accumulators + 4 decoded vectors at MR = 8).
@@ -178,29 +221,19 @@ impl PackedI4 {
         Self::offset_of(self.k, row, blk)
     }
 
-    /// Repack an INT4 `[n, k]` weight for `gemm`; None where it cannot run it: not INT4, no
-    /// AVX-512F, groups or k not whole 32-value blocks, or zero points outside int4 range (so
-    /// q − 8 − zero would not fit a byte).
+    /// Repack an INT4 `[n, k]` weight for `gemm`; None where it cannot run it: no AVX-512F, or
+    /// what `Int4View::of` refuses for 32-value blocks.
     pub fn pack(w: &QuantWeight, n: usize, k: usize) -> Option<PackedI4> {
-        let QuantWeight::Int4 {
+        if !has_avx512() {
+            return None;
+        }
+        let Int4View {
             packed,
             scale,
             zero,
             group,
-        } = w
-        else {
-            return None;
-        };
-        let group = *group;
-        if !has_avx512()
-            || !group.is_multiple_of(32)
-            || !k.is_multiple_of(32)
-            || !zero.iter().all(|z| (-8..=7).contains(z))
-            || packed.len() < n * k / 2
-        {
-            return None;
-        }
-        let groups = k.div_ceil(group);
+            groups,
+        } = Int4View::of(w, n, k, 32)?;
         let nib = |row: usize, t: usize| nibble(packed, k, row, t);
         let mut data = vec![0u8; n.div_ceil(PANEL) * PANEL * k / 2];
         for row in 0..n {

@@ -13,6 +13,7 @@
 //! gives the same logits batched or alone.
 
 use super::gemm::{for_each_column_chunk, SendPtr};
+use super::int4::Int4View;
 use crate::quant::QuantWeight;
 
 /// Rows per panel and per micro-tile: one 64-value block of 4 rows is two cache lines.
@@ -114,30 +115,19 @@ pub struct PackedI4Bf16 {
 }
 
 impl PackedI4Bf16 {
-    /// Repack an INT4 `[n, k]` weight; None where the kernel cannot run it: not INT4, no
-    /// AVX-512 BF16, groups or k not whole 64-value blocks, or zero points outside int4 range.
+    /// Repack an INT4 `[n, k]` weight; None where the kernel cannot run it: no AVX-512 BF16,
+    /// or what `Int4View::of` refuses for 64-value blocks.
     pub fn pack(w: &QuantWeight, n: usize, k: usize) -> Option<PackedI4Bf16> {
-        let QuantWeight::Int4 {
+        if !available() {
+            return None;
+        }
+        let Int4View {
             packed,
             scale,
             zero,
             group,
-        } = w
-        else {
-            return None;
-        };
-        let group = *group;
-        let groups = k.div_ceil(group.max(1));
-        if !available()
-            || group == 0
-            || !group.is_multiple_of(BLOCK)
-            || !k.is_multiple_of(BLOCK)
-            || !zero.iter().all(|z| (-8..=7).contains(z))
-            || packed.len() < n * k / 2
-            || scale.len() < n * groups
-        {
-            return None;
-        }
+            groups,
+        } = Int4View::of(w, n, k, BLOCK)?;
         let nib = |row: usize, t: usize| super::int4::nibble(packed, k, row, t);
         let rows = n.div_ceil(PANEL) * PANEL;
         let blocks = k / BLOCK;
