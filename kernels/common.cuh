@@ -100,3 +100,57 @@ __device__ __forceinline__ void mma_bf16(float* c, const u32* a, const u32* b) {
         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
+
+// The CUDA-core tiled GEMM both dense fallbacks share (gemm.cu's bf16, gemm_int4.cu's W4A16):
+// out (m, n) = x (m, k) . w (n, k)^T [+ bias], 64 x 64 output tiles, 256 threads computing
+// 4 x 4 each, k in steps of 16 through shared memory. xval(i, t) and wval(j, t) give the staged
+// operands (called only inside the matrices; 0 is staged outside), so any m, n, k. Grid
+// (ceil(n / 64), ceil(m / 64)).
+#define TILE64 64
+#define TILE64_K 16
+
+template <typename XF, typename WF>
+__device__ __forceinline__ void gemm_tile64(float* __restrict__ out,
+                                            const float* __restrict__ bias, int m, int n, int k,
+                                            XF xval, WF wval) {
+    __shared__ float xs[TILE64_K][TILE64 + 1];
+    __shared__ float ws[TILE64_K][TILE64 + 1];
+    const int tid = threadIdx.x, tx = tid & 15, ty = tid >> 4;
+    const int m0 = blockIdx.y * TILE64, n0 = blockIdx.x * TILE64;
+    float acc[4][4];
+#pragma unroll
+    for (int r = 0; r < 4; ++r)
+#pragma unroll
+        for (int c = 0; c < 4; ++c) acc[r][c] = 0.0f;
+    for (int k0 = 0; k0 < k; k0 += TILE64_K) {
+        for (int e = tid; e < TILE64 * TILE64_K; e += 256) {
+            const int i = e / TILE64_K, kk = e % TILE64_K, gi = m0 + i, gk = k0 + kk;
+            xs[kk][i] = (gi < m && gk < k) ? xval(gi, gk) : 0.0f;
+        }
+        for (int e = tid; e < TILE64 * TILE64_K; e += 256) {
+            const int j = e / TILE64_K, kk = e % TILE64_K, gj = n0 + j, gk = k0 + kk;
+            ws[kk][j] = (gj < n && gk < k) ? wval(gj, gk) : 0.0f;
+        }
+        __syncthreads();
+#pragma unroll
+        for (int kk = 0; kk < TILE64_K; ++kk) {
+            float a[4], b[4];
+#pragma unroll
+            for (int r = 0; r < 4; ++r) a[r] = xs[kk][ty + 16 * r];
+#pragma unroll
+            for (int c = 0; c < 4; ++c) b[c] = ws[kk][tx + 16 * c];
+#pragma unroll
+            for (int r = 0; r < 4; ++r)
+#pragma unroll
+                for (int c = 0; c < 4; ++c) acc[r][c] = fmaf(a[r], b[c], acc[r][c]);
+        }
+        __syncthreads();
+    }
+#pragma unroll
+    for (int r = 0; r < 4; ++r)
+#pragma unroll
+        for (int c = 0; c < 4; ++c) {
+            const int gi = m0 + ty + 16 * r, gj = n0 + tx + 16 * c;
+            if (gi < m && gj < n) out[(size_t)gi * n + gj] = bias ? acc[r][c] + bias[gj] : acc[r][c];
+        }
+}

@@ -8,9 +8,8 @@
 // values per lane per step; k and group multiples of 32, checked by the host) for all m rows;
 // x is read as float4 (rows 16-byte aligned as k % 32 == 0). 256 threads, grid ceil(n / 8).
 //
-// gemm_w4a16 (any m, n, k, even group): 64 x 64 output tiles, 256 threads computing 4 x 4,
-// k in steps of 16 through shared memory with the weights decoded to f32 as they are staged
-// (dequantize-in-tile), edges guarded. Grid (ceil(n / 64), ceil(m / 64)).
+// gemm_w4a16 (any m, n, k, even group): common.cuh's gemm_tile64 with the weights decoded to
+// f32 as they are staged (dequantize-in-tile). Grid (ceil(n / 64), ceil(m / 64)), 256 threads.
 
 #define W4_GEMV_MAX_M 8
 
@@ -79,61 +78,17 @@ extern "C" __global__ void __launch_bounds__(256) gemv_w4a16(
     }
 }
 
-#define W4_TM 64
-#define W4_TN 64
-#define W4_TK 16
-
 extern "C" __global__ void __launch_bounds__(256) gemm_w4a16(
     float* __restrict__ out, const float* __restrict__ x, const unsigned char* __restrict__ wq,
     const float* __restrict__ scale, const signed char* __restrict__ zero,
     const float* __restrict__ bias, int m, int n, int k, int group) {
-    __shared__ float xs[W4_TK][W4_TM + 1];
-    __shared__ float ws[W4_TK][W4_TN + 1];
-    const int tid = threadIdx.x, tx = tid & 15, ty = tid >> 4;
-    const int m0 = blockIdx.y * W4_TM, n0 = blockIdx.x * W4_TN;
     const int groups = (k + group - 1) / group;
-    float acc[4][4];
-#pragma unroll
-    for (int r = 0; r < 4; ++r)
-#pragma unroll
-        for (int c = 0; c < 4; ++c) acc[r][c] = 0.0f;
-    for (int k0 = 0; k0 < k; k0 += W4_TK) {
-        for (int e = tid; e < W4_TM * W4_TK; e += 256) {
-            const int i = e / W4_TK, kk = e % W4_TK, gi = m0 + i, gk = k0 + kk;
-            xs[kk][i] = (gi < m && gk < k) ? bf16_round(x[(size_t)gi * k + gk]) : 0.0f;
-        }
-        for (int e = tid; e < W4_TN * W4_TK; e += 256) {
-            const int jj = e / W4_TK, kk = e % W4_TK, gj = n0 + jj, gk = k0 + kk;
-            float wv = 0.0f;
-            if (gj < n && gk < k) {
-                const size_t idx = (size_t)gj * k + gk;
-                const unsigned b = wq[idx >> 1];
-                const int q = (int)((gk & 1) ? (b >> 4) : (b & 15u));
-                const size_t g = (size_t)gj * groups + gk / group;
-                wv = (float)(q - 8 - (zero ? (int)zero[g] : 0)) * scale[g];
-            }
-            ws[kk][jj] = wv;
-        }
-        __syncthreads();
-#pragma unroll
-        for (int kk = 0; kk < W4_TK; ++kk) {
-            float a[4], b[4];
-#pragma unroll
-            for (int r = 0; r < 4; ++r) a[r] = xs[kk][ty + 16 * r];
-#pragma unroll
-            for (int c = 0; c < 4; ++c) b[c] = ws[kk][tx + 16 * c];
-#pragma unroll
-            for (int r = 0; r < 4; ++r)
-#pragma unroll
-                for (int c = 0; c < 4; ++c) acc[r][c] = fmaf(a[r], b[c], acc[r][c]);
-        }
-        __syncthreads();
-    }
-#pragma unroll
-    for (int r = 0; r < 4; ++r)
-#pragma unroll
-        for (int c = 0; c < 4; ++c) {
-            const int gi = m0 + ty + 16 * r, gj = n0 + tx + 16 * c;
-            if (gi < m && gj < n) out[(size_t)gi * n + gj] = acc[r][c] + (bias ? bias[gj] : 0.0f);
-        }
+    gemm_tile64(
+        out, bias, m, n, k, [=](int i, int t) { return bf16_round(x[(size_t)i * k + t]); },
+        [=](int j, int t) {
+            const unsigned b = wq[((size_t)j * k + t) >> 1];
+            const int q = (int)((t & 1) ? (b >> 4) : (b & 15u));
+            const size_t g = (size_t)j * groups + t / group;
+            return (float)(q - 8 - (zero ? (int)zero[g] : 0)) * scale[g];
+        });
 }
