@@ -535,6 +535,44 @@ fn int4_row_decode_is_the_dequantization_formula() {
     }
 }
 
+/// An int4 GEMM's output for all m tokens (`gemm(out, first token, rows)`) within 1e-6 of
+/// Σ|x·w| of the f64 product of `xa` (the activations it multiplies) and the decoded weights,
+/// and every token alone bit-identical to the batch.
+fn check_int4_gemm(
+    what: &str,
+    xa: &[f64],
+    wd: &[f32],
+    m: usize,
+    n: usize,
+    k: usize,
+    gemm: impl Fn(&mut [f32], usize, usize),
+) {
+    let mut out = vec![f32::NAN; m * n];
+    gemm(&mut out, 0, m);
+    for i in 0..m {
+        for j in 0..n {
+            let terms = (0..k).map(|t| xa[i * k + t] * wd[j * k + t] as f64);
+            let r: f64 = terms.clone().sum();
+            let mag: f64 = terms.map(f64::abs).sum();
+            let g = out[i * n + j] as f64;
+            assert!(
+                (g - r).abs() <= 1e-6 * mag + 1e-6,
+                "{what} ({i},{j}) {g} vs {r}"
+            );
+        }
+    }
+    for i in 0..m {
+        let mut one = vec![f32::NAN; n];
+        gemm(&mut one, i, 1);
+        assert!(
+            one.iter()
+                .zip(&out[i * n..(i + 1) * n])
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            "{what}: token {i} alone differs from the batch"
+        );
+    }
+}
+
 #[test]
 fn int4_register_decode_gemm_matches_reference_and_is_batch_invariant() {
     use ferroq::backend::cpu::int4::{gemm, has_avx512, PackedI4};
@@ -554,31 +592,11 @@ fn int4_register_decode_gemm_matches_reference_and_is_batch_invariant() {
         let q = int4_weight(&mut rng, n, k, group, symmetric);
         let p = PackedI4::pack(&q, n, k).expect("supported shape");
         let wd = decoded(&q, n, k);
-        let mut out = vec![f32::NAN; m * n];
-        gemm(&mut out, &x, m, &p);
-        for i in 0..m {
-            for j in 0..n {
-                let terms = (0..k).map(|t| x[i * k + t] as f64 * wd[j * k + t] as f64);
-                let r: f64 = terms.clone().sum();
-                let mag: f64 = terms.map(f64::abs).sum();
-                let g = out[i * n + j] as f64;
-                assert!(
-                    (g - r).abs() <= 1e-6 * mag + 1e-6,
-                    "{m}x{n}x{k} g{group} ({i},{j}) {g} vs {r}"
-                );
-            }
-        }
-        // every token alone gives the same bits as in the batch
-        for i in 0..m {
-            let mut one = vec![f32::NAN; n];
-            gemm(&mut one, &x[i * k..(i + 1) * k], 1, &p);
-            assert!(
-                one.iter()
-                    .zip(&out[i * n..(i + 1) * n])
-                    .all(|(a, b)| a.to_bits() == b.to_bits()),
-                "{m}x{n}x{k}: token {i} alone differs from the batch"
-            );
-        }
+        let xa: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+        let what = format!("{m}x{n}x{k} g{group}");
+        check_int4_gemm(&what, &xa, &wd, m, n, k, |o: &mut [f32], i0, rows| {
+            gemm(o, &x[i0 * k..(i0 + rows) * k], rows, &p)
+        });
     }
     // shapes the kernel does not take fall back to the decode path
     let q = int4_weight(&mut rng, 2, 48, 16, true);
@@ -668,31 +686,14 @@ fn int4_bf16_gemm_matches_reference_and_is_batch_invariant() {
         let wd = decoded(&q, n, k);
         let mut xb = vec![0u16; m * k];
         round_to_bf16(&x, &mut xb);
-        let mut out = vec![f32::NAN; m * n];
-        gemm(&mut out, &xb, m, &p);
-        for i in 0..m {
-            for j in 0..n {
-                let xr = |t: usize| f32::from_bits((bf16_bits(x[i * k + t]) as u32) << 16) as f64;
-                let terms = (0..k).map(|t| xr(t) * wd[j * k + t] as f64);
-                let r: f64 = terms.clone().sum();
-                let mag: f64 = terms.map(f64::abs).sum();
-                let g = out[i * n + j] as f64;
-                assert!(
-                    (g - r).abs() <= 1e-6 * mag + 1e-6,
-                    "{m}x{n}x{k} g{group} ({i},{j}) {g} vs {r}"
-                );
-            }
-        }
-        for i in 0..m {
-            let mut one = vec![f32::NAN; n];
-            gemm(&mut one, &xb[i * k..(i + 1) * k], 1, &p);
-            assert!(
-                one.iter()
-                    .zip(&out[i * n..(i + 1) * n])
-                    .all(|(a, b)| a.to_bits() == b.to_bits()),
-                "{m}x{n}x{k}: token {i} alone differs from the batch"
-            );
-        }
+        let xa: Vec<f64> = x
+            .iter()
+            .map(|&v| f32::from_bits((bf16_bits(v) as u32) << 16) as f64)
+            .collect();
+        let what = format!("{m}x{n}x{k} g{group}");
+        check_int4_gemm(&what, &xa, &wd, m, n, k, |o: &mut [f32], i0, rows| {
+            gemm(o, &xb[i0 * k..(i0 + rows) * k], rows, &p)
+        });
     }
     // groups or k that are not whole 64-value blocks are left to the other kernels
     let q = int4_weight(&mut rng, 2, 96, 32, true);
