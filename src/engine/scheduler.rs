@@ -130,8 +130,8 @@ struct Seq {
     generated: usize,
     /// The completion detokenized incrementally (whole characters only).
     stream: TextStream,
-    /// Completion text sent so far.
-    sent: String,
+    /// Bytes of the stream's text sent so far (the text only grows, so this prefix is fixed).
+    sent: usize,
     last_token: Option<Instant>,
     /// `Done` (or `Failed`) was sent.
     done: bool,
@@ -228,7 +228,7 @@ impl<B: Backend> Scheduler<B> {
             sampler,
             generated: 0,
             stream: TextStream::new(),
-            sent: String::new(),
+            sent: 0,
             last_token: None,
             done: false,
         });
@@ -463,30 +463,27 @@ fn accept(s: &mut Seq, next: u32, tok: &TokenizerBundle, cfg: &SchedulerConfig, 
     }
     // whole characters only, so a stop string found here is final; the search starts where
     // a stop string overlapping the unsent tail could begin
-    let text = s.stream.text().to_string();
+    let text = s.stream.text();
     let longest = s.req.stop.iter().map(String::len).max().unwrap_or(0);
-    let mut from = s.sent.len().saturating_sub(longest);
+    let mut from = s.sent.saturating_sub(longest);
     while !text.is_char_boundary(from) {
         from -= 1;
     }
-    if let Some(cut) = s
+    let cut = s
         .req
         .stop
         .iter()
         .filter_map(|st| text[from..].find(st.as_str()).map(|i| from + i))
-        .min()
-    {
-        if cut >= s.sent.len() {
-            s.send(&text[..cut]);
-        }
+        .min();
+    let (all, clear) = (text.len(), text.len() - held_back(text, &s.req.stop));
+    if let Some(cut) = cut {
+        s.send_upto(cut);
         return s.finish(FinishReason::Stop, metrics);
     }
+    s.send_upto(if limit { all } else { clear });
     if limit {
-        s.send(&text);
-        return s.finish(FinishReason::Length, metrics);
+        s.finish(FinishReason::Length, metrics);
     }
-    let hold = held_back(&text, &s.req.stop);
-    s.send(&text[..text.len() - hold]);
 }
 
 /// Bytes at the end of `text` that could begin a stop string (held back until it is clear).
@@ -503,14 +500,13 @@ fn held_back(text: &str, stop: &[String]) -> usize {
 }
 
 impl Seq {
-    /// Send the part of `text` (the completion so far, a prefix of it) not yet sent.
-    fn send(&mut self, text: &str) {
-        if text.len() > self.sent.len() && text.starts_with(&self.sent) {
-            let _ = self
-                .req
-                .events
-                .send(Event::Text(text[self.sent.len()..].to_string()));
-            self.sent = text.to_string();
+    /// Send the stream's text from what was sent up to byte `end` (nothing if `end` is not
+    /// past it).
+    fn send_upto(&mut self, end: usize) {
+        if end > self.sent {
+            let piece = self.stream.text()[self.sent..end].to_string();
+            let _ = self.req.events.send(Event::Text(piece));
+            self.sent = end;
         }
     }
 
