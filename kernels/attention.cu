@@ -1,14 +1,16 @@
-// Causal grouped-query attention over the paged KV cache, split along the keys
-// (flash-decoding): every query row is independent, so one pair of kernels serves prefill
-// rows and decode rows alike.
+// Causal grouped-query attention over the paged KV cache. Two paths, chosen per sequence by the
+// host so a sequence's result never depends on its batch-mates: decode rows (one per sequence)
+// go through the key-split flash-decoding pair attn_partial / attn_combine in f32; prefill
+// chunks through attn_prefill_hd{64,128}, a FlashAttention-2-style tensor-core kernel.
 //
-// attn_partial: grid (rows * n_heads, splits), 128 threads. Row r attends to keys
+// attn_partial: grid (selected rows * n_heads, splits), 128 threads. Selected row i is batch
+// row r = row_ids[i]; it attends to keys
 // 0 .. n_keys[r] - 1 of its sequence, whose block table is tables + seq_of[r] * max_blocks
 // (position p lives in cache slot table[p / block_size] * block_size + p % block_size). Split s
 // takes keys [s * split_len, min(n_keys, (s + 1) * split_len)): one warp per key for Q.K,
 // softmax numerators in shared memory, then threads over head dims for P.V. It writes the
 // unnormalised partial output, its max m and its sum l to part (rows, n_heads, splits,
-// head_dim + 2); an empty split writes (0, -inf, 0).
+// head_dim + 2), indexed by the selected row; an empty split writes (0, -inf, 0).
 #define ATTN_MAX_SPLIT 256
 #define ATTN_MAX_HD 256
 
@@ -19,17 +21,18 @@ __device__ __forceinline__ size_t kv_slot(const u32* table, int p, int block_siz
 extern "C" __global__ void attn_partial(
     float* __restrict__ part, const float* __restrict__ q, const float* __restrict__ k_cache,
     const float* __restrict__ v_cache, const u32* __restrict__ tables,
-    const u32* __restrict__ seq_of, const u32* __restrict__ n_keys, int max_blocks,
-    int block_size, int n_heads, int n_kv_heads, int head_dim, int split_len, int splits,
-    float scale) {
+    const u32* __restrict__ row_ids, const u32* __restrict__ seq_of,
+    const u32* __restrict__ n_keys, int max_blocks, int block_size, int n_heads, int n_kv_heads,
+    int head_dim, int split_len, int splits, float scale) {
     __shared__ float qs[ATTN_MAX_HD];
     __shared__ float sc[ATTN_MAX_SPLIT];
     __shared__ float sh[32];
-    const int row = blockIdx.x / n_heads, h = blockIdx.x % n_heads, split = blockIdx.y;
+    const int sel = blockIdx.x / n_heads, h = blockIdx.x % n_heads, split = blockIdx.y;
+    const int row = (int)row_ids[sel];
     const int g = h / (n_heads / n_kv_heads), kvd = n_kv_heads * head_dim;
     const int nk = (int)n_keys[row];
     const int j0 = split * split_len, j1 = min(nk, j0 + split_len);
-    float* out = part + (((size_t)row * n_heads + h) * splits + split) * (head_dim + 2);
+    float* out = part + (((size_t)sel * n_heads + h) * splits + split) * (head_dim + 2);
     if (j0 >= j1) {
         for (int i = threadIdx.x; i < head_dim; i += blockDim.x) out[i] = 0.0f;
         if (threadIdx.x == 0) {
@@ -73,11 +76,15 @@ extern "C" __global__ void attn_partial(
     }
 }
 
-// attn_combine: grid rows * n_heads, threads over head dims. out (rows, n_heads * head_dim) =
-// sum_s acc_s e^(m_s - M) / sum_s l_s e^(m_s - M), M = max_s m_s (split 0 is never empty).
+// attn_combine: grid selected rows * n_heads, threads over head dims. Batch row
+// row_ids[i] of out (rows, n_heads * head_dim) = sum_s acc_s e^(m_s - M) / sum_s l_s e^(m_s - M),
+// M = max_s m_s (split 0 is never empty).
 extern "C" __global__ void attn_combine(float* __restrict__ out, const float* __restrict__ part,
+                                        const u32* __restrict__ row_ids, int n_heads,
                                         int head_dim, int splits) {
     const float* p = part + (size_t)blockIdx.x * splits * (head_dim + 2);
+    const size_t o = ((size_t)row_ids[blockIdx.x / n_heads] * n_heads + blockIdx.x % n_heads) *
+                     head_dim;
     float M = NEG_INF;
     for (int s = 0; s < splits; ++s) M = fmaxf(M, p[s * (head_dim + 2) + head_dim]);
     float L = 0.0f;
@@ -87,6 +94,181 @@ extern "C" __global__ void attn_combine(float* __restrict__ out, const float* __
         float a = 0.0f;
         for (int s = 0; s < splits; ++s)
             a += p[s * (head_dim + 2) + i] * expf(p[s * (head_dim + 2) + head_dim] - M);
-        out[(size_t)blockIdx.x * head_dim + i] = a / L;
+        out[o + i] = a / L;
     }
 }
+
+// attn_prefill_hd{64,128}: FlashAttention-2 (Dao 2023) on mma.m16n8k16 bf16. Grid (tiles,
+// n_heads), 128 threads. Tile i = tiles[4 i ..] = (sequence, first batch row, rows <= 64, position
+// of the first row): consecutive rows of one sequence, row r at position pos0 + r attending to
+// keys 0 ..= pos0 + r. Each warp owns 16 query rows held as bf16 A fragments; the block walks
+// the keys 64 at a time, staging K as (key, dim-pair) words and V transposed as (dim, key-pair)
+// words (both converted from the f32 cache to bf16, rows padded by 4 words so fragment loads
+// hit distinct banks), S = Q K^T on tensor cores, the causal mask, an online softmax in base 2
+// per row (each lane keeps partial row sums; the quad reduces them once at the end), and
+// O += P V with P rounded to bf16 straight from the S accumulators (the C layout of m16n8 is
+// the A layout of m16n8k16). Q, K, V and P are bf16, everything else f32.
+#define FA_BQ 64
+#define FA_BK 64
+
+template <int HD>
+__device__ __forceinline__ void attn_prefill(float* __restrict__ out, const float* __restrict__ q,
+                                             const float* __restrict__ k_cache,
+                                             const float* __restrict__ v_cache,
+                                             const u32* __restrict__ tables,
+                                             const u32* __restrict__ tiles, int max_blocks,
+                                             int block_size, int n_heads, int n_kv_heads,
+                                             float scale_log2) {
+    constexpr int KLD = HD / 2 + 4, VLD = FA_BK / 2 + 4, KSTEPS = HD / 16, DT = HD / 8;
+    constexpr int NT = FA_BK / 8; // n8 tiles of keys per step
+    __shared__ __align__(16) u32 ks[FA_BK * KLD]; // (key, dim pair) bf16x2
+    __shared__ __align__(16) u32 vt[HD * VLD];    // (dim, key pair) bf16x2
+    const u32* tl = tiles + 4 * blockIdx.x;
+    const int seq = (int)tl[0], row0 = (int)tl[1], count = (int)tl[2], pos0 = (int)tl[3];
+    const int h = blockIdx.y, kvh = h / (n_heads / n_kv_heads);
+    const size_t kvd = (size_t)n_kv_heads * HD, qd = (size_t)n_heads * HD;
+    const u32* table = tables + (size_t)seq * max_blocks;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+    const int r_lo = warp * 16 + g, r_hi = r_lo + 8; // this lane's two rows in the tile
+    // keys visible to each row (0 for rows past the tile: fully masked, never written)
+    const int nk_lo = r_lo < count ? pos0 + r_lo + 1 : 0;
+    const int nk_hi = r_hi < count ? pos0 + r_hi + 1 : 0;
+    u32 qf[KSTEPS][4];
+#pragma unroll
+    for (int kk = 0; kk < KSTEPS; ++kk)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const int r = (e & 1) ? r_hi : r_lo, w = kk * 8 + t + (e >> 1) * 4;
+            const float* qr = q + (size_t)(row0 + r) * qd + (size_t)h * HD + 2 * w;
+            qf[kk][e] = r < count ? pack_bf16x2(qr[0], qr[1]) : 0u;
+        }
+    float o[DT][4];
+#pragma unroll
+    for (int d = 0; d < DT; ++d)
+#pragma unroll
+        for (int c = 0; c < 4; ++c) o[d][c] = 0.0f;
+    float m_lo = NEG_INF, m_hi = NEG_INF, l_lo = 0.0f, l_hi = 0.0f;
+    const int kmax = pos0 + count;
+    for (int k0 = 0; k0 < kmax; k0 += FA_BK) {
+        __syncthreads(); // the previous step's reads of ks / vt are done
+        for (int e = threadIdx.x; e < FA_BK * (HD / 2); e += blockDim.x) {
+            const int kr = e / (HD / 2), w = e % (HD / 2), p = k0 + kr;
+            u32 v = 0u;
+            if (p < kmax) {
+                const float2 kv = *(const float2*)(k_cache + kv_slot(table, p, block_size) * kvd +
+                                                   (size_t)kvh * HD + 2 * w);
+                v = pack_bf16x2(kv.x, kv.y);
+            }
+            ks[kr * KLD + w] = v;
+        }
+        for (int e = threadIdx.x; e < (FA_BK / 2) * HD; e += blockDim.x) {
+            const int kp = e / HD, d = e % HD, p = k0 + 2 * kp;
+            const size_t off = (size_t)kvh * HD + d;
+            const float v0 = p < kmax ? v_cache[kv_slot(table, p, block_size) * kvd + off] : 0.0f;
+            const float v1 =
+                p + 1 < kmax ? v_cache[kv_slot(table, p + 1, block_size) * kvd + off] : 0.0f;
+            vt[d * VLD + kp] = pack_bf16x2(v0, v1);
+        }
+        __syncthreads();
+        float s[NT][4];
+#pragma unroll
+        for (int j = 0; j < NT; ++j) {
+#pragma unroll
+            for (int c = 0; c < 4; ++c) s[j][c] = 0.0f;
+#pragma unroll
+            for (int kk = 0; kk < KSTEPS; ++kk) {
+                u32 b[2];
+                frag_b(b, ks, KLD, j * 8, kk * 8, g, t);
+                mma_bf16(s[j], qf[kk], b);
+            }
+        }
+        float mx_lo = NEG_INF, mx_hi = NEG_INF;
+#pragma unroll
+        for (int j = 0; j < NT; ++j)
+#pragma unroll
+            for (int c = 0; c < 4; ++c) {
+                const int key = k0 + j * 8 + t * 2 + (c & 1);
+                const bool hi = c >= 2;
+                const float v = key < (hi ? nk_hi : nk_lo) ? s[j][c] * scale_log2 : NEG_INF;
+                s[j][c] = v;
+                if (hi)
+                    mx_hi = fmaxf(mx_hi, v);
+                else
+                    mx_lo = fmaxf(mx_lo, v);
+            }
+        // the quad (t = 0..3) holds one row's keys
+#pragma unroll
+        for (int o2 = 1; o2 < 4; o2 <<= 1) {
+            mx_lo = fmaxf(mx_lo, __shfl_xor_sync(0xffffffffu, mx_lo, o2));
+            mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, o2));
+        }
+        const float mn_lo = fmaxf(m_lo, mx_lo), mn_hi = fmaxf(m_hi, mx_hi);
+        // a row with no visible key yet subtracts 0, so exp2(-inf) = 0 instead of NaN
+        const float base_lo = mn_lo == NEG_INF ? 0.0f : mn_lo;
+        const float base_hi = mn_hi == NEG_INF ? 0.0f : mn_hi;
+        const float a_lo = exp2f(m_lo - base_lo), a_hi = exp2f(m_hi - base_hi);
+        m_lo = mn_lo;
+        m_hi = mn_hi;
+        l_lo *= a_lo;
+        l_hi *= a_hi;
+#pragma unroll
+        for (int d = 0; d < DT; ++d) {
+            o[d][0] *= a_lo;
+            o[d][1] *= a_lo;
+            o[d][2] *= a_hi;
+            o[d][3] *= a_hi;
+        }
+#pragma unroll
+        for (int j = 0; j < NT; ++j)
+#pragma unroll
+            for (int c = 0; c < 4; ++c) {
+                const bool hi = c >= 2;
+                const float p = exp2f(s[j][c] - (hi ? base_hi : base_lo));
+                s[j][c] = p;
+                if (hi)
+                    l_hi += p;
+                else
+                    l_lo += p;
+            }
+#pragma unroll
+        for (int kk = 0; kk < FA_BK / 16; ++kk) {
+            const u32 pa[4] = {pack_bf16x2(s[2 * kk][0], s[2 * kk][1]),
+                               pack_bf16x2(s[2 * kk][2], s[2 * kk][3]),
+                               pack_bf16x2(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                               pack_bf16x2(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+            for (int d = 0; d < DT; ++d) {
+                u32 b[2];
+                frag_b(b, vt, VLD, d * 8, kk * 8, g, t);
+                mma_bf16(o[d], pa, b);
+            }
+        }
+    }
+#pragma unroll
+    for (int o2 = 1; o2 < 4; o2 <<= 1) {
+        l_lo += __shfl_xor_sync(0xffffffffu, l_lo, o2);
+        l_hi += __shfl_xor_sync(0xffffffffu, l_hi, o2);
+    }
+#pragma unroll
+    for (int d = 0; d < DT; ++d)
+#pragma unroll
+        for (int c = 0; c < 4; ++c) {
+            const bool hi = c >= 2;
+            const int r = hi ? r_hi : r_lo;
+            if (r < count)
+                out[(size_t)(row0 + r) * qd + (size_t)h * HD + d * 8 + t * 2 + (c & 1)] =
+                    o[d][c] / (hi ? l_hi : l_lo);
+        }
+}
+
+#define ATTN_PREFILL(HD)                                                                      \
+    extern "C" __global__ void __launch_bounds__(128) attn_prefill_hd##HD(                    \
+        float* __restrict__ out, const float* __restrict__ q, const float* __restrict__ k,    \
+        const float* __restrict__ v, const u32* __restrict__ tables,                          \
+        const u32* __restrict__ tiles, int max_blocks, int block_size, int n_heads,           \
+        int n_kv_heads, float scale_log2) {                                                   \
+        attn_prefill<HD>(out, q, k, v, tables, tiles, max_blocks, block_size, n_heads,        \
+                         n_kv_heads, scale_log2);                                             \
+    }
+ATTN_PREFILL(64)
+ATTN_PREFILL(128)

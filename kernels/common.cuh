@@ -15,6 +15,14 @@ __device__ __forceinline__ bf16_t f32_to_bf16(float f) {
     return r;
 }
 
+// Two f32 rounded to bf16 (nearest even) in one word, `lo` in the low half: the lower k index
+// of an mma fragment word.
+__device__ __forceinline__ u32 pack_bf16x2(float lo, float hi) {
+    u32 r;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+}
+
 #define NEG_INF __int_as_float(0xff800000)
 
 // Sum (MAX = false) or maximum (MAX = true) across the warp; every lane gets it.
@@ -49,8 +57,24 @@ __device__ __forceinline__ float block_reduce(float v, float* sh) {
 __device__ __forceinline__ float block_sum(float v, float* sh) { return block_reduce<false>(v, sh); }
 __device__ __forceinline__ float block_max(float v, float* sh) { return block_reduce<true>(v, sh); }
 
-// 8-bit tensor-core GEMMs (gemm_int8.cu, gemm_fp8.cu) stage k steps of 32 bytes per row as 8
-// 32-bit words, padded by one word per shared row.
+// Tensor-core fragments. Every operand is staged in shared memory as rows of 32-bit words:
+// 4 int8 / e4m3 bytes or 2 bf16 of consecutive k per word, so one m16n8k32 8-bit step and one
+// m16n8k16 bf16 step both consume 8 words (32 bytes) per row and share these loaders. s is
+// row-major with `ld` words per row; w0 the first word of the k step; g = lane / 4,
+// t = lane % 4 (the PTX fragment layouts of mma .row.col).
+__device__ __forceinline__ void frag_a(u32* a, const u32* s, int ld, int r, int w0, int g, int t) {
+    a[0] = s[(r + g) * ld + w0 + t];
+    a[1] = s[(r + g + 8) * ld + w0 + t];
+    a[2] = s[(r + g) * ld + w0 + t + 4];
+    a[3] = s[(r + g + 8) * ld + w0 + t + 4];
+}
+
+__device__ __forceinline__ void frag_b(u32* b, const u32* s, int ld, int r, int w0, int g, int t) {
+    b[0] = s[(r + g) * ld + w0 + t];
+    b[1] = s[(r + g) * ld + w0 + t + 4];
+}
+
+// conv.cu stages one k step per round as 8 words padded by one per shared row.
 #define MMA8_KW 8
 
 // Stage rows r0 .. r0 + ROWS of the row-major byte matrix src (rows_total, k; k a multiple of
@@ -67,18 +91,12 @@ __device__ __forceinline__ void stage_words(u32 (*dst)[MMA8_KW + 1], const void*
     }
 }
 
-// The m16n8k32 8-bit A fragment of rows r .. r + 15 (row-major, 4 words per lane) and the B
-// fragment of columns (weight rows) r .. r + 7, from staged words. g = lane / 4, t = lane % 4.
 __device__ __forceinline__ void frag_a8(u32* a, const u32 (*s)[MMA8_KW + 1], int r, int g, int t) {
-    a[0] = s[r + g][t];
-    a[1] = s[r + g + 8][t];
-    a[2] = s[r + g][t + 4];
-    a[3] = s[r + g + 8][t + 4];
+    frag_a(a, &s[0][0], MMA8_KW + 1, r, 0, g, t);
 }
 
 __device__ __forceinline__ void frag_b8(u32* b, const u32 (*s)[MMA8_KW + 1], int r, int g, int t) {
-    b[0] = s[r + g][t];
-    b[1] = s[r + g][t + 4];
+    frag_b(b, &s[0][0], MMA8_KW + 1, r, 0, g, t);
 }
 
 // One m16n8k32 s8 tensor-core step (sm_80+): c (int32) += a · b from frag_a8 / frag_b8.
@@ -99,6 +117,113 @@ __device__ __forceinline__ void mma_bf16(float* c, const u32* a, const u32* b) {
         "{%8,%9}, {%0,%1,%2,%3};"
         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+// The pipelined tensor-core tile every dense GEMM shares (gemm_int8.cu's W8A8, gemm_fp8.cu's
+// E4M3, gemm.cu's BF16): acc = the (BM, BN) tile at block (blockIdx.y, blockIdx.x) of
+// a (m, k) . b (n, k)^T, both row-major with kb bytes per row (kb a multiple of 16, rows 16-byte
+// aligned). Each stage stages 64 bytes of k (two mma k steps) per row with cp.async (sm_80+),
+// double-buffered so the next stage's loads fly while this one's MMAs run; rows past m / n and
+// bytes past kb are zero-filled (src-size 0), so any m, n. Staged rows are TC_LD = 20 words:
+// 16-byte aligned for cp.async, and a fragment load's 8 rows x 4 words hit 32 distinct banks.
+// WARPS_M x WARPS_N warps each own a (BM / WARPS_M) x (BN / WARPS_N) piece as 16 x 8 tiles.
+#define TC_KB 64
+#define TC_LD 20
+
+__device__ __forceinline__ u32 smem_addr(const void* p) {
+    u32 r;
+    asm("{ .reg .u64 a; cvta.to.shared.u64 a, %1; cvt.u32.u64 %0, a; }" : "=r"(r) : "l"(p));
+    return r;
+}
+
+// 16 bytes global -> shared, of which `bytes` (16 or 0) are read and the rest zero-filled.
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, int bytes) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(smem_addr(dst)), "l"(src),
+                 "r"(bytes));
+}
+
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;"); }
+
+// Wait until at most N of this thread's committed groups are still in flight.
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;" ::"n"(N));
+}
+
+// Issue the copies of rows r0 .. r0 + ROWS, bytes b0 .. b0 + TC_KB of src into dst (ROWS, TC_LD).
+template <int ROWS>
+__device__ __forceinline__ void tc_stage(u32* dst, const unsigned char* src, int r0,
+                                         int rows_total, int kb, int b0) {
+    for (int e = threadIdx.x; e < ROWS * (TC_KB / 16); e += blockDim.x) {
+        const int r = e / (TC_KB / 16), c = e % (TC_KB / 16), gr = r0 + r, gb = b0 + c * 16;
+        const bool in = gr < rows_total && gb < kb;
+        cp_async16(dst + r * TC_LD + c * 4, in ? src + (size_t)gr * kb + gb : src, in ? 16 : 0);
+    }
+}
+
+template <int BM, int BN, int WARPS_M, int WARPS_N, typename Acc, typename Mma>
+__device__ __forceinline__ void tc_gemm_tile(Acc (&acc)[BM / WARPS_M / 16][BN / WARPS_N / 8][4],
+                                             const void* a, const void* b, int m, int n, int kb,
+                                             Mma mma) {
+    constexpr int MT = BM / WARPS_M / 16, NT = BN / WARPS_N / 8;
+    __shared__ __align__(16) u32 as[2][BM * TC_LD];
+    __shared__ __align__(16) u32 bs[2][BN * TC_LD];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+    const int wm = (warp / WARPS_N) * (BM / WARPS_M), wn = (warp % WARPS_N) * (BN / WARPS_N);
+    const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
+    const unsigned char *ab = (const unsigned char*)a, *bb = (const unsigned char*)b;
+#pragma unroll
+    for (int i = 0; i < MT; ++i)
+#pragma unroll
+        for (int j = 0; j < NT; ++j)
+#pragma unroll
+            for (int c = 0; c < 4; ++c) acc[i][j][c] = 0;
+    const int stages = (kb + TC_KB - 1) / TC_KB;
+    tc_stage<BM>(as[0], ab, m0, m, kb, 0);
+    tc_stage<BN>(bs[0], bb, n0, n, kb, 0);
+    cp_async_commit();
+    for (int s = 0; s < stages; ++s) {
+        const int cur = s & 1;
+        if (s + 1 < stages) {
+            tc_stage<BM>(as[cur ^ 1], ab, m0, m, kb, (s + 1) * TC_KB);
+            tc_stage<BN>(bs[cur ^ 1], bb, n0, n, kb, (s + 1) * TC_KB);
+        }
+        cp_async_commit(); // an empty group on the last stage keeps the wait count uniform
+        cp_async_wait<1>(); // stage s has landed (only the one just issued may be in flight)
+        __syncthreads();
+#pragma unroll
+        for (int kk = 0; kk < TC_KB / 32; ++kk) {
+            u32 af[MT][4], bf[NT][2];
+#pragma unroll
+            for (int i = 0; i < MT; ++i) frag_a(af[i], as[cur], TC_LD, wm + i * 16, kk * 8, g, t);
+#pragma unroll
+            for (int j = 0; j < NT; ++j) frag_b(bf[j], bs[cur], TC_LD, wn + j * 8, kk * 8, g, t);
+#pragma unroll
+            for (int i = 0; i < MT; ++i)
+#pragma unroll
+                for (int j = 0; j < NT; ++j) mma(acc[i][j], af[i], bf[j]);
+        }
+        __syncthreads(); // everyone is done reading `cur` before it is refilled
+    }
+}
+
+// Hand every accumulator of tc_gemm_tile inside the (m, n) output to f(i, j, value), with the
+// row i and column j of the m16n8 C fragment layout.
+template <int BM, int BN, int WARPS_M, int WARPS_N, typename Acc, typename F>
+__device__ __forceinline__ void tc_store(const Acc (&acc)[BM / WARPS_M / 16][BN / WARPS_N / 8][4],
+                                         int m, int n, F f) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+    const int i0 = blockIdx.y * BM + (warp / WARPS_N) * (BM / WARPS_M);
+    const int j0 = blockIdx.x * BN + (warp % WARPS_N) * (BN / WARPS_N);
+#pragma unroll
+    for (int a = 0; a < BM / WARPS_M / 16; ++a)
+#pragma unroll
+        for (int b = 0; b < BN / WARPS_N / 8; ++b)
+#pragma unroll
+            for (int c = 0; c < 4; ++c) {
+                const int i = i0 + a * 16 + g + (c >> 1) * 8, j = j0 + b * 8 + t * 2 + (c & 1);
+                if (i < m && j < n) f(i, j, acc[a][b][c]);
+            }
 }
 
 // The CUDA-core tiled GEMM both dense fallbacks share (gemm.cu's bf16, gemm_int4.cu's W4A16):

@@ -1,6 +1,30 @@
-// Dense GEMMs with bf16 weights and f32 activations / accumulation: the fallback where cuBLAS
-// is absent (and the reference the cuBLAS path is tested against).
+// Dense GEMMs with bf16 weights. Prefill-sized products run on tensor cores: the activations
+// are rounded to bf16 once (cast_bf16) and gemm_bf16_tc multiplies bf16 x bf16 into f32, the
+// fallback where cuBLAS is absent and the kernel the cuBLAS path is tested against. gemm_bf16
+// keeps f32 activations on CUDA cores (for k not a multiple of 8); gemv_bf16 is decode.
 //
+// cast_bf16: out (n) = x rounded to bf16 (nearest even). Grid-stride, any grid.
+extern "C" __global__ void cast_bf16(bf16_t* __restrict__ out, const float* __restrict__ x,
+                                     int n) {
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x)
+        out[i] = f32_to_bf16(x[i]);
+}
+
+// gemm_bf16_tc: out (m, n) = xb (m, k) . w (n, k)^T [+ bias], both bf16, f32 accumulation on
+// mma.m16n8k16 through common.cuh's pipelined tile (128 x 128, 8 warps of 64 x 32); k a
+// multiple of 8 (16-byte rows). Grid (ceil(n / 128), ceil(m / 128)), 256 threads.
+extern "C" __global__ void __launch_bounds__(256) gemm_bf16_tc(
+    float* __restrict__ out, const bf16_t* __restrict__ xb, const bf16_t* __restrict__ w,
+    const float* __restrict__ bias, int m, int n, int k) {
+    float acc[4][4][4];
+    tc_gemm_tile<128, 128, 2, 4>(acc, xb, w, m, n, 2 * k,
+                                 [](float* c, const u32* a, const u32* b) { mma_bf16(c, a, b); });
+    tc_store<128, 128, 2, 4>(acc, m, n, [&](int i, int j, float v) {
+        out[(size_t)i * n + j] = bias ? v + bias[j] : v;
+    });
+}
+
+
 // gemm_bf16: out (m, n) = x (m, k) . w (n, k)^T on common.cuh's gemm_tile64 (any m, n, k;
 // grid (ceil(n / 64), ceil(m / 64)), 256 threads).
 extern "C" __global__ void __launch_bounds__(256) gemm_bf16(

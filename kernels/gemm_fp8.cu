@@ -1,16 +1,15 @@
 // FP8 E4M3 W8A8 (sm_89+): e4m3 activations with a per-token scale times e4m3 weights with a
 // per-output-channel scale, f32 accumulation on tensor cores (mma.m16n8k32 e4m3), epilogue
-// out[i, j] = (s_a[i] * s_w[j]) * acc + bias[j]. Tiling as gemm_int8.cu but 64 x 32 block tiles
-// (4 warps of 2 x 2 mma tiles): with 2 x 4 tiles ptxas spills on sm_90a, where this mma is
-// not native (Hopper's FP8 path is wgmma, still to write). k steps of 32 as 32-bit words; k a
-// multiple of 16. Grid (ceil(n / 32), ceil(m / 64)), 128 threads.
+// out[i, j] = (s_a[i] * s_w[j]) * acc + bias[j]. common.cuh's pipelined tile at 128 x 32 per
+// block, 8 warps of 32 x 16: on sm_90a this mma is not native (ptxas emulates it; Hopper's FP8
+// path is wgmma, still to write) and warp tiles of 32 x 32 spill there. k a multiple of 16.
+// Grid (ceil(n / 32), ceil(m / 128)), 256 threads.
 // Ampere has no FP8 tensor cores: there the kernels compile to a trap and the host never
 // launches them (FP8 checkpoints on sm_80 take the weight-dequant path or a clear error).
 typedef unsigned char u8;
 
-#define FT_M 64
+#define FT_M 128
 #define FT_N 32
-#define FT_NB 2 // n8 tiles per warp
 
 __device__ __forceinline__ void mma_e4m3(float* c, const u32* a, const u32* b) {
 #if __CUDA_ARCH__ >= 890
@@ -24,52 +23,18 @@ __device__ __forceinline__ void mma_e4m3(float* c, const u32* a, const u32* b) {
 #endif
 }
 
-extern "C" __global__ void __launch_bounds__(128) gemm_fp8(
+extern "C" __global__ void __launch_bounds__(256) gemm_fp8(
     float* __restrict__ out, const u8* __restrict__ qa, const u8* __restrict__ qw,
     const float* __restrict__ a_scale, const float* __restrict__ w_scale,
     const float* __restrict__ bias, int m, int n, int k) {
-    __shared__ u32 as[FT_M][MMA8_KW + 1];
-    __shared__ u32 bs[FT_N][MMA8_KW + 1];
-    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const int g = lane >> 2, t = lane & 3;
-    const int m0 = blockIdx.y * FT_M, n0 = blockIdx.x * FT_N;
-    const int wm = (warp >> 1) * 32, wn = (warp & 1) * (8 * FT_NB);
-    float acc[2][FT_NB][4];
-#pragma unroll
-    for (int a = 0; a < 2; ++a)
-#pragma unroll
-        for (int b = 0; b < FT_NB; ++b)
-#pragma unroll
-            for (int c = 0; c < 4; ++c) acc[a][b][c] = 0.0f;
-    for (int kw0 = 0; kw0 < (k >> 2); kw0 += MMA8_KW) {
-        stage_words<FT_M>(as, qa, m0, m, k, kw0);
-        stage_words<FT_N>(bs, qw, n0, n, k, kw0);
-        __syncthreads();
-        u32 af[2][4], bf[FT_NB][2];
-#pragma unroll
-        for (int a = 0; a < 2; ++a) frag_a8(af[a], as, wm + a * 16, g, t);
-#pragma unroll
-        for (int b = 0; b < FT_NB; ++b) frag_b8(bf[b], bs, wn + b * 8, g, t);
-#pragma unroll
-        for (int a = 0; a < 2; ++a)
-#pragma unroll
-            for (int b = 0; b < FT_NB; ++b) mma_e4m3(acc[a][b], af[a], bf[b]);
-        __syncthreads();
-    }
-#pragma unroll
-    for (int a = 0; a < 2; ++a)
-#pragma unroll
-        for (int b = 0; b < FT_NB; ++b)
-#pragma unroll
-            for (int c = 0; c < 4; ++c) {
-                const int i = m0 + wm + a * 16 + g + (c >> 1) * 8;
-                const int j = n0 + wn + b * 8 + t * 2 + (c & 1);
-                if (i < m && j < n) {
-                    float y = __fmul_rn(__fmul_rn(a_scale[i], w_scale[j]), acc[a][b][c]);
-                    if (bias) y = __fadd_rn(y, bias[j]);
-                    out[(size_t)i * n + j] = y;
-                }
-            }
+    float acc[2][2][4];
+    tc_gemm_tile<FT_M, FT_N, 4, 2>(
+        acc, qa, qw, m, n, k, [](float* c, const u32* a, const u32* b) { mma_e4m3(c, a, b); });
+    tc_store<FT_M, FT_N, 4, 2>(acc, m, n, [&](int i, int j, float v) {
+        float y = __fmul_rn(__fmul_rn(a_scale[i], w_scale[j]), v);
+        if (bias) y = __fadd_rn(y, bias[j]);
+        out[(size_t)i * n + j] = y;
+    });
 }
 
 // Two e4m3 codes (low byte first) to f32, exactly (every e4m3 value is an f16 and an f32).

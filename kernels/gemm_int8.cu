@@ -18,57 +18,22 @@ __device__ __forceinline__ void epilogue(float* out, int* acc_out, int i, int j,
     out[(size_t)i * n + j] = y;
 }
 
-// Tiled tensor-core kernel (sm_80+): block tile 64 (m) x 64 (n), 4 warps each owning 32 x 32 as
-// 2 x 4 mma.m16n8k32 tiles, k steps of 32 staged through shared memory as 32-bit words.
-// Grid (ceil(n / 64), ceil(m / 64)), 128 threads.
-#define QT_M 64
-#define QT_N 64
+// Tiled tensor-core kernel (sm_80+): common.cuh's pipelined tile, 128 x 128 per block, 8 warps
+// of 64 x 32 as 4 x 4 mma.m16n8k32 tiles. Grid (ceil(n / 128), ceil(m / 128)), 256 threads.
+#define QT_M 128
+#define QT_N 128
 
-extern "C" __global__ void __launch_bounds__(128) gemm_w8a8(
+extern "C" __global__ void __launch_bounds__(256) gemm_w8a8(
     float* __restrict__ out, int* __restrict__ acc_out, const i8* __restrict__ qa,
     const i8* __restrict__ qw, const float* __restrict__ a_scale, const int* __restrict__ a_zp,
     const float* __restrict__ w_scale, const int* __restrict__ colsum,
     const float* __restrict__ bias, int m, int n, int k) {
-    __shared__ u32 as[QT_M][MMA8_KW + 1];
-    __shared__ u32 bs[QT_N][MMA8_KW + 1];
-    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const int g = lane >> 2, t = lane & 3;
-    const int m0 = blockIdx.y * QT_M, n0 = blockIdx.x * QT_N;
-    const int wm = (warp >> 1) * 32, wn = (warp & 1) * 32;
-    int acc[2][4][4];
-#pragma unroll
-    for (int a = 0; a < 2; ++a)
-#pragma unroll
-        for (int b = 0; b < 4; ++b)
-#pragma unroll
-            for (int c = 0; c < 4; ++c) acc[a][b][c] = 0;
-    for (int kw0 = 0; kw0 < (k >> 2); kw0 += MMA8_KW) {
-        stage_words<QT_M>(as, qa, m0, m, k, kw0);
-        stage_words<QT_N>(bs, qw, n0, n, k, kw0);
-        __syncthreads();
-        u32 af[2][4], bf[4][2];
-#pragma unroll
-        for (int a = 0; a < 2; ++a) frag_a8(af[a], as, wm + a * 16, g, t);
-#pragma unroll
-        for (int b = 0; b < 4; ++b) frag_b8(bf[b], bs, wn + b * 8, g, t);
-#pragma unroll
-        for (int a = 0; a < 2; ++a)
-#pragma unroll
-            for (int b = 0; b < 4; ++b) mma_s8(acc[a][b], af[a], bf[b]);
-        __syncthreads();
-    }
-#pragma unroll
-    for (int a = 0; a < 2; ++a)
-#pragma unroll
-        for (int b = 0; b < 4; ++b)
-#pragma unroll
-            for (int c = 0; c < 4; ++c) {
-                const int i = m0 + wm + a * 16 + g + (c >> 1) * 8;
-                const int j = n0 + wn + b * 8 + t * 2 + (c & 1);
-                if (i < m && j < n)
-                    epilogue(out, acc_out, i, j, n, acc[a][b][c], a_scale, a_zp, w_scale, colsum,
-                             bias);
-            }
+    int acc[4][4][4];
+    tc_gemm_tile<QT_M, QT_N, 2, 4>(acc, qa, qw, m, n, k,
+                                    [](int* c, const u32* a, const u32* b) { mma_s8(c, a, b); });
+    tc_store<QT_M, QT_N, 2, 4>(acc, m, n, [&](int i, int j, int v) {
+        epilogue(out, acc_out, i, j, n, v, a_scale, a_zp, w_scale, colsum, bias);
+    });
 }
 
 // Decode-sized GEMV (m <= 16): one warp per output column streams its int8 weight row once,

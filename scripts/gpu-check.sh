@@ -26,6 +26,17 @@
 # Record each run's summary in docs/GPU_RESULTS.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# The device's CUDA libraries: the toolkit's, and PyTorch's wheels (libcublas.so.13 for the
+# cuBLAS BF16 path; without it ferroq runs its own tensor-core GEMM).
+cuda_env() {
+  local d
+  for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib \
+    $(python3 -c 'import site; print(" ".join(p + "/nvidia/cu13/lib" for p in site.getsitepackages() + [site.getusersitepackages()]))' 2>/dev/null || true); do
+    [ -d "$d" ] && export LD_LIBRARY_PATH="$d:${LD_LIBRARY_PATH:-}"
+  done
+  export FERROQ_KERNEL_CACHE=/tmp/ferroq-kernels
+}
 case "${1:-}" in
 build)
   cargo build --release -q
@@ -52,10 +63,7 @@ for l in sys.stdin:
 remote)
   OUT=${OUT:-/tmp/gpu-out}
   mkdir -p "$OUT"
-  for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do
-    [ -d "$d" ] && export LD_LIBRARY_PATH="$d:${LD_LIBRARY_PATH:-}"
-  done
-  export FERROQ_KERNEL_CACHE=/tmp/ferroq-kernels
+  cuda_env
   status=0
   {
     echo "# GPU check $(date -u +%FT%TZ), commit $(cat .gpu/COMMIT)"
@@ -79,7 +87,7 @@ remote)
 bench)
   OUT=${OUT:-/tmp/gpu-out}
   mkdir -p "$OUT"
-  export FERROQ_KERNEL_CACHE=/tmp/ferroq-kernels
+  cuda_env
   {
     echo "# GPU benchmarks $(date -u +%FT%TZ), commit $(cat .gpu/COMMIT)"
     nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader || true
@@ -100,7 +108,7 @@ bench)
 model)
   OUT=${OUT:-/tmp/gpu-out}
   mkdir -p "$OUT"
-  export FERROQ_KERNEL_CACHE=/tmp/ferroq-kernels
+  cuda_env
   shift
   for q in "${@:-bf16}"; do
     {

@@ -111,6 +111,10 @@ fn gemm_and_gemv_match_f64() {
         (37, 100, 130),
         (130, 67, 64),
         (5, 7, 33),
+        // tensor-core tiles: m, n not multiples of 128, k not of 32 (partial 64-byte stage)
+        (200, 300, 584),
+        (129, 4096, 1024),
+        (9, 257, 8),
     ] {
         let x = randn(&mut rng, m * k, 1.0);
         let w: Vec<bf16> = randn(&mut rng, n * k, 0.1)
@@ -130,21 +134,18 @@ fn gemm_and_gemv_match_f64() {
             up(&g, &w.iter().map(|v| v.to_bits()).collect::<Vec<u16>>()),
         );
         let (mi, ni, ki) = (m as i32, n as i32, k as i32);
-        let mut kernels = vec![(
-            Kernel::GemmBf16,
-            cfg((n.div_ceil(64) as u32, m.div_ceil(64) as u32), 256),
-        )];
+        let mut kernels = vec![Kernel::GemmBf16];
         if m <= 8 && k % 2 == 0 {
-            kernels.push((Kernel::GemvBf16, cfg((n.div_ceil(8) as u32, 1), 256)));
+            kernels.push(Kernel::GemvBf16);
         }
-        for (kern, lc) in kernels {
+        let scale = (k as f32).sqrt() * 0.1;
+        for kern in kernels {
             let mut od = g.stream.alloc_zeros::<f32>(m * n).expect("alloc");
             let f = g.function(kern).expect("kernel");
             let mut b = g.stream.launch_builder(&f);
             b.arg(&mut od).arg(&xd).arg(&wd).arg(&mi).arg(&ni).arg(&ki);
             // SAFETY: (out, x, w, m, n, k) as both GEMM kernels take them.
-            unsafe { b.launch(lc) }.expect("launch");
-            let scale = (k as f32).sqrt() * 0.1;
+            unsafe { b.launch(kern.gemm_launch(m, n).expect("geometry")) }.expect("launch");
             assert_close(
                 &format!("{kern:?} {m}x{n}x{k}"),
                 &down(&g, &od),
@@ -153,6 +154,53 @@ fn gemm_and_gemv_match_f64() {
                 1e-4,
             );
         }
+        if k % 8 != 0 {
+            continue;
+        }
+        // the tensor-core path: x rounded to bf16 on the device (cast_bf16 must round as
+        // `half` does, bit for bit), then bf16 x bf16 with f32 accumulation against f64 on
+        // the same rounded operands, plus the fused bias
+        let mut xb = g.stream.alloc_zeros::<u16>(m * k).expect("alloc");
+        let f = g.function(Kernel::CastBf16).expect("kernel");
+        let len = (m * k) as i32;
+        let mut b = g.stream.launch_builder(&f);
+        b.arg(&mut xb).arg(&xd).arg(&len);
+        // SAFETY: matches cast_bf16 (grid-stride); both hold m × k.
+        unsafe { b.launch(cfg((7, 1), 64)) }.expect("launch");
+        let got_xb: Vec<u16> = g.stream.clone_dtoh(&xb).expect("download");
+        let want_xb: Vec<u16> = x.iter().map(|&v| bf16::from_f32(v).to_bits()).collect();
+        assert_eq!(got_xb, want_xb, "cast_bf16 {m}x{k}");
+        let bias = randn(&mut rng, n, 1.0);
+        let mut want_tc = vec![0f32; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                want_tc[i * n + j] = ((0..k)
+                    .map(|t| bf16::from_bits(want_xb[i * k + t]).to_f64() * w[j * k + t].to_f64())
+                    .sum::<f64>()
+                    + bias[j] as f64) as f32;
+            }
+        }
+        let bd = up(&g, &bias);
+        let mut od = g.stream.alloc_zeros::<f32>(m * n).expect("alloc");
+        let f = g.function(Kernel::GemmBf16Tc).expect("kernel");
+        let mut b = g.stream.launch_builder(&f);
+        b.arg(&mut od)
+            .arg(&xb)
+            .arg(&wd)
+            .arg(&bd)
+            .arg(&mi)
+            .arg(&ni)
+            .arg(&ki);
+        let lc = Kernel::GemmBf16Tc.gemm_launch(m, n).expect("geometry");
+        // SAFETY: the argument list of gemm_bf16_tc; k % 8 == 0; buffers m × k, n × k, m × n.
+        unsafe { b.launch(lc) }.expect("launch");
+        assert_close(
+            &format!("gemm_bf16_tc {m}x{n}x{k}"),
+            &down(&g, &od),
+            &want_tc,
+            1e-4 * scale,
+            1e-4,
+        );
     }
 }
 
@@ -181,106 +229,123 @@ fn argmax_matches_the_sampler_including_ties() {
     assert_eq!(got[2], 100);
 }
 
+/// Paged causal GQA attention through `CudaBackend::attention` against the CPU backend, on
+/// both paths in one batch: prefill chunks (flash attention on bf16 tensor cores: a 100-row
+/// chunk continuing at position 37, so a partial 64-row tile and key tiles across the
+/// diagonal; a 2-row chunk) and decode rows (the f32 key-split kernels, several splits), with
+/// reversed block tables, for head dims 64 and 128 (flash attention) and 48 (split kernels
+/// only). q, K and V are bf16 values on both sides, so the flash path differs from the CPU only
+/// by P rounded to bf16 and summation order: within 2⁻⁸ of the output scale. Decode rows must
+/// match the f32 CPU closely, and each sequence must get the same bits when run alone.
 #[test]
 #[ignore = "needs a CUDA GPU"]
-fn paged_split_attention_matches_the_cpu() {
-    let mut g = gpu();
+fn paged_attention_both_paths_match_the_cpu() {
+    use ferroq::backend::cuda::backend::CudaBackend;
+    let gb = CudaBackend::new(0).unwrap_or_else(|e| panic!("these tests need a CUDA GPU: {e}"));
     let cpu = CpuBackend::new();
     let mut rng = Rng::new(4);
-    let (nh, nkv, hd, bs) = (9usize, 3usize, 64usize, 16usize);
-    let (qd, kvd) = (nh * hd, nkv * hd);
-    // two sequences: a 5-row prefill chunk at 300 and a decode row at 77
-    let seqs_spec = [(300usize, 5usize), (77, 1)];
-    let max_blocks = 20usize;
-    let n_blocks = 2 * max_blocks;
-    let kc = randn(&mut rng, n_blocks * bs * kvd, 1.0);
-    let vc = randn(&mut rng, n_blocks * bs * kvd, 1.0);
-    let tables: Vec<Vec<u32>> = vec![
-        (0..max_blocks as u32).rev().collect(),
-        (max_blocks as u32..n_blocks as u32).collect(),
-    ];
-    let rows: usize = seqs_spec.iter().map(|s| s.1).sum();
-    let q = randn(&mut rng, rows * qd, 1.0);
-    let mut kv_seqs = Vec::new();
-    let (mut seq_of, mut n_keys) = (Vec::new(), Vec::new());
-    let mut row0 = 0;
-    for (i, &(start, r)) in seqs_spec.iter().enumerate() {
-        kv_seqs.push(KvSeq {
-            row0,
-            rows: r,
-            start_pos: start,
-            blocks: &tables[i],
-        });
-        for rr in 0..r {
-            seq_of.push(i as u32);
-            n_keys.push((start + rr + 1) as u32);
+    let bf =
+        |v: Vec<f32>| -> Vec<f32> { v.into_iter().map(|x| bf16::from_f32(x).to_f32()).collect() };
+    for (nh, nkv, hd) in [(8usize, 2usize, 128usize), (9, 3, 64), (4, 4, 48)] {
+        let bs = 16usize;
+        let (qd, kvd) = (nh * hd, nkv * hd);
+        // (start position, new rows): prefill chunk, decode row, 2-row chunk, long decode row
+        let spec = [(37usize, 100usize), (77, 1), (5, 2), (700, 1)];
+        let max_blocks = 48usize;
+        let n_blocks = spec.len() * max_blocks;
+        let kc = bf(randn(&mut rng, n_blocks * bs * kvd, 1.0));
+        let vc = bf(randn(&mut rng, n_blocks * bs * kvd, 1.0));
+        let tables: Vec<Vec<u32>> = (0..spec.len())
+            .map(|i| {
+                let b0 = (i * max_blocks) as u32;
+                (b0..b0 + max_blocks as u32).rev().collect()
+            })
+            .collect();
+        let rows: usize = spec.iter().map(|s| s.1).sum();
+        let q = bf(randn(&mut rng, rows * qd, 1.0));
+        let mut seqs = Vec::new();
+        let mut row0 = 0;
+        for (i, &(start, r)) in spec.iter().enumerate() {
+            seqs.push(KvSeq {
+                row0,
+                rows: r,
+                start_pos: start,
+                blocks: &tables[i],
+            });
+            row0 += r;
         }
-        row0 += r;
+        let max_seq = max_blocks * bs;
+        let mut want = vec![0f32; rows * qd];
+        let mut scratch = vec![0f32; nh * ATTN_ROWS * max_seq];
+        cpu.attention(AttentionArgs {
+            out: &mut want,
+            q: &q,
+            k_cache: &kc,
+            v_cache: &vc,
+            scratch: &mut scratch,
+            seqs: &seqs,
+            block_size: bs,
+            max_seq,
+            n_heads: nh,
+            n_kv_heads: nkv,
+            head_dim: hd,
+        })
+        .expect("cpu attention");
+        let (qg, kg, vg) = (
+            gb.upload(&q).expect("q"),
+            gb.upload(&kc).expect("k"),
+            gb.upload(&vc).expect("v"),
+        );
+        let run = |seqs: &[KvSeq<'_>], q: &CudaSlice<f32>, n: usize| -> Vec<f32> {
+            let mut od = gb.alloc(n * qd).expect("out");
+            let mut sd = gb.alloc(1).expect("scratch");
+            gb.attention(AttentionArgs {
+                out: &mut od,
+                q,
+                k_cache: &kg,
+                v_cache: &vg,
+                scratch: &mut sd,
+                seqs,
+                block_size: bs,
+                max_seq,
+                n_heads: nh,
+                n_kv_heads: nkv,
+                head_dim: hd,
+            })
+            .expect("gpu attention");
+            let mut got = vec![0f32; n * qd];
+            gb.read(&od, 0, &mut got).expect("read");
+            got
+        };
+        let got = run(&seqs, &qg, rows);
+        let flash_hd = hd == 64 || hd == 128;
+        for s in &seqs {
+            let flash = flash_hd && s.rows >= 2;
+            let (atol, rtol) = if flash { (4e-3, 8e-3) } else { (1e-5, 1e-4) };
+            let span = s.row0 * qd..(s.row0 + s.rows) * qd;
+            assert_close(
+                &format!(
+                    "attention hd {hd} seq at {} ({} rows, flash {flash})",
+                    s.start_pos, s.rows
+                ),
+                &got[span.clone()],
+                &want[span.clone()],
+                atol,
+                rtol,
+            );
+            // alone in the batch (at row 0) the sequence gets the same bits
+            let alone = [KvSeq { row0: 0, ..*s }];
+            let q1 = gb.upload(&q[span.clone()]).expect("q");
+            let got1 = run(&alone, &q1, s.rows);
+            assert!(
+                got1.iter()
+                    .zip(&got[span])
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "hd {hd}: the sequence at {} changed with its batch-mates",
+                s.start_pos
+            );
+        }
     }
-    let max_seq = max_blocks * bs;
-    let mut want = vec![0f32; rows * qd];
-    let mut scratch = vec![0f32; nh * ATTN_ROWS * max_seq];
-    cpu.attention(AttentionArgs {
-        out: &mut want,
-        q: &q,
-        k_cache: &kc,
-        v_cache: &vc,
-        scratch: &mut scratch,
-        seqs: &kv_seqs,
-        block_size: bs,
-        max_seq,
-        n_heads: nh,
-        n_kv_heads: nkv,
-        head_dim: hd,
-    })
-    .expect("cpu attention");
-    let flat: Vec<u32> = tables.concat();
-    let (split_len, splits) = (64usize, max_seq.div_ceil(64));
-    let mut part = g
-        .stream
-        .alloc_zeros::<f32>(rows * nh * splits * (hd + 2))
-        .expect("alloc");
-    let (qd_, kd, vd, td, sd, nd) = (
-        up(&g, &q),
-        up(&g, &kc),
-        up(&g, &vc),
-        up(&g, &flat),
-        up(&g, &seq_of),
-        up(&g, &n_keys),
-    );
-    let ints = [
-        max_blocks as i32,
-        bs as i32,
-        nh as i32,
-        nkv as i32,
-        hd as i32,
-        split_len as i32,
-        splits as i32,
-    ];
-    let scale = 1.0 / (hd as f32).sqrt();
-    let f = g.function(Kernel::AttnPartial).expect("kernel");
-    let mut b = g.stream.launch_builder(&f);
-    b.arg(&mut part)
-        .arg(&qd_)
-        .arg(&kd)
-        .arg(&vd)
-        .arg(&td)
-        .arg(&sd)
-        .arg(&nd);
-    for v in &ints {
-        b.arg(v);
-    }
-    b.arg(&scale);
-    // SAFETY: matches attn_partial's signature; part holds rows * nh * splits * (hd + 2).
-    unsafe { b.launch(cfg(((rows * nh) as u32, splits as u32), 128)) }.expect("launch");
-    let mut od = g.stream.alloc_zeros::<f32>(rows * qd).expect("alloc");
-    let (hd_i, sp_i) = (hd as i32, splits as i32);
-    let f = g.function(Kernel::AttnCombine).expect("kernel");
-    let mut b = g.stream.launch_builder(&f);
-    b.arg(&mut od).arg(&part).arg(&hd_i).arg(&sp_i);
-    // SAFETY: matches attn_combine's signature.
-    unsafe { b.launch(cfg(((rows * nh) as u32, 1), 64)) }.expect("launch");
-    assert_close("paged split attention", &down(&g, &od), &want, 1e-5, 1e-4);
 }
 
 #[test]
@@ -417,5 +482,87 @@ fn hadamard_rotation_is_bit_identical_to_the_cpu() {
         // SAFETY: matches fwht_blocks; len is whole blocks; shared memory holds one block.
         unsafe { b.launch(cfg) }.expect("launch");
         assert_eq!(down(&g, &xd), want, "fwht {len} in blocks of {block}");
+    }
+}
+
+/// The dense linear through `CudaBackend` on every path it has — the GEMV (decode rows),
+/// cuBLAS and ferroq's own tensor-core GEMM (bf16-rounded activations), the CUDA-core tile
+/// (k not a multiple of 8) — against the CPU backend on the same bf16 weights, with bias. The
+/// GPU rounds activations to bf16 where the CPU keeps f32, so the bound is 2⁻⁸ of Σ|x·w| per
+/// output. cuBLAS must be loadable on the device (scripts/gpu-check.sh puts PyTorch's
+/// libcublas on the library path); a missing one fails here instead of passing untested.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn dense_linear_paths_match_the_cpu() {
+    use ferroq::backend::cuda::backend::CudaBackend;
+    use ferroq::model::linear::{Linear, LinearWeight};
+    use ferroq::quant::{ActSpec, Phase};
+    use ferroq::tensor::{DType, HostTensor};
+    use std::sync::Arc;
+    let mut gb = CudaBackend::new(0).unwrap_or_else(|e| panic!("these tests need a CUDA GPU: {e}"));
+    let cb = CpuBackend::new();
+    let mut rng = Rng::new(41);
+    for &(m, n, k) in &[
+        (1, 77, 576),
+        (37, 130, 384),
+        (200, 300, 584),
+        (20, 30, 36),
+        (513, 256, 128),
+    ] {
+        let w = randn(&mut rng, n * k, 0.2);
+        let x = randn(&mut rng, m * k, 1.0);
+        let bias = randn(&mut rng, n, 0.5);
+        let t = HostTensor::from_f32(vec![n, k], w.clone()).expect("tensor");
+        let cpu_lin = Linear {
+            name: "dense".into(),
+            in_features: k,
+            out_features: n,
+            weight: LinearWeight::Dense(Arc::new(
+                cb.upload_matrix(&t, DType::BF16).expect("cpu upload"),
+            )),
+            bias: Some(bias.clone()),
+            act: ActSpec::NONE,
+        };
+        let gpu_lin = Linear {
+            name: "dense".into(),
+            in_features: k,
+            out_features: n,
+            weight: LinearWeight::Dense(Arc::new(
+                gb.upload_matrix(&t, DType::BF16).expect("gpu upload"),
+            )),
+            bias: Some(gb.upload(&bias).expect("bias")),
+            act: ActSpec::NONE,
+        };
+        let mut want = vec![0f32; m * n];
+        cb.linear(&mut want, &x, &cpu_lin, m, Phase::Prefill)
+            .expect("cpu linear");
+        let wb: Vec<f32> = w.iter().map(|&v| bf16::from_f32(v).to_f32()).collect();
+        let tc_path = m > 8 && k % 8 == 0;
+        for blas in [true, false] {
+            let on = gb.set_cublas(blas).expect("cublas");
+            assert_eq!(
+                on, blas,
+                "cuBLAS (libcublas.so.13) must be loadable on the device"
+            );
+            if !blas && !tc_path {
+                continue; // the same kernel as with cuBLAS on
+            }
+            let xd = gb.upload(&x).expect("x");
+            let mut od = gb.alloc(m * n).expect("out");
+            gb.linear(&mut od, &xd, &gpu_lin, m, Phase::Prefill)
+                .expect("gpu linear");
+            let mut got = vec![0f32; m * n];
+            gb.read(&od, 0, &mut got).expect("read");
+            for i in 0..m {
+                for j in 0..n {
+                    let mag: f32 = (0..k).map(|t| (x[i * k + t] * wb[j * k + t]).abs()).sum();
+                    let (g, c) = (got[i * n + j], want[i * n + j]);
+                    assert!(
+                        (g - c).abs() <= mag / 256.0 + 1e-5,
+                        "{m}x{n}x{k} cublas={blas} [{i},{j}]: gpu {g} cpu {c}"
+                    );
+                }
+            }
+        }
     }
 }

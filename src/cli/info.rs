@@ -1,10 +1,11 @@
 //! `ferroq info`: what this machine offers ferroq — the CPU backend's kernels, the CUDA driver
-//! and devices (name, compute capability, memory, the CUBIN arch), NVRTC, and the kernel cache.
+//! and devices (name, compute capability, memory, the CUBIN arch), NVRTC, cuBLAS, and the
+//! kernel cache.
 //! Every CUDA line reports absence as text instead of failing.
 
 use anyhow::Result;
 use ferroq::backend::cpu::CpuBackend;
-use ferroq::backend::cuda::{device, kernels::Module, nvrtc::KernelCache};
+use ferroq::backend::cuda::{blas, device, kernels::Module, nvrtc::KernelCache};
 use ferroq::backend::Backend;
 
 pub fn info() -> Result<()> {
@@ -35,6 +36,16 @@ pub fn info() -> Result<()> {
         Ok((major, minor)) => println!("nvrtc: {major}.{minor}"),
         Err(e) => println!("nvrtc: {e}"),
     }
+    println!(
+        "cublas: {}",
+        if !blas::cublas_present() {
+            "not found (libcublas.so.13); BF16 GEMMs use ferroq's tensor-core kernel"
+        } else if blas::cublas_wanted() {
+            "loaded for the BF16 prefill GEMMs"
+        } else {
+            "present, switched off by FERROQ_CUBLAS=0"
+        }
+    );
     let cache = KernelCache::new(KernelCache::default_dir());
     let (files, bytes) = cache.usage();
     println!(

@@ -1,12 +1,16 @@
 //! `CudaBackend`: the `Backend` trait on one CUDA device, launching `kernels/*.cu` through the
 //! typed table. Activations are f32 device buffers (`CudaSlice<f32>`), dense weights BF16
 //! (whatever dtype the checkpoint or `--dtype` asks for: the GEMMs read bf16), accumulation f32.
-//! Block tables, positions and token ids are uploaded per call. Quantized linears (W8A8 int8,
-//! FP8, W4A16) are in `qlinear.rs`; the online Hadamard rotation has its kernel. Not yet here:
-//! cuBLAS, the fused norm+quant in the model, allocation-free decode and CUDA graphs.
+//! Block tables, positions and token ids are uploaded per call. Dense linears: the GEMV for
+//! decode rows, else bf16-rounded activations into cuBLAS (`blas.rs`, when present) or the
+//! tensor-core `gemm_bf16_tc`. Quantized linears (W8A8 int8, FP8, W4A16) are in `qlinear.rs`;
+//! the online Hadamard rotation has its kernel. Not yet here: the fused norm+quant in the
+//! model, allocation-free decode and CUDA graphs.
 //! Unvalidated on hardware until a GPU session runs tests/cuda_model.rs (docs/GPU_RESULTS.md).
 
+use super::blas::Blas;
 use super::kernels::Kernel;
+use super::qlinear::launch;
 pub use super::qlinear::CudaQMatrix;
 use super::runtime::Gpu;
 use crate::backend::{AttentionArgs, Backend, KvSeq};
@@ -27,11 +31,11 @@ pub struct CudaMatrix {
 pub struct CudaBackend {
     pub(super) gpu: Gpu,
     functions: Vec<CudaFunction>, // indexed by Kernel::index
+    /// cuBLAS for the BF16 prefill GEMMs; None runs `gemm_bf16_tc`.
+    blas: Option<Blas>,
 }
 
-/// Keys per attention split (the kernel's shared score buffer holds 256).
-const SPLIT_LEN: usize = 256;
-/// Rows at most for the weight-streaming GEMV.
+/// Rows at most for the weight-streaming GEMV (its kernel's GEMV_MAX_M).
 const GEMV_MAX_M: usize = 8;
 
 pub(crate) fn drv(what: &str, e: impl std::fmt::Debug) -> Error {
@@ -73,7 +77,90 @@ impl CudaBackend {
             .into_iter()
             .map(|k| gpu.function(k))
             .collect::<Result<Vec<_>>>()?;
-        Ok(CudaBackend { gpu, functions })
+        let blas = Blas::open(&gpu.stream)?;
+        Ok(CudaBackend {
+            gpu,
+            functions,
+            blas,
+        })
+    }
+
+    /// Use cuBLAS for the BF16 GEMMs (when its library is present) or ferroq's own kernel;
+    /// returns whether cuBLAS is now in use. The tests and benchmarks run both.
+    pub fn set_cublas(&mut self, on: bool) -> Result<bool> {
+        self.blas = if on {
+            match self.blas.take() {
+                Some(b) => Some(b),
+                None if super::blas::cublas_present() => Blas::open_always(&self.gpu.stream)?,
+                None => None,
+            }
+        } else {
+            None
+        };
+        Ok(self.blas.is_some())
+    }
+
+    /// out (rows, n) += bias (n) broadcast over rows.
+    fn add_bias(
+        &self,
+        out: &mut CudaSlice<f32>,
+        bias: &CudaSlice<f32>,
+        rows: usize,
+        n: usize,
+    ) -> Result<()> {
+        let (mi, ni) = (i32_of(rows, "rows")?, i32_of(n, "n")?);
+        let mut b = self.gpu.stream.launch_builder(self.f(Kernel::AddBias));
+        b.arg(out).arg(bias).arg(&mi).arg(&ni);
+        // SAFETY: matches add_bias; out holds rows × n (checked by the caller), bias n.
+        unsafe { b.launch(grid1((rows * n).div_ceil(256).min(4096), 256)) }
+            .map_err(|e| drv("bias", e))?;
+        Ok(())
+    }
+
+    /// The dense BF16 linear for more rows than the GEMV takes, k a multiple of 8: the rows
+    /// rounded to bf16 once, then cuBLAS or `gemm_bf16_tc` (tensor cores, bias fused).
+    fn linear_bf16_tc(
+        &self,
+        out: &mut CudaSlice<f32>,
+        x: &CudaSlice<f32>,
+        m: &CudaMatrix,
+        bias: Option<&CudaSlice<f32>>,
+        rows: usize,
+    ) -> Result<()> {
+        let (n, k) = (m.rows, m.cols);
+        let mut xb = self
+            .gpu
+            .stream
+            .alloc_zeros::<u16>(rows * k)
+            .map_err(|e| drv("alloc", e))?; // (rows, k) bf16
+        let len = i32_of(rows * k, "rows × k")?;
+        let mut b = self.gpu.stream.launch_builder(self.f(Kernel::CastBf16));
+        b.arg(&mut xb).arg(x).arg(&len);
+        // SAFETY: matches cast_bf16 (grid-stride); xb and x hold rows × k (checked by linear).
+        unsafe { b.launch(grid1((rows * k).div_ceil(256).min(4096), 256)) }
+            .map_err(|e| drv("cast to bf16", e))?;
+        if let Some(blas) = &self.blas {
+            blas.gemm_bf16(out, &xb, &m.data, (rows, n, k))?;
+            return match bias {
+                Some(bias) => self.add_bias(out, bias, rows, n),
+                None => Ok(()),
+            };
+        }
+        let (mi, ni, ki) = (i32_of(rows, "rows")?, i32_of(n, "n")?, i32_of(k, "k")?);
+        let null: u64 = 0;
+        let cfg = launch(Kernel::GemmBf16Tc, rows, n)?;
+        let mut b = self.gpu.stream.launch_builder(self.f(Kernel::GemmBf16Tc));
+        b.arg(&mut *out).arg(&xb).arg(&m.data);
+        match bias {
+            Some(bias) => b.arg(bias),
+            None => b.arg(&null),
+        };
+        b.arg(&mi).arg(&ni).arg(&ki);
+        // SAFETY: the argument list of gemm_bf16_tc (bias or a null pointer); k is a multiple
+        // of 8, so its 16-byte cp.async rows stay aligned; buffers sized rows × k, n × k,
+        // rows × n.
+        unsafe { b.launch(cfg) }.map_err(|e| drv("gemm_bf16_tc", e))?;
+        Ok(())
     }
 
     pub(super) fn f(&self, k: Kernel) -> &CudaFunction {
@@ -93,11 +180,12 @@ impl Backend for CudaBackend {
     fn describe(&self) -> String {
         let d = &self.gpu.info;
         format!(
-            "cuda:{} ({}, {}, {:.0} GiB, bf16 weights)",
+            "cuda:{} ({}, {}, {:.0} GiB, bf16 weights, {} GEMMs)",
             d.ordinal,
             d.name,
             d.arch,
-            d.total_mem as f64 / (1u64 << 30) as f64
+            d.total_mem as f64 / (1u64 << 30) as f64,
+            if self.blas.is_some() { "cuBLAS" } else { "own" }
         )
     }
 
@@ -221,16 +309,19 @@ impl Backend for CudaBackend {
         let (n, k) = (m.rows, m.cols);
         check(&w.name, x.len(), rows * k)?;
         check(&w.name, out.len(), rows * n)?;
+        let gemv = rows <= GEMV_MAX_M && k.is_multiple_of(2);
+        if !gemv && k.is_multiple_of(8) {
+            return self.linear_bf16_tc(out, x, m, w.bias.as_ref(), rows);
+        }
+        // decode-sized rows (the weight-streaming GEMV), or k not a multiple of 8 (the
+        // CUDA-core tile on f32 activations)
         let (mi, ni, ki) = (i32_of(rows, "rows")?, i32_of(n, "n")?, i32_of(k, "k")?);
-        let gemv = rows <= GEMV_MAX_M && k % 2 == 0;
-        let (kern, cfg) = if gemv {
-            (Kernel::GemvBf16, grid1(n.div_ceil(8), 256))
+        let kern = if gemv {
+            Kernel::GemvBf16
         } else {
-            (
-                Kernel::GemmBf16,
-                grid(n.div_ceil(64), rows.div_ceil(64), 256, 0),
-            )
+            Kernel::GemmBf16
         };
+        let cfg = launch(kern, rows, n)?;
         let mut b = self.gpu.stream.launch_builder(self.f(kern));
         b.arg(&mut *out)
             .arg(x)
@@ -241,14 +332,10 @@ impl Backend for CudaBackend {
         // SAFETY: (out, x, w, m, n, k) as both GEMM kernels take them; sizes checked; the
         // GEMV runs only for even k (its bf16-pair loads need 4-byte aligned rows).
         unsafe { b.launch(cfg) }.map_err(|e| drv(&w.name, e))?;
-        if let Some(bias) = &w.bias {
-            let mut b = self.gpu.stream.launch_builder(self.f(Kernel::AddBias));
-            b.arg(out).arg(bias).arg(&mi).arg(&ni);
-            // SAFETY: matches add_bias; out holds rows × n, bias n.
-            unsafe { b.launch(grid1((rows * n).div_ceil(256).min(4096), 256)) }
-                .map_err(|e| drv("bias", e))?;
+        match &w.bias {
+            Some(bias) => self.add_bias(out, bias, rows, n),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     fn rope(
@@ -313,62 +400,7 @@ impl Backend for CudaBackend {
     }
 
     fn attention(&self, a: AttentionArgs<'_, Self>) -> Result<()> {
-        let (nh, nkv, hd, bs) = (a.n_heads, a.n_kv_heads, a.head_dim, a.block_size);
-        if nkv == 0 || nh % nkv != 0 || hd > 256 {
-            return Err(Error::InvalidArgument(format!(
-                "attention: {nh} heads over {nkv} kv heads of dim {hd} (the kernel takes head dims up to 256)"
-            )));
-        }
-        let rows = KvSeq::batch_rows(a.seqs);
-        let n_blocks = a.k_cache.len().min(a.v_cache.len()) / (bs * nkv * hd).max(1);
-        let max_blocks = a
-            .seqs
-            .iter()
-            .map(|s| s.blocks.len())
-            .max()
-            .unwrap_or(1)
-            .max(1);
-        let (mut tables, mut seq_of, mut n_keys) = (
-            vec![0u32; a.seqs.len() * max_blocks],
-            vec![0u32; rows],
-            vec![0u32; rows],
-        );
-        for (i, s) in a.seqs.iter().enumerate() {
-            s.check(bs, n_blocks, a.max_seq, rows)?;
-            tables[i * max_blocks..i * max_blocks + s.blocks.len()].copy_from_slice(s.blocks);
-            for r in 0..s.rows {
-                seq_of[s.row0 + r] = i as u32;
-                n_keys[s.row0 + r] = (s.start_pos + r + 1) as u32;
-            }
-        }
-        let longest = n_keys.iter().copied().max().unwrap_or(1) as usize;
-        let splits = longest.div_ceil(SPLIT_LEN).max(1);
-        let mut part = self.alloc(rows * nh * splits * (hd + 2))?;
-        let (t_d, s_d, n_d) = (self.up(&tables)?, self.up(&seq_of)?, self.up(&n_keys)?);
-        let ints = [max_blocks, bs, nh, nkv, hd, SPLIT_LEN, splits].map(|v| v as i32);
-        let scale = 1.0 / (hd as f32).sqrt();
-        let mut b = self.gpu.stream.launch_builder(self.f(Kernel::AttnPartial));
-        b.arg(&mut part)
-            .arg(a.q)
-            .arg(a.k_cache)
-            .arg(a.v_cache)
-            .arg(&t_d)
-            .arg(&s_d)
-            .arg(&n_d);
-        for v in &ints {
-            b.arg(v);
-        }
-        b.arg(&scale);
-        let cfg = grid(rows * nh, splits, 128, 0);
-        // SAFETY: matches attn_partial's signature; part holds rows × heads × splits × (hd + 2),
-        // every table entry is a block inside the caches (checked).
-        unsafe { b.launch(cfg) }.map_err(|e| drv("attention", e))?;
-        let (hd_i, sp_i) = (hd as i32, splits as i32);
-        let mut b = self.gpu.stream.launch_builder(self.f(Kernel::AttnCombine));
-        b.arg(a.out).arg(&part).arg(&hd_i).arg(&sp_i);
-        // SAFETY: matches attn_combine's signature; out holds rows × heads × hd.
-        unsafe { b.launch(grid1(rows * nh, 64)) }.map_err(|e| drv("attention combine", e))?;
-        Ok(())
+        self.attention_paged(a)
     }
 
     fn silu_mul(&self, gate: &mut Self::Buf, up: &Self::Buf, len: usize) -> Result<()> {

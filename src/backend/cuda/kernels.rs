@@ -3,6 +3,8 @@
 //! kernels as loose strings and the compile test can check the table against what ptxas saw.
 //! A module's source is `kernels/common.cuh` followed by its file (no CUDA headers).
 
+use cudarc::driver::LaunchConfig;
+
 /// One `kernels/*.cu` file, compiled as one CUBIN.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Module {
@@ -124,10 +126,14 @@ pub enum Kernel {
     GemvFp8,
     RmsNormQuantFp8,
     SiluMulQuantFp8,
+    CastBf16,
+    GemmBf16Tc,
+    AttnPrefillHd64,
+    AttnPrefillHd128,
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 30] = [
+    pub const ALL: [Kernel; 34] = [
         Kernel::RmsNorm,
         Kernel::AddRmsNorm,
         Kernel::Rope,
@@ -158,6 +164,10 @@ impl Kernel {
         Kernel::GemvFp8,
         Kernel::RmsNormQuantFp8,
         Kernel::SiluMulQuantFp8,
+        Kernel::CastBf16,
+        Kernel::GemmBf16Tc,
+        Kernel::AttnPrefillHd64,
+        Kernel::AttnPrefillHd128,
     ];
 
     pub fn module(self) -> Module {
@@ -167,8 +177,13 @@ impl Kernel {
             Kernel::EmbedBf16 => Module::Embed,
             Kernel::SiluMul | Kernel::AddAssign | Kernel::AddBias => Module::Activation,
             Kernel::WriteKv => Module::Kv,
-            Kernel::AttnPartial | Kernel::AttnCombine => Module::Attention,
-            Kernel::GemmBf16 | Kernel::GemvBf16 => Module::Gemm,
+            Kernel::AttnPartial
+            | Kernel::AttnCombine
+            | Kernel::AttnPrefillHd64
+            | Kernel::AttnPrefillHd128 => Module::Attention,
+            Kernel::GemmBf16 | Kernel::GemvBf16 | Kernel::CastBf16 | Kernel::GemmBf16Tc => {
+                Module::Gemm
+            }
             Kernel::ArgmaxRows => Module::Sampling,
             Kernel::GemmW8a8 | Kernel::GemvW8a8 => Module::GemmInt8,
             Kernel::RmsNormQuantI8
@@ -186,12 +201,33 @@ impl Kernel {
         }
     }
 
-    /// The `extern "C"` name in the module.
+    /// The launch of a GEMM-shaped kernel for an (m, n) output: the block tiles and thread
+    /// counts its `.cu` source is written for, kept here once for the backend and the tests.
+    /// None for kernels that are not GEMMs.
+    pub fn gemm_launch(self, m: usize, n: usize) -> Option<LaunchConfig> {
+        // (output columns, output rows) per block; rows 0 = the GEMVs' single row of blocks
+        let (tile_n, tile_m) = match self {
+            Kernel::GemmBf16 | Kernel::GemmW4a16 => (64, 64),
+            Kernel::GemmBf16Tc | Kernel::GemmW8a8 => (128, 128),
+            Kernel::GemmFp8 => (32, 128),
+            // one warp per output column, 8 per block
+            Kernel::GemvBf16 | Kernel::GemvW8a8 | Kernel::GemvFp8 | Kernel::GemvW4a16 => (8, 0),
+            _ => return None,
+        };
+        let rows = if tile_m == 0 { 1 } else { m.div_ceil(tile_m) };
+        Some(LaunchConfig {
+            grid_dim: (n.div_ceil(tile_n) as u32, rows as u32, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        })
+    }
+
     /// Position in [`Kernel::ALL`] (declaration order; tests/cuda_compile.rs checks it).
     pub fn index(self) -> usize {
         self as usize
     }
 
+    /// The `extern "C"` name in the module.
     pub fn symbol(self) -> &'static str {
         match self {
             Kernel::RmsNorm => "rms_norm",
@@ -224,6 +260,10 @@ impl Kernel {
             Kernel::GemvFp8 => "gemv_fp8",
             Kernel::RmsNormQuantFp8 => "rms_norm_quant_fp8",
             Kernel::SiluMulQuantFp8 => "silu_mul_quant_fp8",
+            Kernel::CastBf16 => "cast_bf16",
+            Kernel::GemmBf16Tc => "gemm_bf16_tc",
+            Kernel::AttnPrefillHd64 => "attn_prefill_hd64",
+            Kernel::AttnPrefillHd128 => "attn_prefill_hd128",
         }
     }
 }

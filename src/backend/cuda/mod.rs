@@ -1,12 +1,14 @@
 //! The CUDA side of the backend (issues 5 and 6): device discovery through the driver API
 //! loaded at run time (`device`), NVRTC compilation of `kernels/*.cu` straight to CUBIN with a
 //! disk cache (`nvrtc`), the typed kernel table (`kernels`), the device and its lazily loaded
-//! modules (`runtime`), and the `Backend` implementation (`backend`, quantized linears in
-//! `qlinear`). Design after candle's CUDA backend (kernels compiled apart and loaded lazily)
+//! modules (`runtime`), cuBLAS when its library is present (`blas`), and the `Backend`
+//! implementation (`backend`, quantized linears in `qlinear`, paged attention in `attention`). Design after candle's CUDA backend (kernels compiled apart and loaded lazily)
 //! and vLLM's csrc kernels. Unvalidated on hardware until a GPU session runs the `--ignored`
 //! CUDA tests (docs/GPU_RESULTS.md).
 
+pub mod attention;
 pub mod backend;
+pub mod blas;
 pub mod device;
 pub mod kernels;
 pub mod nvrtc;

@@ -5,12 +5,14 @@
 //! W4A16 int4 groups against BF16-rounded activations (GEMV for decode, dequantize-in-tile GEMM
 //! otherwise). Kernels in `kernels/gemm_int8.cu`, `quant.cu`, `gemm_fp8.cu`, `gemm_int4.cu`.
 
-use super::backend::{check, drv, grid, grid1, i32_of, CudaBackend};
+use super::backend::{check, drv, grid1, i32_of, CudaBackend};
 use super::kernels::Kernel;
 use crate::error::{Error, Result};
 use crate::model::linear::Linear;
 use crate::quant::{ActQuant, Phase, QDType, QuantWeight};
-use cudarc::driver::{CudaSlice, DeviceRepr, LaunchArgs, PushKernelArg, ValidAsZeroBits};
+use cudarc::driver::{
+    CudaSlice, DeviceRepr, LaunchArgs, LaunchConfig, PushKernelArg, ValidAsZeroBits,
+};
 
 /// A quantized `[rows, cols]` weight on the device.
 pub enum CudaQMatrix {
@@ -37,6 +39,12 @@ pub enum CudaQMatrix {
 const GEMV_MAX_M_I8: usize = 16;
 const GEMV_MAX_M_FP8: usize = 8;
 const GEMV_MAX_M_I4: usize = 8;
+
+/// The launch of a GEMM-shaped kernel (its geometry lives in `Kernel::gemm_launch`).
+pub(super) fn launch(kern: Kernel, m: usize, n: usize) -> Result<LaunchConfig> {
+    kern.gemm_launch(m, n)
+        .ok_or_else(|| Error::Cuda(format!("{kern:?} has no GEMM launch geometry")))
+}
 
 /// Push an optional device pointer argument: the buffer, or null (`null` holds 0).
 fn arg_or_null<'a, T>(b: &mut LaunchArgs<'a>, v: Option<&'a CudaSlice<T>>, null: &'a u64)
@@ -204,14 +212,12 @@ impl CudaBackend {
         // SAFETY: matches quant_rows_i8; qa holds rows × k, the scales rows.
         unsafe { b.launch(grid1(rows, 256)) }.map_err(|e| drv("quantize activations", e))?;
         let (m_i, n_i) = (i32_of(rows, "rows")?, i32_of(n, "n")?);
-        let (kern, cfg) = if rows <= GEMV_MAX_M_I8 {
-            (Kernel::GemvW8a8, grid1(n.div_ceil(8), 256))
+        let kern = if rows <= GEMV_MAX_M_I8 {
+            Kernel::GemvW8a8
         } else {
-            (
-                Kernel::GemmW8a8,
-                grid(n.div_ceil(64), rows.div_ceil(64), 128, 0),
-            )
+            Kernel::GemmW8a8
         };
+        let cfg = launch(kern, rows, n)?;
         // a null device pointer for the kernels' optional pointer parameters
         let null: u64 = 0;
         let mut b = stream.launch_builder(self.f(kern));
@@ -263,14 +269,12 @@ impl CudaBackend {
         unsafe { b.launch(grid1(rows, 256)) }.map_err(|e| drv("quantize activations", e))?;
         let (m_i, n_i) = (i32_of(rows, "rows")?, i32_of(n, "n")?);
         let null: u64 = 0;
-        let (kern, cfg) = if rows <= GEMV_MAX_M_FP8 {
-            (Kernel::GemvFp8, grid1(n.div_ceil(8), 256))
+        let kern = if rows <= GEMV_MAX_M_FP8 {
+            Kernel::GemvFp8
         } else {
-            (
-                Kernel::GemmFp8,
-                grid(n.div_ceil(32), rows.div_ceil(64), 128, 0),
-            )
+            Kernel::GemmFp8
         };
+        let cfg = launch(kern, rows, n)?;
         let mut b = stream.launch_builder(self.f(kern));
         b.arg(&mut *out)
             .arg(&qa)
@@ -312,14 +316,12 @@ impl CudaBackend {
             i32_of(*group, "group")?,
         );
         let gemv = rows <= GEMV_MAX_M_I4 && k.is_multiple_of(32) && group.is_multiple_of(32);
-        let (kern, cfg) = if gemv {
-            (Kernel::GemvW4a16, grid1(n.div_ceil(8), 256))
+        let kern = if gemv {
+            Kernel::GemvW4a16
         } else {
-            (
-                Kernel::GemmW4a16,
-                grid(n.div_ceil(64), rows.div_ceil(64), 256, 0),
-            )
+            Kernel::GemmW4a16
         };
+        let cfg = launch(kern, rows, n)?;
         let null: u64 = 0;
         let mut b = self.gpu.stream.launch_builder(self.f(kern));
         b.arg(&mut *out).arg(x).arg(packed).arg(scale);

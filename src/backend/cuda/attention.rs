@@ -1,0 +1,132 @@
+//! Causal GQA attention over the paged KV cache on CUDA (`kernels/attention.cu`). The path is
+//! chosen per sequence, so a sequence's result never depends on its batch-mates: a decode row
+//! (one new token) takes the key-split flash-decoding pair `attn_partial` / `attn_combine` in
+//! f32 (Dao et al., "Flash-Decoding", 2023); a prefill chunk of two or more rows with head dim
+//! 64 or 128 takes `attn_prefill_hd*`, FlashAttention-2 on bf16 tensor cores, in tiles of 64
+//! consecutive rows. Other head dims run every row through the split kernels.
+
+use super::backend::{check, drv, grid, CudaBackend};
+use super::kernels::Kernel;
+use crate::backend::{AttentionArgs, Backend, KvSeq};
+use crate::error::{Error, Result};
+use cudarc::driver::PushKernelArg;
+
+/// Keys per attention split (attn_partial's shared score buffer holds 256).
+const SPLIT_LEN: usize = 256;
+/// Query rows per flash-attention tile (the kernel's FA_BQ: 4 warps of 16 rows).
+const FA_ROWS: usize = 64;
+/// A sequence with at least this many new rows is a prefill chunk (flash attention).
+const FA_MIN_ROWS: usize = 2;
+
+impl CudaBackend {
+    pub(super) fn attention_paged(&self, a: AttentionArgs<'_, Self>) -> Result<()> {
+        let (nh, nkv, hd, bs) = (a.n_heads, a.n_kv_heads, a.head_dim, a.block_size);
+        if nkv == 0 || nh % nkv != 0 || hd > 256 || hd % 2 != 0 {
+            return Err(Error::InvalidArgument(format!(
+                "attention: {nh} heads over {nkv} kv heads of dim {hd} (the kernels take even head dims up to 256)"
+            )));
+        }
+        let rows = KvSeq::batch_rows(a.seqs);
+        check("attention q", a.q.len(), rows * nh * hd)?;
+        check("attention out", a.out.len(), rows * nh * hd)?;
+        let n_blocks = a.k_cache.len().min(a.v_cache.len()) / (bs * nkv * hd).max(1);
+        let max_blocks = a
+            .seqs
+            .iter()
+            .map(|s| s.blocks.len())
+            .max()
+            .unwrap_or(1)
+            .max(1);
+        let fa_kernel = match hd {
+            64 => Some(Kernel::AttnPrefillHd64),
+            128 => Some(Kernel::AttnPrefillHd128),
+            _ => None,
+        };
+        let mut tables = vec![0u32; a.seqs.len() * max_blocks];
+        let (mut seq_of, mut n_keys) = (vec![0u32; rows], vec![0u32; rows]);
+        // flash-attention tiles: (sequence, first batch row, rows, first position)
+        let mut tiles: Vec<u32> = Vec::new();
+        // batch rows for the split kernels
+        let mut row_ids: Vec<u32> = Vec::new();
+        for (i, s) in a.seqs.iter().enumerate() {
+            s.check(bs, n_blocks, a.max_seq, rows)?;
+            tables[i * max_blocks..i * max_blocks + s.blocks.len()].copy_from_slice(s.blocks);
+            for r in 0..s.rows {
+                seq_of[s.row0 + r] = i as u32;
+                n_keys[s.row0 + r] = (s.start_pos + r + 1) as u32;
+            }
+            if fa_kernel.is_some() && s.rows >= FA_MIN_ROWS {
+                for r0 in (0..s.rows).step_by(FA_ROWS) {
+                    let n = FA_ROWS.min(s.rows - r0);
+                    tiles.extend([i, s.row0 + r0, n, s.start_pos + r0].map(|v| v as u32));
+                }
+            } else {
+                row_ids.extend((s.row0..s.row0 + s.rows).map(|r| r as u32));
+            }
+        }
+        let t_d = self.up(&tables)?;
+        let ints = [max_blocks, bs, nh, nkv].map(|v| v as i32);
+        if let (Some(kern), false) = (fa_kernel, tiles.is_empty()) {
+            let tiles_d = self.up(&tiles)?;
+            let scale_log2 = std::f32::consts::LOG2_E / (hd as f32).sqrt();
+            let mut b = self.gpu.stream.launch_builder(self.f(kern));
+            b.arg(&mut *a.out)
+                .arg(a.q)
+                .arg(a.k_cache)
+                .arg(a.v_cache)
+                .arg(&t_d)
+                .arg(&tiles_d);
+            for v in &ints {
+                b.arg(v);
+            }
+            b.arg(&scale_log2);
+            // SAFETY: the argument list of attn_prefill_hd{64,128} for this head dim; every
+            // tile's rows are inside q / out (rows × heads × hd, checked) and every table entry
+            // a block inside the caches (checked); 128 threads, static shared memory.
+            unsafe { b.launch(grid(tiles.len() / 4, nh, 128, 0)) }
+                .map_err(|e| drv("flash attention", e))?;
+        }
+        if row_ids.is_empty() {
+            return Ok(());
+        }
+        let longest = row_ids
+            .iter()
+            .map(|&r| n_keys[r as usize] as usize)
+            .max()
+            .unwrap_or(1);
+        let splits = longest.div_ceil(SPLIT_LEN).max(1);
+        let sel = row_ids.len();
+        let mut part = self.alloc(sel * nh * splits * (hd + 2))?; // (sel, heads, splits, hd + 2)
+        let (r_d, s_d, n_d) = (self.up(&row_ids)?, self.up(&seq_of)?, self.up(&n_keys)?);
+        let tail = [hd, SPLIT_LEN, splits].map(|v| v as i32);
+        let scale = 1.0 / (hd as f32).sqrt();
+        let mut b = self.gpu.stream.launch_builder(self.f(Kernel::AttnPartial));
+        b.arg(&mut part)
+            .arg(a.q)
+            .arg(a.k_cache)
+            .arg(a.v_cache)
+            .arg(&t_d)
+            .arg(&r_d)
+            .arg(&s_d)
+            .arg(&n_d);
+        for v in ints.iter().chain(&tail) {
+            b.arg(v);
+        }
+        b.arg(&scale);
+        // SAFETY: matches attn_partial's signature; part holds sel × heads × splits × (hd + 2),
+        // every row id is a batch row, every table entry a block inside the caches (checked).
+        unsafe { b.launch(grid(sel * nh, splits, 128, 0)) }.map_err(|e| drv("attention", e))?;
+        let (nh_i, hd_i, sp_i) = (nh as i32, hd as i32, splits as i32);
+        let mut b = self.gpu.stream.launch_builder(self.f(Kernel::AttnCombine));
+        b.arg(a.out)
+            .arg(&part)
+            .arg(&r_d)
+            .arg(&nh_i)
+            .arg(&hd_i)
+            .arg(&sp_i);
+        // SAFETY: matches attn_combine's signature; out holds rows × heads × hd and every row id
+        // is one of those rows.
+        unsafe { b.launch(grid(sel * nh, 1, 64, 0)) }.map_err(|e| drv("attention combine", e))?;
+        Ok(())
+    }
+}
