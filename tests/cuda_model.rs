@@ -44,6 +44,16 @@ fn compare(c: &ModelConfig, w: &dyn WeightSource, prompt: &[u32], steps: usize) 
         "prefill logits differ by {worst} (scale {scale})"
     );
     let vocab = c.vocab_size;
+    // a third session in lockstep picks each token on the device (forward_greedy): it must be
+    // exactly the host argmax of the GPU's own logits for the same context
+    let mut sd = gpu
+        .new_session(prompt.len(), max_seq, false)
+        .expect("gpu session");
+    assert_eq!(
+        gpu.forward_greedy(&mut sd, prompt).expect("gpu greedy"),
+        argmax(&lg[lg.len() - vocab..]),
+        "device argmax after prefill"
+    );
     let mut next = argmax(&lc[lc.len() - vocab..]);
     let (mut compared, mut agreed) = (0, 0);
     for step in 0..steps {
@@ -65,6 +75,11 @@ fn compare(c: &ModelConfig, w: &dyn WeightSource, prompt: &[u32], steps: usize) 
             "step {step}: logits differ by {worst}"
         );
         let (tc, tg) = (argmax(&lc), argmax(&lg));
+        assert_eq!(
+            gpu.forward_greedy(&mut sd, &[next]).expect("gpu greedy"),
+            tg,
+            "step {step}: device argmax"
+        );
         let mut sorted = lc.clone();
         sorted.sort_by(|a, b| b.total_cmp(a));
         if sorted[0] - sorted[1] > 1e-2 * scale {

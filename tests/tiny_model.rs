@@ -239,6 +239,33 @@ fn prefill_equals_token_by_token_decode() {
     );
 }
 
+/// `forward_greedy` (the argmax picked by the backend, only the id read back) gives the token
+/// `forward` + the sampler's argmax give, through chunked prefill and 8 decode steps; the
+/// backend's `argmax_rows` keeps the first index on ties and refuses short logits.
+#[test]
+fn greedy_on_the_backend_equals_argmax_of_the_logits() {
+    use ferroq::backend::Backend;
+    use ferroq::engine::sampler::argmax;
+    let (_d, _c, _w, m) = load_tiny(false, 13);
+    let mut a = m.new_session(4, 32, false).expect("session");
+    let mut b = m.new_session(4, 32, false).expect("session");
+    let mut want = argmax(m.forward(&mut a, &IDS, Logits::Last).expect("prefill"));
+    let mut got = m.forward_greedy(&mut b, &IDS).expect("greedy prefill");
+    for step in 0..8 {
+        assert_eq!(got, want, "step {step}");
+        want = argmax(m.forward(&mut a, &[want], Logits::Last).expect("decode"));
+        got = m.forward_greedy(&mut b, &[got]).expect("greedy decode");
+    }
+    assert_eq!(a.pos, b.pos);
+    let cb = CpuBackend::new();
+    let logits = vec![0.5, 2.0, -1.0, 2.0, /* row 1 */ -3.0, -2.0, -2.0, -5.0];
+    let mut ids = [9u32; 2];
+    cb.argmax_rows(&logits, 4, &mut ids).expect("argmax");
+    assert_eq!(ids, [1, 1]);
+    let e = cb.argmax_rows(&logits, 4, &mut [0u32; 3]).unwrap_err();
+    assert!(e.to_string().contains("argmax logits"), "{e}");
+}
+
 #[test]
 fn half_precision_weights_stay_close() {
     let (_d, c, w, m) = load_tiny(false, 5);

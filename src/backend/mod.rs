@@ -134,6 +134,10 @@ pub trait Backend: Send + Sync + Sized + 'static {
     fn silu_mul(&self, gate: &mut Self::Buf, up: &Self::Buf, len: usize) -> Result<()>;
     /// x (len) ← blockdiag(H_block) x: the online rotation of `model::hadamard`.
     fn hadamard(&self, x: &mut Self::Buf, len: usize, block: usize) -> Result<()>;
+    /// out[r] = the greedy token of row r of logits (out.len(), vocab): the index of the
+    /// largest value, the first on ties (the sampler's rule). A device backend picks on the
+    /// device, so only the ids cross to the host, not rows × vocab logits.
+    fn argmax_rows(&self, logits: &Self::Buf, vocab: usize, out: &mut [u32]) -> Result<()>;
 }
 
 /// Query rows an attention call scores together per head (its scratch holds this many score

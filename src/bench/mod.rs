@@ -5,7 +5,7 @@
 //! standard deviation of tokens per second.
 
 use crate::backend::Backend;
-use crate::engine::sampler::{argmax, Rng};
+use crate::engine::sampler::Rng;
 use crate::error::{Error, Result};
 use crate::model::linear::LinearWeight;
 use crate::model::llama::{LlamaModel, Logits};
@@ -141,7 +141,7 @@ pub fn bench<B: Backend>(
                 let mut tok = first;
                 let t = Instant::now();
                 for _ in 0..n_gen {
-                    tok = argmax(m.forward(&mut s, &[tok], Logits::Last)?);
+                    tok = m.forward_greedy(&mut s, &[tok])?;
                 }
                 if rep > 0 {
                     samples.push(n_gen as f64 / t.elapsed().as_secs_f64());

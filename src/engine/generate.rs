@@ -7,6 +7,7 @@ use crate::backend::Backend;
 use crate::engine::sampler::{Sampler, SamplingParams};
 use crate::error::{Error, Result};
 use crate::model::llama::{LlamaModel, Logits};
+use crate::model::session::Session;
 use crate::tokenizer::{TextStream, TokenizerBundle};
 use std::time::Instant;
 
@@ -101,9 +102,18 @@ fn generate_here<B: Backend>(
         });
     }
 
+    // greedy decoding picks the token on the backend (only the id crosses to the host)
+    let greedy = opts.sampling.is_greedy();
+    let mut step = |session: &mut Session<B>, tokens: &[u32], history: &[u32]| -> Result<u32> {
+        if greedy {
+            model.forward_greedy(session, tokens)
+        } else {
+            let logits = model.forward(session, tokens, Logits::Last)?;
+            Ok(sampler.sample(logits, history))
+        }
+    };
     let t0 = Instant::now();
-    let logits = model.forward(&mut session, prompt, Logits::Last)?;
-    let mut next = sampler.sample(logits, &history);
+    let mut next = step(&mut session, prompt, &history)?;
     stats.prefill_secs = t0.elapsed().as_secs_f64();
 
     let t1 = Instant::now();
@@ -120,8 +130,7 @@ fn generate_here<B: Backend>(
         if out.len() >= opts.max_new_tokens {
             break;
         }
-        let logits = model.forward(&mut session, &[next], Logits::Last)?;
-        next = sampler.sample(logits, &history);
+        next = step(&mut session, &[next], &history)?;
     }
     stats.decode_secs = t1.elapsed().as_secs_f64();
     stats.generated_tokens = out.len();

@@ -55,6 +55,14 @@ pub struct SamplingParams {
     pub seed: u64,
 }
 
+impl SamplingParams {
+    /// Whether the next token is the plain argmax of the logits (no temperature, no
+    /// repetition penalty), which a backend can pick on its own device.
+    pub fn is_greedy(&self) -> bool {
+        self.temperature == 0.0 && self.repetition_penalty == 1.0
+    }
+}
+
 impl Default for SamplingParams {
     fn default() -> Self {
         SamplingParams {

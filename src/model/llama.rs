@@ -604,8 +604,45 @@ impl<B: Backend> LlamaModel<B> {
         picks: &[std::ops::Range<usize>],
         ph: Phase,
     ) -> Result<usize> {
+        let n = self.lm_head_rows(ws, picks, ph)?;
+        let vocab = self.config.vocab_size;
+        if n > 0 {
+            self.backend
+                .read(&ws.logits, 0, &mut ws.host_logits[..n * vocab])?;
+        }
+        Ok(n)
+    }
+
+    /// The greedy next token of each row of `picks` (out.len() rows in all), chosen on the
+    /// backend: only the ids cross to the host.
+    pub(crate) fn greedy(
+        &self,
+        ws: &mut Workspace<B>,
+        picks: &[std::ops::Range<usize>],
+        ph: Phase,
+        out: &mut [u32],
+    ) -> Result<()> {
+        let n = self.lm_head_rows(ws, picks, ph)?;
+        if n != out.len() {
+            return Err(Error::InvalidArgument(format!(
+                "greedy: {n} rows of logits for {} ids",
+                out.len()
+            )));
+        }
+        self.backend
+            .argmax_rows(&ws.logits, self.config.vocab_size, out)
+    }
+
+    /// Final norm + LM head on the rows `picks` of the last forward (in order) into
+    /// `ws.logits` on the backend: returns how many rows it holds.
+    fn lm_head_rows(
+        &self,
+        ws: &mut Workspace<B>,
+        picks: &[std::ops::Range<usize>],
+        ph: Phase,
+    ) -> Result<usize> {
         let (b, c) = (&self.backend, &self.config);
-        let (dim, vocab) = (c.hidden_size, c.vocab_size);
+        let dim = c.hidden_size;
         // Normalise only the rows whose logits are wanted: move them to the front of xb.
         let mut n = 0;
         for r in picks {
@@ -620,7 +657,6 @@ impl<B: Backend> LlamaModel<B> {
             b.hadamard(&mut ws.x, n * dim, block)?;
         }
         b.linear(&mut ws.logits, &ws.x, &self.lm_head, n, ph)?;
-        b.read(&ws.logits, 0, &mut ws.host_logits[..n * vocab])?;
         Ok(n)
     }
 }

@@ -95,25 +95,47 @@ impl<B: Backend> LlamaModel<B> {
                 s.max_batch
             )));
         }
+        let pick = (want != Logits::Last).then_some(first);
+        let (rows, ph) = self.feed(s, tokens, pick)?;
+        let n = self.logits(&mut s.ws, std::slice::from_ref(&rows), ph)?;
+        Ok(&s.ws.host_logits()[..n * self.config.vocab_size])
+    }
+
+    /// Feed `tokens` at the session's position and return the greedy next token (what
+    /// `forward` + the sampler's argmax give), picked on the backend so that only the id, not
+    /// the vocab-sized logits, crosses to the host.
+    pub fn forward_greedy(&self, s: &mut Session<B>, tokens: &[u32]) -> Result<u32> {
+        if tokens.is_empty() || s.pos + tokens.len() > s.max_seq {
+            return Err(Error::ContextOverflow {
+                needed: s.pos + tokens.len(),
+                max: s.max_seq,
+            });
+        }
+        let (rows, ph) = self.feed(s, tokens, None)?;
+        let mut id = [0u32];
+        self.greedy(&mut s.ws, std::slice::from_ref(&rows), ph, &mut id)?;
+        Ok(id[0])
+    }
+
+    /// Run `tokens` through the model in chunks of max_batch, advancing the position; returns
+    /// the rows of the last chunk whose logits are wanted (from row `first`, or its last row)
+    /// and that chunk's phase. The final residual stream stays in the workspace.
+    fn feed(
+        &self,
+        s: &mut Session<B>,
+        tokens: &[u32],
+        first: Option<usize>,
+    ) -> Result<(std::ops::Range<usize>, Phase)> {
         self.check_tokens(tokens)?;
-        let n_chunks = tokens.len().div_ceil(s.max_batch);
-        let mut n = 0;
-        for (i, chunk) in tokens.chunks(s.max_batch).enumerate() {
+        let mut last = (0..0, Phase::Prefill);
+        for chunk in tokens.chunks(s.max_batch) {
             let ph = Phase::of_chunk(chunk.len(), s.pos);
             let seq = s.chunk_seq(chunk.len());
             self.forward_rows(&mut s.ws, &mut s.kv, chunk, &seq, ph, None)?;
-            if i + 1 == n_chunks {
-                let from = if want == Logits::Last {
-                    chunk.len() - 1
-                } else {
-                    first
-                };
-                let rows = from..chunk.len();
-                n = self.logits(&mut s.ws, std::slice::from_ref(&rows), ph)?;
-            }
             s.pos += chunk.len();
+            last = (first.unwrap_or(chunk.len() - 1)..chunk.len(), ph);
         }
-        Ok(&s.ws.host_logits()[..n * self.config.vocab_size])
+        Ok(last)
     }
 
     /// Feed `tokens` (prefill) and show every linear's input to `hook`; no logits.

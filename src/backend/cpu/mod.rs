@@ -746,4 +746,12 @@ impl Backend for CpuBackend {
         }
         Ok(())
     }
+
+    fn argmax_rows(&self, logits: &Vec<f32>, vocab: usize, out: &mut [u32]) -> Result<()> {
+        check_len("argmax logits", logits.len(), out.len() * vocab)?;
+        for (row, id) in logits.chunks_exact(vocab.max(1)).zip(out.iter_mut()) {
+            *id = crate::engine::sampler::argmax(row);
+        }
+        Ok(())
+    }
 }

@@ -7,6 +7,7 @@
 
 use super::backend::{check, drv, grid, CudaBackend};
 use super::kernels::Kernel;
+use super::meta::Meta;
 use crate::backend::{AttentionArgs, Backend, KvSeq};
 use crate::error::{Error, Result};
 use cudarc::driver::PushKernelArg;
@@ -64,18 +65,18 @@ impl CudaBackend {
                 row_ids.extend((s.row0..s.row0 + s.rows).map(|r| r as u32));
             }
         }
-        let t_d = self.up(&tables)?;
+        let t_d = self.up_meta(Meta::Tables, &tables)?;
         let ints = [max_blocks, bs, nh, nkv].map(|v| v as i32);
         if let (Some(kern), false) = (fa_kernel, tiles.is_empty()) {
-            let tiles_d = self.up(&tiles)?;
+            let tiles_d = self.up_meta(Meta::Tiles, &tiles)?;
             let scale_log2 = std::f32::consts::LOG2_E / (hd as f32).sqrt();
             let mut b = self.gpu.stream.launch_builder(self.f(kern));
             b.arg(&mut *a.out)
                 .arg(a.q)
                 .arg(a.k_cache)
                 .arg(a.v_cache)
-                .arg(&t_d)
-                .arg(&tiles_d);
+                .arg(&*t_d)
+                .arg(&*tiles_d);
             for v in &ints {
                 b.arg(v);
             }
@@ -97,7 +98,11 @@ impl CudaBackend {
         let splits = longest.div_ceil(SPLIT_LEN).max(1);
         let sel = row_ids.len();
         let mut part = self.alloc(sel * nh * splits * (hd + 2))?; // (sel, heads, splits, hd + 2)
-        let (r_d, s_d, n_d) = (self.up(&row_ids)?, self.up(&seq_of)?, self.up(&n_keys)?);
+        let (r_d, s_d, n_d) = (
+            self.up_meta(Meta::RowIds, &row_ids)?,
+            self.up_meta(Meta::SeqOf, &seq_of)?,
+            self.up_meta(Meta::NKeys, &n_keys)?,
+        );
         let tail = [hd, SPLIT_LEN, splits].map(|v| v as i32);
         let scale = 1.0 / (hd as f32).sqrt();
         let mut b = self.gpu.stream.launch_builder(self.f(Kernel::AttnPartial));
@@ -105,10 +110,10 @@ impl CudaBackend {
             .arg(a.q)
             .arg(a.k_cache)
             .arg(a.v_cache)
-            .arg(&t_d)
-            .arg(&r_d)
-            .arg(&s_d)
-            .arg(&n_d);
+            .arg(&*t_d)
+            .arg(&*r_d)
+            .arg(&*s_d)
+            .arg(&*n_d);
         for v in ints.iter().chain(&tail) {
             b.arg(v);
         }
@@ -120,7 +125,7 @@ impl CudaBackend {
         let mut b = self.gpu.stream.launch_builder(self.f(Kernel::AttnCombine));
         b.arg(a.out)
             .arg(&part)
-            .arg(&r_d)
+            .arg(&*r_d)
             .arg(&nh_i)
             .arg(&hd_i)
             .arg(&sp_i);

@@ -10,6 +10,7 @@
 
 use super::blas::Blas;
 use super::kernels::Kernel;
+use super::meta::{Meta, MetaCache};
 use super::qlinear::launch;
 pub use super::qlinear::CudaQMatrix;
 use super::runtime::Gpu;
@@ -33,6 +34,8 @@ pub struct CudaBackend {
     functions: Vec<CudaFunction>, // indexed by Kernel::index
     /// cuBLAS for the BF16 prefill GEMMs; None runs `gemm_bf16_tc`.
     blas: Option<Blas>,
+    /// the last upload of each kind of per-forward metadata
+    pub(super) meta: MetaCache,
 }
 
 /// Rows at most for the weight-streaming GEMV (its kernel's GEMV_MAX_M).
@@ -82,6 +85,7 @@ impl CudaBackend {
             gpu,
             functions,
             blas,
+            meta: MetaCache::default(),
         })
     }
 
@@ -361,10 +365,10 @@ impl Backend for CudaBackend {
             cos.len().min(sin.len()),
             (last + 1) * head_dim / 2,
         )?;
-        let pos_d = self.up(&pos)?;
+        let pos_d = self.up_meta(Meta::Positions, &pos)?;
         let (h, d) = (i32_of(n_heads, "heads")?, i32_of(head_dim, "head_dim")?);
         let mut b = self.gpu.stream.launch_builder(self.f(Kernel::Rope));
-        b.arg(x).arg(cos).arg(sin).arg(&pos_d).arg(&h).arg(&d);
+        b.arg(x).arg(cos).arg(sin).arg(&*pos_d).arg(&h).arg(&d);
         // SAFETY: matches rope's signature; x holds rows × heads × head_dim, every position is
         // inside the tables (checked).
         unsafe { b.launch(grid1(rows, 128)) }.map_err(|e| drv("rope", e))?;
@@ -390,10 +394,10 @@ impl Backend for CudaBackend {
         if slots.is_empty() {
             return Ok(());
         }
-        let slots_d = self.up(&slots)?;
+        let slots_d = self.up_meta(Meta::Slots, &slots)?;
         let kvd = i32_of(kv_dim, "kv_dim")?;
         let mut b = self.gpu.stream.launch_builder(self.f(Kernel::WriteKv));
-        b.arg(cache).arg(src).arg(&slots_d).arg(&kvd);
+        b.arg(cache).arg(src).arg(&*slots_d).arg(&kvd);
         // SAFETY: matches write_kv's signature; every slot is inside the cache (checked).
         unsafe { b.launch(grid1(slots.len(), 128)) }.map_err(|e| drv("write_kv", e))?;
         Ok(())
@@ -428,5 +432,31 @@ impl Backend for CudaBackend {
         // block (at most 16 KiB).
         unsafe { b.launch(cfg) }.map_err(|e| drv("hadamard", e))?;
         Ok(())
+    }
+
+    fn argmax_rows(&self, logits: &Self::Buf, vocab: usize, out: &mut [u32]) -> Result<()> {
+        check("argmax logits", logits.len(), out.len() * vocab)?;
+        if out.is_empty() {
+            return Ok(());
+        }
+        let mut ids = self
+            .gpu
+            .stream
+            .alloc_zeros::<u32>(out.len())
+            .map_err(|e| drv("alloc", e))?; // (rows)
+        let v = i32_of(vocab, "vocab")?;
+        let mut b = self.gpu.stream.launch_builder(self.f(Kernel::ArgmaxRows));
+        b.arg(&mut ids).arg(logits).arg(&v);
+        // SAFETY: matches argmax_rows (one block per row, a multiple of 32 threads); logits
+        // hold out.len() × vocab values (checked), ids out.len().
+        unsafe { b.launch(grid1(out.len(), 1024)) }.map_err(|e| drv("argmax", e))?;
+        self.gpu
+            .stream
+            .memcpy_dtoh(&ids, out)
+            .map_err(|e| drv("download", e))?;
+        self.gpu
+            .stream
+            .synchronize()
+            .map_err(|e| drv("synchronize", e))
     }
 }

@@ -11,6 +11,7 @@ pub mod backend;
 pub mod blas;
 pub mod device;
 pub mod kernels;
+mod meta;
 pub mod nvrtc;
 pub mod qlinear;
 pub mod runtime;
