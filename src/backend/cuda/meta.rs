@@ -33,9 +33,12 @@ impl Meta {
     const COUNT: usize = 7;
 }
 
+/// One kind's last upload: the host contents and the device copy.
+type Upload = Option<(Vec<u32>, Arc<CudaSlice<u32>>)>;
+
 #[derive(Default)]
 pub(super) struct MetaCache {
-    slots: Mutex<[Option<(Vec<u32>, Arc<CudaSlice<u32>>)>; Meta::COUNT]>,
+    slots: Mutex<[Upload; Meta::COUNT]>,
 }
 
 impl CudaBackend {
