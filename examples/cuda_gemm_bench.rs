@@ -27,7 +27,10 @@ fn random(n: usize, seed: u64) -> Vec<f32> {
 
 #[derive(Clone, Copy, Debug)]
 enum Kind {
+    /// cuBLAS where its library loads
     Bf16,
+    /// ferroq's own tensor-core kernel (cuBLAS switched off)
+    Bf16Own,
     W8a8,
     Fp8,
     W4a16,
@@ -38,7 +41,7 @@ fn main() -> anyhow::Result<()> {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(20);
-    let b = CudaBackend::new(0)?;
+    let mut b = CudaBackend::new(0)?;
     println!("{}; {iters} iterations per point", b.describe());
     println!("| kind | M | N × K | µs | TOPS |");
     println!("|---|---|---|---|---|");
@@ -52,7 +55,14 @@ fn main() -> anyhow::Result<()> {
     ];
     for (n, k) in shapes {
         let w = random(n * k, (n * 31 + k) as u64);
-        for kind in [Kind::Bf16, Kind::W8a8, Kind::Fp8, Kind::W4a16] {
+        for kind in [Kind::Bf16, Kind::Bf16Own, Kind::W8a8, Kind::Fp8, Kind::W4a16] {
+            let cublas = b.set_cublas(!matches!(kind, Kind::Bf16Own))?;
+            let label = match kind {
+                Kind::Bf16 if cublas => "Bf16 (cuBLAS)".to_string(),
+                Kind::Bf16 => "Bf16 (no cuBLAS: own)".to_string(),
+                Kind::Bf16Own => "Bf16 (own)".to_string(),
+                other => format!("{other:?}"),
+            };
             let int = |dtype, scope| WeightQConfig {
                 dtype,
                 scope,
@@ -60,7 +70,7 @@ fn main() -> anyhow::Result<()> {
                 method: WeightMethod::MinMax,
             };
             let (weight, act) = match kind {
-                Kind::Bf16 => (
+                Kind::Bf16 | Kind::Bf16Own => (
                     LinearWeight::Dense(Arc::new(b.upload_matrix(
                         &HostTensor::from_f32(vec![n, k], w.clone())?,
                         ferroq::tensor::DType::BF16,
@@ -84,7 +94,7 @@ fn main() -> anyhow::Result<()> {
                             },
                         ),
                         Err(e) => {
-                            println!("| {kind:?} | – | {n} × {k} | {e} | – |");
+                            println!("| {label} | – | {n} × {k} | {e} | – |");
                             continue;
                         }
                     }
@@ -99,7 +109,7 @@ fn main() -> anyhow::Result<()> {
                 }
             };
             let lin = Linear {
-                name: format!("{kind:?}"),
+                name: label.clone(),
                 in_features: k,
                 out_features: n,
                 weight,
@@ -129,7 +139,7 @@ fn main() -> anyhow::Result<()> {
                 b.read(&out, 0, &mut host)?;
                 let s = t.elapsed().as_secs_f64() / iters as f64;
                 println!(
-                    "| {kind:?} | {m} | {n} × {k} | {:.1} | {:.1} |",
+                    "| {label} | {m} | {n} × {k} | {:.1} | {:.1} |",
                     s * 1e6,
                     2.0 * (m * n * k) as f64 / s / 1e12
                 );
