@@ -55,7 +55,13 @@ fn main() -> anyhow::Result<()> {
     ];
     for (n, k) in shapes {
         let w = random(n * k, (n * 31 + k) as u64);
-        for kind in [Kind::Bf16, Kind::Bf16Own, Kind::W8a8, Kind::Fp8, Kind::W4a16] {
+        for kind in [
+            Kind::Bf16,
+            Kind::Bf16Own,
+            Kind::W8a8,
+            Kind::Fp8,
+            Kind::W4a16,
+        ] {
             let cublas = b.set_cublas(!matches!(kind, Kind::Bf16Own))?;
             let label = match kind {
                 Kind::Bf16 if cublas => "Bf16 (cuBLAS)".to_string(),
