@@ -1,7 +1,8 @@
 //! `CudaBackend`: the `Backend` trait on one CUDA device, launching `kernels/*.cu` through the
 //! typed table. Activations are f32 device buffers (`CudaSlice<f32>`), dense weights BF16
 //! (whatever dtype the checkpoint or `--dtype` asks for: the GEMMs read bf16), accumulation f32.
-//! Block tables, positions and token ids are uploaded per call. Dense linears: the GEMV for
+//! Token ids are uploaded per forward, positions / KV slots / block tables once per forward
+//! (`meta.rs` reuses them across layers). Dense linears: the GEMV for
 //! decode rows, else bf16-rounded activations into cuBLAS (`blas.rs`, when present) or the
 //! tensor-core `gemm_bf16_tc`. Quantized linears (W8A8 int8, FP8, W4A16) are in `qlinear.rs`;
 //! the online Hadamard rotation has its kernel. Not yet here: the fused norm+quant in the
@@ -11,15 +12,15 @@
 use super::blas::Blas;
 use super::kernels::Kernel;
 use super::meta::{Meta, MetaCache};
-use super::qlinear::launch;
 pub use super::qlinear::CudaQMatrix;
+use super::qlinear::{arg_or_null, launch};
 use super::runtime::Gpu;
 use crate::backend::{AttentionArgs, Backend, KvSeq};
 use crate::error::{Error, Result};
 use crate::model::linear::{Linear, LinearWeight};
 use crate::quant::{Phase, QuantWeight};
 use crate::tensor::{DType, HostTensor};
-use cudarc::driver::{CudaFunction, CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaFunction, CudaSlice, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg};
 use half::bf16;
 
 /// A dense `[rows, cols]` weight in BF16 on the device.
@@ -155,10 +156,7 @@ impl CudaBackend {
         let cfg = launch(Kernel::GemmBf16Tc, rows, n)?;
         let mut b = self.gpu.stream.launch_builder(self.f(Kernel::GemmBf16Tc));
         b.arg(&mut *out).arg(&xb).arg(&m.data);
-        match bias {
-            Some(bias) => b.arg(bias),
-            None => b.arg(&null),
-        };
+        arg_or_null(&mut b, bias, &null);
         b.arg(&mi).arg(&ni).arg(&ki);
         // SAFETY: the argument list of gemm_bf16_tc (bias or a null pointer); k is a multiple
         // of 8, so its 16-byte cp.async rows stay aligned; buffers sized rows × k, n × k,
@@ -169,6 +167,18 @@ impl CudaBackend {
 
     pub(super) fn f(&self, k: Kernel) -> &CudaFunction {
         &self.functions[k.index()]
+    }
+
+    /// Copy `src` (out.len() values) to the host and wait for it and everything queued before.
+    fn download<T: DeviceRepr, S: DevicePtr<T>>(&self, src: &S, out: &mut [T]) -> Result<()> {
+        self.gpu
+            .stream
+            .memcpy_dtoh(src, out)
+            .map_err(|e| drv("download", e))?;
+        self.gpu
+            .stream
+            .synchronize()
+            .map_err(|e| drv("synchronize", e))
     }
 
     pub(super) fn up<T: DeviceRepr>(&self, v: &[T]) -> Result<CudaSlice<T>> {
@@ -207,14 +217,7 @@ impl Backend for CudaBackend {
     fn read(&self, buf: &Self::Buf, offset: usize, out: &mut [f32]) -> Result<()> {
         check("read", buf.len(), offset + out.len())?;
         let view = buf.slice(offset..offset + out.len());
-        self.gpu
-            .stream
-            .memcpy_dtoh(&view, out)
-            .map_err(|e| drv("download", e))?;
-        self.gpu
-            .stream
-            .synchronize()
-            .map_err(|e| drv("synchronize", e))
+        self.download(&view, out)
     }
 
     fn upload_matrix(&self, t: &HostTensor, _dtype: DType) -> Result<Self::Matrix> {
@@ -450,13 +453,6 @@ impl Backend for CudaBackend {
         // SAFETY: matches argmax_rows (one block per row, a multiple of 32 threads); logits
         // hold out.len() × vocab values (checked), ids out.len().
         unsafe { b.launch(grid1(out.len(), 1024)) }.map_err(|e| drv("argmax", e))?;
-        self.gpu
-            .stream
-            .memcpy_dtoh(&ids, out)
-            .map_err(|e| drv("download", e))?;
-        self.gpu
-            .stream
-            .synchronize()
-            .map_err(|e| drv("synchronize", e))
+        self.download(&ids, out)
     }
 }

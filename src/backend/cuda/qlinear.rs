@@ -47,7 +47,7 @@ pub(super) fn launch(kern: Kernel, m: usize, n: usize) -> Result<LaunchConfig> {
 }
 
 /// Push an optional device pointer argument: the buffer, or null (`null` holds 0).
-fn arg_or_null<'a, T>(b: &mut LaunchArgs<'a>, v: Option<&'a CudaSlice<T>>, null: &'a u64)
+pub(super) fn arg_or_null<'a, T>(b: &mut LaunchArgs<'a>, v: Option<&'a CudaSlice<T>>, null: &'a u64)
 where
     LaunchArgs<'a>: PushKernelArg<&'a CudaSlice<T>> + PushKernelArg<&'a u64>,
 {
