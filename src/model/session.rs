@@ -105,7 +105,12 @@ impl<B: Backend> LlamaModel<B> {
     /// `forward` + the sampler's argmax give), picked on the backend so that only the id, not
     /// the vocab-sized logits, crosses to the host.
     pub fn forward_greedy(&self, s: &mut Session<B>, tokens: &[u32]) -> Result<u32> {
-        if tokens.is_empty() || s.pos + tokens.len() > s.max_seq {
+        if tokens.is_empty() {
+            return Err(Error::InvalidArgument(
+                "forward needs at least one token".into(),
+            ));
+        }
+        if s.pos + tokens.len() > s.max_seq {
             return Err(Error::ContextOverflow {
                 needed: s.pos + tokens.len(),
                 max: s.max_seq,
