@@ -71,17 +71,7 @@ impl<B: Backend> LlamaModel<B> {
         tokens: &[u32],
         want: Logits,
     ) -> Result<&'s [f32]> {
-        if tokens.is_empty() {
-            return Err(Error::InvalidArgument(
-                "forward needs at least one token".into(),
-            ));
-        }
-        if s.pos + tokens.len() > s.max_seq {
-            return Err(Error::ContextOverflow {
-                needed: s.pos + tokens.len(),
-                max: s.max_seq,
-            });
-        }
+        Self::check_room(s, tokens)?;
         let first = match want {
             Logits::Last => tokens.len() - 1,
             Logits::All => 0,
@@ -105,6 +95,15 @@ impl<B: Backend> LlamaModel<B> {
     /// `forward` + the sampler's argmax give), picked on the backend so that only the id, not
     /// the vocab-sized logits, crosses to the host.
     pub fn forward_greedy(&self, s: &mut Session<B>, tokens: &[u32]) -> Result<u32> {
+        Self::check_room(s, tokens)?;
+        let (rows, ph) = self.feed(s, tokens, None)?;
+        let mut id = [0u32];
+        self.greedy(&mut s.ws, std::slice::from_ref(&rows), ph, &mut id)?;
+        Ok(id[0])
+    }
+
+    /// A forward call needs at least one token and room for all of them in the session.
+    fn check_room(s: &Session<B>, tokens: &[u32]) -> Result<()> {
         if tokens.is_empty() {
             return Err(Error::InvalidArgument(
                 "forward needs at least one token".into(),
@@ -116,10 +115,7 @@ impl<B: Backend> LlamaModel<B> {
                 max: s.max_seq,
             });
         }
-        let (rows, ph) = self.feed(s, tokens, None)?;
-        let mut id = [0u32];
-        self.greedy(&mut s.ws, std::slice::from_ref(&rows), ph, &mut id)?;
-        Ok(id[0])
+        Ok(())
     }
 
     /// Run `tokens` through the model in chunks of max_batch, advancing the position; returns
