@@ -14,24 +14,30 @@ use cudarc::driver::{
     CudaSlice, DeviceRepr, LaunchArgs, LaunchConfig, PushKernelArg, ValidAsZeroBits,
 };
 
-/// A quantized `[rows, cols]` weight on the device.
+/// A quantized `[rows, cols]` weight on the device; each kind's linear takes its own struct.
 pub enum CudaQMatrix {
-    Int8 {
-        q: CudaSlice<i8>,       // (rows, cols)
-        scale: CudaSlice<f32>,  // (rows) per output channel
-        colsum: CudaSlice<i32>, // (rows) Σ_k q[j, k], for asymmetric activations' zero point
-    },
-    Fp8 {
-        codes: CudaSlice<u8>,  // (rows, cols) e4m3
-        scale: CudaSlice<f32>, // (rows) per output channel
-    },
-    Int4 {
-        packed: CudaSlice<u8>, // (rows, cols / 2) two offset-binary nibbles per byte
-        scale: CudaSlice<f32>, // (rows, groups)
-        /// (rows, groups) zero points; None for symmetric weights
-        zero: Option<CudaSlice<i8>>,
-        group: usize,
-    },
+    Int8(Int8Weight),
+    Fp8(Fp8Weight),
+    Int4(Int4Weight),
+}
+
+pub struct Int8Weight {
+    q: CudaSlice<i8>,       // (rows, cols)
+    scale: CudaSlice<f32>,  // (rows) per output channel
+    colsum: CudaSlice<i32>, // (rows) Σ_k q[j, k], for asymmetric activations' zero point
+}
+
+pub struct Fp8Weight {
+    codes: CudaSlice<u8>,  // (rows, cols) e4m3
+    scale: CudaSlice<f32>, // (rows) per output channel
+}
+
+pub struct Int4Weight {
+    packed: CudaSlice<u8>, // (rows, cols / 2) two offset-binary nibbles per byte
+    scale: CudaSlice<f32>, // (rows, groups)
+    /// (rows, groups) zero points; None for symmetric weights
+    zero: Option<CudaSlice<i8>>,
+    group: usize,
 }
 
 /// Rows at most for the weight-streaming GEMVs (int8: `gemv_w8a8`, fp8: `gemv_fp8`, int4:
@@ -97,11 +103,11 @@ impl CudaBackend {
             QuantWeight::Int8 { .. } if !cols.is_multiple_of(16) => {
                 unsupported("the int8 GEMM needs in_features a multiple of 16")
             }
-            QuantWeight::Int8 { q, scale, colsum } => Ok(CudaQMatrix::Int8 {
+            QuantWeight::Int8 { q, scale, colsum } => Ok(CudaQMatrix::Int8(Int8Weight {
                 q: self.up(q)?,
                 scale: self.up(scale)?,
                 colsum: self.up(colsum)?,
-            }),
+            })),
             // Ampere has no FP8 tensor cores. A weight-only dequantizing path would quietly
             // change the checkpoint's W8A8 numerics and run slower than BF16, so FP8 on sm_80
             // is an error; the CPU backend runs the checkpoint exactly.
@@ -112,10 +118,10 @@ impl CudaBackend {
             QuantWeight::Fp8 { .. } if !cols.is_multiple_of(16) => {
                 unsupported("the FP8 GEMM needs in_features a multiple of 16")
             }
-            QuantWeight::Fp8 { codes, scale } => Ok(CudaQMatrix::Fp8 {
+            QuantWeight::Fp8 { codes, scale } => Ok(CudaQMatrix::Fp8(Fp8Weight {
                 codes: self.up(codes)?,
                 scale: self.up(scale)?,
-            }),
+            })),
             QuantWeight::Int4 { group, .. } if *group == 0 || !group.is_multiple_of(2) => {
                 unsupported("int4 groups must be even")
             }
@@ -135,7 +141,7 @@ impl CudaBackend {
                 scale,
                 zero,
                 group,
-            } => Ok(CudaQMatrix::Int4 {
+            } => Ok(CudaQMatrix::Int4(Int4Weight {
                 packed: self.up(packed)?,
                 scale: self.up(scale)?,
                 zero: if zero.is_empty() {
@@ -144,7 +150,7 @@ impl CudaBackend {
                     Some(self.up(zero)?)
                 },
                 group: *group,
-            }),
+            })),
         }
     }
 
@@ -163,13 +169,13 @@ impl CudaBackend {
         check(&w.name, out.len(), rows * n)?;
         let act = (w.act.dtype, w.act.policy == ActQuant::None);
         match (qm, act) {
-            (CudaQMatrix::Int8 { .. }, (QDType::Int8, false)) => {
-                self.linear_w8a8(out, x, w, qm, rows, phase)
+            (CudaQMatrix::Int8(wq), (QDType::Int8, false)) => {
+                self.linear_w8a8(out, x, w, wq, rows, phase)
             }
-            (CudaQMatrix::Fp8 { .. }, (QDType::Fp8E4M3, false)) => {
-                self.linear_fp8(out, x, w, qm, rows, phase)
+            (CudaQMatrix::Fp8(wq), (QDType::Fp8E4M3, false)) => {
+                self.linear_fp8(out, x, w, wq, rows, phase)
             }
-            (CudaQMatrix::Int4 { .. }, (_, true)) => self.linear_w4a16(out, x, w, qm, rows),
+            (CudaQMatrix::Int4(wq), (_, true)) => self.linear_w4a16(out, x, w, wq, rows),
             _ => Err(Error::Cuda(format!(
                 "{}: {:?} activations ({:?}) with these weights have no CUDA kernel",
                 w.name, w.act.dtype, w.act.policy
@@ -184,13 +190,11 @@ impl CudaBackend {
         out: &mut CudaSlice<f32>,
         x: &CudaSlice<f32>,
         w: &Linear<Self>,
-        qm: &CudaQMatrix,
+        wq: &Int8Weight,
         rows: usize,
         phase: Phase,
     ) -> Result<()> {
-        let CudaQMatrix::Int8 { q, scale, colsum } = qm else {
-            return Err(Error::Cuda(format!("{}: not an int8 weight", w.name)));
-        };
+        let Int8Weight { q, scale, colsum } = wq;
         let (n, k) = (w.out_features, w.in_features);
         let stream = &self.gpu.stream;
         let (mut qa, mut a_scale, mut a_zp) = (
@@ -245,13 +249,11 @@ impl CudaBackend {
         out: &mut CudaSlice<f32>,
         x: &CudaSlice<f32>,
         w: &Linear<Self>,
-        qm: &CudaQMatrix,
+        wq: &Fp8Weight,
         rows: usize,
         phase: Phase,
     ) -> Result<()> {
-        let CudaQMatrix::Fp8 { codes, scale } = qm else {
-            return Err(Error::Cuda(format!("{}: not an FP8 weight", w.name)));
-        };
+        let Fp8Weight { codes, scale } = wq;
         let (n, k) = (w.out_features, w.in_features);
         let stream = &self.gpu.stream;
         let (mut qa, mut a_scale) = (self.zeros::<u8>(rows * k)?, self.zeros::<f32>(rows)?);
@@ -296,18 +298,15 @@ impl CudaBackend {
         out: &mut CudaSlice<f32>,
         x: &CudaSlice<f32>,
         w: &Linear<Self>,
-        qm: &CudaQMatrix,
+        wq: &Int4Weight,
         rows: usize,
     ) -> Result<()> {
-        let CudaQMatrix::Int4 {
+        let Int4Weight {
             packed,
             scale,
             zero,
             group,
-        } = qm
-        else {
-            return Err(Error::Cuda(format!("{}: not an int4 weight", w.name)));
-        };
+        } = wq;
         let (n, k) = (w.out_features, w.in_features);
         let (m_i, n_i, k_i, g_i) = (
             i32_of(rows, "rows")?,
