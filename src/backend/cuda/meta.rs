@@ -30,7 +30,8 @@ pub(super) enum Meta {
 }
 
 impl Meta {
-    const COUNT: usize = 7;
+    /// Cache slots: one per kind (`Tiles` is the last variant).
+    const COUNT: usize = Meta::Tiles as usize + 1;
 }
 
 /// One kind's last upload: the host contents and the device copy.
