@@ -17,15 +17,6 @@ use ferroq::vision::conv::{
 use ferroq::vision::cuda::{CudaConv, CudaConvOut, UnfusedBnRelu};
 use std::time::Instant;
 
-fn randn(rng: &mut Rng, n: usize, scale: f32) -> Vec<f32> {
-    (0..n)
-        .map(|_| {
-            let (u, v) = (rng.next_f32().max(1e-7), rng.next_f32());
-            scale * (-2.0 * u.ln()).sqrt() * (std::f32::consts::TAU * v).cos()
-        })
-        .collect()
-}
-
 /// Mean seconds per call of `f` over `iters` calls after 3 warm-ups.
 fn time(gpu: &Gpu, iters: usize, mut f: impl FnMut() -> ferroq::Result<()>) -> anyhow::Result<f64> {
     for _ in 0..3 {
@@ -75,9 +66,9 @@ fn main() -> anyhow::Result<()> {
                 w: hw,
             };
             let od = shape.out_dims(xd)?;
-            let x = randn(&mut rng, xd.len(), 1.0);
-            let w = randn(&mut rng, shape.weight_len(), 0.05);
-            let b = randn(&mut rng, cout, 0.1);
+            let x = rng.normals(xd.len(), 1.0);
+            let w = rng.normals(shape.weight_len(), 0.05);
+            let b = rng.normals(cout, 0.1);
             let bn = BatchNorm {
                 gamma: vec![1.1; cout],
                 beta: vec![0.1; cout],

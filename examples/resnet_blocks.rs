@@ -19,21 +19,12 @@ use ferroq::vision::resnet::{ResNetStack, StackPrecision};
 use std::path::PathBuf;
 use std::time::Instant;
 
-fn randn(rng: &mut Rng, n: usize, scale: f32) -> Vec<f32> {
-    (0..n)
-        .map(|_| {
-            let (u, v) = (rng.next_f32().max(1e-7), rng.next_f32());
-            scale * (-2.0 * u.ln()).sqrt() * (std::f32::consts::TAU * v).cos()
-        })
-        .collect()
-}
-
 fn random_bn(rng: &mut Rng, c: usize) -> BatchNorm {
     BatchNorm {
-        gamma: randn(rng, c, 0.5).iter().map(|v| 1.0 + v * 0.2).collect(),
-        beta: randn(rng, c, 0.1),
-        mean: randn(rng, c, 0.1),
-        var: randn(rng, c, 0.3).iter().map(|v| 1.0 + v * v).collect(),
+        gamma: rng.normals(c, 0.5).iter().map(|v| 1.0 + v * 0.2).collect(),
+        beta: rng.normals(c, 0.1),
+        mean: rng.normals(c, 0.1),
+        var: rng.normals(c, 0.3).iter().map(|v| 1.0 + v * v).collect(),
         eps: 1e-5,
     }
 }
@@ -47,7 +38,7 @@ fn random_resnet(rng: &mut Rng) -> Vec<(String, HostTensor)> {
                 o: usize,
                 i: usize,
                 k: usize| {
-        let w = randn(rng, o * i * k * k, (2.0 / (i * k * k) as f32).sqrt());
+        let w = rng.normals(o * i * k * k, (2.0 / (i * k * k) as f32).sqrt());
         t.push((
             format!("{name}.weight"),
             HostTensor::from_f32(vec![o, i, k, k], w).expect("tensor"),
@@ -127,7 +118,7 @@ fn main() -> ferroq::Result<()> {
         h: size,
         w: size,
     };
-    let x = randn(&mut rng, xd.len(), 1.0);
+    let x = rng.normals(xd.len(), 1.0);
     let layout = Layout::Nhwc;
     let t = Instant::now();
     let (want, od) = stack.forward_reference(&x, xd, layout)?;
@@ -175,8 +166,8 @@ fn main() -> ferroq::Result<()> {
             h: hw,
             w: hw,
         };
-        let x = randn(&mut rng, xd.len(), 1.0);
-        let w = randn(&mut rng, shape.weight_len(), 0.05);
+        let x = rng.normals(xd.len(), 1.0);
+        let w = rng.normals(shape.weight_len(), 0.05);
         let bn = random_bn(&mut rng, out_c);
         let fused = FusedConv::from_conv_bn(shape, &w, None, &bn, ConvPrecision::F32, true)?;
         let plain = FusedConv::new(shape, &w, &vec![0.0; out_c], ConvPrecision::F32, false)?;

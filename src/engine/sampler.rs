@@ -40,6 +40,17 @@ impl Rng {
     pub fn next_f32(&mut self) -> f32 {
         (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
     }
+
+    /// `n` normal values of standard deviation `scale` (Box–Muller, one pair of uniforms
+    /// each): seeded random weights and activations for the examples and benchmarks.
+    pub fn normals(&mut self, n: usize, scale: f32) -> Vec<f32> {
+        (0..n)
+            .map(|_| {
+                let (u, v) = (self.next_f32().max(1e-7), self.next_f32());
+                scale * (-2.0 * u.ln()).sqrt() * (std::f32::consts::TAU * v).cos()
+            })
+            .collect()
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
