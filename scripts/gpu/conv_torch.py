@@ -6,6 +6,7 @@ conv alone (bf16 x read + weights read + output written)."""
 import sys
 
 import torch
+from timing import timed_ms
 
 ITERS = int(sys.argv[1]) if len(sys.argv) > 1 else 20
 SHAPES = [
@@ -22,16 +23,7 @@ SHAPES = [
 
 
 def timed(fn):
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(ITERS):
-        fn()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / ITERS  # ms
+    return timed_ms(fn, ITERS)  # ms
 
 
 def main():

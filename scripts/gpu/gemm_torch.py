@@ -6,6 +6,7 @@ quantization kernels' GB/s. Prints markdown: microseconds per call and TOPS."""
 import sys
 
 import torch
+from timing import timed_ms
 
 ITERS = int(sys.argv[1]) if len(sys.argv) > 1 else 20
 SHAPES = [(4096, 4096), (1024, 4096), (14336, 4096), (4096, 14336), (8192, 8192)]
@@ -13,16 +14,7 @@ MS = [1, 16, 128, 512, 2048, 8192]
 
 
 def timed(fn):
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(ITERS):
-        fn()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / ITERS * 1e3  # us
+    return timed_ms(fn, ITERS) * 1e3  # us
 
 
 def main():
