@@ -75,14 +75,9 @@ fn sweep() -> Vec<(ConvShape, Dims)> {
         for &(in_c, out_c, groups) in &[(3, 8, 1), (6, 4, 2), (5, 5, 5), (4, 8, 4), (16, 13, 1)] {
             v.push((
                 ConvShape {
-                    in_c,
-                    out_c,
-                    kh: k,
-                    kw: k,
-                    stride: (s, s),
-                    padding: (p, p),
                     dilation: (dil, dil),
                     groups,
+                    ..ConvShape::square(in_c, out_c, k, s, p)
                 },
                 d(2, in_c, 9, 7),
             ));

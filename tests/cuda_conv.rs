@@ -23,14 +23,9 @@ fn gpu() -> Gpu {
 /// (shape, layout, input dims, relu)
 fn cases() -> Vec<(ConvShape, Layout, Dims, bool)> {
     let shape = |in_c, out_c, k, s, p, d, groups| ConvShape {
-        in_c,
-        out_c,
-        kh: k,
-        kw: k,
-        stride: (s, s),
-        padding: (p, p),
         dilation: (d, d),
         groups,
+        ..ConvShape::square(in_c, out_c, k, s, p)
     };
     let dims = |n, c, h, w| Dims { n, c, h, w };
     vec![
