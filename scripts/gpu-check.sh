@@ -46,7 +46,7 @@ build)
     cargo build --release -q --example "$e"
     cp "target/release/examples/$e" .gpu/
   done
-  for t in cuda_kernels cuda_quant cuda_conv cuda_model cuda_compile; do
+  for t in cuda_kernels cuda_quant cuda_project cuda_conv cuda_model cuda_compile; do
     bin=$(cargo test --release --no-run --test "$t" --message-format=json 2>/dev/null |
       python3 -c 'import json,sys
 for l in sys.stdin:
@@ -74,13 +74,14 @@ remote)
     tee "$OUT/compile.log" || status=1
   .gpu/cuda_kernels --ignored --test-threads 1 --nocapture 2>&1 | tee "$OUT/kernels.log" || status=1
   .gpu/cuda_quant --ignored --test-threads 1 --nocapture 2>&1 | tee "$OUT/quant.log" || status=1
+  .gpu/cuda_project --ignored --test-threads 1 --nocapture 2>&1 | tee "$OUT/project.log" || status=1
   .gpu/cuda_conv --ignored --test-threads 1 --nocapture 2>&1 | tee "$OUT/conv.log" || status=1
   .gpu/cuda_model --ignored --test-threads 1 --nocapture 2>&1 | tee "$OUT/model.log" || status=1
   {
     echo
     echo '## results'
     grep -hE '^test |test result' "$OUT/compile.log" "$OUT/kernels.log" "$OUT/quant.log" \
-      "$OUT/conv.log" "$OUT/model.log" || true
+      "$OUT/project.log" "$OUT/conv.log" "$OUT/model.log" || true
   } | tee -a "$OUT/summary.md"
   exit $status
   ;;

@@ -225,6 +225,97 @@ fn linear_with_bias() {
         .is_err());
 }
 
+/// `project` with the residual add and norm in front of two linears (the q/k/v shape of the
+/// forward pass): the residual written back, the normalized input and both outputs against
+/// f64; a linear whose in_features differ from the input is a named error.
+#[test]
+fn project_norm_after_residual_then_linears() {
+    use ferroq::backend::LinearInput;
+    let b = CpuBackend::new();
+    let mut rng = Rng::new(9);
+    let (m, k, ns) = (3, 40, [24, 8]);
+    let lin = |rng: &mut Rng, n: usize, name: &str| {
+        let w = randn(rng, n * k, 1.0);
+        let t = HostTensor::from_f32(vec![n, k], w.clone()).expect("t");
+        let lin = Linear {
+            name: name.into(),
+            in_features: k,
+            out_features: n,
+            weight: LinearWeight::Dense(Arc::new(b.upload_matrix(&t, DType::F32).expect("m"))),
+            bias: None,
+            act: ferroq::quant::ActSpec::NONE,
+        };
+        (lin, w)
+    };
+    let (l0, w0) = lin(&mut rng, ns[0], "q");
+    let (l1, w1) = lin(&mut rng, ns[1], "k");
+    let (res0, add, g) = (
+        randn(&mut rng, m * k, 2.0),
+        randn(&mut rng, m * k, 1.0),
+        randn(&mut rng, k, 1.0),
+    );
+    let (mut res, mut x) = (res0.clone(), vec![0.0; m * k]);
+    let (mut o0, mut o1) = (vec![0.0; m * ns[0]], vec![0.0; m * ns[1]]);
+    let input = LinearInput::Norm {
+        res: &mut res,
+        add: Some(&add),
+        weight: &g,
+        eps: 1e-5,
+        x: &mut x,
+    };
+    b.project(
+        input,
+        &mut [(&mut o0, &l0), (&mut o1, &l1)],
+        m,
+        k,
+        Phase::Prefill,
+    )
+    .expect("project");
+    let sum: Vec<f32> = res0.iter().zip(&add).map(|(a, b)| a + b).collect();
+    assert_eq!(res, sum, "the residual stream after the add");
+    let mut normed = vec![0f32; m * k];
+    for r in 0..m {
+        let row = &sum[r * k..(r + 1) * k];
+        let ms = row.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / k as f64;
+        for i in 0..k {
+            normed[r * k + i] = (row[i] as f64 / (ms + 1e-5).sqrt() * g[i] as f64) as f32;
+        }
+    }
+    let wide = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<_>>();
+    assert_close("normalized input", &x, &wide(&normed), 1e-5, 1e-6);
+    assert_close(
+        "q",
+        &o0,
+        &naive_matmul(&normed, &w0, m, ns[0], k),
+        1e-4,
+        1e-4,
+    );
+    assert_close(
+        "k",
+        &o1,
+        &naive_matmul(&normed, &w1, m, ns[1], k),
+        1e-4,
+        1e-4,
+    );
+    // a group member reading another width
+    let (narrow, _) = {
+        let (mut l, w) = lin(&mut rng, 4, "o");
+        l.in_features = k - 1;
+        (l, w)
+    };
+    let mut o2 = vec![0.0; m * 4];
+    let e = b
+        .project(
+            LinearInput::Ready(&x),
+            &mut [(&mut o0, &l0), (&mut o2, &narrow)],
+            m,
+            k,
+            Phase::Prefill,
+        )
+        .expect_err("a width mismatch");
+    assert!(e.to_string().contains("o: 39 input features"), "{e}");
+}
+
 #[test]
 fn rms_norm_rows() {
     let b = CpuBackend::new();

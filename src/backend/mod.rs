@@ -102,6 +102,47 @@ pub trait Backend: Send + Sync + Sized + 'static {
         rows: usize,
         phase: Phase,
     ) -> Result<()>;
+    /// The linears `outs` (each writes its out (rows, out_features)) on one shared input x
+    /// (rows, cols) that `input` produces: the norm (after the residual add) before q/k/v or
+    /// gate/up, SiLU·up before down_proj, or a ready buffer. A backend may fuse the producer
+    /// with the activation quantization the linears share (issue 6: the norm output never
+    /// stored in float, one quantization for q, k and v); the default runs the ops one by one.
+    /// With no linears, the input is produced in float all the same (to be rotated or observed
+    /// before a second call with `Ready`).
+    fn project(
+        &self,
+        input: LinearInput<'_, Self>,
+        outs: &mut [(&mut Self::Buf, &Linear<Self>)],
+        rows: usize,
+        cols: usize,
+        phase: Phase,
+    ) -> Result<()> {
+        check_inputs(outs.iter().map(|(_, w)| *w), cols)?;
+        let x: &Self::Buf = match input {
+            LinearInput::Ready(x) => x,
+            LinearInput::Norm {
+                res,
+                add,
+                weight,
+                eps,
+                x,
+            } => {
+                if let Some(y) = add {
+                    self.add_assign(res, y, rows * cols)?;
+                }
+                self.rms_norm(x, res, weight, rows, cols, eps)?;
+                x
+            }
+            LinearInput::SiluMul { gate, up } => {
+                self.silu_mul(gate, up, rows * cols)?;
+                gate
+            }
+        };
+        for (out, w) in outs.iter_mut() {
+            self.linear(out, x, w, rows, phase)?;
+        }
+        Ok(())
+    }
     /// Rotate x (rows, n_heads, head_dim) in place, HF rotate_half convention; each sequence's
     /// row row0 + r is at position start_pos + r; cos/sin are (max_pos, head_dim / 2).
     fn rope(
@@ -138,6 +179,43 @@ pub trait Backend: Send + Sync + Sized + 'static {
     /// largest value, the first on ties (the sampler's rule). A device backend picks on the
     /// device, so only the ids cross to the host, not rows × vocab logits.
     fn argmax_rows(&self, logits: &Self::Buf, vocab: usize, out: &mut [u32]) -> Result<()>;
+}
+
+/// What produces the input (rows, cols) of [`Backend::project`]'s linears.
+pub enum LinearInput<'a, B: Backend> {
+    /// x, ready.
+    Ready(&'a B::Buf),
+    /// res (rows, cols) += add when given (the residual stream, updated in place), then
+    /// x = rms_norm(res) * weight (cols). x holds the normalized rows afterwards unless every
+    /// linear took a fused quantized input, in which case its contents are unspecified.
+    Norm {
+        res: &'a mut B::Buf,
+        add: Option<&'a B::Buf>,
+        weight: &'a B::Buf,
+        eps: f32,
+        x: &'a mut B::Buf,
+    },
+    /// gate (rows, cols) = silu(gate) · up, and x is gate.
+    SiluMul {
+        gate: &'a mut B::Buf,
+        up: &'a B::Buf,
+    },
+}
+
+/// Every linear of a [`Backend::project`] group must read `cols` features.
+pub fn check_inputs<'a, B: Backend>(
+    ws: impl Iterator<Item = &'a Linear<B>>,
+    cols: usize,
+) -> Result<()> {
+    for w in ws {
+        if w.in_features != cols {
+            return Err(crate::error::Error::InvalidArgument(format!(
+                "{}: {} input features, but its input has {cols} columns",
+                w.name, w.in_features
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Query rows an attention call scores together per head (its scratch holds this many score

@@ -5,7 +5,7 @@
 //! once for (max_batch, max_seq), so prefill (a batch of prompt tokens in one pass) and decode
 //! (one token) allocate nothing.
 
-use crate::backend::{AttentionArgs, Backend, KvSeq};
+use crate::backend::{AttentionArgs, Backend, KvSeq, LinearInput};
 use crate::error::{Error, Result};
 use crate::model::config::{LmHead, ModelConfig};
 use crate::model::hadamard;
@@ -137,7 +137,8 @@ pub struct Workspace<B: Backend> {
     /// Rows of logits one call can return.
     pub logit_rows: usize,
     x: B::Buf,                // (max_rows, dim) residual stream
-    xb: B::Buf,               // (max_rows, dim)
+    xb: B::Buf,               // (max_rows, dim) a block's normalized input
+    proj: B::Buf,             // (max_rows, dim) a block's output, added at the next norm
     q: B::Buf,                // (max_rows, q_dim)
     k: B::Buf,                // (max_rows, kv_dim)
     v: B::Buf,                // (max_rows, kv_dim)
@@ -435,6 +436,7 @@ impl<B: Backend> LlamaModel<B> {
             logit_rows,
             x: b.alloc(max_rows * c.hidden_size)?,
             xb: b.alloc(max_rows * c.hidden_size)?,
+            proj: b.alloc(max_rows * c.hidden_size)?,
             q: b.alloc(max_rows * c.q_dim())?,
             k: b.alloc(max_rows * c.kv_dim())?,
             v: b.alloc(max_rows * c.kv_dim())?,
@@ -539,23 +541,42 @@ impl<B: Backend> LlamaModel<B> {
                 }
             };
         }
-        let (dim, hd) = (c.hidden_size, c.head_dim);
+        let (dim, hd, eps) = (c.hidden_size, c.head_dim, c.rms_norm_eps);
         let (cos, sin) = (&self.rope_cos, &self.rope_sin);
+        let observing = hook.is_some();
+        // The linears of a site on the input `$input` makes. A site whose input is rotated or
+        // observed gets it in float first (`$buf`); the others let the backend fuse the
+        // producer with the activation quantization its linears share.
+        macro_rules! project {
+            ($l:expr, $site:expr, $input:expr, $buf:ident, $dim:expr, [$(($out:ident, $w:expr)),+]) => {
+                if observing || c.hadamard.block($site).is_some() {
+                    b.project($input, &mut [], rows, $dim, ph)?;
+                    observe!($l, $site, $buf, $dim);
+                    let outs = &mut [$((&mut ws.$out, $w)),+];
+                    b.project(LinearInput::Ready(&ws.$buf), outs, rows, $dim, ph)?;
+                } else {
+                    b.project($input, &mut [$((&mut ws.$out, $w)),+], rows, $dim, ph)?;
+                }
+            };
+        }
         b.embed(&mut ws.x, &self.embed, tokens)?;
         for (l, layer) in self.layers.iter().enumerate() {
-            // attention block
-            b.rms_norm(
-                &mut ws.xb,
-                &ws.x,
-                &layer.attn_norm,
-                rows,
+            // attention block; the previous block's output joins the residual in this norm
+            let norm = LinearInput::Norm {
+                res: &mut ws.x,
+                add: (l > 0).then_some(&ws.proj),
+                weight: &layer.attn_norm,
+                eps,
+                x: &mut ws.xb,
+            };
+            project!(
+                l,
+                Site::AttnIn,
+                norm,
+                xb,
                 dim,
-                c.rms_norm_eps,
-            )?;
-            observe!(l, Site::AttnIn, xb, dim);
-            b.linear(&mut ws.q, &ws.xb, &layer.q, rows, ph)?;
-            b.linear(&mut ws.k, &ws.xb, &layer.k, rows, ph)?;
-            b.linear(&mut ws.v, &ws.xb, &layer.v, rows, ph)?;
+                [(q, &layer.q), (k, &layer.k), (v, &layer.v)]
+            );
             b.rope(&mut ws.q, cos, sin, seqs, c.num_heads, hd)?;
             b.rope(&mut ws.k, cos, sin, seqs, c.num_kv_heads, hd)?;
             b.write_kv(&mut kv.k[l], &ws.k, seqs, kv.block_size, c.kv_dim())?;
@@ -573,25 +594,39 @@ impl<B: Backend> LlamaModel<B> {
                 n_kv_heads: c.num_kv_heads,
                 head_dim: hd,
             })?;
-            observe!(l, Site::OIn, att, c.q_dim());
-            b.linear(&mut ws.xb, &ws.att, &layer.o, rows, ph)?;
-            b.add_assign(&mut ws.x, &ws.xb, rows * dim)?;
+            let att = LinearInput::Ready(&ws.att);
+            project!(l, Site::OIn, att, att, c.q_dim(), [(proj, &layer.o)]);
             // MLP block
-            b.rms_norm(
-                &mut ws.xb,
-                &ws.x,
-                &layer.mlp_norm,
-                rows,
+            let norm = LinearInput::Norm {
+                res: &mut ws.x,
+                add: Some(&ws.proj),
+                weight: &layer.mlp_norm,
+                eps,
+                x: &mut ws.xb,
+            };
+            project!(
+                l,
+                Site::MlpIn,
+                norm,
+                xb,
                 dim,
-                c.rms_norm_eps,
-            )?;
-            observe!(l, Site::MlpIn, xb, dim);
-            b.linear(&mut ws.hb, &ws.xb, &layer.gate, rows, ph)?;
-            b.linear(&mut ws.hb2, &ws.xb, &layer.up, rows, ph)?;
-            b.silu_mul(&mut ws.hb, &ws.hb2, rows * c.intermediate_size)?;
-            observe!(l, Site::DownIn, hb, c.intermediate_size);
-            b.linear(&mut ws.xb, &ws.hb, &layer.down, rows, ph)?;
-            b.add_assign(&mut ws.x, &ws.xb, rows * dim)?;
+                [(hb, &layer.gate), (hb2, &layer.up)]
+            );
+            let act = LinearInput::SiluMul {
+                gate: &mut ws.hb,
+                up: &ws.hb2,
+            };
+            project!(
+                l,
+                Site::DownIn,
+                act,
+                hb,
+                c.intermediate_size,
+                [(proj, &layer.down)]
+            );
+        }
+        if !self.layers.is_empty() {
+            b.add_assign(&mut ws.x, &ws.proj, rows * dim)?;
         }
         Ok(())
     }
@@ -652,11 +687,22 @@ impl<B: Backend> LlamaModel<B> {
         if n == 0 {
             return Ok(0);
         }
-        b.rms_norm(&mut ws.x, &ws.xb, &self.norm, n, dim, c.rms_norm_eps)?;
-        if let Some(block) = self.lm_head_block {
-            b.hadamard(&mut ws.x, n * dim, block)?;
+        let norm = LinearInput::Norm {
+            res: &mut ws.xb,
+            add: None,
+            weight: &self.norm,
+            eps: c.rms_norm_eps,
+            x: &mut ws.x,
+        };
+        let head = &mut [(&mut ws.logits, &self.lm_head)];
+        match self.lm_head_block {
+            Some(block) => {
+                b.project(norm, &mut [], n, dim, ph)?;
+                b.hadamard(&mut ws.x, n * dim, block)?;
+                b.project(LinearInput::Ready(&ws.x), head, n, dim, ph)?;
+            }
+            None => b.project(norm, head, n, dim, ph)?,
         }
-        b.linear(&mut ws.logits, &ws.x, &self.lm_head, n, ph)?;
         Ok(n)
     }
 }

@@ -8,7 +8,7 @@
 use super::backend::{check, drv, grid, CudaBackend};
 use super::kernels::Kernel;
 use super::meta::Meta;
-use crate::backend::{AttentionArgs, Backend, KvSeq};
+use crate::backend::{AttentionArgs, KvSeq};
 use crate::error::{Error, Result};
 use cudarc::driver::PushKernelArg;
 
@@ -97,7 +97,11 @@ impl CudaBackend {
             .unwrap_or(1);
         let splits = longest.div_ceil(SPLIT_LEN).max(1);
         let sel = row_ids.len();
-        let mut part = self.alloc(sel * nh * splits * (hd + 2))?; // (sel, heads, splits, hd + 2)
+        let mut sc = self.scratch()?;
+        // (sel, heads, splits, hd + 2)
+        let part = sc
+            .attn_part
+            .get(&self.gpu.stream, sel * nh * splits * (hd + 2))?;
         let (r_d, s_d, n_d) = (
             self.up_meta(Meta::RowIds, &row_ids)?,
             self.up_meta(Meta::SeqOf, &seq_of)?,
@@ -106,7 +110,7 @@ impl CudaBackend {
         let tail = [hd, SPLIT_LEN, splits].map(|v| v as i32);
         let scale = 1.0 / (hd as f32).sqrt();
         let mut b = self.gpu.stream.launch_builder(self.f(Kernel::AttnPartial));
-        b.arg(&mut part)
+        b.arg(&mut *part)
             .arg(a.q)
             .arg(a.k_cache)
             .arg(a.v_cache)
@@ -124,7 +128,7 @@ impl CudaBackend {
         let (nh_i, hd_i, sp_i) = (nh as i32, hd as i32, splits as i32);
         let mut b = self.gpu.stream.launch_builder(self.f(Kernel::AttnCombine));
         b.arg(a.out)
-            .arg(&part)
+            .arg(&*part)
             .arg(&*r_d)
             .arg(&nh_i)
             .arg(&hd_i)

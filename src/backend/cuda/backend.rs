@@ -1,12 +1,13 @@
 //! `CudaBackend`: the `Backend` trait on one CUDA device, launching `kernels/*.cu` through the
 //! typed table. Activations are f32 device buffers (`CudaSlice<f32>`), dense weights BF16
 //! (whatever dtype the checkpoint or `--dtype` asks for: the GEMMs read bf16), accumulation f32.
-//! Token ids are uploaded per forward, positions / KV slots / block tables once per forward
-//! (`meta.rs` reuses them across layers). Dense linears: the GEMV for
-//! decode rows, else bf16-rounded activations into cuBLAS (`blas.rs`, when present) or the
-//! tensor-core `gemm_bf16_tc`. Quantized linears (W8A8 int8, FP8, W4A16) are in `qlinear.rs`;
-//! the online Hadamard rotation has its kernel. Not yet here: the fused norm+quant in the
-//! model, allocation-free decode and CUDA graphs.
+//! Token ids go through the persistent scratch (`scratch.rs`), positions / KV slots / block
+//! tables once per forward into fixed buffers (`meta.rs` reuses them across layers), so a
+//! decode step allocates nothing on the device. Dense linears: the GEMV for decode rows, else
+//! bf16-rounded activations into cuBLAS (`blas.rs`, when present) or the tensor-core
+//! `gemm_bf16_tc`. Quantized linears (W8A8 int8, FP8, W4A16) and `project`'s fused norm /
+//! SiLU·up → quantization are in `qlinear.rs`; the online Hadamard rotation has its kernel.
+//! Not yet here: CUDA graphs.
 //! Unvalidated on hardware until a GPU session runs tests/cuda_model.rs (docs/GPU_RESULTS.md).
 
 use super::blas::Blas;
@@ -15,9 +16,10 @@ use super::meta::{Meta, MetaCache};
 pub use super::qlinear::CudaQMatrix;
 use super::qlinear::{arg_or_null, launch};
 use super::runtime::Gpu;
-use crate::backend::{AttentionArgs, Backend, KvSeq};
+use super::scratch::{Scratch, ScratchCell};
+use crate::backend::{AttentionArgs, Backend, KvSeq, LinearInput};
 use crate::error::{Error, Result};
-use crate::model::linear::{Linear, LinearWeight};
+use crate::model::linear::Linear;
 use crate::quant::{Phase, QuantWeight};
 use crate::tensor::{DType, HostTensor};
 use cudarc::driver::{CudaFunction, CudaSlice, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg};
@@ -37,6 +39,8 @@ pub struct CudaBackend {
     blas: Option<Blas>,
     /// the last upload of each kind of per-forward metadata
     pub(super) meta: MetaCache,
+    /// activation, attention and id scratch reused by every call
+    pub(super) scratch: ScratchCell,
 }
 
 /// Rows at most for the weight-streaming GEMV (its kernel's GEMV_MAX_M).
@@ -87,6 +91,7 @@ impl CudaBackend {
             functions,
             blas,
             meta: MetaCache::default(),
+            scratch: ScratchCell::default(),
         })
     }
 
@@ -125,6 +130,7 @@ impl CudaBackend {
     /// rounded to bf16 once, then cuBLAS or `gemm_bf16_tc` (tensor cores, bias fused).
     fn linear_bf16_tc(
         &self,
+        sc: &mut Scratch,
         out: &mut CudaSlice<f32>,
         x: &CudaSlice<f32>,
         m: &CudaMatrix,
@@ -132,19 +138,15 @@ impl CudaBackend {
         rows: usize,
     ) -> Result<()> {
         let (n, k) = (m.rows, m.cols);
-        let mut xb = self
-            .gpu
-            .stream
-            .alloc_zeros::<u16>(rows * k)
-            .map_err(|e| drv("alloc", e))?; // (rows, k) bf16
+        let xb = sc.bf16.get(&self.gpu.stream, rows * k)?; // (rows, k) bf16
         let len = i32_of(rows * k, "rows × k")?;
         let mut b = self.gpu.stream.launch_builder(self.f(Kernel::CastBf16));
-        b.arg(&mut xb).arg(x).arg(&len);
+        b.arg(&mut *xb).arg(x).arg(&len);
         // SAFETY: matches cast_bf16 (grid-stride); xb and x hold rows × k (checked by linear).
         unsafe { b.launch(grid1((rows * k).div_ceil(256).min(4096), 256)) }
             .map_err(|e| drv("cast to bf16", e))?;
         if let Some(blas) = &self.blas {
-            blas.gemm_bf16(out, &xb, &m.data, (rows, n, k))?;
+            blas.gemm_bf16(out, &*xb, &m.data, (rows, n, k))?;
             return match bias {
                 Some(bias) => self.add_bias(out, bias, rows, n),
                 None => Ok(()),
@@ -154,13 +156,86 @@ impl CudaBackend {
         let null: u64 = 0;
         let cfg = launch(Kernel::GemmBf16Tc, rows, n)?;
         let mut b = self.gpu.stream.launch_builder(self.f(Kernel::GemmBf16Tc));
-        b.arg(&mut *out).arg(&xb).arg(&m.data);
+        b.arg(&mut *out).arg(&*xb).arg(&m.data);
         arg_or_null(&mut b, bias, &null);
         b.arg(&mi).arg(&ni).arg(&ki);
         // SAFETY: the argument list of gemm_bf16_tc (bias or a null pointer); k is a multiple
         // of 8, so its 16-byte cp.async rows stay aligned; buffers sized rows × k, n × k,
         // rows × n.
         unsafe { b.launch(cfg) }.map_err(|e| drv("gemm_bf16_tc", e))?;
+        Ok(())
+    }
+
+    /// A dense BF16 linear: out (rows, n) = x (rows, k) · mᵀ + bias.
+    pub(super) fn linear_dense(
+        &self,
+        sc: &mut Scratch,
+        out: &mut CudaSlice<f32>,
+        x: &CudaSlice<f32>,
+        m: &CudaMatrix,
+        bias: Option<&CudaSlice<f32>>,
+        rows: usize,
+    ) -> Result<()> {
+        let (n, k) = (m.rows, m.cols);
+        check("dense linear input", x.len(), rows * k)?;
+        check("dense linear output", out.len(), rows * n)?;
+        let gemv = rows <= GEMV_MAX_M && k.is_multiple_of(2);
+        if !gemv && k.is_multiple_of(8) {
+            return self.linear_bf16_tc(sc, out, x, m, bias, rows);
+        }
+        // decode-sized rows (the weight-streaming GEMV), or k not a multiple of 8 (the
+        // CUDA-core tile on f32 activations)
+        let (mi, ni, ki) = (i32_of(rows, "rows")?, i32_of(n, "n")?, i32_of(k, "k")?);
+        let kern = if gemv {
+            Kernel::GemvBf16
+        } else {
+            Kernel::GemmBf16
+        };
+        let cfg = launch(kern, rows, n)?;
+        let mut b = self.gpu.stream.launch_builder(self.f(kern));
+        b.arg(&mut *out)
+            .arg(x)
+            .arg(&m.data)
+            .arg(&mi)
+            .arg(&ni)
+            .arg(&ki);
+        // SAFETY: (out, x, w, m, n, k) as both GEMM kernels take them; sizes checked; the
+        // GEMV runs only for even k (its bf16-pair loads need 4-byte aligned rows).
+        unsafe { b.launch(cfg) }.map_err(|e| drv("dense linear", e))?;
+        match bias {
+            Some(bias) => self.add_bias(out, bias, rows, n),
+            None => Ok(()),
+        }
+    }
+
+    /// res (rows, dim) += add when given, then out = rms_norm(res) · weight: the residual add
+    /// fused into the norm that follows it (add_rms_norm), or the plain norm.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn add_rms_norm(
+        &self,
+        out: &mut CudaSlice<f32>,
+        res: &mut CudaSlice<f32>,
+        add: Option<&CudaSlice<f32>>,
+        weight: &CudaSlice<f32>,
+        rows: usize,
+        dim: usize,
+        eps: f32,
+    ) -> Result<()> {
+        let Some(y) = add else {
+            return self.rms_norm(out, res, weight, rows, dim, eps);
+        };
+        check(
+            "add_rms_norm",
+            out.len().min(res.len()).min(y.len()),
+            rows * dim,
+        )?;
+        check("add_rms_norm weight", weight.len(), dim)?;
+        let d = i32_of(dim, "dim")?;
+        let mut b = self.gpu.stream.launch_builder(self.f(Kernel::AddRmsNorm));
+        b.arg(out).arg(res).arg(y).arg(weight).arg(&d).arg(&eps);
+        // SAFETY: matches add_rms_norm's signature; buffers hold rows × dim, weight dim
+        // (checked); one block per row.
+        unsafe { b.launch(grid1(rows, 256)) }.map_err(|e| drv("add_rms_norm", e))?;
         Ok(())
     }
 
@@ -244,10 +319,18 @@ impl Backend for CudaBackend {
 
     fn embed(&self, out: &mut Self::Buf, table: &Self::Matrix, ids: &[u32]) -> Result<()> {
         check("embed out", out.len(), ids.len() * table.cols)?;
-        let ids_d = self.up(ids)?;
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut sc = self.scratch()?;
+        let ids_d = sc.ids.get(&self.gpu.stream, ids.len())?;
+        self.gpu
+            .stream
+            .memcpy_htod(ids, &mut ids_d.slice_mut(0..ids.len()))
+            .map_err(|e| drv("upload token ids", e))?;
         let dim = i32_of(table.cols, "dim")?;
         let mut b = self.gpu.stream.launch_builder(self.f(Kernel::EmbedBf16));
-        b.arg(out).arg(&table.data).arg(&ids_d).arg(&dim);
+        b.arg(out).arg(&table.data).arg(&*ids_d).arg(&dim);
         // SAFETY: (out, table, ids, dim) as embed_bf16 takes them; out holds ids × dim and every
         // id was range-checked by the model.
         unsafe { b.launch(grid1(ids.len(), 256)) }.map_err(|e| drv("embed", e))?;
@@ -308,40 +391,18 @@ impl Backend for CudaBackend {
         rows: usize,
         phase: Phase,
     ) -> Result<()> {
-        let m = match &w.weight {
-            LinearWeight::Dense(m) => m,
-            LinearWeight::Quant(q) => return self.linear_quant(out, x, w, q, rows, phase),
-        };
-        let (n, k) = (m.rows, m.cols);
-        check(&w.name, x.len(), rows * k)?;
-        check(&w.name, out.len(), rows * n)?;
-        let gemv = rows <= GEMV_MAX_M && k.is_multiple_of(2);
-        if !gemv && k.is_multiple_of(8) {
-            return self.linear_bf16_tc(out, x, m, w.bias.as_ref(), rows);
-        }
-        // decode-sized rows (the weight-streaming GEMV), or k not a multiple of 8 (the
-        // CUDA-core tile on f32 activations)
-        let (mi, ni, ki) = (i32_of(rows, "rows")?, i32_of(n, "n")?, i32_of(k, "k")?);
-        let kern = if gemv {
-            Kernel::GemvBf16
-        } else {
-            Kernel::GemmBf16
-        };
-        let cfg = launch(kern, rows, n)?;
-        let mut b = self.gpu.stream.launch_builder(self.f(kern));
-        b.arg(&mut *out)
-            .arg(x)
-            .arg(&m.data)
-            .arg(&mi)
-            .arg(&ni)
-            .arg(&ki);
-        // SAFETY: (out, x, w, m, n, k) as both GEMM kernels take them; sizes checked; the
-        // GEMV runs only for even k (its bf16-pair loads need 4-byte aligned rows).
-        unsafe { b.launch(cfg) }.map_err(|e| drv(&w.name, e))?;
-        match &w.bias {
-            Some(bias) => self.add_bias(out, bias, rows, n),
-            None => Ok(()),
-        }
+        self.linears_on(x, &mut [(out, w)], rows, phase)
+    }
+
+    fn project(
+        &self,
+        input: LinearInput<'_, Self>,
+        outs: &mut [(&mut Self::Buf, &Linear<Self>)],
+        rows: usize,
+        cols: usize,
+        phase: Phase,
+    ) -> Result<()> {
+        self.project_on(input, outs, rows, cols, phase)
     }
 
     fn rope(
@@ -441,17 +502,14 @@ impl Backend for CudaBackend {
         if out.is_empty() {
             return Ok(());
         }
-        let mut ids = self
-            .gpu
-            .stream
-            .alloc_zeros::<u32>(out.len())
-            .map_err(|e| drv("alloc", e))?; // (rows)
+        let mut sc = self.scratch()?;
+        let ids = sc.ids.get(&self.gpu.stream, out.len())?; // (rows)
         let v = i32_of(vocab, "vocab")?;
         let mut b = self.gpu.stream.launch_builder(self.f(Kernel::ArgmaxRows));
-        b.arg(&mut ids).arg(logits).arg(&v);
+        b.arg(&mut *ids).arg(logits).arg(&v);
         // SAFETY: matches argmax_rows (one block per row, a multiple of 32 threads); logits
         // hold out.len() × vocab values (checked), ids out.len().
         unsafe { b.launch(grid1(out.len(), 1024)) }.map_err(|e| drv("argmax", e))?;
-        self.download(&ids, out)
+        self.download(&ids.slice(0..out.len()), out)
     }
 }

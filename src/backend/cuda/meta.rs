@@ -2,8 +2,9 @@
 //! block tables and attention tiles are the same for every layer of one forward pass (32 rope,
 //! 64 KV-write and 32 attention calls for an 8B model), so each kind keeps its last upload and a
 //! call with identical contents reuses it. A decode token then costs a handful of host→device
-//! copies instead of ~300. Entries are replaced (never written in place), so a kernel still
-//! reading an older upload keeps its buffer alive through the stream-ordered free.
+//! copies instead of ~300. A changed upload is written in place into the kind's grow-only
+//! buffer (stream-ordered after the kernels that read the old contents), so a decode step
+//! allocates nothing and the buffers keep their addresses.
 
 use super::backend::{drv, CudaBackend};
 use crate::error::Result;
@@ -34,7 +35,8 @@ impl Meta {
     const COUNT: usize = Meta::Tiles as usize + 1;
 }
 
-/// One kind's last upload: the host contents and the device copy.
+/// One kind's last upload: the host contents and the device buffer holding them (at least as
+/// long).
 type Upload = Option<(Vec<u32>, Arc<CudaSlice<u32>>)>;
 
 #[derive(Default)]
@@ -43,7 +45,8 @@ pub(super) struct MetaCache {
 }
 
 impl CudaBackend {
-    /// `v` on the device: the cached upload of this kind when its contents are the same.
+    /// `v` on the device (the buffer may be longer): the cached upload of this kind when its
+    /// contents are the same.
     pub(super) fn up_meta(&self, kind: Meta, v: &[u32]) -> Result<Arc<CudaSlice<u32>>> {
         let mut slots = self
             .meta
@@ -51,13 +54,45 @@ impl CudaBackend {
             .lock()
             .map_err(|_| drv("metadata cache", "poisoned lock"))?;
         let slot = &mut slots[kind as usize];
-        if let Some((host, dev)) = slot.as_ref() {
-            if host.as_slice() == v {
-                return Ok(dev.clone());
+        match slot {
+            Some((host, _)) if host.as_slice() == v => {}
+            Some((host, dev)) => {
+                // callers drop their handle after the launch, so the buffer is ours again
+                match Arc::get_mut(dev) {
+                    Some(d) if d.len() >= v.len() && !v.is_empty() => {
+                        let mut head = d.slice_mut(0..v.len());
+                        self.gpu
+                            .stream
+                            .memcpy_htod(v, &mut head)
+                            .map_err(|e| drv("upload", e))?;
+                    }
+                    _ => *dev = Arc::new(self.up_padded(v)?),
+                }
+                host.clear();
+                host.extend_from_slice(v);
             }
+            None => *slot = Some((v.to_vec(), Arc::new(self.up_padded(v)?))),
         }
-        let dev = Arc::new(self.up(v)?);
-        *slot = Some((v.to_vec(), dev.clone()));
-        Ok(dev)
+        match slot {
+            Some((_, dev)) => Ok(dev.clone()),
+            None => Err(drv("metadata cache", "empty slot after upload")),
+        }
+    }
+
+    /// `v` in a new buffer of the next power of two (at least one) elements.
+    fn up_padded(&self, v: &[u32]) -> Result<CudaSlice<u32>> {
+        let mut d = self
+            .gpu
+            .stream
+            .alloc_zeros::<u32>(v.len().max(1).next_power_of_two())
+            .map_err(|e| drv("alloc", e))?;
+        if !v.is_empty() {
+            let mut head = d.slice_mut(0..v.len());
+            self.gpu
+                .stream
+                .memcpy_htod(v, &mut head)
+                .map_err(|e| drv("upload", e))?;
+        }
+        Ok(d)
     }
 }

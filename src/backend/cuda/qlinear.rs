@@ -3,16 +3,19 @@
 //! then the `mma.sync` s8 GEMM or the dp4a GEMV with the scale / zero-point / bias epilogue),
 //! FP8 E4M3 W8A8 (e4m3 activations per token or static, `mma.sync` e4m3 GEMM; sm_89+), and
 //! W4A16 int4 groups against BF16-rounded activations (GEMV for decode, dequantize-in-tile GEMM
-//! otherwise). Kernels in `kernels/gemm_int8.cu`, `quant.cu`, `gemm_fp8.cu`, `gemm_int4.cu`.
+//! otherwise). `Backend::project` lands here: linears that quantize their shared input the same
+//! way (`ActKey`) quantize it once, fused with the norm (after the residual add) or SiLU·up
+//! that produces it when the whole group agrees. Kernels in `kernels/gemm_int8.cu`,
+//! `quant.cu`, `gemm_fp8.cu`, `gemm_int4.cu`; activations in the backend's `Scratch`.
 
 use super::backend::{check, drv, grid1, i32_of, CudaBackend};
 use super::kernels::Kernel;
+use super::scratch::Scratch;
+use crate::backend::{check_inputs, Backend, LinearInput};
 use crate::error::{Error, Result};
-use crate::model::linear::Linear;
+use crate::model::linear::{Linear, LinearWeight};
 use crate::quant::{ActQuant, Phase, QDType, QuantWeight};
-use cudarc::driver::{
-    CudaSlice, DeviceRepr, LaunchArgs, LaunchConfig, PushKernelArg, ValidAsZeroBits,
-};
+use cudarc::driver::{CudaSlice, LaunchArgs, LaunchConfig, PushKernelArg};
 
 /// A quantized `[rows, cols]` weight on the device; each kind's linear takes its own struct.
 pub enum CudaQMatrix {
@@ -76,15 +79,73 @@ fn fixed_params(w: &Linear<CudaBackend>, phase: Phase) -> Option<(f32, i32)> {
     }
 }
 
-impl CudaBackend {
-    /// A zeroed device buffer of `len` elements (activation-quantization scratch).
-    fn zeros<T: DeviceRepr + ValidAsZeroBits>(&self, len: usize) -> Result<CudaSlice<T>> {
-        self.gpu
-            .stream
-            .alloc_zeros::<T>(len)
-            .map_err(|e| drv("alloc", e))
+/// How a linear's input is quantized in one phase: linears that agree share one quantized
+/// input (q, k and v read the same norm output).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(super) enum ActKey {
+    Int8 {
+        symmetric: bool,
+        fixed: Option<(f32, i32)>,
+    },
+    Fp8 {
+        fixed: Option<f32>,
+    },
+}
+
+impl ActKey {
+    /// The key of an activation-quantized linear (W8A8 int8 or FP8); None for dense and
+    /// weight-only linears, which read the float input, and for weight / activation pairs
+    /// without a kernel (their linear reports it).
+    fn of(w: &Linear<CudaBackend>, phase: Phase) -> Option<ActKey> {
+        let LinearWeight::Quant(qm) = &w.weight else {
+            return None;
+        };
+        if w.act.policy == ActQuant::None {
+            return None;
+        }
+        let fixed = fixed_params(w, phase);
+        match (qm, w.act.dtype) {
+            (CudaQMatrix::Int8(_), QDType::Int8) => Some(ActKey::Int8 {
+                symmetric: w.act.symmetric,
+                fixed,
+            }),
+            (CudaQMatrix::Fp8(_), QDType::Fp8E4M3) => Some(ActKey::Fp8 {
+                fixed: fixed.map(|(s, _)| s),
+            }),
+            _ => None,
+        }
     }
 
+    /// The key all of `ws` have, when there is at least one and they agree.
+    fn shared<'a>(
+        mut ws: impl Iterator<Item = &'a Linear<CudaBackend>>,
+        phase: Phase,
+    ) -> Option<ActKey> {
+        let first = ActKey::of(ws.next()?, phase)?;
+        ws.all(|w| ActKey::of(w, phase) == Some(first))
+            .then_some(first)
+    }
+}
+
+/// What a quantization kernel reads: rows as they are, or the producer it fuses.
+enum QuantSrc<'a> {
+    /// x (rows, k)
+    Rows(&'a CudaSlice<f32>),
+    /// res (rows, k) [+= add, written back], then rms_norm(res) · weight (k)
+    Norm {
+        res: &'a mut CudaSlice<f32>,
+        add: Option<&'a CudaSlice<f32>>,
+        weight: &'a CudaSlice<f32>,
+        eps: f32,
+    },
+    /// gate (rows, k) = silu(gate) · up, written back
+    SiluMul {
+        gate: &'a mut CudaSlice<f32>,
+        up: &'a CudaSlice<f32>,
+    },
+}
+
+impl CudaBackend {
     /// Upload a quantized weight in the layout its kernels read; a clear error where no CUDA
     /// kernel runs it.
     pub(super) fn upload_q(
@@ -154,140 +215,280 @@ impl CudaBackend {
         }
     }
 
-    /// A quantized linear: out (rows, n) = x (rows, k) · Wᵀ (+ bias).
-    pub(super) fn linear_quant(
+    /// The linears `outs` on the float input x (rows, k), in order; each distinct activation
+    /// quantization (`ActKey`) runs once while consecutive linears share it.
+    pub(super) fn linears_on(
         &self,
-        out: &mut CudaSlice<f32>,
         x: &CudaSlice<f32>,
-        w: &Linear<Self>,
-        qm: &CudaQMatrix,
+        outs: &mut [(&mut CudaSlice<f32>, &Linear<Self>)],
         rows: usize,
         phase: Phase,
     ) -> Result<()> {
-        let (n, k) = (w.out_features, w.in_features);
-        check(&w.name, x.len(), rows * k)?;
-        check(&w.name, out.len(), rows * n)?;
-        let act = (w.act.dtype, w.act.policy == ActQuant::None);
-        match (qm, act) {
-            (CudaQMatrix::Int8(wq), (QDType::Int8, false)) => {
-                self.linear_w8a8(out, x, w, wq, rows, phase)
+        let mut sc = self.scratch()?;
+        let mut held: Option<ActKey> = None;
+        for (out, w) in outs.iter_mut() {
+            check(&w.name, x.len(), rows * w.in_features)?;
+            match ActKey::of(w, phase) {
+                Some(key) => {
+                    if held != Some(key) {
+                        self.quantize(&mut sc, key, QuantSrc::Rows(x), rows, w.in_features)?;
+                        held = Some(key);
+                    }
+                    self.gemm_quant(out, &sc, w, key, rows)?;
+                }
+                None => self.linear_float(&mut sc, out, x, w, rows)?,
             }
-            (CudaQMatrix::Fp8(wq), (QDType::Fp8E4M3, false)) => {
-                self.linear_fp8(out, x, w, wq, rows, phase)
+        }
+        Ok(())
+    }
+
+    /// `Backend::project`: the producer fused with the quantization when every linear of the
+    /// group quantizes its input the same way (rms_norm_quant / silu_mul_quant: the normalized
+    /// row is never stored), else the producer alone (the residual add fused into the norm),
+    /// then the linears sharing their quantizations.
+    pub(super) fn project_on(
+        &self,
+        input: LinearInput<'_, Self>,
+        outs: &mut [(&mut CudaSlice<f32>, &Linear<Self>)],
+        rows: usize,
+        cols: usize,
+        phase: Phase,
+    ) -> Result<()> {
+        check_inputs(outs.iter().map(|(_, w)| *w), cols)?;
+        let key = ActKey::shared(outs.iter().map(|(_, w)| *w), phase);
+        let src = match (input, key) {
+            (LinearInput::Ready(x), _) => return self.linears_on(x, outs, rows, phase),
+            (
+                LinearInput::Norm {
+                    res,
+                    add,
+                    weight,
+                    eps,
+                    x,
+                },
+                None,
+            ) => {
+                self.add_rms_norm(x, res, add, weight, rows, cols, eps)?;
+                return self.linears_on(x, outs, rows, phase);
             }
-            (CudaQMatrix::Int4(wq), (_, true)) => self.linear_w4a16(out, x, w, wq, rows),
-            _ => Err(Error::Cuda(format!(
+            (LinearInput::SiluMul { gate, up }, None) => {
+                self.silu_mul(gate, up, rows * cols)?;
+                return self.linears_on(gate, outs, rows, phase);
+            }
+            (
+                LinearInput::Norm {
+                    res,
+                    add,
+                    weight,
+                    eps,
+                    ..
+                },
+                Some(_),
+            ) => QuantSrc::Norm {
+                res,
+                add,
+                weight,
+                eps,
+            },
+            (LinearInput::SiluMul { gate, up }, Some(_)) => QuantSrc::SiluMul { gate, up },
+        };
+        let key = key.ok_or_else(|| Error::Cuda("project: fused without a shared key".into()))?;
+        let mut sc = self.scratch()?;
+        self.quantize(&mut sc, key, src, rows, cols)?;
+        for (out, w) in outs.iter_mut() {
+            self.gemm_quant(out, &sc, w, key, rows)?;
+        }
+        Ok(())
+    }
+
+    /// A linear on float activations: dense BF16, or W4A16; the error for a quantized weight
+    /// whose activation spec has no CUDA kernel.
+    fn linear_float(
+        &self,
+        sc: &mut Scratch,
+        out: &mut CudaSlice<f32>,
+        x: &CudaSlice<f32>,
+        w: &Linear<Self>,
+        rows: usize,
+    ) -> Result<()> {
+        check(&w.name, out.len(), rows * w.out_features)?;
+        match &w.weight {
+            LinearWeight::Dense(m) => self.linear_dense(sc, out, x, m, w.bias.as_ref(), rows),
+            LinearWeight::Quant(CudaQMatrix::Int4(wq)) if w.act.policy == ActQuant::None => {
+                self.linear_w4a16(out, x, w, wq, rows)
+            }
+            LinearWeight::Quant(_) => Err(Error::Cuda(format!(
                 "{}: {:?} activations ({:?}) with these weights have no CUDA kernel",
                 w.name, w.act.dtype, w.act.policy
             ))),
         }
     }
 
-    /// W8A8: quantize the input per the linear's activation policy, then the int8 GEMM (GEMV
-    /// for ≤ 16 rows) with the scale / zero-point / bias epilogue.
-    fn linear_w8a8(
+    /// Quantize `src` (rows, k) as `key` says into the scratch's act_q / act_scale / act_zp:
+    /// one block per row of quant_rows_*, rms_norm_quant_* or silu_mul_quant_*.
+    fn quantize(
         &self,
-        out: &mut CudaSlice<f32>,
-        x: &CudaSlice<f32>,
-        w: &Linear<Self>,
-        wq: &Int8Weight,
+        sc: &mut Scratch,
+        key: ActKey,
+        src: QuantSrc<'_>,
         rows: usize,
-        phase: Phase,
+        k: usize,
     ) -> Result<()> {
-        let Int8Weight { q, scale, colsum } = wq;
-        let (n, k) = (w.out_features, w.in_features);
+        let n = rows * k;
+        match &src {
+            QuantSrc::Rows(x) => check("quantized input", x.len(), n)?,
+            QuantSrc::Norm {
+                res, add, weight, ..
+            } => {
+                check("norm input", res.len().min(add.map_or(n, |a| a.len())), n)?;
+                check("norm weight", weight.len(), k)?;
+            }
+            QuantSrc::SiluMul { gate, up } => check("silu·up", gate.len().min(up.len()), n)?,
+        }
         let stream = &self.gpu.stream;
-        let (mut qa, mut a_scale, mut a_zp) = (
-            self.zeros::<i8>(rows * k)?,
-            self.zeros::<f32>(rows)?,
-            self.zeros::<i32>(rows)?,
+        let Scratch {
+            act_q,
+            act_scale,
+            act_zp,
+            ..
+        } = sc;
+        let (q, scale, zp) = (
+            act_q.get(stream, n)?,
+            act_scale.get(stream, rows)?,
+            act_zp.get(stream, rows)?,
         );
-        let (k_i, sym) = (i32_of(k, "k")?, i32::from(w.act.symmetric));
-        let (st_scale, st_zp) = fixed_params(w, phase).unwrap_or((0.0, 0));
-        let mut b = stream.launch_builder(self.f(Kernel::QuantRowsI8));
-        b.arg(&mut qa)
-            .arg(&mut a_scale)
-            .arg(&mut a_zp)
-            .arg(x)
-            .arg(&k_i)
-            .arg(&sym)
-            .arg(&st_scale)
-            .arg(&st_zp);
-        // SAFETY: matches quant_rows_i8; qa holds rows × k, the scales rows.
-        unsafe { b.launch(grid1(rows, 256)) }.map_err(|e| drv("quantize activations", e))?;
-        let (m_i, n_i) = (i32_of(rows, "rows")?, i32_of(n, "n")?);
-        let kern = if rows <= GEMV_MAX_M_I8 {
-            Kernel::GemvW8a8
-        } else {
-            Kernel::GemmW8a8
-        };
-        let cfg = launch(kern, rows, n)?;
-        // a null device pointer for the kernels' optional pointer parameters
+        let k_i = i32_of(k, "k")?;
         let null: u64 = 0;
+        let (int8, sym, st_scale, st_zp) = match key {
+            ActKey::Int8 { symmetric, fixed } => {
+                let (s, z) = fixed.unwrap_or((0.0, 0));
+                (true, i32::from(symmetric), s, z)
+            }
+            ActKey::Fp8 { fixed } => (false, 0, fixed.unwrap_or(0.0), 0),
+        };
+        let kern = match (&src, int8) {
+            (QuantSrc::Rows(_), true) => Kernel::QuantRowsI8,
+            (QuantSrc::Norm { .. }, true) => Kernel::RmsNormQuantI8,
+            (QuantSrc::SiluMul { .. }, true) => Kernel::SiluMulQuantI8,
+            (QuantSrc::Rows(_), false) => Kernel::QuantRowsFp8,
+            (QuantSrc::Norm { .. }, false) => Kernel::RmsNormQuantFp8,
+            (QuantSrc::SiluMul { .. }, false) => Kernel::SiluMulQuantFp8,
+        };
         let mut b = stream.launch_builder(self.f(kern));
-        b.arg(&mut *out)
-            .arg(&null)
-            .arg(&qa)
-            .arg(q)
-            .arg(&a_scale)
-            .arg(&a_zp)
-            .arg(scale)
-            .arg(colsum);
-        arg_or_null(&mut b, w.bias.as_ref(), &null);
-        b.arg(&m_i).arg(&n_i).arg(&k_i);
-        // SAFETY: the argument list of gemm_w8a8 / gemv_w8a8 (null acc_out; bias or null);
-        // k is a multiple of 16 (checked at upload); buffers sized rows × k, n × k, rows × n.
-        unsafe { b.launch(cfg) }.map_err(|e| drv(&w.name, e))?;
+        b.arg(q).arg(scale);
+        if int8 {
+            b.arg(zp);
+        }
+        let eps = match src {
+            QuantSrc::Rows(x) => {
+                b.arg(x);
+                None
+            }
+            QuantSrc::Norm {
+                res,
+                add,
+                weight,
+                eps,
+            } => {
+                b.arg(res);
+                arg_or_null(&mut b, add, &null);
+                b.arg(weight);
+                Some(eps)
+            }
+            QuantSrc::SiluMul { gate, up } => {
+                b.arg(gate).arg(up);
+                None
+            }
+        };
+        b.arg(&k_i);
+        if let Some(eps) = &eps {
+            b.arg(eps);
+        }
+        if int8 {
+            b.arg(&sym);
+        }
+        b.arg(&st_scale);
+        if int8 {
+            b.arg(&st_zp);
+        }
+        // SAFETY: the argument list of `kern` (quant.cu: q, scale, [zp,] the source's
+        // pointers, dim, [eps,] [symmetric,] static scale [, static zp]); one block per row;
+        // q holds rows × k, the scales rows, the sources rows × k and the norm weight k
+        // (checked above); for e4m3, k is even (a multiple of 16, checked at upload, and the
+        // linears' in_features equal k).
+        unsafe { b.launch(grid1(rows, 256)) }.map_err(|e| drv("quantize activations", e))?;
         Ok(())
     }
 
-    /// FP8 W8A8: e4m3 activations (per-token scales, or the static one), then the e4m3
-    /// tensor-core GEMM (the GEMV for ≤ 8 rows) with the per-token × per-channel scale and bias
-    /// epilogue.
-    fn linear_fp8(
+    /// The W8A8 int8 or FP8 GEMM (a GEMV for decode-sized rows) of `w` on the activations the
+    /// scratch holds for `key`, with the scale / zero-point / bias epilogue.
+    fn gemm_quant(
         &self,
         out: &mut CudaSlice<f32>,
-        x: &CudaSlice<f32>,
+        sc: &Scratch,
         w: &Linear<Self>,
-        wq: &Fp8Weight,
+        key: ActKey,
         rows: usize,
-        phase: Phase,
     ) -> Result<()> {
-        let Fp8Weight { codes, scale } = wq;
         let (n, k) = (w.out_features, w.in_features);
-        let stream = &self.gpu.stream;
-        let (mut qa, mut a_scale) = (self.zeros::<u8>(rows * k)?, self.zeros::<f32>(rows)?);
-        let k_i = i32_of(k, "k")?;
-        // quant_rows_fp8 uses the static scale when it is > 0
-        let st_scale = fixed_params(w, phase).map_or(0.0, |(s, _)| s);
-        let mut b = stream.launch_builder(self.f(Kernel::QuantRowsFp8));
-        b.arg(&mut qa)
-            .arg(&mut a_scale)
-            .arg(x)
-            .arg(&k_i)
-            .arg(&st_scale);
-        // SAFETY: matches quant_rows_fp8 (one block per row); qa holds rows × k, the scales
-        // rows; k is even (a multiple of 16, checked at upload).
-        unsafe { b.launch(grid1(rows, 256)) }.map_err(|e| drv("quantize activations", e))?;
-        let (m_i, n_i) = (i32_of(rows, "rows")?, i32_of(n, "n")?);
+        check(&w.name, out.len(), rows * n)?;
+        let (qa, a_scale, a_zp) = (sc.act_q.cur()?, sc.act_scale.cur()?, sc.act_zp.cur()?);
+        check(&w.name, qa.len(), rows * k)?;
+        let (m_i, n_i, k_i) = (i32_of(rows, "rows")?, i32_of(n, "n")?, i32_of(k, "k")?);
+        // a null device pointer for the kernels' optional pointer parameters
         let null: u64 = 0;
-        let kern = if rows <= GEMV_MAX_M_FP8 {
-            Kernel::GemvFp8
-        } else {
-            Kernel::GemmFp8
-        };
-        let cfg = launch(kern, rows, n)?;
-        let mut b = stream.launch_builder(self.f(kern));
-        b.arg(&mut *out)
-            .arg(&qa)
-            .arg(codes)
-            .arg(&a_scale)
-            .arg(scale);
-        arg_or_null(&mut b, w.bias.as_ref(), &null);
-        b.arg(&m_i).arg(&n_i).arg(&k_i);
-        // SAFETY: the argument list of gemm_fp8 / gemv_fp8 (bias or null); k a multiple of 16
-        // and the device sm_89+ (checked at upload); buffers sized rows × k, n × k, rows × n.
-        unsafe { b.launch(cfg) }.map_err(|e| drv(&w.name, e))?;
+        let stream = &self.gpu.stream;
+        match (&w.weight, key) {
+            (LinearWeight::Quant(CudaQMatrix::Int8(wq)), ActKey::Int8 { .. }) => {
+                let kern = if rows <= GEMV_MAX_M_I8 {
+                    Kernel::GemvW8a8
+                } else {
+                    Kernel::GemmW8a8
+                };
+                let cfg = launch(kern, rows, n)?;
+                let mut b = stream.launch_builder(self.f(kern));
+                b.arg(&mut *out)
+                    .arg(&null)
+                    .arg(qa)
+                    .arg(&wq.q)
+                    .arg(a_scale)
+                    .arg(a_zp)
+                    .arg(&wq.scale)
+                    .arg(&wq.colsum);
+                arg_or_null(&mut b, w.bias.as_ref(), &null);
+                b.arg(&m_i).arg(&n_i).arg(&k_i);
+                // SAFETY: the argument list of gemm_w8a8 / gemv_w8a8 (null acc_out; bias or
+                // null); k is a multiple of 16 (checked at upload); buffers sized rows × k,
+                // n × k, rows × n (checked).
+                unsafe { b.launch(cfg) }.map_err(|e| drv(&w.name, e))?;
+            }
+            (LinearWeight::Quant(CudaQMatrix::Fp8(wq)), ActKey::Fp8 { .. }) => {
+                let kern = if rows <= GEMV_MAX_M_FP8 {
+                    Kernel::GemvFp8
+                } else {
+                    Kernel::GemmFp8
+                };
+                let cfg = launch(kern, rows, n)?;
+                let mut b = stream.launch_builder(self.f(kern));
+                b.arg(&mut *out)
+                    .arg(qa)
+                    .arg(&wq.codes)
+                    .arg(a_scale)
+                    .arg(&wq.scale);
+                arg_or_null(&mut b, w.bias.as_ref(), &null);
+                b.arg(&m_i).arg(&n_i).arg(&k_i);
+                // SAFETY: the argument list of gemm_fp8 / gemv_fp8 (bias or null); k a
+                // multiple of 16 and the device sm_89+ (checked at upload); buffers sized
+                // rows × k, n × k, rows × n (checked).
+                unsafe { b.launch(cfg) }.map_err(|e| drv(&w.name, e))?;
+            }
+            _ => {
+                return Err(Error::Cuda(format!(
+                    "{}: its weights do not take {key:?} activations",
+                    w.name
+                )))
+            }
+        }
         Ok(())
     }
 

@@ -1,0 +1,69 @@
+//! Device scratch that lives as long as the backend, so a decode step allocates nothing on the
+//! device (issue 5: "no allocation ... per decoded token"): quantized activations and their
+//! scales, the bf16 copy of a prefill GEMM's input, split-attention partials, token ids and
+//! greedy ids. Each buffer only grows (to the next power of two, so a prefill that lengthens a
+//! little each call does not reallocate each time); kernels take explicit sizes, so a longer
+//! buffer than a call needs is harmless. Every launch is on the backend's one stream, so a
+//! buffer reused by the next op is written only after the previous op has read it; an op
+//! holds the lock from its first launch to its last, so two host threads cannot interleave
+//! their use of one buffer.
+
+use super::backend::{drv, CudaBackend};
+use crate::error::Result;
+use cudarc::driver::{CudaSlice, CudaStream, DeviceRepr, ValidAsZeroBits};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// One grow-only device buffer.
+pub(super) struct Grow<T>(Option<CudaSlice<T>>);
+
+impl<T> Default for Grow<T> {
+    fn default() -> Self {
+        Grow(None)
+    }
+}
+
+impl<T: DeviceRepr + ValidAsZeroBits> Grow<T> {
+    /// The buffer, at least `len` long (reallocated, zeroed, when it was shorter).
+    pub fn get(&mut self, stream: &Arc<CudaStream>, len: usize) -> Result<&mut CudaSlice<T>> {
+        let buf = match self.0.take() {
+            Some(b) if b.len() >= len => b,
+            // the old buffer (if any) is freed in stream order, after the ops that read it
+            _ => stream
+                .alloc_zeros::<T>(len.max(1).next_power_of_two())
+                .map_err(|e| drv("allocating scratch", e))?,
+        };
+        Ok(self.0.insert(buf))
+    }
+}
+
+impl<T> Grow<T> {
+    /// The buffer as the last `get` left it.
+    pub fn cur(&self) -> Result<&CudaSlice<T>> {
+        self.0
+            .as_ref()
+            .ok_or_else(|| drv("scratch", "read before it was written"))
+    }
+}
+
+/// The backend's scratch buffers (see the module comment).
+#[derive(Default)]
+pub(super) struct Scratch {
+    pub act_q: Grow<u8>, // (rows, k) int8 or e4m3 activations of a quantized linear
+    pub act_scale: Grow<f32>, // (rows) their per-row (or static) scales
+    pub act_zp: Grow<i32>, // (rows) their zero points (int8)
+    pub bf16: Grow<u16>, // (rows, k) bf16 activations of a tensor-core GEMM
+    pub attn_part: Grow<f32>, // (rows, heads, splits, hd + 2) split-attention partials
+    pub ids: Grow<u32>,  // (rows) token ids in, greedy ids out
+}
+
+impl CudaBackend {
+    /// The scratch buffers, held until the guard drops.
+    pub(super) fn scratch(&self) -> Result<MutexGuard<'_, Scratch>> {
+        self.scratch
+            .lock()
+            .map_err(|_| drv("device scratch", "poisoned lock"))
+    }
+}
+
+/// The backend's field.
+pub(super) type ScratchCell = Mutex<Scratch>;
