@@ -5,7 +5,7 @@
 //! machine (scripts/gpu-check.sh bench); scripts/gpu/hf_decode.py times transformers there.
 //!
 //!   cargo run --release --example cuda_decode_bench -- [--quant bf16|w8a8|fp8|w4a16]
-//!       [--layers 32] [-p 2048] [-n 128] [-r 3]
+//!       [--layers 32] [-p 2048] [-n 128] [-r 3] [--no-graphs]
 //!
 //! Quantized variants replace every decoder linear with freshly quantized random weights (W8A8:
 //! int8 per channel, dynamic per-token int8 activations; FP8: e4m3 per channel, dynamic
@@ -48,6 +48,9 @@ struct Args {
     n_gen: usize,
     #[arg(short = 'r', default_value_t = 3)]
     reps: usize,
+    /// Decode eagerly instead of replaying CUDA graphs (to measure what the graphs save).
+    #[arg(long)]
+    no_graphs: bool,
 }
 
 /// Uniform random values in ±scale·√3 (unit variance × scale): the project's seeded generator,
@@ -163,6 +166,7 @@ fn main() -> anyhow::Result<()> {
         }
     }
     let backend = CudaBackend::new(0)?;
+    backend.set_graphs(!a.no_graphs);
     let mut m = LlamaModel::load(backend, config.clone(), &w, Some(DType::BF16))?;
     drop(w);
     eprintln!(
@@ -227,14 +231,15 @@ fn main() -> anyhow::Result<()> {
         );
     }
     let name = format!(
-        "llama-3.1-8b-shaped {}L {}",
+        "llama-3.1-8b-shaped {}L {}{}",
         config.num_layers,
         match a.quant {
             Quant::Bf16 => "bf16",
             Quant::W8a8 => "w8a8",
             Quant::Fp8 => "fp8",
             Quant::W4a16 => "w4a16",
-        }
+        },
+        if a.no_graphs { " eager" } else { "" }
     );
     let rows = ferroq::bench::bench(
         &m,
@@ -246,6 +251,11 @@ fn main() -> anyhow::Result<()> {
         &|_, _, _| {},
     )?;
     print!("{}", ferroq::bench::markdown(&rows));
+    let (graphs_on, captured) = m.backend.graph_stats();
+    println!(
+        "CUDA graphs: {}, {captured} captured",
+        if graphs_on { "on" } else { "off" }
+    );
     let ceiling = bw * 1e9 / step_bytes;
     for r in rows.iter().filter(|r| r.n_gen > 0) {
         println!(

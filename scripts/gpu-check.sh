@@ -116,6 +116,9 @@ model)
       echo "# Llama-3.1-8B-shaped $q $(date -u +%FT%TZ), commit $(cat .gpu/COMMIT)"
       if [ "$q" = hf ]; then
         PYTHONUNBUFFERED=1 python3 scripts/gpu/hf_decode.py 32
+      elif [ "$q" = eager ]; then
+        # BF16 decode without CUDA graphs: what the graphs save
+        .gpu/cuda_decode_bench --quant bf16 --layers 32 -p 128 -n 128 -r 2 --no-graphs
       else
         .gpu/cuda_decode_bench --quant "$q" --layers 32 -p 2048 -n 128 -r 2
       fi
@@ -123,7 +126,7 @@ model)
   done
   ;;
 *)
-  echo "usage: bash scripts/gpu-check.sh build|remote|bench|model QUANT..." >&2
+  echo "usage: bash scripts/gpu-check.sh build|remote|bench|model QUANT...  (QUANT: bf16 w8a8 fp8 w4a16 eager hf)" >&2
   exit 2
   ;;
 esac

@@ -2,11 +2,14 @@
 //! 8-layer slice with Llama-3-8B shapes (hidden 4096, 32 heads over 8 KV heads of 128, FFN
 //! 14336, vocab 128256). Prefill logits agree within BF16 tolerance, and 32 greedy decode steps
 //! (both fed the CPU's token) pick the same token wherever the CPU's top two are not a near
-//! tie. Needs a GPU: `#[ignore]`d, run on the device machine by scripts/gpu-check.sh.
+//! tie. The quantized presets run the fused norm / SiLU·up → quantization (w8a8-dynamic, fp8)
+//! and the rotated inputs' shared quantization (w8a8). Decode steps replayed from CUDA graphs
+//! give the eager steps' logits and tokens bit for bit. Needs a GPU: `#[ignore]`d, run on the
+//! device machine by scripts/gpu-check.sh.
 
 mod common;
 
-use common::{max_abs_diff, tiny_config, tiny_weights, w8a8_of};
+use common::{max_abs_diff, quantized_of, tiny_config, tiny_weights};
 use ferroq::backend::cpu::CpuBackend;
 use ferroq::backend::cuda::backend::CudaBackend;
 use ferroq::engine::sampler::{argmax, Rng};
@@ -98,20 +101,99 @@ fn compare(c: &ModelConfig, w: &dyn WeightSource, prompt: &[u32], steps: usize) 
     );
 }
 
-#[test]
-#[ignore = "needs a CUDA GPU"]
-fn quantized_w8a8_model_matches_the_cpu() {
-    // the w8a8 preset: pd_mix int8 linears (per-token in prefill, static in decode), Hadamard
-    // rotation of every linear input, int8 LM head; FFN 48 so every in_features is a multiple
-    // of 16 (the int8 GEMM's k step)
-    let c = ModelConfig::from_hf_json(
+/// A tiny config whose every in_features is a multiple of 16 (the int8 / FP8 GEMMs' k step).
+fn quantizable_config() -> ModelConfig {
+    ModelConfig::from_hf_json(
         r#"{"model_type": "llama", "hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 2,
             "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 67, "rms_norm_eps": 1e-5,
             "rope_theta": 10000.0, "max_position_embeddings": 64, "tie_word_embeddings": false}"#,
     )
-    .expect("config");
-    let q = w8a8_of(&c, 13);
-    compare(&q.config, &q, &[3, 17, 42, 5, 9, 60, 1], 32);
+    .expect("config")
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn quantized_models_match_the_cpu() {
+    // w8a8: pd_mix int8 linears (per-token in prefill, static in decode) behind Hadamard
+    // rotations, int8 LM head; w8a8-dynamic: per-token int8, no rotation, so q/k/v and gate/up
+    // take the fused norm → quant; fp8: per-token e4m3 (sm_89+)
+    let fp8 = ferroq::backend::cuda::runtime::Gpu::new(0)
+        .map(|g| g.info.capability >= (8, 9))
+        .unwrap_or_else(|e| panic!("needs a CUDA GPU: {e}"));
+    let c = quantizable_config();
+    for preset in ["w8a8", "w8a8-dynamic", "fp8"] {
+        if preset == "fp8" && !fp8 {
+            eprintln!("fp8: skipped below sm_89 (FP8 weights are refused there)");
+            continue;
+        }
+        eprintln!("{preset}");
+        let q = quantized_of(&c, 13, preset);
+        compare(&q.config, &q, &[3, 17, 42, 5, 9, 60, 1], 32);
+    }
+}
+
+/// Decode through captured CUDA graphs against eager decode on a second backend: the same
+/// logits bit for bit every step (Logits::Last reads them back) and the same device-picked
+/// tokens, for a BF16 and a fused-quantization model; graphs must really have been captured
+/// (no silent fall-back to eager).
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn graph_replayed_decode_is_bit_identical_to_eager() {
+    let c = quantizable_config();
+    let q = quantized_of(&c, 21, "w8a8-dynamic");
+    let dense = tiny_weights(&c, 22);
+    for (name, w) in [("bf16", &dense as &dyn WeightSource), ("w8a8-dynamic", &q)] {
+        let load = |graphs: bool| {
+            let b = CudaBackend::new(0).unwrap_or_else(|e| panic!("needs a CUDA GPU: {e}"));
+            b.set_graphs(graphs);
+            LlamaModel::load(b, c.clone(), w, Some(DType::BF16)).expect("gpu model")
+        };
+        let (eager, graphed) = (load(false), load(true));
+        let prompt = [3u32, 17, 42, 5, 9];
+        let steps = 32;
+        let max_seq = prompt.len() + steps + 1;
+        let mut se = eager.new_session(8, max_seq, false).expect("session");
+        let mut sg = graphed.new_session(8, max_seq, false).expect("session");
+        let (mut te, mut tg) = (
+            eager.forward_greedy(&mut se, &prompt).expect("eager"),
+            graphed.forward_greedy(&mut sg, &prompt).expect("graphed"),
+        );
+        assert_eq!(te, tg, "{name}: prefill token");
+        for step in 0..steps {
+            // alternate the two decode entry points; both replay the same captured step
+            if step % 2 == 0 {
+                let le = eager
+                    .forward(&mut se, &[te], Logits::Last)
+                    .expect("eager")
+                    .to_vec();
+                let lg = graphed
+                    .forward(&mut sg, &[tg], Logits::Last)
+                    .expect("graphed")
+                    .to_vec();
+                let same = le.iter().zip(&lg).all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(
+                    same,
+                    "{name} step {step}: logits differ by {}",
+                    max_abs_diff(&le, &lg)
+                );
+                (te, tg) = (argmax(&le), argmax(&lg));
+            } else {
+                te = eager.forward_greedy(&mut se, &[te]).expect("eager");
+                tg = graphed.forward_greedy(&mut sg, &[tg]).expect("graphed");
+            }
+            assert_eq!(te, tg, "{name} step {step}: token");
+        }
+        let (on, captured) = graphed.backend.graph_stats();
+        assert!(
+            on && captured >= 1,
+            "{name}: graphs on {on}, {captured} captured"
+        );
+        assert_eq!(
+            eager.backend.graph_stats(),
+            (false, 0),
+            "{name}: the eager side"
+        );
+    }
 }
 
 #[test]

@@ -175,10 +175,26 @@ pub trait Backend: Send + Sync + Sized + 'static {
     fn silu_mul(&self, gate: &mut Self::Buf, up: &Self::Buf, len: usize) -> Result<()>;
     /// x (len) ← blockdiag(H_block) x: the online rotation of `model::hadamard`.
     fn hadamard(&self, x: &mut Self::Buf, len: usize, block: usize) -> Result<()>;
+    /// Run `step`, the device work of one decode step whose launches are the same on every
+    /// call with this `key` (only the contents of the token ids, positions and KV metadata
+    /// change): a backend with graphs records it once and replays it (`cuda/graph.rs`). The
+    /// default runs it.
+    fn replay_step(&self, key: StepKey, step: &mut dyn FnMut() -> Result<()>) -> Result<()> {
+        let _ = key;
+        step()
+    }
     /// out[r] = the greedy token of row r of logits (out.len(), vocab): the index of the
     /// largest value, the first on ties (the sampler's rule). A device backend picks on the
     /// device, so only the ids cross to the host, not rows × vocab logits.
     fn argmax_rows(&self, logits: &Self::Buf, vocab: usize, out: &mut [u32]) -> Result<()>;
+}
+
+/// What makes two decode steps replays of one another ([`Backend::replay_step`]): the buffers
+/// they run on (a session's workspace and KV cache, by the session's unique id) and the rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StepKey {
+    pub session: u64,
+    pub rows: usize,
 }
 
 /// What produces the input (rows, cols) of [`Backend::project`]'s linears.

@@ -640,6 +640,11 @@ impl<B: Backend> LlamaModel<B> {
         ph: Phase,
     ) -> Result<usize> {
         let n = self.lm_head_rows(ws, picks, ph)?;
+        self.read_logits(ws, n)
+    }
+
+    /// Copy the first `n` rows of the backend's logits to `ws.host_logits`; returns n.
+    pub(crate) fn read_logits(&self, ws: &mut Workspace<B>, n: usize) -> Result<usize> {
         let vocab = self.config.vocab_size;
         if n > 0 {
             self.backend
@@ -648,29 +653,16 @@ impl<B: Backend> LlamaModel<B> {
         Ok(n)
     }
 
-    /// The greedy next token of each row of `picks` (out.len() rows in all), chosen on the
-    /// backend: only the ids cross to the host.
-    pub(crate) fn greedy(
-        &self,
-        ws: &mut Workspace<B>,
-        picks: &[std::ops::Range<usize>],
-        ph: Phase,
-        out: &mut [u32],
-    ) -> Result<()> {
-        let n = self.lm_head_rows(ws, picks, ph)?;
-        if n != out.len() {
-            return Err(Error::InvalidArgument(format!(
-                "greedy: {n} rows of logits for {} ids",
-                out.len()
-            )));
-        }
+    /// The greedy next token of each of the first out.len() rows of the backend's logits,
+    /// chosen on the backend: only the ids cross to the host.
+    pub(crate) fn greedy(&self, ws: &Workspace<B>, out: &mut [u32]) -> Result<()> {
         self.backend
             .argmax_rows(&ws.logits, self.config.vocab_size, out)
     }
 
     /// Final norm + LM head on the rows `picks` of the last forward (in order) into
     /// `ws.logits` on the backend: returns how many rows it holds.
-    fn lm_head_rows(
+    pub(crate) fn lm_head_rows(
         &self,
         ws: &mut Workspace<B>,
         picks: &[std::ops::Range<usize>],

@@ -4,11 +4,14 @@
 //! allocate nothing. It runs the same batched forward pass as the server's scheduler, with a
 //! one-entry block table, so a prompt gives the same logits here and there.
 
-use crate::backend::{Backend, KvSeq};
+use crate::backend::{Backend, KvSeq, StepKey};
 use crate::error::{Error, Result};
 use crate::model::kv::KvCache;
 use crate::model::llama::{ActivationHook, LlamaModel, Logits, Workspace};
 use crate::quant::Phase;
+
+/// The next session's id.
+static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// The block table of a session's cache: one block of max_seq positions.
 const ONE_BLOCK: [u32; 1] = [0];
@@ -19,6 +22,8 @@ pub struct Session<B: Backend> {
     pub max_seq: usize,
     /// Tokens already in the KV cache.
     pub pos: usize,
+    /// Unique in the process: names the session's buffers to the backend's graph cache.
+    id: u64,
     all_logits: bool,
     ws: Workspace<B>,
     kv: KvCache<B>, // one block of (max_seq, kv_dim) per layer
@@ -56,6 +61,7 @@ impl<B: Backend> LlamaModel<B> {
             max_batch,
             max_seq,
             pos: 0,
+            id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             all_logits,
             kv: KvCache::new(self, 1, max_seq)?,
             ws,
@@ -86,8 +92,8 @@ impl<B: Backend> LlamaModel<B> {
             )));
         }
         let pick = (want != Logits::Last).then_some(first);
-        let (rows, ph) = self.feed(s, tokens, pick)?;
-        let n = self.logits(&mut s.ws, std::slice::from_ref(&rows), ph)?;
+        let n = self.feed_head(s, tokens, pick)?;
+        let n = self.read_logits(&mut s.ws, n)?;
         Ok(&s.ws.host_logits()[..n * self.config.vocab_size])
     }
 
@@ -96,10 +102,41 @@ impl<B: Backend> LlamaModel<B> {
     /// the vocab-sized logits, crosses to the host.
     pub fn forward_greedy(&self, s: &mut Session<B>, tokens: &[u32]) -> Result<u32> {
         Self::check_room(s, tokens)?;
-        let (rows, ph) = self.feed(s, tokens, None)?;
+        let n = self.feed_head(s, tokens, None)?;
         let mut id = [0u32];
-        self.greedy(&mut s.ws, std::slice::from_ref(&rows), ph, &mut id)?;
+        if n != 1 {
+            return Err(Error::InvalidArgument(format!(
+                "greedy: {n} rows of logits for one id"
+            )));
+        }
+        self.greedy(&s.ws, &mut id)?;
         Ok(id[0])
+    }
+
+    /// `feed`, then the LM head on the rows it picks, into the backend's logits; returns how
+    /// many rows. A decode token (one token after the prompt) is one replayable step of the
+    /// blocks and the head (`Backend::replay_step`: a CUDA graph on the GPU), since its
+    /// launches are the same every token.
+    fn feed_head(&self, s: &mut Session<B>, tokens: &[u32], first: Option<usize>) -> Result<usize> {
+        if Phase::of_chunk(tokens.len(), s.pos) != Phase::Decode {
+            let (rows, ph) = self.feed(s, tokens, first)?;
+            return self.lm_head_rows(&mut s.ws, std::slice::from_ref(&rows), ph);
+        }
+        self.check_tokens(tokens)?;
+        let seq = s.chunk_seq(1);
+        let key = StepKey {
+            session: s.id,
+            rows: 1,
+        };
+        let (ws, kv) = (&mut s.ws, &mut s.kv);
+        let (mut n, last) = (0, 0..1);
+        self.backend.replay_step(key, &mut || {
+            self.forward_rows(ws, kv, tokens, &seq, Phase::Decode, None)?;
+            n = self.lm_head_rows(ws, std::slice::from_ref(&last), Phase::Decode)?;
+            Ok(())
+        })?;
+        s.pos += 1;
+        Ok(n)
     }
 
     /// A forward call needs at least one token and room for all of them in the session.

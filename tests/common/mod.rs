@@ -268,8 +268,17 @@ pub fn tiny_w8a8(seed: u64) -> ferroq::quant::pipeline::QuantizedModel {
 
 /// Random weights for `c` quantized with the `w8a8` preset on 4 samples of 16 tokens.
 pub fn w8a8_of(c: &ModelConfig, seed: u64) -> ferroq::quant::pipeline::QuantizedModel {
+    quantized_of(c, seed, "w8a8")
+}
+
+/// `tiny_weights(c, seed)` quantized by a preset recipe, calibrated on a few samples.
+pub fn quantized_of(
+    c: &ModelConfig,
+    seed: u64,
+    preset: &str,
+) -> ferroq::quant::pipeline::QuantizedModel {
     use ferroq::quant::pipeline::{quantize, QuantizeOptions};
-    let r = ferroq::quant::recipe::Recipe::load("w8a8").expect("preset");
+    let r = ferroq::quant::recipe::Recipe::load(preset).expect("preset");
     let opts = QuantizeOptions {
         n_samples: 4,
         seq_len: 16,

@@ -5,7 +5,7 @@
 //! 64 or 128 takes `attn_prefill_hd*`, FlashAttention-2 on bf16 tensor cores, in tiles of 64
 //! consecutive rows. Other head dims run every row through the split kernels.
 
-use super::backend::{check, drv, grid, CudaBackend};
+use super::backend::{check, grid, CudaBackend};
 use super::kernels::Kernel;
 use super::meta::Meta;
 use crate::backend::{AttentionArgs, KvSeq};
@@ -31,13 +31,19 @@ impl CudaBackend {
         check("attention q", a.q.len(), rows * nh * hd)?;
         check("attention out", a.out.len(), rows * nh * hd)?;
         let n_blocks = a.k_cache.len().min(a.v_cache.len()) / (bs * nkv * hd).max(1);
-        let max_blocks = a
-            .seqs
-            .iter()
-            .map(|s| s.blocks.len())
-            .max()
-            .unwrap_or(1)
-            .max(1);
+        // A graph step launches with fixed shapes: tables as wide and key splits as many as
+        // max_seq needs (`graph.rs`; the extra splits are empty and add exact zeros).
+        let graphing = self.graphing();
+        let max_blocks = if graphing {
+            a.max_seq.div_ceil(bs.max(1)).max(1)
+        } else {
+            a.seqs
+                .iter()
+                .map(|s| s.blocks.len())
+                .max()
+                .unwrap_or(1)
+                .max(1)
+        };
         let fa_kernel = match hd {
             64 => Some(Kernel::AttnPrefillHd64),
             128 => Some(Kernel::AttnPrefillHd128),
@@ -51,7 +57,9 @@ impl CudaBackend {
         let mut row_ids: Vec<u32> = Vec::new();
         for (i, s) in a.seqs.iter().enumerate() {
             s.check(bs, n_blocks, a.max_seq, rows)?;
-            tables[i * max_blocks..i * max_blocks + s.blocks.len()].copy_from_slice(s.blocks);
+            // positions past max_seq are never read, nor their blocks
+            let nb = s.blocks.len().min(max_blocks);
+            tables[i * max_blocks..i * max_blocks + nb].copy_from_slice(&s.blocks[..nb]);
             for r in 0..s.rows {
                 seq_of[s.row0 + r] = i as u32;
                 n_keys[s.row0 + r] = (s.start_pos + r + 1) as u32;
@@ -84,8 +92,7 @@ impl CudaBackend {
             // SAFETY: the argument list of attn_prefill_hd{64,128} for this head dim; every
             // tile's rows are inside q / out (rows × heads × hd, checked) and every table entry
             // a block inside the caches (checked); 128 threads, static shared memory.
-            unsafe { b.launch(grid(tiles.len() / 4, nh, 128, 0)) }
-                .map_err(|e| drv("flash attention", e))?;
+            unsafe { self.go(&mut b, grid(tiles.len() / 4, nh, 128, 0), "flash attention") }?;
         }
         if row_ids.is_empty() {
             return Ok(());
@@ -95,13 +102,13 @@ impl CudaBackend {
             .map(|&r| n_keys[r as usize] as usize)
             .max()
             .unwrap_or(1);
-        let splits = longest.div_ceil(SPLIT_LEN).max(1);
+        let splits = if graphing { a.max_seq } else { longest }
+            .div_ceil(SPLIT_LEN)
+            .max(1);
         let sel = row_ids.len();
         let mut sc = self.scratch()?;
         // (sel, heads, splits, hd + 2)
-        let part = sc
-            .attn_part
-            .get(&self.gpu.stream, sel * nh * splits * (hd + 2))?;
+        let part = self.grow(&mut sc.attn_part, sel * nh * splits * (hd + 2))?;
         let (r_d, s_d, n_d) = (
             self.up_meta(Meta::RowIds, &row_ids)?,
             self.up_meta(Meta::SeqOf, &seq_of)?,
@@ -124,7 +131,7 @@ impl CudaBackend {
         b.arg(&scale);
         // SAFETY: matches attn_partial's signature; part holds sel × heads × splits × (hd + 2),
         // every row id is a batch row, every table entry a block inside the caches (checked).
-        unsafe { b.launch(grid(sel * nh, splits, 128, 0)) }.map_err(|e| drv("attention", e))?;
+        unsafe { self.go(&mut b, grid(sel * nh, splits, 128, 0), "attention") }?;
         let (nh_i, hd_i, sp_i) = (nh as i32, hd as i32, splits as i32);
         let mut b = self.gpu.stream.launch_builder(self.f(Kernel::AttnCombine));
         b.arg(a.out)
@@ -135,7 +142,7 @@ impl CudaBackend {
             .arg(&sp_i);
         // SAFETY: matches attn_combine's signature; out holds rows × heads × hd and every row id
         // is one of those rows.
-        unsafe { b.launch(grid(sel * nh, 1, 64, 0)) }.map_err(|e| drv("attention combine", e))?;
+        unsafe { self.go(&mut b, grid(sel * nh, 1, 64, 0), "attention combine") }?;
         Ok(())
     }
 }

@@ -7,17 +7,19 @@
 //! bf16-rounded activations into cuBLAS (`blas.rs`, when present) or the tensor-core
 //! `gemm_bf16_tc`. Quantized linears (W8A8 int8, FP8, W4A16) and `project`'s fused norm /
 //! SiLU·up → quantization are in `qlinear.rs`; the online Hadamard rotation has its kernel.
-//! Not yet here: CUDA graphs.
+//! Decode steps are captured as CUDA graphs and replayed (`graph.rs`); every launch goes
+//! through `go`, which a graph's staging pass turns off.
 //! Unvalidated on hardware until a GPU session runs tests/cuda_model.rs (docs/GPU_RESULTS.md).
 
 use super::blas::Blas;
+use super::graph::{Graphs, Mode};
 use super::kernels::Kernel;
 use super::meta::{Meta, MetaCache};
 pub use super::qlinear::CudaQMatrix;
 use super::qlinear::{arg_or_null, launch};
 use super::runtime::Gpu;
 use super::scratch::{Scratch, ScratchCell};
-use crate::backend::{AttentionArgs, Backend, KvSeq, LinearInput};
+use crate::backend::{AttentionArgs, Backend, KvSeq, LinearInput, StepKey};
 use crate::error::{Error, Result};
 use crate::model::linear::Linear;
 use crate::quant::{Phase, QuantWeight};
@@ -41,6 +43,8 @@ pub struct CudaBackend {
     pub(super) meta: MetaCache,
     /// activation, attention and id scratch reused by every call
     pub(super) scratch: ScratchCell,
+    /// captured decode steps and the staging / capture mode (`graph.rs`)
+    pub(super) graphs: Graphs,
 }
 
 /// Rows at most for the weight-streaming GEMV (its kernel's GEMV_MAX_M).
@@ -92,6 +96,7 @@ impl CudaBackend {
             blas,
             meta: MetaCache::default(),
             scratch: ScratchCell::default(),
+            graphs: Graphs::default(),
         })
     }
 
@@ -121,8 +126,13 @@ impl CudaBackend {
         let mut b = self.gpu.stream.launch_builder(self.f(Kernel::AddBias));
         b.arg(out).arg(bias).arg(&mi).arg(&ni);
         // SAFETY: matches add_bias; out holds rows × n (checked by the caller), bias n.
-        unsafe { b.launch(grid1((rows * n).div_ceil(256).min(4096), 256)) }
-            .map_err(|e| drv("bias", e))?;
+        unsafe {
+            self.go(
+                &mut b,
+                grid1((rows * n).div_ceil(256).min(4096), 256),
+                "bias",
+            )
+        }?;
         Ok(())
     }
 
@@ -138,14 +148,22 @@ impl CudaBackend {
         rows: usize,
     ) -> Result<()> {
         let (n, k) = (m.rows, m.cols);
-        let xb = sc.bf16.get(&self.gpu.stream, rows * k)?; // (rows, k) bf16
+        let xb = self.grow(&mut sc.bf16, rows * k)?; // (rows, k) bf16
         let len = i32_of(rows * k, "rows × k")?;
         let mut b = self.gpu.stream.launch_builder(self.f(Kernel::CastBf16));
         b.arg(&mut *xb).arg(x).arg(&len);
         // SAFETY: matches cast_bf16 (grid-stride); xb and x hold rows × k (checked by linear).
-        unsafe { b.launch(grid1((rows * k).div_ceil(256).min(4096), 256)) }
-            .map_err(|e| drv("cast to bf16", e))?;
+        unsafe {
+            self.go(
+                &mut b,
+                grid1((rows * k).div_ceil(256).min(4096), 256),
+                "cast to bf16",
+            )
+        }?;
         if let Some(blas) = &self.blas {
+            if self.mode() == Mode::Stage {
+                return Ok(());
+            }
             blas.gemm_bf16(out, &*xb, &m.data, (rows, n, k))?;
             return match bias {
                 Some(bias) => self.add_bias(out, bias, rows, n),
@@ -162,7 +180,7 @@ impl CudaBackend {
         // SAFETY: the argument list of gemm_bf16_tc (bias or a null pointer); k is a multiple
         // of 8, so its 16-byte cp.async rows stay aligned; buffers sized rows × k, n × k,
         // rows × n.
-        unsafe { b.launch(cfg) }.map_err(|e| drv("gemm_bf16_tc", e))?;
+        unsafe { self.go(&mut b, cfg, "gemm_bf16_tc") }?;
         Ok(())
     }
 
@@ -201,7 +219,7 @@ impl CudaBackend {
             .arg(&ki);
         // SAFETY: (out, x, w, m, n, k) as both GEMM kernels take them; sizes checked; the
         // GEMV runs only for even k (its bf16-pair loads need 4-byte aligned rows).
-        unsafe { b.launch(cfg) }.map_err(|e| drv("dense linear", e))?;
+        unsafe { self.go(&mut b, cfg, "dense linear") }?;
         match bias {
             Some(bias) => self.add_bias(out, bias, rows, n),
             None => Ok(()),
@@ -235,7 +253,7 @@ impl CudaBackend {
         b.arg(out).arg(res).arg(y).arg(weight).arg(&d).arg(&eps);
         // SAFETY: matches add_rms_norm's signature; buffers hold rows × dim, weight dim
         // (checked); one block per row.
-        unsafe { b.launch(grid1(rows, 256)) }.map_err(|e| drv("add_rms_norm", e))?;
+        unsafe { self.go(&mut b, grid1(rows, 256), "add_rms_norm") }?;
         Ok(())
     }
 
@@ -322,18 +340,13 @@ impl Backend for CudaBackend {
         if ids.is_empty() {
             return Ok(());
         }
-        let mut sc = self.scratch()?;
-        let ids_d = sc.ids.get(&self.gpu.stream, ids.len())?;
-        self.gpu
-            .stream
-            .memcpy_htod(ids, &mut ids_d.slice_mut(0..ids.len()))
-            .map_err(|e| drv("upload token ids", e))?;
+        let ids_d = self.up_meta(Meta::Ids, ids)?;
         let dim = i32_of(table.cols, "dim")?;
         let mut b = self.gpu.stream.launch_builder(self.f(Kernel::EmbedBf16));
         b.arg(out).arg(&table.data).arg(&*ids_d).arg(&dim);
         // SAFETY: (out, table, ids, dim) as embed_bf16 takes them; out holds ids × dim and every
         // id was range-checked by the model.
-        unsafe { b.launch(grid1(ids.len(), 256)) }.map_err(|e| drv("embed", e))?;
+        unsafe { self.go(&mut b, grid1(ids.len(), 256), "embed") }?;
         Ok(())
     }
 
@@ -351,7 +364,7 @@ impl Backend for CudaBackend {
         let mut b = self.gpu.stream.launch_builder(self.f(Kernel::RmsNorm));
         b.arg(out).arg(x).arg(weight).arg(&d).arg(&eps);
         // SAFETY: matches rms_norm's signature; buffers hold rows × dim (checked).
-        unsafe { b.launch(grid1(rows, 256)) }.map_err(|e| drv("rms_norm", e))?;
+        unsafe { self.go(&mut b, grid1(rows, 256), "rms_norm") }?;
         Ok(())
     }
 
@@ -365,6 +378,9 @@ impl Backend for CudaBackend {
     ) -> Result<()> {
         check("copy src", src.len(), src_off + len)?;
         check("copy dst", dst.len(), dst_off + len)?;
+        if self.mode() == Mode::Stage {
+            return Ok(());
+        }
         let s = src.slice(src_off..src_off + len);
         let mut d = dst.slice_mut(dst_off..dst_off + len);
         self.gpu
@@ -379,7 +395,7 @@ impl Backend for CudaBackend {
         let mut b = self.gpu.stream.launch_builder(self.f(Kernel::AddAssign));
         b.arg(x).arg(y).arg(&n);
         // SAFETY: matches add_assign's signature; both hold len values (checked).
-        unsafe { b.launch(grid1(len.div_ceil(256).min(4096), 256)) }.map_err(|e| drv("add", e))?;
+        unsafe { self.go(&mut b, grid1(len.div_ceil(256).min(4096), 256), "add") }?;
         Ok(())
     }
 
@@ -434,7 +450,7 @@ impl Backend for CudaBackend {
         b.arg(x).arg(cos).arg(sin).arg(&*pos_d).arg(&h).arg(&d);
         // SAFETY: matches rope's signature; x holds rows × heads × head_dim, every position is
         // inside the tables (checked).
-        unsafe { b.launch(grid1(rows, 128)) }.map_err(|e| drv("rope", e))?;
+        unsafe { self.go(&mut b, grid1(rows, 128), "rope") }?;
         Ok(())
     }
 
@@ -462,7 +478,7 @@ impl Backend for CudaBackend {
         let mut b = self.gpu.stream.launch_builder(self.f(Kernel::WriteKv));
         b.arg(cache).arg(src).arg(&*slots_d).arg(&kvd);
         // SAFETY: matches write_kv's signature; every slot is inside the cache (checked).
-        unsafe { b.launch(grid1(slots.len(), 128)) }.map_err(|e| drv("write_kv", e))?;
+        unsafe { self.go(&mut b, grid1(slots.len(), 128), "write_kv") }?;
         Ok(())
     }
 
@@ -476,7 +492,7 @@ impl Backend for CudaBackend {
         let mut b = self.gpu.stream.launch_builder(self.f(Kernel::SiluMul));
         b.arg(gate).arg(up).arg(&n);
         // SAFETY: matches silu_mul's signature; both hold len values.
-        unsafe { b.launch(grid1(len.div_ceil(256).min(4096), 256)) }.map_err(|e| drv("silu", e))?;
+        unsafe { self.go(&mut b, grid1(len.div_ceil(256).min(4096), 256), "silu") }?;
         Ok(())
     }
 
@@ -493,8 +509,12 @@ impl Backend for CudaBackend {
         let cfg = grid(len / block, 1, 256, block * 4);
         // SAFETY: matches fwht_blocks; x holds len = whole blocks; shared memory holds one
         // block (at most 16 KiB).
-        unsafe { b.launch(cfg) }.map_err(|e| drv("hadamard", e))?;
+        unsafe { self.go(&mut b, cfg, "hadamard") }?;
         Ok(())
+    }
+
+    fn replay_step(&self, key: StepKey, step: &mut dyn FnMut() -> Result<()>) -> Result<()> {
+        self.replay(key, step)
     }
 
     fn argmax_rows(&self, logits: &Self::Buf, vocab: usize, out: &mut [u32]) -> Result<()> {
@@ -503,13 +523,13 @@ impl Backend for CudaBackend {
             return Ok(());
         }
         let mut sc = self.scratch()?;
-        let ids = sc.ids.get(&self.gpu.stream, out.len())?; // (rows)
+        let ids = self.grow(&mut sc.ids, out.len())?; // (rows)
         let v = i32_of(vocab, "vocab")?;
         let mut b = self.gpu.stream.launch_builder(self.f(Kernel::ArgmaxRows));
         b.arg(&mut *ids).arg(logits).arg(&v);
         // SAFETY: matches argmax_rows (one block per row, a multiple of 32 threads); logits
         // hold out.len() × vocab values (checked), ids out.len().
-        unsafe { b.launch(grid1(out.len(), 1024)) }.map_err(|e| drv("argmax", e))?;
+        unsafe { self.go(&mut b, grid1(out.len(), 1024), "argmax") }?;
         self.download(&ids.slice(0..out.len()), out)
     }
 }

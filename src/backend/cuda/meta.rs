@@ -4,11 +4,14 @@
 //! call with identical contents reuses it. A decode token then costs a handful of host→device
 //! copies instead of ~300. A changed upload is written in place into the kind's grow-only
 //! buffer (stream-ordered after the kernels that read the old contents), so a decode step
-//! allocates nothing and the buffers keep their addresses.
+//! allocates nothing and the buffers keep their addresses (what a replayed CUDA graph needs,
+//! `graph.rs`).
 
 use super::backend::{drv, CudaBackend};
-use crate::error::Result;
+use super::graph::Mode;
+use crate::error::{Error, Result};
 use cudarc::driver::CudaSlice;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 /// What a metadata upload holds (one cache slot each).
@@ -28,11 +31,13 @@ pub(super) enum Meta {
     RowIds,
     /// (tiles, 4) flash-attention tiles
     Tiles,
+    /// (rows) token ids (embedding)
+    Ids,
 }
 
 impl Meta {
-    /// Cache slots: one per kind (`Tiles` is the last variant).
-    const COUNT: usize = Meta::Tiles as usize + 1;
+    /// Cache slots: one per kind (`Ids` is the last variant).
+    const COUNT: usize = Meta::Ids as usize + 1;
 }
 
 /// One kind's last upload: the host contents and the device buffer holding them (at least as
@@ -40,22 +45,59 @@ impl Meta {
 type Upload = Option<(Vec<u32>, Arc<CudaSlice<u32>>)>;
 
 #[derive(Default)]
+struct State {
+    slots: [Upload; Meta::COUNT],
+    /// kinds whose contents the current staging pass changed
+    staged: [bool; Meta::COUNT],
+}
+
+#[derive(Default)]
 pub(super) struct MetaCache {
-    slots: Mutex<[Upload; Meta::COUNT]>,
+    state: Mutex<State>,
+}
+
+impl MetaCache {
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, State>> {
+        self.state
+            .lock()
+            .map_err(|_| drv("metadata cache", "poisoned lock"))
+    }
+
+    /// A graph step's staging pass begins (see `graph.rs`).
+    pub(super) fn begin_stage(&self) -> Result<()> {
+        self.lock()?.staged = [false; Meta::COUNT];
+        Ok(())
+    }
 }
 
 impl CudaBackend {
     /// `v` on the device (the buffer may be longer): the cached upload of this kind when its
-    /// contents are the same.
+    /// contents are the same. A graph's staging pass may change each kind once (a second
+    /// change would overwrite what an earlier kernel of the replayed step reads), and a
+    /// capture may change none.
     pub(super) fn up_meta(&self, kind: Meta, v: &[u32]) -> Result<Arc<CudaSlice<u32>>> {
-        let mut slots = self
-            .meta
-            .slots
-            .lock()
-            .map_err(|_| drv("metadata cache", "poisoned lock"))?;
+        let mode = self.mode();
+        let mut st = self.meta.lock()?;
+        let State { slots, staged } = &mut *st;
         let slot = &mut slots[kind as usize];
+        let same = matches!(slot, Some((host, _)) if host.as_slice() == v);
+        if !same {
+            match mode {
+                Mode::Capture => {
+                    return Err(Error::Cuda(format!(
+                        "{kind:?} changed between staging and capture"
+                    )))
+                }
+                Mode::Stage if staged[kind as usize] => {
+                    return Err(Error::Cuda(format!(
+                        "a graph step uploads two different {kind:?} contents"
+                    )))
+                }
+                Mode::Stage | Mode::Eager => staged[kind as usize] = true,
+            }
+        }
         match slot {
-            Some((host, _)) if host.as_slice() == v => {}
+            _ if same => {}
             Some((host, dev)) => {
                 // callers drop their handle after the launch, so the buffer is ours again
                 match Arc::get_mut(dev) {
@@ -79,8 +121,10 @@ impl CudaBackend {
         }
     }
 
-    /// `v` in a new buffer of the next power of two (at least one) elements.
+    /// `v` in a new buffer of the next power of two (at least one) elements; a graph captured
+    /// before reads the old one, so the move is counted.
     fn up_padded(&self, v: &[u32]) -> Result<CudaSlice<u32>> {
+        self.graphs.moves.fetch_add(1, Ordering::Relaxed);
         let mut d = self
             .gpu
             .stream

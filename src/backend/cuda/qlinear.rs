@@ -8,7 +8,7 @@
 //! that produces it when the whole group agrees. Kernels in `kernels/gemm_int8.cu`,
 //! `quant.cu`, `gemm_fp8.cu`, `gemm_int4.cu`; activations in the backend's `Scratch`.
 
-use super::backend::{check, drv, grid1, i32_of, CudaBackend};
+use super::backend::{check, grid1, i32_of, CudaBackend};
 use super::kernels::Kernel;
 use super::scratch::Scratch;
 use crate::backend::{check_inputs, Backend, LinearInput};
@@ -353,9 +353,9 @@ impl CudaBackend {
             ..
         } = sc;
         let (q, scale, zp) = (
-            act_q.get(stream, n)?,
-            act_scale.get(stream, rows)?,
-            act_zp.get(stream, rows)?,
+            self.grow(act_q, n)?,
+            self.grow(act_scale, rows)?,
+            self.grow(act_zp, rows)?,
         );
         let k_i = i32_of(k, "k")?;
         let null: u64 = 0;
@@ -416,7 +416,7 @@ impl CudaBackend {
         // q holds rows × k, the scales rows, the sources rows × k and the norm weight k
         // (checked above); for e4m3, k is even (a multiple of 16, checked at upload, and the
         // linears' in_features equal k).
-        unsafe { b.launch(grid1(rows, 256)) }.map_err(|e| drv("quantize activations", e))?;
+        unsafe { self.go(&mut b, grid1(rows, 256), "quantize activations") }?;
         Ok(())
     }
 
@@ -460,7 +460,7 @@ impl CudaBackend {
                 // SAFETY: the argument list of gemm_w8a8 / gemv_w8a8 (null acc_out; bias or
                 // null); k is a multiple of 16 (checked at upload); buffers sized rows × k,
                 // n × k, rows × n (checked).
-                unsafe { b.launch(cfg) }.map_err(|e| drv(&w.name, e))?;
+                unsafe { self.go(&mut b, cfg, &w.name) }?;
             }
             (LinearWeight::Quant(CudaQMatrix::Fp8(wq)), ActKey::Fp8 { .. }) => {
                 let kern = if rows <= GEMV_MAX_M_FP8 {
@@ -480,7 +480,7 @@ impl CudaBackend {
                 // SAFETY: the argument list of gemm_fp8 / gemv_fp8 (bias or null); k a
                 // multiple of 16 and the device sm_89+ (checked at upload); buffers sized
                 // rows × k, n × k, rows × n (checked).
-                unsafe { b.launch(cfg) }.map_err(|e| drv(&w.name, e))?;
+                unsafe { self.go(&mut b, cfg, &w.name) }?;
             }
             _ => {
                 return Err(Error::Cuda(format!(
@@ -531,7 +531,7 @@ impl CudaBackend {
         // SAFETY: the argument list of gemv_w4a16 / gemm_w4a16 (zero and bias or null);
         // packed holds n × k / 2 bytes, scale and zero n × ceil(k / group); the GEMV runs
         // only with k and group multiples of 32 (its 16-byte loads stay in a row and a group).
-        unsafe { b.launch(cfg) }.map_err(|e| drv(&w.name, e))?;
+        unsafe { self.go(&mut b, cfg, &w.name) }?;
         Ok(())
     }
 }

@@ -29,7 +29,12 @@ impl Gpu {
     pub fn new(ordinal: usize) -> Result<Self> {
         let info = probe(ordinal)?;
         let ctx = CudaContext::new(ordinal).map_err(|e| drv("creating the context", e))?;
-        let stream = ctx.default_stream();
+        // SAFETY: all of a Gpu's work goes to its one stream, so cudarc's cross-stream event
+        // tracking (an event record per buffer per launch) has nothing to order; host reads
+        // synchronize the stream.
+        unsafe { ctx.disable_event_tracking() };
+        // an owned stream, not the legacy default one, which cannot be captured into a graph
+        let stream = ctx.new_stream().map_err(|e| drv("creating a stream", e))?;
         Ok(Gpu {
             info,
             ctx,

@@ -9,9 +9,11 @@
 //! their use of one buffer.
 
 use super::backend::{drv, CudaBackend};
-use crate::error::Result;
-use cudarc::driver::{CudaSlice, CudaStream, DeviceRepr, ValidAsZeroBits};
-use std::sync::{Arc, Mutex, MutexGuard};
+use super::graph::Mode;
+use crate::error::{Error, Result};
+use cudarc::driver::{CudaSlice, DeviceRepr, ValidAsZeroBits};
+use std::sync::atomic::Ordering;
+use std::sync::{Mutex, MutexGuard};
 
 /// One grow-only device buffer.
 pub(super) struct Grow<T>(Option<CudaSlice<T>>);
@@ -19,20 +21,6 @@ pub(super) struct Grow<T>(Option<CudaSlice<T>>);
 impl<T> Default for Grow<T> {
     fn default() -> Self {
         Grow(None)
-    }
-}
-
-impl<T: DeviceRepr + ValidAsZeroBits> Grow<T> {
-    /// The buffer, at least `len` long (reallocated, zeroed, when it was shorter).
-    pub fn get(&mut self, stream: &Arc<CudaStream>, len: usize) -> Result<&mut CudaSlice<T>> {
-        let buf = match self.0.take() {
-            Some(b) if b.len() >= len => b,
-            // the old buffer (if any) is freed in stream order, after the ops that read it
-            _ => stream
-                .alloc_zeros::<T>(len.max(1).next_power_of_two())
-                .map_err(|e| drv("allocating scratch", e))?,
-        };
-        Ok(self.0.insert(buf))
     }
 }
 
@@ -57,6 +45,30 @@ pub(super) struct Scratch {
 }
 
 impl CudaBackend {
+    /// `g`, at least `len` long: reallocated (zeroed) when shorter. A move is counted (a graph
+    /// captured before it reads the old buffer) and is an error while capturing.
+    pub(super) fn grow<'g, T: DeviceRepr + ValidAsZeroBits>(
+        &self,
+        g: &'g mut Grow<T>,
+        len: usize,
+    ) -> Result<&'g mut CudaSlice<T>> {
+        let buf = match g.0.take() {
+            Some(b) if b.len() >= len => b,
+            _ if self.mode() == Mode::Capture => {
+                return Err(Error::Cuda("scratch grew while capturing a graph".into()))
+            }
+            // the old buffer (if any) is freed in stream order, after the ops that read it
+            _ => {
+                self.graphs.moves.fetch_add(1, Ordering::Relaxed);
+                self.gpu
+                    .stream
+                    .alloc_zeros::<T>(len.max(1).next_power_of_two())
+                    .map_err(|e| drv("allocating scratch", e))?
+            }
+        };
+        Ok(g.0.insert(buf))
+    }
+
     /// The scratch buffers, held until the guard drops.
     pub(super) fn scratch(&self) -> Result<MutexGuard<'_, Scratch>> {
         self.scratch

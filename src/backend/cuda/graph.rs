@@ -1,0 +1,192 @@
+//! CUDA graphs for the decode step (issue 5): a decode token launches the same ~25 kernels per
+//! layer every step, only the metadata they read (token id, position, KV slot, keys visible)
+//! changes, so the step is captured once (`cuStreamBeginCapture` … `cuGraphInstantiate`) and
+//! replayed with one `cuGraphLaunch` instead of ~800 launches on an 8B model. A step runs its
+//! host code twice per token: a *staging* pass that uploads the step's metadata into the
+//! fixed buffers of `meta.rs` (in place, so their addresses never change) and launches
+//! nothing, then either the replay or, the first time, a *capture* pass that records the
+//! launches (finding every upload already done). Attention uses fixed maxima while staging and
+//! capturing (block-table width and key splits for the workspace's max_seq; empty splits add
+//! exact zeros, so the results are bit-identical to eager runs). A graph is keyed by the
+//! caller's `StepKey` and the backend's buffer-move count: a scratch or metadata buffer that
+//! had to grow since the capture invalidates it. Where capture fails, the backend warns once
+//! and decodes eagerly from then on; `FERROQ_CUDA_GRAPHS=0` never captures. This is how vLLM
+//! and TensorRT-LLM run decode (per batch size graphs over static metadata buffers).
+
+use super::backend::{drv, CudaBackend};
+use crate::backend::StepKey;
+use crate::error::{Error, Result};
+use cudarc::driver::{sys, CudaGraph, LaunchArgs, LaunchConfig};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::Mutex;
+
+/// What the backend does with device work right now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub(super) enum Mode {
+    /// Launch as usual.
+    Eager = 0,
+    /// Upload metadata only; launch nothing.
+    Stage = 1,
+    /// Launches are being recorded; nothing may upload or allocate.
+    Capture = 2,
+}
+
+/// Graphs kept at most (a server's batch sizes, or sessions); the oldest goes first.
+const MAX_GRAPHS: usize = 16;
+
+/// A captured step. `CudaGraph` holds raw driver handles and is not `Send`.
+struct Captured {
+    key: StepKey,
+    moves: u64,
+    graph: CudaGraph,
+}
+
+// SAFETY: a `Captured` is only touched under `Graphs::cache`'s lock, which serialises every
+// driver call on its graph (the driver's rule for graph objects); the handles stay valid on any
+// thread of the process, which shares the one context.
+unsafe impl Send for Captured {}
+
+pub(super) struct Graphs {
+    mode: AtomicU8,
+    enabled: AtomicBool,
+    /// Scratch or metadata buffers reallocated so far (a graph captured before a move reads
+    /// a freed buffer).
+    pub(super) moves: AtomicU64,
+    /// graphs captured so far
+    captures: AtomicU64,
+    cache: Mutex<Vec<Captured>>,
+}
+
+impl Default for Graphs {
+    fn default() -> Self {
+        let off = std::env::var("FERROQ_CUDA_GRAPHS").is_ok_and(|v| v == "0");
+        Graphs {
+            mode: AtomicU8::new(Mode::Eager as u8),
+            enabled: AtomicBool::new(!off),
+            moves: AtomicU64::new(0),
+            captures: AtomicU64::new(0),
+            cache: Mutex::new(Vec::new()),
+        }
+    }
+}
+
+impl CudaBackend {
+    pub(super) fn mode(&self) -> Mode {
+        match self.graphs.mode.load(Ordering::Relaxed) {
+            1 => Mode::Stage,
+            2 => Mode::Capture,
+            _ => Mode::Eager,
+        }
+    }
+
+    fn set_mode(&self, m: Mode) {
+        self.graphs.mode.store(m as u8, Ordering::Relaxed);
+    }
+
+    /// Whether the step being run is staged or captured (attention then uses fixed maxima).
+    pub(super) fn graphing(&self) -> bool {
+        self.mode() != Mode::Eager
+    }
+
+    /// Capture and replay decode steps (on by default unless FERROQ_CUDA_GRAPHS=0); the tests
+    /// compare both.
+    pub fn set_graphs(&self, on: bool) {
+        self.graphs.enabled.store(on, Ordering::Relaxed);
+    }
+
+    /// Whether decode steps are captured (false after `set_graphs(false)`, FERROQ_CUDA_GRAPHS=0
+    /// or a failed capture), and how many graphs have been captured.
+    pub fn graph_stats(&self) -> (bool, u64) {
+        (
+            self.graphs.enabled.load(Ordering::Relaxed),
+            self.graphs.captures.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Launch `b` with `cfg`, unless this is a staging pass (which only uploads).
+    ///
+    /// # Safety
+    /// As `LaunchArgs::launch`: the arguments must be the kernel's parameters, in order, and
+    /// every buffer must hold what the kernel reads and writes at this geometry.
+    pub(super) unsafe fn go(
+        &self,
+        b: &mut LaunchArgs<'_>,
+        cfg: LaunchConfig,
+        what: &str,
+    ) -> Result<()> {
+        if self.mode() == Mode::Stage {
+            return Ok(());
+        }
+        // SAFETY: the caller's contract.
+        unsafe { b.launch(cfg) }
+            .map(|_| ())
+            .map_err(|e| drv(what, e))
+    }
+
+    /// `Backend::replay_step`: stage, then replay the step's graph (capturing it the first
+    /// time); eager where graphs are off or capture failed.
+    pub(super) fn replay(&self, key: StepKey, step: &mut dyn FnMut() -> Result<()>) -> Result<()> {
+        if !self.graphs.enabled.load(Ordering::Relaxed) {
+            return step();
+        }
+        self.meta.begin_stage()?;
+        self.set_mode(Mode::Stage);
+        let staged = step();
+        self.set_mode(Mode::Eager);
+        if let Err(e) = staged {
+            // the same error eagerly means bad input; success means staging is what failed
+            step()?;
+            eprintln!("warning: staging a CUDA graph step failed ({e}); decoding without graphs");
+            self.set_graphs(false);
+            return Ok(());
+        }
+        let moves = self.graphs.moves.load(Ordering::Relaxed);
+        let mut cache = self
+            .graphs
+            .cache
+            .lock()
+            .map_err(|_| drv("graph cache", "poisoned lock"))?;
+        if let Some(c) = cache.iter().find(|c| c.key == key && c.moves == moves) {
+            return c.graph.launch().map_err(|e| drv("graph launch", e));
+        }
+        match self.capture(step, moves) {
+            Ok(graph) => {
+                self.graphs.captures.fetch_add(1, Ordering::Relaxed);
+                graph.launch().map_err(|e| drv("graph launch", e))?;
+                cache.retain(|c| c.key != key && c.moves == moves);
+                if cache.len() >= MAX_GRAPHS {
+                    cache.remove(0);
+                }
+                cache.push(Captured { key, moves, graph });
+                Ok(())
+            }
+            Err(e) => {
+                eprintln!("warning: CUDA graph capture failed ({e}); decoding without graphs");
+                self.set_graphs(false);
+                step()
+            }
+        }
+    }
+
+    /// Record `step`'s launches (its metadata already staged) as an instantiated graph.
+    fn capture(&self, step: &mut dyn FnMut() -> Result<()>, moves: u64) -> Result<CudaGraph> {
+        let stream = &self.gpu.stream;
+        stream
+            .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+            .map_err(|e| drv("begin capture", e))?;
+        self.set_mode(Mode::Capture);
+        let ran = step();
+        self.set_mode(Mode::Eager);
+        // end the capture whatever happened, so the stream leaves capture mode
+        let graph = stream.end_capture(sys::CUgraphInstantiate_flags(0));
+        ran?;
+        let graph = graph
+            .map_err(|e| drv("end capture", e))?
+            .ok_or_else(|| Error::Cuda("the capture recorded no graph".into()))?;
+        if self.graphs.moves.load(Ordering::Relaxed) != moves {
+            return Err(Error::Cuda("a buffer moved while capturing".into()));
+        }
+        Ok(graph)
+    }
+}
