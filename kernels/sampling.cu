@@ -41,3 +41,131 @@ extern "C" __global__ void argmax_rows(u32* __restrict__ out, const float* __res
         if (lane == 0) out[blockIdx.x] = bi;
     }
 }
+
+// sampler.rs::order_key: a > b <=> key(a) > key(b) for non-NaN floats.
+__device__ __forceinline__ u32 order_key(float v) {
+    const u32 b = __float_as_uint(v);
+    return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
+}
+
+// The HF repetition penalty on logits (vocab) at the n distinct ids (sampler.rs::penalize):
+// positive logits divided, negative ones multiplied. One thread per id.
+extern "C" __global__ void penalize(float* __restrict__ logits, const u32* __restrict__ ids, int n,
+                                   int vocab, float penalty) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n || ids[i] >= (u32)vocab) return;
+    float* l = logits + ids[i];
+    *l = *l > 0.0f ? __fdiv_rn(*l, penalty) : __fmul_rn(*l, penalty);
+}
+
+// Sum over the block of f(i) for i < vocab (each thread strides the row).
+template <typename F>
+__device__ __forceinline__ float row_sum(F f, int vocab, float* sh) {
+    float s = 0.0f;
+    for (int i = threadIdx.x; i < vocab; i += blockDim.x) s += f(i);
+    return block_sum(s, sh);
+}
+
+// sampler.rs::draw on logits (vocab), sort-free, one block (a multiple of 32 threads, at most
+// 1024): candidates are the keys at or above the k-th largest (bisection on the 32-bit key:
+// 32 counting passes), weights exp((z - max) * inv_t), top-p raises the cut to the largest key
+// whose kept mass reaches top_p of the total (bisection again), and out[0] = the first kept id
+// whose running weight sum exceeds u * the kept mass: each thread sums a contiguous chunk, a
+// block scan gives each chunk's offset, and the thread whose chunk holds the crossing walks it.
+extern "C" __global__ void __launch_bounds__(1024) sample_row(u32* __restrict__ out,
+                                                              const float* __restrict__ z,
+                                                              int vocab, float inv_t, int top_k,
+                                                              float top_p, float u) {
+    __shared__ float sh[32];
+    __shared__ float warp_tot[32];
+    __shared__ int found, last;
+    float m = NEG_INF;
+    for (int i = threadIdx.x; i < vocab; i += blockDim.x) m = fmaxf(m, z[i]);
+    m = block_max(m, sh);
+    const auto weight = [=](float v) { return expf(__fmul_rn(__fsub_rn(v, m), inv_t)); };
+    u32 cut = 0;
+    if (top_k > 0 && top_k < vocab) {
+        u32 lo = 0, hi = 0xffffffffu;
+        while (lo < hi) {
+            const u32 mid = lo + (u32)(((unsigned long long)hi - lo + 1ull) >> 1);
+            const float c = row_sum([=](int i) { return order_key(z[i]) >= mid ? 1.0f : 0.0f; },
+                                    vocab, sh);
+            if (c >= (float)top_k) lo = mid;
+            else hi = mid - 1;
+        }
+        cut = lo;
+    }
+    if (top_p < 1.0f) {
+        const float target = __fmul_rn(
+            top_p, row_sum([=](int i) { return order_key(z[i]) >= cut ? weight(z[i]) : 0.0f; },
+                           vocab, sh));
+        u32 lo = cut, hi = order_key(m);
+        while (lo < hi) {
+            const u32 mid = lo + (u32)(((unsigned long long)hi - lo + 1ull) >> 1);
+            const float mass = row_sum(
+                [=](int i) { return order_key(z[i]) >= mid ? weight(z[i]) : 0.0f; }, vocab, sh);
+            if (mass >= target) lo = mid;
+            else hi = mid - 1;
+        }
+        cut = lo;
+    }
+    const float r = __fmul_rn(
+        u, row_sum([=](int i) { return order_key(z[i]) >= cut ? weight(z[i]) : 0.0f; }, vocab, sh));
+    // this thread's chunk and its kept mass
+    const int chunk = (vocab + blockDim.x - 1) / blockDim.x;
+    const int c0 = min(vocab, (int)threadIdx.x * chunk), c1 = min(vocab, c0 + chunk);
+    float s = 0.0f;
+    int my_last = -1;
+    for (int i = c0; i < c1; ++i)
+        if (order_key(z[i]) >= cut) {
+            s += weight(z[i]);
+            my_last = i;
+        }
+    // scan of the chunk sums across the block; a chunk's start is exactly the previous chunk's
+    // end (the same float operations), so the chunks tile [0, total) without gaps or overlaps
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    float incl = s;
+    for (int o = 1; o < 32; o <<= 1) {
+        const float v = __shfl_up_sync(0xffffffffu, incl, o);
+        if (lane >= o) incl += v;
+    }
+    float excl = __shfl_up_sync(0xffffffffu, incl, 1);
+    if (lane == 0) excl = 0.0f;
+    if (threadIdx.x == 0) {
+        found = -1;
+        last = -1;
+    }
+    if (lane == 31) warp_tot[warp] = incl;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        // warp offsets in order, each the previous warp's last inclusive sum plus its offset:
+        // the very addition that warp's lane 31 makes
+        float acc = 0.0f;
+        for (int w = 0; w < (int)(blockDim.x >> 5); ++w) {
+            const float t = warp_tot[w];
+            warp_tot[w] = acc;
+            acc = t + acc;
+        }
+    }
+    __syncthreads();
+    excl += warp_tot[warp];
+    incl += warp_tot[warp];
+    atomicMax(&last, my_last);
+    if (s > 0.0f && excl <= r && r < incl) {
+        // the crossing is in this chunk; rounding may leave it at the chunk's last kept id
+        float rr = r - excl;
+        int pick = my_last;
+        for (int i = c0; i < c1; ++i)
+            if (order_key(z[i]) >= cut) {
+                rr -= weight(z[i]);
+                if (rr < 0.0f) {
+                    pick = i;
+                    break;
+                }
+            }
+        found = pick;
+    }
+    __syncthreads();
+    // r past the scanned total (the two sums round differently): the last kept id
+    if (threadIdx.x == 0) out[0] = (u32)(found >= 0 ? found : last);
+}

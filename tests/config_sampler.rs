@@ -177,6 +177,45 @@ fn repetition_penalty_demotes_seen_tokens() {
 }
 
 #[test]
+fn order_keys_order_floats_and_draw_keeps_ties_at_the_cuts() {
+    use ferroq::engine::sampler::{draw, order_key, Draw};
+    let vals = [
+        f32::NEG_INFINITY,
+        -3.5,
+        -1e-30,
+        -0.0,
+        0.0,
+        1e-30,
+        2.0,
+        7.25,
+        f32::INFINITY,
+    ];
+    for w in vals.windows(2) {
+        assert!(order_key(w[0]) <= order_key(w[1]), "{} {}", w[0], w[1]);
+    }
+    // top-k 2 with a tie for second place keeps all three; u near 1 picks the last kept id
+    let z = [1.0f32, 3.0, 2.0, 0.5, 2.0];
+    let d = |u, top_k, top_p| Draw {
+        temperature: 1.0,
+        top_k,
+        top_p,
+        penalty: 1.0,
+        penalized: &[],
+        u,
+    };
+    let mut keys = Vec::new();
+    assert_eq!(draw(&z, &d(0.0, 2, 1.0), &mut keys), 1);
+    assert_eq!(draw(&z, &d(0.999_999, 2, 1.0), &mut keys), 4);
+    // top-p: e^0 / (e^0 + 2 e^-1 + ...) = 0.53 of the mass is token 1 alone, so p = 0.5 keeps
+    // it alone and p = 0.6 adds both tied seconds
+    assert_eq!(draw(&z, &d(0.999_999, 0, 0.5), &mut keys), 1);
+    assert_eq!(draw(&z, &d(0.999_999, 0, 0.6), &mut keys), 4);
+    // id order: u just past token 1's share of the kept mass lands on token 2, not 4
+    let share = 1.0 / (1.0 + 2.0 * (-1f32).exp());
+    assert_eq!(draw(&z, &d(share + 1e-4, 2, 1.0), &mut keys), 2);
+}
+
+#[test]
 fn same_seed_same_draws() {
     let draw = |seed| {
         let mut s = Sampler::new(

@@ -266,6 +266,47 @@ fn greedy_on_the_backend_equals_argmax_of_the_logits() {
     assert!(e.to_string().contains("argmax logits"), "{e}");
 }
 
+/// `forward_sample` (the backend draws) against `forward` + `Sampler::sample` (the host draws
+/// from the copied logits) with the same seed: the same tokens, with every cut and the penalty
+/// on, and the history growing as generate grows it.
+#[test]
+fn sampling_on_the_backend_equals_the_host_sampler() {
+    use ferroq::engine::sampler::{Sampler, SamplingParams};
+    let (_d, c, _w, m) = load_tiny(false, 17);
+    let params = SamplingParams {
+        temperature: 0.9,
+        top_k: 40,
+        top_p: 0.8,
+        repetition_penalty: 1.3,
+        seed: 5,
+    };
+    let mut a = m.new_session(4, 40, false).expect("session");
+    let mut b = m.new_session(4, 40, false).expect("session");
+    let (mut sa, mut sb) = (
+        Sampler::new(params.clone(), c.vocab_size),
+        Sampler::new(params, c.vocab_size),
+    );
+    let mut history = IDS.to_vec();
+    let mut feed = IDS.to_vec();
+    let mut drawn = std::collections::BTreeSet::new();
+    for step in 0..24 {
+        let want = {
+            let logits = m.forward(&mut a, &feed, Logits::Last).expect("forward");
+            sa.sample(logits, &history)
+        };
+        let d = sb.next_draw(&history);
+        let got = m.forward_sample(&mut b, &feed, &d).expect("forward_sample");
+        assert_eq!(got, want, "step {step}");
+        drawn.insert(got);
+        history.push(got);
+        feed = vec![got];
+    }
+    assert!(
+        drawn.len() > 3,
+        "temperature 0.9 should not be greedy: {drawn:?}"
+    );
+}
+
 #[test]
 fn half_precision_weights_stay_close() {
     let (_d, c, w, m) = load_tiny(false, 5);

@@ -6,7 +6,7 @@
 use crate::backend::Backend;
 use crate::engine::sampler::{Sampler, SamplingParams};
 use crate::error::{Error, Result};
-use crate::model::llama::{LlamaModel, Logits};
+use crate::model::llama::LlamaModel;
 use crate::model::session::Session;
 use crate::tokenizer::{TextStream, TokenizerBundle};
 use std::time::Instant;
@@ -102,14 +102,14 @@ fn generate_here<B: Backend>(
         });
     }
 
-    // greedy decoding picks the token on the backend (only the id crosses to the host)
+    // the backend picks the token (greedy or drawn), so only the id crosses to the host
     let greedy = opts.sampling.is_greedy();
     let mut step = |session: &mut Session<B>, tokens: &[u32], history: &[u32]| -> Result<u32> {
         if greedy {
             model.forward_greedy(session, tokens)
         } else {
-            let logits = model.forward(session, tokens, Logits::Last)?;
-            Ok(sampler.sample(logits, history))
+            let d = sampler.next_draw(history);
+            model.forward_sample(session, tokens, &d)
         }
     };
     let t0 = Instant::now();

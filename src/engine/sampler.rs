@@ -1,7 +1,8 @@
 //! Token sampling: greedy, temperature, top-k, top-p (nucleus) and the HF repetition penalty
-//! (divide positive logits, multiply negative ones, for every token already in the context),
-//! driven by a seeded xoshiro256** generator so a seed reproduces a run. Candidate buffers are
-//! allocated once per sampler, not per token.
+//! (divide positive logits, multiply negative ones, once for every distinct token already in
+//! the context), driven by a seeded xoshiro256** generator so a seed reproduces a run. The draw
+//! rule (`draw`) is sort-free on the device side, so the GPU samples in one block per row with
+//! the same rule (`Backend::sample`). Candidate buffers are allocated once per sampler.
 
 /// xoshiro256** (Blackman & Vigna), seeded through splitmix64.
 #[derive(Clone, Debug)]
@@ -110,8 +111,12 @@ pub struct Sampler {
     rng: Rng,
     /// (vocab) working copy of the logits
     work: Vec<f32>,
-    /// (vocab) candidate ids
-    idx: Vec<u32>,
+    /// (vocab) order keys or candidate (key, weight) pairs of `draw`
+    keys: Vec<u32>,
+    /// (vocab / 64) which ids `penalized` already holds
+    seen: Vec<u64>,
+    /// distinct ids of the context (the repetition penalty's targets)
+    penalized: Vec<u32>,
 }
 
 /// Index of the largest value (first on ties).
@@ -125,79 +130,167 @@ pub fn argmax(x: &[f32]) -> u32 {
     best as u32
 }
 
+/// The sampling of one token, as the CPU sampler and `Backend::sample` run it.
+#[derive(Clone, Copy, Debug)]
+pub struct Draw<'a> {
+    /// 0: greedy (argmax after the penalty)
+    pub temperature: f32,
+    /// 0 disables
+    pub top_k: usize,
+    /// 1.0 disables
+    pub top_p: f32,
+    /// 1.0 disables
+    pub penalty: f32,
+    /// distinct ids the penalty applies to
+    pub penalized: &'a [u32],
+    /// the uniform in [0, 1) that picks the token
+    pub u: f32,
+}
+
+/// a > b ⇔ order_key(a) > order_key(b) for non-NaN floats (the bits of a positive float order
+/// as its value; a negative float's, inverted, order as its value below every positive one).
+pub fn order_key(v: f32) -> u32 {
+    let b = v.to_bits();
+    if b & 0x8000_0000 != 0 {
+        !b
+    } else {
+        b | 0x8000_0000
+    }
+}
+
+/// The HF repetition penalty on `z` (divide positive logits, multiply negative ones), once per
+/// distinct id.
+pub fn penalize(z: &mut [f32], ids: &[u32], penalty: f32) {
+    if penalty == 1.0 {
+        return;
+    }
+    for &t in ids {
+        if let Some(l) = z.get_mut(t as usize) {
+            *l = if *l > 0.0 { *l / penalty } else { *l * penalty };
+        }
+    }
+}
+
+/// Draw a token from `z` (the penalty already applied), sort-free so that one GPU block can
+/// run the same rule (`kernels/sampling.cu::sample_row`): the candidates are the values at or
+/// above the k-th largest (ties kept); weights exp((z − max) / T); top-p keeps the candidates at
+/// or above the largest threshold whose kept mass reaches top_p of the total; the token is the
+/// first kept id, in id order, whose running weight sum exceeds u × the kept mass.
+pub fn draw(z: &[f32], d: &Draw<'_>, keys: &mut Vec<u32>) -> u32 {
+    if d.temperature == 0.0 || z.len() <= 1 {
+        return argmax(z);
+    }
+    let n = z.len();
+    let (max, inv_t) = (
+        z.iter().copied().fold(f32::NEG_INFINITY, f32::max),
+        1.0 / d.temperature,
+    );
+    let weight = |v: f32| ((v - max) * inv_t).exp();
+    let mut cut = 0u32; // keep key >= cut
+    if d.top_k > 0 && d.top_k < n {
+        keys.clear();
+        keys.extend(z.iter().map(|&v| order_key(v)));
+        let (_, kth, _) = keys.select_nth_unstable_by(d.top_k - 1, |a, b| b.cmp(a));
+        cut = *kth;
+    }
+    let total: f32 = z
+        .iter()
+        .filter(|&&v| order_key(v) >= cut)
+        .map(|&v| weight(v))
+        .sum();
+    if d.top_p < 1.0 {
+        // candidates by key, largest first: the key at which the running mass reaches
+        // top_p × total is the largest threshold that keeps that much
+        keys.clear();
+        keys.extend(z.iter().map(|&v| order_key(v)).filter(|&k| k >= cut));
+        keys.sort_unstable_by(|a, b| b.cmp(a));
+        let target = d.top_p * total;
+        let mut cum = 0f32;
+        for &k in keys.iter() {
+            cum += weight(from_key(k));
+            if cum >= target {
+                cut = cut.max(k);
+                break;
+            }
+        }
+    }
+    let kept = |v: f32| order_key(v) >= cut;
+    let mass: f32 = z.iter().filter(|&&v| kept(v)).map(|&v| weight(v)).sum();
+    let mut r = d.u * mass;
+    let mut last = 0;
+    for (i, &v) in z.iter().enumerate() {
+        if kept(v) {
+            last = i;
+            r -= weight(v);
+            if r < 0.0 {
+                return i as u32;
+            }
+        }
+    }
+    last as u32
+}
+
+/// The float whose order key is `k`.
+fn from_key(k: u32) -> f32 {
+    f32::from_bits(if k & 0x8000_0000 != 0 {
+        k & 0x7fff_ffff
+    } else {
+        !k
+    })
+}
+
 impl Sampler {
     pub fn new(params: SamplingParams, vocab: usize) -> Self {
         Sampler {
             rng: Rng::new(params.seed),
             params,
             work: Vec::with_capacity(vocab),
-            idx: Vec::with_capacity(vocab),
+            keys: Vec::with_capacity(vocab),
+            seen: vec![0; vocab.div_ceil(64)],
+            penalized: Vec::new(),
+        }
+    }
+
+    /// The next token's draw: the parameters, the context's distinct ids (when a penalty
+    /// applies) and the next uniform of the seeded generator (one per token either way).
+    pub fn next_draw(&mut self, history: &[u32]) -> Draw<'_> {
+        let p = &self.params;
+        self.penalized.clear();
+        if p.repetition_penalty != 1.0 {
+            for &t in history {
+                let (w, b) = (t as usize / 64, 1u64 << (t % 64));
+                if let Some(word) = self.seen.get_mut(w) {
+                    if *word & b == 0 {
+                        *word |= b;
+                        self.penalized.push(t);
+                    }
+                }
+            }
+            for &t in &self.penalized {
+                self.seen[t as usize / 64] = 0;
+            }
+        }
+        let u = self.rng.next_f32();
+        Draw {
+            temperature: p.temperature,
+            top_k: p.top_k,
+            top_p: p.top_p,
+            penalty: p.repetition_penalty,
+            penalized: &self.penalized,
+            u,
         }
     }
 
     /// Pick the next token from `logits` (vocab); `history` is the context so far.
     pub fn sample(&mut self, logits: &[f32], history: &[u32]) -> u32 {
-        let p = &self.params;
-        self.work.clear();
-        self.work.extend_from_slice(logits);
-        if p.repetition_penalty != 1.0 {
-            for &t in history {
-                if let Some(l) = self.work.get_mut(t as usize) {
-                    *l = if *l > 0.0 {
-                        *l / p.repetition_penalty
-                    } else {
-                        *l * p.repetition_penalty
-                    };
-                }
-            }
-        }
-        if p.temperature == 0.0 {
-            return argmax(&self.work);
-        }
-        let inv_t = 1.0 / p.temperature;
-        self.idx.clear();
-        self.idx.extend(0..self.work.len() as u32);
-        let w = &self.work;
-        let by_logit_desc =
-            |a: &u32, b: &u32| w[*b as usize].total_cmp(&w[*a as usize]).then(a.cmp(b));
-        let k = if p.top_k > 0 {
-            p.top_k.min(self.idx.len())
-        } else {
-            self.idx.len()
-        };
-        if k < self.idx.len() {
-            self.idx.select_nth_unstable_by(k - 1, by_logit_desc);
-            self.idx.truncate(k);
-        }
-        self.idx.sort_unstable_by(by_logit_desc);
-        // softmax over the candidates, written into work[] at the candidate ids
-        let max = w[self.idx[0] as usize];
-        let mut sum = 0f32;
-        let probs: &mut Vec<f32> = &mut self.work;
-        for &i in &self.idx {
-            let e = ((probs[i as usize] - max) * inv_t).exp();
-            probs[i as usize] = e;
-            sum += e;
-        }
-        let mut keep = self.idx.len();
-        if p.top_p < 1.0 {
-            let mut cum = 0f32;
-            for (n, &i) in self.idx.iter().enumerate() {
-                cum += probs[i as usize] / sum;
-                if cum >= p.top_p {
-                    keep = n + 1;
-                    break;
-                }
-            }
-        }
-        let total: f32 = self.idx[..keep].iter().map(|&i| probs[i as usize]).sum();
-        let mut r = self.rng.next_f32() * total;
-        for &i in &self.idx[..keep] {
-            r -= probs[i as usize];
-            if r <= 0.0 {
-                return i;
-            }
-        }
-        self.idx[keep - 1]
+        let mut work = std::mem::take(&mut self.work);
+        let mut keys = std::mem::take(&mut self.keys);
+        work.clear();
+        work.extend_from_slice(logits);
+        let d = self.next_draw(history);
+        penalize(&mut work, d.penalized, d.penalty);
+        let id = draw(&work, &d, &mut keys);
+        (self.work, self.keys) = (work, keys);
+        id
     }
 }

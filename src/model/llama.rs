@@ -6,6 +6,7 @@
 //! (one token) allocate nothing.
 
 use crate::backend::{AttentionArgs, Backend, KvSeq, LinearInput};
+use crate::engine::sampler::Draw;
 use crate::error::{Error, Result};
 use crate::model::config::{LmHead, ModelConfig};
 use crate::model::hadamard;
@@ -651,6 +652,12 @@ impl<B: Backend> LlamaModel<B> {
                 .read(&ws.logits, 0, &mut ws.host_logits[..n * vocab])?;
         }
         Ok(n)
+    }
+
+    /// The token `d` draws from the first row of the backend's logits, on the backend.
+    pub(crate) fn sample(&self, ws: &mut Workspace<B>, d: &Draw<'_>) -> Result<u32> {
+        self.backend
+            .sample(&mut ws.logits, self.config.vocab_size, d)
     }
 
     /// The greedy next token of each of the first out.len() rows of the backend's logits,

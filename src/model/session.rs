@@ -5,6 +5,7 @@
 //! one-entry block table, so a prompt gives the same logits here and there.
 
 use crate::backend::{Backend, KvSeq, StepKey};
+use crate::engine::sampler::Draw;
 use crate::error::{Error, Result};
 use crate::model::kv::KvCache;
 use crate::model::llama::{ActivationHook, LlamaModel, Logits, Workspace};
@@ -111,6 +112,20 @@ impl<B: Backend> LlamaModel<B> {
         }
         self.greedy(&s.ws, &mut id)?;
         Ok(id[0])
+    }
+
+    /// Feed `tokens` at the session's position and return the next token drawn by `d` (what
+    /// `forward` + `Sampler::sample` give for the same draw), on the backend: only the id
+    /// crosses to the host.
+    pub fn forward_sample(&self, s: &mut Session<B>, tokens: &[u32], d: &Draw<'_>) -> Result<u32> {
+        Self::check_room(s, tokens)?;
+        let n = self.feed_head(s, tokens, None)?;
+        if n != 1 {
+            return Err(Error::InvalidArgument(format!(
+                "sample: {n} rows of logits for one id"
+            )));
+        }
+        self.sample(&mut s.ws, d)
     }
 
     /// `feed`, then the LM head on the rows it picks, into the backend's logits; returns how

@@ -13,6 +13,7 @@ pub mod vmath;
 pub mod vnni;
 
 use super::{AttentionArgs, Backend, KvSeq, ATTN_ROWS};
+use crate::engine::sampler::{self, Draw};
 use crate::error::{Error, Result};
 use crate::model::linear::{Linear, LinearWeight};
 use crate::quant::{self, ActQuant, ActSpec, Phase, QDType, QuantWeight};
@@ -172,6 +173,8 @@ struct ActScratch {
 
 thread_local! {
     static SCRATCH: RefCell<ActScratch> = RefCell::new(ActScratch::default());
+    /// `sampler::draw`'s (vocab) keys
+    static KEYS: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
 }
 
 fn grow<T: Clone + Default>(v: &mut Vec<T>, n: usize) {
@@ -745,6 +748,13 @@ impl Backend for CpuBackend {
             crate::model::hadamard::fwht(x, block);
         }
         Ok(())
+    }
+
+    fn sample(&self, logits: &mut Vec<f32>, vocab: usize, d: &Draw<'_>) -> Result<u32> {
+        check_len("sample logits", logits.len(), vocab.max(1))?;
+        let z = &mut logits[..vocab];
+        sampler::penalize(z, d.penalized, d.penalty);
+        Ok(KEYS.with(|k| sampler::draw(z, d, &mut k.borrow_mut())))
     }
 
     fn argmax_rows(&self, logits: &Vec<f32>, vocab: usize, out: &mut [u32]) -> Result<()> {

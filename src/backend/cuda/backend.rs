@@ -20,6 +20,7 @@ use super::qlinear::{arg_or_null, launch};
 use super::runtime::Gpu;
 use super::scratch::{Scratch, ScratchCell};
 use crate::backend::{AttentionArgs, Backend, KvSeq, LinearInput, StepKey};
+use crate::engine::sampler::Draw;
 use crate::error::{Error, Result};
 use crate::model::linear::Linear;
 use crate::quant::{Phase, QuantWeight};
@@ -515,6 +516,10 @@ impl Backend for CudaBackend {
 
     fn replay_step(&self, key: StepKey, step: &mut dyn FnMut() -> Result<()>) -> Result<()> {
         self.replay(key, step)
+    }
+
+    fn sample(&self, logits: &mut Self::Buf, vocab: usize, d: &Draw<'_>) -> Result<u32> {
+        self.sample_on_device(logits, vocab, d)
     }
 
     fn argmax_rows(&self, logits: &Self::Buf, vocab: usize, out: &mut [u32]) -> Result<()> {

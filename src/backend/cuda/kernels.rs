@@ -130,10 +130,12 @@ pub enum Kernel {
     GemmBf16Tc,
     AttnPrefillHd64,
     AttnPrefillHd128,
+    Penalize,
+    SampleRow,
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 34] = [
+    pub const ALL: [Kernel; 36] = [
         Kernel::RmsNorm,
         Kernel::AddRmsNorm,
         Kernel::Rope,
@@ -168,6 +170,8 @@ impl Kernel {
         Kernel::GemmBf16Tc,
         Kernel::AttnPrefillHd64,
         Kernel::AttnPrefillHd128,
+        Kernel::Penalize,
+        Kernel::SampleRow,
     ];
 
     pub fn module(self) -> Module {
@@ -184,7 +188,7 @@ impl Kernel {
             Kernel::GemmBf16 | Kernel::GemvBf16 | Kernel::CastBf16 | Kernel::GemmBf16Tc => {
                 Module::Gemm
             }
-            Kernel::ArgmaxRows => Module::Sampling,
+            Kernel::ArgmaxRows | Kernel::Penalize | Kernel::SampleRow => Module::Sampling,
             Kernel::GemmW8a8 | Kernel::GemvW8a8 => Module::GemmInt8,
             Kernel::RmsNormQuantI8
             | Kernel::SiluMulQuantI8
@@ -264,6 +268,8 @@ impl Kernel {
             Kernel::GemmBf16Tc => "gemm_bf16_tc",
             Kernel::AttnPrefillHd64 => "attn_prefill_hd64",
             Kernel::AttnPrefillHd128 => "attn_prefill_hd128",
+            Kernel::Penalize => "penalize",
+            Kernel::SampleRow => "sample_row",
         }
     }
 }

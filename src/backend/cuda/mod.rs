@@ -17,4 +17,5 @@ mod meta;
 pub mod nvrtc;
 pub mod qlinear;
 pub mod runtime;
+mod sample;
 mod scratch;

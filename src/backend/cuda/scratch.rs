@@ -1,7 +1,7 @@
 //! Device scratch that lives as long as the backend, so a decode step allocates nothing on the
 //! device (issue 5: "no allocation ... per decoded token"): quantized activations and their
-//! scales, the bf16 copy of a prefill GEMM's input, split-attention partials, token ids and
-//! greedy ids. Each buffer only grows (to the next power of two, so a prefill that lengthens a
+//! scales, the bf16 copy of a prefill GEMM's input, split-attention partials, greedy or sampled
+//! ids and the ids under the repetition penalty. Each buffer only grows (to the next power of two, so a prefill that lengthens a
 //! little each call does not reallocate each time); kernels take explicit sizes, so a longer
 //! buffer than a call needs is harmless. Every launch is on the backend's one stream, so a
 //! buffer reused by the next op is written only after the previous op has read it; an op
@@ -41,7 +41,8 @@ pub(super) struct Scratch {
     pub act_zp: Grow<i32>, // (rows) their zero points (int8)
     pub bf16: Grow<u16>, // (rows, k) bf16 activations of a tensor-core GEMM
     pub attn_part: Grow<f32>, // (rows, heads, splits, hd + 2) split-attention partials
-    pub ids: Grow<u32>,  // (rows) token ids in, greedy ids out
+    pub ids: Grow<u32>,  // (rows) greedy or sampled ids out
+    pub penalized: Grow<u32>, // (n) distinct ids under the repetition penalty
 }
 
 impl CudaBackend {
