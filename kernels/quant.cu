@@ -177,3 +177,72 @@ extern "C" __global__ void silu_mul_quant_fp8(unsigned char* __restrict__ q,
     quantize_row_fp8(q + (size_t)blockIdx.x * dim, scale + blockIdx.x,
                      [=](int i) { return gr[i]; }, dim, static_scale, sh);
 }
+
+// The row the rotating quantizers start from, into shared memory s (dim floats): mode 0 x as
+// it is, 1 rms_norm(x [+= y, written back]) * w, 2 silu(x) * y (x = gate, written back, y = up).
+__device__ __forceinline__ void source_row(float* s, float* x, const float* __restrict__ y,
+                                           const float* __restrict__ w, int mode, int dim,
+                                           float eps, float* sh) {
+    float* xr = x + (size_t)blockIdx.x * dim;
+    if (mode == 1) {
+        const float r = residual_rms(xr, y, dim, eps, sh);
+        for (int i = threadIdx.x; i < dim; i += blockDim.x)
+            s[i] = __fmul_rn(__fmul_rn(xr[i], r), w[i]);
+    } else if (mode == 2) {
+        silu_mul_row(xr, y + (size_t)blockIdx.x * dim, dim);
+        for (int i = threadIdx.x; i < dim; i += blockDim.x) s[i] = xr[i];
+    } else {
+        for (int i = threadIdx.x; i < dim; i += blockDim.x) s[i] = xr[i];
+    }
+    __syncthreads();
+}
+
+// s (dim) <- blockdiag(H_block) s / sqrt(block) in place: hadamard.cu's butterflies in the
+// same order (so the same bits as the CPU's model::hadamard::fwht), all blocks of the row at
+// once.
+__device__ __forceinline__ void fwht_row(float* s, int dim, int block) {
+    const int half = block >> 1;
+    for (int h = 1; h < block; h <<= 1) {
+        for (int t = threadIdx.x; t < (dim >> 1); t += blockDim.x) {
+            const int i = (t / half) * block + ((t % half) / h) * 2 * h + (t % half) % h;
+            const float u = s[i], v = s[i + h];
+            s[i] = u + v;
+            s[i + h] = u - v;
+        }
+        __syncthreads();
+    }
+    const float norm = __fdiv_rn(1.0f, __fsqrt_rn((float)block));
+    for (int i = threadIdx.x; i < dim; i += blockDim.x) s[i] = __fmul_rn(s[i], norm);
+    __syncthreads();
+}
+
+// The QuaRot online rotation fused between a linear input's producer and its int8
+// quantization: source_row (mode), fwht_row, then quantize_row from shared memory; the rotated
+// float row is never stored. One block per row, dim floats of dynamic shared memory.
+extern "C" __global__ void rotate_quant_i8(i8* __restrict__ q, float* __restrict__ scale,
+                                           int* __restrict__ zp, float* __restrict__ x,
+                                           const float* __restrict__ y,
+                                           const float* __restrict__ w, int mode, int dim,
+                                           int block, float eps, int symmetric,
+                                           float static_scale, int static_zp) {
+    extern __shared__ float s[];
+    __shared__ float sh[32];
+    source_row(s, x, y, w, mode, dim, eps, sh);
+    fwht_row(s, dim, block);
+    quantize_row(q + (size_t)blockIdx.x * dim, scale + blockIdx.x, zp + blockIdx.x,
+                 [=](int i) { return s[i]; }, dim, symmetric, static_scale, static_zp, sh);
+}
+
+// As rotate_quant_i8, to E4M3 (dim even).
+extern "C" __global__ void rotate_quant_fp8(unsigned char* __restrict__ q,
+                                            float* __restrict__ scale, float* __restrict__ x,
+                                            const float* __restrict__ y,
+                                            const float* __restrict__ w, int mode, int dim,
+                                            int block, float eps, float static_scale) {
+    extern __shared__ float s[];
+    __shared__ float sh[32];
+    source_row(s, x, y, w, mode, dim, eps, sh);
+    fwht_row(s, dim, block);
+    quantize_row_fp8(q + (size_t)blockIdx.x * dim, scale + blockIdx.x,
+                     [=](int i) { return s[i]; }, dim, static_scale, sh);
+}

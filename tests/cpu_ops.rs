@@ -265,6 +265,7 @@ fn project_norm_after_residual_then_linears() {
     };
     b.project(
         input,
+        None,
         &mut [(&mut o0, &l0), (&mut o1, &l1)],
         m,
         k,
@@ -306,7 +307,8 @@ fn project_norm_after_residual_then_linears() {
     let mut o2 = vec![0.0; m * 4];
     let e = b
         .project(
-            LinearInput::Ready(&x),
+            LinearInput::Ready(&mut x),
+            None,
             &mut [(&mut o0, &l0), (&mut o2, &narrow)],
             m,
             k,

@@ -108,18 +108,20 @@ pub trait Backend: Send + Sync + Sized + 'static {
     /// gate/up, SiLU·up before down_proj, or a ready buffer. A backend may fuse the producer
     /// with the activation quantization the linears share (issue 6: the norm output never
     /// stored in float, one quantization for q, k and v); the default runs the ops one by one.
-    /// With no linears, the input is produced in float all the same (to be rotated or observed
-    /// before a second call with `Ready`).
+    /// `rotate: Some(b)` applies the online Hadamard rotation blockdiag(H_b) (`model::hadamard`)
+    /// to the input before the linears. With no linears, the input is produced (and rotated) in
+    /// float all the same, to be observed before a second call with `Ready`.
     fn project(
         &self,
         input: LinearInput<'_, Self>,
+        rotate: Option<usize>,
         outs: &mut [(&mut Self::Buf, &Linear<Self>)],
         rows: usize,
         cols: usize,
         phase: Phase,
     ) -> Result<()> {
         check_inputs(outs.iter().map(|(_, w)| *w), cols)?;
-        let x: &Self::Buf = match input {
+        let x: &mut Self::Buf = match input {
             LinearInput::Ready(x) => x,
             LinearInput::Norm {
                 res,
@@ -139,6 +141,9 @@ pub trait Backend: Send + Sync + Sized + 'static {
                 gate
             }
         };
+        if let Some(block) = rotate {
+            self.hadamard(x, rows * cols, block)?;
+        }
         for (out, w) in outs.iter_mut() {
             self.linear(out, x, w, rows, phase)?;
         }
@@ -205,10 +210,11 @@ pub struct StepKey {
 /// What produces the input (rows, cols) of [`Backend::project`]'s linears.
 pub enum LinearInput<'a, B: Backend> {
     /// x, ready.
-    Ready(&'a B::Buf),
+    Ready(&'a mut B::Buf),
     /// res (rows, cols) += add when given (the residual stream, updated in place), then
-    /// x = rms_norm(res) * weight (cols). x holds the normalized rows afterwards unless every
-    /// linear took a fused quantized input, in which case its contents are unspecified.
+    /// x = rms_norm(res) * weight (cols). x holds the normalized (and rotated) rows afterwards
+    /// unless every linear took a fused quantized input, in which case its contents are
+    /// unspecified.
     Norm {
         res: &'a mut B::Buf,
         add: Option<&'a B::Buf>,
@@ -222,6 +228,9 @@ pub enum LinearInput<'a, B: Backend> {
         up: &'a B::Buf,
     },
 }
+// When the call rotates, the buffer that is x (Ready's, Norm's x, SiluMul's gate) holds the
+// rotated rows afterwards, unless every linear took a fused quantized input: then its contents
+// are unspecified (Norm's residual stream is always updated).
 
 /// Every linear of a [`Backend::project`] group must read `cols` features.
 pub fn check_inputs<'a, B: Backend>(

@@ -527,36 +527,26 @@ impl<B: Backend> LlamaModel<B> {
         for sq in seqs {
             sq.check(kv.block_size, kv.n_blocks, ws.max_seq, rows)?;
         }
-        // A linear input is complete: rotate it if the model says so (consumers' weights were
-        // rotated to match), then copy it to the host for the hook (calibration only), so
-        // calibration sees exactly what the linears quantize.
-        macro_rules! observe {
-            ($l:expr, $site:expr, $buf:ident, $dim:expr) => {
-                if let Some(block) = c.hadamard.block($site) {
-                    b.hadamard(&mut ws.$buf, rows * $dim, block)?;
-                }
+        let (dim, hd, eps) = (c.hidden_size, c.head_dim, c.rms_norm_eps);
+        let (cos, sin) = (&self.rope_cos, &self.rope_sin);
+        // The linears of a site on the input `$input` makes, rotated if the model says so (the
+        // consumers' weights were rotated to match). The backend may fuse producer, rotation
+        // and the activation quantization the linears share. Under a hook (calibration) the
+        // input is made in float first (`$buf`) and copied to the host, so calibration sees
+        // exactly what the linears quantize.
+        macro_rules! project {
+            ($l:expr, $site:expr, $input:expr, $buf:ident, $dim:expr, [$(($out:ident, $w:expr)),+]) => {
+                let rotate = c.hadamard.block($site);
                 if let Some(h) = hook.as_deref_mut() {
+                    b.project($input, rotate, &mut [], rows, $dim, ph)?;
                     let n = rows * $dim;
                     b.read(&ws.$buf, 0, &mut ws.obs[..n])?;
                     h.observe($l, $site, &ws.obs[..n], rows, $dim);
-                }
-            };
-        }
-        let (dim, hd, eps) = (c.hidden_size, c.head_dim, c.rms_norm_eps);
-        let (cos, sin) = (&self.rope_cos, &self.rope_sin);
-        let observing = hook.is_some();
-        // The linears of a site on the input `$input` makes. A site whose input is rotated or
-        // observed gets it in float first (`$buf`); the others let the backend fuse the
-        // producer with the activation quantization its linears share.
-        macro_rules! project {
-            ($l:expr, $site:expr, $input:expr, $buf:ident, $dim:expr, [$(($out:ident, $w:expr)),+]) => {
-                if observing || c.hadamard.block($site).is_some() {
-                    b.project($input, &mut [], rows, $dim, ph)?;
-                    observe!($l, $site, $buf, $dim);
                     let outs = &mut [$((&mut ws.$out, $w)),+];
-                    b.project(LinearInput::Ready(&ws.$buf), outs, rows, $dim, ph)?;
+                    b.project(LinearInput::Ready(&mut ws.$buf), None, outs, rows, $dim, ph)?;
                 } else {
-                    b.project($input, &mut [$((&mut ws.$out, $w)),+], rows, $dim, ph)?;
+                    let outs = &mut [$((&mut ws.$out, $w)),+];
+                    b.project($input, rotate, outs, rows, $dim, ph)?;
                 }
             };
         }
@@ -595,7 +585,7 @@ impl<B: Backend> LlamaModel<B> {
                 n_kv_heads: c.num_kv_heads,
                 head_dim: hd,
             })?;
-            let att = LinearInput::Ready(&ws.att);
+            let att = LinearInput::Ready(&mut ws.att);
             project!(l, Site::OIn, att, att, c.q_dim(), [(proj, &layer.o)]);
             // MLP block
             let norm = LinearInput::Norm {
@@ -694,14 +684,7 @@ impl<B: Backend> LlamaModel<B> {
             x: &mut ws.x,
         };
         let head = &mut [(&mut ws.logits, &self.lm_head)];
-        match self.lm_head_block {
-            Some(block) => {
-                b.project(norm, &mut [], n, dim, ph)?;
-                b.hadamard(&mut ws.x, n * dim, block)?;
-                b.project(LinearInput::Ready(&ws.x), head, n, dim, ph)?;
-            }
-            None => b.project(norm, head, n, dim, ph)?,
-        }
+        b.project(norm, self.lm_head_block, head, n, dim, ph)?;
         Ok(n)
     }
 }

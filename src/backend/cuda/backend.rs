@@ -25,7 +25,9 @@ use crate::error::{Error, Result};
 use crate::model::linear::Linear;
 use crate::quant::{Phase, QuantWeight};
 use crate::tensor::{DType, HostTensor};
-use cudarc::driver::{CudaFunction, CudaSlice, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{
+    sys, CudaFunction, CudaSlice, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg,
+};
 use half::bf16;
 
 /// A dense `[rows, cols]` weight in BF16 on the device.
@@ -46,6 +48,8 @@ pub struct CudaBackend {
     pub(super) scratch: ScratchCell,
     /// captured decode steps and the staging / capture mode (`graph.rs`)
     pub(super) graphs: Graphs,
+    /// dynamic shared memory a rotating quantizer's block may take (bytes)
+    pub(super) row_smem: usize,
 }
 
 /// Rows at most for the weight-streaming GEMV (its kernel's GEMV_MAX_M).
@@ -91,6 +95,24 @@ impl CudaBackend {
             .map(|k| gpu.function(k))
             .collect::<Result<Vec<_>>>()?;
         let blas = Blas::open(&gpu.stream)?;
+        // the rotating quantizers hold a whole row in shared memory: allow what the device
+        // allows a block (227 KiB on Hopper), not the default 48 KiB
+        let smem_optin = gpu
+            .ctx
+            .attribute(
+                sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
+            )
+            .map_err(|e| drv("shared memory limit", e))?;
+        // static shared memory (the reductions' few floats) comes out of the same budget
+        let row_smem = (smem_optin.max(0) as usize).saturating_sub(1024);
+        for k in [Kernel::RotateQuantI8, Kernel::RotateQuantFp8] {
+            functions[k.index()]
+                .set_attribute(
+                    sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    row_smem as i32,
+                )
+                .map_err(|e| drv("shared memory opt-in", e))?;
+        }
         Ok(CudaBackend {
             gpu,
             functions,
@@ -98,6 +120,7 @@ impl CudaBackend {
             meta: MetaCache::default(),
             scratch: ScratchCell::default(),
             graphs: Graphs::default(),
+            row_smem,
         })
     }
 
@@ -414,12 +437,13 @@ impl Backend for CudaBackend {
     fn project(
         &self,
         input: LinearInput<'_, Self>,
+        rotate: Option<usize>,
         outs: &mut [(&mut Self::Buf, &Linear<Self>)],
         rows: usize,
         cols: usize,
         phase: Phase,
     ) -> Result<()> {
-        self.project_on(input, outs, rows, cols, phase)
+        self.project_on(input, rotate, outs, rows, cols, phase)
     }
 
     fn rope(

@@ -132,10 +132,12 @@ pub enum Kernel {
     AttnPrefillHd128,
     Penalize,
     SampleRow,
+    RotateQuantI8,
+    RotateQuantFp8,
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 36] = [
+    pub const ALL: [Kernel; 38] = [
         Kernel::RmsNorm,
         Kernel::AddRmsNorm,
         Kernel::Rope,
@@ -172,6 +174,8 @@ impl Kernel {
         Kernel::AttnPrefillHd128,
         Kernel::Penalize,
         Kernel::SampleRow,
+        Kernel::RotateQuantI8,
+        Kernel::RotateQuantFp8,
     ];
 
     pub fn module(self) -> Module {
@@ -195,7 +199,9 @@ impl Kernel {
             | Kernel::QuantRowsI8
             | Kernel::QuantRowsFp8
             | Kernel::RmsNormQuantFp8
-            | Kernel::SiluMulQuantFp8 => Module::Quant,
+            | Kernel::SiluMulQuantFp8
+            | Kernel::RotateQuantI8
+            | Kernel::RotateQuantFp8 => Module::Quant,
             Kernel::FwhtBlocks => Module::Hadamard,
             Kernel::GemmFp8 | Kernel::GemvFp8 => Module::GemmFp8,
             Kernel::GemvW4a16 | Kernel::GemmW4a16 => Module::GemmInt4,
@@ -270,6 +276,8 @@ impl Kernel {
             Kernel::AttnPrefillHd128 => "attn_prefill_hd128",
             Kernel::Penalize => "penalize",
             Kernel::SampleRow => "sample_row",
+            Kernel::RotateQuantI8 => "rotate_quant_i8",
+            Kernel::RotateQuantFp8 => "rotate_quant_fp8",
         }
     }
 }

@@ -5,10 +5,10 @@
 //! W4A16 int4 groups against BF16-rounded activations (GEMV for decode, dequantize-in-tile GEMM
 //! otherwise). `Backend::project` lands here: linears that quantize their shared input the same
 //! way (`ActKey`) quantize it once, fused with the norm (after the residual add) or SiLU·up
-//! that produces it when the whole group agrees. Kernels in `kernels/gemm_int8.cu`,
+//! that produces it, and with the QuaRot online rotation, when the whole group agrees. Kernels in `kernels/gemm_int8.cu`,
 //! `quant.cu`, `gemm_fp8.cu`, `gemm_int4.cu`; activations in the backend's `Scratch`.
 
-use super::backend::{check, grid1, i32_of, CudaBackend};
+use super::backend::{check, grid, grid1, i32_of, CudaBackend};
 use super::kernels::Kernel;
 use super::scratch::Scratch;
 use crate::backend::{check_inputs, Backend, LinearInput};
@@ -231,7 +231,8 @@ impl CudaBackend {
             match ActKey::of(w, phase) {
                 Some(key) => {
                     if held != Some(key) {
-                        self.quantize(&mut sc, key, QuantSrc::Rows(x), rows, w.in_features)?;
+                        let src = QuantSrc::Rows(x);
+                        self.quantize(&mut sc, key, src, None, rows, w.in_features)?;
                         held = Some(key);
                     }
                     self.gemm_quant(out, &sc, w, key, rows)?;
@@ -242,13 +243,15 @@ impl CudaBackend {
         Ok(())
     }
 
-    /// `Backend::project`: the producer fused with the quantization when every linear of the
-    /// group quantizes its input the same way (rms_norm_quant / silu_mul_quant: the normalized
-    /// row is never stored), else the producer alone (the residual add fused into the norm),
-    /// then the linears sharing their quantizations.
+    /// `Backend::project`: when every linear of the group quantizes its input the same way,
+    /// one kernel makes the input (norm after the residual add, SiLU·up, or as it is), rotates
+    /// it if asked and quantizes it: the float row is never stored. Otherwise the producer
+    /// alone (the residual add fused into the norm), the rotation, then the linears sharing
+    /// their quantizations.
     pub(super) fn project_on(
         &self,
         input: LinearInput<'_, Self>,
+        rotate: Option<usize>,
         outs: &mut [(&mut CudaSlice<f32>, &Linear<Self>)],
         rows: usize,
         cols: usize,
@@ -256,49 +259,65 @@ impl CudaBackend {
     ) -> Result<()> {
         check_inputs(outs.iter().map(|(_, w)| *w), cols)?;
         let key = ActKey::shared(outs.iter().map(|(_, w)| *w), phase);
-        let src = match (input, key) {
-            (LinearInput::Ready(x), _) => return self.linears_on(x, outs, rows, phase),
-            (
+        let fuse = match (key, &input, rotate) {
+            (None, ..) | (_, LinearInput::Ready(_), None) => None,
+            (Some(key), _, None) => Some(key),
+            (Some(key), _, Some(b)) => self.rotation_fits(b, cols).then_some(key),
+        };
+        let Some(key) = fuse else {
+            let x: &mut CudaSlice<f32> = match input {
+                LinearInput::Ready(x) => x,
                 LinearInput::Norm {
                     res,
                     add,
                     weight,
                     eps,
                     x,
-                },
-                None,
-            ) => {
-                self.add_rms_norm(x, res, add, weight, rows, cols, eps)?;
-                return self.linears_on(x, outs, rows, phase);
+                } => {
+                    self.add_rms_norm(x, res, add, weight, rows, cols, eps)?;
+                    x
+                }
+                LinearInput::SiluMul { gate, up } => {
+                    self.silu_mul(gate, up, rows * cols)?;
+                    gate
+                }
+            };
+            if let Some(block) = rotate {
+                self.hadamard(x, rows * cols, block)?;
             }
-            (LinearInput::SiluMul { gate, up }, None) => {
-                self.silu_mul(gate, up, rows * cols)?;
-                return self.linears_on(gate, outs, rows, phase);
-            }
-            (
-                LinearInput::Norm {
-                    res,
-                    add,
-                    weight,
-                    eps,
-                    ..
-                },
-                Some(_),
-            ) => QuantSrc::Norm {
+            return self.linears_on(x, outs, rows, phase);
+        };
+        let src = match input {
+            LinearInput::Ready(x) => QuantSrc::Rows(x),
+            LinearInput::Norm {
+                res,
+                add,
+                weight,
+                eps,
+                ..
+            } => QuantSrc::Norm {
                 res,
                 add,
                 weight,
                 eps,
             },
-            (LinearInput::SiluMul { gate, up }, Some(_)) => QuantSrc::SiluMul { gate, up },
+            LinearInput::SiluMul { gate, up } => QuantSrc::SiluMul { gate, up },
         };
-        let key = key.ok_or_else(|| Error::Cuda("project: fused without a shared key".into()))?;
         let mut sc = self.scratch()?;
-        self.quantize(&mut sc, key, src, rows, cols)?;
+        self.quantize(&mut sc, key, src, rotate, rows, cols)?;
         for (out, w) in outs.iter_mut() {
             self.gemm_quant(out, &sc, w, key, rows)?;
         }
         Ok(())
+    }
+
+    /// Whether rotate_quant_* can rotate rows of `cols` in blocks of `block`: a power of two
+    /// up to 4096 (the Hadamard kernels' limit) dividing cols, the row in shared memory.
+    fn rotation_fits(&self, block: usize, cols: usize) -> bool {
+        block.is_power_of_two()
+            && (2..=4096).contains(&block)
+            && cols.is_multiple_of(block)
+            && cols * 4 <= self.row_smem
     }
 
     /// A linear on float activations: dense BF16, or W4A16; the error for a quantized weight
@@ -324,13 +343,15 @@ impl CudaBackend {
         }
     }
 
-    /// Quantize `src` (rows, k) as `key` says into the scratch's act_q / act_scale / act_zp:
-    /// one block per row of quant_rows_*, rms_norm_quant_* or silu_mul_quant_*.
+    /// Quantize `src` (rows, k), rotated by blockdiag(H_b) when `rotate` is Some(b), as `key`
+    /// says into the scratch's act_q / act_scale / act_zp: one block per row of quant_rows_*,
+    /// rms_norm_quant_*, silu_mul_quant_* or rotate_quant_*.
     fn quantize(
         &self,
         sc: &mut Scratch,
         key: ActKey,
         src: QuantSrc<'_>,
+        rotate: Option<usize>,
         rows: usize,
         k: usize,
     ) -> Result<()> {
@@ -366,43 +387,59 @@ impl CudaBackend {
             }
             ActKey::Fp8 { fixed } => (false, 0, fixed.unwrap_or(0.0), 0),
         };
-        let kern = match (&src, int8) {
-            (QuantSrc::Rows(_), true) => Kernel::QuantRowsI8,
-            (QuantSrc::Norm { .. }, true) => Kernel::RmsNormQuantI8,
-            (QuantSrc::SiluMul { .. }, true) => Kernel::SiluMulQuantI8,
-            (QuantSrc::Rows(_), false) => Kernel::QuantRowsFp8,
-            (QuantSrc::Norm { .. }, false) => Kernel::RmsNormQuantFp8,
-            (QuantSrc::SiluMul { .. }, false) => Kernel::SiluMulQuantFp8,
+        // the rotating kernels take every source's pointers and a mode (quant.cu::source_row)
+        let (mode, eps) = match &src {
+            QuantSrc::Rows(_) => (0i32, 0f32),
+            QuantSrc::Norm { eps, .. } => (1, *eps),
+            QuantSrc::SiluMul { .. } => (2, 0.0),
+        };
+        let block_i = i32_of(rotate.unwrap_or(0), "hadamard block")?;
+        let kern = match (&src, int8, rotate.is_some()) {
+            (_, true, true) => Kernel::RotateQuantI8,
+            (_, false, true) => Kernel::RotateQuantFp8,
+            (QuantSrc::Rows(_), true, false) => Kernel::QuantRowsI8,
+            (QuantSrc::Norm { .. }, true, false) => Kernel::RmsNormQuantI8,
+            (QuantSrc::SiluMul { .. }, true, false) => Kernel::SiluMulQuantI8,
+            (QuantSrc::Rows(_), false, false) => Kernel::QuantRowsFp8,
+            (QuantSrc::Norm { .. }, false, false) => Kernel::RmsNormQuantFp8,
+            (QuantSrc::SiluMul { .. }, false, false) => Kernel::SiluMulQuantFp8,
         };
         let mut b = stream.launch_builder(self.f(kern));
         b.arg(q).arg(scale);
         if int8 {
             b.arg(zp);
         }
-        let eps = match src {
-            QuantSrc::Rows(x) => {
-                b.arg(x);
-                None
+        match (src, rotate.is_some()) {
+            (QuantSrc::Rows(x), true) => {
+                b.arg(x).arg(&null).arg(&null);
             }
-            QuantSrc::Norm {
-                res,
-                add,
-                weight,
-                eps,
-            } => {
+            (QuantSrc::Rows(x), false) => {
+                b.arg(x);
+            }
+            (
+                QuantSrc::Norm {
+                    res, add, weight, ..
+                },
+                _,
+            ) => {
                 b.arg(res);
                 arg_or_null(&mut b, add, &null);
                 b.arg(weight);
-                Some(eps)
             }
-            QuantSrc::SiluMul { gate, up } => {
+            (QuantSrc::SiluMul { gate, up }, r) => {
                 b.arg(gate).arg(up);
-                None
+                if r {
+                    b.arg(&null);
+                }
             }
-        };
-        b.arg(&k_i);
-        if let Some(eps) = &eps {
-            b.arg(eps);
+        }
+        if rotate.is_some() {
+            b.arg(&mode).arg(&k_i).arg(&block_i).arg(&eps);
+        } else {
+            b.arg(&k_i);
+            if mode == 1 {
+                b.arg(&eps);
+            }
         }
         if int8 {
             b.arg(&sym);
@@ -411,12 +448,19 @@ impl CudaBackend {
         if int8 {
             b.arg(&st_zp);
         }
-        // SAFETY: the argument list of `kern` (quant.cu: q, scale, [zp,] the source's
-        // pointers, dim, [eps,] [symmetric,] static scale [, static zp]); one block per row;
-        // q holds rows × k, the scales rows, the sources rows × k and the norm weight k
-        // (checked above); for e4m3, k is even (a multiple of 16, checked at upload, and the
-        // linears' in_features equal k).
-        unsafe { self.go(&mut b, grid1(rows, 256), "quantize activations") }?;
+        let cfg = match rotate {
+            // the whole row in shared memory (fits: checked by `rotation_fits`)
+            Some(_) => grid(rows, 1, 512, k * 4),
+            None => grid1(rows, 256),
+        };
+        // SAFETY: the argument list of `kern` (quant.cu: q, scale, [zp,] the source's pointers
+        // — x, y, w with nulls for the rotating kernels — [mode,] dim, [block,] [eps,]
+        // [symmetric,] static scale [, static zp]); one block per row; q holds rows × k, the
+        // scales rows, the sources rows × k and the norm weight k (checked above); for e4m3, k
+        // is even (a multiple of 16, checked at upload, and the linears' in_features equal k);
+        // a rotation's block is a power of two <= 4096 dividing k and its k × 4 bytes of shared
+        // memory are within the opt-in limit (`rotation_fits`).
+        unsafe { self.go(&mut b, cfg, "quantize activations") }?;
         Ok(())
     }
 
