@@ -80,22 +80,6 @@ fn bf16_tensor(shape: Vec<usize>, scale: f32, offset: f32, seed: u64) -> HostTen
     }
 }
 
-/// Device-to-device copy bandwidth, counting bytes read and written (GB/s).
-fn copy_bandwidth(gpu: &Gpu) -> anyhow::Result<f64> {
-    let n = 1usize << 28; // 1 GiB of f32
-    let src = gpu.stream.alloc_zeros::<f32>(n)?;
-    let mut dst = gpu.stream.alloc_zeros::<f32>(n)?;
-    gpu.stream.memcpy_dtod(&src, &mut dst)?;
-    gpu.stream.synchronize()?;
-    let iters = 20;
-    let t = Instant::now();
-    for _ in 0..iters {
-        gpu.stream.memcpy_dtod(&src, &mut dst)?;
-    }
-    gpu.stream.synchronize()?;
-    Ok(2.0 * (n * 4 * iters) as f64 / t.elapsed().as_secs_f64() / 1e9)
-}
-
 fn main() -> anyhow::Result<()> {
     let a = Args::parse();
     let config = ModelConfig::from_hf_json(&format!(
@@ -113,7 +97,7 @@ fn main() -> anyhow::Result<()> {
         config.intermediate_size,
     );
     let gpu = Gpu::new(0)?;
-    let bw = copy_bandwidth(&gpu)?;
+    let bw = gpu.copy_bandwidth()?;
     println!(
         "device: {} ({}); device-to-device copy {:.0} GB/s (read + write)",
         gpu.info.name, gpu.info.arch, bw

@@ -7,7 +7,10 @@
 //!
 //!   cargo run --release --example cuda_gemm_bench [-- ITERS]
 //!
-//! Prints a markdown table of microseconds per call and TOPS (2·M·N·K / time).
+//! Prints a markdown table of microseconds per call and TOPS (2·M·N·K / time), then the fused
+//! activation quantizers (RMSNorm after the residual add → int8, SiLU·up → int8, the same with
+//! the online Hadamard rotation, and → E4M3) in GB/s of compulsory traffic against the copy
+//! bandwidth measured in the same run.
 
 use ferroq::backend::cuda::backend::CudaBackend;
 use ferroq::backend::Backend;
@@ -150,6 +153,108 @@ fn main() -> anyhow::Result<()> {
                     2.0 * (m * n * k) as f64 / s / 1e12
                 );
             }
+        }
+    }
+    quantizer_bandwidth(iters)
+}
+
+/// The fused quantizers on 4096 rows of Llama-3.1-8B's hidden (4096) and FFN (14336) widths.
+/// Compulsory bytes per element: the two f32 inputs read, the updated f32 written back (the
+/// residual stream, or SiLU·up), one code byte written — 13.
+fn quantizer_bandwidth(iters: usize) -> anyhow::Result<()> {
+    use cudarc::driver::{sys, LaunchConfig, PushKernelArg};
+    use ferroq::backend::cuda::kernels::Kernel;
+    use ferroq::backend::cuda::runtime::Gpu;
+    let mut g = Gpu::new(0)?;
+    let bw = g.copy_bandwidth()?;
+    println!();
+    println!("copy bandwidth (read + write): {bw:.0} GB/s");
+    println!("| fused quantizer | rows × dim | µs | GB/s | % of copy |");
+    println!("|---|---|---|---|---|");
+    let fp8 = g.info.capability >= (8, 9);
+    let rows = 4096usize;
+    for dim in [4096usize, 14336] {
+        let n = rows * dim;
+        let mut x = g.stream.clone_htod(&random(n, 1))?;
+        let y = g.stream.clone_htod(&random(n, 2))?;
+        let w = g.stream.clone_htod(&random(dim, 3))?;
+        let mut q = g.stream.alloc_zeros::<u8>(n)?;
+        let mut scale = g.stream.alloc_zeros::<f32>(rows)?;
+        let mut zp = g.stream.alloc_zeros::<i32>(rows)?;
+        let block = 1i32 << dim.trailing_zeros().min(12);
+        let (dim_i, eps, sym, st_s, st_z) = (dim as i32, 1e-5f32, 0i32, 0f32, 0i32);
+        for kern in [
+            Kernel::RmsNormQuantI8,
+            Kernel::SiluMulQuantI8,
+            Kernel::RotateQuantI8,
+            Kernel::RmsNormQuantFp8,
+        ] {
+            if kern == Kernel::RmsNormQuantFp8 && !fp8 {
+                continue;
+            }
+            let f = g.function(kern)?;
+            let smem = if kern == Kernel::RotateQuantI8 {
+                dim * 4
+            } else {
+                0
+            };
+            if smem > 0 {
+                f.set_attribute(
+                    sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    smem as i32,
+                )?;
+            }
+            let cfg = LaunchConfig {
+                grid_dim: (rows as u32, 1, 1),
+                block_dim: (if smem > 0 { 512 } else { 256 }, 1, 1),
+                shared_mem_bytes: smem as u32,
+            };
+            let mode = 1i32; // rotate_quant: the norm after the residual add
+            let mut run = || -> anyhow::Result<()> {
+                let mut b = g.stream.launch_builder(&f);
+                b.arg(&mut q).arg(&mut scale);
+                if kern != Kernel::RmsNormQuantFp8 {
+                    b.arg(&mut zp);
+                }
+                match kern {
+                    Kernel::SiluMulQuantI8 => b.arg(&mut x).arg(&y).arg(&dim_i),
+                    Kernel::RotateQuantI8 => b
+                        .arg(&mut x)
+                        .arg(&y)
+                        .arg(&w)
+                        .arg(&mode)
+                        .arg(&dim_i)
+                        .arg(&block)
+                        .arg(&eps),
+                    _ => b.arg(&mut x).arg(&y).arg(&w).arg(&dim_i).arg(&eps),
+                };
+                if kern != Kernel::RmsNormQuantFp8 {
+                    b.arg(&sym);
+                }
+                b.arg(&st_s);
+                if kern != Kernel::RmsNormQuantFp8 {
+                    b.arg(&st_z);
+                }
+                // SAFETY: each kernel's argument list in quant.cu (q, scale, [zp], sources,
+                // [mode], dim, [block], [eps], [symmetric], static scale, [static zp]) for
+                // buffers of rows × dim, one block per row, the rotation's row in shared memory.
+                unsafe { b.launch(cfg) }?;
+                Ok(())
+            };
+            run()?;
+            g.stream.synchronize()?;
+            let t = Instant::now();
+            for _ in 0..iters {
+                run()?;
+            }
+            g.stream.synchronize()?;
+            let s = t.elapsed().as_secs_f64() / iters as f64;
+            let gbs = 13.0 * n as f64 / s / 1e9;
+            println!(
+                "| {kern:?} | {rows} × {dim} | {:.1} | {gbs:.0} | {:.0}% |",
+                s * 1e6,
+                100.0 * gbs / bw
+            );
         }
     }
     Ok(())

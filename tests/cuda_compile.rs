@@ -171,3 +171,62 @@ fn device_cuda_is_a_clear_error_without_a_driver() {
         );
     }
 }
+
+/// The GEMM dispatch table by M (no GPU needed): decode-sized M takes each kind's GEMV, larger
+/// M the tiled kernel, odd k the fallbacks; every tile's launch covers the output exactly once
+/// per block column / row.
+#[test]
+fn gemm_dispatch_by_m_and_tile_geometry() {
+    use ferroq::backend::cuda::tiles::{self, GemmKind};
+    let k = 4096;
+    for (kind, last_gemv, gemv, tiled) in [
+        (GemmKind::Bf16, 8, Kernel::GemvBf16, Kernel::GemmBf16Tc),
+        (GemmKind::W8a8, 16, Kernel::GemvW8a8, Kernel::GemmW8a8),
+        (GemmKind::Fp8, 8, Kernel::GemvFp8, Kernel::GemmFp8),
+        (
+            GemmKind::W4a16 { group: 128 },
+            8,
+            Kernel::GemvW4a16,
+            Kernel::GemmW4a16,
+        ),
+    ] {
+        assert_eq!(kind.pick(1, k).kernel, gemv, "{kind:?} M=1");
+        assert_eq!(
+            kind.pick(last_gemv, k).kernel,
+            gemv,
+            "{kind:?} M={last_gemv}"
+        );
+        assert_eq!(
+            kind.pick(last_gemv + 1, k).kernel,
+            tiled,
+            "{kind:?} past the GEMV"
+        );
+        assert_eq!(kind.pick(8192, k).kernel, tiled, "{kind:?} M=8192");
+    }
+    // k the vector loads cannot take: the CUDA-core tiles
+    assert_eq!(GemmKind::Bf16.pick(1, 35).kernel, Kernel::GemmBf16);
+    assert_eq!(GemmKind::Bf16.pick(64, 36).kernel, Kernel::GemmBf16);
+    assert_eq!(
+        GemmKind::W4a16 { group: 48 }.pick(1, 4800).kernel,
+        Kernel::GemmW4a16
+    );
+    for t in tiles::TILES {
+        let (m, n) = (1000, 1000);
+        let cfg = t.kernel.gemm_launch(m, n).expect("a GEMM");
+        assert_eq!(cfg.block_dim.0, t.threads);
+        assert_eq!(
+            cfg.block_dim.0 as usize,
+            32 * t.warps.0 * t.warps.1,
+            "{t:?}"
+        );
+        assert!(cfg.grid_dim.0 as usize * t.block_n >= n, "{t:?}");
+        assert!((cfg.grid_dim.0 as usize - 1) * t.block_n < n, "{t:?}");
+        let rows = if t.block_m == 0 {
+            m
+        } else {
+            cfg.grid_dim.1 as usize * t.block_m
+        };
+        assert!(rows >= m, "{t:?}");
+    }
+    assert!(Kernel::RmsNorm.gemm_launch(1, 1).is_none());
+}

@@ -19,6 +19,7 @@ pub use super::qlinear::CudaQMatrix;
 use super::qlinear::{arg_or_null, launch};
 use super::runtime::Gpu;
 use super::scratch::{Scratch, ScratchCell};
+use super::tiles::{GemmKind, TC_BF16_128};
 use crate::backend::{AttentionArgs, Backend, KvSeq, LinearInput, StepKey};
 use crate::engine::sampler::Draw;
 use crate::error::{Error, Result};
@@ -51,9 +52,6 @@ pub struct CudaBackend {
     /// dynamic shared memory a rotating quantizer's block may take (bytes)
     pub(super) row_smem: usize,
 }
-
-/// Rows at most for the weight-streaming GEMV (its kernel's GEMV_MAX_M).
-const GEMV_MAX_M: usize = 8;
 
 pub(crate) fn drv(what: &str, e: impl std::fmt::Debug) -> Error {
     Error::Cuda(format!("{what}: {e:?}"))
@@ -221,18 +219,14 @@ impl CudaBackend {
         let (n, k) = (m.rows, m.cols);
         check("dense linear input", x.len(), rows * k)?;
         check("dense linear output", out.len(), rows * n)?;
-        let gemv = rows <= GEMV_MAX_M && k.is_multiple_of(2);
-        if !gemv && k.is_multiple_of(8) {
+        let tile = GemmKind::Bf16.pick(rows, k);
+        if tile == TC_BF16_128 {
             return self.linear_bf16_tc(sc, out, x, m, bias, rows);
         }
         // decode-sized rows (the weight-streaming GEMV), or k not a multiple of 8 (the
         // CUDA-core tile on f32 activations)
         let (mi, ni, ki) = (i32_of(rows, "rows")?, i32_of(n, "n")?, i32_of(k, "k")?);
-        let kern = if gemv {
-            Kernel::GemvBf16
-        } else {
-            Kernel::GemmBf16
-        };
+        let kern = tile.kernel;
         let cfg = launch(kern, rows, n)?;
         let mut b = self.gpu.stream.launch_builder(self.f(kern));
         b.arg(&mut *out)

@@ -211,23 +211,20 @@ impl Kernel {
         }
     }
 
-    /// The launch of a GEMM-shaped kernel for an (m, n) output: the block tiles and thread
-    /// counts its `.cu` source is written for, kept here once for the backend and the tests.
-    /// None for kernels that are not GEMMs.
+    /// The launch of a GEMM-shaped kernel for an (m, n) output, from its `tiles::Tile` (the
+    /// geometry its `.cu` source is written for), once for the backend, the tests and the
+    /// benchmarks. None for kernels that are not GEMMs.
     pub fn gemm_launch(self, m: usize, n: usize) -> Option<LaunchConfig> {
-        // (output columns, output rows) per block; rows 0 = the GEMVs' single row of blocks
-        let (tile_n, tile_m) = match self {
-            Kernel::GemmBf16 | Kernel::GemmW4a16 => (64, 64),
-            Kernel::GemmBf16Tc | Kernel::GemmW8a8 => (128, 128),
-            Kernel::GemmFp8 => (32, 128),
-            // one warp per output column, 8 per block
-            Kernel::GemvBf16 | Kernel::GemvW8a8 | Kernel::GemvFp8 | Kernel::GemvW4a16 => (8, 0),
-            _ => return None,
+        let t = super::tiles::TILES.iter().find(|t| t.kernel == self)?;
+        // a GEMV's one row of blocks covers every token
+        let rows = if t.block_m == 0 {
+            1
+        } else {
+            m.div_ceil(t.block_m)
         };
-        let rows = if tile_m == 0 { 1 } else { m.div_ceil(tile_m) };
         Some(LaunchConfig {
-            grid_dim: (n.div_ceil(tile_n) as u32, rows as u32, 1),
-            block_dim: (256, 1, 1),
+            grid_dim: (n.div_ceil(t.block_n) as u32, rows as u32, 1),
+            block_dim: (t.threads, 1, 1),
             shared_mem_bytes: 0,
         })
     }

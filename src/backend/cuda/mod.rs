@@ -19,3 +19,4 @@ pub mod qlinear;
 pub mod runtime;
 mod sample;
 mod scratch;
+pub mod tiles;

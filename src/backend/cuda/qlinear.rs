@@ -11,6 +11,7 @@
 use super::backend::{check, grid, grid1, i32_of, CudaBackend};
 use super::kernels::Kernel;
 use super::scratch::Scratch;
+use super::tiles::GemmKind;
 use crate::backend::{check_inputs, Backend, LinearInput};
 use crate::error::{Error, Result};
 use crate::model::linear::{Linear, LinearWeight};
@@ -42,12 +43,6 @@ pub struct Int4Weight {
     zero: Option<CudaSlice<i8>>,
     group: usize,
 }
-
-/// Rows at most for the weight-streaming GEMVs (int8: `gemv_w8a8`, fp8: `gemv_fp8`, int4:
-/// `gemv_w4a16`).
-const GEMV_MAX_M_I8: usize = 16;
-const GEMV_MAX_M_FP8: usize = 8;
-const GEMV_MAX_M_I4: usize = 8;
 
 /// The launch of a GEMM-shaped kernel (its geometry lives in `Kernel::gemm_launch`).
 pub(super) fn launch(kern: Kernel, m: usize, n: usize) -> Result<LaunchConfig> {
@@ -484,11 +479,7 @@ impl CudaBackend {
         let stream = &self.gpu.stream;
         match (&w.weight, key) {
             (LinearWeight::Quant(CudaQMatrix::Int8(wq)), ActKey::Int8 { .. }) => {
-                let kern = if rows <= GEMV_MAX_M_I8 {
-                    Kernel::GemvW8a8
-                } else {
-                    Kernel::GemmW8a8
-                };
+                let kern = GemmKind::W8a8.pick(rows, k).kernel;
                 let cfg = launch(kern, rows, n)?;
                 let mut b = stream.launch_builder(self.f(kern));
                 b.arg(&mut *out)
@@ -507,11 +498,7 @@ impl CudaBackend {
                 unsafe { self.go(&mut b, cfg, &w.name) }?;
             }
             (LinearWeight::Quant(CudaQMatrix::Fp8(wq)), ActKey::Fp8 { .. }) => {
-                let kern = if rows <= GEMV_MAX_M_FP8 {
-                    Kernel::GemvFp8
-                } else {
-                    Kernel::GemmFp8
-                };
+                let kern = GemmKind::Fp8.pick(rows, k).kernel;
                 let cfg = launch(kern, rows, n)?;
                 let mut b = stream.launch_builder(self.f(kern));
                 b.arg(&mut *out)
@@ -559,12 +546,7 @@ impl CudaBackend {
             i32_of(k, "k")?,
             i32_of(*group, "group")?,
         );
-        let gemv = rows <= GEMV_MAX_M_I4 && k.is_multiple_of(32) && group.is_multiple_of(32);
-        let kern = if gemv {
-            Kernel::GemvW4a16
-        } else {
-            Kernel::GemmW4a16
-        };
+        let kern = GemmKind::W4a16 { group: *group }.pick(rows, k).kernel;
         let cfg = launch(kern, rows, n)?;
         let null: u64 = 0;
         let mut b = self.gpu.stream.launch_builder(self.f(kern));

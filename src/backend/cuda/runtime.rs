@@ -44,6 +44,24 @@ impl Gpu {
         })
     }
 
+    /// Device-to-device copy bandwidth, counting bytes read and written (GB/s): the ceiling
+    /// the benchmarks put memory-bound figures against (1 GiB copied 20 times).
+    pub fn copy_bandwidth(&self) -> Result<f64> {
+        let n = 1usize << 28; // 1 GiB of f32
+        let d = |e| drv("copy bandwidth", e);
+        let src = self.stream.alloc_zeros::<f32>(n).map_err(d)?;
+        let mut dst = self.stream.alloc_zeros::<f32>(n).map_err(d)?;
+        self.stream.memcpy_dtod(&src, &mut dst).map_err(d)?;
+        self.stream.synchronize().map_err(d)?;
+        let iters = 20;
+        let t = std::time::Instant::now();
+        for _ in 0..iters {
+            self.stream.memcpy_dtod(&src, &mut dst).map_err(d)?;
+        }
+        self.stream.synchronize().map_err(d)?;
+        Ok(2.0 * (n * 4 * iters) as f64 / t.elapsed().as_secs_f64() / 1e9)
+    }
+
     /// The kernel's function, compiling and loading its module on first use.
     pub fn function(&mut self, k: Kernel) -> Result<CudaFunction> {
         let m = k.module();

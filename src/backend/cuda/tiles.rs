@@ -1,0 +1,146 @@
+//! GEMM tile configurations as named structs and the dispatch table by M (issue 6): for each
+//! weight kind, decode-sized M goes to a memory-bound GEMV that streams the weights once (one
+//! warp per output column) and larger M to the tiled tensor-core kernel. Each `Tile` is what its
+//! `.cu` source is written for (block tile, warp layout, threads); `Kernel::gemm_launch` builds
+//! grids from it, so the backend, the tests and the benchmarks launch the same geometry.
+
+use super::kernels::Kernel;
+
+/// One GEMM / GEMV kernel's tiling.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tile {
+    pub kernel: Kernel,
+    /// Output rows (tokens) per block; 0 for a GEMV, whose one row of blocks covers every token.
+    pub block_m: usize,
+    /// Output columns per block.
+    pub block_n: usize,
+    /// Warps along M and N of a tensor-core tile; (1, warps) for a GEMV (a warp per output
+    /// column) and for a CUDA-core tile (16 × 16 threads of 4 × 4 outputs each).
+    pub warps: (usize, usize),
+    pub threads: u32,
+}
+
+/// GEMVs: 8 warps, a warp per output column, every token row in registers.
+const fn gemv(kernel: Kernel) -> Tile {
+    Tile {
+        kernel,
+        block_m: 0,
+        block_n: 8,
+        warps: (1, 8),
+        threads: 256,
+    }
+}
+
+pub const GEMV_BF16: Tile = gemv(Kernel::GemvBf16);
+pub const GEMV_W8A8: Tile = gemv(Kernel::GemvW8a8);
+pub const GEMV_FP8: Tile = gemv(Kernel::GemvFp8);
+pub const GEMV_W4A16: Tile = gemv(Kernel::GemvW4a16);
+/// `tc_gemm_tile<128, 128, 2, 4>` on bf16 `mma.m16n8k16`.
+pub const TC_BF16_128: Tile = Tile {
+    kernel: Kernel::GemmBf16Tc,
+    block_m: 128,
+    block_n: 128,
+    warps: (2, 4),
+    threads: 256,
+};
+/// `tc_gemm_tile<128, 128, 2, 4>` on s8 `mma.m16n8k32`.
+pub const TC_W8A8_128: Tile = Tile {
+    kernel: Kernel::GemmW8a8,
+    block_m: 128,
+    block_n: 128,
+    warps: (2, 4),
+    threads: 256,
+};
+/// `tc_gemm_tile<128, 32, 4, 2>` on e4m3 `mma.m16n8k32` (a wider warp tile spills on sm_90a).
+pub const TC_FP8_128X32: Tile = Tile {
+    kernel: Kernel::GemmFp8,
+    block_m: 128,
+    block_n: 32,
+    warps: (4, 2),
+    threads: 256,
+};
+/// `gemm_tile64` on CUDA cores: f32 activations against bf16 weights (k not a multiple of 8).
+pub const CORE_BF16_64: Tile = Tile {
+    kernel: Kernel::GemmBf16,
+    block_m: 64,
+    block_n: 64,
+    warps: (1, 8),
+    threads: 256,
+};
+/// `gemm_tile64` with int4 groups dequantized into the tile.
+pub const CORE_W4A16_64: Tile = Tile {
+    kernel: Kernel::GemmW4a16,
+    block_m: 64,
+    block_n: 64,
+    warps: (1, 8),
+    threads: 256,
+};
+
+/// Every tile, for `Kernel::gemm_launch` and the compile test.
+pub const TILES: [Tile; 9] = [
+    GEMV_BF16,
+    GEMV_W8A8,
+    GEMV_FP8,
+    GEMV_W4A16,
+    TC_BF16_128,
+    TC_W8A8_128,
+    TC_FP8_128X32,
+    CORE_BF16_64,
+    CORE_W4A16_64,
+];
+
+/// The weight kinds a linear multiplies with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GemmKind {
+    Bf16,
+    W8a8,
+    Fp8,
+    /// int4 groups of `group` values
+    W4a16 {
+        group: usize,
+    },
+}
+
+/// The dispatch table: (kind, largest M its GEMV takes). The int8 GEMV keeps up to 16 token
+/// rows in registers; the others 8.
+const GEMV_MAX_M: [(GemmKind, usize); 4] = [
+    (GemmKind::Bf16, 8),
+    (GemmKind::W8a8, 16),
+    (GemmKind::Fp8, 8),
+    (GemmKind::W4a16 { group: 0 }, 8),
+];
+
+impl GemmKind {
+    fn gemv_max_m(self) -> usize {
+        let same = |k: GemmKind| std::mem::discriminant(&k) == std::mem::discriminant(&self);
+        GEMV_MAX_M
+            .iter()
+            .find(|(k, _)| same(*k))
+            .map_or(0, |&(_, m)| m)
+    }
+
+    /// The tile for M tokens of in_features k: the GEMV while M is decode-sized (and k suits
+    /// its vector loads), else the tiled kernel. For BF16 a `TC_BF16_128` pick means "a
+    /// tensor-core GEMM": cuBLAS where it is loaded, `gemm_bf16_tc` otherwise.
+    pub fn pick(self, m: usize, k: usize) -> Tile {
+        let gemv = m <= self.gemv_max_m();
+        match self {
+            // bf16 pairs: 4-byte aligned rows
+            GemmKind::Bf16 if gemv && k.is_multiple_of(2) => GEMV_BF16,
+            // 16-byte cp.async rows of bf16
+            GemmKind::Bf16 if k.is_multiple_of(8) => TC_BF16_128,
+            GemmKind::Bf16 => CORE_BF16_64,
+            GemmKind::W8a8 if gemv => GEMV_W8A8,
+            GemmKind::W8a8 => TC_W8A8_128,
+            GemmKind::Fp8 if gemv => GEMV_FP8,
+            GemmKind::Fp8 => TC_FP8_128X32,
+            // 16-byte loads of 32 nibbles must stay inside a row and a group
+            GemmKind::W4a16 { group }
+                if gemv && k.is_multiple_of(32) && group.is_multiple_of(32) =>
+            {
+                GEMV_W4A16
+            }
+            GemmKind::W4a16 { .. } => CORE_W4A16_64,
+        }
+    }
+}
