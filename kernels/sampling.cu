@@ -10,13 +10,9 @@ __device__ __forceinline__ void warp_argmax(float& best, u32& bi) {
     }
 }
 
-// Greedy sampling on the device: out[row] = argmax of logits (rows, vocab), ties to the lowest
-// index (the CPU sampler's rule), so only the token id crosses to the host. One block per row.
-extern "C" __global__ void argmax_rows(u32* __restrict__ out, const float* __restrict__ logits,
-                                       int vocab) {
-    __shared__ float sv[32];
-    __shared__ u32 si[32];
-    const float* row = logits + (size_t)blockIdx.x * vocab;
+// The argmax of row (vocab), ties to the lowest index (the CPU sampler's rule); every thread
+// gets it. sv / si: 32 slots of shared memory each.
+__device__ u32 block_argmax(const float* __restrict__ row, int vocab, float* sv, u32* si) {
     float best = NEG_INF;
     u32 bi = 0xffffffffu;
     for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
@@ -28,6 +24,7 @@ extern "C" __global__ void argmax_rows(u32* __restrict__ out, const float* __res
     }
     warp_argmax(best, bi);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    __syncthreads(); // sv / si may still be read from a previous call
     if (lane == 0) {
         sv[warp] = best;
         si[warp] = bi;
@@ -38,8 +35,20 @@ extern "C" __global__ void argmax_rows(u32* __restrict__ out, const float* __res
         best = lane < nw ? sv[lane] : NEG_INF;
         bi = lane < nw ? si[lane] : 0xffffffffu;
         warp_argmax(best, bi);
-        if (lane == 0) out[blockIdx.x] = bi;
+        if (lane == 0) si[0] = bi;
     }
+    __syncthreads();
+    return si[0];
+}
+
+// Greedy sampling on the device: out[row] = argmax of logits (rows, vocab), so only the token
+// id crosses to the host. One block per row.
+extern "C" __global__ void argmax_rows(u32* __restrict__ out, const float* __restrict__ logits,
+                                       int vocab) {
+    __shared__ float sv[32];
+    __shared__ u32 si[32];
+    const u32 id = block_argmax(logits + (size_t)blockIdx.x * vocab, vocab, sv, si);
+    if (threadIdx.x == 0) out[blockIdx.x] = id;
 }
 
 // sampler.rs::order_key: a > b <=> key(a) > key(b) for non-NaN floats.
@@ -48,14 +57,16 @@ __device__ __forceinline__ u32 order_key(float v) {
     return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
 }
 
-// The HF repetition penalty on logits (vocab) at the n distinct ids (sampler.rs::penalize):
-// positive logits divided, negative ones multiplied. One thread per id.
-extern "C" __global__ void penalize(float* __restrict__ logits, const u32* __restrict__ ids, int n,
-                                   int vocab, float penalty) {
+// The HF repetition penalty at n (flat index, penalty bits) pairs of logits (rows, vocab)
+// (sampler.rs::penalize: each row's ids distinct): positive logits divided, negative ones
+// multiplied. One thread per pair.
+extern "C" __global__ void penalize(float* __restrict__ logits, const u32* __restrict__ pairs,
+                                   int n) {
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= n || ids[i] >= (u32)vocab) return;
-    float* l = logits + ids[i];
-    *l = *l > 0.0f ? __fdiv_rn(*l, penalty) : __fmul_rn(*l, penalty);
+    if (i >= n) return;
+    float* l = logits + pairs[2 * i];
+    const float p = __uint_as_float(pairs[2 * i + 1]);
+    *l = *l > 0.0f ? __fdiv_rn(*l, p) : __fmul_rn(*l, p);
 }
 
 // Sum over the block of f(i) for i < vocab (each thread strides the row).
@@ -66,19 +77,33 @@ __device__ __forceinline__ float row_sum(F f, int vocab, float* sh) {
     return block_sum(s, sh);
 }
 
-// sampler.rs::draw on logits (vocab), sort-free, one block (a multiple of 32 threads, at most
-// 1024): candidates are the keys at or above the k-th largest (bisection on the 32-bit key:
-// 32 counting passes), weights exp((z - max) * inv_t), top-p raises the cut to the largest key
-// whose kept mass reaches top_p of the total (bisection again), and out[0] = the first kept id
-// whose running weight sum exceeds u * the kept mass: each thread sums a contiguous chunk, a
-// block scan gives each chunk's offset, and the thread whose chunk holds the crossing walks it.
-extern "C" __global__ void __launch_bounds__(1024) sample_row(u32* __restrict__ out,
-                                                              const float* __restrict__ z,
-                                                              int vocab, float inv_t, int top_k,
-                                                              float top_p, float u) {
+// sampler.rs::draw on each row of logits (rows, vocab), sort-free, one block per row (a
+// multiple of 32 threads, at most 1024), with the row's (temperature, top_k, top_p, u) in
+// params (rows, 4) as bits; temperature 0 is the argmax. Candidates are the keys at or above
+// the k-th largest (bisection on the 32-bit key: 32 counting passes), weights
+// exp((z - max) * inv_t), top-p raises the cut to the largest key whose kept mass reaches
+// top_p of the total (bisection again), and out[row] = the first kept id whose running weight
+// sum exceeds u * the kept mass: each thread sums a contiguous chunk, a block scan gives each
+// chunk's offset, and the thread whose chunk holds the crossing walks it.
+extern "C" __global__ void __launch_bounds__(1024) sample_rows(u32* __restrict__ out,
+                                                               const float* __restrict__ logits,
+                                                               int vocab,
+                                                               const u32* __restrict__ params) {
     __shared__ float sh[32];
     __shared__ float warp_tot[32];
+    __shared__ u32 si[32];
     __shared__ int found, last;
+    const float* z = logits + (size_t)blockIdx.x * vocab;
+    const u32* pr = params + 4 * blockIdx.x;
+    const float temperature = __uint_as_float(pr[0]), top_p = __uint_as_float(pr[2]),
+                u = __uint_as_float(pr[3]);
+    const int top_k = (int)pr[1];
+    if (temperature == 0.0f) {
+        const u32 id = block_argmax(z, vocab, sh, si);
+        if (threadIdx.x == 0) out[blockIdx.x] = id;
+        return;
+    }
+    const float inv_t = __fdiv_rn(1.0f, temperature);
     float m = NEG_INF;
     for (int i = threadIdx.x; i < vocab; i += blockDim.x) m = fmaxf(m, z[i]);
     m = block_max(m, sh);
@@ -167,5 +192,5 @@ extern "C" __global__ void __launch_bounds__(1024) sample_row(u32* __restrict__ 
     }
     __syncthreads();
     // r past the scanned total (the two sums round differently): the last kept id
-    if (threadIdx.x == 0) out[0] = (u32)(found >= 0 ? found : last);
+    if (threadIdx.x == 0) out[blockIdx.x] = (u32)(found >= 0 ? found : last);
 }

@@ -229,12 +229,13 @@ fn argmax_matches_the_sampler_including_ties() {
     assert_eq!(got[2], 100);
 }
 
-/// Sampling on the device (`CudaBackend::sample`: penalty, top-k / top-p cuts by bisection,
-/// the block-scan draw) against the CPU backend's `sampler::draw` on the same logits and u:
-/// the penalized logits bit for bit, and the same token unless u sits within 1e-4 of a boundary
-/// of the CPU's cumulative distribution (then the GPU's token must be the CPU's at u ± 1e-4),
-/// at most 2% of the draws. Vocabularies odd and Llama-3-sized; greedy, plain temperature,
-/// top-k with ties, top-p, both cuts.
+/// Sampling on the device (`CudaBackend::sample_rows`: penalty, top-k / top-p cuts by
+/// bisection, the block-scan draw, argmax at temperature 0) against the CPU backend's rule on
+/// the same logits and uniforms, every parameter set a row of one batched call: the penalized
+/// logits bit for bit, and the same token unless u sits within 1e-4 of a boundary of the CPU's
+/// cumulative distribution (then the GPU's token must be the CPU's at u ± 1e-4), at most 2% of
+/// the draws. Vocabularies odd and Llama-3-sized; greedy with a penalty, plain temperature,
+/// top-k with ties, top-p, both cuts, top-k 1.
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn sampling_on_the_device_matches_the_cpu_rule() {
@@ -243,56 +244,84 @@ fn sampling_on_the_device_matches_the_cpu_rule() {
     let gb = CudaBackend::new(0).unwrap_or_else(|e| panic!("these tests need a CUDA GPU: {e}"));
     let cb = CpuBackend::new();
     let mut rng = Rng::new(29);
+    let sets = [
+        (0.0, 0, 1.0, 1.3),
+        (1.0, 0, 1.0, 1.0),
+        (0.7, 50, 1.0, 1.0),
+        (1.2, 0, 0.9, 1.2),
+        (0.8, 40, 0.7, 1.0),
+        (1.0, 1, 1.0, 1.0),
+    ];
     for vocab in [1001usize, 128_256] {
-        let mut logits = randn(&mut rng, vocab, 2.5);
-        logits[7] = logits[3]; // a tie
+        let rows = sets.len();
+        let mut logits = randn(&mut rng, rows * vocab, 2.5);
+        for r in 0..rows {
+            logits[r * vocab + 7] = logits[r * vocab + 3]; // a tie in every row
+        }
         let penalized: Vec<u32> = (0..vocab as u32).step_by(97).collect();
-        for (t, k, p, pen) in [
-            (0.0, 0, 1.0, 1.3),
-            (1.0, 0, 1.0, 1.0),
-            (0.7, 50, 1.0, 1.0),
-            (1.2, 0, 0.9, 1.2),
-            (0.8, 40, 0.7, 1.0),
-            (1.0, 1, 1.0, 1.0),
-        ] {
-            let (mut near, n) = (0, 200);
-            for i in 0..n {
-                let u = (i as f32 + rng.next_f32()) / n as f32;
-                let d = |u: f32| Draw {
-                    temperature: t,
-                    top_k: k,
-                    top_p: p,
-                    penalty: pen,
-                    penalized: &penalized,
-                    u: u.clamp(0.0, 0.999_999),
-                };
-                let mut lc = logits.clone();
-                let want = cb.sample(&mut lc, vocab, &d(u)).expect("cpu");
-                let mut ld = gb.upload(&logits).expect("up");
-                let got = gb.sample(&mut ld, vocab, &d(u)).expect("gpu");
-                let mut back = vec![0f32; vocab];
-                gb.read(&ld, 0, &mut back).expect("read");
-                assert!(
-                    back.iter()
-                        .zip(&lc)
-                        .all(|(a, b)| a.to_bits() == b.to_bits()),
-                    "penalized logits differ (t {t} k {k} p {p})"
-                );
-                if got != want {
-                    let mut l2 = logits.clone();
-                    let lo = cb.sample(&mut l2, vocab, &d(u - 1e-4)).expect("cpu");
-                    let mut l3 = logits.clone();
-                    let hi = cb.sample(&mut l3, vocab, &d(u + 1e-4)).expect("cpu");
-                    assert!(
-                        got == lo || got == hi,
-                        "vocab {vocab} t {t} k {k} p {p} u {u}: gpu {got}, cpu {want} ({lo}, {hi} at u ± 1e-4)"
-                    );
-                    near += 1;
-                }
+        let draw = |set: usize, u: f32| {
+            let (temperature, top_k, top_p, penalty) = sets[set];
+            Draw {
+                temperature,
+                top_k,
+                top_p,
+                penalty,
+                penalized: &penalized,
+                u: u.clamp(0.0, 0.999_999),
             }
+        };
+        let n = 200;
+        let mut near = [0usize; 6];
+        for i in 0..n {
+            let us: Vec<f32> = (0..rows)
+                .map(|_| (i as f32 + rng.next_f32()) / n as f32)
+                .collect();
+            let draws: Vec<Draw<'_>> = (0..rows).map(|r| draw(r, us[r])).collect();
+            let mut lc = logits.clone();
+            let mut want = vec![0u32; rows];
+            cb.sample_rows(&mut lc, vocab, &draws, &mut want)
+                .expect("cpu");
+            let mut ld = gb.upload(&logits).expect("up");
+            let mut got = vec![0u32; rows];
+            gb.sample_rows(&mut ld, vocab, &draws, &mut got)
+                .expect("gpu");
+            let mut back = vec![0f32; rows * vocab];
+            gb.read(&ld, 0, &mut back).expect("read");
             assert!(
-                near * 50 <= n,
-                "t {t} k {k} p {p}: {near} of {n} draws at a boundary"
+                back.iter()
+                    .zip(&lc)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "penalized logits differ"
+            );
+            for r in 0..rows {
+                if got[r] == want[r] {
+                    continue;
+                }
+                let row = &logits[r * vocab..(r + 1) * vocab];
+                let at = |u: f32| {
+                    let mut l = row.to_vec();
+                    let mut id = [0u32];
+                    cb.sample_rows(&mut l, vocab, &[draw(r, u)], &mut id)
+                        .expect("cpu");
+                    id[0]
+                };
+                let (lo, hi) = (at(us[r] - 1e-4), at(us[r] + 1e-4));
+                assert!(
+                    got[r] == lo || got[r] == hi,
+                    "vocab {vocab} set {:?} u {}: gpu {}, cpu {} ({lo}, {hi} at u ± 1e-4)",
+                    sets[r],
+                    us[r],
+                    got[r],
+                    want[r]
+                );
+                near[r] += 1;
+            }
+        }
+        for (r, &k) in near.iter().enumerate() {
+            assert!(
+                k * 50 <= n,
+                "set {:?}: {k} of {n} draws at a boundary",
+                sets[r]
             );
         }
     }

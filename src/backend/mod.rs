@@ -193,10 +193,16 @@ pub trait Backend: Send + Sync + Sized + 'static {
     /// largest value, the first on ties (the sampler's rule). A device backend picks on the
     /// device, so only the ids cross to the host, not rows × vocab logits.
     fn argmax_rows(&self, logits: &Self::Buf, vocab: usize, out: &mut [u32]) -> Result<()>;
-    /// The token `d` draws from the first row of logits (vocab), by `engine::sampler::draw`'s
-    /// rule after the repetition penalty (written into the logits). A device backend draws on
-    /// the device, so only the id crosses to the host.
-    fn sample(&self, logits: &mut Self::Buf, vocab: usize, d: &Draw<'_>) -> Result<u32>;
+    /// out[r] = the token draws[r] picks from row r of logits (draws.len(), vocab), by
+    /// `engine::sampler::draw`'s rule after the repetition penalty (written into the logits).
+    /// A device backend draws on the device, so only the ids cross to the host.
+    fn sample_rows(
+        &self,
+        logits: &mut Self::Buf,
+        vocab: usize,
+        draws: &[Draw<'_>],
+        out: &mut [u32],
+    ) -> Result<()>;
 }
 
 /// What makes two decode steps replays of one another ([`Backend::replay_step`]): the buffers

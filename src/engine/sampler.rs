@@ -117,6 +117,8 @@ pub struct Sampler {
     seen: Vec<u64>,
     /// distinct ids of the context (the repetition penalty's targets)
     penalized: Vec<u32>,
+    /// the uniform of the prepared draw
+    u: f32,
 }
 
 /// Index of the largest value (first on ties).
@@ -248,12 +250,20 @@ impl Sampler {
             keys: Vec::with_capacity(vocab),
             seen: vec![0; vocab.div_ceil(64)],
             penalized: Vec::new(),
+            u: 0.0,
         }
     }
 
     /// The next token's draw: the parameters, the context's distinct ids (when a penalty
     /// applies) and the next uniform of the seeded generator (one per token either way).
     pub fn next_draw(&mut self, history: &[u32]) -> Draw<'_> {
+        self.prepare(history);
+        self.current()
+    }
+
+    /// Take the next token's uniform and the context's distinct ids; `current` then hands out
+    /// the draw (a batch prepares every sequence's, then borrows them all at once).
+    pub fn prepare(&mut self, history: &[u32]) {
         let p = &self.params;
         self.penalized.clear();
         if p.repetition_penalty != 1.0 {
@@ -270,14 +280,19 @@ impl Sampler {
                 self.seen[t as usize / 64] = 0;
             }
         }
-        let u = self.rng.next_f32();
+        self.u = self.rng.next_f32();
+    }
+
+    /// The draw `prepare` set up.
+    pub fn current(&self) -> Draw<'_> {
+        let p = &self.params;
         Draw {
             temperature: p.temperature,
             top_k: p.top_k,
             top_p: p.top_p,
             penalty: p.repetition_penalty,
             penalized: &self.penalized,
-            u,
+            u: self.u,
         }
     }
 

@@ -11,7 +11,7 @@
 
 use crate::backend::Backend;
 use crate::engine::metrics::{Metrics, Outcome};
-use crate::engine::sampler::{Sampler, SamplingParams};
+use crate::engine::sampler::{Draw, Sampler, SamplingParams};
 use crate::error::{Error, Result};
 use crate::model::kv::{BlockAllocator, KvCache};
 use crate::model::llama::{BatchEntry, LlamaModel, Workspace};
@@ -400,6 +400,21 @@ impl<B: Backend> Scheduler<B> {
 
     fn run_group(&mut self, group: &[Planned]) -> Result<()> {
         let ph = Phase::of_chunk(group[0].end - group[0].start, group[0].start);
+        // each sequence that reaches its end takes its next uniform and penalized ids now, so
+        // the backend draws every token where the logits are (only ids come back)
+        let wants = |p: &Planned, s: &Seq| p.end == s.tokens.len();
+        for p in group {
+            let s = &mut self.running[p.seq];
+            if wants(p, s) {
+                s.sampler.prepare(&s.tokens);
+            }
+        }
+        let draws: Vec<Draw<'_>> = group
+            .iter()
+            .map(|p| (p, &self.running[p.seq]))
+            .filter(|(p, s)| wants(p, s))
+            .map(|(_, s)| s.sampler.current())
+            .collect();
         let entries: Vec<BatchEntry<'_>> = group
             .iter()
             .map(|p| {
@@ -408,26 +423,26 @@ impl<B: Backend> Scheduler<B> {
                     tokens: &s.tokens[p.start..p.end],
                     start_pos: p.start,
                     blocks: &s.blocks,
-                    want_logits: p.end == s.tokens.len(),
+                    want_logits: wants(p, s),
                 }
             })
             .collect();
+        let mut ids = vec![0u32; draws.len()];
         let model = &self.model;
         let (ws, kv) = (&mut self.ws, &mut self.kv);
-        let logits = model
-            .backend
-            .run_on_workers(move || model.forward_batch(ws, kv, &entries, ph))?;
-        let vocab = self.model.config.vocab_size;
-        let mut row = 0;
+        let out = &mut ids;
+        model.backend.run_on_workers(move || {
+            model.forward_batch_sample(ws, kv, &entries, ph, &draws, out)
+        })?;
+        let mut next = ids.into_iter();
         for p in group {
             let s = &mut self.running[p.seq];
             s.cached = p.end;
             if p.end == s.tokens.len() {
-                let next = s
-                    .sampler
-                    .sample(&logits[row * vocab..(row + 1) * vocab], &s.tokens);
-                row += 1;
-                accept(s, next, &self.tok, &self.cfg, &self.metrics);
+                let id = next.next().ok_or_else(|| {
+                    Error::InvalidArgument("fewer sampled ids than sequences".into())
+                })?;
+                accept(s, id, &self.tok, &self.cfg, &self.metrics);
             }
         }
         Ok(())

@@ -473,6 +473,42 @@ impl<B: Backend> LlamaModel<B> {
         entries: &[BatchEntry<'_>],
         ph: Phase,
     ) -> Result<&'w [f32]> {
+        let n = self.forward_batch_head(ws, kv, entries, ph)?;
+        let n = self.read_logits(ws, n)?;
+        Ok(&ws.host_logits[..n * self.config.vocab_size])
+    }
+
+    /// `forward_batch`, then out[i] = the token draws[i] picks for the i-th entry with
+    /// want_logits, drawn on the backend (only the ids cross to the host).
+    pub fn forward_batch_sample(
+        &self,
+        ws: &mut Workspace<B>,
+        kv: &mut KvCache<B>,
+        entries: &[BatchEntry<'_>],
+        ph: Phase,
+        draws: &[Draw<'_>],
+        out: &mut [u32],
+    ) -> Result<()> {
+        let n = self.forward_batch_head(ws, kv, entries, ph)?;
+        if n != draws.len() || n != out.len() {
+            return Err(Error::InvalidArgument(format!(
+                "{n} sequences want a token, {} draws and {} ids given",
+                draws.len(),
+                out.len()
+            )));
+        }
+        self.sample(ws, draws, out)
+    }
+
+    /// The blocks on the entries' tokens and the LM head on the rows that want logits, into
+    /// the backend's logits; returns how many rows.
+    fn forward_batch_head(
+        &self,
+        ws: &mut Workspace<B>,
+        kv: &mut KvCache<B>,
+        entries: &[BatchEntry<'_>],
+        ph: Phase,
+    ) -> Result<usize> {
         let rows: usize = entries.iter().map(|e| e.tokens.len()).sum();
         let n_logits = entries.iter().filter(|e| e.want_logits).count();
         if rows == 0 || entries.iter().any(|e| e.tokens.is_empty()) {
@@ -507,8 +543,7 @@ impl<B: Backend> LlamaModel<B> {
         let run = self.forward_rows(ws, kv, &tokens, &seqs, ph, None);
         ws.tokens = tokens;
         run?;
-        let n = self.logits(ws, &picks, ph)?;
-        Ok(&ws.host_logits[..n * self.config.vocab_size])
+        self.lm_head_rows(ws, &picks, ph)
     }
 
     /// Run all blocks on `tokens` (the sequences `seqs` stacked), leaving the final residual
@@ -622,18 +657,6 @@ impl<B: Backend> LlamaModel<B> {
         Ok(())
     }
 
-    /// Final norm + LM head on the rows `picks` of the last forward (in order), copied to the
-    /// host: returns how many rows of logits `ws.host_logits` now holds.
-    pub(crate) fn logits(
-        &self,
-        ws: &mut Workspace<B>,
-        picks: &[std::ops::Range<usize>],
-        ph: Phase,
-    ) -> Result<usize> {
-        let n = self.lm_head_rows(ws, picks, ph)?;
-        self.read_logits(ws, n)
-    }
-
     /// Copy the first `n` rows of the backend's logits to `ws.host_logits`; returns n.
     pub(crate) fn read_logits(&self, ws: &mut Workspace<B>, n: usize) -> Result<usize> {
         let vocab = self.config.vocab_size;
@@ -644,10 +667,15 @@ impl<B: Backend> LlamaModel<B> {
         Ok(n)
     }
 
-    /// The token `d` draws from the first row of the backend's logits, on the backend.
-    pub(crate) fn sample(&self, ws: &mut Workspace<B>, d: &Draw<'_>) -> Result<u32> {
+    /// out[r] = the token draws[r] picks from row r of the backend's logits, on the backend.
+    pub(crate) fn sample(
+        &self,
+        ws: &mut Workspace<B>,
+        draws: &[Draw<'_>],
+        out: &mut [u32],
+    ) -> Result<()> {
         self.backend
-            .sample(&mut ws.logits, self.config.vocab_size, d)
+            .sample_rows(&mut ws.logits, self.config.vocab_size, draws, out)
     }
 
     /// The greedy next token of each of the first out.len() rows of the backend's logits,

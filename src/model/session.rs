@@ -125,7 +125,9 @@ impl<B: Backend> LlamaModel<B> {
                 "sample: {n} rows of logits for one id"
             )));
         }
-        self.sample(&mut s.ws, d)
+        let mut id = [0u32];
+        self.sample(&mut s.ws, std::slice::from_ref(d), &mut id)?;
+        Ok(id[0])
     }
 
     /// `feed`, then the LM head on the rows it picks, into the backend's logits; returns how

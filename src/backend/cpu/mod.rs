@@ -750,11 +750,23 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn sample(&self, logits: &mut Vec<f32>, vocab: usize, d: &Draw<'_>) -> Result<u32> {
-        check_len("sample logits", logits.len(), vocab.max(1))?;
-        let z = &mut logits[..vocab];
-        sampler::penalize(z, d.penalized, d.penalty);
-        Ok(KEYS.with(|k| sampler::draw(z, d, &mut k.borrow_mut())))
+    fn sample_rows(
+        &self,
+        logits: &mut Vec<f32>,
+        vocab: usize,
+        draws: &[Draw<'_>],
+        out: &mut [u32],
+    ) -> Result<()> {
+        check_len("sample logits", logits.len(), draws.len() * vocab.max(1))?;
+        check_len("sampled ids", out.len(), draws.len())?;
+        KEYS.with(|k| {
+            let keys = &mut k.borrow_mut();
+            for ((z, d), id) in logits.chunks_exact_mut(vocab.max(1)).zip(draws).zip(out) {
+                sampler::penalize(z, d.penalized, d.penalty);
+                *id = sampler::draw(z, d, keys);
+            }
+        });
+        Ok(())
     }
 
     fn argmax_rows(&self, logits: &Vec<f32>, vocab: usize, out: &mut [u32]) -> Result<()> {

@@ -536,8 +536,14 @@ impl Backend for CudaBackend {
         self.replay(key, step)
     }
 
-    fn sample(&self, logits: &mut Self::Buf, vocab: usize, d: &Draw<'_>) -> Result<u32> {
-        self.sample_on_device(logits, vocab, d)
+    fn sample_rows(
+        &self,
+        logits: &mut Self::Buf,
+        vocab: usize,
+        draws: &[Draw<'_>],
+        out: &mut [u32],
+    ) -> Result<()> {
+        self.sample_on_device(logits, vocab, draws, out)
     }
 
     fn argmax_rows(&self, logits: &Self::Buf, vocab: usize, out: &mut [u32]) -> Result<()> {

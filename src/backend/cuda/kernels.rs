@@ -131,7 +131,7 @@ pub enum Kernel {
     AttnPrefillHd64,
     AttnPrefillHd128,
     Penalize,
-    SampleRow,
+    SampleRows,
     RotateQuantI8,
     RotateQuantFp8,
 }
@@ -173,7 +173,7 @@ impl Kernel {
         Kernel::AttnPrefillHd64,
         Kernel::AttnPrefillHd128,
         Kernel::Penalize,
-        Kernel::SampleRow,
+        Kernel::SampleRows,
         Kernel::RotateQuantI8,
         Kernel::RotateQuantFp8,
     ];
@@ -192,7 +192,7 @@ impl Kernel {
             Kernel::GemmBf16 | Kernel::GemvBf16 | Kernel::CastBf16 | Kernel::GemmBf16Tc => {
                 Module::Gemm
             }
-            Kernel::ArgmaxRows | Kernel::Penalize | Kernel::SampleRow => Module::Sampling,
+            Kernel::ArgmaxRows | Kernel::Penalize | Kernel::SampleRows => Module::Sampling,
             Kernel::GemmW8a8 | Kernel::GemvW8a8 => Module::GemmInt8,
             Kernel::RmsNormQuantI8
             | Kernel::SiluMulQuantI8
@@ -272,7 +272,7 @@ impl Kernel {
             Kernel::AttnPrefillHd64 => "attn_prefill_hd64",
             Kernel::AttnPrefillHd128 => "attn_prefill_hd128",
             Kernel::Penalize => "penalize",
-            Kernel::SampleRow => "sample_row",
+            Kernel::SampleRows => "sample_rows",
             Kernel::RotateQuantI8 => "rotate_quant_i8",
             Kernel::RotateQuantFp8 => "rotate_quant_fp8",
         }

@@ -1,11 +1,12 @@
-//! Sampling on the device (issue 5): the repetition penalty on the logits in place, then the
-//! greedy argmax or `kernels/sampling.cu::sample_row`, which runs `engine::sampler::draw`'s
-//! sort-free rule (top-k and top-p cuts found by bisection on the float order key, the token by
-//! a block scan of chunk weights) in one block, so only the token id crosses to the host.
+//! Sampling on the device (issue 5): the repetition penalty on the logits in place, then
+//! `kernels/sampling.cu::sample_rows`, which runs `engine::sampler::draw`'s sort-free rule (or
+//! the argmax at temperature 0) in one block per row — top-k and top-p cuts found by bisection
+//! on the float order key, the token by a block scan of chunk weights — so only the token ids
+//! cross to the host.
 
 use super::backend::{check, drv, grid1, i32_of, CudaBackend};
 use super::kernels::Kernel;
-use crate::backend::Backend;
+use super::scratch::Scratch;
 use crate::engine::sampler::Draw;
 use crate::error::Result;
 use cudarc::driver::{CudaSlice, PushKernelArg};
@@ -15,57 +16,71 @@ impl CudaBackend {
         &self,
         logits: &mut CudaSlice<f32>,
         vocab: usize,
-        d: &Draw<'_>,
-    ) -> Result<u32> {
-        check("sample logits", logits.len(), vocab.max(1))?;
+        draws: &[Draw<'_>],
+        out: &mut [u32],
+    ) -> Result<()> {
+        let rows = draws.len();
+        check("sample logits", logits.len(), rows * vocab.max(1))?;
+        check("sampled ids", out.len(), rows)?;
+        if rows == 0 {
+            return Ok(());
+        }
         let v = i32_of(vocab, "vocab")?;
-        if d.penalty != 1.0 && !d.penalized.is_empty() {
-            let n = d.penalized.len();
-            let mut sc = self.scratch()?;
-            let ids = self.grow(&mut sc.penalized, n)?; // (n) distinct ids
-            self.gpu
-                .stream
-                .memcpy_htod(d.penalized, &mut ids.slice_mut(0..n))
+        let stream = &self.gpu.stream;
+        // (flat index, penalty bits) for every penalized id of every row
+        let mut pairs: Vec<u32> = Vec::new();
+        for (r, d) in draws.iter().enumerate() {
+            if d.penalty != 1.0 {
+                for &t in d.penalized.iter().filter(|&&t| (t as usize) < vocab) {
+                    pairs.extend([(r * vocab) as u32 + t, d.penalty.to_bits()]);
+                }
+            }
+        }
+        let params: Vec<u32> = draws
+            .iter()
+            .flat_map(|d| {
+                [
+                    d.temperature.to_bits(),
+                    d.top_k.min(i32::MAX as usize) as u32,
+                    d.top_p.to_bits(),
+                    d.u.to_bits(),
+                ]
+            })
+            .collect();
+        let mut sc = self.scratch()?;
+        let Scratch {
+            penalized,
+            sample_params,
+            ids,
+            ..
+        } = &mut *sc;
+        if !pairs.is_empty() {
+            let n = pairs.len() / 2;
+            let p_d = self.grow(penalized, pairs.len())?; // (n, 2)
+            stream
+                .memcpy_htod(&pairs, &mut p_d.slice_mut(0..pairs.len()))
                 .map_err(|e| drv("upload penalized ids", e))?;
             let n_i = i32_of(n, "penalized ids")?;
-            let mut b = self.gpu.stream.launch_builder(self.f(Kernel::Penalize));
-            b.arg(&mut *logits)
-                .arg(&*ids)
-                .arg(&n_i)
-                .arg(&v)
-                .arg(&d.penalty);
-            // SAFETY: matches penalize (one thread per id; ids past the vocabulary skipped);
-            // logits hold vocab values (checked), ids n distinct values (no two threads write
-            // one logit).
+            let mut b = stream.launch_builder(self.f(Kernel::Penalize));
+            b.arg(&mut *logits).arg(&*p_d).arg(&n_i);
+            // SAFETY: matches penalize (one thread per pair); every flat index is inside the
+            // rows × vocab logits (ids past the vocabulary dropped above), and a row's ids are
+            // distinct, so no two threads write one logit.
             unsafe { self.go(&mut b, grid1(n.div_ceil(256), 256), "repetition penalty") }?;
         }
-        let mut id = [0u32];
-        if d.temperature == 0.0 {
-            self.argmax_rows(logits, vocab, &mut id)?;
-            return Ok(id[0]);
-        }
-        let mut sc = self.scratch()?;
-        let out = self.grow(&mut sc.ids, 1)?;
-        let (inv_t, top_k) = (1.0 / d.temperature, i32_of(d.top_k, "top_k")?);
-        let mut b = self.gpu.stream.launch_builder(self.f(Kernel::SampleRow));
-        b.arg(&mut *out)
-            .arg(&*logits)
-            .arg(&v)
-            .arg(&inv_t)
-            .arg(&top_k)
-            .arg(&d.top_p)
-            .arg(&d.u);
-        // SAFETY: matches sample_row (one block of 1024 threads, a multiple of 32); logits hold
-        // vocab values (checked), out one id.
-        unsafe { self.go(&mut b, grid1(1, 1024), "sample") }?;
-        self.gpu
-            .stream
-            .memcpy_dtoh(&out.slice(0..1), &mut id)
+        let pr = self.grow(sample_params, params.len())?; // (rows, 4)
+        stream
+            .memcpy_htod(&params, &mut pr.slice_mut(0..params.len()))
+            .map_err(|e| drv("upload sampling parameters", e))?;
+        let ids = self.grow(ids, rows)?; // (rows)
+        let mut b = stream.launch_builder(self.f(Kernel::SampleRows));
+        b.arg(&mut *ids).arg(&*logits).arg(&v).arg(&*pr);
+        // SAFETY: matches sample_rows (one block of 1024 threads per row, a multiple of 32);
+        // logits hold rows × vocab values (checked), params rows × 4, ids rows.
+        unsafe { self.go(&mut b, grid1(rows, 1024), "sample") }?;
+        stream
+            .memcpy_dtoh(&ids.slice(0..rows), &mut out[..rows])
             .map_err(|e| drv("download", e))?;
-        self.gpu
-            .stream
-            .synchronize()
-            .map_err(|e| drv("synchronize", e))?;
-        Ok(id[0])
+        stream.synchronize().map_err(|e| drv("synchronize", e))
     }
 }

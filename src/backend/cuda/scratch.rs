@@ -42,7 +42,8 @@ pub(super) struct Scratch {
     pub bf16: Grow<u16>, // (rows, k) bf16 activations of a tensor-core GEMM
     pub attn_part: Grow<f32>, // (rows, heads, splits, hd + 2) split-attention partials
     pub ids: Grow<u32>,  // (rows) greedy or sampled ids out
-    pub penalized: Grow<u32>, // (n) distinct ids under the repetition penalty
+    pub penalized: Grow<u32>, // (n, 2) (flat index, penalty) under the repetition penalty
+    pub sample_params: Grow<u32>, // (rows, 4) temperature, top_k, top_p, u as bits
 }
 
 impl CudaBackend {
