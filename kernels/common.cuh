@@ -279,3 +279,24 @@ __device__ __forceinline__ void gemm_tile64(float* __restrict__ out,
             if (gi < m && gj < n) out[(size_t)gi * n + gj] = bias ? acc[r][c] + bias[gj] : acc[r][c];
         }
 }
+
+// The online Hadamard rotation (model/hadamard.rs) of a row staged in shared memory:
+// s (dim) <- blockdiag(H_block) s, the Sylvester Hadamard scaled by 1/sqrt(block), block a
+// power of two dividing dim, all blocks at once. The butterflies (u + v, u - v) and the final
+// scaling are the CPU's, so the result is bit-identical to model::hadamard::fwht. The caller
+// synchronises before (s complete); every thread sees the result after.
+__device__ __forceinline__ void fwht_row(float* s, int dim, int block) {
+    const int half = block >> 1;
+    for (int h = 1; h < block; h <<= 1) {
+        for (int t = threadIdx.x; t < (dim >> 1); t += blockDim.x) {
+            const int i = (t / half) * block + ((t % half) / h) * 2 * h + (t % half) % h;
+            const float u = s[i], v = s[i + h];
+            s[i] = u + v;
+            s[i + h] = u - v;
+        }
+        __syncthreads();
+    }
+    const float norm = __fdiv_rn(1.0f, __fsqrt_rn((float)block));
+    for (int i = threadIdx.x; i < dim; i += blockDim.x) s[i] = __fmul_rn(s[i], norm);
+    __syncthreads();
+}

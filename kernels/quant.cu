@@ -197,25 +197,6 @@ __device__ __forceinline__ void source_row(float* s, float* x, const float* __re
     __syncthreads();
 }
 
-// s (dim) <- blockdiag(H_block) s / sqrt(block) in place: hadamard.cu's butterflies in the
-// same order (so the same bits as the CPU's model::hadamard::fwht), all blocks of the row at
-// once.
-__device__ __forceinline__ void fwht_row(float* s, int dim, int block) {
-    const int half = block >> 1;
-    for (int h = 1; h < block; h <<= 1) {
-        for (int t = threadIdx.x; t < (dim >> 1); t += blockDim.x) {
-            const int i = (t / half) * block + ((t % half) / h) * 2 * h + (t % half) % h;
-            const float u = s[i], v = s[i + h];
-            s[i] = u + v;
-            s[i + h] = u - v;
-        }
-        __syncthreads();
-    }
-    const float norm = __fdiv_rn(1.0f, __fsqrt_rn((float)block));
-    for (int i = threadIdx.x; i < dim; i += blockDim.x) s[i] = __fmul_rn(s[i], norm);
-    __syncthreads();
-}
-
 // The QuaRot online rotation fused between a linear input's producer and its int8
 // quantization: source_row (mode), fwht_row, then quantize_row from shared memory; the rotated
 // float row is never stored. One block per row, dim floats of dynamic shared memory.

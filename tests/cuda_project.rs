@@ -130,6 +130,63 @@ fn step(kind: Kind, amax: f32) -> f32 {
     }
 }
 
+/// One `project` call's shape.
+struct Case {
+    input: Input,
+    rotate: Option<usize>,
+    m: usize,
+    k: usize,
+    phase: Phase,
+}
+
+/// `project` on backend `be` with the linears `lins` (out widths `ns`): the input made from
+/// a (the residual or gate), b (the add or up) and the norm weight nw. Returns a and x as the
+/// call left them and each linear's output.
+fn run<'l, B: Backend>(
+    be: &B,
+    c: &Case,
+    lins: impl Iterator<Item = &'l Linear<B>>,
+    ns: &[usize],
+    a: &[f32],
+    b: &[f32],
+    nw: &[f32],
+) -> (Vec<f32>, Vec<f32>, Vec<Vec<f32>>) {
+    let (m, k) = (c.m, c.k);
+    let (mut ad, bd, wd) = (
+        be.upload(a).expect("a"),
+        be.upload(b).expect("b"),
+        be.upload(nw).expect("w"),
+    );
+    let mut xd = be.alloc(m * k).expect("x");
+    let mut od: Vec<B::Buf> = ns.iter().map(|&n| be.alloc(m * n).expect("out")).collect();
+    {
+        let mut outs: Vec<(&mut B::Buf, &Linear<B>)> = od.iter_mut().zip(lins).collect();
+        let inp = match c.input {
+            Input::NormAdd | Input::Norm => LinearInput::Norm {
+                res: &mut ad,
+                add: (c.input == Input::NormAdd).then_some(&bd),
+                weight: &wd,
+                eps: 1e-5,
+                x: &mut xd,
+            },
+            Input::SiluMul => LinearInput::SiluMul {
+                gate: &mut ad,
+                up: &bd,
+            },
+            Input::Ready => LinearInput::Ready(&mut ad),
+        };
+        be.project(inp, c.rotate, &mut outs, m, k, c.phase)
+            .expect("project");
+    }
+    let read = |d: &B::Buf, n: usize| {
+        let mut v = vec![0f32; n];
+        be.read(d, 0, &mut v).expect("read");
+        v
+    };
+    let outs = od.iter().zip(ns).map(|(d, &n)| read(d, m * n)).collect();
+    (read(&ad, m * k), read(&xd, m * k), outs)
+}
+
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn project_fused_and_shared_match_the_cpu() {
@@ -185,68 +242,18 @@ fn project_fused_and_shared_match_the_cpu() {
                     let a = randn(&mut rng, m * k, 1.5);
                     let b = randn(&mut rng, m * k, 0.5);
                     let nw: Vec<f32> = randn(&mut rng, k, 0.3).iter().map(|v| 1.0 + v).collect();
-                    // CPU
-                    let (mut ca, cbuf, cw) = (a.clone(), b.clone(), nw.clone());
-                    let mut cx = vec![0f32; m * k];
-                    let mut couts: Vec<Vec<f32>> = ns.iter().map(|&n| vec![0f32; m * n]).collect();
-                    {
-                        let mut outs: Vec<(&mut Vec<f32>, &Linear<CpuBackend>)> = couts
-                            .iter_mut()
-                            .zip(&lins)
-                            .map(|(o, l)| (o, &l.0))
-                            .collect();
-                        let inp = match input {
-                            Input::NormAdd | Input::Norm => LinearInput::Norm {
-                                res: &mut ca,
-                                add: (input == Input::NormAdd).then_some(&cbuf),
-                                weight: &cw,
-                                eps: 1e-5,
-                                x: &mut cx,
-                            },
-                            Input::SiluMul => LinearInput::SiluMul {
-                                gate: &mut ca,
-                                up: &cbuf,
-                            },
-                            Input::Ready => LinearInput::Ready(&mut ca),
-                        };
-                        cb.project(inp, rotate, &mut outs, m, k, phase)
-                            .expect("cpu project");
-                    }
-                    // GPU
-                    let (mut ga, gbuf, gw) = (
-                        gb.upload(&a).expect("a"),
-                        gb.upload(&b).expect("b"),
-                        gb.upload(&nw).expect("w"),
-                    );
-                    let mut gx = gb.alloc(m * k).expect("x");
-                    let mut gouts: Vec<_> =
-                        ns.iter().map(|&n| gb.alloc(m * n).expect("out")).collect();
-                    {
-                        let mut outs: Vec<_> = gouts
-                            .iter_mut()
-                            .zip(&lins)
-                            .map(|(o, l)| (o, &l.1))
-                            .collect();
-                        let inp = match input {
-                            Input::NormAdd | Input::Norm => LinearInput::Norm {
-                                res: &mut ga,
-                                add: (input == Input::NormAdd).then_some(&gbuf),
-                                weight: &gw,
-                                eps: 1e-5,
-                                x: &mut gx,
-                            },
-                            Input::SiluMul => LinearInput::SiluMul {
-                                gate: &mut ga,
-                                up: &gbuf,
-                            },
-                            Input::Ready => LinearInput::Ready(&mut ga),
-                        };
-                        gb.project(inp, rotate, &mut outs, m, k, phase)
-                            .expect("gpu project");
-                    }
+                    let case = Case {
+                        input,
+                        rotate,
+                        m,
+                        k,
+                        phase,
+                    };
+                    let (ca, cx, couts) =
+                        run(&cb, &case, lins.iter().map(|l| &l.0), &ns, &a, &b, &nw);
+                    let (got_a, _, gouts) =
+                        run(&gb, &case, lins.iter().map(|l| &l.1), &ns, &a, &b, &nw);
                     // the residual (or the unrotated gate) the producer wrote back
-                    let mut got_a = vec![0f32; m * k];
-                    gb.read(&ga, 0, &mut got_a).expect("read a");
                     for (i, (g, c)) in got_a.iter().zip(&ca).enumerate() {
                         match (input, rotate) {
                             (Input::SiluMul, None) => assert!(
@@ -266,15 +273,13 @@ fn project_fused_and_shared_match_the_cpu() {
                         Input::NormAdd | Input::Norm => &cx,
                         Input::SiluMul | Input::Ready => &ca,
                     };
-                    for (j, ((kind, &n), (gout, cout))) in kinds
+                    for (j, ((kind, &n), (got, cout))) in kinds
                         .iter()
                         .zip(&ns)
                         .zip(gouts.iter().zip(&couts))
                         .enumerate()
                     {
                         let wmax = lins[j].2;
-                        let mut got = vec![0f32; m * n];
-                        gb.read(gout, 0, &mut got).expect("read out");
                         let mut off_rows = 0;
                         for r in 0..m {
                             let row = &xin[r * k..(r + 1) * k];

@@ -82,6 +82,24 @@ pub trait Backend: Send + Sync + Sized + 'static {
         dim: usize,
         eps: f32,
     ) -> Result<()>;
+    /// res (rows, dim) += add when given, then out = rms_norm(res) · weight: a block's output
+    /// joining the residual stream before the next norm (a backend may fuse the two).
+    #[allow(clippy::too_many_arguments)]
+    fn add_rms_norm(
+        &self,
+        out: &mut Self::Buf,
+        res: &mut Self::Buf,
+        add: Option<&Self::Buf>,
+        weight: &Self::Buf,
+        rows: usize,
+        dim: usize,
+        eps: f32,
+    ) -> Result<()> {
+        if let Some(y) = add {
+            self.add_assign(res, y, rows * dim)?;
+        }
+        self.rms_norm(out, res, weight, rows, dim, eps)
+    }
     /// dst[dst_off .. dst_off + len] = src[src_off .. src_off + len]
     fn copy(
         &self,
@@ -103,6 +121,33 @@ pub trait Backend: Send + Sync + Sized + 'static {
         rows: usize,
         phase: Phase,
     ) -> Result<()>;
+    /// Make `input` (rows, cols) in float — the residual add then the norm, or SiLU·up — and
+    /// return the buffer holding it; the default runs the ops one by one.
+    fn make_input<'a>(
+        &self,
+        input: LinearInput<'a, Self>,
+        rows: usize,
+        cols: usize,
+    ) -> Result<&'a mut Self::Buf> {
+        Ok(match input {
+            LinearInput::Ready(x) => x,
+            LinearInput::Norm {
+                res,
+                add,
+                weight,
+                eps,
+                x,
+            } => {
+                self.add_rms_norm(x, res, add, weight, rows, cols, eps)?;
+                x
+            }
+            LinearInput::SiluMul { gate, up } => {
+                self.silu_mul(gate, up, rows * cols)?;
+                gate
+            }
+        })
+    }
+
     /// The linears `outs` (each writes its out (rows, out_features)) on one shared input x
     /// (rows, cols) that `input` produces: the norm (after the residual add) before q/k/v or
     /// gate/up, SiLU·up before down_proj, or a ready buffer. A backend may fuse the producer
@@ -121,26 +166,7 @@ pub trait Backend: Send + Sync + Sized + 'static {
         phase: Phase,
     ) -> Result<()> {
         check_inputs(outs.iter().map(|(_, w)| *w), cols)?;
-        let x: &mut Self::Buf = match input {
-            LinearInput::Ready(x) => x,
-            LinearInput::Norm {
-                res,
-                add,
-                weight,
-                eps,
-                x,
-            } => {
-                if let Some(y) = add {
-                    self.add_assign(res, y, rows * cols)?;
-                }
-                self.rms_norm(x, res, weight, rows, cols, eps)?;
-                x
-            }
-            LinearInput::SiluMul { gate, up } => {
-                self.silu_mul(gate, up, rows * cols)?;
-                gate
-            }
-        };
+        let x = self.make_input(input, rows, cols)?;
         if let Some(block) = rotate {
             self.hadamard(x, rows * cols, block)?;
         }

@@ -244,37 +244,6 @@ impl CudaBackend {
         }
     }
 
-    /// res (rows, dim) += add when given, then out = rms_norm(res) · weight: the residual add
-    /// fused into the norm that follows it (add_rms_norm), or the plain norm.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn add_rms_norm(
-        &self,
-        out: &mut CudaSlice<f32>,
-        res: &mut CudaSlice<f32>,
-        add: Option<&CudaSlice<f32>>,
-        weight: &CudaSlice<f32>,
-        rows: usize,
-        dim: usize,
-        eps: f32,
-    ) -> Result<()> {
-        let Some(y) = add else {
-            return self.rms_norm(out, res, weight, rows, dim, eps);
-        };
-        check(
-            "add_rms_norm",
-            out.len().min(res.len()).min(y.len()),
-            rows * dim,
-        )?;
-        check("add_rms_norm weight", weight.len(), dim)?;
-        let d = i32_of(dim, "dim")?;
-        let mut b = self.gpu.stream.launch_builder(self.f(Kernel::AddRmsNorm));
-        b.arg(out).arg(res).arg(y).arg(weight).arg(&d).arg(&eps);
-        // SAFETY: matches add_rms_norm's signature; buffers hold rows × dim, weight dim
-        // (checked); one block per row.
-        unsafe { self.go(&mut b, grid1(rows, 256), "add_rms_norm") }?;
-        Ok(())
-    }
-
     pub(super) fn f(&self, k: Kernel) -> &CudaFunction {
         &self.functions[k.index()]
     }
@@ -383,6 +352,35 @@ impl Backend for CudaBackend {
         b.arg(out).arg(x).arg(weight).arg(&d).arg(&eps);
         // SAFETY: matches rms_norm's signature; buffers hold rows × dim (checked).
         unsafe { self.go(&mut b, grid1(rows, 256), "rms_norm") }?;
+        Ok(())
+    }
+
+    // the residual add fused into the norm that follows it (one pass over the row)
+    fn add_rms_norm(
+        &self,
+        out: &mut CudaSlice<f32>,
+        res: &mut CudaSlice<f32>,
+        add: Option<&CudaSlice<f32>>,
+        weight: &CudaSlice<f32>,
+        rows: usize,
+        dim: usize,
+        eps: f32,
+    ) -> Result<()> {
+        let Some(y) = add else {
+            return self.rms_norm(out, res, weight, rows, dim, eps);
+        };
+        check(
+            "add_rms_norm",
+            out.len().min(res.len()).min(y.len()),
+            rows * dim,
+        )?;
+        check("add_rms_norm weight", weight.len(), dim)?;
+        let d = i32_of(dim, "dim")?;
+        let mut b = self.gpu.stream.launch_builder(self.f(Kernel::AddRmsNorm));
+        b.arg(out).arg(res).arg(y).arg(weight).arg(&d).arg(&eps);
+        // SAFETY: matches add_rms_norm's signature; buffers hold rows × dim, weight dim
+        // (checked); one block per row.
+        unsafe { self.go(&mut b, grid1(rows, 256), "add_rms_norm") }?;
         Ok(())
     }
 

@@ -260,23 +260,7 @@ impl CudaBackend {
             (Some(key), _, Some(b)) => self.rotation_fits(b, cols).then_some(key),
         };
         let Some(key) = fuse else {
-            let x: &mut CudaSlice<f32> = match input {
-                LinearInput::Ready(x) => x,
-                LinearInput::Norm {
-                    res,
-                    add,
-                    weight,
-                    eps,
-                    x,
-                } => {
-                    self.add_rms_norm(x, res, add, weight, rows, cols, eps)?;
-                    x
-                }
-                LinearInput::SiluMul { gate, up } => {
-                    self.silu_mul(gate, up, rows * cols)?;
-                    gate
-                }
-            };
+            let x = self.make_input(input, rows, cols)?;
             if let Some(block) = rotate {
                 self.hadamard(x, rows * cols, block)?;
             }
