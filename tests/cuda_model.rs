@@ -263,3 +263,97 @@ fn llama3_8b_shaped_slice_matches_the_cpu() {
     let prompt: Vec<u32> = (0..37u32).map(|i| i * 3001 % 128256).collect();
     compare(&c, &scaled_weights(&c, 12), &prompt, 32);
 }
+
+/// The server's shape of decode: three sequences in one batch through `forward_batch`, their
+/// block tables growing in 4-position blocks, one sequence leaving halfway (a second batch
+/// size, a second graph). Graph-replayed steps give the eager steps' logits bit for bit.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn graph_replayed_batched_decode_is_bit_identical_to_eager() {
+    use ferroq::model::kv::{BlockAllocator, KvCache};
+    use ferroq::model::llama::BatchEntry;
+    use ferroq::quant::Phase;
+    let c = quantizable_config();
+    let w = tiny_weights(&c, 23);
+    let load = |graphs: bool| {
+        let b = CudaBackend::new(0).unwrap_or_else(|e| panic!("needs a CUDA GPU: {e}"));
+        b.set_graphs(graphs);
+        LlamaModel::load(b, c.clone(), &w, Some(DType::BF16)).expect("gpu model")
+    };
+    let (eager, graphed) = (load(false), load(true));
+    let (block, n_blocks, max_seq) = (4, 64, 48);
+    let prompts: [&[u32]; 3] = [&[3, 17, 42], &[5, 9, 60, 1, 2], &[7]];
+    let mut ws_e = eager.new_workspace(8, max_seq, 8).expect("ws");
+    let mut ws_g = graphed.new_workspace(8, max_seq, 8).expect("ws");
+    let mut kv_e = KvCache::new(&eager, n_blocks, block).expect("kv");
+    let mut kv_g = KvCache::new(&graphed, n_blocks, block).expect("kv");
+    let mut alloc = BlockAllocator::new(n_blocks, block);
+    let mut seqs: Vec<(Vec<u32>, Vec<u32>)> = prompts
+        .iter()
+        .map(|p| {
+            let mut table = Vec::new();
+            assert!(alloc.grow(&mut table, p.len() + 1));
+            (p.to_vec(), table)
+        })
+        .collect();
+    let vocab = c.vocab_size;
+    // prefill each sequence alone (eager on both sides), taking its greedy first token
+    for (tokens, table) in &mut seqs {
+        let e = [BatchEntry {
+            tokens,
+            start_pos: 0,
+            blocks: table,
+            want_logits: true,
+        }];
+        let le = eager
+            .forward_batch(&mut ws_e, &mut kv_e, &e, Phase::Prefill)
+            .expect("eager")
+            .to_vec();
+        let lg = graphed
+            .forward_batch(&mut ws_g, &mut kv_g, &e, Phase::Prefill)
+            .expect("graphed")
+            .to_vec();
+        assert_eq!(le, lg, "prefill logits");
+        tokens.push(argmax(&le[..vocab]));
+    }
+    for step in 0..16 {
+        if step == 8 {
+            let (_, mut table) = seqs.remove(1);
+            alloc.release(&mut table);
+        }
+        for (tokens, table) in &mut seqs {
+            assert!(alloc.grow(table, tokens.len() + 1), "pool");
+        }
+        let entries: Vec<BatchEntry<'_>> = seqs
+            .iter()
+            .map(|(t, b)| BatchEntry {
+                tokens: &t[t.len() - 1..],
+                start_pos: t.len() - 1,
+                blocks: b,
+                want_logits: true,
+            })
+            .collect();
+        let le = eager
+            .forward_batch(&mut ws_e, &mut kv_e, &entries, Phase::Decode)
+            .expect("eager")
+            .to_vec();
+        let lg = graphed
+            .forward_batch(&mut ws_g, &mut kv_g, &entries, Phase::Decode)
+            .expect("graphed")
+            .to_vec();
+        let same = le.iter().zip(&lg).all(|(a, b)| a.to_bits() == b.to_bits());
+        assert!(
+            same,
+            "step {step}: logits differ by {}",
+            max_abs_diff(&le, &lg)
+        );
+        for (i, (tokens, _)) in seqs.iter_mut().enumerate() {
+            tokens.push(argmax(&le[i * vocab..(i + 1) * vocab]));
+        }
+    }
+    let (on, captured) = graphed.backend.graph_stats();
+    assert!(
+        on && captured >= 2,
+        "graphs on {on}, {captured} captured (two batch sizes)"
+    );
+}

@@ -232,11 +232,18 @@ pub trait Backend: Send + Sync + Sized + 'static {
 }
 
 /// What makes two decode steps replays of one another ([`Backend::replay_step`]): the buffers
-/// they run on (a session's workspace and KV cache, by the session's unique id) and the rows.
+/// they run on (a workspace and a KV cache, by their process-unique ids) and the batch rows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StepKey {
-    pub session: u64,
+    pub workspace: u64,
+    pub kv: u64,
     pub rows: usize,
+}
+
+/// A process-unique id for a buffer set a graph may bake in (workspaces, KV caches).
+pub fn next_buffer_id() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 /// What produces the input (rows, cols) of [`Backend::project`]'s linears.

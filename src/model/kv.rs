@@ -12,6 +12,8 @@ use crate::model::llama::LlamaModel;
 pub struct KvCache<B: Backend> {
     pub block_size: usize,
     pub n_blocks: usize,
+    /// process-unique: names these buffers to a backend's graph cache
+    pub(crate) id: u64,
     pub(crate) k: Vec<B::Buf>, // layers × (n_blocks, block_size, kv_dim)
     pub(crate) v: Vec<B::Buf>, // layers × (n_blocks, block_size, kv_dim)
 }
@@ -36,6 +38,7 @@ impl<B: Backend> KvCache<B> {
         Ok(KvCache {
             block_size,
             n_blocks,
+            id: crate::backend::next_buffer_id(),
             k,
             v,
         })

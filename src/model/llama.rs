@@ -5,7 +5,7 @@
 //! once for (max_batch, max_seq), so prefill (a batch of prompt tokens in one pass) and decode
 //! (one token) allocate nothing.
 
-use crate::backend::{AttentionArgs, Backend, KvSeq, LinearInput};
+use crate::backend::{AttentionArgs, Backend, KvSeq, LinearInput, StepKey};
 use crate::engine::sampler::Draw;
 use crate::error::{Error, Result};
 use crate::model::config::{LmHead, ModelConfig};
@@ -133,6 +133,8 @@ pub enum Logits {
 /// sequences) over sequences of up to `max_seq` positions: llama2.c's RunState without the KV
 /// cache, which lives in a [`KvCache`] so that sequences can share one block pool.
 pub struct Workspace<B: Backend> {
+    /// process-unique: names these buffers to a backend's graph cache
+    pub(crate) id: u64,
     pub max_rows: usize,
     pub max_seq: usize,
     /// Rows of logits one call can return.
@@ -432,6 +434,7 @@ impl<B: Backend> LlamaModel<B> {
         }
         let b = &self.backend;
         Ok(Workspace {
+            id: crate::backend::next_buffer_id(),
             max_rows,
             max_seq,
             logit_rows,
@@ -540,10 +543,44 @@ impl<B: Backend> LlamaModel<B> {
             });
         }
         let tokens = std::mem::take(&mut ws.tokens);
-        let run = self.forward_rows(ws, kv, &tokens, &seqs, ph, None);
+        let run = self.rows_and_head(ws, kv, &tokens, &seqs, &picks, ph);
         ws.tokens = tokens;
-        run?;
-        self.lm_head_rows(ws, &picks, ph)
+        run
+    }
+
+    /// `forward_rows`, then the LM head on the rows `picks`; returns how many rows of logits.
+    /// A decode step whose every sequence feeds one token and wants its logits launches the
+    /// same kernels every time, so it runs as a replayable step (`Backend::replay_step`: a
+    /// CUDA graph on the GPU) keyed by the buffers and the batch size.
+    pub(crate) fn rows_and_head(
+        &self,
+        ws: &mut Workspace<B>,
+        kv: &mut KvCache<B>,
+        tokens: &[u32],
+        seqs: &[KvSeq<'_>],
+        picks: &[std::ops::Range<usize>],
+        ph: Phase,
+    ) -> Result<usize> {
+        let replayable = ph == Phase::Decode
+            && seqs.iter().all(|s| s.rows == 1)
+            && picks.len() == tokens.len()
+            && picks.iter().enumerate().all(|(i, r)| *r == (i..i + 1));
+        if !replayable {
+            self.forward_rows(ws, kv, tokens, seqs, ph, None)?;
+            return self.lm_head_rows(ws, picks, ph);
+        }
+        let key = StepKey {
+            workspace: ws.id,
+            kv: kv.id,
+            rows: tokens.len(),
+        };
+        let mut n = 0;
+        self.backend.replay_step(key, &mut || {
+            self.forward_rows(ws, kv, tokens, seqs, ph, None)?;
+            n = self.lm_head_rows(ws, picks, ph)?;
+            Ok(())
+        })?;
+        Ok(n)
     }
 
     /// Run all blocks on `tokens` (the sequences `seqs` stacked), leaving the final residual

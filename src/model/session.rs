@@ -4,15 +4,12 @@
 //! allocate nothing. It runs the same batched forward pass as the server's scheduler, with a
 //! one-entry block table, so a prompt gives the same logits here and there.
 
-use crate::backend::{Backend, KvSeq, StepKey};
+use crate::backend::{Backend, KvSeq};
 use crate::engine::sampler::Draw;
 use crate::error::{Error, Result};
 use crate::model::kv::KvCache;
 use crate::model::llama::{ActivationHook, LlamaModel, Logits, Workspace};
 use crate::quant::Phase;
-
-/// The next session's id.
-static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// The block table of a session's cache: one block of max_seq positions.
 const ONE_BLOCK: [u32; 1] = [0];
@@ -23,8 +20,6 @@ pub struct Session<B: Backend> {
     pub max_seq: usize,
     /// Tokens already in the KV cache.
     pub pos: usize,
-    /// Unique in the process: names the session's buffers to the backend's graph cache.
-    id: u64,
     all_logits: bool,
     ws: Workspace<B>,
     kv: KvCache<B>, // one block of (max_seq, kv_dim) per layer
@@ -62,7 +57,6 @@ impl<B: Backend> LlamaModel<B> {
             max_batch,
             max_seq,
             pos: 0,
-            id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             all_logits,
             kv: KvCache::new(self, 1, max_seq)?,
             ws,
@@ -141,17 +135,15 @@ impl<B: Backend> LlamaModel<B> {
         }
         self.check_tokens(tokens)?;
         let seq = s.chunk_seq(1);
-        let key = StepKey {
-            session: s.id,
-            rows: 1,
-        };
-        let (ws, kv) = (&mut s.ws, &mut s.kv);
-        let (mut n, last) = (0, 0..1);
-        self.backend.replay_step(key, &mut || {
-            self.forward_rows(ws, kv, tokens, &seq, Phase::Decode, None)?;
-            n = self.lm_head_rows(ws, std::slice::from_ref(&last), Phase::Decode)?;
-            Ok(())
-        })?;
+        let last = 0..1;
+        let n = self.rows_and_head(
+            &mut s.ws,
+            &mut s.kv,
+            tokens,
+            &seq,
+            std::slice::from_ref(&last),
+            Phase::Decode,
+        )?;
         s.pos += 1;
         Ok(n)
     }

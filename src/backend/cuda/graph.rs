@@ -32,8 +32,8 @@ pub(super) enum Mode {
     Capture = 2,
 }
 
-/// Graphs kept at most (a server's batch sizes, or sessions); the oldest goes first.
-const MAX_GRAPHS: usize = 16;
+/// Graphs kept at most (a server's decode batch sizes, sessions); the oldest goes first.
+const MAX_GRAPHS: usize = 64;
 
 /// A captured step. `CudaGraph` holds raw driver handles and is not `Send`.
 struct Captured {
