@@ -36,9 +36,11 @@ extern "C" __global__ void __launch_bounds__(256) gemm_bf16(
 }
 
 // gemv_bf16: the same product for m <= 8 rows (decode), where the GEMM is bound by reading w:
-// one warp per output column streams its weight row once as bf16 pairs (k even, so every row
-// starts 4-byte aligned; the host uses gemm_bf16 otherwise) for all m rows. 256 threads, grid
-// ceil(n / 8).
+// one warp per output column streams its weight row once for all m rows — 16 bytes (8 bf16)
+// per lane per step when k % 8 == 0 (rows 16-byte aligned; x read as float4), else bf16 pairs
+// (k even, so every row starts 4-byte aligned; the host uses gemm_bf16 for odd k). Wide loads
+// keep enough bytes in flight per SM to approach the HBM bandwidth a decode step is bound by.
+// 256 threads, grid ceil(n / 8).
 #define GEMV_MAX_M 8
 
 extern "C" __global__ void __launch_bounds__(256) gemv_bf16(
@@ -46,16 +48,40 @@ extern "C" __global__ void __launch_bounds__(256) gemv_bf16(
     int n, int k) {
     const int j = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
     if (j >= n) return;
-    const u32* wr = (const u32*)(w + (size_t)j * k);
     float acc[GEMV_MAX_M];
 #pragma unroll
     for (int r = 0; r < GEMV_MAX_M; ++r) acc[r] = 0.0f;
-    for (int p = lane; p < (k >> 1); p += 32) {
-        const u32 pair = wr[p];
-        const float w0 = __uint_as_float(pair << 16), w1 = __uint_as_float(pair & 0xffff0000u);
+    if ((k & 7) == 0) {
+        const uint4* wr = (const uint4*)(w + (size_t)j * k);
+#pragma unroll 2
+        for (int p = lane; p < (k >> 3); p += 32) {
+            const uint4 v = wr[p];
+            const u32 words[4] = {v.x, v.y, v.z, v.w};
+            float wf[8];
 #pragma unroll
-        for (int r = 0; r < GEMV_MAX_M; ++r)
-            if (r < m) acc[r] += x[(size_t)r * k + 2 * p] * w0 + x[(size_t)r * k + 2 * p + 1] * w1;
+            for (int q = 0; q < 4; ++q) {
+                wf[2 * q] = __uint_as_float(words[q] << 16);
+                wf[2 * q + 1] = __uint_as_float(words[q] & 0xffff0000u);
+            }
+#pragma unroll
+            for (int r = 0; r < GEMV_MAX_M; ++r) {
+                if (r < m) {
+                    const float4* xr = (const float4*)(x + (size_t)r * k) + 2 * p;
+                    const float4 a = xr[0], b = xr[1];
+                    acc[r] += a.x * wf[0] + a.y * wf[1] + a.z * wf[2] + a.w * wf[3] +
+                              b.x * wf[4] + b.y * wf[5] + b.z * wf[6] + b.w * wf[7];
+                }
+            }
+        }
+    } else {
+        const u32* wr = (const u32*)(w + (size_t)j * k);
+        for (int p = lane; p < (k >> 1); p += 32) {
+            const u32 pair = wr[p];
+            const float w0 = __uint_as_float(pair << 16), w1 = __uint_as_float(pair & 0xffff0000u);
+#pragma unroll
+            for (int r = 0; r < GEMV_MAX_M; ++r)
+                if (r < m) acc[r] += x[(size_t)r * k + 2 * p] * w0 + x[(size_t)r * k + 2 * p + 1] * w1;
+        }
     }
 #pragma unroll
     for (int r = 0; r < GEMV_MAX_M; ++r) {

@@ -111,6 +111,8 @@ fn gemm_and_gemv_match_f64() {
         (37, 100, 130),
         (130, 67, 64),
         (5, 7, 33),
+        // the GEMV's bf16-pair path (k even, not a multiple of 8)
+        (4, 33, 70),
         // tensor-core tiles: m, n not multiples of 128, k not of 32 (partial 64-byte stage)
         (200, 300, 584),
         (129, 4096, 1024),
