@@ -1,7 +1,8 @@
 // Causal grouped-query attention over the paged KV cache. Two paths, chosen per sequence by the
 // host so a sequence's result never depends on its batch-mates: decode rows (one per sequence)
 // go through the key-split flash-decoding pair attn_partial / attn_combine in f32; prefill
-// chunks through attn_prefill_hd{64,128}, a FlashAttention-2-style tensor-core kernel.
+// chunks through attn_prefill_hd{64,128}, a FlashAttention-2-style tensor-core kernel. The
+// cache holds bf16 keys and values (kv.cu's write_kv rounds them); scores and sums are f32.
 //
 // attn_partial: grid (selected rows * n_heads, splits), 128 threads. Selected row i is batch
 // row r = row_ids[i]; it attends to keys
@@ -19,8 +20,8 @@ __device__ __forceinline__ size_t kv_slot(const u32* table, int p, int block_siz
 }
 
 extern "C" __global__ void attn_partial(
-    float* __restrict__ part, const float* __restrict__ q, const float* __restrict__ k_cache,
-    const float* __restrict__ v_cache, const u32* __restrict__ tables,
+    float* __restrict__ part, const float* __restrict__ q, const bf16_t* __restrict__ k_cache,
+    const bf16_t* __restrict__ v_cache, const u32* __restrict__ tables,
     const u32* __restrict__ row_ids, const u32* __restrict__ seq_of,
     const u32* __restrict__ n_keys, int max_blocks, int block_size, int n_heads, int n_kv_heads,
     int head_dim, int split_len, int splits, float scale) {
@@ -47,9 +48,9 @@ extern "C" __global__ void attn_partial(
     const u32* table = tables + (size_t)seq_of[row] * max_blocks;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
     for (int j = j0 + warp; j < j1; j += nwarps) {
-        const float* kr = k_cache + kv_slot(table, j, block_size) * kvd + g * head_dim;
+        const bf16_t* kr = k_cache + kv_slot(table, j, block_size) * kvd + g * head_dim;
         float d = 0.0f;
-        for (int i = lane; i < head_dim; i += 32) d += qs[i] * kr[i];
+        for (int i = lane; i < head_dim; i += 32) d += qs[i] * bf16_to_f32(kr[i]);
         d = warp_sum(d);
         if (lane == 0) sc[j - j0] = d * scale;
     }
@@ -67,7 +68,8 @@ extern "C" __global__ void attn_partial(
     for (int i = threadIdx.x; i < head_dim; i += blockDim.x) {
         float acc = 0.0f;
         for (int j = j0; j < j1; ++j)
-            acc += sc[j - j0] * v_cache[kv_slot(table, j, block_size) * kvd + g * head_dim + i];
+            acc += sc[j - j0] *
+                   bf16_to_f32(v_cache[kv_slot(table, j, block_size) * kvd + g * head_dim + i]);
         out[i] = acc;
     }
     if (threadIdx.x == 0) {
@@ -103,7 +105,7 @@ extern "C" __global__ void attn_combine(float* __restrict__ out, const float* __
 // of the first row): consecutive rows of one sequence, row r at position pos0 + r attending to
 // keys 0 ..= pos0 + r. Each warp owns 16 query rows held as bf16 A fragments; the block walks
 // the keys 64 at a time, staging K as (key, dim-pair) words and V transposed as (dim, key-pair)
-// words (both converted from the f32 cache to bf16, rows padded by 4 words so fragment loads
+// words (both copied from the bf16 cache, rows padded by 4 words so fragment loads
 // hit distinct banks), S = Q K^T on tensor cores, the causal mask, an online softmax in base 2
 // per row (each lane keeps partial row sums; the quad reduces them once at the end), and
 // O += P V with P rounded to bf16 straight from the S accumulators (the C layout of m16n8 is
@@ -113,8 +115,8 @@ extern "C" __global__ void attn_combine(float* __restrict__ out, const float* __
 
 template <int HD>
 __device__ __forceinline__ void attn_prefill(float* __restrict__ out, const float* __restrict__ q,
-                                             const float* __restrict__ k_cache,
-                                             const float* __restrict__ v_cache,
+                                             const bf16_t* __restrict__ k_cache,
+                                             const bf16_t* __restrict__ v_cache,
                                              const u32* __restrict__ tables,
                                              const u32* __restrict__ tiles, int max_blocks,
                                              int block_size, int n_heads, int n_kv_heads,
@@ -153,21 +155,19 @@ __device__ __forceinline__ void attn_prefill(float* __restrict__ out, const floa
         __syncthreads(); // the previous step's reads of ks / vt are done
         for (int e = threadIdx.x; e < FA_BK * (HD / 2); e += blockDim.x) {
             const int kr = e / (HD / 2), w = e % (HD / 2), p = k0 + kr;
-            u32 v = 0u;
-            if (p < kmax) {
-                const float2 kv = *(const float2*)(k_cache + kv_slot(table, p, block_size) * kvd +
-                                                   (size_t)kvh * HD + 2 * w);
-                v = pack_bf16x2(kv.x, kv.y);
-            }
-            ks[kr * KLD + w] = v;
+            // a (dim, dim + 1) pair of bf16 keys is one aligned word of the cache (kvd, HD even)
+            ks[kr * KLD + w] = p < kmax ? *(const u32*)(k_cache +
+                                                        kv_slot(table, p, block_size) * kvd +
+                                                        (size_t)kvh * HD + 2 * w)
+                                        : 0u;
         }
         for (int e = threadIdx.x; e < (FA_BK / 2) * HD; e += blockDim.x) {
             const int kp = e / HD, d = e % HD, p = k0 + 2 * kp;
             const size_t off = (size_t)kvh * HD + d;
-            const float v0 = p < kmax ? v_cache[kv_slot(table, p, block_size) * kvd + off] : 0.0f;
-            const float v1 =
-                p + 1 < kmax ? v_cache[kv_slot(table, p + 1, block_size) * kvd + off] : 0.0f;
-            vt[d * VLD + kp] = pack_bf16x2(v0, v1);
+            const u32 v0 = p < kmax ? v_cache[kv_slot(table, p, block_size) * kvd + off] : 0u;
+            const u32 v1 =
+                p + 1 < kmax ? v_cache[kv_slot(table, p + 1, block_size) * kvd + off] : 0u;
+            vt[d * VLD + kp] = v0 | (v1 << 16); // the lower key in the low half
         }
         __syncthreads();
         float s[NT][4];
@@ -263,8 +263,8 @@ __device__ __forceinline__ void attn_prefill(float* __restrict__ out, const floa
 
 #define ATTN_PREFILL(HD)                                                                      \
     extern "C" __global__ void __launch_bounds__(128) attn_prefill_hd##HD(                    \
-        float* __restrict__ out, const float* __restrict__ q, const float* __restrict__ k,    \
-        const float* __restrict__ v, const u32* __restrict__ tables,                          \
+        float* __restrict__ out, const float* __restrict__ q, const bf16_t* __restrict__ k,   \
+        const bf16_t* __restrict__ v, const u32* __restrict__ tables,                         \
         const u32* __restrict__ tiles, int max_blocks, int block_size, int n_heads,           \
         int n_kv_heads, float scale_log2) {                                                   \
         attn_prefill<HD>(out, q, k, v, tables, tiles, max_blocks, block_size, n_heads,        \

@@ -393,8 +393,8 @@ fn paged_attention_both_paths_match_the_cpu() {
         .expect("cpu attention");
         let (qg, kg, vg) = (
             gb.upload(&q).expect("q"),
-            gb.upload(&kc).expect("k"),
-            gb.upload(&vc).expect("v"),
+            gb.upload_kv(&kc).expect("k"),
+            gb.upload_kv(&vc).expect("v"),
         );
         let run = |seqs: &[KvSeq<'_>], q: &CudaSlice<f32>, n: usize| -> Vec<f32> {
             let mut od = gb.alloc(n * qd).expect("out");
@@ -540,22 +540,28 @@ fn elementwise_kernels_match_the_cpu() {
     // SAFETY: matches embed_bf16's signature.
     unsafe { b.launch(cfg((ids.len() as u32, 1), 256)) }.expect("launch");
     assert_close("embed_bf16", &down(&g, &od), &want, 0.0, 0.0);
+    // the KV write rounds into the bf16 cache: bit-exact to `half`'s round-to-nearest-even
     let (kvd, n_slots) = (192usize, 64usize);
     let src = randn(&mut rng, 3 * kvd, 1.0);
     let slots: Vec<u32> = vec![63, 0, 17];
-    let mut want = vec![0f32; n_slots * kvd];
+    let mut want = vec![0u16; n_slots * kvd];
     for (r, &s) in slots.iter().enumerate() {
-        want[s as usize * kvd..(s as usize + 1) * kvd]
-            .copy_from_slice(&src[r * kvd..(r + 1) * kvd]);
+        for (d, &v) in want[s as usize * kvd..(s as usize + 1) * kvd]
+            .iter_mut()
+            .zip(&src[r * kvd..(r + 1) * kvd])
+        {
+            *d = bf16::from_f32(v).to_bits();
+        }
     }
-    let mut cache = g.stream.alloc_zeros::<f32>(n_slots * kvd).expect("alloc");
+    let mut cache = g.stream.alloc_zeros::<u16>(n_slots * kvd).expect("alloc");
     let (sd, sl, kv_i) = (up(&g, &src), up(&g, &slots), kvd as i32);
     let f = g.function(Kernel::WriteKv).expect("kernel");
     let mut b = g.stream.launch_builder(&f);
     b.arg(&mut cache).arg(&sd).arg(&sl).arg(&kv_i);
-    // SAFETY: matches write_kv's signature; every slot < n_slots.
+    // SAFETY: matches write_kv's signature (a bf16 cache); every slot < n_slots.
     unsafe { b.launch(cfg((3, 1), 128)) }.expect("launch");
-    assert_close("write_kv", &down(&g, &cache), &want, 0.0, 0.0);
+    let got: Vec<u16> = g.stream.clone_dtoh(&cache).expect("download");
+    assert_eq!(got, want, "write_kv");
 }
 
 #[test]

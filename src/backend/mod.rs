@@ -63,6 +63,19 @@ pub trait Backend: Send + Sync + Sized + 'static {
 
     fn alloc(&self, len: usize) -> Result<Self::Buf>;
     fn upload(&self, data: &[f32]) -> Result<Self::Buf>;
+    /// A zeroed KV-cache pool of `len` values in the backend's cache format (f32 on the CPU,
+    /// bf16 on CUDA: `write_kv` rounds into it, `attention` reads it).
+    fn alloc_kv(&self, len: usize) -> Result<Self::Buf> {
+        self.alloc(len)
+    }
+    /// `data` as a KV-cache pool (tests that fill a cache directly).
+    fn upload_kv(&self, data: &[f32]) -> Result<Self::Buf> {
+        self.upload(data)
+    }
+    /// Bytes one cached key or value element takes.
+    fn kv_value_bytes(&self) -> usize {
+        4
+    }
     /// Copy `buf[offset .. offset + out.len()]` to the host.
     fn read(&self, buf: &Self::Buf, offset: usize, out: &mut [f32]) -> Result<()>;
     /// Upload a 2-D tensor as a matrix of `dtype`.

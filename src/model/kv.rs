@@ -32,8 +32,8 @@ impl<B: Backend> KvCache<B> {
             Vec::with_capacity(c.num_layers),
         );
         for _ in 0..c.num_layers {
-            k.push(model.backend.alloc(len)?);
-            v.push(model.backend.alloc(len)?);
+            k.push(model.backend.alloc_kv(len)?);
+            v.push(model.backend.alloc_kv(len)?);
         }
         Ok(KvCache {
             block_size,
@@ -46,7 +46,11 @@ impl<B: Backend> KvCache<B> {
 
     /// Bytes the pool holds (keys and values, all layers).
     pub fn bytes(&self, model: &LlamaModel<B>) -> usize {
-        2 * model.config.num_layers * self.n_blocks * self.block_size * model.config.kv_dim() * 4
+        2 * model.config.num_layers
+            * self.n_blocks
+            * self.block_size
+            * model.config.kv_dim()
+            * model.backend.kv_value_bytes()
     }
 }
 

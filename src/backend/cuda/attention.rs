@@ -5,7 +5,7 @@
 //! 64 or 128 takes `attn_prefill_hd*`, FlashAttention-2 on bf16 tensor cores, in tiles of 64
 //! consecutive rows. Other head dims run every row through the split kernels.
 
-use super::backend::{check, grid, CudaBackend};
+use super::backend::{check, grid, kv_values, CudaBackend};
 use super::kernels::Kernel;
 use super::meta::Meta;
 use crate::backend::{AttentionArgs, KvSeq};
@@ -30,7 +30,7 @@ impl CudaBackend {
         let rows = KvSeq::batch_rows(a.seqs);
         check("attention q", a.q.len(), rows * nh * hd)?;
         check("attention out", a.out.len(), rows * nh * hd)?;
-        let n_blocks = a.k_cache.len().min(a.v_cache.len()) / (bs * nkv * hd).max(1);
+        let n_blocks = kv_values(a.k_cache).min(kv_values(a.v_cache)) / (bs * nkv * hd).max(1);
         // A graph step launches with fixed shapes: tables as wide and key splits as many as
         // max_seq needs (`graph.rs`; the extra splits are empty and add exact zeros).
         let graphing = self.graphing();

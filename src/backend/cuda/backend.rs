@@ -1,6 +1,7 @@
 //! `CudaBackend`: the `Backend` trait on one CUDA device, launching `kernels/*.cu` through the
 //! typed table. Activations are f32 device buffers (`CudaSlice<f32>`), dense weights BF16
-//! (whatever dtype the checkpoint or `--dtype` asks for: the GEMMs read bf16), accumulation f32.
+//! (whatever dtype the checkpoint or `--dtype` asks for: the GEMMs read bf16), the KV cache
+//! bf16 (pairs packed in f32 words, `alloc_kv`), accumulation f32.
 //! Token ids go through the persistent scratch (`scratch.rs`), positions / KV slots / block
 //! tables once per forward into fixed buffers (`meta.rs` reuses them across layers), so a
 //! decode step allocates nothing on the device. Dense linears: the GEMV for decode rows, else
@@ -78,6 +79,11 @@ pub(super) fn check(what: &str, have: usize, need: usize) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// bf16 values a KV pool (`Backend::alloc_kv`) holds: two per f32 word.
+pub(super) fn kv_values(pool: &CudaSlice<f32>) -> usize {
+    2 * pool.len()
 }
 
 pub(crate) fn i32_of(v: usize, what: &str) -> Result<i32> {
@@ -293,6 +299,27 @@ impl Backend for CudaBackend {
         self.up(data)
     }
 
+    // the cache is bf16: a pool of len values is len / 2 f32 words of bf16 pairs
+    fn alloc_kv(&self, len: usize) -> Result<Self::Buf> {
+        self.alloc(len.div_ceil(2))
+    }
+
+    fn upload_kv(&self, data: &[f32]) -> Result<Self::Buf> {
+        let words: Vec<f32> = data
+            .chunks(2)
+            .map(|p| {
+                let lo = bf16::from_f32(p[0]).to_bits() as u32;
+                let hi = p.get(1).map_or(0, |&v| bf16::from_f32(v).to_bits() as u32);
+                f32::from_bits(lo | hi << 16)
+            })
+            .collect();
+        self.up(&words)
+    }
+
+    fn kv_value_bytes(&self) -> usize {
+        2
+    }
+
     fn read(&self, buf: &Self::Buf, offset: usize, out: &mut [f32]) -> Result<()> {
         check("read", buf.len(), offset + out.len())?;
         let view = buf.slice(offset..offset + out.len());
@@ -479,7 +506,7 @@ impl Backend for CudaBackend {
         block_size: usize,
         kv_dim: usize,
     ) -> Result<()> {
-        let n_blocks = cache.len() / (block_size * kv_dim).max(1);
+        let n_blocks = kv_values(cache) / (block_size * kv_dim).max(1);
         let mut slots = vec![0u32; KvSeq::batch_rows(seqs)];
         for s in seqs {
             s.check(block_size, n_blocks, usize::MAX, src.len() / kv_dim.max(1))?;
@@ -494,7 +521,8 @@ impl Backend for CudaBackend {
         let kvd = i32_of(kv_dim, "kv_dim")?;
         let mut b = self.gpu.stream.launch_builder(self.f(Kernel::WriteKv));
         b.arg(cache).arg(src).arg(&*slots_d).arg(&kvd);
-        // SAFETY: matches write_kv's signature; every slot is inside the cache (checked).
+        // SAFETY: matches write_kv's signature (a bf16 cache); every slot is inside the cache
+        // (checked against its bf16 length).
         unsafe { self.go(&mut b, grid1(slots.len(), 128), "write_kv") }?;
         Ok(())
     }
