@@ -329,6 +329,109 @@ fn sampling_on_the_device_matches_the_cpu_rule() {
     }
 }
 
+/// `CudaBackend::rope_write_kv` (one kernel: RoPE on q and k, k and v rounded into the bf16
+/// caches) against the CPU's four ops: q and k to float rounding, every cache slot within one
+/// bf16 step of the CPU's f32 value (untouched slots stay zero), for two sequences with
+/// scattered block tables and GQA heads.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn rope_and_kv_write_fused_match_the_cpu() {
+    use ferroq::backend::cuda::backend::CudaBackend;
+    use ferroq::backend::RopeKvArgs;
+    let gb = CudaBackend::new(0).unwrap_or_else(|e| panic!("these tests need a CUDA GPU: {e}"));
+    let cb = CpuBackend::new();
+    let mut rng = Rng::new(37);
+    let (nh, nkv, hd, bs, n_blocks, max_pos) = (6, 2, 64, 4, 8, 16);
+    let (kvd, rows) = (nkv * hd, 4);
+    let tables: [&[u32]; 2] = [&[5, 1], &[7, 0, 3]];
+    let seqs = [
+        KvSeq {
+            row0: 0,
+            rows: 3,
+            start_pos: 5,
+            blocks: tables[0],
+        },
+        KvSeq {
+            row0: 3,
+            rows: 1,
+            start_pos: 9,
+            blocks: tables[1],
+        },
+    ];
+    let (q, k, v) = (
+        randn(&mut rng, rows * nh * hd, 1.0),
+        randn(&mut rng, rows * kvd, 1.0),
+        randn(&mut rng, rows * kvd, 1.0),
+    );
+    let angles: Vec<f32> = randn(&mut rng, max_pos * hd / 2, 3.0);
+    let (cos, sin): (Vec<f32>, Vec<f32>) = angles.iter().map(|a| (a.cos(), a.sin())).unzip();
+    let pool = n_blocks * bs * kvd;
+    // CPU: the trait's op-by-op default
+    let (mut cq, mut ck) = (q.clone(), k.clone());
+    let (mut ckc, mut cvc) = (cb.alloc_kv(pool).expect("k"), cb.alloc_kv(pool).expect("v"));
+    cb.rope_write_kv(RopeKvArgs {
+        q: &mut cq,
+        k: &mut ck,
+        v: &v,
+        k_cache: &mut ckc,
+        v_cache: &mut cvc,
+        cos: &cos,
+        sin: &sin,
+        seqs: &seqs,
+        block_size: bs,
+        n_heads: nh,
+        n_kv_heads: nkv,
+        head_dim: hd,
+    })
+    .expect("cpu");
+    // GPU: the fused kernel
+    let (mut gq, mut gk, gv) = (
+        gb.upload(&q).expect("q"),
+        gb.upload(&k).expect("k"),
+        gb.upload(&v).expect("v"),
+    );
+    let (gcos, gsin) = (gb.upload(&cos).expect("cos"), gb.upload(&sin).expect("sin"));
+    let (mut gkc, mut gvc) = (gb.alloc_kv(pool).expect("k"), gb.alloc_kv(pool).expect("v"));
+    gb.rope_write_kv(RopeKvArgs {
+        q: &mut gq,
+        k: &mut gk,
+        v: &gv,
+        k_cache: &mut gkc,
+        v_cache: &mut gvc,
+        cos: &gcos,
+        sin: &gsin,
+        seqs: &seqs,
+        block_size: bs,
+        n_heads: nh,
+        n_kv_heads: nkv,
+        head_dim: hd,
+    })
+    .expect("gpu");
+    let read = |d: &CudaSlice<f32>, n: usize| {
+        let mut out = vec![0f32; n];
+        gb.read(d, 0, &mut out).expect("read");
+        out
+    };
+    assert_close("rope q", &read(&gq, q.len()), &cq, 1e-5, 1e-5);
+    assert_close("rope k", &read(&gk, k.len()), &ck, 1e-5, 1e-5);
+    for (name, dev, want) in [("k cache", &gkc, &ckc), ("v cache", &gvc, &cvc)] {
+        // bf16 pairs, the lower value in the low half of each word
+        let got: Vec<f32> = read(dev, pool / 2)
+            .iter()
+            .flat_map(|w| {
+                let b = w.to_bits();
+                [f32::from_bits(b << 16), f32::from_bits(b & 0xffff_0000)]
+            })
+            .collect();
+        for (i, (g, w)) in got.iter().zip(want.iter()).enumerate() {
+            assert!(
+                (g - w).abs() <= w.abs() / 128.0,
+                "{name}[{i}]: gpu {g}, cpu {w}"
+            );
+        }
+    }
+}
+
 /// Paged causal GQA attention through `CudaBackend::attention` against the CPU backend, on
 /// both paths in one batch: prefill chunks (flash attention on bf16 tensor cores: a 100-row
 /// chunk continuing at position 37, so a partial 64-row tile and key tiles across the

@@ -199,6 +199,16 @@ pub trait Backend: Send + Sync + Sized + 'static {
         n_heads: usize,
         head_dim: usize,
     ) -> Result<()>;
+    /// The attention block's steps between the projections and attention: RoPE on q and k,
+    /// then k and v into their caches (a backend may fuse them; the default runs them one by
+    /// one).
+    fn rope_write_kv(&self, a: RopeKvArgs<'_, Self>) -> Result<()> {
+        self.rope(a.q, a.cos, a.sin, a.seqs, a.n_heads, a.head_dim)?;
+        self.rope(a.k, a.cos, a.sin, a.seqs, a.n_kv_heads, a.head_dim)?;
+        let kv_dim = a.n_kv_heads * a.head_dim;
+        self.write_kv(a.k_cache, a.k, a.seqs, a.block_size, kv_dim)?;
+        self.write_kv(a.v_cache, a.v, a.seqs, a.block_size, kv_dim)
+    }
     /// Store each sequence's new keys or values: cache (n_blocks, block_size, kv_dim) at the
     /// slots of positions start_pos .. start_pos + rows (through its block table) =
     /// src (rows, kv_dim) from row row0.
@@ -362,6 +372,24 @@ impl KvSeq<'_> {
         }
         Ok(())
     }
+}
+
+/// Arguments of [`Backend::rope_write_kv`]: q (rows, n_heads, head_dim) and k (rows,
+/// n_kv_heads, head_dim) rotated in place (HF rotate_half; cos / sin (max_pos, head_dim / 2));
+/// k and v (rows, n_kv_heads · head_dim) stored at each sequence's slots of the caches.
+pub struct RopeKvArgs<'a, B: Backend> {
+    pub q: &'a mut B::Buf,
+    pub k: &'a mut B::Buf,
+    pub v: &'a B::Buf,
+    pub k_cache: &'a mut B::Buf,
+    pub v_cache: &'a mut B::Buf,
+    pub cos: &'a B::Buf,
+    pub sin: &'a B::Buf,
+    pub seqs: &'a [KvSeq<'a>],
+    pub block_size: usize,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
 }
 
 /// Arguments of [`Backend::attention`], bundled because there are many.

@@ -5,7 +5,7 @@
 //! once for (max_batch, max_seq), so prefill (a batch of prompt tokens in one pass) and decode
 //! (one token) allocate nothing.
 
-use crate::backend::{AttentionArgs, Backend, KvSeq, LinearInput, StepKey};
+use crate::backend::{AttentionArgs, Backend, KvSeq, LinearInput, RopeKvArgs, StepKey};
 use crate::engine::sampler::Draw;
 use crate::error::{Error, Result};
 use crate::model::config::{LmHead, ModelConfig};
@@ -640,10 +640,20 @@ impl<B: Backend> LlamaModel<B> {
                 dim,
                 [(q, &layer.q), (k, &layer.k), (v, &layer.v)]
             );
-            b.rope(&mut ws.q, cos, sin, seqs, c.num_heads, hd)?;
-            b.rope(&mut ws.k, cos, sin, seqs, c.num_kv_heads, hd)?;
-            b.write_kv(&mut kv.k[l], &ws.k, seqs, kv.block_size, c.kv_dim())?;
-            b.write_kv(&mut kv.v[l], &ws.v, seqs, kv.block_size, c.kv_dim())?;
+            b.rope_write_kv(RopeKvArgs {
+                q: &mut ws.q,
+                k: &mut ws.k,
+                v: &ws.v,
+                k_cache: &mut kv.k[l],
+                v_cache: &mut kv.v[l],
+                cos,
+                sin,
+                seqs,
+                block_size: kv.block_size,
+                n_heads: c.num_heads,
+                n_kv_heads: c.num_kv_heads,
+                head_dim: hd,
+            })?;
             b.attention(AttentionArgs {
                 out: &mut ws.att,
                 q: &ws.q,

@@ -21,7 +21,7 @@ use super::qlinear::{arg_or_null, launch};
 use super::runtime::Gpu;
 use super::scratch::{Scratch, ScratchCell};
 use super::tiles::{GemmKind, TC_BF16_128};
-use crate::backend::{AttentionArgs, Backend, KvSeq, LinearInput, StepKey};
+use crate::backend::{AttentionArgs, Backend, KvSeq, LinearInput, RopeKvArgs, StepKey};
 use crate::engine::sampler::Draw;
 use crate::error::{Error, Result};
 use crate::model::linear::Linear;
@@ -31,6 +31,7 @@ use cudarc::driver::{
     sys, CudaFunction, CudaSlice, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg,
 };
 use half::bf16;
+use std::sync::Arc;
 
 /// A dense `[rows, cols]` weight in BF16 on the device.
 pub struct CudaMatrix {
@@ -248,6 +249,51 @@ impl CudaBackend {
             Some(bias) => self.add_bias(out, bias, rows, n),
             None => Ok(()),
         }
+    }
+
+    /// Each batch row's position on the device (rope), checked against the rope tables.
+    fn positions(
+        &self,
+        seqs: &[KvSeq<'_>],
+        cos: &CudaSlice<f32>,
+        sin: &CudaSlice<f32>,
+        head_dim: usize,
+    ) -> Result<Arc<CudaSlice<u32>>> {
+        let mut pos = vec![0u32; KvSeq::batch_rows(seqs)];
+        for s in seqs {
+            for r in 0..s.rows {
+                pos[s.row0 + r] = (s.start_pos + r) as u32;
+            }
+        }
+        let last = pos.iter().copied().max().unwrap_or(0) as usize;
+        check(
+            "rope table",
+            cos.len().min(sin.len()),
+            (last + 1) * head_dim / 2,
+        )?;
+        self.up_meta(Meta::Positions, &pos)
+    }
+
+    /// Each batch row's KV slot on the device, checked inside every one of `caches` (bf16
+    /// pools of (n_blocks, block_size, kv_dim)) and the source of `src_len` values.
+    fn slots(
+        &self,
+        caches: &[&CudaSlice<f32>],
+        seqs: &[KvSeq<'_>],
+        block_size: usize,
+        kv_dim: usize,
+        src_len: usize,
+    ) -> Result<Arc<CudaSlice<u32>>> {
+        let values = caches.iter().map(|c| kv_values(c)).min().unwrap_or(0);
+        let n_blocks = values / (block_size * kv_dim).max(1);
+        let mut slots = vec![0u32; KvSeq::batch_rows(seqs)];
+        for s in seqs {
+            s.check(block_size, n_blocks, usize::MAX, src_len / kv_dim.max(1))?;
+            for r in 0..s.rows {
+                slots[s.row0 + r] = s.slot(s.start_pos + r, block_size) as u32;
+            }
+        }
+        self.up_meta(Meta::Slots, &slots)
     }
 
     pub(super) fn f(&self, k: Kernel) -> &CudaFunction {
@@ -476,19 +522,7 @@ impl Backend for CudaBackend {
     ) -> Result<()> {
         let rows = KvSeq::batch_rows(seqs);
         check("rope", x.len(), rows * n_heads * head_dim)?;
-        let mut pos = vec![0u32; rows];
-        for s in seqs {
-            for r in 0..s.rows {
-                pos[s.row0 + r] = (s.start_pos + r) as u32;
-            }
-        }
-        let last = pos.iter().copied().max().unwrap_or(0) as usize;
-        check(
-            "rope table",
-            cos.len().min(sin.len()),
-            (last + 1) * head_dim / 2,
-        )?;
-        let pos_d = self.up_meta(Meta::Positions, &pos)?;
+        let pos_d = self.positions(seqs, cos, sin, head_dim)?;
         let (h, d) = (i32_of(n_heads, "heads")?, i32_of(head_dim, "head_dim")?);
         let mut b = self.gpu.stream.launch_builder(self.f(Kernel::Rope));
         b.arg(x).arg(cos).arg(sin).arg(&*pos_d).arg(&h).arg(&d);
@@ -506,24 +540,49 @@ impl Backend for CudaBackend {
         block_size: usize,
         kv_dim: usize,
     ) -> Result<()> {
-        let n_blocks = kv_values(cache) / (block_size * kv_dim).max(1);
-        let mut slots = vec![0u32; KvSeq::batch_rows(seqs)];
-        for s in seqs {
-            s.check(block_size, n_blocks, usize::MAX, src.len() / kv_dim.max(1))?;
-            for r in 0..s.rows {
-                slots[s.row0 + r] = s.slot(s.start_pos + r, block_size) as u32;
-            }
-        }
-        if slots.is_empty() {
+        let rows = KvSeq::batch_rows(seqs);
+        if rows == 0 {
             return Ok(());
         }
-        let slots_d = self.up_meta(Meta::Slots, &slots)?;
+        let slots_d = self.slots(&[&*cache], seqs, block_size, kv_dim, src.len())?;
         let kvd = i32_of(kv_dim, "kv_dim")?;
         let mut b = self.gpu.stream.launch_builder(self.f(Kernel::WriteKv));
         b.arg(cache).arg(src).arg(&*slots_d).arg(&kvd);
         // SAFETY: matches write_kv's signature (a bf16 cache); every slot is inside the cache
         // (checked against its bf16 length).
-        unsafe { self.go(&mut b, grid1(slots.len(), 128), "write_kv") }?;
+        unsafe { self.go(&mut b, grid1(rows, 128), "write_kv") }?;
+        Ok(())
+    }
+
+    fn rope_write_kv(&self, a: RopeKvArgs<'_, Self>) -> Result<()> {
+        let rows = KvSeq::batch_rows(a.seqs);
+        if rows == 0 {
+            return Ok(());
+        }
+        let kv_dim = a.n_kv_heads * a.head_dim;
+        check("rope q", a.q.len(), rows * a.n_heads * a.head_dim)?;
+        check("rope k / v", a.k.len().min(a.v.len()), rows * kv_dim)?;
+        let pos_d = self.positions(a.seqs, a.cos, a.sin, a.head_dim)?;
+        let caches = [&*a.k_cache, &*a.v_cache];
+        let slots_d = self.slots(&caches, a.seqs, a.block_size, kv_dim, a.k.len())?;
+        let ints = [a.n_heads, a.n_kv_heads, a.head_dim].map(|v| v as i32);
+        let mut b = self.gpu.stream.launch_builder(self.f(Kernel::RopeWriteKv));
+        b.arg(a.q)
+            .arg(&mut *a.k)
+            .arg(a.v)
+            .arg(a.k_cache)
+            .arg(a.v_cache)
+            .arg(a.cos)
+            .arg(a.sin)
+            .arg(&*pos_d)
+            .arg(&*slots_d);
+        for v in &ints {
+            b.arg(v);
+        }
+        // SAFETY: matches rope_write_kv's signature; q and k / v hold rows × heads × head_dim
+        // (checked), every position is inside the rope tables and every slot inside both bf16
+        // caches (checked).
+        unsafe { self.go(&mut b, grid1(rows, 128), "rope + KV write") }?;
         Ok(())
     }
 

@@ -134,10 +134,11 @@ pub enum Kernel {
     SampleRows,
     RotateQuantI8,
     RotateQuantFp8,
+    RopeWriteKv,
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 38] = [
+    pub const ALL: [Kernel; 39] = [
         Kernel::RmsNorm,
         Kernel::AddRmsNorm,
         Kernel::Rope,
@@ -176,12 +177,13 @@ impl Kernel {
         Kernel::SampleRows,
         Kernel::RotateQuantI8,
         Kernel::RotateQuantFp8,
+        Kernel::RopeWriteKv,
     ];
 
     pub fn module(self) -> Module {
         match self {
             Kernel::RmsNorm | Kernel::AddRmsNorm => Module::Norm,
-            Kernel::Rope => Module::Rope,
+            Kernel::Rope | Kernel::RopeWriteKv => Module::Rope,
             Kernel::EmbedBf16 => Module::Embed,
             Kernel::SiluMul | Kernel::AddAssign | Kernel::AddBias => Module::Activation,
             Kernel::WriteKv => Module::Kv,
@@ -275,6 +277,7 @@ impl Kernel {
             Kernel::SampleRows => "sample_rows",
             Kernel::RotateQuantI8 => "rotate_quant_i8",
             Kernel::RotateQuantFp8 => "rotate_quant_fp8",
+            Kernel::RopeWriteKv => "rope_write_kv",
         }
     }
 }
