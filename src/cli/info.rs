@@ -55,7 +55,15 @@ pub fn info() -> Result<()> {
         Module::ALL.len()
     );
     println!(
-        "cuda backend: built (bf16 weights); not yet validated on a GPU (docs/GPU_RESULTS.md)"
+        "cuda graphs: {}",
+        if ferroq::backend::cuda::graph::graphs_wanted() {
+            "decode steps captured once and replayed (FERROQ_CUDA_GRAPHS=0 to switch off)"
+        } else {
+            "off (FERROQ_CUDA_GRAPHS=0): decode launches every kernel"
+        }
+    );
+    println!(
+        "cuda backend: built (bf16 weights, bf16 KV cache); not yet validated on a GPU (docs/GPU_RESULTS.md)"
     );
     Ok(())
 }

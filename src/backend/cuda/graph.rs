@@ -58,12 +58,16 @@ pub(super) struct Graphs {
     cache: Mutex<Vec<Captured>>,
 }
 
+/// Whether decode steps are captured as graphs: unless FERROQ_CUDA_GRAPHS=0.
+pub fn graphs_wanted() -> bool {
+    std::env::var("FERROQ_CUDA_GRAPHS").map_or(true, |v| v != "0")
+}
+
 impl Default for Graphs {
     fn default() -> Self {
-        let off = std::env::var("FERROQ_CUDA_GRAPHS").is_ok_and(|v| v == "0");
         Graphs {
             mode: AtomicU8::new(Mode::Eager as u8),
-            enabled: AtomicBool::new(!off),
+            enabled: AtomicBool::new(graphs_wanted()),
             moves: AtomicU64::new(0),
             captures: AtomicU64::new(0),
             cache: Mutex::new(Vec::new()),

@@ -11,7 +11,7 @@ pub mod attention;
 pub mod backend;
 pub mod blas;
 pub mod device;
-mod graph;
+pub mod graph;
 pub mod kernels;
 mod meta;
 pub mod nvrtc;
