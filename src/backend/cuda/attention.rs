@@ -49,34 +49,41 @@ impl CudaBackend {
             128 => Some(Kernel::AttnPrefillHd128),
             _ => None,
         };
-        let mut tables = vec![0u32; a.seqs.len() * max_blocks];
-        let (mut seq_of, mut n_keys) = (vec![0u32; rows], vec![0u32; rows]);
-        // flash-attention tiles: (sequence, first batch row, rows, first position)
-        let mut tiles: Vec<u32> = Vec::new();
-        // batch rows for the split kernels
-        let mut row_ids: Vec<u32> = Vec::new();
-        for (i, s) in a.seqs.iter().enumerate() {
+        for s in a.seqs {
             s.check(bs, n_blocks, a.max_seq, rows)?;
-            // positions past max_seq are never read, nor their blocks
-            let nb = s.blocks.len().min(max_blocks);
-            tables[i * max_blocks..i * max_blocks + nb].copy_from_slice(&s.blocks[..nb]);
-            for r in 0..s.rows {
-                seq_of[s.row0 + r] = i as u32;
-                n_keys[s.row0 + r] = (s.start_pos + r + 1) as u32;
-            }
-            if fa_kernel.is_some() && s.rows >= FA_MIN_ROWS {
-                for r0 in (0..s.rows).step_by(FA_ROWS) {
-                    let n = FA_ROWS.min(s.rows - r0);
-                    tiles.extend([i, s.row0 + r0, n, s.start_pos + r0].map(|v| v as u32));
-                }
-            } else {
-                row_ids.extend((s.row0..s.row0 + s.rows).map(|r| r as u32));
-            }
         }
-        let t_d = self.up_meta(Meta::Tables, &tables)?;
+        // a sequence's prefill chunk takes flash attention, its decode row the split kernels
+        let flash = |s: &KvSeq<'_>| fa_kernel.is_some() && s.rows >= FA_MIN_ROWS;
+        // the metadata is built in reused host buffers (`up_meta_with`): no allocation per call
+        let t_d = self.up_meta_with(Meta::Tables, a.seqs.len() * max_blocks, |t| {
+            for (i, s) in a.seqs.iter().enumerate() {
+                // positions past max_seq are never read, nor their blocks
+                let nb = s.blocks.len().min(max_blocks);
+                t[i * max_blocks..i * max_blocks + nb].copy_from_slice(&s.blocks[..nb]);
+            }
+        })?;
         let ints = [max_blocks, bs, nh, nkv].map(|v| v as i32);
-        if let (Some(kern), false) = (fa_kernel, tiles.is_empty()) {
-            let tiles_d = self.up_meta(Meta::Tiles, &tiles)?;
+        let n_tiles: usize = a
+            .seqs
+            .iter()
+            .filter(|s| flash(s))
+            .map(|s| s.rows.div_ceil(FA_ROWS))
+            .sum();
+        if let (Some(kern), true) = (fa_kernel, n_tiles > 0) {
+            // (sequence, first batch row, rows, first position) per 64-row tile
+            let tiles_d = self.up_meta_with(Meta::Tiles, 4 * n_tiles, |t| {
+                let mut tiles = t.chunks_exact_mut(4);
+                for (i, s) in a.seqs.iter().enumerate().filter(|(_, s)| flash(s)) {
+                    for r0 in (0..s.rows).step_by(FA_ROWS) {
+                        let n = FA_ROWS.min(s.rows - r0);
+                        if let Some(tile) = tiles.next() {
+                            tile.copy_from_slice(
+                                &[i, s.row0 + r0, n, s.start_pos + r0].map(|v| v as u32),
+                            );
+                        }
+                    }
+                }
+            })?;
             let scale_log2 = std::f32::consts::LOG2_E / (hd as f32).sqrt();
             let mut b = self.gpu.stream.launch_builder(self.f(kern));
             b.arg(&mut *a.out)
@@ -92,28 +99,41 @@ impl CudaBackend {
             // SAFETY: the argument list of attn_prefill_hd{64,128} for this head dim; every
             // tile's rows are inside q / out (rows × heads × hd, checked) and every table entry
             // a block inside the caches (checked); 128 threads, static shared memory.
-            unsafe { self.go(&mut b, grid(tiles.len() / 4, nh, 128, 0), "flash attention") }?;
+            unsafe { self.go(&mut b, grid(n_tiles, nh, 128, 0), "flash attention") }?;
         }
-        if row_ids.is_empty() {
+        let split_seqs = || a.seqs.iter().filter(|s| !flash(s));
+        let sel: usize = split_seqs().map(|s| s.rows).sum();
+        if sel == 0 {
             return Ok(());
         }
-        let longest = row_ids
-            .iter()
-            .map(|&r| n_keys[r as usize] as usize)
+        let longest = split_seqs()
+            .map(|s| s.start_pos + s.rows)
             .max()
             .unwrap_or(1);
         let splits = if graphing { a.max_seq } else { longest }
             .div_ceil(SPLIT_LEN)
             .max(1);
-        let sel = row_ids.len();
         let mut sc = self.scratch()?;
         // (sel, heads, splits, hd + 2)
         let part = self.grow(&mut sc.attn_part, sel * nh * splits * (hd + 2))?;
-        let (r_d, s_d, n_d) = (
-            self.up_meta(Meta::RowIds, &row_ids)?,
-            self.up_meta(Meta::SeqOf, &seq_of)?,
-            self.up_meta(Meta::NKeys, &n_keys)?,
-        );
+        let r_d = self.up_meta_with(Meta::RowIds, sel, |ids| {
+            let rows = split_seqs().flat_map(|s| s.row0..s.row0 + s.rows);
+            for (d, r) in ids.iter_mut().zip(rows) {
+                *d = r as u32;
+            }
+        })?;
+        let s_d = self.up_meta_with(Meta::SeqOf, rows, |seq_of| {
+            for (i, s) in a.seqs.iter().enumerate() {
+                seq_of[s.row0..s.row0 + s.rows].fill(i as u32);
+            }
+        })?;
+        let n_d = self.up_meta_with(Meta::NKeys, rows, |n_keys| {
+            for s in a.seqs {
+                for r in 0..s.rows {
+                    n_keys[s.row0 + r] = (s.start_pos + r + 1) as u32;
+                }
+            }
+        })?;
         let tail = [hd, SPLIT_LEN, splits].map(|v| v as i32);
         let scale = 1.0 / (hd as f32).sqrt();
         let mut b = self.gpu.stream.launch_builder(self.f(Kernel::AttnPartial));

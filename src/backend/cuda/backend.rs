@@ -259,19 +259,23 @@ impl CudaBackend {
         sin: &CudaSlice<f32>,
         head_dim: usize,
     ) -> Result<Arc<CudaSlice<u32>>> {
-        let mut pos = vec![0u32; KvSeq::batch_rows(seqs)];
-        for s in seqs {
-            for r in 0..s.rows {
-                pos[s.row0 + r] = (s.start_pos + r) as u32;
-            }
-        }
-        let last = pos.iter().copied().max().unwrap_or(0) as usize;
+        let last = seqs
+            .iter()
+            .map(|s| (s.start_pos + s.rows).saturating_sub(1))
+            .max()
+            .unwrap_or(0);
         check(
             "rope table",
             cos.len().min(sin.len()),
             (last + 1) * head_dim / 2,
         )?;
-        self.up_meta(Meta::Positions, &pos)
+        self.up_meta_with(Meta::Positions, KvSeq::batch_rows(seqs), |pos| {
+            for s in seqs {
+                for r in 0..s.rows {
+                    pos[s.row0 + r] = (s.start_pos + r) as u32;
+                }
+            }
+        })
     }
 
     /// Each batch row's KV slot on the device, checked inside every one of `caches` (bf16
@@ -286,14 +290,16 @@ impl CudaBackend {
     ) -> Result<Arc<CudaSlice<u32>>> {
         let values = caches.iter().map(|c| kv_values(c)).min().unwrap_or(0);
         let n_blocks = values / (block_size * kv_dim).max(1);
-        let mut slots = vec![0u32; KvSeq::batch_rows(seqs)];
         for s in seqs {
             s.check(block_size, n_blocks, usize::MAX, src_len / kv_dim.max(1))?;
-            for r in 0..s.rows {
-                slots[s.row0 + r] = s.slot(s.start_pos + r, block_size) as u32;
-            }
         }
-        self.up_meta(Meta::Slots, &slots)
+        self.up_meta_with(Meta::Slots, KvSeq::batch_rows(seqs), |slots| {
+            for s in seqs {
+                for r in 0..s.rows {
+                    slots[s.row0 + r] = s.slot(s.start_pos + r, block_size) as u32;
+                }
+            }
+        })
     }
 
     pub(super) fn f(&self, k: Kernel) -> &CudaFunction {

@@ -49,6 +49,9 @@ struct State {
     slots: [Upload; Meta::COUNT],
     /// kinds whose contents the current staging pass changed
     staged: [bool; Meta::COUNT],
+    /// where the next contents are built; swapped with a slot's host copy when they differ,
+    /// so steady-state calls allocate nothing on the host either
+    next: Vec<u32>,
 }
 
 #[derive(Default)]
@@ -72,15 +75,33 @@ impl MetaCache {
 
 impl CudaBackend {
     /// `v` on the device (the buffer may be longer): the cached upload of this kind when its
-    /// contents are the same. A graph's staging pass may change each kind once (a second
-    /// change would overwrite what an earlier kernel of the replayed step reads), and a
-    /// capture may change none.
+    /// contents are the same.
     pub(super) fn up_meta(&self, kind: Meta, v: &[u32]) -> Result<Arc<CudaSlice<u32>>> {
+        self.up_meta_with(kind, v.len(), |d| d.copy_from_slice(v))
+    }
+
+    /// `fill`'s `len` values (it gets them zeroed) on the device, as `up_meta`, built in a
+    /// reused host buffer. A graph's staging pass may change each kind once (a second change
+    /// would overwrite what an earlier kernel of the replayed step reads), and a capture may
+    /// change none.
+    pub(super) fn up_meta_with(
+        &self,
+        kind: Meta,
+        len: usize,
+        fill: impl FnOnce(&mut [u32]),
+    ) -> Result<Arc<CudaSlice<u32>>> {
         let mode = self.mode();
         let mut st = self.meta.lock()?;
-        let State { slots, staged } = &mut *st;
+        let State {
+            slots,
+            staged,
+            next,
+        } = &mut *st;
+        next.clear();
+        next.resize(len, 0);
+        fill(next);
         let slot = &mut slots[kind as usize];
-        let same = matches!(slot, Some((host, _)) if host.as_slice() == v);
+        let same = matches!(slot, Some((host, _)) if host == next);
         if !same {
             match mode {
                 Mode::Capture => {
@@ -101,19 +122,18 @@ impl CudaBackend {
             Some((host, dev)) => {
                 // callers drop their handle after the launch, so the buffer is ours again
                 match Arc::get_mut(dev) {
-                    Some(d) if d.len() >= v.len() && !v.is_empty() => {
-                        let mut head = d.slice_mut(0..v.len());
+                    Some(d) if d.len() >= len && len > 0 => {
+                        let mut head = d.slice_mut(0..len);
                         self.gpu
                             .stream
-                            .memcpy_htod(v, &mut head)
+                            .memcpy_htod(next.as_slice(), &mut head)
                             .map_err(|e| drv("upload", e))?;
                     }
-                    _ => *dev = Arc::new(self.up_padded(v)?),
+                    _ => *dev = Arc::new(self.up_padded(next)?),
                 }
-                host.clear();
-                host.extend_from_slice(v);
+                std::mem::swap(host, next);
             }
-            None => *slot = Some((v.to_vec(), Arc::new(self.up_padded(v)?))),
+            None => *slot = Some((next.clone(), Arc::new(self.up_padded(next)?))),
         }
         match slot {
             Some((_, dev)) => Ok(dev.clone()),

@@ -27,38 +27,29 @@ impl CudaBackend {
         }
         let v = i32_of(vocab, "vocab")?;
         let stream = &self.gpu.stream;
-        // (flat index, penalty bits) for every penalized id of every row
-        let mut pairs: Vec<u32> = Vec::new();
-        for (r, d) in draws.iter().enumerate() {
-            if d.penalty != 1.0 {
-                for &t in d.penalized.iter().filter(|&&t| (t as usize) < vocab) {
-                    pairs.extend([(r * vocab) as u32 + t, d.penalty.to_bits()]);
-                }
-            }
-        }
-        let params: Vec<u32> = draws
-            .iter()
-            .flat_map(|d| {
-                [
-                    d.temperature.to_bits(),
-                    d.top_k.min(i32::MAX as usize) as u32,
-                    d.top_p.to_bits(),
-                    d.u.to_bits(),
-                ]
-            })
-            .collect();
         let mut sc = self.scratch()?;
         let Scratch {
             penalized,
             sample_params,
             ids,
+            host,
             ..
         } = &mut *sc;
-        if !pairs.is_empty() {
-            let n = pairs.len() / 2;
-            let p_d = self.grow(penalized, pairs.len())?; // (n, 2)
+        // (flat index, penalty bits) for every penalized id of every row, built in the reused
+        // host buffer (a pageable upload is staged before memcpy returns, so it can be reused)
+        host.clear();
+        for (r, d) in draws.iter().enumerate() {
+            if d.penalty != 1.0 {
+                for &t in d.penalized.iter().filter(|&&t| (t as usize) < vocab) {
+                    host.extend([(r * vocab) as u32 + t, d.penalty.to_bits()]);
+                }
+            }
+        }
+        if !host.is_empty() {
+            let n = host.len() / 2;
+            let p_d = self.grow(penalized, host.len())?; // (n, 2)
             stream
-                .memcpy_htod(&pairs, &mut p_d.slice_mut(0..pairs.len()))
+                .memcpy_htod(host.as_slice(), &mut p_d.slice_mut(0..host.len()))
                 .map_err(|e| drv("upload penalized ids", e))?;
             let n_i = i32_of(n, "penalized ids")?;
             let mut b = stream.launch_builder(self.f(Kernel::Penalize));
@@ -68,9 +59,18 @@ impl CudaBackend {
             // distinct, so no two threads write one logit.
             unsafe { self.go(&mut b, grid1(n.div_ceil(256), 256), "repetition penalty") }?;
         }
-        let pr = self.grow(sample_params, params.len())?; // (rows, 4)
+        host.clear();
+        for d in draws {
+            host.extend([
+                d.temperature.to_bits(),
+                d.top_k.min(i32::MAX as usize) as u32,
+                d.top_p.to_bits(),
+                d.u.to_bits(),
+            ]);
+        }
+        let pr = self.grow(sample_params, host.len())?; // (rows, 4)
         stream
-            .memcpy_htod(&params, &mut pr.slice_mut(0..params.len()))
+            .memcpy_htod(host.as_slice(), &mut pr.slice_mut(0..host.len()))
             .map_err(|e| drv("upload sampling parameters", e))?;
         let ids = self.grow(ids, rows)?; // (rows)
         let mut b = stream.launch_builder(self.f(Kernel::SampleRows));

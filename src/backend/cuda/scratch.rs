@@ -44,6 +44,8 @@ pub(super) struct Scratch {
     pub ids: Grow<u32>,  // (rows) greedy or sampled ids out
     pub penalized: Grow<u32>, // (n, 2) (flat index, penalty) under the repetition penalty
     pub sample_params: Grow<u32>, // (rows, 4) temperature, top_k, top_p, u as bits
+    /// host-side staging for the sampling uploads, reused
+    pub host: Vec<u32>,
 }
 
 impl CudaBackend {
