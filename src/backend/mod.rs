@@ -1,9 +1,13 @@
 //! The backend abstraction: the handful of LLM operations the Llama forward pass needs (embed,
-//! RMSNorm, linear, RoPE, KV-cache write, causal GQA attention, SiLU·up, residual add), each
-//! over device buffers whose shapes are given in the argument comments. The model is generic
-//! over `Backend`, so a CUDA backend slots in by implementing this trait with its own buffer
-//! types; the CPU backend is the first implementation and the reference for every other one.
-//! Design after candle's per-device backend traits and llm.c's "one function per layer op".
+//! RMSNorm, linear, RoPE, KV-cache write, causal GQA attention, SiLU·up, residual add, argmax
+//! and sampling), each over device buffers whose shapes are given in the argument comments,
+//! plus the seams where a device backend fuses or batches them: `project` (a site's linears on
+//! the input a norm, SiLU·up or rotation makes, so the activation quantization can be fused
+//! and shared), `rope_write_kv`, and `replay_step` (a decode step a GPU records once as a graph
+//! and replays). Those have op-by-op defaults, which is what the CPU backend runs. The model
+//! is generic over `Backend`; the CPU backend is the first implementation and the reference
+//! for every other one. Design after candle's per-device backend traits and llm.c's "one
+//! function per layer op".
 
 pub mod cpu;
 pub mod cuda;

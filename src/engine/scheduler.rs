@@ -438,7 +438,7 @@ impl<B: Backend> Scheduler<B> {
         for p in group {
             let s = &mut self.running[p.seq];
             s.cached = p.end;
-            if p.end == s.tokens.len() {
+            if wants(p, s) {
                 let id = next.next().ok_or_else(|| {
                     Error::InvalidArgument("fewer sampled ids than sequences".into())
                 })?;

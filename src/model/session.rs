@@ -96,14 +96,8 @@ impl<B: Backend> LlamaModel<B> {
     /// `forward` + the sampler's argmax give), picked on the backend so that only the id, not
     /// the vocab-sized logits, crosses to the host.
     pub fn forward_greedy(&self, s: &mut Session<B>, tokens: &[u32]) -> Result<u32> {
-        Self::check_room(s, tokens)?;
-        let n = self.feed_head(s, tokens, None)?;
+        self.feed_last(s, tokens)?;
         let mut id = [0u32];
-        if n != 1 {
-            return Err(Error::InvalidArgument(format!(
-                "greedy: {n} rows of logits for one id"
-            )));
-        }
         self.greedy(&s.ws, &mut id)?;
         Ok(id[0])
     }
@@ -112,16 +106,21 @@ impl<B: Backend> LlamaModel<B> {
     /// `forward` + `Sampler::sample` give for the same draw), on the backend: only the id
     /// crosses to the host.
     pub fn forward_sample(&self, s: &mut Session<B>, tokens: &[u32], d: &Draw<'_>) -> Result<u32> {
-        Self::check_room(s, tokens)?;
-        let n = self.feed_head(s, tokens, None)?;
-        if n != 1 {
-            return Err(Error::InvalidArgument(format!(
-                "sample: {n} rows of logits for one id"
-            )));
-        }
+        self.feed_last(s, tokens)?;
         let mut id = [0u32];
         self.sample(&mut s.ws, std::slice::from_ref(d), &mut id)?;
         Ok(id[0])
+    }
+
+    /// Feed `tokens` with the last one's logits left in the backend's logits (row 0).
+    fn feed_last(&self, s: &mut Session<B>, tokens: &[u32]) -> Result<()> {
+        Self::check_room(s, tokens)?;
+        match self.feed_head(s, tokens, None)? {
+            1 => Ok(()),
+            n => Err(Error::InvalidArgument(format!(
+                "{n} rows of logits for one token"
+            ))),
+        }
     }
 
     /// `feed`, then the LM head on the rows it picks, into the backend's logits; returns how

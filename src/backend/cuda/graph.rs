@@ -1,7 +1,8 @@
-//! CUDA graphs for the decode step (issue 5): a decode token launches the same ~25 kernels per
-//! layer every step, only the metadata they read (token id, position, KV slot, keys visible)
-//! changes, so the step is captured once (`cuStreamBeginCapture` … `cuGraphInstantiate`) and
-//! replayed with one `cuGraphLaunch` instead of ~800 launches on an 8B model. A step runs its
+//! CUDA graphs for the decode step (issue 5): a decode token launches the same fifteen or so
+//! kernels per layer every step, only the metadata they read (token id, position, KV slot, keys
+//! visible) changes, so the step is captured once (`cuStreamBeginCapture` …
+//! `cuGraphInstantiate`) and replayed with one `cuGraphLaunch` instead of ~500 launches on an
+//! 8B model. A step runs its
 //! host code twice per token: a *staging* pass that uploads the step's metadata into the
 //! fixed buffers of `meta.rs` (in place, so their addresses never change) and launches
 //! nothing, then either the replay or, the first time, a *capture* pass that records the
@@ -11,7 +12,10 @@
 //! caller's `StepKey` and the backend's buffer-move count: a scratch or metadata buffer that
 //! had to grow since the capture invalidates it. Where capture fails, the backend warns once
 //! and decodes eagerly from then on; `FERROQ_CUDA_GRAPHS=0` never captures. This is how vLLM
-//! and TensorRT-LLM run decode (per batch size graphs over static metadata buffers).
+//! and TensorRT-LLM run decode (per batch size graphs over static metadata buffers). Steps are
+//! serialised by a lock, but the mode is the backend's: while one thread stages or captures,
+//! no other thread may run work on the same backend (its launches would be skipped or
+//! recorded) — ferroq drives a backend from one thread (generate, the server's engine).
 
 use super::backend::{drv, CudaBackend};
 use crate::backend::StepKey;
@@ -55,6 +59,7 @@ pub(super) struct Graphs {
     pub(super) moves: AtomicU64,
     /// graphs captured so far
     captures: AtomicU64,
+    /// the captured steps; held for a whole step, which serialises steps
     cache: Mutex<Vec<Captured>>,
 }
 
@@ -134,6 +139,11 @@ impl CudaBackend {
         if !self.graphs.enabled.load(Ordering::Relaxed) {
             return step();
         }
+        let mut cache = self
+            .graphs
+            .cache
+            .lock()
+            .map_err(|_| drv("graph cache", "poisoned lock"))?;
         self.meta.begin_stage()?;
         self.set_mode(Mode::Stage);
         let staged = step();
@@ -146,11 +156,6 @@ impl CudaBackend {
             return Ok(());
         }
         let moves = self.graphs.moves.load(Ordering::Relaxed);
-        let mut cache = self
-            .graphs
-            .cache
-            .lock()
-            .map_err(|_| drv("graph cache", "poisoned lock"))?;
         if let Some(c) = cache.iter().find(|c| c.key == key && c.moves == moves) {
             return c.graph.launch().map_err(|e| drv("graph launch", e));
         }

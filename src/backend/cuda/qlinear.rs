@@ -5,8 +5,9 @@
 //! W4A16 int4 groups against BF16-rounded activations (GEMV for decode, dequantize-in-tile GEMM
 //! otherwise). `Backend::project` lands here: linears that quantize their shared input the same
 //! way (`ActKey`) quantize it once, fused with the norm (after the residual add) or SiLU·up
-//! that produces it, and with the QuaRot online rotation, when the whole group agrees. Kernels in `kernels/gemm_int8.cu`,
-//! `quant.cu`, `gemm_fp8.cu`, `gemm_int4.cu`; activations in the backend's `Scratch`.
+//! that produces it, and with the QuaRot online rotation, when the whole group agrees. Kernels
+//! in `kernels/gemm_int8.cu`, `quant.cu`, `gemm_fp8.cu`, `gemm_int4.cu`; activations in the
+//! backend's `Scratch`; GEMM / GEMV choice by `tiles::GemmKind::pick`.
 
 use super::backend::{check, grid, grid1, i32_of, CudaBackend};
 use super::kernels::Kernel;

@@ -1,12 +1,12 @@
 //! Device scratch that lives as long as the backend, so a decode step allocates nothing on the
 //! device (issue 5: "no allocation ... per decoded token"): quantized activations and their
-//! scales, the bf16 copy of a prefill GEMM's input, split-attention partials, greedy or sampled
-//! ids and the ids under the repetition penalty. Each buffer only grows (to the next power of two, so a prefill that lengthens a
-//! little each call does not reallocate each time); kernels take explicit sizes, so a longer
-//! buffer than a call needs is harmless. Every launch is on the backend's one stream, so a
-//! buffer reused by the next op is written only after the previous op has read it; an op
-//! holds the lock from its first launch to its last, so two host threads cannot interleave
-//! their use of one buffer.
+//! scales, the bf16 copy of a prefill GEMM's input, split-attention partials, sampled ids and
+//! the sampler's uploads. Each buffer only grows (to the next power of two, so a prefill that
+//! lengthens a little each call does not reallocate each time); kernels take explicit sizes,
+//! so a longer buffer than a call needs is harmless. Every launch is on the backend's one
+//! stream, so a buffer reused by the next op is written only after the previous op has read
+//! it; an op holds the lock from its first launch to its last, so two host threads cannot
+//! interleave their use of one buffer.
 
 use super::backend::{drv, CudaBackend};
 use super::graph::Mode;
@@ -25,7 +25,7 @@ impl<T> Default for Grow<T> {
 }
 
 impl<T> Grow<T> {
-    /// The buffer as the last `get` left it.
+    /// The buffer as the last `grow` left it.
     pub fn cur(&self) -> Result<&CudaSlice<T>> {
         self.0
             .as_ref()
