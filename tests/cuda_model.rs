@@ -101,6 +101,20 @@ fn compare(c: &ModelConfig, w: &dyn WeightSource, prompt: &[u32], steps: usize) 
     );
 }
 
+/// Eager and graph-replayed logits must be the same bits.
+fn assert_same_bits(eager: &[f32], graphed: &[f32], what: &str) {
+    let same = eager.len() == graphed.len()
+        && eager
+            .iter()
+            .zip(graphed)
+            .all(|(a, b)| a.to_bits() == b.to_bits());
+    assert!(
+        same,
+        "{what}: logits differ by {}",
+        max_abs_diff(eager, graphed)
+    );
+}
+
 /// A tiny config whose every in_features is a multiple of 16 (the int8 / FP8 GEMMs' k step).
 fn quantizable_config() -> ModelConfig {
     ModelConfig::from_hf_json(
@@ -170,12 +184,7 @@ fn graph_replayed_decode_is_bit_identical_to_eager() {
                     .forward(&mut sg, &[tg], Logits::Last)
                     .expect("graphed")
                     .to_vec();
-                let same = le.iter().zip(&lg).all(|(a, b)| a.to_bits() == b.to_bits());
-                assert!(
-                    same,
-                    "{name} step {step}: logits differ by {}",
-                    max_abs_diff(&le, &lg)
-                );
+                assert_same_bits(&le, &lg, &format!("{name} step {step}"));
                 (te, tg) = (argmax(&le), argmax(&lg));
             } else {
                 te = eager.forward_greedy(&mut se, &[te]).expect("eager");
@@ -341,12 +350,7 @@ fn graph_replayed_batched_decode_is_bit_identical_to_eager() {
             .forward_batch(&mut ws_g, &mut kv_g, &entries, Phase::Decode)
             .expect("graphed")
             .to_vec();
-        let same = le.iter().zip(&lg).all(|(a, b)| a.to_bits() == b.to_bits());
-        assert!(
-            same,
-            "step {step}: logits differ by {}",
-            max_abs_diff(&le, &lg)
-        );
+        assert_same_bits(&le, &lg, &format!("step {step}"));
         for (i, (tokens, _)) in seqs.iter_mut().enumerate() {
             tokens.push(argmax(&le[i * vocab..(i + 1) * vocab]));
         }
