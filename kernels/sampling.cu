@@ -11,10 +11,11 @@ __device__ __forceinline__ void warp_argmax(float& best, u32& bi) {
 }
 
 // The argmax of row (vocab), ties to the lowest index (the CPU sampler's rule); every thread
-// gets it. sv / si: 32 slots of shared memory each.
+// gets it. A row with nothing above -inf (all -inf or NaN) gives 0, as the CPU's argmax does,
+// never an id outside the vocabulary. sv / si: 32 slots of shared memory each.
 __device__ u32 block_argmax(const float* __restrict__ row, int vocab, float* sv, u32* si) {
     float best = NEG_INF;
-    u32 bi = 0xffffffffu;
+    u32 bi = 0;
     for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
         const float v = row[i];
         if (v > best) {

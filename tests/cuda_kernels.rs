@@ -215,6 +215,8 @@ fn argmax_matches_the_sampler_including_ties() {
     let mut logits = randn(&mut rng, rows * vocab, 3.0);
     logits[2 * vocab + 100] = 50.0; // a tie in row 2: the lower index wins
     logits[2 * vocab + 40000] = 50.0;
+    // nothing above -inf: index 0, as the CPU picks, never an id outside the vocabulary
+    logits[4 * vocab..5 * vocab].fill(f32::NEG_INFINITY);
     let ld = up(&g, &logits);
     let mut od = g.stream.alloc_zeros::<u32>(rows).expect("alloc");
     let (f, v) = (
@@ -229,6 +231,7 @@ fn argmax_matches_the_sampler_including_ties() {
     let want: Vec<u32> = logits.chunks(vocab).map(argmax).collect();
     assert_eq!(got, want);
     assert_eq!(got[2], 100);
+    assert_eq!(got[4], 0);
 }
 
 /// Sampling on the device (`CudaBackend::sample_rows`: penalty, top-k / top-p cuts by
