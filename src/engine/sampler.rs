@@ -232,6 +232,12 @@ pub fn draw(z: &[f32], d: &Draw<'_>, keys: &mut Vec<u32>) -> u32 {
     last as u32
 }
 
+/// The token `d` picks from `z`: the repetition penalty (written into z), then `draw`.
+pub fn pick(z: &mut [f32], d: &Draw<'_>, keys: &mut Vec<u32>) -> u32 {
+    penalize(z, d.penalized, d.penalty);
+    draw(z, d, keys)
+}
+
 /// The float whose order key is `k`.
 fn from_key(k: u32) -> f32 {
     f32::from_bits(if k & 0x8000_0000 != 0 {
@@ -303,8 +309,7 @@ impl Sampler {
         work.clear();
         work.extend_from_slice(logits);
         let d = self.next_draw(history);
-        penalize(&mut work, d.penalized, d.penalty);
-        let id = draw(&work, &d, &mut keys);
+        let id = pick(&mut work, &d, &mut keys);
         (self.work, self.keys) = (work, keys);
         id
     }

@@ -762,8 +762,7 @@ impl Backend for CpuBackend {
         KEYS.with(|k| {
             let keys = &mut k.borrow_mut();
             for ((z, d), id) in logits.chunks_exact_mut(vocab.max(1)).zip(draws).zip(out) {
-                sampler::penalize(z, d.penalized, d.penalty);
-                *id = sampler::draw(z, d, keys);
+                *id = sampler::pick(z, d, keys);
             }
         });
         Ok(())

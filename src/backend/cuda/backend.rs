@@ -13,7 +13,7 @@
 //! Unvalidated on hardware until a GPU session runs tests/cuda_model.rs (docs/GPU_RESULTS.md).
 
 use super::blas::Blas;
-use super::graph::{Graphs, Mode};
+use super::graph::Graphs;
 use super::kernels::Kernel;
 use super::meta::{Meta, MetaCache};
 pub use super::qlinear::CudaQMatrix;
@@ -190,7 +190,7 @@ impl CudaBackend {
             )
         }?;
         if let Some(blas) = &self.blas {
-            if self.mode() == Mode::Stage {
+            if self.staging() {
                 return Ok(());
             }
             blas.gemm_bf16(out, &*xb, &m.data, (rows, n, k))?;
@@ -473,7 +473,7 @@ impl Backend for CudaBackend {
     ) -> Result<()> {
         check("copy src", src.len(), src_off + len)?;
         check("copy dst", dst.len(), dst_off + len)?;
-        if self.mode() == Mode::Stage {
+        if self.staging() {
             return Ok(());
         }
         let s = src.slice(src_off..src_off + len);

@@ -93,6 +93,12 @@ impl CudaBackend {
         self.graphs.mode.store(m as u8, Ordering::Relaxed);
     }
 
+    /// Whether this is a staging pass, which runs no device work: launches (`go`), copies and
+    /// cuBLAS calls return at once, only metadata uploads happen.
+    pub(super) fn staging(&self) -> bool {
+        self.mode() == Mode::Stage
+    }
+
     /// Whether the step being run is staged or captured (attention then uses fixed maxima).
     pub(super) fn graphing(&self) -> bool {
         self.mode() != Mode::Eager
@@ -124,7 +130,7 @@ impl CudaBackend {
         cfg: LaunchConfig,
         what: &str,
     ) -> Result<()> {
-        if self.mode() == Mode::Stage {
+        if self.staging() {
             return Ok(());
         }
         // SAFETY: the caller's contract.
