@@ -1,6 +1,7 @@
 //! ferroq's GPU linears on Llama-3.1-8B's projection shapes (and 8192³) for M ∈ {1, 16, 128,
 //! 512, 2048, 8192} tokens (issue 6): BF16, W8A8 int8 (dynamic per-token activations), FP8
-//! (sm_89+) and W4A16. Each figure is the whole linear as the model runs it — activation
+//! (sm_89+; on Hopper both on wgmma and, for comparison, on mma.sync) and W4A16 (tensor cores
+//! past M = 8). Each figure is the whole linear as the model runs it — activation
 //! quantization included for W8A8 / FP8 — so it is what a forward pass pays; the PyTorch peers
 //! (scripts/gpu/gemm_torch.py: torch._int_mm, torch._scaled_mm, torch.matmul) time the bare
 //! GEMM on pre-quantized operands. Runs on the device (scripts/gpu-check.sh bench).
@@ -13,6 +14,7 @@
 //! bandwidth measured in the same run.
 
 use ferroq::backend::cuda::backend::CudaBackend;
+use ferroq::backend::cuda::tiles::TensorCores;
 use ferroq::backend::Backend;
 use ferroq::engine::sampler::Rng;
 use ferroq::model::linear::{Linear, LinearWeight};
@@ -36,6 +38,9 @@ enum Kind {
     Bf16Own,
     W8a8,
     Fp8,
+    /// on Hopper: the same on mma.sync instead of wgmma, for the comparison
+    W8a8Mma,
+    Fp8Mma,
     W4a16,
 }
 
@@ -45,6 +50,7 @@ fn main() -> anyhow::Result<()> {
         .and_then(|s| s.parse().ok())
         .unwrap_or(20);
     let mut b = CudaBackend::new(0)?;
+    let hopper = b.set_wgmma(true) == TensorCores::Wgmma;
     println!("{}; {iters} iterations per point", b.describe());
     println!("| kind | M | N × K | µs | TOPS |");
     println!("|---|---|---|---|---|");
@@ -63,13 +69,23 @@ fn main() -> anyhow::Result<()> {
             Kind::Bf16Own,
             Kind::W8a8,
             Kind::Fp8,
+            Kind::W8a8Mma,
+            Kind::Fp8Mma,
             Kind::W4a16,
         ] {
+            let mma = matches!(kind, Kind::W8a8Mma | Kind::Fp8Mma);
+            if mma && !hopper {
+                continue; // mma.sync is what W8a8 / Fp8 already ran
+            }
+            b.set_wgmma(!mma);
             let cublas = b.set_cublas(!matches!(kind, Kind::Bf16Own))?;
             let label = match kind {
                 Kind::Bf16 if cublas => "Bf16 (cuBLAS)".to_string(),
                 Kind::Bf16 => "Bf16 (no cuBLAS: own)".to_string(),
                 Kind::Bf16Own => "Bf16 (own)".to_string(),
+                Kind::W8a8 | Kind::Fp8 if hopper => format!("{kind:?} (wgmma)"),
+                Kind::W8a8Mma => "W8a8 (mma.sync)".to_string(),
+                Kind::Fp8Mma => "Fp8 (mma.sync)".to_string(),
                 other => format!("{other:?}"),
             };
             let int = |dtype, scope| WeightQConfig {
@@ -86,8 +102,8 @@ fn main() -> anyhow::Result<()> {
                     )?)),
                     ActSpec::NONE,
                 ),
-                Kind::W8a8 | Kind::Fp8 => {
-                    let dtype = if matches!(kind, Kind::W8a8) {
+                Kind::W8a8 | Kind::Fp8 | Kind::W8a8Mma | Kind::Fp8Mma => {
+                    let dtype = if matches!(kind, Kind::W8a8 | Kind::W8a8Mma) {
                         QDType::Int8
                     } else {
                         QDType::Fp8E4M3

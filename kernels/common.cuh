@@ -226,6 +226,149 @@ __device__ __forceinline__ void tc_store(const Acc (&acc)[BM / WARPS_M / 16][BN 
             }
 }
 
+// Hopper's warpgroup MMA (wgmma, sm_90a; gemm_int8.cu / gemm_fp8.cu call it where the kernel
+// is built for sm_90a, __CUDA_ARCH_FEAT_SM90_ALL): a 128 x 128 block tile, two warpgroups of
+// 64 x 128, each k step one m64n128k32 wgmma reading both 8-bit operands from shared memory.
+// Operands are staged by cp.async, WG_STAGES deep, in the no-swizzle K-major canonical layout of
+// the PTX ISA (9.7.15.5.1.2, "interleaved"): 16-byte chunks stored chunk-major, chunk c of row r
+// at c * 128 * 16 + r * 16, so an 8-row x 16-byte core matrix is 128 contiguous bytes, core
+// matrices along M / N are 128 bytes apart (the descriptor's stride byte offset) and along K
+// 128 * 16 bytes (the leading byte offset). 64 KiB per stage pair, 128 KiB in all (dynamic
+// shared memory, opted in by the host).
+#define WG_TILE 128
+#define WG_KB 128
+#define WG_STAGES 4
+#define WG_OPERAND (WG_TILE * WG_KB)
+#define WG_SMEM (2 * WG_STAGES * WG_OPERAND)
+
+// Copy rows r0 .. r0 + WG_TILE, bytes b0 .. b0 + WG_KB of the row-major src (rows_total, kb)
+// into dst in the layout above; zero outside the matrix. Lane 8j + i of a warp copies chunk j
+// of 4 consecutive chunks of row i of 8: 64 contiguous bytes per row from global memory, 4 x 128
+// contiguous bytes (all 32 banks, once each) into shared memory.
+__device__ __forceinline__ void wg_stage(unsigned char* dst, const unsigned char* src, int r0,
+                                         int rows_total, int kb, int b0) {
+    constexpr int CPR = WG_KB / 16; // chunks per row
+    for (int e = threadIdx.x; e < WG_TILE * CPR; e += blockDim.x) {
+        const int blk = e >> 5, r = (blk / (CPR / 4)) * 8 + (e & 7);
+        const int c = (blk % (CPR / 4)) * 4 + ((e >> 3) & 3);
+        const int gr = r0 + r, gb = b0 + c * 16;
+        const bool in = gr < rows_total && gb < kb;
+        cp_async16(dst + c * WG_TILE * 16 + r * 16, in ? src + (size_t)gr * kb + gb : src,
+                   in ? 16 : 0);
+    }
+}
+
+// The shared-memory matrix descriptor (PTX ISA 9.7.15.5.1.2.2): start address, leading and
+// stride byte offsets, each >> 4; swizzle mode 0 (none), base offset 0.
+__device__ __forceinline__ unsigned long long wg_desc(const void* p, int lbo, int sbo) {
+    return (unsigned long long)((smem_addr(p) & 0x3ffffu) >> 4) |
+           ((unsigned long long)((lbo >> 4) & 0x3fff) << 16) |
+           ((unsigned long long)((sbo >> 4) & 0x3fff) << 32);
+}
+
+__device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
+__device__ __forceinline__ void wg_commit() {
+    asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory");
+}
+template <int N>
+__device__ __forceinline__ void wg_wait() {
+    asm volatile("wgmma.wait_group.sync.aligned %0;" ::"n"(N) : "memory");
+}
+// cp.async writes shared memory through the generic proxy; wgmma reads it through the async
+// proxy, which needs this fence in each writing thread before the barrier.
+__device__ __forceinline__ void fence_proxy_async() {
+    asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+}
+// Keep the compiler from moving accesses of an accumulator register across a wgmma that is
+// still in flight (it cannot see the asynchrony).
+__device__ __forceinline__ void wg_hold(int& r) { asm volatile("" : "+r"(r)::"memory"); }
+__device__ __forceinline__ void wg_hold(float& r) { asm volatile("" : "+f"(r)::"memory"); }
+
+// acc (64 values per thread: this warpgroup's 64 x 128 piece in the m64nNk32 D layout) = the
+// (WG_TILE, WG_TILE) tile at block (blockIdx.y, blockIdx.x) of a (m, kb) . b (n, kb)^T, 8-bit
+// operands, kb a multiple of 16, any m, n. mma(d, desc_a, desc_b, accumulate) issues one k-32
+// wgmma. PROMOTE (FP8): each stage's four k steps sum into `part` with the tensor cores' own
+// accumulation, which is then added to acc in f32 — Hopper's FP8 tensor cores keep only about
+// 14 bits while accumulating (DeepSeek-V3 report, sec. 3.3.2), so long sums are promoted every
+// 128 values; integer accumulation is exact and runs one wgmma group ahead instead.
+template <bool PROMOTE, typename Acc, typename Mma>
+__device__ __forceinline__ void wg_gemm_tile(Acc (&acc)[64], Acc (&part)[64], const void* a,
+                                             const void* b, int m, int n, int kb,
+                                             unsigned char* smem, Mma mma) {
+    unsigned char* as = smem;                          // WG_STAGES x (128 rows x WG_KB)
+    unsigned char* bs = smem + WG_STAGES * WG_OPERAND; // the same for b
+    const unsigned char *ag = (const unsigned char*)a, *bg = (const unsigned char*)b;
+    const int wg = threadIdx.x >> 7, m0 = blockIdx.y * WG_TILE, n0 = blockIdx.x * WG_TILE;
+    const int stages = (kb + WG_KB - 1) / WG_KB;
+#pragma unroll
+    for (int i = 0; i < 64; ++i) acc[i] = part[i] = 0;
+#pragma unroll
+    for (int s = 0; s < WG_STAGES - 2; ++s) {
+        if (s < stages) {
+            wg_stage(as + s * WG_OPERAND, ag, m0, m, kb, s * WG_KB);
+            wg_stage(bs + s * WG_OPERAND, bg, n0, n, kb, s * WG_KB);
+        }
+        cp_async_commit();
+    }
+    for (int s = 0; s < stages; ++s) {
+        cp_async_wait<WG_STAGES - 3>(); // stage s landed (this thread's copies)
+        fence_proxy_async();
+        __syncthreads(); // ... everyone's, and every warpgroup is done with stage s - 2
+        const int next = s + WG_STAGES - 2, buf = next % WG_STAGES;
+        if (next < stages) {
+            wg_stage(as + buf * WG_OPERAND, ag, m0, m, kb, next * WG_KB);
+            wg_stage(bs + buf * WG_OPERAND, bg, n0, n, kb, next * WG_KB);
+        }
+        cp_async_commit(); // possibly empty: keeps the wait count uniform
+        const unsigned char* at = as + (s % WG_STAGES) * WG_OPERAND + wg * 64 * 16;
+        const unsigned char* bt = bs + (s % WG_STAGES) * WG_OPERAND;
+#pragma unroll
+        for (int i = 0; i < 64; ++i) wg_hold(PROMOTE ? part[i] : acc[i]);
+        wg_fence();
+#pragma unroll
+        for (int kk = 0; kk < WG_KB / 32; ++kk) {
+            // a k step is chunks 2kk and 2kk + 1 of every row
+            const unsigned long long da = wg_desc(at + kk * 2 * WG_TILE * 16, WG_TILE * 16, 128);
+            const unsigned long long db = wg_desc(bt + kk * 2 * WG_TILE * 16, WG_TILE * 16, 128);
+            if (PROMOTE)
+                mma(part, da, db, kk > 0);
+            else
+                mma(acc, da, db, 1);
+        }
+        wg_commit();
+        if (PROMOTE) {
+            wg_wait<0>();
+#pragma unroll
+            for (int i = 0; i < 64; ++i) {
+                wg_hold(part[i]);
+                acc[i] += part[i];
+            }
+        } else {
+            wg_wait<1>();
+        }
+    }
+    wg_wait<0>();
+#pragma unroll
+    for (int i = 0; i < 64; ++i) wg_hold(acc[i]);
+}
+
+// Hand every accumulator of wg_gemm_tile inside the (m, n) output to f(i, j, value): value
+// 4q + c of a thread is row 16 * (warp % 4) + g + 8 * (c / 2) of its warpgroup's 64, column
+// 8q + 2t + c % 2 (the m64nNk32 D fragment).
+template <typename Acc, typename F>
+__device__ __forceinline__ void wg_store(const Acc (&acc)[64], int m, int n, F f) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+    const int i0 = blockIdx.y * WG_TILE + (warp >> 2) * 64 + (warp & 3) * 16 + g;
+    const int j0 = blockIdx.x * WG_TILE + 2 * t;
+#pragma unroll
+    for (int q = 0; q < 16; ++q)
+#pragma unroll
+        for (int c = 0; c < 4; ++c) {
+            const int i = i0 + 8 * (c >> 1), j = j0 + 8 * q + (c & 1);
+            if (i < m && j < n) f(i, j, acc[4 * q + c]);
+        }
+}
+
 // The CUDA-core tiled GEMM both dense fallbacks share (gemm.cu's bf16, gemm_int4.cu's W4A16):
 // out (m, n) = x (m, k) . w (n, k)^T [+ bias], 64 x 64 output tiles, 256 threads computing
 // 4 x 4 each, k in steps of 16 through shared memory. xval(i, t) and wval(j, t) give the staged

@@ -100,3 +100,40 @@ extern "C" __global__ void __launch_bounds__(256) gemv_fp8(
         }
     }
 }
+
+// Hopper (sm_90a): gemm_fp8's product and epilogue on wgmma e4m3 (common.cuh's wg_gemm_tile,
+// the tensor cores' sums promoted to f32 every 128 values). 128 x 128 per block, two
+// warpgroups, WG_SMEM bytes of dynamic shared memory. Grid (ceil(n / 128), ceil(m / 128)),
+// 256 threads. Elsewhere a trap (the host launches it only on sm_90).
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+__device__ __forceinline__ void wgmma_e4m3(float (&d)[64], unsigned long long da,
+                                           unsigned long long db, int accumulate) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k32.f32.e4m3.e4m3 {"
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
+        "}, %64, %65, p, 1, 1;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+        : "l"(da), "l"(db), "r"(accumulate));
+}
+#endif
+
+extern "C" __global__ void __launch_bounds__(256, 1) gemm_fp8_wg(
+    float* __restrict__ out, const u8* __restrict__ qa, const u8* __restrict__ qw,
+    const float* __restrict__ a_scale, const float* __restrict__ w_scale,
+    const float* __restrict__ bias, int m, int n, int k) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    extern __shared__ __align__(128) unsigned char wg_smem[];
+    float acc[64], part[64];
+    wg_gemm_tile<true>(acc, part, qa, qw, m, n, k, wg_smem,
+                       [](float (&d)[64], unsigned long long da, unsigned long long db,
+                          int accumulate) { wgmma_e4m3(d, da, db, accumulate); });
+    wg_store(acc, m, n, [&](int i, int j, float v) {
+        float y = __fmul_rn(__fmul_rn(a_scale[i], w_scale[j]), v);
+        if (bias) y = __fadd_rn(y, bias[j]);
+        out[(size_t)i * n + j] = y;
+    });
+#else
+    asm volatile("trap;");
+#endif
+}

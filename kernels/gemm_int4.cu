@@ -8,8 +8,10 @@
 // values per lane per step; k and group multiples of 32, checked by the host) for all m rows;
 // x is read as float4 (rows 16-byte aligned as k % 32 == 0). 256 threads, grid ceil(n / 8).
 //
-// gemm_w4a16 (any m, n, k, even group): common.cuh's gemm_tile64 with the weights decoded to
-// f32 as they are staged (dequantize-in-tile). Grid (ceil(n / 64), ceil(m / 64)), 256 threads.
+// gemm_w4a16_tc (prefill; k and group multiples of 32): tensor cores, below.
+//
+// gemm_w4a16 (any m, n, k, even group; the fallback): common.cuh's gemm_tile64 with the weights
+// decoded to f32 as they are staged. Grid (ceil(n / 64), ceil(m / 64)), 256 threads.
 
 #define W4_GEMV_MAX_M 8
 
@@ -91,4 +93,119 @@ extern "C" __global__ void __launch_bounds__(256) gemm_w4a16(
             const size_t g = (size_t)j * groups + t / group;
             return (float)(q - 8 - (zero ? (int)zero[g] : 0)) * scale[g];
         });
+}
+
+// gemm_w4a16_tc: out (m, n) = xb (m, k) . W (n, k)^T [+ bias] on mma.m16n8k16 bf16, xb the
+// activations rounded to bf16 once (cast_bf16, as the CPU rounds them). k and group multiples of
+// 32 (so packed rows are 16-byte aligned and a 32-value stage never straddles a group); any m, n.
+// Per stage: 64 bytes (32 values) of every xb row and the 16 packed bytes of every weight row,
+// by cp.async, double-buffered. A B fragment word (values 2t, 2t + 1 of a k step, the lower k in
+// the low half) is one packed byte (low nibble = even value), decoded in registers into the exact
+// bf16 integers q − 8 − zero (|q − 8 − zero| <= 143 < 256). The tensor cores sum each group into
+// `part`, which is scaled into `acc` once per group (one FMA), as the CPU's bf16 kernel
+// (backend/cpu/int4_bf16.rs) applies the group scale: the products are the CPU's exactly, only the
+// summation order differs. 128 x 128 per block, 8 warps of 64 x 32 (WARPS 2 x 4).
+// Grid (ceil(n / 128), ceil(m / 128)), 256 threads.
+#define W4T_M 128
+#define W4T_N 128
+#define W4T_WM 2
+#define W4T_WN 4
+#define W4T_MT (W4T_M / W4T_WM / 16)
+#define W4T_NT (W4T_N / W4T_WN / 8)
+#define W4T_STAGE 32
+
+// Values lo and hi (nibbles of one byte) minus z8, as an mma word of two exact bf16: the float
+// 2^23 + q minus (2^23 + z8) is exact, and so is its bf16 rounding.
+__device__ __forceinline__ u32 w4_pair_bf16(unsigned b, float z8big) {
+    const float lo = __uint_as_float(0x4b000000u | (b & 15u)) - z8big;
+    const float hi = __uint_as_float(0x4b000000u | ((b >> 4) & 15u)) - z8big;
+    return pack_bf16x2(lo, hi);
+}
+
+extern "C" __global__ void __launch_bounds__(256) gemm_w4a16_tc(
+    float* __restrict__ out, const bf16_t* __restrict__ xb, const unsigned char* __restrict__ wq,
+    const float* __restrict__ scale, const signed char* __restrict__ zero,
+    const float* __restrict__ bias, int m, int n, int k, int group) {
+    __shared__ __align__(16) u32 as[2][W4T_M * TC_LD];            // (rows, 16 words + pad)
+    __shared__ __align__(16) unsigned char bs[2][W4T_N * 16];      // (rows, 16 packed bytes)
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+    const int wm = (warp / W4T_WN) * (W4T_M / W4T_WM), wn = (warp % W4T_WN) * (W4T_N / W4T_WN);
+    const int m0 = blockIdx.y * W4T_M, n0 = blockIdx.x * W4T_N;
+    const int groups = (k + group - 1) / group, kb = 2 * k, pb = k >> 1; // bytes: xb, packed rows
+    float acc[W4T_MT][W4T_NT][4], part[W4T_MT][W4T_NT][4];
+#pragma unroll
+    for (int i = 0; i < W4T_MT; ++i)
+#pragma unroll
+        for (int j = 0; j < W4T_NT; ++j)
+#pragma unroll
+            for (int c = 0; c < 4; ++c) acc[i][j][c] = part[i][j][c] = 0.0f;
+    // the weight row of this lane's B fragments, per n tile
+    int brow[W4T_NT];
+#pragma unroll
+    for (int j = 0; j < W4T_NT; ++j) brow[j] = n0 + wn + j * 8 + g;
+    const int stages = k / W4T_STAGE;
+    auto stage_b = [&](unsigned char* dst, int s) {
+        for (int r = threadIdx.x; r < W4T_N; r += blockDim.x) {
+            const int gr = n0 + r;
+            const bool in = gr < n;
+            cp_async16(dst + r * 16, in ? wq + (size_t)gr * pb + s * 16 : wq, in ? 16 : 0);
+        }
+    };
+    tc_stage<W4T_M>(as[0], (const unsigned char*)xb, m0, m, kb, 0);
+    stage_b(bs[0], 0);
+    cp_async_commit();
+    float z8big[W4T_NT];
+    for (int s = 0; s < stages; ++s) {
+        const int cur = s & 1, gi = (s * W4T_STAGE) / group;
+        if (s + 1 < stages) {
+            tc_stage<W4T_M>(as[cur ^ 1], (const unsigned char*)xb, m0, m, kb,
+                            (s + 1) * W4T_STAGE * 2);
+            stage_b(bs[cur ^ 1], s + 1);
+        }
+        cp_async_commit();
+        if ((s * W4T_STAGE) % group == 0) { // a group starts: its zero points
+#pragma unroll
+            for (int j = 0; j < W4T_NT; ++j) {
+                const int z = (zero && brow[j] < n) ? (int)zero[(size_t)brow[j] * groups + gi] : 0;
+                z8big[j] = 8388608.0f + (float)(8 + z);
+            }
+        }
+        cp_async_wait<1>();
+        __syncthreads();
+#pragma unroll
+        for (int kk = 0; kk < W4T_STAGE / 16; ++kk) {
+            u32 af[W4T_MT][4], bf[W4T_NT][2];
+#pragma unroll
+            for (int i = 0; i < W4T_MT; ++i) frag_a(af[i], as[cur], TC_LD, wm + i * 16, kk * 8, g, t);
+#pragma unroll
+            for (int j = 0; j < W4T_NT; ++j) {
+                const unsigned char* row = bs[cur] + (wn + j * 8 + g) * 16 + kk * 8 + t;
+                bf[j][0] = w4_pair_bf16(row[0], z8big[j]);
+                bf[j][1] = w4_pair_bf16(row[4], z8big[j]);
+            }
+#pragma unroll
+            for (int i = 0; i < W4T_MT; ++i)
+#pragma unroll
+                for (int j = 0; j < W4T_NT; ++j) mma_bf16(part[i][j], af[i], bf[j]);
+        }
+        __syncthreads();
+        if (((s + 1) * W4T_STAGE) % group == 0 || s + 1 == stages) { // a group ends: scale it in
+#pragma unroll
+            for (int j = 0; j < W4T_NT; ++j) {
+                const int c0 = n0 + wn + j * 8 + 2 * t;
+                const float s0 = c0 < n ? scale[(size_t)c0 * groups + gi] : 0.0f;
+                const float s1 = c0 + 1 < n ? scale[(size_t)(c0 + 1) * groups + gi] : 0.0f;
+#pragma unroll
+                for (int i = 0; i < W4T_MT; ++i)
+#pragma unroll
+                    for (int c = 0; c < 4; ++c) {
+                        acc[i][j][c] = fmaf(part[i][j][c], (c & 1) ? s1 : s0, acc[i][j][c]);
+                        part[i][j][c] = 0.0f;
+                    }
+            }
+        }
+    }
+    tc_store<W4T_M, W4T_N, W4T_WM, W4T_WN>(acc, m, n, [&](int i, int j, float v) {
+        out[(size_t)i * n + j] = bias ? v + bias[j] : v;
+    });
 }

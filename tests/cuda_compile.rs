@@ -177,39 +177,90 @@ fn device_cuda_is_a_clear_error_without_a_driver() {
 /// per block column / row.
 #[test]
 fn gemm_dispatch_by_m_and_tile_geometry() {
-    use ferroq::backend::cuda::tiles::{self, GemmKind};
+    use ferroq::backend::cuda::tiles::{self, GemmKind, TensorCores};
     let k = 4096;
-    for (kind, last_gemv, gemv, tiled) in [
-        (GemmKind::Bf16, 8, Kernel::GemvBf16, Kernel::GemmBf16Tc),
-        (GemmKind::W8a8, 16, Kernel::GemvW8a8, Kernel::GemmW8a8),
-        (GemmKind::Fp8, 8, Kernel::GemvFp8, Kernel::GemmFp8),
-        (
-            GemmKind::W4a16 { group: 128 },
-            8,
-            Kernel::GemvW4a16,
-            Kernel::GemmW4a16,
-        ),
-    ] {
-        assert_eq!(kind.pick(1, k).kernel, gemv, "{kind:?} M=1");
-        assert_eq!(
-            kind.pick(last_gemv, k).kernel,
-            gemv,
-            "{kind:?} M={last_gemv}"
-        );
-        assert_eq!(
-            kind.pick(last_gemv + 1, k).kernel,
-            tiled,
-            "{kind:?} past the GEMV"
-        );
-        assert_eq!(kind.pick(8192, k).kernel, tiled, "{kind:?} M=8192");
+    for tc in [TensorCores::MmaSync, TensorCores::Wgmma] {
+        let wg = tc == TensorCores::Wgmma;
+        for (kind, last_gemv, gemv, tiled) in [
+            (GemmKind::Bf16, 8, Kernel::GemvBf16, Kernel::GemmBf16Tc),
+            (
+                GemmKind::W8a8,
+                16,
+                Kernel::GemvW8a8,
+                if wg {
+                    Kernel::GemmW8a8Wg
+                } else {
+                    Kernel::GemmW8a8
+                },
+            ),
+            (
+                GemmKind::Fp8,
+                8,
+                Kernel::GemvFp8,
+                if wg {
+                    Kernel::GemmFp8Wg
+                } else {
+                    Kernel::GemmFp8
+                },
+            ),
+            (
+                GemmKind::W4a16 { group: 128 },
+                8,
+                Kernel::GemvW4a16,
+                Kernel::GemmW4a16Tc,
+            ),
+        ] {
+            assert_eq!(kind.pick(1, k, tc).kernel, gemv, "{kind:?} {tc:?} M=1");
+            assert_eq!(
+                kind.pick(last_gemv, k, tc).kernel,
+                gemv,
+                "{kind:?} {tc:?} M={last_gemv}"
+            );
+            assert_eq!(
+                kind.pick(last_gemv + 1, k, tc).kernel,
+                tiled,
+                "{kind:?} {tc:?} past the GEMV"
+            );
+            assert_eq!(
+                kind.pick(8192, k, tc).kernel,
+                tiled,
+                "{kind:?} {tc:?} M=8192"
+            );
+        }
+        // k the vector loads or 32-value stages cannot take: the CUDA-core tiles
+        assert_eq!(GemmKind::Bf16.pick(1, 35, tc).kernel, Kernel::GemmBf16);
+        assert_eq!(GemmKind::Bf16.pick(64, 36, tc).kernel, Kernel::GemmBf16);
+        for (group, k) in [(48, 4800), (128, 4112)] {
+            for m in [1, 512] {
+                assert_eq!(
+                    GemmKind::W4a16 { group }.pick(m, k, tc).kernel,
+                    Kernel::GemmW4a16,
+                    "g{group} k{k} M={m}"
+                );
+            }
+        }
     }
-    // k the vector loads cannot take: the CUDA-core tiles
-    assert_eq!(GemmKind::Bf16.pick(1, 35).kernel, Kernel::GemmBf16);
-    assert_eq!(GemmKind::Bf16.pick(64, 36).kernel, Kernel::GemmBf16);
+    // the host's launch size is the kernels' own: common.cuh stages WG_STAGES x (a, b) tiles
+    let common = include_str!("../kernels/common.cuh");
+    let define = |name: &str| -> usize {
+        common
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("#define {name} ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("#define {name} in common.cuh"))
+    };
     assert_eq!(
-        GemmKind::W4a16 { group: 48 }.pick(1, 4800).kernel,
-        Kernel::GemmW4a16
+        2 * define("WG_STAGES") * define("WG_TILE") * define("WG_KB"),
+        tiles::WG_SMEM
     );
+    // the wgmma tiles stage more than the default 48 KiB of shared memory: opted in by
+    // Gpu::function; everything else takes none
+    for t in tiles::TILES {
+        let wg = matches!(t.kernel, Kernel::GemmW8a8Wg | Kernel::GemmFp8Wg);
+        assert_eq!(t.smem, if wg { tiles::WG_SMEM } else { 0 }, "{t:?}");
+        let cfg = t.kernel.gemm_launch(3, 3).expect("a GEMM");
+        assert_eq!(cfg.shared_mem_bytes as usize, t.smem, "{t:?}");
+    }
     for t in tiles::TILES {
         let (m, n) = (1000, 1000);
         let cfg = t.kernel.gemm_launch(m, n).expect("a GEMM");

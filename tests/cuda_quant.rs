@@ -45,6 +45,8 @@ fn w8a8_gemm_and_gemv_match_the_cpu_bit_for_bit() {
         (64, 7, 1552),
         // several 128 x 128 tiles, partial in m and n, 16 bytes past the last 64-byte stage
         (300, 520, 1040),
+        // more k stages than wgmma's pipeline is deep, the last one partial
+        (256, 256, 4112),
     ] {
         // activations use the full asymmetric range, weights the symmetric one
         let (qa, qw) = (i8s(&mut rng, m * k, -128), i8s(&mut rng, n * k, -127));
@@ -91,6 +93,9 @@ fn w8a8_gemm_and_gemv_match_the_cpu_bit_for_bit() {
         if m <= 16 {
             kernels.push(Kernel::GemvW8a8);
         }
+        if g.has_wgmma().expect("wgmma") {
+            kernels.push(Kernel::GemmW8a8Wg);
+        }
         for kern in kernels {
             let cfg = kern.gemm_launch(m, n).expect("geometry");
             let mut out = g.stream.alloc_zeros::<f32>(m * n).expect("alloc");
@@ -107,8 +112,9 @@ fn w8a8_gemm_and_gemv_match_the_cpu_bit_for_bit() {
                 .arg(&csd)
                 .arg(&bd);
             b.arg(&mi).arg(&ni).arg(&ki);
-            // SAFETY: the argument list of gemm_w8a8 / gemv_w8a8; buffers sized m×k, n×k, m×n;
-            // k is a multiple of 16.
+            // SAFETY: the argument list of gemm_w8a8 / gemv_w8a8 / gemm_w8a8_wg (the last only
+            // on sm_90a, its shared memory opted in by Gpu::function); buffers sized m×k, n×k,
+            // m×n; k is a multiple of 16.
             unsafe { b.launch(cfg) }.expect("launch");
             let got_acc: Vec<i32> = g.stream.clone_dtoh(&acc).expect("acc");
             assert_eq!(got_acc, want_acc, "{kern:?} {m}x{n}x{k}: int32 sums differ");
@@ -301,6 +307,7 @@ fn fp8_gemm_and_quant_match_the_cpu() {
         (37, 100, 64),
         (130, 33, 1552),
         (300, 70, 1040),
+        (256, 136, 4112),
     ] {
         let codes = |rng: &mut Rng, len: usize| -> Vec<u8> {
             randn(rng, len, 300.0)
@@ -331,7 +338,6 @@ fn fp8_gemm_and_quant_match_the_cpu() {
                 mag[i * n + j] *= s;
             }
         }
-        let mut out = g.stream.alloc_zeros::<f32>(m * n).expect("alloc");
         let (qad, qwd, asd, wsd, bd) = (
             up(&g, &qa),
             up(&g, &qw),
@@ -340,27 +346,40 @@ fn fp8_gemm_and_quant_match_the_cpu() {
             up(&g, &bias),
         );
         let (mi, ni, ki) = (m as i32, n as i32, k as i32);
-        let f = g.function(Kernel::GemmFp8).expect("kernel");
-        let mut b = g.stream.launch_builder(&f);
-        b.arg(&mut out)
-            .arg(&qad)
-            .arg(&qwd)
-            .arg(&asd)
-            .arg(&wsd)
-            .arg(&bd)
-            .arg(&mi)
-            .arg(&ni)
-            .arg(&ki);
-        let cfg = Kernel::GemmFp8.gemm_launch(m, n).expect("geometry");
-        // SAFETY: the argument list of gemm_fp8; k is a multiple of 16; buffers sized m×k, n×k.
-        unsafe { b.launch(cfg) }.expect("launch");
-        let got: Vec<f32> = g.stream.clone_dtoh(&out).expect("out");
-        for (i, (&a, (&w, &mg))) in got.iter().zip(want.iter().zip(&mag)).enumerate() {
-            // products of e4m3 values are exact in f32; only the sums round
-            assert!(
-                (a as f64 - w).abs() <= 1e-5 * mg + 1e-6,
-                "fp8 {m}x{n}x{k} at {i}: gpu {a} want {w}"
-            );
+        // (kernel, tolerance as a fraction of Σ|products|): products of e4m3 values are exact
+        // in f32, so with f32 sums only the sums round; Hopper's FP8 wgmma keeps about 14 bits
+        // while it accumulates (DeepSeek-V3 report, 3.3.2) — the kernel promotes to f32 every
+        // 128 values, which bounds the error at 2^-10 of the magnitude; a layout or descriptor
+        // bug is off by the order of the values themselves
+        let mut kernels = vec![(Kernel::GemmFp8, 1e-5)];
+        if g.has_wgmma().expect("wgmma") {
+            kernels.push((Kernel::GemmFp8Wg, 1e-3));
+        }
+        for (kern, tol) in kernels {
+            let mut out = g.stream.alloc_zeros::<f32>(m * n).expect("alloc");
+            let f = g.function(kern).expect("kernel");
+            let mut b = g.stream.launch_builder(&f);
+            b.arg(&mut out)
+                .arg(&qad)
+                .arg(&qwd)
+                .arg(&asd)
+                .arg(&wsd)
+                .arg(&bd)
+                .arg(&mi)
+                .arg(&ni)
+                .arg(&ki);
+            let cfg = kern.gemm_launch(m, n).expect("geometry");
+            // SAFETY: the argument list of gemm_fp8 / gemm_fp8_wg (the latter only on sm_90a,
+            // its shared memory opted in by Gpu::function); k is a multiple of 16; buffers
+            // sized m×k, n×k, m×n.
+            unsafe { b.launch(cfg) }.expect("launch");
+            let got: Vec<f32> = g.stream.clone_dtoh(&out).expect("out");
+            for (i, (&a, (&w, &mg))) in got.iter().zip(want.iter().zip(&mag)).enumerate() {
+                assert!(
+                    (a as f64 - w).abs() <= tol * mg + 1e-6,
+                    "{kern:?} {m}x{n}x{k} at {i}: gpu {a} want {w}"
+                );
+            }
         }
     }
     // per-token quantization to e4m3 against quantize_rows_fp8
@@ -408,15 +427,18 @@ fn fp8_gemm_and_quant_match_the_cpu() {
 #[ignore = "needs a CUDA GPU"]
 fn quantized_linears_on_the_backend_match_the_cpu() {
     use ferroq::backend::cuda::backend::CudaBackend;
+    use ferroq::backend::cuda::tiles::TensorCores;
     use ferroq::model::linear::{Linear, LinearWeight};
     use ferroq::quant::weight::{quantize_weight, WeightMethod, WeightQConfig, WeightScope};
     use ferroq::quant::{ActQuant, ActSpec, Phase, QDType};
-    let gb = CudaBackend::new(0).unwrap_or_else(|e| panic!("these tests need a CUDA GPU: {e}"));
+    let mut gb = CudaBackend::new(0).unwrap_or_else(|e| panic!("these tests need a CUDA GPU: {e}"));
     let cb = CpuBackend::new();
-    let fp8_ok = {
+    let (fp8_ok, wgmma) = {
         let g = gpu();
-        g.info.capability >= (8, 9)
+        (g.info.capability >= (8, 9), g.has_wgmma().expect("wgmma"))
     };
+    // Hopper runs every case on wgmma and again on mma.sync
+    let modes: &[bool] = if wgmma { &[true, false] } else { &[false] };
     let mut rng = Rng::new(31);
     let int = |dtype, scope, symmetric| WeightQConfig {
         dtype,
@@ -478,7 +500,14 @@ fn quantized_linears_on_the_backend_match_the_cpu() {
         ),
     ];
     for (name, cfg, act) in cases {
-        for &(m, n, k) in &[(1, 77, 576), (5, 130, 384), (37, 64, 1536)] {
+        // the last shape: two tile rows, a partial tile column, k not a whole number of
+        // 128-groups (the int4 tensor-core GEMM's last group is short)
+        for &(m, n, k) in &[
+            (1, 77, 576),
+            (5, 130, 384),
+            (37, 64, 1536),
+            (130, 200, 1120),
+        ] {
             let w = randn(&mut rng, n * k, 0.2);
             let x = randn(&mut rng, m * k, 1.0);
             let bias = randn(&mut rng, n, 0.5);
@@ -506,7 +535,12 @@ fn quantized_linears_on_the_backend_match_the_cpu() {
                 act,
             };
             let xd = gb.upload(&x).expect("x");
-            for phase in [Phase::Prefill, Phase::Decode] {
+            for (&wg, phase) in modes
+                .iter()
+                .flat_map(|wg| [(wg, Phase::Prefill), (wg, Phase::Decode)])
+            {
+                let tc = gb.set_wgmma(wg);
+                assert_eq!(tc == TensorCores::Wgmma, wg, "wgmma availability");
                 let mut want = vec![0f32; m * n];
                 cb.linear(&mut want, &x, &cpu_lin, m, phase)
                     .expect("cpu linear");
@@ -520,7 +554,7 @@ fn quantized_linears_on_the_backend_match_the_cpu() {
                 for (e, (g, c)) in got.iter().zip(&want).enumerate() {
                     assert!(
                         (g - c).abs() <= 1e-4 * mag + 1e-5,
-                        "{name} {m}x{n}x{k} {phase:?} [{e}]: gpu {g} cpu {c}"
+                        "{name} {m}x{n}x{k} {phase:?} {tc:?} [{e}]: gpu {g} cpu {c}"
                     );
                 }
             }

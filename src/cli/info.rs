@@ -63,6 +63,14 @@ pub fn info() -> Result<()> {
         }
     );
     println!(
+        "8-bit GEMMs: {}",
+        if ferroq::backend::cuda::backend::wgmma_wanted() {
+            "wgmma on Hopper (sm_90a), mma.sync elsewhere (FERROQ_WGMMA=0 for mma.sync everywhere)"
+        } else {
+            "mma.sync (FERROQ_WGMMA=0)"
+        }
+    );
+    println!(
         "cuda backend: built (bf16 weights, bf16 KV cache); not yet validated on a GPU (docs/GPU_RESULTS.md)"
     );
     Ok(())

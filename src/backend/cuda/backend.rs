@@ -20,16 +20,14 @@ pub use super::qlinear::CudaQMatrix;
 use super::qlinear::{arg_or_null, launch};
 use super::runtime::Gpu;
 use super::scratch::{Scratch, ScratchCell};
-use super::tiles::{GemmKind, TC_BF16_128};
+use super::tiles::{GemmKind, TensorCores, TC_BF16_128};
 use crate::backend::{AttentionArgs, Backend, KvSeq, LinearInput, RopeKvArgs, StepKey};
 use crate::engine::sampler::Draw;
 use crate::error::{Error, Result};
 use crate::model::linear::Linear;
 use crate::quant::{Phase, QuantWeight};
 use crate::tensor::{DType, HostTensor};
-use cudarc::driver::{
-    sys, CudaFunction, CudaSlice, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg,
-};
+use cudarc::driver::{CudaFunction, CudaSlice, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg};
 use half::bf16;
 use std::sync::Arc;
 
@@ -53,6 +51,15 @@ pub struct CudaBackend {
     pub(super) graphs: Graphs,
     /// dynamic shared memory a rotating quantizer's block may take (bytes)
     pub(super) row_smem: usize,
+    /// the 8-bit GEMMs' tensor-core path on this device (`wgmma_wanted`)
+    pub(super) tensor_cores: TensorCores,
+    /// whether this device can run the wgmma tiles (sm_90 and their shared memory opted in)
+    wgmma_ok: bool,
+}
+
+/// Whether the 8-bit GEMMs use wgmma where the device has it: unless FERROQ_WGMMA=0.
+pub fn wgmma_wanted() -> bool {
+    std::env::var("FERROQ_WGMMA").map_or(true, |v| v != "0")
 }
 
 pub(crate) fn drv(what: &str, e: impl std::fmt::Debug) -> Error {
@@ -101,23 +108,18 @@ impl CudaBackend {
             .collect::<Result<Vec<_>>>()?;
         let blas = Blas::open(&gpu.stream)?;
         // the rotating quantizers hold a whole row in shared memory: allow what the device
-        // allows a block (227 KiB on Hopper), not the default 48 KiB
-        let smem_optin = gpu
-            .ctx
-            .attribute(
-                sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
-            )
-            .map_err(|e| drv("shared memory limit", e))?;
-        // static shared memory (the reductions' few floats) comes out of the same budget
-        let row_smem = (smem_optin.max(0) as usize).saturating_sub(1024);
+        // allows a block (227 KiB on Hopper), not the default 48 KiB; static shared memory (the
+        // reductions' few floats) comes out of the same budget
+        let row_smem = gpu.smem_optin()?.saturating_sub(1024);
         for k in [Kernel::RotateQuantI8, Kernel::RotateQuantFp8] {
-            functions[k.index()]
-                .set_attribute(
-                    sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                    row_smem as i32,
-                )
-                .map_err(|e| drv("shared memory opt-in", e))?;
+            Gpu::allow_smem(&functions[k.index()], row_smem)?;
         }
+        let wgmma_ok = gpu.has_wgmma()?;
+        let tensor_cores = if wgmma_ok && wgmma_wanted() {
+            TensorCores::Wgmma
+        } else {
+            TensorCores::MmaSync
+        };
         Ok(CudaBackend {
             gpu,
             functions,
@@ -126,6 +128,8 @@ impl CudaBackend {
             scratch: ScratchCell::default(),
             graphs: Graphs::default(),
             row_smem,
+            tensor_cores,
+            wgmma_ok,
         })
     }
 
@@ -141,6 +145,21 @@ impl CudaBackend {
             None
         };
         Ok(self.blas.is_some())
+    }
+
+    /// Run the 8-bit GEMMs on wgmma (where the device has it) or on `mma.sync`; returns what
+    /// is now in use. The tests and benchmarks compare both on one device.
+    pub fn set_wgmma(&mut self, on: bool) -> TensorCores {
+        self.tensor_cores = if on && self.wgmma_ok {
+            TensorCores::Wgmma
+        } else {
+            TensorCores::MmaSync
+        };
+        self.tensor_cores
+    }
+
+    pub fn tensor_cores(&self) -> TensorCores {
+        self.tensor_cores
     }
 
     /// out (rows, n) += bias (n) broadcast over rows.
@@ -165,6 +184,30 @@ impl CudaBackend {
         Ok(())
     }
 
+    /// The first `len` values of x rounded to bf16 (nearest even) into the scratch: what the
+    /// BF16 and W4A16 tensor-core GEMMs read.
+    pub(super) fn cast_bf16<'s>(
+        &self,
+        sc: &'s mut Scratch,
+        x: &CudaSlice<f32>,
+        len: usize,
+    ) -> Result<&'s CudaSlice<u16>> {
+        check("bf16 cast input", x.len(), len)?;
+        let xb = self.grow(&mut sc.bf16, len)?;
+        let len_i = i32_of(len, "values to cast")?;
+        let mut b = self.gpu.stream.launch_builder(self.f(Kernel::CastBf16));
+        b.arg(&mut *xb).arg(x).arg(&len_i);
+        // SAFETY: matches cast_bf16 (grid-stride); xb and x hold at least len values.
+        unsafe {
+            self.go(
+                &mut b,
+                grid1(len.div_ceil(256).min(4096), 256),
+                "cast to bf16",
+            )
+        }?;
+        Ok(xb)
+    }
+
     /// The dense BF16 linear for more rows than the GEMV takes, k a multiple of 8: the rows
     /// rounded to bf16 once, then cuBLAS or `gemm_bf16_tc` (tensor cores, bias fused).
     fn linear_bf16_tc(
@@ -177,23 +220,12 @@ impl CudaBackend {
         rows: usize,
     ) -> Result<()> {
         let (n, k) = (m.rows, m.cols);
-        let xb = self.grow(&mut sc.bf16, rows * k)?; // (rows, k) bf16
-        let len = i32_of(rows * k, "rows × k")?;
-        let mut b = self.gpu.stream.launch_builder(self.f(Kernel::CastBf16));
-        b.arg(&mut *xb).arg(x).arg(&len);
-        // SAFETY: matches cast_bf16 (grid-stride); xb and x hold rows × k (checked by linear).
-        unsafe {
-            self.go(
-                &mut b,
-                grid1((rows * k).div_ceil(256).min(4096), 256),
-                "cast to bf16",
-            )
-        }?;
+        let xb = self.cast_bf16(sc, x, rows * k)?; // (rows, k) bf16
         if let Some(blas) = &self.blas {
             if self.staging() {
                 return Ok(());
             }
-            blas.gemm_bf16(out, &*xb, &m.data, (rows, n, k))?;
+            blas.gemm_bf16(out, xb, &m.data, (rows, n, k))?;
             return match bias {
                 Some(bias) => self.add_bias(out, bias, rows, n),
                 None => Ok(()),
@@ -203,7 +235,7 @@ impl CudaBackend {
         let null: u64 = 0;
         let cfg = launch(Kernel::GemmBf16Tc, rows, n)?;
         let mut b = self.gpu.stream.launch_builder(self.f(Kernel::GemmBf16Tc));
-        b.arg(&mut *out).arg(&*xb).arg(&m.data);
+        b.arg(&mut *out).arg(xb).arg(&m.data);
         arg_or_null(&mut b, bias, &null);
         b.arg(&mi).arg(&ni).arg(&ki);
         // SAFETY: the argument list of gemm_bf16_tc (bias or a null pointer); k is a multiple
@@ -226,7 +258,7 @@ impl CudaBackend {
         let (n, k) = (m.rows, m.cols);
         check("dense linear input", x.len(), rows * k)?;
         check("dense linear output", out.len(), rows * n)?;
-        let tile = GemmKind::Bf16.pick(rows, k);
+        let tile = GemmKind::Bf16.pick(rows, k, self.tensor_cores);
         if tile == TC_BF16_128 {
             return self.linear_bf16_tc(sc, out, x, m, bias, rows);
         }
@@ -331,12 +363,16 @@ impl Backend for CudaBackend {
     fn describe(&self) -> String {
         let d = &self.gpu.info;
         format!(
-            "cuda:{} ({}, {}, {:.0} GiB, bf16 weights, {} GEMMs)",
+            "cuda:{} ({}, {}, {:.0} GiB, bf16 weights, {} BF16 GEMMs, 8-bit GEMMs on {})",
             d.ordinal,
             d.name,
             d.arch,
             d.total_mem as f64 / (1u64 << 30) as f64,
-            if self.blas.is_some() { "cuBLAS" } else { "own" }
+            if self.blas.is_some() { "cuBLAS" } else { "own" },
+            match self.tensor_cores {
+                TensorCores::Wgmma => "wgmma",
+                TensorCores::MmaSync => "mma.sync",
+            }
         )
     }
 

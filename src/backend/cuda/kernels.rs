@@ -135,10 +135,13 @@ pub enum Kernel {
     RotateQuantI8,
     RotateQuantFp8,
     RopeWriteKv,
+    GemmW4a16Tc,
+    GemmW8a8Wg,
+    GemmFp8Wg,
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 39] = [
+    pub const ALL: [Kernel; 42] = [
         Kernel::RmsNorm,
         Kernel::AddRmsNorm,
         Kernel::Rope,
@@ -178,6 +181,9 @@ impl Kernel {
         Kernel::RotateQuantI8,
         Kernel::RotateQuantFp8,
         Kernel::RopeWriteKv,
+        Kernel::GemmW4a16Tc,
+        Kernel::GemmW8a8Wg,
+        Kernel::GemmFp8Wg,
     ];
 
     pub fn module(self) -> Module {
@@ -195,7 +201,7 @@ impl Kernel {
                 Module::Gemm
             }
             Kernel::ArgmaxRows | Kernel::Penalize | Kernel::SampleRows => Module::Sampling,
-            Kernel::GemmW8a8 | Kernel::GemvW8a8 => Module::GemmInt8,
+            Kernel::GemmW8a8 | Kernel::GemvW8a8 | Kernel::GemmW8a8Wg => Module::GemmInt8,
             Kernel::RmsNormQuantI8
             | Kernel::SiluMulQuantI8
             | Kernel::QuantRowsI8
@@ -205,8 +211,8 @@ impl Kernel {
             | Kernel::RotateQuantI8
             | Kernel::RotateQuantFp8 => Module::Quant,
             Kernel::FwhtBlocks => Module::Hadamard,
-            Kernel::GemmFp8 | Kernel::GemvFp8 => Module::GemmFp8,
-            Kernel::GemvW4a16 | Kernel::GemmW4a16 => Module::GemmInt4,
+            Kernel::GemmFp8 | Kernel::GemvFp8 | Kernel::GemmFp8Wg => Module::GemmFp8,
+            Kernel::GemvW4a16 | Kernel::GemmW4a16 | Kernel::GemmW4a16Tc => Module::GemmInt4,
             Kernel::ConvInt8 | Kernel::ConvBf16 | Kernel::ChannelAffine | Kernel::ReluInplace => {
                 Module::Conv
             }
@@ -227,7 +233,7 @@ impl Kernel {
         Some(LaunchConfig {
             grid_dim: (n.div_ceil(t.block_n) as u32, rows as u32, 1),
             block_dim: (t.threads, 1, 1),
-            shared_mem_bytes: 0,
+            shared_mem_bytes: t.smem as u32,
         })
     }
 
@@ -278,6 +284,9 @@ impl Kernel {
             Kernel::RotateQuantI8 => "rotate_quant_i8",
             Kernel::RotateQuantFp8 => "rotate_quant_fp8",
             Kernel::RopeWriteKv => "rope_write_kv",
+            Kernel::GemmW4a16Tc => "gemm_w4a16_tc",
+            Kernel::GemmW8a8Wg => "gemm_w8a8_wg",
+            Kernel::GemmFp8Wg => "gemm_fp8_wg",
         }
     }
 }

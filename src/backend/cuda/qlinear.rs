@@ -314,7 +314,7 @@ impl CudaBackend {
         match &w.weight {
             LinearWeight::Dense(m) => self.linear_dense(sc, out, x, m, w.bias.as_ref(), rows),
             LinearWeight::Quant(CudaQMatrix::Int4(wq)) if w.act.policy == ActQuant::None => {
-                self.linear_w4a16(out, x, w, wq, rows)
+                self.linear_w4a16(sc, out, x, w, wq, rows)
             }
             LinearWeight::Quant(_) => Err(Error::Cuda(format!(
                 "{}: {:?} activations ({:?}) with these weights have no CUDA kernel",
@@ -464,7 +464,7 @@ impl CudaBackend {
         let stream = &self.gpu.stream;
         match (&w.weight, key) {
             (LinearWeight::Quant(CudaQMatrix::Int8(wq)), ActKey::Int8 { .. }) => {
-                let kern = GemmKind::W8a8.pick(rows, k).kernel;
+                let kern = GemmKind::W8a8.pick(rows, k, self.tensor_cores).kernel;
                 let cfg = launch(kern, rows, n)?;
                 let mut b = stream.launch_builder(self.f(kern));
                 b.arg(&mut *out)
@@ -483,7 +483,7 @@ impl CudaBackend {
                 unsafe { self.go(&mut b, cfg, &w.name) }?;
             }
             (LinearWeight::Quant(CudaQMatrix::Fp8(wq)), ActKey::Fp8 { .. }) => {
-                let kern = GemmKind::Fp8.pick(rows, k).kernel;
+                let kern = GemmKind::Fp8.pick(rows, k, self.tensor_cores).kernel;
                 let cfg = launch(kern, rows, n)?;
                 let mut b = stream.launch_builder(self.f(kern));
                 b.arg(&mut *out)
@@ -508,10 +508,12 @@ impl CudaBackend {
         Ok(())
     }
 
-    /// W4A16: the int4 GEMV for up to 8 rows where k and the group are whole 32-value steps,
-    /// the dequantize-in-tile GEMM otherwise.
+    /// W4A16: the int4 GEMV for up to 8 rows and the tensor-core GEMM on bf16-rounded rows
+    /// beyond, where k and the group are whole 32-value steps; the CUDA-core dequantize-in-tile
+    /// GEMM otherwise.
     fn linear_w4a16(
         &self,
+        sc: &mut Scratch,
         out: &mut CudaSlice<f32>,
         x: &CudaSlice<f32>,
         w: &Linear<Self>,
@@ -525,23 +527,37 @@ impl CudaBackend {
             group,
         } = wq;
         let (n, k) = (w.out_features, w.in_features);
+        check(&w.name, x.len(), rows * k)?;
         let (m_i, n_i, k_i, g_i) = (
             i32_of(rows, "rows")?,
             i32_of(n, "n")?,
             i32_of(k, "k")?,
             i32_of(*group, "group")?,
         );
-        let kern = GemmKind::W4a16 { group: *group }.pick(rows, k).kernel;
+        let kern = GemmKind::W4a16 { group: *group }
+            .pick(rows, k, self.tensor_cores)
+            .kernel;
         let cfg = launch(kern, rows, n)?;
         let null: u64 = 0;
+        let xb = match kern {
+            Kernel::GemmW4a16Tc => Some(self.cast_bf16(sc, x, rows * k)?),
+            _ => None,
+        };
         let mut b = self.gpu.stream.launch_builder(self.f(kern));
-        b.arg(&mut *out).arg(x).arg(packed).arg(scale);
+        b.arg(&mut *out);
+        match xb {
+            Some(xb) => b.arg(xb),
+            None => b.arg(x),
+        };
+        b.arg(packed).arg(scale);
         arg_or_null(&mut b, zero.as_ref(), &null);
         arg_or_null(&mut b, w.bias.as_ref(), &null);
         b.arg(&m_i).arg(&n_i).arg(&k_i).arg(&g_i);
-        // SAFETY: the argument list of gemv_w4a16 / gemm_w4a16 (zero and bias or null);
-        // packed holds n × k / 2 bytes, scale and zero n × ceil(k / group); the GEMV runs
-        // only with k and group multiples of 32 (its 16-byte loads stay in a row and a group).
+        // SAFETY: the argument list of gemv_w4a16 / gemm_w4a16 / gemm_w4a16_tc (the tensor-core
+        // kernel reads the bf16 rows, the others the f32 ones; zero and bias or null); packed
+        // holds n × k / 2 bytes, scale and zero n × ceil(k / group); the GEMV and the
+        // tensor-core GEMM run only with k and group multiples of 32 (their 16-byte loads stay
+        // in a row and their 32-value steps in a group).
         unsafe { self.go(&mut b, cfg, &w.name) }?;
         Ok(())
     }

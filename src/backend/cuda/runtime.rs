@@ -8,7 +8,7 @@ use super::device::{probe, DeviceInfo};
 use super::kernels::{Kernel, Module};
 use super::nvrtc::KernelCache;
 use crate::error::{Error, Result};
-use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream};
+use cudarc::driver::{sys, CudaContext, CudaFunction, CudaModule, CudaStream};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -79,8 +79,45 @@ impl Gpu {
             .modules
             .get(&m)
             .ok_or_else(|| Error::Cuda(format!("module {} not loaded", m.name())))?;
-        module
+        let f = module
             .load_function(k.symbol())
-            .map_err(|e| drv(&format!("kernel {}", k.symbol()), e))
+            .map_err(|e| drv(&format!("kernel {}", k.symbol()), e))?;
+        // a tile staging more than the default 48 KiB of shared memory gets it opted in where
+        // the device allows it (elsewhere its launch fails with the driver's error, and the
+        // backend never picks it: `has_wgmma`)
+        if let Some(t) = super::tiles::TILES.iter().find(|t| t.kernel == k) {
+            if t.smem > 48 * 1024 && t.smem <= self.smem_optin()? {
+                Self::allow_smem(&f, t.smem)?;
+            }
+        }
+        Ok(f)
+    }
+
+    /// The most dynamic shared memory a block may opt in to (bytes; 227 KiB on Hopper).
+    pub fn smem_optin(&self) -> Result<usize> {
+        let v = self
+            .ctx
+            .attribute(
+                sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
+            )
+            .map_err(|e| drv("shared memory limit", e))?;
+        Ok(v.max(0) as usize)
+    }
+
+    /// Let blocks of `f` take `bytes` of dynamic shared memory.
+    pub fn allow_smem(f: &CudaFunction, bytes: usize) -> Result<()> {
+        let b = i32::try_from(bytes)
+            .map_err(|_| Error::InvalidArgument(format!("{bytes} bytes of shared memory")))?;
+        f.set_attribute(
+            sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+            b,
+        )
+        .map_err(|e| drv("shared memory opt-in", e))
+    }
+
+    /// Whether the wgmma GEMM tiles run here: real code only in the sm_90a build (a trap in
+    /// the others), and their shared memory within what a block may opt in to.
+    pub fn has_wgmma(&self) -> Result<bool> {
+        Ok(self.info.arch == "sm_90a" && super::tiles::WG_SMEM <= self.smem_optin()?)
     }
 }
