@@ -277,8 +277,17 @@ pub fn quantized_of(
     seed: u64,
     preset: &str,
 ) -> ferroq::quant::pipeline::QuantizedModel {
-    use ferroq::quant::pipeline::{quantize, QuantizeOptions};
     let r = ferroq::quant::recipe::Recipe::load(preset).expect("preset");
+    quantize_weights(c, tiny_weights(c, seed), &r)
+}
+
+/// `weights` quantized by `recipe`, calibrated on 4 samples of 16 tokens.
+pub fn quantize_weights(
+    c: &ModelConfig,
+    weights: BTreeMap<String, HostTensor>,
+    recipe: &ferroq::quant::recipe::Recipe,
+) -> ferroq::quant::pipeline::QuantizedModel {
+    use ferroq::quant::pipeline::{quantize, QuantizeOptions};
     let opts = QuantizeOptions {
         n_samples: 4,
         seq_len: 16,
@@ -287,8 +296,8 @@ pub fn quantized_of(
     quantize(
         c.clone(),
         byte_tokenizer(),
-        tiny_weights(c, seed),
-        &r,
+        weights,
+        recipe,
         &opts,
         &|_, _, _| {},
     )
