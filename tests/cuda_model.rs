@@ -259,16 +259,21 @@ fn scaled_weights(c: &ModelConfig, seed: u64) -> BTreeMap<String, HostTensor> {
     w
 }
 
-#[test]
-#[ignore = "needs a CUDA GPU"]
-fn llama3_8b_shaped_slice_matches_the_cpu() {
-    let c = ModelConfig::from_hf_json(
+/// Llama-3-8B's layer shapes and vocabulary, 8 layers.
+fn llama3_8b_slice_config() -> ModelConfig {
+    ModelConfig::from_hf_json(
         r#"{"model_type": "llama", "hidden_size": 4096, "intermediate_size": 14336,
             "num_hidden_layers": 8, "num_attention_heads": 32, "num_key_value_heads": 8,
             "vocab_size": 128256, "rms_norm_eps": 1e-5, "rope_theta": 500000.0,
             "max_position_embeddings": 8192, "tie_word_embeddings": false}"#,
     )
-    .expect("config");
+    .expect("config")
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn llama3_8b_shaped_slice_matches_the_cpu() {
+    let c = llama3_8b_slice_config();
     let prompt: Vec<u32> = (0..37u32).map(|i| i * 3001 % 128256).collect();
     compare(&c, &scaled_weights(&c, 12), &prompt, 32);
 }
@@ -285,13 +290,7 @@ fn llama3_8b_shaped_slice_matches_the_cpu() {
 fn llama3_8b_shaped_quantized_slice_matches_the_cpu() {
     use common::quantize_weights;
     use ferroq::quant::recipe::Recipe;
-    let c = ModelConfig::from_hf_json(
-        r#"{"model_type": "llama", "hidden_size": 4096, "intermediate_size": 14336,
-            "num_hidden_layers": 8, "num_attention_heads": 32, "num_key_value_heads": 8,
-            "vocab_size": 128256, "rms_norm_eps": 1e-5, "rope_theta": 500000.0,
-            "max_position_embeddings": 8192, "tie_word_embeddings": false}"#,
-    )
-    .expect("config");
+    let c = llama3_8b_slice_config();
     let fp8 = ferroq::backend::cuda::runtime::Gpu::new(0)
         .map(|g| g.info.capability >= (8, 9))
         .unwrap_or_else(|e| panic!("needs a CUDA GPU: {e}"));
