@@ -9,7 +9,10 @@
 #                                      device's NVRTC for its own arch and the CI arches, then the
 #                                      GPU-vs-CPU kernel, quantized-linear, conv and whole-model
 #                                      tests (`--ignored`); logs and a markdown summary (date,
-#                                      device, commit, results) go to $OUT
+#                                      device, commit, results) go to $OUT. `remote BIN...` runs
+#                                      only those test binaries (cuda_compile, cuda_kernels,
+#                                      cuda_quant, cuda_project, cuda_conv, cuda_model): the
+#                                      whole-model tests fit better in a call of their own
 #   then:                              run(command="bash scripts/gpu-check.sh bench", carry=[".gpu"])
 #   bash scripts/gpu-check.sh bench    there: the fused conv against the unfused sequence
 #                                      (examples/conv_cuda_bench.rs) and PyTorch's cuDNN on the
@@ -70,18 +73,24 @@ remote)
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
   } | tee "$OUT/summary.md"
   .gpu/ferroq info 2>&1 | tee "$OUT/info.log"
-  .gpu/cuda_compile --test-threads 1 --nocapture every_kernel the_disk_cache a_compile_error 2>&1 |
-    tee "$OUT/compile.log" || status=1
-  .gpu/cuda_kernels --ignored --test-threads 1 --nocapture 2>&1 | tee "$OUT/kernels.log" || status=1
-  .gpu/cuda_quant --ignored --test-threads 1 --nocapture 2>&1 | tee "$OUT/quant.log" || status=1
-  .gpu/cuda_project --ignored --test-threads 1 --nocapture 2>&1 | tee "$OUT/project.log" || status=1
-  .gpu/cuda_conv --ignored --test-threads 1 --nocapture 2>&1 | tee "$OUT/conv.log" || status=1
-  .gpu/cuda_model --ignored --test-threads 1 --nocapture 2>&1 | tee "$OUT/model.log" || status=1
+  shift
+  # every GPU test binary by default; naming some splits a long check over two calls (each
+  # call has 10 minutes)
+  tests=("${@:-cuda_compile cuda_kernels cuda_quant cuda_project cuda_conv cuda_model}")
+  logs=()
+  for t in ${tests[*]}; do
+    log="$OUT/${t#cuda_}.log"
+    logs+=("$log")
+    if [ "$t" = cuda_compile ]; then
+      .gpu/cuda_compile --test-threads 1 --nocapture every_kernel the_disk_cache a_compile_error
+    else
+      .gpu/"$t" --ignored --test-threads 1 --nocapture
+    fi 2>&1 | tee "$log" || status=1
+  done
   {
     echo
     echo '## results'
-    grep -hE '^test |test result' "$OUT/compile.log" "$OUT/kernels.log" "$OUT/quant.log" \
-      "$OUT/project.log" "$OUT/conv.log" "$OUT/model.log" || true
+    grep -hE '^test |test result' "${logs[@]}" || true
   } | tee -a "$OUT/summary.md"
   exit $status
   ;;
@@ -126,7 +135,7 @@ model)
   done
   ;;
 *)
-  echo "usage: bash scripts/gpu-check.sh build|remote|bench|model QUANT...  (QUANT: bf16 w8a8 fp8 w4a16 eager hf)" >&2
+  echo "usage: bash scripts/gpu-check.sh build|remote [TEST_BIN...]|bench|model QUANT...  (QUANT: bf16 w8a8 fp8 w4a16 eager hf)" >&2
   exit 2
   ;;
 esac

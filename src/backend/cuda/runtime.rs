@@ -1,8 +1,8 @@
 //! A CUDA device ready to launch ferroq's kernels: the context and stream (cudarc), and the
 //! typed kernel table resolved lazily — a module's CUBIN comes from the disk cache (compiled by
 //! NVRTC for this device's arch on first use) and is loaded once. This is the part of the CUDA
-//! backend the GPU tests (tests/cuda_kernels.rs) launch kernels through; the `Backend`
-//! implementation will sit on it.
+//! backend the GPU tests (tests/cuda_kernels.rs) launch kernels through, and `CudaBackend`
+//! sits on it. Tiles that stage more than 48 KiB of shared memory are opted in as they load.
 
 use super::device::{probe, DeviceInfo};
 use super::kernels::{Kernel, Module};
