@@ -18,7 +18,8 @@
 #                                      (examples/conv_cuda_bench.rs) and PyTorch's cuDNN on the
 #                                      same shapes (scripts/gpu/conv_torch.py); ferroq's linears
 #                                      (examples/cuda_gemm_bench.rs) and PyTorch's GEMMs
-#                                      (scripts/gpu/gemm_torch.py); tables to $OUT
+#                                      (scripts/gpu/gemm_torch.py), then both side by side with
+#                                      % of peak and ratios (scripts/gpu/gemm_compare.py); to $OUT
 #   then, one or two calls:            run(command="bash scripts/gpu-check.sh model bf16 w8a8 hf", ...)
 #   bash scripts/gpu-check.sh model Q.. there: Llama-3.1-8B-shaped random-weight pp2048 / tg128
 #                                      with the copy-bandwidth ceiling (examples/
@@ -114,6 +115,8 @@ bench)
     echo '## PyTorch GEMMs, same shapes'
     PYTHONUNBUFFERED=1 python3 scripts/gpu/gemm_torch.py 20
   } 2>&1 | tee "$OUT/bench.md"
+  # the two GEMM tables side by side: % of peak, ratio to the PyTorch peer
+  python3 scripts/gpu/gemm_compare.py "$OUT/bench.md" | tee -a "$OUT/bench.md"
   ;;
 model)
   OUT=${OUT:-/tmp/gpu-out}
