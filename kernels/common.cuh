@@ -284,6 +284,23 @@ __device__ __forceinline__ void fence_proxy_async() {
 __device__ __forceinline__ void wg_hold(int& r) { asm volatile("" : "+r"(r)::"memory"); }
 __device__ __forceinline__ void wg_hold(float& r) { asm volatile("" : "+f"(r)::"memory"); }
 
+// The 64 accumulator operands of an m64n128 wgmma, for the instruction wrappers' inline asm:
+// their placeholders %0 .. %63 and their constraints c ("+r" for s32, "+f" for f32) on d[0..63].
+#define WG_REGS64 \
+    "%0, %1, %2, %3, %4, %5, %6, %7, " \
+    "%8, %9, %10, %11, %12, %13, %14, %15, " \
+    "%16, %17, %18, %19, %20, %21, %22, %23, " \
+    "%24, %25, %26, %27, %28, %29, %30, %31, " \
+    "%32, %33, %34, %35, %36, %37, %38, %39, " \
+    "%40, %41, %42, %43, %44, %45, %46, %47, " \
+    "%48, %49, %50, %51, %52, %53, %54, %55, " \
+    "%56, %57, %58, %59, %60, %61, %62, %63"
+#define WG_ACC8(c, d, i) \
+    c(d[i]), c(d[i + 1]), c(d[i + 2]), c(d[i + 3]), c(d[i + 4]), c(d[i + 5]), c(d[i + 6]), c(d[i + 7])
+#define WG_ACC64(c, d)                                                                        \
+    WG_ACC8(c, d, 0), WG_ACC8(c, d, 8), WG_ACC8(c, d, 16), WG_ACC8(c, d, 24), WG_ACC8(c, d, 32), \
+        WG_ACC8(c, d, 40), WG_ACC8(c, d, 48), WG_ACC8(c, d, 56)
+
 // acc (64 values per thread: this warpgroup's 64 x 128 piece in the m64nNk32 D layout) = the
 // (WG_TILE, WG_TILE) tile at block (blockIdx.y, blockIdx.x) of a (m, kb) . b (n, kb)^T, 8-bit
 // operands, kb a multiple of 16, any m, n. mma(d, desc_a, desc_b, accumulate) issues one k-32
