@@ -14,10 +14,10 @@
 use clap::Parser;
 use ferroq::backend::cuda::backend::CudaBackend;
 use ferroq::backend::cuda::runtime::Gpu;
+use ferroq::backend::linear::LinearWeight;
 use ferroq::backend::Backend;
+use ferroq::checkpoint::config::ModelConfig;
 use ferroq::engine::sampler::Rng;
-use ferroq::model::config::ModelConfig;
-use ferroq::model::linear::LinearWeight;
 use ferroq::model::llama::LlamaModel;
 use ferroq::quant::weight::{quantize_weight, WeightMethod, WeightQConfig, WeightScope};
 use ferroq::quant::{ActQuant, ActSpec, QDType};

@@ -15,9 +15,9 @@
 
 use ferroq::backend::cuda::backend::CudaBackend;
 use ferroq::backend::cuda::tiles::TensorCores;
+use ferroq::backend::linear::{Linear, LinearWeight};
 use ferroq::backend::Backend;
 use ferroq::engine::sampler::Rng;
-use ferroq::model::linear::{Linear, LinearWeight};
 use ferroq::quant::weight::{quantize_weight, WeightMethod, WeightQConfig, WeightScope};
 use ferroq::quant::{ActQuant, ActSpec, Phase, QDType};
 use ferroq::tensor::HostTensor;

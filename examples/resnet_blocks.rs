@@ -9,8 +9,8 @@
 //! against the unfused graph (conv, BN, ReLU as separate passes, f64 reference convolutions),
 //! then times fused against unfused conv → bn → relu on ResNet-50 layer shapes at batch 1.
 
+use ferroq::checkpoint::safetensors_io::{write_safetensors, SafetensorsWeights};
 use ferroq::engine::sampler::Rng;
-use ferroq::model::safetensors_io::{write_safetensors, SafetensorsWeights};
 use ferroq::tensor::HostTensor;
 use ferroq::vision::conv::{
     batch_norm_ref, BatchNorm, ConvPrecision, ConvShape, Dims, FusedConv, Layout,

@@ -5,10 +5,12 @@
 
 pub mod backend;
 pub mod bench;
+pub mod checkpoint;
 pub mod engine;
 pub mod error;
 pub mod eval;
 pub mod model;
+pub mod ptq;
 pub mod quant;
 pub mod report;
 pub mod server;

@@ -6,9 +6,9 @@ use clap::{Parser, Subcommand};
 use ferroq::backend::cpu::CpuBackend;
 use ferroq::backend::cuda::backend::CudaBackend;
 use ferroq::backend::{Backend, DeviceSpec};
+use ferroq::checkpoint::config::LmHead;
 use ferroq::engine::generate::{generate, GenerateOptions};
 use ferroq::engine::sampler::SamplingParams;
-use ferroq::model::config::LmHead;
 use ferroq::quant::ActScope;
 use ferroq::tensor::DType;
 use ferroq::tokenizer::ChatMessage;
@@ -541,7 +541,7 @@ fn main() -> Result<()> {
             out,
         } => {
             let model = resolve_model(model)?;
-            let mut recipe_v = ferroq::quant::recipe::Recipe::load(&recipe)?;
+            let mut recipe_v = ferroq::ptq::recipe::Recipe::load(&recipe)?;
             if let Some(h) = lm_head {
                 recipe_v.lm_head = match h {
                     LmHeadArg::Dense => LmHead::Dense,
@@ -551,14 +551,14 @@ fn main() -> Result<()> {
             let t = std::time::Instant::now();
             let (config, tok, weights) = ferroq::model::read_all(&model)
                 .with_context(|| format!("reading {}", model.display()))?;
-            let opts = ferroq::quant::pipeline::QuantizeOptions {
+            let opts = ferroq::ptq::pipeline::QuantizeOptions {
                 calib_file: calib,
                 n_samples: calib_samples,
                 seq_len: calib_len,
                 batch: calib_batch,
                 keep_float: false,
             };
-            let q = ferroq::quant::pipeline::quantize(
+            let q = ferroq::ptq::pipeline::quantize(
                 config,
                 tok,
                 weights,
@@ -567,7 +567,7 @@ fn main() -> Result<()> {
                 &progress_bar,
             )?;
             eprintln!();
-            ferroq::quant::ct::write(&q, &out)
+            ferroq::ptq::ct_write::write(&q, &out)
                 .with_context(|| format!("writing {}", out.display()))?;
             let r = &q.report;
             eprintln!(
@@ -593,7 +593,7 @@ fn main() -> Result<()> {
                 eprintln!(
                     "warning: {} not rotated: its width has no power-of-two block of at least {}",
                     s.name(),
-                    ferroq::model::hadamard::MIN_BLOCK
+                    ferroq::quant::hadamard::MIN_BLOCK
                 );
             }
         }
@@ -648,13 +648,13 @@ fn main() -> Result<()> {
             report,
         } => {
             let model = resolve_model(model)?;
-            let r = ferroq::quant::recipe::Recipe::load(&recipe)?;
+            let r = ferroq::ptq::recipe::Recipe::load(&recipe)?;
             let (config, tok, weights) = ferroq::model::read_all(&model)
                 .with_context(|| format!("reading {}", model.display()))?;
             let text = match &data {
                 Some(p) => std::fs::read_to_string(p)
                     .with_context(|| format!("reading {}", p.display()))?,
-                None => ferroq::quant::calib::DEFAULT_TEXT.to_string(),
+                None => ferroq::ptq::calib::DEFAULT_TEXT.to_string(),
             };
             let ids: Vec<u32> = tok
                 .tokenizer
@@ -669,8 +669,8 @@ fn main() -> Result<()> {
                     ids.len()
                 );
             }
-            let opts = ferroq::quant::analyze::AnalyzeOptions {
-                quant: ferroq::quant::pipeline::QuantizeOptions {
+            let opts = ferroq::ptq::analyze::AnalyzeOptions {
+                quant: ferroq::ptq::pipeline::QuantizeOptions {
                     calib_file: calib,
                     ..Default::default()
                 },
@@ -678,7 +678,7 @@ fn main() -> Result<()> {
                 chunks,
                 kl_budget,
             };
-            let rep = ferroq::quant::analyze::analyze(
+            let rep = ferroq::ptq::analyze::analyze(
                 config,
                 &tok,
                 weights,

@@ -5,7 +5,7 @@
 //! marked, and the distribution of per-token KL divergence on a log axis.
 
 use crate::eval::{EvalSummary, TokenScores};
-use crate::quant::analyze::{AnalyzeReport, InputHistogram};
+use crate::ptq::analyze::{AnalyzeReport, InputHistogram};
 use std::fmt::Write;
 
 const WIDTH: f64 = 900.0;

@@ -8,9 +8,9 @@ use common::*;
 use ferroq::backend::cpu::CpuBackend;
 use ferroq::eval::{evaluate, BaseSource};
 use ferroq::model::llama::LlamaModel;
-use ferroq::quant::analyze::{analyze, AnalyzeOptions};
-use ferroq::quant::pipeline::{quantize, QuantizeOptions};
-use ferroq::quant::recipe::Recipe;
+use ferroq::ptq::analyze::{analyze, AnalyzeOptions};
+use ferroq::ptq::pipeline::{quantize, QuantizeOptions};
+use ferroq::ptq::recipe::Recipe;
 use ferroq::tensor::{DType, HostData};
 
 const RECIPE: &str = "
@@ -104,7 +104,7 @@ fn planted_outlier_ranks_first_and_budget_is_met() {
     let float =
         LlamaModel::load(CpuBackend::new(), c.clone(), &w, Some(DType::F32)).expect("float");
     // mean KL of a model quantized from scratch, against the float model
-    let kl_of = |q: &ferroq::quant::pipeline::QuantizedModel| {
+    let kl_of = |q: &ferroq::ptq::pipeline::QuantizedModel| {
         let qm = LlamaModel::load(CpuBackend::new(), c.clone(), q, Some(DType::F32)).expect("q");
         evaluate(
             &qm,

@@ -1,7 +1,7 @@
 //! Config parsing (Llama / Mistral / Qwen2, Llama-3 rope scaling, bad input) and the sampler.
 
+use ferroq::checkpoint::config::{Arch, ModelConfig};
 use ferroq::engine::sampler::{argmax, Sampler, SamplingParams};
-use ferroq::model::config::{Arch, ModelConfig};
 use ferroq::Error;
 
 const LLAMA31: &str = r#"{"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 4096,

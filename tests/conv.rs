@@ -408,7 +408,7 @@ fn tiny_resnet(rng: &mut Rng) -> Vec<(String, HostTensor)> {
 
 #[test]
 fn resnet_blocks_from_torchvision_names_match_the_unfused_graph() {
-    use ferroq::model::safetensors_io::{write_safetensors, SafetensorsWeights};
+    use ferroq::checkpoint::safetensors_io::{write_safetensors, SafetensorsWeights};
     let mut rng = Rng::new(95);
     let dir = tempfile::tempdir().expect("tmp");
     let path = dir.path().join("resnet.safetensors");

@@ -8,13 +8,13 @@ mod common;
 
 use common::*;
 use ferroq::backend::cpu::CpuBackend;
-use ferroq::model::config::ModelConfig;
+use ferroq::checkpoint::config::ModelConfig;
+use ferroq::checkpoint::safetensors_io::{write_raw_safetensors, RawTensor};
+use ferroq::checkpoint::site::decoder_linears;
+use ferroq::checkpoint::WeightSource;
 use ferroq::model::llama::{LlamaModel, Logits};
-use ferroq::model::safetensors_io::{write_raw_safetensors, RawTensor};
-use ferroq::model::WeightSource;
+use ferroq::ptq::recipe::Recipe;
 use ferroq::quant::formats::{self, Fp8};
-use ferroq::quant::pipeline::decoder_linears;
-use ferroq::quant::recipe::Recipe;
 use ferroq::quant::{ActQuant, ActSpec, QDType, QuantWeight};
 use ferroq::tensor::{DType, HostTensor};
 use ferroq::Error;
@@ -70,7 +70,7 @@ fn bf16_round(v: &[f32]) -> Vec<f32> {
 /// Write the checkpoint into `dir` and return the equivalent direct source.
 fn write_checkpoint(dir: &Path, kind: Kind, c: &ModelConfig) -> Direct {
     let w = tiny_weights(c, 21);
-    let linears = decoder_linears(c);
+    let linears = decoder_linears(c.num_layers);
     let mut files: Vec<(String, St, Vec<usize>, Vec<u8>)> = Vec::new();
     let mut direct = Direct {
         dense: BTreeMap::new(),
@@ -258,7 +258,7 @@ fn llm_compressor_style_checkpoints_load() {
     for kind in [Kind::W8A8, Kind::W4A16, Kind::Fp8Static] {
         let dir = tempfile::tempdir().expect("tempdir");
         let direct = write_checkpoint(dir.path(), kind, &c);
-        let src = ferroq::quant::ct::CompressedTensors::open(dir.path(), &c).expect("open");
+        let src = ferroq::checkpoint::ct::CompressedTensors::open(dir.path(), &c).expect("open");
         let loaded = LlamaModel::load(CpuBackend::new(), c.clone(), &src, None).expect("load");
         let reference =
             LlamaModel::load(CpuBackend::new(), c.clone(), &direct, None).expect("direct");
@@ -269,7 +269,7 @@ fn llm_compressor_style_checkpoints_load() {
         assert_eq!(
             loaded
                 .linears()
-                .filter(|l| matches!(l.weight, ferroq::model::linear::LinearWeight::Quant(_)))
+                .filter(|l| matches!(l.weight, ferroq::backend::linear::LinearWeight::Quant(_)))
                 .count(),
             14
         );
@@ -285,7 +285,7 @@ fn llm_compressor_style_checkpoints_load() {
 }
 
 fn rewrite(dir: &Path, edit: impl Fn(&mut Vec<(String, St, Vec<usize>, Vec<u8>)>)) {
-    let st = ferroq::model::safetensors_io::SafetensorsWeights::open_dir(dir).expect("open");
+    let st = ferroq::checkpoint::safetensors_io::SafetensorsWeights::open_dir(dir).expect("open");
     let mut files: Vec<(String, St, Vec<usize>, Vec<u8>)> = st
         .tensor_names()
         .into_iter()
@@ -313,7 +313,7 @@ fn rewrite(dir: &Path, edit: impl Fn(&mut Vec<(String, St, Vec<usize>, Vec<u8>)>
 }
 
 fn load_err(dir: &Path, c: &ModelConfig) -> Error {
-    let r = ferroq::quant::ct::CompressedTensors::open(dir, c)
+    let r = ferroq::checkpoint::ct::CompressedTensors::open(dir, c)
         .and_then(|src| LlamaModel::load(CpuBackend::new(), c.clone(), &src, None));
     match r {
         Err(e) => e,
@@ -442,7 +442,7 @@ fn bad_recipes_name_the_key_or_value() {
         Err(Error::InvalidArgument(m)) => assert!(m.contains("w9a9") && m.contains("w8a8"), "{m}"),
         _ => panic!("unknown preset accepted"),
     }
-    for (name, _) in ferroq::quant::recipe::PRESETS {
+    for (name, _) in ferroq::ptq::recipe::PRESETS {
         Recipe::load(name).expect("presets parse");
     }
 }

@@ -245,7 +245,7 @@ fn argmax_matches_the_sampler_including_ties() {
 #[ignore = "needs a CUDA GPU"]
 fn sampling_on_the_device_matches_the_cpu_rule() {
     use ferroq::backend::cuda::backend::CudaBackend;
-    use ferroq::engine::sampler::Draw;
+    use ferroq::backend::sampling::Draw;
     let gb = CudaBackend::new(0).unwrap_or_else(|e| panic!("these tests need a CUDA GPU: {e}"));
     let cb = CpuBackend::new();
     let mut rng = Rng::new(29);
@@ -678,7 +678,7 @@ fn hadamard_rotation_is_bit_identical_to_the_cpu() {
     for (len, block) in [(576, 64), (1536 * 3, 512), (4096, 4096), (48, 16)] {
         let x = randn(&mut rng, len, 1.0);
         let mut want = x.clone();
-        ferroq::model::hadamard::fwht(&mut want, block);
+        ferroq::quant::hadamard::fwht(&mut want, block);
         let mut xd = up(&g, &x);
         let (f, b_i) = (
             g.function(Kernel::FwhtBlocks).expect("kernel"),
@@ -707,7 +707,7 @@ fn hadamard_rotation_is_bit_identical_to_the_cpu() {
 #[ignore = "needs a CUDA GPU"]
 fn dense_linear_paths_match_the_cpu() {
     use ferroq::backend::cuda::backend::CudaBackend;
-    use ferroq::model::linear::{Linear, LinearWeight};
+    use ferroq::backend::linear::{Linear, LinearWeight};
     use ferroq::quant::{ActSpec, Phase};
     use ferroq::tensor::{DType, HostTensor};
     use std::sync::Arc;

@@ -12,10 +12,10 @@ mod common;
 use common::{max_abs_diff, quantized_of, tiny_config, tiny_weights};
 use ferroq::backend::cpu::CpuBackend;
 use ferroq::backend::cuda::backend::CudaBackend;
+use ferroq::checkpoint::config::ModelConfig;
+use ferroq::checkpoint::WeightSource;
 use ferroq::engine::sampler::{argmax, Rng};
-use ferroq::model::config::ModelConfig;
 use ferroq::model::llama::{LlamaModel, Logits};
-use ferroq::model::WeightSource;
 use ferroq::tensor::{DType, HostTensor};
 use std::collections::BTreeMap;
 
@@ -289,7 +289,7 @@ fn llama3_8b_shaped_slice_matches_the_cpu() {
 #[ignore = "needs a CUDA GPU"]
 fn llama3_8b_shaped_quantized_slice_matches_the_cpu() {
     use common::quantize_weights;
-    use ferroq::quant::recipe::Recipe;
+    use ferroq::ptq::recipe::Recipe;
     let c = llama3_8b_slice_config();
     let fp8 = ferroq::backend::cuda::runtime::Gpu::new(0)
         .map(|g| g.info.capability >= (8, 9))
@@ -329,7 +329,7 @@ processors:
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn graph_replayed_batched_decode_is_bit_identical_to_eager() {
-    use ferroq::model::kv::{BlockAllocator, KvCache};
+    use ferroq::model::kv::BlockAllocator;
     use ferroq::model::llama::BatchEntry;
     use ferroq::quant::Phase;
     let c = quantizable_config();
@@ -344,8 +344,8 @@ fn graph_replayed_batched_decode_is_bit_identical_to_eager() {
     let prompts: [&[u32]; 3] = [&[3, 17, 42], &[5, 9, 60, 1, 2], &[7]];
     let mut ws_e = eager.new_workspace(8, max_seq, 8).expect("ws");
     let mut ws_g = graphed.new_workspace(8, max_seq, 8).expect("ws");
-    let mut kv_e = KvCache::new(&eager, n_blocks, block).expect("kv");
-    let mut kv_g = KvCache::new(&graphed, n_blocks, block).expect("kv");
+    let mut kv_e = eager.kv_cache(n_blocks, block).expect("kv");
+    let mut kv_g = graphed.kv_cache(n_blocks, block).expect("kv");
     let mut alloc = BlockAllocator::new(n_blocks, block);
     let mut seqs: Vec<(Vec<u32>, Vec<u32>)> = prompts
         .iter()

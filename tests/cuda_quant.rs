@@ -428,7 +428,7 @@ fn fp8_gemm_and_quant_match_the_cpu() {
 fn quantized_linears_on_the_backend_match_the_cpu() {
     use ferroq::backend::cuda::backend::CudaBackend;
     use ferroq::backend::cuda::tiles::TensorCores;
-    use ferroq::model::linear::{Linear, LinearWeight};
+    use ferroq::backend::linear::{Linear, LinearWeight};
     use ferroq::quant::weight::{quantize_weight, WeightMethod, WeightQConfig, WeightScope};
     use ferroq::quant::{ActQuant, ActSpec, Phase, QDType};
     let mut gb = CudaBackend::new(0).unwrap_or_else(|e| panic!("these tests need a CUDA GPU: {e}"));

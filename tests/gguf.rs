@@ -4,8 +4,8 @@
 mod common;
 
 use common::*;
-use ferroq::model::gguf::dequant::{dequantize, GgmlType};
-use ferroq::model::gguf::{GgufFile, Value};
+use ferroq::checkpoint::gguf::dequant::{dequantize, GgmlType};
+use ferroq::checkpoint::gguf::{GgufFile, Value};
 use ferroq::Error;
 use half::{bf16, f16};
 

@@ -6,7 +6,7 @@ mod common;
 
 use common::randn;
 use ferroq::engine::sampler::Rng;
-use ferroq::quant::gptq::{gptq_int4, InputFactor};
+use ferroq::ptq::gptq::{gptq_int4, InputFactor};
 use ferroq::quant::weight::{quantize_weight, WeightMethod, WeightQConfig, WeightScope};
 use ferroq::quant::QDType;
 
@@ -124,11 +124,11 @@ fn gptq_refuses_bad_shapes_and_dead_inputs_get_zero_weights() {
 fn gptq_preset_runs_through_the_pipeline() {
     use ferroq::backend::cpu::CpuBackend;
     use ferroq::model::llama::{LlamaModel, Logits};
-    use ferroq::quant::pipeline::{quantize, QuantizeOptions};
+    use ferroq::ptq::pipeline::{quantize, QuantizeOptions};
     let mut j = common::tiny_config(false).to_hf_json("float32");
     j["intermediate_size"] = serde_json::json!(48);
-    let c = ferroq::model::config::ModelConfig::from_hf_json(&j.to_string()).expect("config");
-    let r = ferroq::quant::recipe::Recipe::load("w4a16-gptq").expect("preset");
+    let c = ferroq::checkpoint::config::ModelConfig::from_hf_json(&j.to_string()).expect("config");
+    let r = ferroq::ptq::recipe::Recipe::load("w4a16-gptq").expect("preset");
     let opts = QuantizeOptions {
         n_samples: 4,
         seq_len: 16,

@@ -7,10 +7,12 @@ mod common;
 use common::*;
 use ferroq::backend::cpu::CpuBackend;
 use ferroq::backend::Backend;
-use ferroq::model::hadamard::{self, OnlineHadamard};
-use ferroq::model::llama::{LlamaModel, Logits, Site};
-use ferroq::quant::pipeline::{quantize, QuantizeOptions};
-use ferroq::quant::recipe::Recipe;
+use ferroq::checkpoint::site::OnlineHadamard;
+use ferroq::checkpoint::site::Site;
+use ferroq::model::llama::{LlamaModel, Logits};
+use ferroq::ptq::pipeline::{quantize, QuantizeOptions};
+use ferroq::ptq::recipe::Recipe;
+use ferroq::quant::hadamard;
 use ferroq::tensor::DType;
 use serde_json::json;
 
@@ -84,10 +86,10 @@ fn backend_op_checks_its_block() {
 }
 
 /// A tiny config whose four inputs all have power-of-two blocks (hidden 32, FFN 48 → 16).
-fn config() -> ferroq::model::config::ModelConfig {
+fn config() -> ferroq::checkpoint::config::ModelConfig {
     let mut j = tiny_config(false).to_hf_json("float32");
     j["intermediate_size"] = json!(48);
-    ferroq::model::config::ModelConfig::from_hf_json(&j.to_string()).expect("config")
+    ferroq::checkpoint::config::ModelConfig::from_hf_json(&j.to_string()).expect("config")
 }
 
 fn logits(m: &LlamaModel<CpuBackend>, ids: &[u32]) -> Vec<f32> {
@@ -105,8 +107,8 @@ fn rotated_float_model_computes_the_same_function() {
     let mut rc = c.clone();
     let mut rw = w.clone();
     for site in Site::ALL {
-        let block = hadamard::block_for(site.dim(&c)).expect("power-of-two block");
-        rc.hadamard.set(site, block, site.dim(&c)).expect("set");
+        let block = hadamard::block_for(c.site_dim(site)).expect("power-of-two block");
+        rc.hadamard.set(site, block, c.site_dim(site)).expect("set");
         for l in 0..c.num_layers {
             for m in site.linears() {
                 let t = rw
@@ -172,7 +174,7 @@ fn rotation_survives_the_checkpoint_and_is_checked_at_load() {
     let mem = LlamaModel::load(CpuBackend::new(), q.config.clone(), &q, None).expect("in memory");
     let dir = tempfile::tempdir().expect("tmp");
     let out = dir.path().join("q");
-    ferroq::quant::ct::write(&q, &out).expect("write");
+    ferroq::ptq::ct_write::write(&q, &out).expect("write");
     let loaded = ferroq::model::open(CpuBackend::new(), &out, None).expect("open");
     assert_eq!(loaded.model.config.hadamard, q.config.hadamard);
     let ids: Vec<u32> = (0..12).map(|i| (i * 5 + 1) % 67).collect();

@@ -74,16 +74,16 @@ fn decode_steps_do_not_allocate() {
     assert_eq!(n, 0, "16 FP16 decode steps made {n} allocations");
     // W8A8 with pd_mix: the activation-quantization scratch is reused too
     let (c, tok, w) = ferroq::model::read_all(&common::real_gguf()).expect("read");
-    let recipe = ferroq::quant::recipe::Recipe::load("w8a8").expect("recipe");
-    let opts = ferroq::quant::pipeline::QuantizeOptions {
+    let recipe = ferroq::ptq::recipe::Recipe::load("w8a8").expect("recipe");
+    let opts = ferroq::ptq::pipeline::QuantizeOptions {
         n_samples: 2,
         seq_len: 32,
         ..Default::default()
     };
-    let q = ferroq::quant::pipeline::quantize(c, tok, w, &recipe, &opts, &|_, _, _| {})
+    let q = ferroq::ptq::pipeline::quantize(c, tok, w, &recipe, &opts, &|_, _, _| {})
         .expect("quantize");
     let dir = tempfile::tempdir().expect("tempdir");
-    ferroq::quant::ct::write(&q, dir.path()).expect("write");
+    ferroq::ptq::ct_write::write(&q, dir.path()).expect("write");
     let m = ferroq::model::open(CpuBackend::new(), dir.path(), None).expect("load w8a8");
     let n = count_decode_allocs(&m);
     assert_eq!(n, 0, "16 W8A8 decode steps made {n} allocations");

@@ -4,9 +4,9 @@
 //! outliers (a threshold that clips the bulk would be charged through p's folded edge bin).
 
 use ferroq::engine::sampler::Rng;
+use ferroq::ptq::observer::{static_params, ActStats, Histogram};
+use ferroq::ptq::recipe::ActMethod;
 use ferroq::quant::formats::{dequantize_i8, quantize_i8};
-use ferroq::quant::observer::{static_params, ActStats, Histogram};
-use ferroq::quant::recipe::ActMethod;
 use ferroq::quant::{int8_params, QDType};
 
 fn gaussian(rng: &mut Rng, n: usize, sigma: f32) -> Vec<f32> {

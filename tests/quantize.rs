@@ -4,11 +4,11 @@
 mod common;
 
 use ferroq::backend::cpu::CpuBackend;
+use ferroq::checkpoint::config::LmHead;
 use ferroq::engine::generate::{generate, GenerateOptions};
-use ferroq::model::config::LmHead;
 use ferroq::model::llama::{LlamaModel, Logits};
-use ferroq::quant::pipeline::{quantize, QuantizeOptions, QuantizedModel};
-use ferroq::quant::recipe::Recipe;
+use ferroq::ptq::pipeline::{quantize, QuantizeOptions, QuantizedModel};
+use ferroq::ptq::recipe::Recipe;
 
 fn quantized(preset: &str, opts: &QuantizeOptions) -> QuantizedModel {
     let (c, tok, w) = ferroq::model::read_all(&common::real_gguf()).expect("read");
@@ -55,8 +55,8 @@ fn float_logits(model: &LlamaModel<CpuBackend>, ids: &[u32]) -> Vec<f32> {
 
 #[test]
 fn smoothing_leaves_the_float_function_unchanged() {
-    use ferroq::quant::calib::{collect, load_samples, CollectOptions};
-    use ferroq::quant::smooth::{apply, Method};
+    use ferroq::ptq::calib::{collect, load_samples, CollectOptions};
+    use ferroq::ptq::smooth::{apply, Method};
     use ferroq::tensor::DType;
     let (c, tok, mut w) = ferroq::model::read_all(&common::real_gguf()).expect("read");
     let samples = load_samples(&tok, None, 4, 32).expect("samples");
@@ -190,7 +190,7 @@ fn calibration_is_batch_and_thread_invariant() {
 
 #[test]
 fn checkpoints_round_trip_and_fallback_stays_bf16() {
-    use ferroq::model::linear::LinearWeight;
+    use ferroq::backend::linear::LinearWeight;
     use ferroq::tensor::DType;
     let fallback_recipe = "
 processors:
@@ -216,7 +216,7 @@ processors:
         let q =
             quantize(c, tok, w, &r, &QuantizeOptions::default(), &|_, _, _| {}).expect("quantize");
         let out = dir.path().join(format!("q{i}"));
-        ferroq::quant::ct::write(&q, &out).expect("write");
+        ferroq::ptq::ct_write::write(&q, &out).expect("write");
         let mem =
             LlamaModel::load(CpuBackend::new(), q.config.clone(), &q, None).expect("in-memory");
         let disk = ferroq::model::open(CpuBackend::new(), &out, None).expect("open checkpoint");
@@ -271,7 +271,8 @@ processors:
                 .as_array()
                 .expect("ignore");
             assert!(ignore.iter().any(|v| v == "model.layers.7.mlp.down_proj"));
-            let st = ferroq::model::safetensors_io::SafetensorsWeights::open_dir(&out).expect("st");
+            let st =
+                ferroq::checkpoint::safetensors_io::SafetensorsWeights::open_dir(&out).expect("st");
             assert_eq!(
                 st.dtype_of("model.layers.7.mlp.down_proj.weight"),
                 Some(safetensors::Dtype::BF16)

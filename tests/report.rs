@@ -3,7 +3,7 @@
 //! really represents. (Rendering in a browser is checked by scripts/report-check.sh.)
 
 use ferroq::eval::TokenScores;
-use ferroq::quant::analyze::{AnalyzeReport, InputHistogram, LayerSensitivity};
+use ferroq::ptq::analyze::{AnalyzeReport, InputHistogram, LayerSensitivity};
 use ferroq::quant::formats::{dequantize_i8, quantize_i8, Fp8};
 use ferroq::quant::{ActQuant, ActSpec, QDType};
 

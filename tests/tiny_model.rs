@@ -6,10 +6,10 @@ mod common;
 
 use common::*;
 use ferroq::backend::cpu::CpuBackend;
-use ferroq::model::config::ModelConfig;
-use ferroq::model::gguf::{weights::GgufWeights, GgufFile};
+use ferroq::checkpoint::config::ModelConfig;
+use ferroq::checkpoint::gguf::{weights::GgufWeights, GgufFile};
+use ferroq::checkpoint::safetensors_io::SafetensorsWeights;
 use ferroq::model::llama::{LlamaModel, Logits};
-use ferroq::model::safetensors_io::SafetensorsWeights;
 use ferroq::tensor::{DType, HostTensor};
 use ferroq::Error;
 use std::collections::BTreeMap;
@@ -184,7 +184,7 @@ fn load_tiny(
     let w = tiny_weights(&c, seed);
     let dir = tempfile::tempdir().expect("tempdir");
     write_hf_dir(dir.path(), &c, &w);
-    let loaded_c = ferroq::model::read_hf_config(dir.path()).expect("config");
+    let loaded_c = ferroq::checkpoint::read_hf_config(dir.path()).expect("config");
     assert_eq!(loaded_c, c);
     let src = SafetensorsWeights::open_dir(dir.path()).expect("open");
     let m = LlamaModel::load(CpuBackend::new(), loaded_c, &src, None).expect("load");
@@ -481,7 +481,7 @@ fn sharded_checkpoint_and_missing_tensor() {
         .partition(|(i, _)| i % 2 == 0);
     let a: Vec<_> = a.into_iter().map(|(_, x)| x).collect();
     let b: Vec<_> = b.into_iter().map(|(_, x)| x).collect();
-    use ferroq::model::safetensors_io::write_safetensors;
+    use ferroq::checkpoint::safetensors_io::write_safetensors;
     write_safetensors(
         &dir.path().join("model-00001-of-00002.safetensors"),
         &a,

@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use ferroq::model::gguf::GgufFile;
+use ferroq::checkpoint::gguf::GgufFile;
 use ferroq::tokenizer::{ChatMessage, TokenizerBundle};
 
 fn smollm() -> (GgufFile, TokenizerBundle) {

@@ -11,10 +11,12 @@
 
 pub mod cpu;
 pub mod cuda;
+pub mod linear;
+pub mod sampling;
 
-use crate::engine::sampler::Draw;
+use crate::backend::linear::Linear;
+use crate::backend::sampling::Draw;
 use crate::error::Result;
-use crate::model::linear::Linear;
 use crate::quant::{Phase, QuantWeight};
 use crate::tensor::{DType, HostTensor};
 

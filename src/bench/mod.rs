@@ -4,10 +4,10 @@
 //! speed); each test runs once to warm up, then `reps` times, and reports mean ± sample
 //! standard deviation of tokens per second.
 
+use crate::backend::linear::LinearWeight;
 use crate::backend::Backend;
 use crate::engine::sampler::Rng;
 use crate::error::{Error, Result};
-use crate::model::linear::LinearWeight;
 use crate::model::llama::{LlamaModel, Logits};
 use crate::quant::QDType;
 use std::time::Instant;

@@ -184,7 +184,7 @@ impl<B: Backend> Scheduler<B> {
             cfg.max_seq_len,
             cfg.max_batch,
         )?;
-        let kv = KvCache::new(&model, n_blocks, cfg.block_size)?;
+        let kv = model.kv_cache(n_blocks, cfg.block_size)?;
         metrics.set_state(0, 0, 0, n_blocks);
         Ok(Scheduler {
             phase_sensitive: model.phase_sensitive(),
@@ -204,7 +204,7 @@ impl<B: Backend> Scheduler<B> {
         &self.cfg
     }
     pub fn kv_bytes(&self) -> usize {
-        self.kv.bytes(&self.model)
+        self.kv.bytes()
     }
 
     /// Whether a request of `prompt_tokens` and `max_tokens` can ever run here.

@@ -9,7 +9,8 @@
 use crate::backend::Backend;
 use crate::engine::sampler::argmax;
 use crate::error::{Error, Result};
-use crate::model::llama::{LlamaModel, Logits, Session};
+use crate::model::llama::{LlamaModel, Logits};
+use crate::model::session::Session;
 use half::f16;
 use std::io::{Read, Write};
 use std::path::Path;

@@ -6,10 +6,10 @@
 //! temporary directory beside `out` and renamed into place at the end, so a failed conversion
 //! leaves no half-written model behind.
 
+use crate::checkpoint::config::ModelConfig;
+use crate::checkpoint::gguf::{weights::GgufWeights, GgufFile};
+use crate::checkpoint::WeightSource;
 use crate::error::{Error, Result};
-use crate::model::config::ModelConfig;
-use crate::model::gguf::{weights::GgufWeights, GgufFile};
-use crate::model::WeightSource;
 use crate::tensor::DType;
 use crate::tokenizer::TokenizerBundle;
 use std::collections::HashMap;
@@ -28,7 +28,7 @@ pub fn gguf_to_hf(gguf_path: &Path, out: &Path, dtype: DType) -> Result<ConvertR
     let tok = TokenizerBundle::from_gguf(&file)?;
     let src = GgufWeights::new(&file, config.clone())?;
 
-    super::write_dir_atomically(out, |tmp| {
+    crate::checkpoint::write_dir_atomically(out, |tmp| {
         let mut tensors = Vec::new();
         let mut n_params = 0;
         for name in src.tensor_names() {

@@ -6,7 +6,6 @@
 
 use crate::backend::Backend;
 use crate::error::{Error, Result};
-use crate::model::llama::LlamaModel;
 
 /// The block pool of every layer's keys and values.
 pub struct KvCache<B: Backend> {
@@ -14,43 +13,52 @@ pub struct KvCache<B: Backend> {
     pub n_blocks: usize,
     /// process-unique: names these buffers to a backend's graph cache
     pub(crate) id: u64,
+    /// bytes the pool holds (keys and values, all layers)
+    bytes: usize,
     pub(crate) k: Vec<B::Buf>, // layers × (n_blocks, block_size, kv_dim)
     pub(crate) v: Vec<B::Buf>, // layers × (n_blocks, block_size, kv_dim)
 }
 
 impl<B: Backend> KvCache<B> {
-    pub fn new(model: &LlamaModel<B>, n_blocks: usize, block_size: usize) -> Result<Self> {
+    /// `layers` pools of `n_blocks` × `block_size` positions of `kv_dim` keys and values.
+    pub fn new(
+        backend: &B,
+        layers: usize,
+        kv_dim: usize,
+        n_blocks: usize,
+        block_size: usize,
+    ) -> Result<Self> {
         if n_blocks == 0 || block_size == 0 {
             return Err(Error::InvalidArgument(
                 "a KV cache needs at least one block of at least one position".into(),
             ));
         }
-        let c = &model.config;
-        let len = n_blocks * block_size * c.kv_dim();
-        let (mut k, mut v) = (
-            Vec::with_capacity(c.num_layers),
-            Vec::with_capacity(c.num_layers),
-        );
-        for _ in 0..c.num_layers {
-            k.push(model.backend.alloc_kv(len)?);
-            v.push(model.backend.alloc_kv(len)?);
+        let len = n_blocks
+            .checked_mul(block_size)
+            .and_then(|n| n.checked_mul(kv_dim))
+            .ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "a KV cache of {n_blocks} blocks × {block_size} positions × {kv_dim} overflows"
+                ))
+            })?;
+        let (mut k, mut v) = (Vec::with_capacity(layers), Vec::with_capacity(layers));
+        for _ in 0..layers {
+            k.push(backend.alloc_kv(len)?);
+            v.push(backend.alloc_kv(len)?);
         }
         Ok(KvCache {
             block_size,
             n_blocks,
             id: crate::backend::next_buffer_id(),
+            bytes: 2 * layers * len * backend.kv_value_bytes(),
             k,
             v,
         })
     }
 
     /// Bytes the pool holds (keys and values, all layers).
-    pub fn bytes(&self, model: &LlamaModel<B>) -> usize {
-        2 * model.config.num_layers
-            * self.n_blocks
-            * self.block_size
-            * model.config.kv_dim()
-            * model.backend.kv_value_bytes()
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 }
 

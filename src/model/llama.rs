@@ -5,15 +5,15 @@
 //! once for (max_batch, max_seq), so prefill (a batch of prompt tokens in one pass) and decode
 //! (one token) allocate nothing.
 
+use crate::backend::linear::{Linear, LinearWeight};
+use crate::backend::sampling::Draw;
 use crate::backend::{AttentionArgs, Backend, KvSeq, LinearInput, RopeKvArgs, StepKey};
-use crate::engine::sampler::Draw;
+use crate::checkpoint::config::{LmHead, ModelConfig};
+use crate::checkpoint::site::Site;
+use crate::checkpoint::WeightSource;
 use crate::error::{Error, Result};
-use crate::model::config::{LmHead, ModelConfig};
-use crate::model::hadamard;
 use crate::model::kv::KvCache;
-use crate::model::linear::{Linear, LinearWeight};
-pub use crate::model::session::Session;
-use crate::model::WeightSource;
+use crate::quant::hadamard;
 use crate::quant::weight::{quantize_weight, WeightMethod, WeightQConfig, WeightScope};
 use crate::quant::{ActQuant, ActSpec, Phase, QDType};
 use crate::tensor::{DType, HostTensor};
@@ -46,70 +46,6 @@ pub struct LlamaModel<B: Backend> {
     rope_cos: B::Buf, // (rope_len, head_dim / 2)
     rope_sin: B::Buf, // (rope_len, head_dim / 2)
     rope_len: usize,
-}
-
-/// Where a linear's input is observed during calibration: the four distinct inputs of a block.
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
-)]
-#[serde(rename_all = "snake_case")]
-pub enum Site {
-    /// input_layernorm output, read by q/k/v_proj
-    AttnIn,
-    /// attention output, read by o_proj
-    OIn,
-    /// post_attention_layernorm output, read by gate/up_proj
-    MlpIn,
-    /// silu(gate) * up, read by down_proj
-    DownIn,
-}
-
-impl Site {
-    pub const ALL: [Site; 4] = [Site::AttnIn, Site::OIn, Site::MlpIn, Site::DownIn];
-
-    /// Module suffixes (after `model.layers.N.`) of the linears that read this input.
-    pub fn linears(self) -> &'static [&'static str] {
-        match self {
-            Site::AttnIn => &["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"],
-            Site::OIn => &["self_attn.o_proj"],
-            Site::MlpIn => &["mlp.gate_proj", "mlp.up_proj"],
-            Site::DownIn => &["mlp.down_proj"],
-        }
-    }
-
-    /// The name recipes and checkpoints use.
-    pub fn name(self) -> &'static str {
-        match self {
-            Site::AttnIn => "attn_in",
-            Site::OIn => "o_in",
-            Site::MlpIn => "mlp_in",
-            Site::DownIn => "down_in",
-        }
-    }
-
-    pub fn from_name(name: &str) -> Option<Site> {
-        Site::ALL.into_iter().find(|s| s.name() == name)
-    }
-
-    /// Channels of this input.
-    pub fn dim(self, c: &ModelConfig) -> usize {
-        match self {
-            Site::AttnIn | Site::MlpIn => c.hidden_size,
-            Site::OIn => c.q_dim(),
-            Site::DownIn => c.intermediate_size,
-        }
-    }
-
-    /// The site a decoder linear reads, from its full name.
-    pub fn of_linear(name: &str) -> Option<(usize, Site)> {
-        let rest = name.strip_prefix("model.layers.")?;
-        let (l, module) = rest.split_once('.')?;
-        let l = l.parse().ok()?;
-        Site::ALL
-            .into_iter()
-            .find(|s| s.linears().contains(&module))
-            .map(|s| (l, s))
-    }
 }
 
 /// Receives every linear input during an observed forward pass: x is (rows, dim) on the host.
@@ -220,6 +156,17 @@ fn int8_lm_head<B: Backend>(
 }
 
 impl<B: Backend> LlamaModel<B> {
+    /// A paged KV cache for this model: `n_blocks` blocks of `block_size` positions per layer.
+    pub fn kv_cache(&self, n_blocks: usize, block_size: usize) -> Result<KvCache<B>> {
+        KvCache::new(
+            &self.backend,
+            self.config.num_layers,
+            self.config.kv_dim(),
+            n_blocks,
+            block_size,
+        )
+    }
+
     /// Build the model from `src` (HF tensor names). `weight_dtype` None keeps each tensor's
     /// checkpoint dtype for the embedding's dtype and all matrices.
     pub fn load(
@@ -239,11 +186,11 @@ impl<B: Backend> LlamaModel<B> {
             }
         }
         for (site, block) in c.hadamard.sites() {
-            if !site.dim(c).is_multiple_of(block) {
+            if !c.site_dim(site).is_multiple_of(block) {
                 return Err(Error::Config(format!(
                     "hadamard block {block} does not divide {} ({} channels)",
                     site.name(),
-                    site.dim(c)
+                    c.site_dim(site)
                 )));
             }
         }

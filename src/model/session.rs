@@ -4,8 +4,8 @@
 //! allocate nothing. It runs the same batched forward pass as the server's scheduler, with a
 //! one-entry block table, so a prompt gives the same logits here and there.
 
+use crate::backend::sampling::Draw;
 use crate::backend::{Backend, KvSeq};
-use crate::engine::sampler::Draw;
 use crate::error::{Error, Result};
 use crate::model::kv::KvCache;
 use crate::model::llama::{ActivationHook, LlamaModel, Logits, Workspace};
@@ -58,7 +58,7 @@ impl<B: Backend> LlamaModel<B> {
             max_seq,
             pos: 0,
             all_logits,
-            kv: KvCache::new(self, 1, max_seq)?,
+            kv: self.kv_cache(1, max_seq)?,
             ws,
         })
     }

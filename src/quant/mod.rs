@@ -1,18 +1,11 @@
-//! Post-training quantization: number formats (`formats`), the quantized-weight and
-//! activation-policy types the runtime executes (this file), weight quantizers (`weight`:
-//! minmax and msModelSlim's ssz), activation observers (`observer`), outlier suppression
-//! (`smooth`), recipes (`recipe`), calibration (`calib`) and the compressed-tensors checkpoint
-//! format (`ct`). Terms and formulas follow reference/quantization.md.
+//! Quantization formats and schemes, the leaf every other layer builds on: number formats
+//! (`formats`), the quantized-weight and activation-policy types the runtime executes (this
+//! file), weight quantizers (`weight`: minmax and msModelSlim's ssz) and the block Hadamard
+//! transform (`hadamard`). Calibration and the algorithms that choose scales live in `ptq`.
+//! Terms and formulas follow reference/quantization.md.
 
-pub mod analyze;
-pub mod calib;
-pub mod ct;
 pub mod formats;
-pub mod gptq;
-pub mod observer;
-pub mod pipeline;
-pub mod recipe;
-pub mod smooth;
+pub mod hadamard;
 pub mod weight;
 
 use formats::Fp8;

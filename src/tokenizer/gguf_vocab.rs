@@ -4,8 +4,8 @@
 //! tokens; rebuilt as BPE with byte fallback). Token types follow llama.cpp: 1 normal,
 //! 2 unknown, 3 control, 4 user-defined, 5 unused, 6 byte.
 
+use crate::checkpoint::gguf::{GgufFile, Value};
 use crate::error::{Error, Result};
-use crate::model::gguf::{GgufFile, Value};
 use serde_json::{json, Map, Value as Json};
 use std::collections::HashMap;
 

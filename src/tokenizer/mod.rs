@@ -10,8 +10,8 @@ pub mod chat;
 mod gguf_vocab;
 pub mod stream;
 
+use crate::checkpoint::gguf::GgufFile;
 use crate::error::{Error, Result};
-use crate::model::gguf::GgufFile;
 use std::path::Path;
 use std::str::FromStr;
 

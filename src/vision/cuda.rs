@@ -5,8 +5,8 @@
 //! BatchNorm kernel, then a ReLU kernel) the benchmark compares the fused op with.
 
 use super::conv::{BatchNorm, ConvShape, ConvWeights, Dims, FusedConv, Layout};
-use crate::backend::cuda::backend::{drv, grid1, i32_of};
 use crate::backend::cuda::kernels::Kernel;
+use crate::backend::cuda::launch::{driver_error, grid_1d, i32_of};
 use crate::backend::cuda::runtime::Gpu;
 use crate::error::{Error, Result};
 use cudarc::driver::{CudaFunction, CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg};
@@ -87,7 +87,7 @@ fn pad_rows<T: Copy + Default>(w: &[T], rows: usize, k: usize, kp: usize) -> Vec
 
 /// A grid-stride launch over `len` elements (kernels loop, so the grid is capped).
 fn launch_1d(len: usize) -> LaunchConfig {
-    grid1(len.div_ceil(256).clamp(1, 65_535), 256)
+    grid_1d(len.div_ceil(256).clamp(1, 65_535), 256)
 }
 
 impl CudaConv {
@@ -98,7 +98,7 @@ impl CudaConv {
         let s = conv.shape;
         let (k, out_c) = (s.k(), s.out_c);
         let kp = k.div_ceil(KPAD) * KPAD;
-        let up_err = |e| drv("conv upload", e);
+        let up_err = |e| driver_error("conv upload", e);
         let (weights, kernel) = match &conv.weights {
             ConvWeights::F32(_) => {
                 return Err(Error::InvalidArgument(
@@ -245,7 +245,7 @@ impl CudaConv {
         // SAFETY: the argument lists of conv_int8 / conv_bf16 (exactly one output pointer
         // non-null); x holds xd.len() values and the output od.len() (checked), the weights
         // out_c rows of kp (padded at upload), the scales and bias out_c.
-        unsafe { b.launch(cfg) }.map_err(|e| drv("conv", e))?;
+        unsafe { b.launch(cfg) }.map_err(|e| driver_error("conv", e))?;
         Ok(od)
     }
 }
@@ -273,7 +273,7 @@ impl UnfusedBnRelu {
             .map(|i| bn.gamma[i] / (bn.var[i] + bn.eps).sqrt())
             .collect();
         let shift: Vec<f32> = (0..c).map(|i| bn.beta[i] - bn.mean[i] * scale[i]).collect();
-        let up_err = |e| drv("bn upload", e);
+        let up_err = |e| driver_error("bn upload", e);
         Ok(UnfusedBnRelu {
             scale: gpu.stream.clone_htod(&scale).map_err(up_err)?,
             shift: gpu.stream.clone_htod(&shift).map_err(up_err)?,
@@ -310,12 +310,12 @@ impl UnfusedBnRelu {
             .arg(&channels)
             .arg(&inner);
         // SAFETY: matches channel_affine; y holds len values, scale and shift od.c.
-        unsafe { b.launch(launch_1d(od.len())) }.map_err(|e| drv("batch norm", e))?;
+        unsafe { b.launch(launch_1d(od.len())) }.map_err(|e| driver_error("batch norm", e))?;
         if self.relu {
             let mut b = gpu.stream.launch_builder(&self.relu_f);
             b.arg(&mut *y).arg(&len);
             // SAFETY: matches relu_inplace; y holds len values.
-            unsafe { b.launch(launch_1d(od.len())) }.map_err(|e| drv("relu", e))?;
+            unsafe { b.launch(launch_1d(od.len())) }.map_err(|e| driver_error("relu", e))?;
         }
         Ok(())
     }

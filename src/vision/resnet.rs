@@ -10,8 +10,8 @@ use super::conv::{
     batch_norm_ref, conv2d_ref, minmax_act_scale, BatchNorm, ConvPrecision, ConvShape, Dims,
     FusedConv, Layout,
 };
+use crate::checkpoint::WeightSource;
 use crate::error::{Error, Result};
-use crate::model::WeightSource;
 
 /// torchvision's BatchNorm2d eps.
 const BN_EPS: f32 = 1e-5;

@@ -2,8 +2,8 @@
 //! the path of the real model fetched by `models/fetch.sh`.
 #![allow(dead_code)]
 
+use ferroq::checkpoint::config::ModelConfig;
 use ferroq::engine::sampler::Rng;
-use ferroq::model::config::ModelConfig;
 use ferroq::tensor::HostTensor;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -232,8 +232,12 @@ pub fn write_hf_dir(dir: &Path, c: &ModelConfig, weights: &BTreeMap<String, Host
         .iter()
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    ferroq::model::safetensors_io::write_safetensors(&dir.join("model.safetensors"), &list, None)
-        .expect("write");
+    ferroq::checkpoint::safetensors_io::write_safetensors(
+        &dir.join("model.safetensors"),
+        &list,
+        None,
+    )
+    .expect("write");
     std::fs::write(dir.join("config.json"), c.to_hf_json("float32").to_string()).expect("config");
 }
 
@@ -262,12 +266,12 @@ pub fn byte_tokenizer() -> ferroq::tokenizer::TokenizerBundle {
 }
 
 /// The tiny model quantized with the `w8a8` preset (pd_mix) on 4 samples of 16 tokens.
-pub fn tiny_w8a8(seed: u64) -> ferroq::quant::pipeline::QuantizedModel {
+pub fn tiny_w8a8(seed: u64) -> ferroq::ptq::pipeline::QuantizedModel {
     w8a8_of(&tiny_config(false), seed)
 }
 
 /// Random weights for `c` quantized with the `w8a8` preset on 4 samples of 16 tokens.
-pub fn w8a8_of(c: &ModelConfig, seed: u64) -> ferroq::quant::pipeline::QuantizedModel {
+pub fn w8a8_of(c: &ModelConfig, seed: u64) -> ferroq::ptq::pipeline::QuantizedModel {
     quantized_of(c, seed, "w8a8")
 }
 
@@ -276,8 +280,8 @@ pub fn quantized_of(
     c: &ModelConfig,
     seed: u64,
     preset: &str,
-) -> ferroq::quant::pipeline::QuantizedModel {
-    let r = ferroq::quant::recipe::Recipe::load(preset).expect("preset");
+) -> ferroq::ptq::pipeline::QuantizedModel {
+    let r = ferroq::ptq::recipe::Recipe::load(preset).expect("preset");
     quantize_weights(c, tiny_weights(c, seed), &r)
 }
 
@@ -285,9 +289,9 @@ pub fn quantized_of(
 pub fn quantize_weights(
     c: &ModelConfig,
     weights: BTreeMap<String, HostTensor>,
-    recipe: &ferroq::quant::recipe::Recipe,
-) -> ferroq::quant::pipeline::QuantizedModel {
-    use ferroq::quant::pipeline::{quantize, QuantizeOptions};
+    recipe: &ferroq::ptq::recipe::Recipe,
+) -> ferroq::ptq::pipeline::QuantizedModel {
+    use ferroq::ptq::pipeline::{quantize, QuantizeOptions};
     let opts = QuantizeOptions {
         n_samples: 4,
         seq_len: 16,

@@ -13,9 +13,9 @@ pub mod vmath;
 pub mod vnni;
 
 use super::{AttentionArgs, Backend, KvSeq, ATTN_ROWS};
-use crate::engine::sampler::{self, Draw};
+use crate::backend::linear::{Linear, LinearWeight};
+use crate::backend::sampling::{self, Draw};
 use crate::error::{Error, Result};
-use crate::model::linear::{Linear, LinearWeight};
 use crate::quant::{self, ActQuant, ActSpec, Phase, QDType, QuantWeight};
 use crate::tensor::{DType, HostData, HostTensor};
 use gemm::SendPtr;
@@ -173,7 +173,7 @@ struct ActScratch {
 
 thread_local! {
     static SCRATCH: RefCell<ActScratch> = RefCell::new(ActScratch::default());
-    /// `sampler::draw`'s (vocab) keys
+    /// `sampling::draw`'s (vocab) keys
     static KEYS: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
 }
 
@@ -743,9 +743,9 @@ impl Backend for CpuBackend {
         let x = &mut x[..len];
         if len >= 64 * block {
             x.par_chunks_mut(16 * block)
-                .for_each(|c| crate::model::hadamard::fwht(c, block));
+                .for_each(|c| crate::quant::hadamard::fwht(c, block));
         } else {
-            crate::model::hadamard::fwht(x, block);
+            crate::quant::hadamard::fwht(x, block);
         }
         Ok(())
     }
@@ -762,7 +762,7 @@ impl Backend for CpuBackend {
         KEYS.with(|k| {
             let keys = &mut k.borrow_mut();
             for ((z, d), id) in logits.chunks_exact_mut(vocab.max(1)).zip(draws).zip(out) {
-                *id = sampler::pick(z, d, keys);
+                *id = sampling::pick(z, d, keys);
             }
         });
         Ok(())
@@ -771,7 +771,7 @@ impl Backend for CpuBackend {
     fn argmax_rows(&self, logits: &Vec<f32>, vocab: usize, out: &mut [u32]) -> Result<()> {
         check_len("argmax logits", logits.len(), out.len() * vocab)?;
         for (row, id) in logits.chunks_exact(vocab.max(1)).zip(out.iter_mut()) {
-            *id = crate::engine::sampler::argmax(row);
+            *id = sampling::argmax(row);
         }
         Ok(())
     }

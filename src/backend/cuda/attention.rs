@@ -5,8 +5,9 @@
 //! 64 or 128 takes `attn_prefill_hd*`, FlashAttention-2 on bf16 tensor cores, in tiles of 64
 //! consecutive rows. Other head dims run every row through the split kernels.
 
-use super::backend::{check, grid, kv_values, CudaBackend};
+use super::backend::CudaBackend;
 use super::kernels::Kernel;
+use super::launch::{check_len, grid, kv_values};
 use super::meta::Meta;
 use crate::backend::{AttentionArgs, KvSeq};
 use crate::error::{Error, Result};
@@ -28,8 +29,8 @@ impl CudaBackend {
             )));
         }
         let rows = KvSeq::batch_rows(a.seqs);
-        check("attention q", a.q.len(), rows * nh * hd)?;
-        check("attention out", a.out.len(), rows * nh * hd)?;
+        check_len("attention q", a.q.len(), rows * nh * hd)?;
+        check_len("attention out", a.out.len(), rows * nh * hd)?;
         let n_blocks = kv_values(a.k_cache).min(kv_values(a.v_cache)) / (bs * nkv * hd).max(1);
         // A graph step launches with fixed shapes: tables as wide and key splits as many as
         // max_seq needs (`graph.rs`; the extra splits are empty and add exact zeros).
@@ -54,8 +55,8 @@ impl CudaBackend {
         }
         // a sequence's prefill chunk takes flash attention, its decode row the split kernels
         let flash = |s: &KvSeq<'_>| fa_kernel.is_some() && s.rows >= FA_MIN_ROWS;
-        // the metadata is built in reused host buffers (`up_meta_with`): no allocation per call
-        let t_d = self.up_meta_with(Meta::Tables, a.seqs.len() * max_blocks, |t| {
+        // the metadata is built in reused host buffers (`upload_meta_with`): no allocation per call
+        let t_d = self.upload_meta_with(Meta::Tables, a.seqs.len() * max_blocks, |t| {
             for (i, s) in a.seqs.iter().enumerate() {
                 // positions past max_seq are never read, nor their blocks
                 let nb = s.blocks.len().min(max_blocks);
@@ -71,7 +72,7 @@ impl CudaBackend {
             .sum();
         if let (Some(kern), true) = (fa_kernel, n_tiles > 0) {
             // (sequence, first batch row, rows, first position) per 64-row tile
-            let tiles_d = self.up_meta_with(Meta::Tiles, 4 * n_tiles, |t| {
+            let tiles_d = self.upload_meta_with(Meta::Tiles, 4 * n_tiles, |t| {
                 let mut tiles = t.chunks_exact_mut(4);
                 for (i, s) in a.seqs.iter().enumerate().filter(|(_, s)| flash(s)) {
                     for r0 in (0..s.rows).step_by(FA_ROWS) {
@@ -85,7 +86,7 @@ impl CudaBackend {
                 }
             })?;
             let scale_log2 = std::f32::consts::LOG2_E / (hd as f32).sqrt();
-            let mut b = self.gpu.stream.launch_builder(self.f(kern));
+            let mut b = self.gpu.stream.launch_builder(self.function(kern));
             b.arg(&mut *a.out)
                 .arg(a.q)
                 .arg(a.k_cache)
@@ -99,7 +100,7 @@ impl CudaBackend {
             // SAFETY: the argument list of attn_prefill_hd{64,128} for this head dim; every
             // tile's rows are inside q / out (rows × heads × hd, checked) and every table entry
             // a block inside the caches (checked); 128 threads, static shared memory.
-            unsafe { self.go(&mut b, grid(n_tiles, nh, 128, 0), "flash attention") }?;
+            unsafe { self.launch(&mut b, grid(n_tiles, nh, 128, 0), "flash attention") }?;
         }
         let split_seqs = || a.seqs.iter().filter(|s| !flash(s));
         let sel: usize = split_seqs().map(|s| s.rows).sum();
@@ -116,18 +117,18 @@ impl CudaBackend {
         let mut sc = self.scratch()?;
         // (sel, heads, splits, hd + 2)
         let part = self.grow(&mut sc.attn_part, sel * nh * splits * (hd + 2))?;
-        let r_d = self.up_meta_with(Meta::RowIds, sel, |ids| {
+        let r_d = self.upload_meta_with(Meta::RowIds, sel, |ids| {
             let rows = split_seqs().flat_map(|s| s.row0..s.row0 + s.rows);
             for (d, r) in ids.iter_mut().zip(rows) {
                 *d = r as u32;
             }
         })?;
-        let s_d = self.up_meta_with(Meta::SeqOf, rows, |seq_of| {
+        let s_d = self.upload_meta_with(Meta::SeqOf, rows, |seq_of| {
             for (i, s) in a.seqs.iter().enumerate() {
                 seq_of[s.row0..s.row0 + s.rows].fill(i as u32);
             }
         })?;
-        let n_d = self.up_meta_with(Meta::NKeys, rows, |n_keys| {
+        let n_d = self.upload_meta_with(Meta::NKeys, rows, |n_keys| {
             for s in a.seqs {
                 for r in 0..s.rows {
                     n_keys[s.row0 + r] = (s.start_pos + r + 1) as u32;
@@ -136,7 +137,10 @@ impl CudaBackend {
         })?;
         let tail = [hd, SPLIT_LEN, splits].map(|v| v as i32);
         let scale = 1.0 / (hd as f32).sqrt();
-        let mut b = self.gpu.stream.launch_builder(self.f(Kernel::AttnPartial));
+        let mut b = self
+            .gpu
+            .stream
+            .launch_builder(self.function(Kernel::AttnPartial));
         b.arg(&mut *part)
             .arg(a.q)
             .arg(a.k_cache)
@@ -151,9 +155,12 @@ impl CudaBackend {
         b.arg(&scale);
         // SAFETY: matches attn_partial's signature; part holds sel × heads × splits × (hd + 2),
         // every row id is a batch row, every table entry a block inside the caches (checked).
-        unsafe { self.go(&mut b, grid(sel * nh, splits, 128, 0), "attention") }?;
+        unsafe { self.launch(&mut b, grid(sel * nh, splits, 128, 0), "attention") }?;
         let (nh_i, hd_i, sp_i) = (nh as i32, hd as i32, splits as i32);
-        let mut b = self.gpu.stream.launch_builder(self.f(Kernel::AttnCombine));
+        let mut b = self
+            .gpu
+            .stream
+            .launch_builder(self.function(Kernel::AttnCombine));
         b.arg(a.out)
             .arg(&*part)
             .arg(&*r_d)
@@ -162,7 +169,7 @@ impl CudaBackend {
             .arg(&sp_i);
         // SAFETY: matches attn_combine's signature; out holds rows × heads × hd and every row id
         // is one of those rows.
-        unsafe { self.go(&mut b, grid(sel * nh, 1, 64, 0), "attention combine") }?;
+        unsafe { self.launch(&mut b, grid(sel * nh, 1, 64, 0), "attention combine") }?;
         Ok(())
     }
 }

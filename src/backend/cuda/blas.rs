@@ -6,7 +6,7 @@
 //! Row-major operands map onto cuBLAS's column-major convention as in every inference engine
 //! that calls it: out (m, n) row-major is outᵀ (n, m) column-major = W (n, k) · xᵀ.
 
-use super::backend::drv;
+use super::launch::driver_error;
 use crate::error::Result;
 use cudarc::cublas::{result as blas, sys as bsys, CudaBlas};
 use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
@@ -43,7 +43,7 @@ impl Blas {
         if !cublas_present() {
             return Ok(None);
         }
-        let handle = CudaBlas::new(stream.clone()).map_err(|e| drv("cublasCreate", e))?;
+        let handle = CudaBlas::new(stream.clone()).map_err(|e| driver_error("cublasCreate", e))?;
         Ok(Some(Blas {
             handle,
             stream: stream.clone(),
@@ -58,7 +58,7 @@ impl Blas {
         w: &CudaSlice<u16>,
         (m, n, k): (usize, usize, usize),
     ) -> Result<()> {
-        let dim = |v: usize| i32::try_from(v).map_err(|e| drv("cuBLAS dimension", e));
+        let dim = |v: usize| i32::try_from(v).map_err(|e| driver_error("cuBLAS dimension", e));
         let (mi, ni, ki) = (dim(m)?, dim(n)?, dim(k)?);
         let stream = &self.stream;
         let (alpha, beta) = (1.0f32, 0.0f32);
@@ -91,6 +91,6 @@ impl Blas {
                 bsys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
             )
         }
-        .map_err(|e| drv("cublasGemmEx", e))
+        .map_err(|e| driver_error("cublasGemmEx", e))
     }
 }

@@ -17,24 +17,13 @@
 //! no other thread may run work on the same backend (its launches would be skipped or
 //! recorded) — ferroq drives a backend from one thread (generate, the server's engine).
 
-use super::backend::{drv, CudaBackend};
+use super::launch::{driver_error, Mode, RunState};
+use super::meta::MetaCache;
 use crate::backend::StepKey;
 use crate::error::{Error, Result};
-use cudarc::driver::{sys, CudaGraph, LaunchArgs, LaunchConfig};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
-use std::sync::Mutex;
-
-/// What the backend does with device work right now.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
-pub(super) enum Mode {
-    /// Launch as usual.
-    Eager = 0,
-    /// Upload metadata only; launch nothing.
-    Stage = 1,
-    /// Launches are being recorded; nothing may upload or allocate.
-    Capture = 2,
-}
+use cudarc::driver::{sys, CudaGraph, CudaStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// Graphs kept at most (a server's decode batch sizes, sessions); the oldest goes first.
 const MAX_GRAPHS: usize = 64;
@@ -52,11 +41,7 @@ struct Captured {
 unsafe impl Send for Captured {}
 
 pub(super) struct Graphs {
-    mode: AtomicU8,
     enabled: AtomicBool,
-    /// Scratch or metadata buffers reallocated so far (a graph captured before a move reads
-    /// a freed buffer).
-    pub(super) moves: AtomicU64,
     /// graphs captured so far
     captures: AtomicU64,
     /// the captured steps; held for a whole step, which serialises steps
@@ -71,104 +56,70 @@ pub fn graphs_wanted() -> bool {
 impl Default for Graphs {
     fn default() -> Self {
         Graphs {
-            mode: AtomicU8::new(Mode::Eager as u8),
             enabled: AtomicBool::new(graphs_wanted()),
-            moves: AtomicU64::new(0),
             captures: AtomicU64::new(0),
             cache: Mutex::new(Vec::new()),
         }
     }
 }
 
-impl CudaBackend {
-    pub(super) fn mode(&self) -> Mode {
-        match self.graphs.mode.load(Ordering::Relaxed) {
-            1 => Mode::Stage,
-            2 => Mode::Capture,
-            _ => Mode::Eager,
-        }
-    }
-
-    fn set_mode(&self, m: Mode) {
-        self.graphs.mode.store(m as u8, Ordering::Relaxed);
-    }
-
-    /// Whether this is a staging pass, which runs no device work: launches (`go`), copies and
-    /// cuBLAS calls return at once, only metadata uploads happen.
-    pub(super) fn staging(&self) -> bool {
-        self.mode() == Mode::Stage
-    }
-
-    /// Whether the step being run is staged or captured (attention then uses fixed maxima).
-    pub(super) fn graphing(&self) -> bool {
-        self.mode() != Mode::Eager
-    }
-
+impl Graphs {
     /// Capture and replay decode steps (on by default unless FERROQ_CUDA_GRAPHS=0); the tests
     /// compare both.
-    pub fn set_graphs(&self, on: bool) {
-        self.graphs.enabled.store(on, Ordering::Relaxed);
+    pub(super) fn set_enabled(&self, on: bool) {
+        self.enabled.store(on, Ordering::Relaxed);
     }
 
     /// Whether decode steps are captured (false after `set_graphs(false)`, FERROQ_CUDA_GRAPHS=0
     /// or a failed capture), and how many graphs have been captured.
-    pub fn graph_stats(&self) -> (bool, u64) {
+    pub(super) fn stats(&self) -> (bool, u64) {
         (
-            self.graphs.enabled.load(Ordering::Relaxed),
-            self.graphs.captures.load(Ordering::Relaxed),
+            self.enabled.load(Ordering::Relaxed),
+            self.captures.load(Ordering::Relaxed),
         )
-    }
-
-    /// Launch `b` with `cfg`, unless this is a staging pass (which only uploads).
-    ///
-    /// # Safety
-    /// As `LaunchArgs::launch`: the arguments must be the kernel's parameters, in order, and
-    /// every buffer must hold what the kernel reads and writes at this geometry.
-    pub(super) unsafe fn go(
-        &self,
-        b: &mut LaunchArgs<'_>,
-        cfg: LaunchConfig,
-        what: &str,
-    ) -> Result<()> {
-        if self.staging() {
-            return Ok(());
-        }
-        // SAFETY: the caller's contract.
-        unsafe { b.launch(cfg) }
-            .map(|_| ())
-            .map_err(|e| drv(what, e))
     }
 
     /// `Backend::replay_step`: stage, then replay the step's graph (capturing it the first
     /// time); eager where graphs are off or capture failed.
-    pub(super) fn replay(&self, key: StepKey, step: &mut dyn FnMut() -> Result<()>) -> Result<()> {
-        if !self.graphs.enabled.load(Ordering::Relaxed) {
+    pub(super) fn replay(
+        &self,
+        run: &RunState,
+        meta: &MetaCache,
+        stream: &Arc<CudaStream>,
+        key: StepKey,
+        step: &mut dyn FnMut() -> Result<()>,
+    ) -> Result<()> {
+        if !self.enabled.load(Ordering::Relaxed) {
             return step();
         }
         let mut cache = self
-            .graphs
             .cache
             .lock()
-            .map_err(|_| drv("graph cache", "poisoned lock"))?;
-        self.meta.begin_stage()?;
-        self.set_mode(Mode::Stage);
+            .map_err(|_| driver_error("graph cache", "poisoned lock"))?;
+        meta.begin_stage()?;
+        run.set_mode(Mode::Stage);
         let staged = step();
-        self.set_mode(Mode::Eager);
+        run.set_mode(Mode::Eager);
         if let Err(e) = staged {
             // the same error eagerly means bad input; success means staging is what failed
             step()?;
             eprintln!("warning: staging a CUDA graph step failed ({e}); decoding without graphs");
-            self.set_graphs(false);
+            self.set_enabled(false);
             return Ok(());
         }
-        let moves = self.graphs.moves.load(Ordering::Relaxed);
+        let moves = run.moves();
         if let Some(c) = cache.iter().find(|c| c.key == key && c.moves == moves) {
-            return c.graph.launch().map_err(|e| drv("graph launch", e));
+            return c
+                .graph
+                .launch()
+                .map_err(|e| driver_error("graph launch", e));
         }
-        match self.capture(step, moves) {
+        match capture(run, stream, step, moves) {
             Ok(graph) => {
-                self.graphs.captures.fetch_add(1, Ordering::Relaxed);
-                graph.launch().map_err(|e| drv("graph launch", e))?;
+                self.captures.fetch_add(1, Ordering::Relaxed);
+                graph
+                    .launch()
+                    .map_err(|e| driver_error("graph launch", e))?;
                 cache.retain(|c| c.key != key && c.moves == moves);
                 if cache.len() >= MAX_GRAPHS {
                     cache.remove(0);
@@ -178,28 +129,34 @@ impl CudaBackend {
             }
             Err(e) => {
                 eprintln!("warning: CUDA graph capture failed ({e}); decoding without graphs");
-                self.set_graphs(false);
+                self.set_enabled(false);
                 step()
             }
         }
     }
+}
 
-    /// Record `step`'s launches (its metadata already staged) as an instantiated graph.
-    fn capture(&self, step: &mut dyn FnMut() -> Result<()>, moves: u64) -> Result<CudaGraph> {
-        let stream = &self.gpu.stream;
+/// Record `step`'s launches (its metadata already staged) as an instantiated graph.
+fn capture(
+    run: &RunState,
+    stream: &Arc<CudaStream>,
+    step: &mut dyn FnMut() -> Result<()>,
+    moves: u64,
+) -> Result<CudaGraph> {
+    {
         stream
             .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
-            .map_err(|e| drv("begin capture", e))?;
-        self.set_mode(Mode::Capture);
+            .map_err(|e| driver_error("begin capture", e))?;
+        run.set_mode(Mode::Capture);
         let ran = step();
-        self.set_mode(Mode::Eager);
+        run.set_mode(Mode::Eager);
         // end the capture whatever happened, so the stream leaves capture mode
         let graph = stream.end_capture(sys::CUgraphInstantiate_flags(0));
         ran?;
         let graph = graph
-            .map_err(|e| drv("end capture", e))?
+            .map_err(|e| driver_error("end capture", e))?
             .ok_or_else(|| Error::Cuda("the capture recorded no graph".into()))?;
-        if self.graphs.moves.load(Ordering::Relaxed) != moves {
+        if run.moves() != moves {
             return Err(Error::Cuda("a buffer moved while capturing".into()));
         }
         Ok(graph)

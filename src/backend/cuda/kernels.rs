@@ -3,8 +3,6 @@
 //! kernels as loose strings and the compile test can check the table against what ptxas saw.
 //! A module's source is `kernels/common.cuh` followed by its file (no CUDA headers).
 
-use cudarc::driver::LaunchConfig;
-
 /// One `kernels/*.cu` file, compiled as one CUBIN.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Module {
@@ -217,24 +215,6 @@ impl Kernel {
                 Module::Conv
             }
         }
-    }
-
-    /// The launch of a GEMM-shaped kernel for an (m, n) output, from its `tiles::Tile` (the
-    /// geometry its `.cu` source is written for), once for the backend, the tests and the
-    /// benchmarks. None for kernels that are not GEMMs.
-    pub fn gemm_launch(self, m: usize, n: usize) -> Option<LaunchConfig> {
-        let t = super::tiles::TILES.iter().find(|t| t.kernel == self)?;
-        // a GEMV's one row of blocks covers every token
-        let rows = if t.block_m == 0 {
-            1
-        } else {
-            m.div_ceil(t.block_m)
-        };
-        Some(LaunchConfig {
-            grid_dim: (n.div_ceil(t.block_n) as u32, rows as u32, 1),
-            block_dim: (t.threads, 1, 1),
-            shared_mem_bytes: t.smem as u32,
-        })
     }
 
     /// Position in [`Kernel::ALL`] (declaration order; tests/cuda_compile.rs checks it).

@@ -7,11 +7,9 @@
 //! allocates nothing and the buffers keep their addresses (what a replayed CUDA graph needs,
 //! `graph.rs`).
 
-use super::backend::{drv, CudaBackend};
-use super::graph::Mode;
+use super::launch::{driver_error, Mode, RunState};
 use crate::error::{Error, Result};
-use cudarc::driver::CudaSlice;
-use std::sync::atomic::Ordering;
+use cudarc::driver::{CudaSlice, CudaStream};
 use std::sync::{Arc, Mutex};
 
 /// What a metadata upload holds (one cache slot each).
@@ -63,7 +61,7 @@ impl MetaCache {
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, State>> {
         self.state
             .lock()
-            .map_err(|_| drv("metadata cache", "poisoned lock"))
+            .map_err(|_| driver_error("metadata cache", "poisoned lock"))
     }
 
     /// A graph step's staging pass begins (see `graph.rs`).
@@ -73,25 +71,33 @@ impl MetaCache {
     }
 }
 
-impl CudaBackend {
+impl MetaCache {
     /// `v` on the device (the buffer may be longer): the cached upload of this kind when its
     /// contents are the same.
-    pub(super) fn up_meta(&self, kind: Meta, v: &[u32]) -> Result<Arc<CudaSlice<u32>>> {
-        self.up_meta_with(kind, v.len(), |d| d.copy_from_slice(v))
+    pub(super) fn upload(
+        &self,
+        run: &RunState,
+        stream: &Arc<CudaStream>,
+        kind: Meta,
+        v: &[u32],
+    ) -> Result<Arc<CudaSlice<u32>>> {
+        self.upload_with(run, stream, kind, v.len(), |d| d.copy_from_slice(v))
     }
 
-    /// `fill`'s `len` values (it gets them zeroed) on the device, as `up_meta`, built in a
+    /// `fill`'s `len` values (it gets them zeroed) on the device, as `upload`, built in a
     /// reused host buffer. A graph's staging pass may change each kind once (a second change
     /// would overwrite what an earlier kernel of the replayed step reads), and a capture may
     /// change none.
-    pub(super) fn up_meta_with(
+    pub(super) fn upload_with(
         &self,
+        run: &RunState,
+        stream: &Arc<CudaStream>,
         kind: Meta,
         len: usize,
         fill: impl FnOnce(&mut [u32]),
     ) -> Result<Arc<CudaSlice<u32>>> {
-        let mode = self.mode();
-        let mut st = self.meta.lock()?;
+        let mode = run.mode();
+        let mut st = self.lock()?;
         let State {
             slots,
             staged,
@@ -124,38 +130,36 @@ impl CudaBackend {
                 match Arc::get_mut(dev) {
                     Some(d) if d.len() >= len && len > 0 => {
                         let mut head = d.slice_mut(0..len);
-                        self.gpu
-                            .stream
+                        stream
                             .memcpy_htod(next.as_slice(), &mut head)
-                            .map_err(|e| drv("upload", e))?;
+                            .map_err(|e| driver_error("upload", e))?;
                     }
-                    _ => *dev = Arc::new(self.up_padded(next)?),
+                    _ => *dev = Arc::new(upload_padded(run, stream, next)?),
                 }
                 std::mem::swap(host, next);
             }
-            None => *slot = Some((next.clone(), Arc::new(self.up_padded(next)?))),
+            None => *slot = Some((next.clone(), Arc::new(upload_padded(run, stream, next)?))),
         }
         match slot {
             Some((_, dev)) => Ok(dev.clone()),
-            None => Err(drv("metadata cache", "empty slot after upload")),
+            None => Err(driver_error("metadata cache", "empty slot after upload")),
         }
     }
+}
 
-    /// `v` in a new buffer of the next power of two (at least one) elements; a graph captured
-    /// before reads the old one, so the move is counted.
-    fn up_padded(&self, v: &[u32]) -> Result<CudaSlice<u32>> {
-        self.graphs.moves.fetch_add(1, Ordering::Relaxed);
-        let mut d = self
-            .gpu
-            .stream
+/// `v` in a new buffer of the next power of two (at least one) elements; a graph captured
+/// before reads the old one, so the move is counted.
+fn upload_padded(run: &RunState, stream: &Arc<CudaStream>, v: &[u32]) -> Result<CudaSlice<u32>> {
+    {
+        run.count_move();
+        let mut d = stream
             .alloc_zeros::<u32>(v.len().max(1).next_power_of_two())
-            .map_err(|e| drv("alloc", e))?;
+            .map_err(|e| driver_error("alloc", e))?;
         if !v.is_empty() {
             let mut head = d.slice_mut(0..v.len());
-            self.gpu
-                .stream
+            stream
                 .memcpy_htod(v, &mut head)
-                .map_err(|e| drv("upload", e))?;
+                .map_err(|e| driver_error("upload", e))?;
         }
         Ok(d)
     }

@@ -9,15 +9,16 @@
 //! in `kernels/gemm_int8.cu`, `quant.cu`, `gemm_fp8.cu`, `gemm_int4.cu`; activations in the
 //! backend's `Scratch`; GEMM / GEMV choice by `tiles::GemmKind::pick`.
 
-use super::backend::{check, grid, grid1, i32_of, CudaBackend};
+use super::backend::CudaBackend;
 use super::kernels::Kernel;
+use super::launch::{arg_or_null, check_len, gemm_grid, grid, grid_1d, i32_of};
 use super::scratch::Scratch;
 use super::tiles::GemmKind;
+use crate::backend::linear::{Linear, LinearWeight};
 use crate::backend::{check_inputs, Backend, LinearInput};
 use crate::error::{Error, Result};
-use crate::model::linear::{Linear, LinearWeight};
 use crate::quant::{ActQuant, Phase, QDType, QuantWeight};
-use cudarc::driver::{CudaSlice, LaunchArgs, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, PushKernelArg};
 
 /// A quantized `[rows, cols]` weight on the device; each kind's linear takes its own struct.
 pub enum CudaQMatrix {
@@ -43,23 +44,6 @@ pub struct Int4Weight {
     /// (rows, groups) zero points; None for symmetric weights
     zero: Option<CudaSlice<i8>>,
     group: usize,
-}
-
-/// The launch of a GEMM-shaped kernel (its geometry lives in `Kernel::gemm_launch`).
-pub(super) fn launch(kern: Kernel, m: usize, n: usize) -> Result<LaunchConfig> {
-    kern.gemm_launch(m, n)
-        .ok_or_else(|| Error::Cuda(format!("{kern:?} has no GEMM launch geometry")))
-}
-
-/// Push an optional device pointer argument: the buffer, or null (`null` holds 0).
-pub(super) fn arg_or_null<'a, T>(b: &mut LaunchArgs<'a>, v: Option<&'a CudaSlice<T>>, null: &'a u64)
-where
-    LaunchArgs<'a>: PushKernelArg<&'a CudaSlice<T>> + PushKernelArg<&'a u64>,
-{
-    match v {
-        Some(s) => <LaunchArgs<'a> as PushKernelArg<&'a CudaSlice<T>>>::arg(b, s),
-        None => <LaunchArgs<'a> as PushKernelArg<&'a u64>>::arg(b, null),
-    };
 }
 
 /// The static (scale, zero point) a linear's activations use in `phase`, None for per-token
@@ -161,9 +145,9 @@ impl CudaBackend {
                 unsupported("the int8 GEMM needs in_features a multiple of 16")
             }
             QuantWeight::Int8 { q, scale, colsum } => Ok(CudaQMatrix::Int8(Int8Weight {
-                q: self.up(q)?,
-                scale: self.up(scale)?,
-                colsum: self.up(colsum)?,
+                q: self.upload_slice(q)?,
+                scale: self.upload_slice(scale)?,
+                colsum: self.upload_slice(colsum)?,
             })),
             // Ampere has no FP8 tensor cores. A weight-only dequantizing path would quietly
             // change the checkpoint's W8A8 numerics and run slower than BF16, so FP8 on sm_80
@@ -176,8 +160,8 @@ impl CudaBackend {
                 unsupported("the FP8 GEMM needs in_features a multiple of 16")
             }
             QuantWeight::Fp8 { codes, scale } => Ok(CudaQMatrix::Fp8(Fp8Weight {
-                codes: self.up(codes)?,
-                scale: self.up(scale)?,
+                codes: self.upload_slice(codes)?,
+                scale: self.upload_slice(scale)?,
             })),
             QuantWeight::Int4 { group, .. } if *group == 0 || !group.is_multiple_of(2) => {
                 unsupported("int4 groups must be even")
@@ -199,12 +183,12 @@ impl CudaBackend {
                 zero,
                 group,
             } => Ok(CudaQMatrix::Int4(Int4Weight {
-                packed: self.up(packed)?,
-                scale: self.up(scale)?,
+                packed: self.upload_slice(packed)?,
+                scale: self.upload_slice(scale)?,
                 zero: if zero.is_empty() {
                     None
                 } else {
-                    Some(self.up(zero)?)
+                    Some(self.upload_slice(zero)?)
                 },
                 group: *group,
             })),
@@ -223,7 +207,7 @@ impl CudaBackend {
         let mut sc = self.scratch()?;
         let mut held: Option<ActKey> = None;
         for (out, w) in outs.iter_mut() {
-            check(&w.name, x.len(), rows * w.in_features)?;
+            check_len(&w.name, x.len(), rows * w.in_features)?;
             match ActKey::of(w, phase) {
                 Some(key) => {
                     if held != Some(key) {
@@ -310,7 +294,7 @@ impl CudaBackend {
         w: &Linear<Self>,
         rows: usize,
     ) -> Result<()> {
-        check(&w.name, out.len(), rows * w.out_features)?;
+        check_len(&w.name, out.len(), rows * w.out_features)?;
         match &w.weight {
             LinearWeight::Dense(m) => self.linear_dense(sc, out, x, m, w.bias.as_ref(), rows),
             LinearWeight::Quant(CudaQMatrix::Int4(wq)) if w.act.policy == ActQuant::None => {
@@ -337,14 +321,14 @@ impl CudaBackend {
     ) -> Result<()> {
         let n = rows * k;
         match &src {
-            QuantSrc::Rows(x) => check("quantized input", x.len(), n)?,
+            QuantSrc::Rows(x) => check_len("quantized input", x.len(), n)?,
             QuantSrc::Norm {
                 res, add, weight, ..
             } => {
-                check("norm input", res.len().min(add.map_or(n, |a| a.len())), n)?;
-                check("norm weight", weight.len(), k)?;
+                check_len("norm input", res.len().min(add.map_or(n, |a| a.len())), n)?;
+                check_len("norm weight", weight.len(), k)?;
             }
-            QuantSrc::SiluMul { gate, up } => check("silu·up", gate.len().min(up.len()), n)?,
+            QuantSrc::SiluMul { gate, up } => check_len("silu·up", gate.len().min(up.len()), n)?,
         }
         let stream = &self.gpu.stream;
         let Scratch {
@@ -384,7 +368,7 @@ impl CudaBackend {
             (QuantSrc::Norm { .. }, false, false) => Kernel::RmsNormQuantFp8,
             (QuantSrc::SiluMul { .. }, false, false) => Kernel::SiluMulQuantFp8,
         };
-        let mut b = stream.launch_builder(self.f(kern));
+        let mut b = stream.launch_builder(self.function(kern));
         b.arg(q).arg(scale);
         if int8 {
             b.arg(zp);
@@ -431,7 +415,7 @@ impl CudaBackend {
         let cfg = match rotate {
             // the whole row in shared memory (fits: checked by `rotation_fits`)
             Some(_) => grid(rows, 1, 512, k * 4),
-            None => grid1(rows, 256),
+            None => grid_1d(rows, 256),
         };
         // SAFETY: the argument list of `kern` (quant.cu: q, scale, [zp,] the source's pointers
         // — x, y, w with nulls for the rotating kernels — [mode,] dim, [block,] [eps,]
@@ -440,7 +424,7 @@ impl CudaBackend {
         // is even (a multiple of 16, checked at upload, and the linears' in_features equal k);
         // a rotation's block is a power of two <= 4096 dividing k and its k × 4 bytes of shared
         // memory are within the opt-in limit (`rotation_fits`).
-        unsafe { self.go(&mut b, cfg, "quantize activations") }?;
+        unsafe { self.launch(&mut b, cfg, "quantize activations") }?;
         Ok(())
     }
 
@@ -455,9 +439,9 @@ impl CudaBackend {
         rows: usize,
     ) -> Result<()> {
         let (n, k) = (w.out_features, w.in_features);
-        check(&w.name, out.len(), rows * n)?;
+        check_len(&w.name, out.len(), rows * n)?;
         let (qa, a_scale, a_zp) = (sc.act_q.cur()?, sc.act_scale.cur()?, sc.act_zp.cur()?);
-        check(&w.name, qa.len(), rows * k)?;
+        check_len(&w.name, qa.len(), rows * k)?;
         let (m_i, n_i, k_i) = (i32_of(rows, "rows")?, i32_of(n, "n")?, i32_of(k, "k")?);
         // a null device pointer for the kernels' optional pointer parameters
         let null: u64 = 0;
@@ -465,8 +449,8 @@ impl CudaBackend {
         match (&w.weight, key) {
             (LinearWeight::Quant(CudaQMatrix::Int8(wq)), ActKey::Int8 { .. }) => {
                 let kern = GemmKind::W8a8.pick(rows, k, self.tensor_cores).kernel;
-                let cfg = launch(kern, rows, n)?;
-                let mut b = stream.launch_builder(self.f(kern));
+                let cfg = gemm_grid(kern, rows, n)?;
+                let mut b = stream.launch_builder(self.function(kern));
                 b.arg(&mut *out)
                     .arg(&null)
                     .arg(qa)
@@ -480,12 +464,12 @@ impl CudaBackend {
                 // SAFETY: the argument list of gemm_w8a8 / gemv_w8a8 (null acc_out; bias or
                 // null); k is a multiple of 16 (checked at upload); buffers sized rows × k,
                 // n × k, rows × n (checked).
-                unsafe { self.go(&mut b, cfg, &w.name) }?;
+                unsafe { self.launch(&mut b, cfg, &w.name) }?;
             }
             (LinearWeight::Quant(CudaQMatrix::Fp8(wq)), ActKey::Fp8 { .. }) => {
                 let kern = GemmKind::Fp8.pick(rows, k, self.tensor_cores).kernel;
-                let cfg = launch(kern, rows, n)?;
-                let mut b = stream.launch_builder(self.f(kern));
+                let cfg = gemm_grid(kern, rows, n)?;
+                let mut b = stream.launch_builder(self.function(kern));
                 b.arg(&mut *out)
                     .arg(qa)
                     .arg(&wq.codes)
@@ -496,7 +480,7 @@ impl CudaBackend {
                 // SAFETY: the argument list of gemm_fp8 / gemv_fp8 (bias or null); k a
                 // multiple of 16 and the device sm_89+ (checked at upload); buffers sized
                 // rows × k, n × k, rows × n (checked).
-                unsafe { self.go(&mut b, cfg, &w.name) }?;
+                unsafe { self.launch(&mut b, cfg, &w.name) }?;
             }
             _ => {
                 return Err(Error::Cuda(format!(
@@ -527,7 +511,7 @@ impl CudaBackend {
             group,
         } = wq;
         let (n, k) = (w.out_features, w.in_features);
-        check(&w.name, x.len(), rows * k)?;
+        check_len(&w.name, x.len(), rows * k)?;
         let (m_i, n_i, k_i, g_i) = (
             i32_of(rows, "rows")?,
             i32_of(n, "n")?,
@@ -537,13 +521,13 @@ impl CudaBackend {
         let kern = GemmKind::W4a16 { group: *group }
             .pick(rows, k, self.tensor_cores)
             .kernel;
-        let cfg = launch(kern, rows, n)?;
+        let cfg = gemm_grid(kern, rows, n)?;
         let null: u64 = 0;
         let xb = match kern {
             Kernel::GemmW4a16Tc => Some(self.cast_bf16(sc, x, rows * k)?),
             _ => None,
         };
-        let mut b = self.gpu.stream.launch_builder(self.f(kern));
+        let mut b = self.gpu.stream.launch_builder(self.function(kern));
         b.arg(&mut *out);
         match xb {
             Some(xb) => b.arg(xb),
@@ -558,7 +542,7 @@ impl CudaBackend {
         // holds n × k / 2 bytes, scale and zero n × ceil(k / group); the GEMV and the
         // tensor-core GEMM run only with k and group multiples of 32 (their 16-byte loads stay
         // in a row and their 32-value steps in a group).
-        unsafe { self.go(&mut b, cfg, &w.name) }?;
+        unsafe { self.launch(&mut b, cfg, &w.name) }?;
         Ok(())
     }
 }

@@ -20,7 +20,7 @@ pub struct Gpu {
     modules: HashMap<Module, Arc<CudaModule>>,
 }
 
-fn drv(what: &str, e: impl std::fmt::Debug) -> Error {
+fn driver_error(what: &str, e: impl std::fmt::Debug) -> Error {
     Error::Cuda(format!("{what}: {e:?}"))
 }
 
@@ -28,13 +28,15 @@ impl Gpu {
     /// Open device `ordinal` (probing first, so a missing driver is an error, not a panic).
     pub fn new(ordinal: usize) -> Result<Self> {
         let info = probe(ordinal)?;
-        let ctx = CudaContext::new(ordinal).map_err(|e| drv("creating the context", e))?;
+        let ctx = CudaContext::new(ordinal).map_err(|e| driver_error("creating the context", e))?;
         // SAFETY: all of a Gpu's work goes to its one stream, so cudarc's cross-stream event
         // tracking (an event record per buffer per launch) has nothing to order; host reads
         // synchronize the stream.
         unsafe { ctx.disable_event_tracking() };
         // an owned stream, not the legacy default one, which cannot be captured into a graph
-        let stream = ctx.new_stream().map_err(|e| drv("creating a stream", e))?;
+        let stream = ctx
+            .new_stream()
+            .map_err(|e| driver_error("creating a stream", e))?;
         Ok(Gpu {
             info,
             ctx,
@@ -48,7 +50,7 @@ impl Gpu {
     /// the benchmarks put memory-bound figures against (1 GiB copied 20 times).
     pub fn copy_bandwidth(&self) -> Result<f64> {
         let n = 1usize << 28; // 1 GiB of f32
-        let d = |e| drv("copy bandwidth", e);
+        let d = |e| driver_error("copy bandwidth", e);
         let src = self.stream.alloc_zeros::<f32>(n).map_err(d)?;
         let mut dst = self.stream.alloc_zeros::<f32>(n).map_err(d)?;
         self.stream.memcpy_dtod(&src, &mut dst).map_err(d)?;
@@ -72,7 +74,7 @@ impl Gpu {
             let module = self
                 .ctx
                 .load_module(cudarc::nvrtc::Ptx::from_binary(c.cubin))
-                .map_err(|e| drv(&format!("loading module {}", m.name()), e))?;
+                .map_err(|e| driver_error(&format!("loading module {}", m.name()), e))?;
             self.modules.insert(m, module);
         }
         let module = self
@@ -81,7 +83,7 @@ impl Gpu {
             .ok_or_else(|| Error::Cuda(format!("module {} not loaded", m.name())))?;
         let f = module
             .load_function(k.symbol())
-            .map_err(|e| drv(&format!("kernel {}", k.symbol()), e))?;
+            .map_err(|e| driver_error(&format!("kernel {}", k.symbol()), e))?;
         // a tile staging more than the default 48 KiB of shared memory gets it opted in where
         // the device allows it (elsewhere its launch fails with the driver's error, and the
         // backend never picks it: `has_wgmma`)
@@ -100,7 +102,7 @@ impl Gpu {
             .attribute(
                 sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
             )
-            .map_err(|e| drv("shared memory limit", e))?;
+            .map_err(|e| driver_error("shared memory limit", e))?;
         Ok(v.max(0) as usize)
     }
 
@@ -112,7 +114,7 @@ impl Gpu {
             sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
             b,
         )
-        .map_err(|e| drv("shared memory opt-in", e))
+        .map_err(|e| driver_error("shared memory opt-in", e))
     }
 
     /// Whether the wgmma GEMM tiles run here: real code only in the sm_90a build (a trap in

@@ -4,10 +4,11 @@
 //! on the float order key, the token by a block scan of chunk weights — so only the token ids
 //! cross to the host.
 
-use super::backend::{check, drv, grid1, i32_of, CudaBackend};
+use super::backend::CudaBackend;
 use super::kernels::Kernel;
+use super::launch::{check_len, driver_error, grid_1d, i32_of};
 use super::scratch::Scratch;
-use crate::engine::sampler::Draw;
+use crate::backend::sampling::Draw;
 use crate::error::Result;
 use cudarc::driver::{CudaSlice, PushKernelArg};
 
@@ -20,8 +21,8 @@ impl CudaBackend {
         out: &mut [u32],
     ) -> Result<()> {
         let rows = draws.len();
-        check("sample logits", logits.len(), rows * vocab.max(1))?;
-        check("sampled ids", out.len(), rows)?;
+        check_len("sample logits", logits.len(), rows * vocab.max(1))?;
+        check_len("sampled ids", out.len(), rows)?;
         if rows == 0 {
             return Ok(());
         }
@@ -50,14 +51,14 @@ impl CudaBackend {
             let p_d = self.grow(penalized, host.len())?; // (n, 2)
             stream
                 .memcpy_htod(host.as_slice(), &mut p_d.slice_mut(0..host.len()))
-                .map_err(|e| drv("upload penalized ids", e))?;
+                .map_err(|e| driver_error("upload penalized ids", e))?;
             let n_i = i32_of(n, "penalized ids")?;
-            let mut b = stream.launch_builder(self.f(Kernel::Penalize));
+            let mut b = stream.launch_builder(self.function(Kernel::Penalize));
             b.arg(&mut *logits).arg(&*p_d).arg(&n_i);
             // SAFETY: matches penalize (one thread per pair); every flat index is inside the
             // rows × vocab logits (ids past the vocabulary dropped above), and a row's ids are
             // distinct, so no two threads write one logit.
-            unsafe { self.go(&mut b, grid1(n.div_ceil(256), 256), "repetition penalty") }?;
+            unsafe { self.launch(&mut b, grid_1d(n.div_ceil(256), 256), "repetition penalty") }?;
         }
         host.clear();
         for d in draws {
@@ -71,16 +72,18 @@ impl CudaBackend {
         let pr = self.grow(sample_params, host.len())?; // (rows, 4)
         stream
             .memcpy_htod(host.as_slice(), &mut pr.slice_mut(0..host.len()))
-            .map_err(|e| drv("upload sampling parameters", e))?;
+            .map_err(|e| driver_error("upload sampling parameters", e))?;
         let ids = self.grow(ids, rows)?; // (rows)
-        let mut b = stream.launch_builder(self.f(Kernel::SampleRows));
+        let mut b = stream.launch_builder(self.function(Kernel::SampleRows));
         b.arg(&mut *ids).arg(&*logits).arg(&v).arg(&*pr);
         // SAFETY: matches sample_rows (one block of 1024 threads per row, a multiple of 32);
         // logits hold rows × vocab values (checked), params rows × 4, ids rows.
-        unsafe { self.go(&mut b, grid1(rows, 1024), "sample") }?;
+        unsafe { self.launch(&mut b, grid_1d(rows, 1024), "sample") }?;
         stream
             .memcpy_dtoh(&ids.slice(0..rows), &mut out[..rows])
-            .map_err(|e| drv("download", e))?;
-        stream.synchronize().map_err(|e| drv("synchronize", e))
+            .map_err(|e| driver_error("download", e))?;
+        stream
+            .synchronize()
+            .map_err(|e| driver_error("synchronize", e))
     }
 }

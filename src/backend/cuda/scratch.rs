@@ -8,12 +8,10 @@
 //! it; an op holds the lock from its first launch to its last, so two host threads cannot
 //! interleave their use of one buffer.
 
-use super::backend::{drv, CudaBackend};
-use super::graph::Mode;
+use super::launch::{driver_error, Mode, RunState};
 use crate::error::{Error, Result};
-use cudarc::driver::{CudaSlice, DeviceRepr, ValidAsZeroBits};
-use std::sync::atomic::Ordering;
-use std::sync::{Mutex, MutexGuard};
+use cudarc::driver::{CudaSlice, CudaStream, DeviceRepr, ValidAsZeroBits};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 /// One grow-only device buffer.
 pub(super) struct Grow<T>(Option<CudaSlice<T>>);
@@ -29,7 +27,7 @@ impl<T> Grow<T> {
     pub fn cur(&self) -> Result<&CudaSlice<T>> {
         self.0
             .as_ref()
-            .ok_or_else(|| drv("scratch", "read before it was written"))
+            .ok_or_else(|| driver_error("scratch", "read before it was written"))
     }
 }
 
@@ -48,37 +46,34 @@ pub(super) struct Scratch {
     pub host: Vec<u32>,
 }
 
-impl CudaBackend {
-    /// `g`, at least `len` long: reallocated (zeroed) when shorter. A move is counted (a graph
-    /// captured before it reads the old buffer) and is an error while capturing.
-    pub(super) fn grow<'g, T: DeviceRepr + ValidAsZeroBits>(
-        &self,
-        g: &'g mut Grow<T>,
-        len: usize,
-    ) -> Result<&'g mut CudaSlice<T>> {
-        let buf = match g.0.take() {
-            Some(b) if b.len() >= len => b,
-            _ if self.mode() == Mode::Capture => {
-                return Err(Error::Cuda("scratch grew while capturing a graph".into()))
-            }
-            // the old buffer (if any) is freed in stream order, after the ops that read it
-            _ => {
-                self.graphs.moves.fetch_add(1, Ordering::Relaxed);
-                self.gpu
-                    .stream
-                    .alloc_zeros::<T>(len.max(1).next_power_of_two())
-                    .map_err(|e| drv("allocating scratch", e))?
-            }
-        };
-        Ok(g.0.insert(buf))
-    }
+/// `g`, at least `len` long: reallocated (zeroed) when shorter. A move is counted (a graph
+/// captured before it reads the old buffer) and is an error while capturing.
+pub(super) fn grow<'g, T: DeviceRepr + ValidAsZeroBits>(
+    run: &RunState,
+    stream: &Arc<CudaStream>,
+    g: &'g mut Grow<T>,
+    len: usize,
+) -> Result<&'g mut CudaSlice<T>> {
+    let buf = match g.0.take() {
+        Some(b) if b.len() >= len => b,
+        _ if run.mode() == Mode::Capture => {
+            return Err(Error::Cuda("scratch grew while capturing a graph".into()))
+        }
+        // the old buffer (if any) is freed in stream order, after the ops that read it
+        _ => {
+            run.count_move();
+            stream
+                .alloc_zeros::<T>(len.max(1).next_power_of_two())
+                .map_err(|e| driver_error("allocating scratch", e))?
+        }
+    };
+    Ok(g.0.insert(buf))
+}
 
-    /// The scratch buffers, held until the guard drops.
-    pub(super) fn scratch(&self) -> Result<MutexGuard<'_, Scratch>> {
-        self.scratch
-            .lock()
-            .map_err(|_| drv("device scratch", "poisoned lock"))
-    }
+/// The scratch buffers, held until the guard drops.
+pub(super) fn lock(cell: &ScratchCell) -> Result<MutexGuard<'_, Scratch>> {
+    cell.lock()
+        .map_err(|_| driver_error("device scratch", "poisoned lock"))
 }
 
 /// The backend's field.

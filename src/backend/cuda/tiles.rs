@@ -7,6 +7,7 @@
 //! `mma.sync` (which Hopper runs at a fraction of wgmma's rate, and FP8 only emulated).
 
 use super::kernels::Kernel;
+use cudarc::driver::LaunchConfig;
 
 /// One GEMM / GEMV kernel's tiling.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -197,5 +198,25 @@ impl GemmKind {
             GemmKind::W4a16 { group } if w4_steps(group) => TC_W4A16_128,
             GemmKind::W4a16 { .. } => CORE_W4A16_64,
         }
+    }
+}
+
+impl Kernel {
+    /// The launch of a GEMM-shaped kernel for an (m, n) output, from its `tiles::Tile` (the
+    /// geometry its `.cu` source is written for), once for the backend, the tests and the
+    /// benchmarks. None for kernels that are not GEMMs.
+    pub fn gemm_launch(self, m: usize, n: usize) -> Option<LaunchConfig> {
+        let t = TILES.iter().find(|t| t.kernel == self)?;
+        // a GEMV's one row of blocks covers every token
+        let rows = if t.block_m == 0 {
+            1
+        } else {
+            m.div_ceil(t.block_m)
+        };
+        Some(LaunchConfig {
+            grid_dim: (n.div_ceil(t.block_n) as u32, rows as u32, 1),
+            block_dim: (t.threads, 1, 1),
+            shared_mem_bytes: t.smem as u32,
+        })
     }
 }

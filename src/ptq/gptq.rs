@@ -7,11 +7,11 @@
 //! implementation does; no activation reordering. Dampening: λ = 1% of mean(diag H); inputs
 //! that never fire (diag 0) get H_ii = 1 and zero weights.
 
-use super::formats;
-use super::weight::{int_params, WeightMethod, WeightQConfig, WeightScope};
-use super::{QDType, QuantWeight};
 use crate::backend::cpu::gemm::dot;
 use crate::error::{Error, Result};
+use crate::quant::formats;
+use crate::quant::weight::{int_params, WeightMethod, WeightQConfig, WeightScope};
+use crate::quant::{QDType, QuantWeight};
 use rayon::prelude::*;
 
 const DAMP: f64 = 0.01;

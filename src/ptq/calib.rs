@@ -10,8 +10,9 @@
 
 use super::observer::{ActStats, Histogram};
 use crate::backend::Backend;
+use crate::checkpoint::site::Site;
 use crate::error::{Error, Result};
-use crate::model::llama::{ActivationHook, LlamaModel, Site};
+use crate::model::llama::{ActivationHook, LlamaModel};
 use crate::tokenizer::TokenizerBundle;
 use rayon::prelude::*;
 use std::collections::BTreeMap;

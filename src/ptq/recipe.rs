@@ -6,11 +6,11 @@
 //! name them (serde `deny_unknown_fields`). Built-in presets: w8a8 (pd_mix), w8a8-dynamic,
 //! w8a8-static, fp8, w4a16, w4a16-gptq.
 
-use super::weight::{WeightMethod, WeightQConfig, WeightScope};
-use super::QDType;
+use crate::checkpoint::config::LmHead;
+use crate::checkpoint::site::Site;
 use crate::error::{Error, Result};
-use crate::model::config::LmHead;
-use crate::model::llama::Site;
+use crate::quant::weight::{WeightMethod, WeightQConfig, WeightScope};
+use crate::quant::QDType;
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]

@@ -10,11 +10,12 @@ use super::calib::{self, CollectOptions};
 use super::pipeline::{quantize, QuantizeOptions, QuantizedModel};
 use super::recipe::Recipe;
 use crate::backend::cpu::CpuBackend;
+use crate::backend::linear::LinearWeight;
 use crate::backend::Backend;
+use crate::checkpoint::site::Site;
 use crate::error::{Error, Result};
 use crate::eval::{self, BaseSource, Baseline, EvalSummary, TokenScores};
-use crate::model::linear::LinearWeight;
-use crate::model::llama::{LlamaModel, Site};
+use crate::model::llama::LlamaModel;
 use crate::tensor::{DType, HostTensor};
 use crate::tokenizer::TokenizerBundle;
 use std::collections::BTreeMap;
@@ -126,7 +127,7 @@ fn set_quantized(
             lin.weight = LinearWeight::Dense(std::sync::Arc::new(
                 CpuBackend::new().upload_matrix(w, DType::F32)?,
             ));
-            lin.act = super::ActSpec::NONE;
+            lin.act = crate::quant::ActSpec::NONE;
         }
     }
     Ok(())
@@ -135,7 +136,7 @@ fn set_quantized(
 /// Rank the linears of `recipe` by sensitivity on `tokens` (ctx × chunks of them).
 #[allow(clippy::too_many_arguments)]
 pub fn analyze(
-    config: crate::model::config::ModelConfig,
+    config: crate::checkpoint::config::ModelConfig,
     tokenizer: &TokenizerBundle,
     weights: BTreeMap<String, HostTensor>,
     recipe: &Recipe,

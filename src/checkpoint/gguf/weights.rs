@@ -4,9 +4,9 @@
 //! permutation, so the one model implementation uses HF's rotate_half RoPE for every source.
 
 use super::GgufFile;
+use crate::checkpoint::config::{Arch, ModelConfig};
+use crate::checkpoint::WeightSource;
 use crate::error::{Error, Result};
-use crate::model::config::{Arch, ModelConfig};
-use crate::model::WeightSource;
 use crate::tensor::HostTensor;
 use std::collections::BTreeMap;
 

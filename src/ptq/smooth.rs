@@ -16,9 +16,9 @@
 use super::calib::{SiteStats, StatsMap};
 use super::recipe::selected;
 use crate::backend::cpu::gemm;
+use crate::checkpoint::config::ModelConfig;
+use crate::checkpoint::site::Site;
 use crate::error::{Error, Result};
-use crate::model::config::ModelConfig;
-use crate::model::llama::Site;
 use crate::tensor::{HostData, HostTensor};
 use std::collections::BTreeMap;
 
@@ -79,9 +79,10 @@ fn smoothed_error(x: &[f32], k: usize, ws: &[(&[f32], usize)], s: &[f32]) -> f64
     let mut xq: Vec<f32> = x.to_vec();
     for row in xq.chunks_exact_mut(k) {
         row.iter_mut().zip(s).for_each(|(v, s)| *v /= s);
-        let (sc, _) = super::dynamic_i8_params(row, true);
-        row.iter_mut()
-            .for_each(|v| *v = super::formats::round_even(*v / sc).clamp(-127.0, 127.0) * sc);
+        let (sc, _) = crate::quant::dynamic_i8_params(row, true);
+        row.iter_mut().for_each(|v| {
+            *v = crate::quant::formats::round_even(*v / sc).clamp(-127.0, 127.0) * sc
+        });
     }
     let mut err = 0f64;
     let mut norm = 0f64;
@@ -91,8 +92,9 @@ fn smoothed_error(x: &[f32], k: usize, ws: &[(&[f32], usize)], s: &[f32]) -> f64
             row.iter_mut().zip(s).for_each(|(v, s)| *v *= s);
             let a = row.iter().fold(0f32, |a, v| a.max(v.abs()));
             let sc = if a > 0.0 { a / 127.0 } else { 1.0 };
-            row.iter_mut()
-                .for_each(|v| *v = super::formats::round_even(*v / sc).clamp(-127.0, 127.0) * sc);
+            row.iter_mut().for_each(|v| {
+                *v = crate::quant::formats::round_even(*v / sc).clamp(-127.0, 127.0) * sc
+            });
         }
         let (mut y0, mut y1) = (vec![0f32; r * n], vec![0f32; r * n]);
         gemm::matmul(&mut y0, x, w, r, n, k);

@@ -11,14 +11,15 @@ use super::gptq;
 use super::observer;
 use super::recipe::{ActConfig, ActMethod, ActScope, Processor, Recipe};
 use super::smooth::{self, Method};
-use super::weight::{quantize_weight, WeightMethod, WeightQConfig};
-use super::{ActQuant, ActSpec, QuantWeight};
 use crate::backend::cpu::CpuBackend;
+use crate::checkpoint::config::ModelConfig;
+use crate::checkpoint::site::{decoder_linears, OnlineHadamard, Site};
+use crate::checkpoint::WeightSource;
 use crate::error::{Error, Result};
-use crate::model::config::ModelConfig;
-use crate::model::hadamard;
-use crate::model::llama::{LlamaModel, Site};
-use crate::model::WeightSource;
+use crate::model::llama::LlamaModel;
+use crate::quant::hadamard;
+use crate::quant::weight::{quantize_weight, WeightMethod, WeightQConfig};
+use crate::quant::{ActQuant, ActSpec, QuantWeight};
 use crate::tensor::{DType, HostTensor};
 use crate::tokenizer::TokenizerBundle;
 use std::collections::btree_map::Entry;
@@ -98,22 +99,9 @@ impl WeightSource for QuantizedModel {
     fn quant_linear(&self, name: &str) -> Result<Option<(QuantWeight, ActSpec)>> {
         Ok(self.linears.get(name).map(|q| (q.weight.clone(), q.act)))
     }
-    fn online_hadamard(&self) -> Option<hadamard::OnlineHadamard> {
+    fn online_hadamard(&self) -> Option<OnlineHadamard> {
         Some(self.config.hadamard)
     }
-}
-
-/// Names of the decoder linears, in layer order.
-pub fn decoder_linears(c: &ModelConfig) -> Vec<String> {
-    (0..c.num_layers)
-        .flat_map(|l| {
-            Site::ALL.into_iter().flat_map(move |s| {
-                s.linears()
-                    .iter()
-                    .map(move |m| format!("model.layers.{l}.{m}"))
-            })
-        })
-        .collect()
 }
 
 fn to_f32(w: &mut BTreeMap<String, HostTensor>) {
@@ -207,7 +195,7 @@ pub fn quantize(
         .find(|p| matches!(p, Processor::Hadamard { .. }))
     {
         for &site in sites {
-            let dim = site.dim(&config);
+            let dim = config.site_dim(site);
             let Some(block) = hadamard::block_for(dim) else {
                 report.hadamard_skipped.push(site);
                 continue;
@@ -230,7 +218,7 @@ pub fn quantize(
 
     // 2. which recipe entry quantizes each linear (first match wins)
     let mut plan: BTreeMap<String, (WeightQConfig, Option<ActConfig>)> = BTreeMap::new();
-    for name in decoder_linears(&config) {
+    for name in decoder_linears(config.num_layers) {
         let hit = recipe.processors.iter().find_map(|p| match p {
             Processor::LinearQuant {
                 qconfig,

@@ -3,8 +3,8 @@
 //! Format: 8-byte little-endian header length, JSON header `{name: {dtype, shape,
 //! data_offsets}}`, then the raw little-endian data (safetensors crate docs).
 
+use crate::checkpoint::WeightSource;
 use crate::error::{Error, Result};
-use crate::model::WeightSource;
 use crate::tensor::{DType, HostData, HostTensor};
 use safetensors::{Dtype as StDtype, SafeTensors};
 use std::collections::{BTreeMap, HashMap};

@@ -4,9 +4,9 @@
 //! `_compute_llama3_parameters` formula. Fields the model cannot honour are errors here, not
 //! silent misbehaviour later.
 
+use crate::checkpoint::gguf::GgufFile;
+use crate::checkpoint::site::{OnlineHadamard, Site};
 use crate::error::{Error, Result};
-use crate::model::gguf::GgufFile;
-use crate::model::hadamard::OnlineHadamard;
 use serde_json::{json, Value as Json};
 
 /// Architectures that share the Llama block (pre-norm, RoPE, GQA, SwiGLU).
@@ -115,6 +115,15 @@ fn token_ids(v: Option<&Json>) -> Vec<u32> {
 }
 
 impl ModelConfig {
+    /// Channels of a decoder block's linear input `site`.
+    pub fn site_dim(&self, site: Site) -> usize {
+        match site {
+            Site::AttnIn | Site::MlpIn => self.hidden_size,
+            Site::OIn => self.q_dim(),
+            Site::DownIn => self.intermediate_size,
+        }
+    }
+
     pub fn kv_dim(&self) -> usize {
         self.num_kv_heads * self.head_dim
     }

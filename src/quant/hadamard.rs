@@ -5,33 +5,16 @@
 //! activation loses far less. H here is block-diagonal with Sylvester (Walsh) blocks of a
 //! power-of-two size b, scaled by 1/√b; it is symmetric and its own inverse, so the same fast
 //! Walsh–Hadamard transform (b·log2 b additions per block) rotates activations and weight rows.
-//! Which decoder inputs (sites) are rotated, and with which block, is part of the model: it
-//! travels in `ModelConfig::hadamard` and in the checkpoint's `quantization_config.ferroq`.
+//! Which decoder inputs are rotated, and with which block, is the model's business
+//! (`checkpoint::site::OnlineHadamard`); this module is the transform itself.
 
 use crate::error::{Error, Result};
-use crate::model::llama::Site;
 use crate::tensor::HostTensor;
 
 /// Largest block a site gets: past this the transform stops paying for itself in spreading.
 pub const MAX_BLOCK: usize = 4096;
 /// Smaller blocks spread an outlier too little to be worth a pass over the activations.
 pub const MIN_BLOCK: usize = 8;
-
-/// Per-site block sizes of the rotated inputs (every layer alike).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct OnlineHadamard {
-    /// Indexed like `Site::ALL`.
-    blocks: [Option<usize>; 4],
-}
-
-fn index(site: Site) -> usize {
-    match site {
-        Site::AttnIn => 0,
-        Site::OIn => 1,
-        Site::MlpIn => 2,
-        Site::DownIn => 3,
-    }
-}
 
 /// The block used for an input of `dim` channels: its largest power-of-two divisor, capped;
 /// `None` when that is below `MIN_BLOCK`.
@@ -41,38 +24,6 @@ pub fn block_for(dim: usize) -> Option<usize> {
     }
     let b = (1usize << dim.trailing_zeros()).min(MAX_BLOCK);
     (b >= MIN_BLOCK).then_some(b)
-}
-
-impl OnlineHadamard {
-    pub const NONE: OnlineHadamard = OnlineHadamard { blocks: [None; 4] };
-
-    pub fn block(&self, site: Site) -> Option<usize> {
-        self.blocks[index(site)]
-    }
-
-    /// Rotate `site`'s input in blocks of `block`, after checking the block fits `dim`.
-    pub fn set(&mut self, site: Site, block: usize, dim: usize) -> Result<()> {
-        if !block.is_power_of_two() || block < 2 || !dim.is_multiple_of(block) {
-            return Err(Error::InvalidArgument(format!(
-                "hadamard block {block} for {} must be a power of two ≥ 2 dividing its {dim} channels",
-                site.name()
-            )));
-        }
-        self.blocks[index(site)] = Some(block);
-        Ok(())
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.blocks.iter().all(Option::is_none)
-    }
-
-    /// (site, block) of every rotated site, in `Site::ALL` order.
-    pub fn sites(&self) -> Vec<(Site, usize)> {
-        Site::ALL
-            .into_iter()
-            .filter_map(|s| self.block(s).map(|b| (s, b)))
-            .collect()
-    }
 }
 
 /// In place: x (rows of whole blocks) ← blockdiag(H_b) x, H_b = Sylvester Hadamard / √b.

@@ -8,9 +8,9 @@
 //! the moving average folds per-sample values in sample order — so the resulting scales are
 //! bit-identical for any calibration batch size and thread count.
 
-use super::formats::{self, Fp8};
 use super::recipe::ActMethod;
-use super::{int8_params, QDType};
+use crate::quant::formats::{self, Fp8};
+use crate::quant::{int8_params, QDType};
 
 pub const HIST_BINS: usize = 2048;
 const MOVING_AVG_C: f32 = 0.01;

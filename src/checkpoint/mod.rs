@@ -1,0 +1,160 @@
+//! Checkpoint readers: GGUF (`gguf/`, llama.cpp's container), safetensors (`safetensors_io`,
+//! single file or HF's sharded index), compressed-tensors (`ct`, llm-compressor's quantized
+//! layout), the model config (`config`, HF config.json or GGUF metadata), the decoder's linear
+//! input sites (`site`) and format detection. Everything here sees a checkpoint as tensors
+//! under Hugging Face names (`WeightSource`); building a model from them is `model`'s job.
+
+pub mod config;
+pub mod ct;
+pub mod gguf;
+pub mod safetensors_io;
+pub mod site;
+
+use crate::error::{Error, Result};
+use crate::quant::{ActSpec, QuantWeight};
+use crate::tensor::HostTensor;
+use config::ModelConfig;
+use site::OnlineHadamard;
+use std::path::Path;
+
+/// A checkpoint seen as tensors with Hugging Face names.
+pub trait WeightSource {
+    fn tensor_names(&self) -> Vec<String>;
+    fn load(&self, name: &str) -> Result<HostTensor>;
+    /// The quantized weight and activation policy of linear `name` (HF module name, e.g.
+    /// `model.layers.0.self_attn.q_proj`), or None when it is dense.
+    fn quant_linear(&self, _name: &str) -> Result<Option<(QuantWeight, ActSpec)>> {
+        Ok(None)
+    }
+    /// The online rotation these weights were made for, when the source knows it (quantized
+    /// models); loading checks it against the config so rotated weights never run unrotated.
+    fn online_hadamard(&self) -> Option<OnlineHadamard> {
+        None
+    }
+}
+
+/// A map of host tensors (HF names) is a weight source too.
+impl WeightSource for std::collections::BTreeMap<String, HostTensor> {
+    fn tensor_names(&self) -> Vec<String> {
+        self.keys().cloned().collect()
+    }
+    fn load(&self, name: &str) -> Result<HostTensor> {
+        self.get(name)
+            .cloned()
+            .ok_or_else(|| Error::MissingTensor(name.to_string()))
+    }
+}
+
+/// The checkpoint formats ferroq reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Gguf,
+    HfDir,
+}
+
+impl Format {
+    pub fn detect(path: &Path) -> Result<Self> {
+        if path.is_dir() {
+            Ok(Format::HfDir)
+        } else if path.is_file() {
+            Ok(Format::Gguf)
+        } else {
+            Err(Error::io(
+                path,
+                std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or directory"),
+            ))
+        }
+    }
+}
+
+/// Read config.json (plus generation_config.json eos ids, which HF uses to stop generation).
+pub fn read_hf_config(dir: &Path) -> Result<ModelConfig> {
+    let p = dir.join("config.json");
+    let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
+    let mut config = ModelConfig::from_hf_json(&text)?;
+    if let Ok(gen) = std::fs::read_to_string(dir.join("generation_config.json")) {
+        if let Ok(j) = serde_json::from_str::<serde_json::Value>(&gen) {
+            let ids: Vec<u32> = match j.get("eos_token_id") {
+                Some(serde_json::Value::Number(n)) => {
+                    n.as_u64().into_iter().map(|v| v as u32).collect()
+                }
+                Some(serde_json::Value::Array(a)) => a
+                    .iter()
+                    .filter_map(|v| v.as_u64())
+                    .map(|v| v as u32)
+                    .collect(),
+                _ => Vec::new(),
+            };
+            for id in ids {
+                if !config.eos_token_ids.contains(&id) {
+                    config.eos_token_ids.push(id);
+                }
+            }
+        }
+    }
+    Ok(config)
+}
+
+/// The `quantization_config.format` of a compressed-tensors checkpoint, if the directory is one.
+pub fn compressed_config(dir: &Path) -> Result<Option<String>> {
+    let p = dir.join("config.json");
+    let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
+    let j: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| Error::Config(format!("config.json: {e}")))?;
+    Ok(j.get("quantization_config").map(|q| {
+        q.get("format")
+            .and_then(|f| f.as_str())
+            .unwrap_or("unknown format")
+            .to_string()
+    }))
+}
+
+/// Create the model directory `out` atomically: `fill` writes into a temporary sibling
+/// directory, which is renamed to `out` only if it succeeds (and removed if it fails). An
+/// existing non-empty `out` is refused, so nothing a user has is overwritten.
+pub fn write_dir_atomically<T>(out: &Path, fill: impl FnOnce(&Path) -> Result<T>) -> Result<T> {
+    if out.exists()
+        && std::fs::read_dir(out)
+            .map_err(|e| Error::io(out, e))?
+            .next()
+            .is_some()
+    {
+        return Err(Error::InvalidArgument(format!(
+            "output directory {} exists and is not empty",
+            out.display()
+        )));
+    }
+    let parent = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model".into());
+    let tmp = parent.join(format!(".{name}.partial"));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    }
+    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    match fill(&tmp) {
+        Ok(v) => {
+            if out.exists() {
+                std::fs::remove_dir(out).map_err(|e| Error::io(out, e))?;
+            }
+            std::fs::rename(&tmp, out).map_err(|e| Error::io(out, e))?;
+            Ok(v)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            Err(e)
+        }
+    }
+}
+
+/// Pretty JSON with a trailing newline.
+pub fn write_json(path: &Path, v: &serde_json::Value) -> Result<()> {
+    let text = serde_json::to_string_pretty(v).map_err(|e| Error::Json(e.to_string()))?;
+    std::fs::write(path, text + "\n").map_err(|e| Error::io(path, e))
+}
