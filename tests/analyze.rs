@@ -49,6 +49,7 @@ fn planted_outlier_ranks_first_and_budget_is_met() {
     };
     let run = |opts: &AnalyzeOptions| {
         analyze(
+            &|| Ok(CpuBackend::new()),
             c.clone(),
             &tok,
             w.clone(),

@@ -157,3 +157,41 @@ fn bad_input_gets_a_clear_error() {
     ]);
     assert!(String::from_utf8_lossy(&t.stderr).contains("temperature"));
 }
+
+/// Every command that runs a model takes `--device`; a CUDA device that cannot be opened (no
+/// driver here, no 99th GPU on a GPU machine) is one line naming the problem, exit status 1,
+/// and no backtrace unless RUST_BACKTRACE asks for one.
+#[test]
+fn device_flag_on_every_model_command_fails_in_one_line_without_a_gpu() {
+    let gguf = common::real_gguf();
+    let m = gguf.to_str().expect("path");
+    let data = std::env::temp_dir().join("ferroq-device-flag.txt");
+    std::fs::write(&data, "some text to score").expect("write");
+    let d = data.to_str().expect("path");
+    let cmds: [&[&str]; 5] = [
+        &["bench", "-m", m],
+        &["eval", "-m", m, "--data", d],
+        &["analyze", "-m", m],
+        &["generate", "-m", m, "-p", "hi"],
+        &["serve", "-m", m, "--port", "0"],
+    ];
+    for args in cmds {
+        let out = Command::new(env!("CARGO_BIN_EXE_ferroq"))
+            .args(args)
+            .args(["--device", "cuda:99"])
+            .env_remove("RUST_BACKTRACE")
+            .env_remove("RUST_LIB_BACKTRACE")
+            .output()
+            .expect("run ferroq");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(lines.len(), 1, "{args:?}: {err}");
+        assert!(lines[0].starts_with("error: CUDA"), "{args:?}: {err}");
+        if !std::path::Path::new("/dev/nvidiactl").exists() {
+            assert!(lines[0].contains("no CUDA driver"), "{args:?}: {err}");
+        }
+    }
+    let bad = ferroq(&["bench", "-m", m, "--device", "tpu"]);
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown device `tpu`"));
+}

@@ -46,7 +46,35 @@ impl DeviceSpec {
 
     /// Printed when `--device cuda` runs: the CUDA backend compiles and its kernels build, but
     /// no GPU has run it yet.
-    pub const CUDA_UNVALIDATED: &'static str = "warning: the CUDA backend has not been validated on a GPU yet (docs/GPU_RESULTS.md); compare with --device cpu";
+    pub const CUDA_UNVALIDATED: &'static str = "the CUDA backend has not been validated on a GPU yet (docs/GPU_RESULTS.md); compare with --device cpu";
+
+    /// Run `job` on this device: the one dispatch every command that runs a model goes
+    /// through. A CUDA device is opened before the job starts, so a machine without a driver
+    /// fails at once with the driver's error; the job may open more backends (a baseline
+    /// model beside the evaluated one) through the same `open`.
+    pub fn run<J: BackendJob>(self, job: J) -> Result<J::Output> {
+        match self {
+            DeviceSpec::Cpu => Ok(job.run(&|| Ok(cpu::CpuBackend::new()))),
+            DeviceSpec::Cuda(n) => {
+                let first = std::sync::Mutex::new(Some(cuda::backend::CudaBackend::new(n)?));
+                tracing::warn!("{}", Self::CUDA_UNVALIDATED);
+                Ok(
+                    job.run(&|| match first.lock().ok().and_then(|mut b| b.take()) {
+                        Some(b) => Ok(b),
+                        None => cuda::backend::CudaBackend::new(n),
+                    }),
+                )
+            }
+        }
+    }
+}
+
+/// Work that runs on whichever backend `--device` picks (`DeviceSpec::run`); `open` makes a
+/// backend of the chosen kind each time it is called. The output is the job's own (a
+/// command's result type), so only opening the device is this crate's error.
+pub trait BackendJob {
+    type Output;
+    fn run<B: Backend>(self, open: &dyn Fn() -> Result<B>) -> Self::Output;
 }
 
 pub trait Backend: Send + Sync + Sized + 'static {

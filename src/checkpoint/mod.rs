@@ -158,3 +158,22 @@ pub fn write_json(path: &Path, v: &serde_json::Value) -> Result<()> {
     let text = serde_json::to_string_pretty(v).map_err(|e| Error::Json(e.to_string()))?;
     std::fs::write(path, text + "\n").map_err(|e| Error::io(path, e))
 }
+
+/// Bytes of a model file, or of the safetensors files of a model directory.
+pub fn disk_size(p: &Path) -> Result<u64> {
+    if p.is_file() {
+        return std::fs::metadata(p)
+            .map(|m| m.len())
+            .map_err(|e| Error::io(p, e));
+    }
+    let mut total = 0;
+    for e in std::fs::read_dir(p).map_err(|e| Error::io(p, e))? {
+        let path = e.map_err(|e| Error::io(p, e))?.path();
+        if path.extension().is_some_and(|x| x == "safetensors") {
+            total += std::fs::metadata(&path)
+                .map_err(|e| Error::io(&path, e))?
+                .len();
+        }
+    }
+    Ok(total)
+}

@@ -8,7 +8,7 @@ use ferroq::backend::cpu::CpuBackend;
 use ferroq::backend::cuda::{blas, device, kernels::Module, nvrtc::KernelCache};
 use ferroq::backend::Backend;
 
-pub fn info() -> Result<()> {
+pub fn run() -> Result<()> {
     println!("ferroq {}", env!("CARGO_PKG_VERSION"));
     println!("cpu: {}", CpuBackend::new().describe());
     match device::device_count() {

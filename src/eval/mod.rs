@@ -58,6 +58,25 @@ pub struct EvalSummary {
     pub top1_agreement_pct: f64,
 }
 
+impl EvalSummary {
+    /// The one-row markdown table `ferroq eval` prints.
+    pub fn table(&self) -> String {
+        format!(
+            "| PPL base | PPL | PPL change | KL mean | KL median | KL p99 | KL max | same top-1 |\n\
+             |---|---|---|---|---|---|---|---|\n\
+             | {:.4} | {:.4} | {:+.2}% | {:.6} | {:.6} | {:.6} | {:.4} | {:.2}% |\n",
+            self.ppl_base,
+            self.ppl,
+            self.ppl_change_pct,
+            self.kl_mean,
+            self.kl_median,
+            self.kl_p99,
+            self.kl_max,
+            self.top1_agreement_pct
+        )
+    }
+}
+
 fn percentile(sorted: &[f64], q: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -269,6 +288,62 @@ pub fn baseline<B: Backend>(
         Ok(())
     })?;
     Ok(b)
+}
+
+/// Where `compare` takes the baseline from.
+pub enum BaselineInput<'a, B: Backend> {
+    /// Log-probabilities saved by an earlier run (`--load-baseline`).
+    Saved(&'a Path),
+    /// A model run alongside, its log-probabilities optionally saved (`--save-baseline`).
+    Model {
+        model: &'a LlamaModel<B>,
+        save_to: Option<&'a Path>,
+    },
+}
+
+/// `evaluate` with the baseline read from a file, or run and (if asked) saved to one.
+pub fn compare<B: Backend>(
+    model: &LlamaModel<B>,
+    base: BaselineInput<'_, B>,
+    tokens: &[u32],
+    ctx: usize,
+    chunks: usize,
+    path: EvalPath,
+    progress: &(dyn Fn(usize, usize) + Sync),
+) -> Result<TokenScores> {
+    match base {
+        BaselineInput::Saved(f) => {
+            let b = Baseline::load(f)?;
+            evaluate(
+                model,
+                BaseSource::File(&b),
+                tokens,
+                ctx,
+                chunks,
+                path,
+                None,
+                progress,
+            )
+        }
+        BaselineInput::Model { model: bm, save_to } => {
+            let mut save =
+                save_to.map(|_| Baseline::empty(ctx, model.config.vocab_size, tokens, chunks));
+            let s = evaluate(
+                model,
+                BaseSource::Model(bm),
+                tokens,
+                ctx,
+                chunks,
+                path,
+                save.as_mut(),
+                progress,
+            )?;
+            if let (Some(f), Some(b)) = (save_to, save) {
+                b.save(f)?;
+            }
+            Ok(s)
+        }
+    }
 }
 
 /// Where the baseline distribution comes from.

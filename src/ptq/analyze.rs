@@ -9,7 +9,6 @@
 use super::calib::{self, CollectOptions};
 use super::pipeline::{quantize, QuantizeOptions, QuantizedModel};
 use super::recipe::Recipe;
-use crate::backend::cpu::CpuBackend;
 use crate::backend::linear::LinearWeight;
 use crate::backend::Backend;
 use crate::checkpoint::site::Site;
@@ -71,6 +70,28 @@ pub struct AnalyzeReport {
     pub inputs: Vec<InputHistogram>,
 }
 
+impl AnalyzeReport {
+    /// The ranking table `ferroq analyze` prints, headed by the full-model KL.
+    pub fn table(&self, recipe: &str, chunks: usize, ctx: usize) -> String {
+        let mut t = format!(
+            "full-model mean KL with `{recipe}`: {:.6} ({chunks} chunks x {ctx} tokens)\n\
+             | rank | linear | KL alone | input kurtosis | max/std |\n|---:|---|---:|---:|---:|\n",
+            self.full_kl
+        );
+        for (i, l) in self.layers.iter().enumerate() {
+            t += &format!(
+                "| {} | {} | {:.6} | {:.1} | {:.1} |\n",
+                i + 1,
+                l.name,
+                l.kl,
+                l.kurtosis,
+                l.max_over_std
+            );
+        }
+        t
+    }
+}
+
 pub struct AnalyzeOptions {
     pub quant: QuantizeOptions,
     pub ctx: usize,
@@ -103,39 +124,43 @@ fn mean_kl<B: Backend>(model: &LlamaModel<B>, base: &Baseline, tokens: &[u32]) -
 }
 
 /// Put the quantized weights of `names` into the float model (and dense weights back for the rest).
-fn set_quantized(
-    m: &mut LlamaModel<CpuBackend>,
+fn set_quantized<B: Backend>(
+    m: &mut LlamaModel<B>,
     q: &QuantizedModel,
     float: &BTreeMap<String, HostTensor>,
     names: &[&String],
 ) -> Result<()> {
     for (name, ql) in &q.linears {
-        let lin = m
-            .linear_mut(name)
-            .ok_or_else(|| Error::InvalidArgument(format!("no linear `{name}`")))?;
-        if names.contains(&name) {
-            lin.weight = LinearWeight::Quant(CpuBackend::new().upload_quant(
-                &ql.weight,
-                ql.shape[0],
-                ql.shape[1],
-            )?);
-            lin.act = ql.act;
+        let weight = if names.contains(&name) {
+            LinearWeight::Quant(
+                m.backend
+                    .upload_quant(&ql.weight, ql.shape[0], ql.shape[1])?,
+            )
         } else {
             let w = float
                 .get(&format!("{name}.weight"))
                 .ok_or_else(|| Error::MissingTensor(format!("{name}.weight")))?;
-            lin.weight = LinearWeight::Dense(std::sync::Arc::new(
-                CpuBackend::new().upload_matrix(w, DType::F32)?,
-            ));
-            lin.act = crate::quant::ActSpec::NONE;
-        }
+            LinearWeight::Dense(std::sync::Arc::new(m.backend.upload_matrix(w, DType::F32)?))
+        };
+        let lin = m
+            .linear_mut(name)
+            .ok_or_else(|| Error::InvalidArgument(format!("no linear `{name}`")))?;
+        lin.act = if names.contains(&name) {
+            ql.act
+        } else {
+            crate::quant::ActSpec::NONE
+        };
+        lin.weight = weight;
     }
     Ok(())
 }
 
-/// Rank the linears of `recipe` by sensitivity on `tokens` (ctx × chunks of them).
+/// Rank the linears of `recipe` by sensitivity on `tokens` (ctx × chunks of them). The
+/// quantization's calibration runs on the CPU; the scoring passes (one per linear, then the
+/// budget search) run on the backends `open` makes.
 #[allow(clippy::too_many_arguments)]
-pub fn analyze(
+pub fn analyze<B: Backend>(
+    open: &dyn Fn() -> Result<B>,
     config: crate::checkpoint::config::ModelConfig,
     tokenizer: &TokenizerBundle,
     weights: BTreeMap<String, HostTensor>,
@@ -161,7 +186,7 @@ pub fn analyze(
         .as_ref()
         .ok_or_else(|| Error::InvalidArgument("quantize kept no float weights".into()))?;
     // q.config carries the recipe's online rotation, which the float weights already have
-    let mut m = LlamaModel::load(CpuBackend::new(), q.config.clone(), float, Some(DType::F32))?;
+    let mut m = LlamaModel::load(open()?, q.config.clone(), float, Some(DType::F32))?;
     let base = eval::baseline(&m, tokens, opts.ctx, opts.chunks, &|d, n| {
         progress("float baseline", d, n)
     })?;
@@ -214,7 +239,7 @@ pub fn analyze(
         None => None,
         Some(budget) => {
             // KL with the k most sensitive layers in BF16, from the swapped model
-            let kl_at = |k: usize, m: &mut LlamaModel<CpuBackend>| -> Result<f64> {
+            let kl_at = |k: usize, m: &mut LlamaModel<B>| -> Result<f64> {
                 let keep: Vec<&String> = names
                     .iter()
                     .filter(|n| !layers[..k].iter().any(|l| &l.name == *n))
@@ -265,8 +290,7 @@ pub fn analyze(
                     &opts.quant,
                     &|_, _, _| {},
                 )?;
-                let m2 =
-                    LlamaModel::load(CpuBackend::new(), q2.config.clone(), &q2, Some(DType::F32))?;
+                let m2 = LlamaModel::load(open()?, q2.config.clone(), &q2, Some(DType::F32))?;
                 let kl = mean_kl(&m2, &base, tokens)?;
                 progress("verifying budget", k, n);
                 if kl <= budget || k == n {

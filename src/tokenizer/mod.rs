@@ -122,6 +122,31 @@ impl TokenizerBundle {
             .to_vec())
     }
 
+    /// Encode text without special tokens: llama-perplexity's convention for scoring a text
+    /// (no BOS, the whole text at once), used by `eval` and `analyze`.
+    pub fn encode_plain(&self, text: &str) -> Result<Vec<u32>> {
+        Ok(self
+            .tokenizer
+            .encode(text, false)
+            .map_err(tok_err)?
+            .get_ids()
+            .to_vec())
+    }
+
+    /// The text a prompt becomes: as given, or (`chat`) the user turn of the model's chat
+    /// template after an optional system turn.
+    pub fn render_prompt(&self, prompt: &str, chat: bool, system: Option<&str>) -> Result<String> {
+        if !chat {
+            return Ok(prompt.to_string());
+        }
+        let mut msgs = Vec::new();
+        if let Some(s) = system {
+            msgs.push(ChatMessage::system(s));
+        }
+        msgs.push(ChatMessage::user(prompt));
+        self.apply_chat_template(&msgs)
+    }
+
     /// Decode ids; special tokens are kept when `keep_special`.
     pub fn decode(&self, ids: &[u32], keep_special: bool) -> Result<String> {
         self.tokenizer.decode(ids, !keep_special).map_err(tok_err)

@@ -1,0 +1,99 @@
+//! `ferroq quantize`: calibrate and quantize a float model per a recipe (preset or YAML) and
+//! write a compressed-tensors checkpoint. Calibration runs on the CPU.
+
+use super::{progress_bar, resolve_model};
+use anyhow::{Context, Result};
+use ferroq::checkpoint::config::LmHead;
+use ferroq::ptq::pipeline::{quantize, QuantizeOptions};
+use ferroq::ptq::recipe::Recipe;
+use std::path::PathBuf;
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LmHeadArg {
+    Dense,
+    Int8,
+}
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Float model: a .gguf file or a Hugging Face directory (default: the fetched SmolLM2).
+    #[arg(short, long)]
+    model: Option<PathBuf>,
+    /// Preset (w8a8, w8a8-dynamic, w8a8-static, fp8, w4a16, w4a16-gptq) or a recipe YAML file.
+    #[arg(long, default_value = "w8a8")]
+    recipe: String,
+    /// Calibration text: plain text (cut into windows) or JSONL with a "text" field.
+    /// Default: ferroq's built-in mixed-domain text.
+    #[arg(long)]
+    calib: Option<PathBuf>,
+    /// Calibration samples.
+    #[arg(long, default_value_t = 8)]
+    calib_samples: usize,
+    /// Tokens per calibration sample.
+    #[arg(long, default_value_t = 128)]
+    calib_len: usize,
+    /// Samples calibrated concurrently (the result does not depend on it).
+    #[arg(long, default_value_t = 4)]
+    calib_batch: usize,
+    /// LM head format, overriding the recipe's `lm_head` (the presets say int8; `dense`
+    /// keeps it in the checkpoint's float dtype).
+    #[arg(long, value_enum)]
+    lm_head: Option<LmHeadArg>,
+    /// Output directory.
+    #[arg(short, long)]
+    out: PathBuf,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let model = resolve_model(a.model)?;
+    let mut recipe = Recipe::load(&a.recipe)?;
+    if let Some(h) = a.lm_head {
+        recipe.lm_head = match h {
+            LmHeadArg::Dense => LmHead::Dense,
+            LmHeadArg::Int8 => LmHead::Int8,
+        };
+    }
+    let t = std::time::Instant::now();
+    let (config, tok, weights) =
+        ferroq::model::read_all(&model).with_context(|| format!("reading {}", model.display()))?;
+    let opts = QuantizeOptions {
+        calib_file: a.calib,
+        n_samples: a.calib_samples,
+        seq_len: a.calib_len,
+        batch: a.calib_batch,
+        keep_float: false,
+    };
+    let q = quantize(config, tok, weights, &recipe, &opts, &progress_bar)?;
+    eprintln!();
+    ferroq::ptq::ct_write::write(&q, &a.out)
+        .with_context(|| format!("writing {}", a.out.display()))?;
+    let r = &q.report;
+    eprintln!(
+        "quantized {} with `{}` in {:.1}s: {} linears quantized, {} fallback (BF16), {} subgraphs smoothed, calibration {} samples / {} tokens -> {}",
+        model.display(),
+        a.recipe,
+        t.elapsed().as_secs_f64(),
+        r.quantized,
+        r.fallback.len(),
+        r.smoothed_subgraphs,
+        r.calib_samples,
+        r.calib_tokens,
+        a.out.display()
+    );
+    let rotated = q.config.hadamard.sites();
+    if !rotated.is_empty() {
+        let list: Vec<String> = rotated
+            .iter()
+            .map(|(s, b)| format!("{} (block {b})", s.name()))
+            .collect();
+        eprintln!("online Hadamard rotation of {}", list.join(", "));
+    }
+    for s in &r.hadamard_skipped {
+        tracing::warn!(
+            "{} not rotated: its width has no power-of-two block of at least {}",
+            s.name(),
+            ferroq::quant::hadamard::MIN_BLOCK
+        );
+    }
+    Ok(())
+}
