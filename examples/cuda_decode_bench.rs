@@ -1,4 +1,4 @@
-//! Whole-model speed on the GPU with Llama-3.1-8B's shapes and random weights (issues 5 and 6):
+//! Whole-model speed on the GPU with Llama-3.1-8B's shapes and random weights:
 //! prefill (ppN) and batch-1 decode (tgN) tok/s through `ferroq::bench`, next to the device's
 //! memory-bandwidth ceiling measured in the same run (a device-to-device copy) and the decode
 //! rate that ceiling allows for the bytes of weights read per token. Runs on the device
@@ -15,7 +15,7 @@ use clap::Parser;
 use ferroq::backend::cuda::backend::CudaBackend;
 use ferroq::backend::cuda::runtime::Gpu;
 use ferroq::backend::linear::LinearWeight;
-use ferroq::backend::Backend;
+use ferroq::backend::prelude::*;
 use ferroq::checkpoint::config::ModelConfig;
 use ferroq::engine::sampler::Rng;
 use ferroq::model::llama::LlamaModel;

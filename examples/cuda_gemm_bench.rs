@@ -1,5 +1,5 @@
 //! ferroq's GPU linears on Llama-3.1-8B's projection shapes (and 8192³) for M ∈ {1, 16, 128,
-//! 512, 2048, 8192} tokens (issue 6): BF16, W8A8 int8 (dynamic per-token activations), FP8
+//! 512, 2048, 8192} tokens: BF16, W8A8 int8 (dynamic per-token activations), FP8
 //! (sm_89+; on Hopper both on wgmma and, for comparison, on mma.sync) and W4A16 (tensor cores
 //! past M = 8). Each figure is the whole linear as the model runs it — activation
 //! quantization included for W8A8 / FP8 — so it is what a forward pass pays; the PyTorch peers
@@ -16,7 +16,7 @@
 use ferroq::backend::cuda::backend::CudaBackend;
 use ferroq::backend::cuda::tiles::TensorCores;
 use ferroq::backend::linear::{Linear, LinearWeight};
-use ferroq::backend::Backend;
+use ferroq::backend::prelude::*;
 use ferroq::engine::sampler::Rng;
 use ferroq::quant::weight::{quantize_weight, WeightMethod, WeightQConfig, WeightScope};
 use ferroq::quant::{ActQuant, ActSpec, Phase, QDType};

@@ -440,10 +440,10 @@ __device__ __forceinline__ void gemm_tile64(float* __restrict__ out,
         }
 }
 
-// The online Hadamard rotation (model/hadamard.rs) of a row staged in shared memory:
+// The online Hadamard rotation (src/quant/hadamard.rs) of a row staged in shared memory:
 // s (dim) <- blockdiag(H_block) s, the Sylvester Hadamard scaled by 1/sqrt(block), block a
 // power of two dividing dim, all blocks at once. The butterflies (u + v, u - v) and the final
-// scaling are the CPU's, so the result is bit-identical to model::hadamard::fwht. The caller
+// scaling are the CPU's, so the result is bit-identical to quant::hadamard::fwht. The caller
 // synchronises before (s complete); every thread sees the result after.
 __device__ __forceinline__ void fwht_row(float* s, int dim, int block) {
     const int half = block >> 1;

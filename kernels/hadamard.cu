@@ -1,4 +1,4 @@
-// The online Hadamard rotation (model/hadamard.rs) on its own: x (len) <- blockdiag(H_b) x,
+// The online Hadamard rotation (src/quant/hadamard.rs) on its own: x (len) <- blockdiag(H_b) x,
 // b a power of two <= 4096. One thread block per Hadamard block, staged in dynamic shared
 // memory (b floats) and rotated by common.cuh's fwht_row, so the result is bit-identical to
 // the CPU's.

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The accuracy table of the README / issue 4: every preset (or the recipes given as arguments)
+# The accuracy table of docs/ACCURACY.md: every preset (or the recipes given as arguments)
 # quantized from the FP16 baseline and evaluated on wikitext-2 against it with llama-perplexity's
 # protocol (CHUNKS chunks of 512 tokens, default 40, second half of each scored, no BOS). The
 # baseline's log-probabilities are computed once and reused. EVAL_PATH=decode scores the

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Side-by-side CPU speed of ferroq and llama.cpp on this machine, in one run (issue 7).
+# Side-by-side CPU speed of ferroq and llama.cpp on this machine, in one run.
 #
 # llama.cpp is fetched from PyPI (the llama-cpp-python sdist vendors its sources; pinned by
 # version and sha256) and built with cmake into a scratch directory OUTSIDE the repository
@@ -39,13 +39,9 @@ LQ=$SCRATCH/bin/llama-quantize
 if [ ! -x "$LB" ] || [ ! -x "$LQ" ]; then
   tarball=$SCRATCH/llama_cpp_python-$LCP_VERSION.tar.gz
   if ! echo "$LCP_SHA256  $tarball" | sha256sum -c --status 2>/dev/null; then
-    url=$(curl -fsSL "https://pypi.org/pypi/llama-cpp-python/$LCP_VERSION/json" | python3 -c '
-import json, sys
-d = json.load(sys.stdin)
-print(next(u["url"] for u in d["urls"] if u["packagetype"] == "sdist"))')
-    case "$url" in http*) ;; *) url="https://pypi.org/${url#../../}" ;; esac
-    echo "llama.cpp: downloading llama-cpp-python $LCP_VERSION sdist"
-    curl -fsSL -o "$tarball" "$url"
+    echo "llama.cpp: downloading llama-cpp-python $LCP_VERSION sdist (pip download)"
+    python3 -m pip download -q --no-deps --no-binary :all: \
+      -d "$SCRATCH" "llama-cpp-python==$LCP_VERSION"
     echo "$LCP_SHA256  $tarball" | sha256sum -c --status || {
       echo "error: sha256 of $tarball does not match $LCP_SHA256" >&2
       exit 1

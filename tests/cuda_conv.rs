@@ -1,4 +1,4 @@
-//! The fused Conv + BN + ReLU kernel on CUDA against the CPU op (issue 9): INT8 outputs (f32
+//! The fused Conv + BN + ReLU kernel on CUDA against the CPU op: INT8 outputs (f32
 //! and requantized int8) bit-identical to `FusedConv`'s INT8 path, BF16 within f32-summation
 //! tolerance of the f64 reference on the same bf16 operands, and the unfused three-kernel
 //! sequence equal to the fused op. Shapes sweep NCHW / NHWC, stride, padding, dilation, groups

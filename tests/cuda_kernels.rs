@@ -10,7 +10,8 @@ use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 use ferroq::backend::cpu::CpuBackend;
 use ferroq::backend::cuda::kernels::Kernel;
 use ferroq::backend::cuda::runtime::Gpu;
-use ferroq::backend::{AttentionArgs, Backend, KvSeq, ATTN_ROWS};
+use ferroq::backend::prelude::*;
+use ferroq::backend::{AttentionArgs, KvSeq, ATTN_ROWS};
 use ferroq::engine::sampler::{argmax, Rng};
 use half::bf16;
 

@@ -278,7 +278,7 @@ fn llama3_8b_shaped_slice_matches_the_cpu() {
     compare(&c, &scaled_weights(&c, 12), &prompt, 32);
 }
 
-/// The quantized runtime at Llama-3-8B shapes (issue 6): the 8-layer slice quantized by the
+/// The quantized runtime at Llama-3-8B shapes: the 8-layer slice quantized by the
 /// w8a8 preset (pd_mix int8 behind Hadamard rotations, int8 LM head), by a pd_mix recipe with
 /// BF16 fallback layers (all of layer 0 and layer 7's down_proj excluded by globs), by w4a16
 /// (int4 groups: the tensor-core GEMM in prefill, the GEMV in decode) and, on sm_89+, by fp8;

@@ -1,4 +1,4 @@
-//! `Backend::project` on CUDA against the CPU's (the ops one by one) on random data (issue 6:
+//! `Backend::project` on CUDA against the CPU's (the ops one by one) on random data (
 //! fused norm / SiLU·up → quantization, one quantization shared by a group of linears, the
 //! residual add fused into the norm). Groups shaped like q/k/v (GQA) and gate/up, each input
 //! kind (norm after a residual add, norm alone, SiLU·up, a ready buffer), prefill and decode,
@@ -15,6 +15,7 @@ use common::randn;
 use ferroq::backend::cpu::CpuBackend;
 use ferroq::backend::cuda::backend::CudaBackend;
 use ferroq::backend::linear::{Linear, LinearWeight};
+use ferroq::backend::prelude::*;
 use ferroq::backend::{Backend, LinearInput};
 use ferroq::engine::sampler::Rng;
 use ferroq::quant::weight::{quantize_weight, WeightMethod, WeightQConfig, WeightScope};

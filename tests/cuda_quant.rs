@@ -1,4 +1,4 @@
-//! The quantized CUDA kernels against the CPU reference (issue 6): the W8A8 tensor-core GEMM and
+//! The quantized CUDA kernels against the CPU reference: the W8A8 tensor-core GEMM and
 //! the decode GEMV give int32 sums bit-identical to the CPU's before the epilogue, the same f32
 //! after it, and agree with each other; the fused RMSNorm (+ residual) → int8 and SiLU·up → int8
 //! kernels match `quant::quantize_rows_i8` except at rounding boundaries (counted, at most one
@@ -12,7 +12,7 @@ use ferroq::backend::cpu::gemm::Isa;
 use ferroq::backend::cpu::{qgemm, CpuBackend};
 use ferroq::backend::cuda::kernels::Kernel;
 use ferroq::backend::cuda::runtime::Gpu;
-use ferroq::backend::Backend;
+use ferroq::backend::prelude::*;
 use ferroq::engine::sampler::Rng;
 use ferroq::quant::quantize_rows_i8;
 

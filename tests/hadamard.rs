@@ -6,7 +6,7 @@ mod common;
 
 use common::*;
 use ferroq::backend::cpu::CpuBackend;
-use ferroq::backend::Backend;
+use ferroq::backend::prelude::*;
 use ferroq::checkpoint::site::OnlineHadamard;
 use ferroq::checkpoint::site::Site;
 use ferroq::model::llama::{LlamaModel, Logits};

@@ -4,7 +4,7 @@
 mod common;
 
 use ferroq::backend::cpu::CpuBackend;
-use ferroq::backend::Backend;
+use ferroq::backend::prelude::*;
 use ferroq::model::llama::Logits;
 use ferroq::tensor::DType;
 use std::alloc::{GlobalAlloc, Layout, System};

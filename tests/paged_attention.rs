@@ -8,7 +8,8 @@ mod common;
 use common::randn;
 use ferroq::backend::cpu::gemm::{self, Isa};
 use ferroq::backend::cpu::CpuBackend;
-use ferroq::backend::{AttentionArgs, Backend, KvSeq, ATTN_ROWS};
+use ferroq::backend::prelude::*;
+use ferroq::backend::{AttentionArgs, KvSeq, ATTN_ROWS};
 use ferroq::engine::sampler::Rng;
 use ferroq::error::Error;
 

@@ -9,7 +9,7 @@ use common::randn;
 use ferroq::backend::cpu::gemm::{has_avx2, Isa};
 use ferroq::backend::cpu::{int4_bf16, qgemm, vnni, CpuBackend, Int8Isa};
 use ferroq::backend::linear::{Linear, LinearWeight};
-use ferroq::backend::Backend;
+use ferroq::backend::prelude::*;
 use ferroq::engine::sampler::Rng;
 use ferroq::quant::weight::{quantize_weight, WeightMethod, WeightQConfig, WeightScope};
 use ferroq::quant::{self, ActQuant, ActSpec, Phase, QDType, QuantWeight};

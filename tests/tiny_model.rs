@@ -6,6 +6,7 @@ mod common;
 
 use common::*;
 use ferroq::backend::cpu::CpuBackend;
+use ferroq::backend::prelude::*;
 use ferroq::checkpoint::config::ModelConfig;
 use ferroq::checkpoint::gguf::{weights::GgufWeights, GgufFile};
 use ferroq::checkpoint::safetensors_io::SafetensorsWeights;
@@ -244,7 +245,6 @@ fn prefill_equals_token_by_token_decode() {
 /// backend's `argmax_rows` keeps the first index on ties and refuses short logits.
 #[test]
 fn greedy_on_the_backend_equals_argmax_of_the_logits() {
-    use ferroq::backend::Backend;
     use ferroq::engine::sampler::argmax;
     let (_d, _c, _w, m) = load_tiny(false, 13);
     let mut a = m.new_session(4, 32, false).expect("session");

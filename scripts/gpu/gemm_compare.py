@@ -1,4 +1,4 @@
-"""Side by side from one `gpu-check.sh bench` log (issue 6's GEMM targets): for every shape and
+"""Side by side from one `gpu-check.sh bench` log: for every shape and
 M, ferroq's linear next to its PyTorch peer — BF16 vs torch.matmul, W8A8 vs torch._int_mm, FP8
 vs torch._scaled_mm — with TOPS, % of the device's dense tensor-core peak and the ratio
 ferroq / PyTorch (> 1: ferroq faster). ferroq's figure includes its activation quantization,

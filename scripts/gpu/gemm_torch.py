@@ -1,4 +1,4 @@
-"""PyTorch's GEMMs on the shapes of examples/cuda_gemm_bench.rs, the peers of issue 6:
+"""PyTorch's GEMMs on the shapes of examples/cuda_gemm_bench.rs, their peers:
 torch.matmul (BF16, cuBLAS), torch._int_mm (INT8 -> INT32, cuBLASLt) and torch._scaled_mm (FP8
 E4M3 with per-row x per-column scales, sm_89+), on pre-quantized operands (no activation
 quantization in the timing). Also the device-to-device copy bandwidth, for the fused

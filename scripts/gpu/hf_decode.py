@@ -1,6 +1,6 @@
 """transformers' LlamaForCausalLM with Llama-3.1-8B's config and random BF16 weights: prefill
 tok/s over a 2048-token prompt and batch-1 decode tok/s (generate with a static cache, greedy,
-128 new tokens), the peer of examples/cuda_decode_bench.rs (issue 5). LAYERS in argv[1]
+128 new tokens), the peer of examples/cuda_decode_bench.rs. LAYERS in argv[1]
 (default 32). Prints one markdown row per test."""
 import sys
 import time

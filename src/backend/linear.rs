@@ -4,12 +4,12 @@
 //! has the dense variant and the quantized one, whose format (INT8 / FP8 / INT4) is the
 //! `quant::QuantWeight` enum; `act` says how the input is quantized (none, static, dynamic, pd_mix).
 
-use crate::backend::Backend;
+use super::memory::DeviceMemory;
 use crate::quant::ActSpec;
 use std::sync::Arc;
 
 /// The weight of a linear layer, `[out_features, in_features]`.
-pub enum LinearWeight<B: Backend> {
+pub enum LinearWeight<B: DeviceMemory> {
     /// Dense float weight in F32, F16 or BF16. Shared (`Arc`) so a tied LM head and the token
     /// embedding are one copy.
     Dense(Arc<B::Matrix>),
@@ -17,7 +17,7 @@ pub enum LinearWeight<B: Backend> {
     Quant(B::QMatrix),
 }
 
-pub struct Linear<B: Backend> {
+pub struct Linear<B: DeviceMemory> {
     /// HF module name, e.g. `model.layers.3.self_attn.q_proj` (used by recipes and errors).
     pub name: String,
     pub in_features: usize,

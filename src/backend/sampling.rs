@@ -1,9 +1,12 @@
-//! The sampling rule every backend runs (`Backend::sample`, `sample_rows`): the HF repetition
+//! The sampling rule every backend runs (`Sampling::sample_rows`): the HF repetition
 //! penalty once per distinct id, then a sort-free draw — top-k / top-p cuts as thresholds on
 //! the float order key with ties kept, the token as the first id in id order whose running
 //! weight passes u × the kept mass — so one GPU block per row (`kernels/sampling.cu`) runs the
 //! CPU's rule exactly and only the id crosses back. The seeded generator that produces `u`
 //! lives with the host sampler (`engine::sampler`).
+
+use super::memory::DeviceMemory;
+use crate::error::Result;
 
 /// Index of the largest value (first on ties).
 pub fn argmax(x: &[f32]) -> u32 {
@@ -16,7 +19,7 @@ pub fn argmax(x: &[f32]) -> u32 {
     best as u32
 }
 
-/// The sampling of one token, as the CPU sampler and `Backend::sample` run it.
+/// The sampling of one token, as the CPU sampler and `Sampling::sample_rows` run it.
 #[derive(Clone, Copy, Debug)]
 pub struct Draw<'a> {
     /// 0: greedy (argmax after the penalty)
@@ -129,4 +132,23 @@ fn from_key(k: u32) -> f32 {
     } else {
         !k
     })
+}
+
+/// The sampling role of a backend: the token of each logits row, picked where the logits live
+/// so a device backend hands back ids, not rows × vocab floats.
+pub trait Sampling: DeviceMemory {
+    /// out[r] = the greedy token of row r of logits (out.len(), vocab): the index of the
+    /// largest value, the first on ties (the sampler's rule). A device backend picks on the
+    /// device, so only the ids cross to the host, not rows × vocab logits.
+    fn argmax_rows(&self, logits: &Self::Buf, vocab: usize, out: &mut [u32]) -> Result<()>;
+    /// out[r] = the token draws[r] picks from row r of logits (draws.len(), vocab), by
+    /// `draw`'s rule after the repetition penalty (written into the logits).
+    /// A device backend draws on the device, so only the ids cross to the host.
+    fn sample_rows(
+        &self,
+        logits: &mut Self::Buf,
+        vocab: usize,
+        draws: &[Draw<'_>],
+        out: &mut [u32],
+    ) -> Result<()>;
 }

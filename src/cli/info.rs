@@ -6,7 +6,7 @@
 use anyhow::Result;
 use ferroq::backend::cpu::CpuBackend;
 use ferroq::backend::cuda::{blas, device, kernels::Module, nvrtc::KernelCache};
-use ferroq::backend::Backend;
+use ferroq::backend::prelude::*;
 
 pub fn run() -> Result<()> {
     println!("ferroq {}", env!("CARGO_PKG_VERSION"));

@@ -2,7 +2,7 @@
 //! (divide positive logits, multiply negative ones, once for every distinct token already in
 //! the context), driven by a seeded xoshiro256** generator so a seed reproduces a run. The draw
 //! rule (`draw`) is sort-free on the device side, so the GPU samples in one block per row with
-//! the same rule (`Backend::sample`). Candidate buffers are allocated once per sampler.
+//! the same rule (`Sampling::sample_rows`). Candidate buffers are allocated once per sampler.
 
 pub use crate::backend::sampling::{argmax, draw, order_key, penalize, pick, Draw};
 

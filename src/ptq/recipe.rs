@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 #[serde(deny_unknown_fields)]
 pub struct Recipe {
     pub processors: Vec<Processor>,
-    /// `int8` quantizes the LM head at load (`model::config::LmHead`); default `dense`.
+    /// `int8` quantizes the LM head at load (`checkpoint::config::LmHead`); default `dense`.
     #[serde(default, skip_serializing_if = "is_dense")]
     pub lm_head: LmHead,
 }
@@ -59,7 +59,7 @@ pub enum Processor {
         exclude: Vec<String>,
     },
     /// Online Hadamard rotation (QuaRot) of the listed inputs of every layer, applied after
-    /// any smoothing (`model::hadamard`).
+    /// any smoothing (`quant::hadamard`).
     Hadamard {
         #[serde(default = "all_sites")]
         sites: Vec<Site>,

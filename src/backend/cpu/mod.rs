@@ -12,7 +12,7 @@ pub mod qgemm;
 pub mod vmath;
 pub mod vnni;
 
-use super::{AttentionArgs, Backend, KvSeq, ATTN_ROWS};
+use super::{AttentionArgs, DeviceMemory, Fused, KvSeq, Ops, Sampling, ATTN_ROWS};
 use crate::backend::linear::{Linear, LinearWeight};
 use crate::backend::sampling::{self, Draw};
 use crate::error::{Error, Result};
@@ -400,7 +400,7 @@ fn rms_norm_row(out: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
     }
 }
 
-impl Backend for CpuBackend {
+impl DeviceMemory for CpuBackend {
     type Buf = Vec<f32>;
     type Matrix = CpuMatrix;
     type QMatrix = CpuQMatrix;
@@ -502,7 +502,9 @@ impl Backend for CpuBackend {
             _ => CpuQMatrix::Plain(w.clone()),
         })
     }
+}
 
+impl Ops for CpuBackend {
     fn embed(&self, out: &mut Vec<f32>, table: &CpuMatrix, ids: &[u32]) -> Result<()> {
         let d = table.cols;
         check_len("embed", out.len(), ids.len() * d)?;
@@ -749,7 +751,11 @@ impl Backend for CpuBackend {
         }
         Ok(())
     }
+}
 
+impl Fused for CpuBackend {}
+
+impl Sampling for CpuBackend {
     fn sample_rows(
         &self,
         logits: &mut Vec<f32>,

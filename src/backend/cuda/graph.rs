@@ -1,4 +1,4 @@
-//! CUDA graphs for the decode step (issue 5): a decode token launches the same fifteen or so
+//! CUDA graphs for the decode step: a decode token launches the same fifteen or so
 //! kernels per layer every step, only the metadata they read (token id, position, KV slot, keys
 //! visible) changes, so the step is captured once (`cuStreamBeginCapture` …
 //! `cuGraphInstantiate`) and replayed with one `cuGraphLaunch` instead of ~500 launches on an

@@ -1,4 +1,4 @@
-//! The CUDA side of the backend (issues 5 and 6): device discovery through the driver API
+//! The CUDA side of the backend: device discovery through the driver API
 //! loaded at run time (`device`), NVRTC compilation of `kernels/*.cu` straight to CUBIN with a
 //! disk cache (`nvrtc`), the typed kernel table (`kernels`) and GEMM tiles with their dispatch
 //! by M (`tiles`), the device and its lazily loaded modules (`runtime`), cuBLAS when its

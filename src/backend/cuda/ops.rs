@@ -11,14 +11,16 @@ use super::qlinear::CudaQMatrix;
 use super::tiles::TensorCores;
 use crate::backend::linear::Linear;
 use crate::backend::sampling::Draw;
-use crate::backend::{AttentionArgs, Backend, KvSeq, LinearInput, RopeKvArgs, StepKey};
+use crate::backend::{
+    AttentionArgs, DeviceMemory, Fused, KvSeq, LinearInput, Ops, RopeKvArgs, Sampling, StepKey,
+};
 use crate::error::{Error, Result};
 use crate::quant::{Phase, QuantWeight};
 use crate::tensor::{DType, HostTensor};
 use cudarc::driver::{CudaSlice, PushKernelArg};
 use half::bf16;
 
-impl Backend for CudaBackend {
+impl DeviceMemory for CudaBackend {
     type Buf = CudaSlice<f32>;
     type Matrix = CudaMatrix;
     type QMatrix = CudaQMatrix;
@@ -99,7 +101,9 @@ impl Backend for CudaBackend {
     fn upload_quant(&self, w: &QuantWeight, rows: usize, cols: usize) -> Result<Self::QMatrix> {
         self.upload_q(w, rows, cols)
     }
+}
 
+impl Ops for CudaBackend {
     fn embed(&self, out: &mut Self::Buf, table: &Self::Matrix, ids: &[u32]) -> Result<()> {
         check_len("embed out", out.len(), ids.len() * table.cols)?;
         if ids.is_empty() {
@@ -136,38 +140,6 @@ impl Backend for CudaBackend {
         b.arg(out).arg(x).arg(weight).arg(&d).arg(&eps);
         // SAFETY: matches rms_norm's signature; buffers hold rows × dim (checked).
         unsafe { self.launch(&mut b, grid_1d(rows, 256), "rms_norm") }?;
-        Ok(())
-    }
-
-    // the residual add fused into the norm that follows it (one pass over the row)
-    fn add_rms_norm(
-        &self,
-        out: &mut CudaSlice<f32>,
-        res: &mut CudaSlice<f32>,
-        add: Option<&CudaSlice<f32>>,
-        weight: &CudaSlice<f32>,
-        rows: usize,
-        dim: usize,
-        eps: f32,
-    ) -> Result<()> {
-        let Some(y) = add else {
-            return self.rms_norm(out, res, weight, rows, dim, eps);
-        };
-        check_len(
-            "add_rms_norm",
-            out.len().min(res.len()).min(y.len()),
-            rows * dim,
-        )?;
-        check_len("add_rms_norm weight", weight.len(), dim)?;
-        let d = i32_of(dim, "dim")?;
-        let mut b = self
-            .gpu
-            .stream
-            .launch_builder(self.function(Kernel::AddRmsNorm));
-        b.arg(out).arg(res).arg(y).arg(weight).arg(&d).arg(&eps);
-        // SAFETY: matches add_rms_norm's signature; buffers hold rows × dim, weight dim
-        // (checked); one block per row.
-        unsafe { self.launch(&mut b, grid_1d(rows, 256), "add_rms_norm") }?;
         Ok(())
     }
 
@@ -216,18 +188,6 @@ impl Backend for CudaBackend {
         self.linears_on(x, &mut [(out, w)], rows, phase)
     }
 
-    fn project(
-        &self,
-        input: LinearInput<'_, Self>,
-        rotate: Option<usize>,
-        outs: &mut [(&mut Self::Buf, &Linear<Self>)],
-        rows: usize,
-        cols: usize,
-        phase: Phase,
-    ) -> Result<()> {
-        self.project_on(input, rotate, outs, rows, cols, phase)
-    }
-
     fn rope(
         &self,
         x: &mut Self::Buf,
@@ -274,41 +234,6 @@ impl Backend for CudaBackend {
         Ok(())
     }
 
-    fn rope_write_kv(&self, a: RopeKvArgs<'_, Self>) -> Result<()> {
-        let rows = KvSeq::batch_rows(a.seqs);
-        if rows == 0 {
-            return Ok(());
-        }
-        let kv_dim = a.n_kv_heads * a.head_dim;
-        check_len("rope q", a.q.len(), rows * a.n_heads * a.head_dim)?;
-        check_len("rope k / v", a.k.len().min(a.v.len()), rows * kv_dim)?;
-        let pos_d = self.positions(a.seqs, a.cos, a.sin, a.head_dim)?;
-        let caches = [&*a.k_cache, &*a.v_cache];
-        let slots_d = self.slots(&caches, a.seqs, a.block_size, kv_dim, a.k.len())?;
-        let ints = [a.n_heads, a.n_kv_heads, a.head_dim].map(|v| v as i32);
-        let mut b = self
-            .gpu
-            .stream
-            .launch_builder(self.function(Kernel::RopeWriteKv));
-        b.arg(a.q)
-            .arg(&mut *a.k)
-            .arg(a.v)
-            .arg(a.k_cache)
-            .arg(a.v_cache)
-            .arg(a.cos)
-            .arg(a.sin)
-            .arg(&*pos_d)
-            .arg(&*slots_d);
-        for v in &ints {
-            b.arg(v);
-        }
-        // SAFETY: matches rope_write_kv's signature; q and k / v hold rows × heads × head_dim
-        // (checked), every position is inside the rope tables and every slot inside both bf16
-        // caches (checked).
-        unsafe { self.launch(&mut b, grid_1d(rows, 128), "rope + KV write") }?;
-        Ok(())
-    }
-
     fn attention(&self, a: AttentionArgs<'_, Self>) -> Result<()> {
         self.attention_paged(a)
     }
@@ -345,11 +270,94 @@ impl Backend for CudaBackend {
         unsafe { self.launch(&mut b, cfg, "hadamard") }?;
         Ok(())
     }
+}
+
+impl Fused for CudaBackend {
+    // the residual add fused into the norm that follows it (one pass over the row)
+    fn add_rms_norm(
+        &self,
+        out: &mut CudaSlice<f32>,
+        res: &mut CudaSlice<f32>,
+        add: Option<&CudaSlice<f32>>,
+        weight: &CudaSlice<f32>,
+        rows: usize,
+        dim: usize,
+        eps: f32,
+    ) -> Result<()> {
+        let Some(y) = add else {
+            return self.rms_norm(out, res, weight, rows, dim, eps);
+        };
+        check_len(
+            "add_rms_norm",
+            out.len().min(res.len()).min(y.len()),
+            rows * dim,
+        )?;
+        check_len("add_rms_norm weight", weight.len(), dim)?;
+        let d = i32_of(dim, "dim")?;
+        let mut b = self
+            .gpu
+            .stream
+            .launch_builder(self.function(Kernel::AddRmsNorm));
+        b.arg(out).arg(res).arg(y).arg(weight).arg(&d).arg(&eps);
+        // SAFETY: matches add_rms_norm's signature; buffers hold rows × dim, weight dim
+        // (checked); one block per row.
+        unsafe { self.launch(&mut b, grid_1d(rows, 256), "add_rms_norm") }?;
+        Ok(())
+    }
+
+    fn project(
+        &self,
+        input: LinearInput<'_, Self>,
+        rotate: Option<usize>,
+        outs: &mut [(&mut Self::Buf, &Linear<Self>)],
+        rows: usize,
+        cols: usize,
+        phase: Phase,
+    ) -> Result<()> {
+        self.project_on(input, rotate, outs, rows, cols, phase)
+    }
+
+    fn rope_write_kv(&self, a: RopeKvArgs<'_, Self>) -> Result<()> {
+        let rows = KvSeq::batch_rows(a.seqs);
+        if rows == 0 {
+            return Ok(());
+        }
+        let kv_dim = a.n_kv_heads * a.head_dim;
+        check_len("rope q", a.q.len(), rows * a.n_heads * a.head_dim)?;
+        check_len("rope k / v", a.k.len().min(a.v.len()), rows * kv_dim)?;
+        let pos_d = self.positions(a.seqs, a.cos, a.sin, a.head_dim)?;
+        let caches = [&*a.k_cache, &*a.v_cache];
+        let slots_d = self.slots(&caches, a.seqs, a.block_size, kv_dim, a.k.len())?;
+        let ints = [a.n_heads, a.n_kv_heads, a.head_dim].map(|v| v as i32);
+        let mut b = self
+            .gpu
+            .stream
+            .launch_builder(self.function(Kernel::RopeWriteKv));
+        b.arg(a.q)
+            .arg(&mut *a.k)
+            .arg(a.v)
+            .arg(a.k_cache)
+            .arg(a.v_cache)
+            .arg(a.cos)
+            .arg(a.sin)
+            .arg(&*pos_d)
+            .arg(&*slots_d);
+        for v in &ints {
+            b.arg(v);
+        }
+        // SAFETY: matches rope_write_kv's signature; q and k / v hold rows × heads × head_dim
+        // (checked), every position is inside the rope tables and every slot inside both bf16
+        // caches (checked).
+        unsafe { self.launch(&mut b, grid_1d(rows, 128), "rope + KV write") }?;
+        Ok(())
+    }
 
     fn replay_step(&self, key: StepKey, step: &mut dyn FnMut() -> Result<()>) -> Result<()> {
         self.replay(key, step)
     }
+}
 
+impl Sampling for CudaBackend {
     fn sample_rows(
         &self,
         logits: &mut Self::Buf,

@@ -15,7 +15,7 @@ use super::launch::{arg_or_null, check_len, gemm_grid, grid, grid_1d, i32_of};
 use super::scratch::Scratch;
 use super::tiles::GemmKind;
 use crate::backend::linear::{Linear, LinearWeight};
-use crate::backend::{check_inputs, Backend, LinearInput};
+use crate::backend::{check_inputs, Fused, LinearInput, Ops};
 use crate::error::{Error, Result};
 use crate::quant::{ActQuant, Phase, QDType, QuantWeight};
 use cudarc::driver::{CudaSlice, PushKernelArg};

@@ -1,5 +1,5 @@
-//! Sampling on the device (issue 5): the repetition penalty on the logits in place, then
-//! `kernels/sampling.cu::sample_rows`, which runs `engine::sampler::draw`'s sort-free rule (or
+//! Sampling on the device: the repetition penalty on the logits in place, then
+//! `kernels/sampling.cu::sample_rows`, which runs `backend::sampling::draw`'s sort-free rule (or
 //! the argmax at temperature 0) in one block per row — top-k and top-p cuts found by bisection
 //! on the float order key, the token by a block scan of chunk weights — so only the token ids
 //! cross to the host.

@@ -1,5 +1,5 @@
 //! Device scratch that lives as long as the backend, so a decode step allocates nothing on the
-//! device (issue 5: "no allocation ... per decoded token"): quantized activations and their
+//! device ("no allocation ... per decoded token"): quantized activations and their
 //! scales, the bf16 copy of a prefill GEMM's input, split-attention partials, sampled ids and
 //! the sampler's uploads. Each buffer only grows (to the next power of two, so a prefill that
 //! lengthens a little each call does not reallocate each time); kernels take explicit sizes,

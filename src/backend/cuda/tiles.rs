@@ -1,4 +1,4 @@
-//! GEMM tile configurations as named structs and the dispatch table by M (issue 6): for each
+//! GEMM tile configurations as named structs and the dispatch table by M: for each
 //! weight kind, decode-sized M goes to a memory-bound GEMV that streams the weights once (one
 //! warp per output column) and larger M to the tiled tensor-core kernel. Each `Tile` is what its
 //! `.cu` source is written for (block tile, warp layout, threads); `Kernel::gemm_launch` builds
