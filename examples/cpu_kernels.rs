@@ -6,7 +6,8 @@
 //! Prints GMAC/s (multiply-adds per second, all threads) per kernel and shape, best of 5, and
 //! the single-thread peak of a register-only FMA loop for reference.
 
-use ferroq::backend::cpu::{int4_bf16, panel};
+use ferroq::backend::cpu::dense::panels;
+use ferroq::backend::cpu::int4::bf16;
 use ferroq::engine::sampler::Rng;
 use ferroq::quant::weight::{quantize_weight, WeightMethod, WeightQConfig, WeightScope};
 use ferroq::quant::QDType;
@@ -52,15 +53,15 @@ fn main() {
                 macs / s / 1e9
             )
         };
-        if panel::available() {
+        if panels::available() {
             let wf: Vec<f16> = w.iter().map(|&v| f16::from_f32(v)).collect();
-            let p = panel::Panels::pack(&wf, n, k);
+            let p = panels::Panels::pack(&wf, n, k);
             row(
                 "f16 panel",
-                best_of(5, || panel::matmul(&mut out, &x, m, &p)),
+                best_of(5, || panels::matmul(&mut out, &x, m, &p)),
             );
         }
-        if int4_bf16::available() {
+        if bf16::available() {
             let cfg = WeightQConfig {
                 dtype: QDType::Int4,
                 scope: WeightScope::PerGroup(128),
@@ -68,13 +69,10 @@ fn main() {
                 method: WeightMethod::MinMax,
             };
             let q = quantize_weight(&w, n, k, &cfg).expect("quantize");
-            if let Some(p) = int4_bf16::PackedI4Bf16::pack(&q, n, k) {
+            if let Some(p) = bf16::PackedI4Bf16::pack(&q, n, k) {
                 let mut xb = vec![0u16; m * k];
-                int4_bf16::round_to_bf16(&x, &mut xb);
-                row(
-                    "int4 bf16",
-                    best_of(5, || int4_bf16::gemm(&mut out, &xb, m, &p)),
-                );
+                bf16::round_to_bf16(&x, &mut xb);
+                row("int4 bf16", best_of(5, || bf16::gemm(&mut out, &xb, m, &p)));
             }
         }
     }

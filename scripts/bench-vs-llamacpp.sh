@@ -40,7 +40,7 @@ if [ ! -x "$LB" ] || [ ! -x "$LQ" ]; then
   tarball=$SCRATCH/llama_cpp_python-$LCP_VERSION.tar.gz
   if ! echo "$LCP_SHA256  $tarball" | sha256sum -c --status 2>/dev/null; then
     echo "llama.cpp: downloading llama-cpp-python $LCP_VERSION sdist (pip download)"
-    python3 -m pip download -q --no-deps --no-binary :all: \
+    python3 -m pip download -q --no-deps --no-binary llama-cpp-python \
       -d "$SCRATCH" "llama-cpp-python==$LCP_VERSION"
     echo "$LCP_SHA256  $tarball" | sha256sum -c --status || {
       echo "error: sha256 of $tarball does not match $LCP_SHA256" >&2

@@ -474,7 +474,7 @@ fn resnet_blocks_from_torchvision_names_match_the_unfused_graph() {
 /// gives the same bits as the AVX2 / portable path, float and requantized outputs alike.
 #[test]
 fn int8_vnni_path_is_bit_identical_to_the_portable_one() {
-    if !ferroq::backend::cpu::vnni::available() {
+    if !ferroq::backend::cpu::int8::vnni::available() {
         eprintln!("no AVX-512 VNNI on this CPU: the VNNI conv path is not exercised");
         return;
     }

@@ -5,7 +5,8 @@
 mod common;
 
 use common::randn;
-use ferroq::backend::cpu::gemm::{self, Isa, WElem};
+use ferroq::backend::cpu::attention;
+use ferroq::backend::cpu::dense::{self, Isa, WElem};
 use ferroq::backend::cpu::CpuBackend;
 use ferroq::backend::linear::{Linear, LinearWeight};
 use ferroq::backend::prelude::*;
@@ -48,7 +49,7 @@ fn naive_matmul(x: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> Vec<f64> 
 
 fn isas() -> Vec<Isa> {
     let mut v = vec![Isa::Portable];
-    if gemm::has_avx2() {
+    if dense::has_avx2() {
         v.push(Isa::Avx2);
     }
     v
@@ -94,11 +95,11 @@ fn matmul_all_dtypes_shapes_and_isas() {
         let atol = 1e-5 * k as f64;
         for isa in isas() {
             let mut out = vec![f32::NAN; m * n];
-            gemm::matmul_with(isa, &mut out, &x, &w32, m, n, k);
+            dense::matmul_with(isa, &mut out, &x, &w32, m, n, k);
             assert_close(&format!("f32 {isa:?} {m}x{n}x{k}"), &out, &r32, 1e-5, atol);
-            gemm::matmul_with(isa, &mut out, &x, &w16, m, n, k);
+            dense::matmul_with(isa, &mut out, &x, &w16, m, n, k);
             assert_close(&format!("f16 {isa:?} {m}x{n}x{k}"), &out, &r16, 1e-5, atol);
-            gemm::matmul_with(isa, &mut out, &x, &wb, m, n, k);
+            dense::matmul_with(isa, &mut out, &x, &wb, m, n, k);
             assert_close(&format!("bf16 {isa:?} {m}x{n}x{k}"), &out, &rb, 1e-5, atol);
         }
     }
@@ -106,8 +107,8 @@ fn matmul_all_dtypes_shapes_and_isas() {
 
 #[test]
 fn panel_matmul_matches_reference_and_rows_do_not_depend_on_batch() {
-    use ferroq::backend::cpu::panel::{self, Panels};
-    if !panel::available() {
+    use ferroq::backend::cpu::dense::panels::{self, Panels};
+    if !panels::available() {
         eprintln!("no AVX-512 F/BW/VL on this CPU: the panel kernels are not exercised");
         return;
     }
@@ -132,7 +133,7 @@ fn panel_matmul_matches_reference_and_rows_do_not_depend_on_batch() {
                 let p = Panels::pack(&$w, n, k);
                 let wf = widen(&|e| WElem::to_f32($w[e]));
                 let mut out = vec![f32::NAN; m * n + 3];
-                panel::matmul(&mut out, &x, m, &p);
+                panels::matmul(&mut out, &x, m, &p);
                 assert!(
                     out[m * n..].iter().all(|v| v.is_nan()),
                     "{} wrote past the output",
@@ -148,7 +149,7 @@ fn panel_matmul_matches_reference_and_rows_do_not_depend_on_batch() {
                 );
                 for i in 0..m {
                     let mut one = vec![0.0; n];
-                    panel::matmul(&mut one, &x[i * k..(i + 1) * k], 1, &p);
+                    panels::matmul(&mut one, &x[i * k..(i + 1) * k], 1, &p);
                     assert_eq!(
                         one,
                         out[i * n..(i + 1) * n],
@@ -181,10 +182,10 @@ fn matmul_rows_do_not_depend_on_batch() {
         .collect();
     for isa in isas() {
         let mut all = vec![0.0; m * n];
-        gemm::matmul_with(isa, &mut all, &x, &w, m, n, k);
+        dense::matmul_with(isa, &mut all, &x, &w, m, n, k);
         for i in 0..m {
             let mut one = vec![0.0; n];
-            gemm::matmul_with(isa, &mut one, &x[i * k..(i + 1) * k], &w, 1, n, k);
+            dense::matmul_with(isa, &mut one, &x[i * k..(i + 1) * k], &w, 1, n, k);
             assert_eq!(one, all[i * n..(i + 1) * n], "{isa:?} row {i}");
         }
     }
@@ -456,7 +457,7 @@ fn attention_helpers_match_reference_on_every_isa() {
     let v = randn(&mut rng, (keys - 1) * ldv + d, 1.0);
     for isa in isas() {
         let mut out = vec![f32::NAN; (m - 1) * ldo + n];
-        gemm::matmul_strided(isa, &mut out, ldo, &x, ldx, &w, ldw, m, n, k);
+        attention::matmul_strided(isa, &mut out, ldo, &x, ldx, &w, ldw, m, n, k);
         for i in 0..m {
             let want: Vec<f64> = (0..n)
                 .map(|j| {
@@ -474,7 +475,7 @@ fn attention_helpers_match_reference_on_every_isa() {
             );
             // the same bits as `dot`, which the decode path's single rows use
             for j in 0..n {
-                let single = gemm::dot(&x[i * ldx..i * ldx + k], &w[j * ldw..j * ldw + k]);
+                let single = dense::dot(&x[i * ldx..i * ldx + k], &w[j * ldw..j * ldw + k]);
                 if isa == Isa::detect() {
                     assert_eq!(
                         out[i * ldo + j].to_bits(),
@@ -485,7 +486,7 @@ fn attention_helpers_match_reference_on_every_isa() {
             }
         }
         let mut o = vec![f32::NAN; d];
-        gemm::weighted_rows(isa, &mut o, &p, &v, ldv);
+        attention::weighted_rows(isa, &mut o, &p, &v, ldv);
         let want: Vec<f64> = (0..d)
             .map(|c| (0..keys).map(|j| p[j] as f64 * v[j * ldv + c] as f64).sum())
             .collect();

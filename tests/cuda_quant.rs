@@ -8,8 +8,9 @@ mod common;
 
 use common::randn;
 use cudarc::driver::{CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg};
-use ferroq::backend::cpu::gemm::Isa;
-use ferroq::backend::cpu::{qgemm, CpuBackend};
+use ferroq::backend::cpu::dense::Isa;
+use ferroq::backend::cpu::int8 as qgemm;
+use ferroq::backend::cpu::CpuBackend;
 use ferroq::backend::cuda::kernels::Kernel;
 use ferroq::backend::cuda::runtime::Gpu;
 use ferroq::backend::prelude::*;

@@ -6,7 +6,8 @@
 mod common;
 
 use common::randn;
-use ferroq::backend::cpu::gemm::{self, Isa};
+use ferroq::backend::cpu::attention;
+use ferroq::backend::cpu::dense::{self, Isa};
 use ferroq::backend::cpu::CpuBackend;
 use ferroq::backend::prelude::*;
 use ferroq::backend::{AttentionArgs, KvSeq, ATTN_ROWS};
@@ -286,7 +287,7 @@ fn bad_block_tables_are_refused() {
 fn paged_weighted_rows_equal_contiguous_on_every_isa() {
     let mut rng = Rng::new(63);
     let mut isas = vec![Isa::Portable];
-    if gemm::has_avx2() {
+    if dense::has_avx2() {
         isas.push(Isa::Avx2);
     }
     for isa in isas {
@@ -301,7 +302,7 @@ fn paged_weighted_rows_equal_contiguous_on_every_isa() {
             let p = randn(&mut rng, keys, 1.0);
             let v = randn(&mut rng, keys * ldv, 1.0);
             let mut want = vec![f32::NAN; d];
-            gemm::weighted_rows(isa, &mut want, &p, &v, ldv);
+            attention::weighted_rows(isa, &mut want, &p, &v, ldv);
             // scatter the rows into shuffled blocks of a bigger pool
             let n_blocks = keys.div_ceil(bs) + 2;
             let table = shuffled(&mut rng, n_blocks);
@@ -311,7 +312,7 @@ fn paged_weighted_rows_equal_contiguous_on_every_isa() {
                 pool[slot * ldv..slot * ldv + d].copy_from_slice(&v[j * ldv..j * ldv + d]);
             }
             let mut got = vec![f32::NAN; d];
-            gemm::weighted_rows_paged(isa, &mut got, &p, &pool, ldv, &table, bs);
+            attention::weighted_rows_paged(isa, &mut got, &p, &pool, ldv, &table, bs);
             assert_eq!(got, want, "{isa:?} keys {keys} d {d} block {bs}");
         }
     }

@@ -6,8 +6,10 @@
 mod common;
 
 use common::randn;
-use ferroq::backend::cpu::gemm::{has_avx2, Isa};
-use ferroq::backend::cpu::{int4_bf16, qgemm, vnni, CpuBackend, Int8Isa};
+use ferroq::backend::cpu::dense::{has_avx2, Isa};
+use ferroq::backend::cpu::int4::bf16 as int4_bf16;
+use ferroq::backend::cpu::int8::{self as qgemm, vnni};
+use ferroq::backend::cpu::{CpuBackend, Int8Isa};
 use ferroq::backend::linear::{Linear, LinearWeight};
 use ferroq::backend::prelude::*;
 use ferroq::engine::sampler::Rng;
@@ -704,8 +706,8 @@ fn int4_bf16_gemm_matches_reference_and_is_batch_invariant() {
 
 #[test]
 fn avx512_activation_quantizer_is_bit_identical_to_the_reference() {
-    use ferroq::backend::cpu::actq;
-    if !actq::available() {
+    use ferroq::backend::cpu::act_quant;
+    if !act_quant::available() {
         eprintln!("no AVX-512 F/BW on this CPU: the vector quantizer is not exercised");
         return;
     }
@@ -727,7 +729,7 @@ fn avx512_activation_quantizer_is_bit_identical_to_the_reference() {
                 let (mut q0, mut s0, mut z0) = (vec![0i8; m * k], vec![0f32; m], vec![0i32; m]);
                 let (mut q1, mut s1, mut z1) = (vec![1i8; m * k], vec![1f32; m], vec![1i32; m]);
                 quant::quantize_rows_i8(&x, m, k, symmetric, fixed, &mut q0, &mut s0, &mut z0);
-                actq::quantize_rows_i8(&x, m, k, symmetric, fixed, &mut q1, &mut s1, &mut z1);
+                act_quant::quantize_rows_i8(&x, m, k, symmetric, fixed, &mut q1, &mut s1, &mut z1);
                 assert_eq!(q0, q1, "{m}x{k} sym {symmetric} {fixed:?}");
                 assert_eq!(
                     s0.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),

@@ -7,7 +7,7 @@
 //! implementation does; no activation reordering. Dampening: λ = 1% of mean(diag H); inputs
 //! that never fire (diag 0) get H_ii = 1 and zero weights.
 
-use crate::backend::cpu::gemm::dot;
+use crate::backend::cpu::dense::dot;
 use crate::error::{Error, Result};
 use crate::quant::formats;
 use crate::quant::weight::{int_params, WeightMethod, WeightQConfig, WeightScope};

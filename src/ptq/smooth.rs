@@ -15,7 +15,7 @@
 
 use super::calib::{SiteStats, StatsMap};
 use super::recipe::selected;
-use crate::backend::cpu::gemm;
+use crate::backend::cpu::dense;
 use crate::checkpoint::config::ModelConfig;
 use crate::checkpoint::site::Site;
 use crate::error::{Error, Result};
@@ -97,8 +97,8 @@ fn smoothed_error(x: &[f32], k: usize, ws: &[(&[f32], usize)], s: &[f32]) -> f64
             });
         }
         let (mut y0, mut y1) = (vec![0f32; r * n], vec![0f32; r * n]);
-        gemm::matmul(&mut y0, x, w, r, n, k);
-        gemm::matmul(&mut y1, &xq, &wq, r, n, k);
+        dense::matmul(&mut y0, x, w, r, n, k);
+        dense::matmul(&mut y1, &xq, &wq, r, n, k);
         err += y0
             .iter()
             .zip(&y1)

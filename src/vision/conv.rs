@@ -9,8 +9,8 @@
 //! activation scale — PyTorch's x86 static quantization scheme). `conv2d_ref` / `batch_norm_ref`
 //! are the unfused reference the tests hold the fused op to.
 
-use crate::backend::cpu::gemm::{self, Isa, WElem};
-use crate::backend::cpu::{qgemm, vnni};
+use crate::backend::cpu::dense::{self, Isa, WElem};
+use crate::backend::cpu::int8::{self, vnni};
 use crate::error::{Error, Result};
 use crate::quant::formats::{quantize_i8, round_even};
 use half::bf16;
@@ -595,7 +595,7 @@ impl FusedConv {
                             continue;
                         }
                         let qw = &q[g * cout_g * k..(g + 1) * cout_g * k];
-                        qgemm::gemm_i8(Isa::detect(), &a, qw, pixels, cout_g, k, |p, j, acc| {
+                        int8::gemm_i8(Isa::detect(), &a, qw, pixels, cout_g, k, |p, j, acc| {
                             let c = g * cout_g + j;
                             let v = acc as f32 * (act_scale * w_scale[c]);
                             // SAFETY: (n, c, pixel p) is inside out; gemm_i8 hands each (p, j)
@@ -632,7 +632,7 @@ impl FusedConv {
             for g in 0..s.groups {
                 im2col(x, xd, layout, s, od, n, g, &mut a);
                 let wg = &w[g * cout_g * k..(g + 1) * cout_g * k];
-                gemm::matmul(&mut tmp, &a, wg, pixels, cout_g, k);
+                dense::matmul(&mut tmp, &a, wg, pixels, cout_g, k);
                 tmp.par_chunks(cout_g).enumerate().for_each(|(p, row)| {
                     for (j, &v) in row.iter().enumerate() {
                         let c = g * cout_g + j;

@@ -1,24 +1,24 @@
 //! The CPU backend: the reference implementation of every op and the default where no GPU is
 //! present. Buffers are `Vec<f32>`; weights keep their checkpoint dtype (f32/f16/bf16) and are
-//! widened inside the matmul kernels (`gemm.rs`). Ops over rows or heads run on rayon's pool;
+//! widened inside the matmul kernels. Kernel files are named for what they compute (`dense`,
+//! `int8`, `int4`, `act_quant`, `attention`, `norm`, `vmath`); the ISA paths are variants
+//! inside them, picked at run time. Ops over rows or heads run on rayon's pool;
 //! nothing here allocates, so a decode step allocates nothing.
 
-pub mod actq;
-pub mod gemm;
+pub mod act_quant;
+pub mod attention;
+pub mod dense;
 pub mod int4;
-pub mod int4_bf16;
-pub mod panel;
-pub mod qgemm;
+pub mod int8;
+pub mod norm;
 pub mod vmath;
-pub mod vnni;
 
-use super::{AttentionArgs, DeviceMemory, Fused, KvSeq, Ops, Sampling, ATTN_ROWS};
+use super::{AttentionArgs, DeviceMemory, Fused, KvSeq, Ops, Sampling};
 use crate::backend::linear::{Linear, LinearWeight};
 use crate::backend::sampling::{self, Draw};
 use crate::error::{Error, Result};
 use crate::quant::{self, ActQuant, ActSpec, Phase, QDType, QuantWeight};
 use crate::tensor::{DType, HostData, HostTensor};
-use gemm::SendPtr;
 use half::{bf16, f16};
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -30,10 +30,10 @@ pub enum MatrixData {
     F32(Vec<f32>),
     F16(Vec<f16>),
     BF16(Vec<bf16>),
-    /// Repacked for the AVX-512 panel kernels (`panel.rs`) where the CPU has them.
-    PanelF32(panel::Panels<f32>),
-    PanelF16(panel::Panels<f16>),
-    PanelBF16(panel::Panels<bf16>),
+    /// Repacked for the AVX-512 panel kernels (`dense::panels`) where the CPU has them.
+    PanelF32(dense::panels::Panels<f32>),
+    PanelF16(dense::panels::Panels<f16>),
+    PanelBF16(dense::panels::Panels<bf16>),
 }
 
 /// A `[rows, cols]` row-major weight matrix.
@@ -77,9 +77,9 @@ pub struct QuantCounters {
 /// Which int8 GEMM family runs W8A8 linears.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Int8Isa {
-    /// AVX-512 VNNI on weights repacked at load (`vnni.rs`).
+    /// AVX-512 VNNI on weights repacked at load (`int8::vnni`).
     Avx512Vnni,
-    /// AVX2 `vpmaddwd` on row-major weights (`qgemm.rs`).
+    /// AVX2 `vpmaddwd` on row-major weights (`int8`).
     Avx2,
     /// Plain Rust.
     Portable,
@@ -88,9 +88,9 @@ pub enum Int8Isa {
 impl Int8Isa {
     /// The best family this CPU supports.
     pub fn detect() -> Int8Isa {
-        if vnni::available() {
+        if int8::vnni::available() {
             Int8Isa::Avx512Vnni
-        } else if gemm::has_avx2() {
+        } else if dense::has_avx2() {
             Int8Isa::Avx2
         } else {
             Int8Isa::Portable
@@ -100,19 +100,19 @@ impl Int8Isa {
     /// Every family this CPU can run, best last (tests run them all).
     pub fn all_available() -> Vec<Int8Isa> {
         let mut v = vec![Int8Isa::Portable];
-        if gemm::has_avx2() {
+        if dense::has_avx2() {
             v.push(Int8Isa::Avx2);
         }
-        if vnni::available() {
+        if int8::vnni::available() {
             v.push(Int8Isa::Avx512Vnni);
         }
         v
     }
 
-    fn gemm_isa(self) -> gemm::Isa {
+    fn gemm_isa(self) -> dense::Isa {
         match self {
-            Int8Isa::Portable => gemm::Isa::Portable,
-            Int8Isa::Avx2 | Int8Isa::Avx512Vnni => gemm::Isa::Avx2,
+            Int8Isa::Portable => dense::Isa::Portable,
+            Int8Isa::Avx2 | Int8Isa::Avx512Vnni => dense::Isa::Avx2,
         }
     }
 }
@@ -154,11 +154,11 @@ pub enum CpuQMatrix {
     /// Row-major, as `quant::QuantWeight` stores it.
     Plain(QuantWeight),
     /// INT8 repacked for the VNNI kernels (only built when the backend runs them).
-    Vnni(vnni::PackedI8),
+    Vnni(int8::vnni::PackedI8),
     /// INT4 repacked for the AVX-512 W4A16 kernel (where the CPU and the shape allow).
     Int4(int4::PackedI4),
     /// INT4 repacked for the AVX-512 BF16 W4A16 kernel (preferred where it runs).
-    Int4Bf16(int4_bf16::PackedI4Bf16),
+    Int4Bf16(int4::bf16::PackedI4Bf16),
 }
 
 /// Per-thread scratch for quantized activations, grown to the largest (rows × k) seen.
@@ -247,30 +247,30 @@ impl CpuBackend {
                 match qm {
                     CpuQMatrix::Plain(qw @ QuantWeight::Int4 { .. }) => {
                         grow(&mut sc.xf, m * k);
-                        int4_bf16::round_through_bf16(&x[..m * k], &mut sc.xf);
-                        gemm::matmul_decoded(isa, out, &sc.xf, m, n, k, &|j, r, buf| {
+                        int4::bf16::round_through_bf16(&x[..m * k], &mut sc.xf);
+                        dense::matmul_decoded(isa, out, &sc.xf, m, n, k, &|j, r, buf| {
                             qw.decode_rows(k, j, r, buf)
                         })
                     }
                     CpuQMatrix::Plain(qw) => {
-                        gemm::matmul_decoded(isa, out, x, m, n, k, &|j, r, buf| {
+                        dense::matmul_decoded(isa, out, x, m, n, k, &|j, r, buf| {
                             qw.decode_rows(k, j, r, buf)
                         })
                     }
                     CpuQMatrix::Vnni(p) => {
-                        gemm::matmul_decoded(isa, out, x, m, n, k, &|j, r, buf| {
+                        dense::matmul_decoded(isa, out, x, m, n, k, &|j, r, buf| {
                             p.decode_rows(j, r, buf)
                         })
                     }
                     CpuQMatrix::Int4(p) => {
                         grow(&mut sc.xf, m * k);
-                        int4_bf16::round_through_bf16(&x[..m * k], &mut sc.xf);
+                        int4::bf16::round_through_bf16(&x[..m * k], &mut sc.xf);
                         int4::gemm(out, &sc.xf, m, p)
                     }
                     CpuQMatrix::Int4Bf16(p) => {
                         grow(&mut sc.xb, m * k);
-                        int4_bf16::round_to_bf16(&x[..m * k], &mut sc.xb);
-                        int4_bf16::gemm(out, &sc.xb, m, p)
+                        int4::bf16::round_to_bf16(&x[..m * k], &mut sc.xb);
+                        int4::bf16::gemm(out, &sc.xb, m, p)
                     }
                 }
             });
@@ -280,7 +280,7 @@ impl CpuBackend {
         let qw = match qm {
             CpuQMatrix::Vnni(p) => {
                 return self.with_int8_act(w, x, m, phase, |sc| {
-                    vnni::gemm(out, &sc.q, &sc.scale, &sc.zp, p, bias, m)
+                    int8::vnni::gemm(out, &sc.q, &sc.scale, &sc.zp, p, bias, m)
                 })
             }
             CpuQMatrix::Int4(_) | CpuQMatrix::Int4Bf16(_) => return Err(int4_needs_weight_only(w)),
@@ -289,7 +289,7 @@ impl CpuBackend {
         match qw {
             QuantWeight::Int8 { q, scale, colsum } => {
                 self.with_int8_act(w, x, m, phase, |sc| {
-                    qgemm::gemm_i8_f32(
+                    int8::gemm_i8_f32(
                         isa, out, &sc.q, &sc.scale, &sc.zp, q, scale, colsum, bias, m, n, k,
                     )
                 })?;
@@ -308,7 +308,7 @@ impl CpuBackend {
                     grow(&mut sc.xf, m * k);
                     grow(&mut sc.scale, m);
                     quant::quantize_rows_fp8(x, m, k, fixed, &mut sc.xf, &mut sc.scale);
-                    gemm::matmul_decoded(isa, out, &sc.xf, m, n, k, &|j, r, buf| {
+                    dense::matmul_decoded(isa, out, &sc.xf, m, n, k, &|j, r, buf| {
                         for (jj, row) in buf.chunks_exact_mut(k).take(r).enumerate() {
                             let src = &codes[(j + jj) * k..(j + jj + 1) * k];
                             row.iter_mut()
@@ -353,7 +353,7 @@ fn quantize_act_i8(
     const ROWS: usize = 16;
     let (q, scale, zp) = (&mut sc.q[..m * k], &mut sc.scale[..m], &mut sc.zp[..m]);
     if m < 2 * ROWS {
-        actq::quantize_rows_i8(x, m, k, symmetric, fixed, q, scale, zp);
+        act_quant::quantize_rows_i8(x, m, k, symmetric, fixed, q, scale, zp);
         return;
     }
     q.par_chunks_mut(ROWS * k)
@@ -361,7 +361,7 @@ fn quantize_act_i8(
         .zip(zp.par_chunks_mut(ROWS))
         .zip(x[..m * k].par_chunks(ROWS * k))
         .for_each(|(((q, s), z), x)| {
-            actq::quantize_rows_i8(x, s.len(), k, symmetric, fixed, q, s, z)
+            act_quant::quantize_rows_i8(x, s.len(), k, symmetric, fixed, q, s, z)
         });
 }
 
@@ -383,32 +383,15 @@ fn check_len(what: impl std::fmt::Display, have: usize, need: usize) -> Result<(
     Ok(())
 }
 
-/// Softmax in place, max-subtracted.
-fn softmax(x: &mut [f32]) {
-    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let sum = vmath::exp_shifted_sum(x, max);
-    let inv = 1.0 / sum;
-    x.iter_mut().for_each(|v| *v *= inv);
-}
-
-/// One RMSNorm row: out = x * rsqrt(mean(x²) + eps) * w.
-fn rms_norm_row(out: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
-    let ss = gemm::dot(x, x);
-    let scale = 1.0 / (ss / x.len() as f32 + eps).sqrt();
-    for ((o, &v), &g) in out.iter_mut().zip(x).zip(w) {
-        *o = v * scale * g;
-    }
-}
-
 impl DeviceMemory for CpuBackend {
     type Buf = Vec<f32>;
     type Matrix = CpuMatrix;
     type QMatrix = CpuQMatrix;
 
     fn describe(&self) -> String {
-        let dense = if panel::available() {
+        let dense = if dense::panels::available() {
             "avx512"
-        } else if gemm::has_avx2() {
+        } else if dense::has_avx2() {
             "avx2+fma+f16c"
         } else {
             "portable"
@@ -446,12 +429,16 @@ impl DeviceMemory for CpuBackend {
                 t.shape
             )));
         };
-        let packed = panel::available();
+        let packed = dense::panels::available();
         let data = match t.to_dtype(dtype).data {
-            HostData::F32(v) if packed => MatrixData::PanelF32(panel::Panels::pack(&v, rows, cols)),
-            HostData::F16(v) if packed => MatrixData::PanelF16(panel::Panels::pack(&v, rows, cols)),
+            HostData::F32(v) if packed => {
+                MatrixData::PanelF32(dense::panels::Panels::pack(&v, rows, cols))
+            }
+            HostData::F16(v) if packed => {
+                MatrixData::PanelF16(dense::panels::Panels::pack(&v, rows, cols))
+            }
             HostData::BF16(v) if packed => {
-                MatrixData::PanelBF16(panel::Panels::pack(&v, rows, cols))
+                MatrixData::PanelBF16(dense::panels::Panels::pack(&v, rows, cols))
             }
             HostData::F32(v) => MatrixData::F32(v),
             HostData::F16(v) => MatrixData::F16(v),
@@ -486,12 +473,12 @@ impl DeviceMemory for CpuBackend {
         }
         Ok(match w {
             QuantWeight::Int8 { q, scale, colsum }
-                if self.int8 == Int8Isa::Avx512Vnni && cols <= vnni::MAX_K =>
+                if self.int8 == Int8Isa::Avx512Vnni && cols <= int8::vnni::MAX_K =>
             {
-                CpuQMatrix::Vnni(vnni::PackedI8::pack(q, scale, colsum, rows, cols))
+                CpuQMatrix::Vnni(int8::vnni::PackedI8::pack(q, scale, colsum, rows, cols))
             }
             QuantWeight::Int4 { .. } => {
-                if let Some(p) = int4_bf16::PackedI4Bf16::pack(w, rows, cols) {
+                if let Some(p) = int4::bf16::PackedI4Bf16::pack(w, rows, cols) {
                     CpuQMatrix::Int4Bf16(p)
                 } else if let Some(p) = int4::PackedI4::pack(w, rows, cols) {
                     CpuQMatrix::Int4(p)
@@ -536,9 +523,9 @@ impl Ops for CpuBackend {
         if rows > 1 {
             out.par_chunks_mut(dim)
                 .zip(x.par_chunks(dim))
-                .for_each(|(o, xr)| rms_norm_row(o, xr, weight, eps));
+                .for_each(|(o, xr)| norm::rms_norm_row(o, xr, weight, eps));
         } else {
-            rms_norm_row(out, x, weight, eps);
+            norm::rms_norm_row(out, x, weight, eps);
         }
         Ok(())
     }
@@ -580,12 +567,12 @@ impl Ops for CpuBackend {
         check_len(format_args!("{} x", w.name), x.len(), rows * k)?;
         match &w.weight {
             LinearWeight::Dense(m) => match &m.data {
-                MatrixData::F32(v) => gemm::matmul(out, x, v, rows, n, k),
-                MatrixData::F16(v) => gemm::matmul(out, x, v, rows, n, k),
-                MatrixData::BF16(v) => gemm::matmul(out, x, v, rows, n, k),
-                MatrixData::PanelF32(p) => panel::matmul(out, x, rows, p),
-                MatrixData::PanelF16(p) => panel::matmul(out, x, rows, p),
-                MatrixData::PanelBF16(p) => panel::matmul(out, x, rows, p),
+                MatrixData::F32(v) => dense::matmul(out, x, v, rows, n, k),
+                MatrixData::F16(v) => dense::matmul(out, x, v, rows, n, k),
+                MatrixData::BF16(v) => dense::matmul(out, x, v, rows, n, k),
+                MatrixData::PanelF32(p) => dense::panels::matmul(out, x, rows, p),
+                MatrixData::PanelF16(p) => dense::panels::matmul(out, x, rows, p),
+                MatrixData::PanelBF16(p) => dense::panels::matmul(out, x, rows, p),
             },
             LinearWeight::Quant(q) => return self.quant_linear(out, x, w, q, rows, phase),
         }
@@ -652,80 +639,7 @@ impl Ops for CpuBackend {
     }
 
     fn attention(&self, a: AttentionArgs<'_, CpuBackend>) -> Result<()> {
-        let (hd, nh, nkv) = (a.head_dim, a.n_heads, a.n_kv_heads);
-        let (qd, kvd, bs) = (nh * hd, nkv * hd, a.block_size);
-        if nkv == 0 || nh % nkv != 0 {
-            return Err(Error::InvalidArgument(format!(
-                "attention: {nh} query heads are not a multiple of {nkv} kv heads"
-            )));
-        }
-        let batch_rows = a.q.len().min(a.out.len()) / qd.max(1);
-        let n_blocks = a.k_cache.len().min(a.v_cache.len()) / (bs * kvd).max(1);
-        for sq in a.seqs {
-            sq.check(bs, n_blocks, a.max_seq, batch_rows)?;
-        }
-        check_len(
-            "attention scratch",
-            a.scratch.len(),
-            nh * ATTN_ROWS * a.max_seq,
-        )?;
-        let group = nh / nkv;
-        let scale = 1.0 / (hd as f32).sqrt();
-        let (q, kc, vc) = (&a.q[..], &a.k_cache[..], &a.v_cache[..]);
-        let out = SendPtr(a.out.as_mut_ptr());
-        let (seqs, max_seq) = (a.seqs, a.max_seq);
-        let isa = gemm::Isa::detect();
-        // One task per head; each owns ATTN_ROWS score rows of max_seq. Query rows go in
-        // blocks: Q·Kᵀ as strided tile products, one per KV block (each score reduced in
-        // `dot`'s order, so a row's scores depend neither on its query block nor on the block
-        // table), then softmax and P·V row by row in key order.
-        a.scratch
-            .par_chunks_mut(ATTN_ROWS * max_seq)
-            .take(nh)
-            .enumerate()
-            .for_each(|(h, scores)| {
-                let g = h / group;
-                for sq in seqs {
-                    let mut r0 = 0;
-                    while r0 < sq.rows {
-                        let rb = ATTN_ROWS.min(sq.rows - r0);
-                        let n_max = sq.start_pos + r0 + rb; // keys seen by the block's last row
-                        let qrow = &q[(sq.row0 + r0) * qd + h * hd..];
-                        for (b, &blk) in sq.blocks.iter().enumerate().take(n_max.div_ceil(bs)) {
-                            let j0 = b * bs;
-                            gemm::matmul_strided(
-                                isa,
-                                &mut scores[j0..],
-                                max_seq,
-                                qrow,
-                                qd,
-                                &kc[blk as usize * bs * kvd + g * hd..],
-                                kvd,
-                                rb,
-                                bs.min(n_max - j0),
-                                hd,
-                            );
-                        }
-                        for rr in 0..rb {
-                            let r = sq.row0 + r0 + rr;
-                            let keys = sq.start_pos + r0 + rr + 1;
-                            let s = &mut scores[rr * max_seq..rr * max_seq + keys];
-                            s.iter_mut().for_each(|v| *v *= scale);
-                            softmax(s);
-                            let p = out;
-                            // SAFETY: head h of row r is written by this task only (tasks are
-                            // per head, sequences own disjoint rows), and
-                            // r * qd + (h + 1) * hd <= batch_rows * qd, checked above.
-                            let o = unsafe {
-                                std::slice::from_raw_parts_mut(p.0.add(r * qd + h * hd), hd)
-                            };
-                            gemm::weighted_rows_paged(isa, o, s, &vc[g * hd..], kvd, sq.blocks, bs);
-                        }
-                        r0 += rb;
-                    }
-                }
-            });
-        Ok(())
+        attention::paged_attention(a)
     }
 
     fn silu_mul(&self, gate: &mut Vec<f32>, up: &Vec<f32>, len: usize) -> Result<()> {

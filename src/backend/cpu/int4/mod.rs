@@ -1,4 +1,4 @@
-//! W4A16 on the CPU: INT4 group-quantized weights (offset-binary nibbles, value
+//! W4A16 on the CPU (`bf16` is the AVX-512 BF16 variant): INT4 group-quantized weights (offset-binary nibbles, value
 //! (q − 8 − zero) · scale, as GPTQ / compressed-tensors `pack_quantized` store them).
 //!
 //! `gemm` (AVX-512, groups and k multiples of 32, weights repacked at load into `PackedI4`)
@@ -8,9 +8,11 @@
 //! batch 1 that is what makes W4A16 bandwidth-bound instead of decode-bound. Its reduction order
 //! per token (16 lanes over k, then a lane sum) does not depend on the tile shape or on how many
 //! tokens share the call, so a prompt gives the same logits batched or alone. Other shapes and
-//! CPUs decode rows with `QuantWeight::decode_rows` into `gemm::matmul_decoded`.
+//! CPUs decode rows with `QuantWeight::decode_rows` into `dense::matmul_decoded`.
 
-use super::gemm::{for_each_column_chunk, SendPtr};
+pub mod bf16;
+
+use crate::backend::cpu::dense::{for_each_column_chunk, SendPtr};
 use crate::quant::QuantWeight;
 
 /// Whether the AVX-512 kernel runs here.

@@ -6,9 +6,9 @@
 //!
 //! Every (token, row) accumulates in 16 lanes over k (a masked load for the activation's tail)
 //! and ends with one `_mm512_reduce_add_ps`, whatever the tile's token count, so a token's
-//! output is bit-identical batched or alone (the property `gemm.rs` keeps for its own tiles).
+//! output is bit-identical batched or alone (the property `dense` keeps for its own tiles).
 
-use super::gemm::{for_each_column_chunk, has_avx512, SendPtr, WElem};
+use super::{for_each_column_chunk, has_avx512, SendPtr, WElem};
 
 /// Weight rows per panel.
 pub const PR: usize = 8;
@@ -94,7 +94,7 @@ pub fn matmul<W: WElem>(out: &mut [f32], x: &[f32], m: usize, w: &Panels<W>) {
 #[cfg(target_arch = "x86_64")]
 mod imp {
     use super::{Panels, KS, MC, MR, PR};
-    use crate::backend::cpu::gemm::WElem;
+    use crate::backend::cpu::dense::WElem;
     use std::arch::x86_64::*;
 
     /// Panels p0..p1 (output columns below n_end) against every token.

@@ -12,8 +12,8 @@
 //! (token, row) does not depend on the tile or on which tokens share the call, so a prompt
 //! gives the same logits batched or alone.
 
-use super::gemm::{for_each_column_chunk, SendPtr};
-use super::int4::Int4View;
+use super::Int4View;
+use crate::backend::cpu::dense::{for_each_column_chunk, SendPtr};
 use crate::quant::QuantWeight;
 
 /// Rows per panel and per micro-tile: one 64-value block of 4 rows is two cache lines.
@@ -128,7 +128,7 @@ impl PackedI4Bf16 {
             group,
             groups,
         } = Int4View::of(w, n, k, BLOCK)?;
-        let nib = |row: usize, t: usize| super::int4::nibble(packed, k, row, t);
+        let nib = |row: usize, t: usize| super::nibble(packed, k, row, t);
         let rows = n.div_ceil(PANEL) * PANEL;
         let blocks = k / BLOCK;
         let mut data = vec![0u8; rows * k / 2];

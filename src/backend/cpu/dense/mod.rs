@@ -1,5 +1,6 @@
 //! CPU dense matmul `out (m, n) = x (m, k) · Wᵀ` with W `(n, k)` stored as f32, f16 or bf16,
-//! and the f32 dot product the attention uses. Register-tiled micro-kernels (MR tokens × NR
+//! and the f32 dot product the attention and the norm use; `panels` is the AVX-512 variant on
+//! weights repacked at load. Register-tiled micro-kernels (MR tokens × NR
 //! weight rows, 8-lane accumulators) selected at run time: AVX2+FMA+F16C when the CPU has them,
 //! a portable lane-array version otherwise. Every output element is reduced in the same order
 //! whatever the tile it falls in, so a prompt's logits are bit-identical whether it is run as
@@ -7,6 +8,8 @@
 //!
 //! Parallelism: the n weight rows are split into contiguous chunks, one rayon task each; every
 //! task streams its slice of W once per block of MC tokens (x stays hot in L2).
+
+pub mod panels;
 
 use half::{bf16, f16};
 use rayon::prelude::*;
@@ -129,7 +132,7 @@ impl Isa {
     }
 }
 
-/// Whether the AVX-512 panel kernels (`panel.rs`) can run here.
+/// Whether the AVX-512 panel kernels (`panels`) can run here.
 pub fn has_avx512() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
@@ -159,7 +162,7 @@ pub fn has_avx2() -> bool {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod avx2 {
+pub(crate) mod avx2 {
     use super::WElem;
     use std::arch::x86_64::*;
 
@@ -357,7 +360,7 @@ pub(crate) fn for_each_column_chunk(
 /// x holds m rows of k at stride ldx, w rows 0..n1 of k at stride ldw, out m rows of n1 at
 /// stride ldo.
 #[allow(clippy::too_many_arguments)]
-unsafe fn block<W: WElem>(
+pub(crate) unsafe fn block<W: WElem>(
     isa: Isa,
     x: &[f32],
     ldx: usize,
@@ -569,95 +572,4 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
         portable::tile::<1, 1, f32>(a.as_ptr(), k, b.as_ptr(), k, k, &mut out, 1);
     }
     out
-}
-
-/// out[i · ldo + j] = dot(x row i, w row j) for i < m, j < n on the calling thread, operands at
-/// any row stride (attention's Q·Kᵀ over heads inside token rows). Each element is reduced in
-/// `dot`'s order, whatever tile it falls in. Panics if `isa` is AVX2 on a CPU without it.
-#[allow(clippy::too_many_arguments)]
-pub fn matmul_strided(
-    isa: Isa,
-    out: &mut [f32],
-    ldo: usize,
-    x: &[f32],
-    ldx: usize,
-    w: &[f32],
-    ldw: usize,
-    m: usize,
-    n: usize,
-    k: usize,
-) {
-    if m == 0 || n == 0 {
-        return;
-    }
-    assert!(
-        out.len() >= (m - 1) * ldo + n
-            && x.len() >= (m - 1) * ldx + k
-            && w.len() >= (n - 1) * ldw + k,
-        "matmul_strided: operands too small"
-    );
-    assert!(
-        isa == Isa::Portable || has_avx2(),
-        "AVX2 kernels requested on a CPU without AVX2"
-    );
-    // SAFETY: x, w and out hold the rows and strides asserted above; AVX2 checked.
-    unsafe { block(isa, x, ldx, w, ldw, m, k, 0, n, out.as_mut_ptr(), ldo) }
-}
-
-/// o (d) = Σ_j p[j] · v[j · ldv .. j · ldv + d] (attention's P·V for one query row), each
-/// element accumulated in key order, so the result does not depend on other rows. Panics if
-/// `isa` is AVX2 on a CPU without it.
-pub fn weighted_rows(isa: Isa, o: &mut [f32], p: &[f32], v: &[f32], ldv: usize) {
-    weighted_rows_paged(isa, o, p, v, ldv, &[0], p.len().max(1));
-}
-
-/// [`weighted_rows`] over a paged cache: row j is v[(blocks[j / bs] · bs + j % bs) · ldv ..]
-/// (a vLLM-style block table). The accumulation order is the key order whatever the blocks, so
-/// the result equals the contiguous one bit for bit. Panics if a block lies outside `v` or the
-/// table is too short for p.len() keys.
-pub fn weighted_rows_paged(
-    isa: Isa,
-    o: &mut [f32],
-    p: &[f32],
-    v: &[f32],
-    ldv: usize,
-    blocks: &[u32],
-    bs: usize,
-) {
-    let d = o.len();
-    if p.is_empty() {
-        o.fill(0.0);
-        return;
-    }
-    assert!(
-        bs > 0 && blocks.len() * bs >= p.len(),
-        "weighted_rows: block table too short"
-    );
-    for (b, &blk) in blocks.iter().enumerate().take(p.len().div_ceil(bs)) {
-        let rows = bs.min(p.len() - b * bs);
-        assert!(
-            v.len() >= (blk as usize * bs + rows - 1) * ldv + d,
-            "weighted_rows: block {blk} outside v"
-        );
-    }
-    assert!(
-        isa == Isa::Portable || has_avx2(),
-        "AVX2 kernels requested on a CPU without AVX2"
-    );
-    #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx2 {
-        // SAFETY: AVX2+FMA detected; every row j < p.len() of every used block holds d values
-        // (asserted above).
-        unsafe { avx2::weighted_rows(o, p, v.as_ptr(), ldv, blocks, bs) };
-        return;
-    }
-    o.fill(0.0);
-    for (pb, &blk) in p.chunks(bs).zip(blocks) {
-        let base = blk as usize * bs * ldv;
-        for (j, &pj) in pb.iter().enumerate() {
-            o.iter_mut()
-                .zip(&v[base + j * ldv..base + j * ldv + d])
-                .for_each(|(o, x)| *o += pj * x);
-        }
-    }
 }

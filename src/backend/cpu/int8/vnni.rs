@@ -9,7 +9,7 @@
 //! correction, y = s_a · s_w · (acc − (z_a + 128) · colsum) + b, which is exactly the integer the
 //! AVX2 / portable paths feed the same float expression, so all paths give bit-identical output.
 
-use super::gemm::{for_each_column_chunk, SendPtr};
+use crate::backend::cpu::dense::{for_each_column_chunk, SendPtr};
 
 /// Output columns per packed block (one zmm of int32).
 pub const NB: usize = 16;

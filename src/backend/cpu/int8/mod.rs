@@ -2,9 +2,12 @@
 //! exact int32 accumulation, and a per-element epilogue (the dequantizing scale product, the
 //! asymmetric zero-point correction, bias). AVX2 path: sign-extend 16 int8 lanes to int16 and
 //! `vpmaddwd` pairs into 8 int32 lanes (exact: |pair sum| <= 2 * 128 * 127); portable path in
-//! plain i32 arithmetic. Parallel over weight rows like `gemm::matmul`.
+//! plain i32 arithmetic. Parallel over weight rows like `dense::matmul`. `vnni` is the AVX-512 VNNI variant on
+//! weights repacked at load; `Int8Isa` picks among the three.
 
-use super::gemm::{for_each_column_chunk, has_avx2, Isa, SendPtr};
+pub mod vnni;
+
+use super::dense::{for_each_column_chunk, has_avx2, Isa, SendPtr};
 
 const MR: usize = 4;
 const NR: usize = 3;

@@ -1,0 +1,187 @@
+//! CPU attention: causal grouped-query attention over a paged KV cache (vLLM's block tables),
+//! one rayon task per head. Q·Kᵀ runs as strided tile products in the dense kernels' reduction
+//! order (`dense::dot`'s), softmax row by row, P·V in key order across blocks, so a row's
+//! output depends neither on its batch-mates nor on the block size or table (bit for bit).
+
+use super::dense::{self, Isa, SendPtr};
+use super::{check_len, CpuBackend};
+use crate::backend::{AttentionArgs, ATTN_ROWS};
+use crate::error::{Error, Result};
+use rayon::prelude::*;
+
+/// `Ops::attention` on the CPU: causal GQA attention of each sequence's new rows over its
+/// paged cache.
+pub fn paged_attention(a: AttentionArgs<'_, CpuBackend>) -> Result<()> {
+    let (hd, nh, nkv) = (a.head_dim, a.n_heads, a.n_kv_heads);
+    let (qd, kvd, bs) = (nh * hd, nkv * hd, a.block_size);
+    if nkv == 0 || nh % nkv != 0 {
+        return Err(Error::InvalidArgument(format!(
+            "attention: {nh} query heads are not a multiple of {nkv} kv heads"
+        )));
+    }
+    let batch_rows = a.q.len().min(a.out.len()) / qd.max(1);
+    let n_blocks = a.k_cache.len().min(a.v_cache.len()) / (bs * kvd).max(1);
+    for sq in a.seqs {
+        sq.check(bs, n_blocks, a.max_seq, batch_rows)?;
+    }
+    check_len(
+        "attention scratch",
+        a.scratch.len(),
+        nh * ATTN_ROWS * a.max_seq,
+    )?;
+    let group = nh / nkv;
+    let scale = 1.0 / (hd as f32).sqrt();
+    let (q, kc, vc) = (&a.q[..], &a.k_cache[..], &a.v_cache[..]);
+    let out = SendPtr(a.out.as_mut_ptr());
+    let (seqs, max_seq) = (a.seqs, a.max_seq);
+    let isa = Isa::detect();
+    // One task per head; each owns ATTN_ROWS score rows of max_seq. Query rows go in
+    // blocks: Q·Kᵀ as strided tile products, one per KV block (each score reduced in
+    // `dot`'s order, so a row's scores depend neither on its query block nor on the block
+    // table), then softmax and P·V row by row in key order.
+    a.scratch
+        .par_chunks_mut(ATTN_ROWS * max_seq)
+        .take(nh)
+        .enumerate()
+        .for_each(|(h, scores)| {
+            let g = h / group;
+            for sq in seqs {
+                let mut r0 = 0;
+                while r0 < sq.rows {
+                    let rb = ATTN_ROWS.min(sq.rows - r0);
+                    let n_max = sq.start_pos + r0 + rb; // keys seen by the block's last row
+                    let qrow = &q[(sq.row0 + r0) * qd + h * hd..];
+                    for (b, &blk) in sq.blocks.iter().enumerate().take(n_max.div_ceil(bs)) {
+                        let j0 = b * bs;
+                        matmul_strided(
+                            isa,
+                            &mut scores[j0..],
+                            max_seq,
+                            qrow,
+                            qd,
+                            &kc[blk as usize * bs * kvd + g * hd..],
+                            kvd,
+                            rb,
+                            bs.min(n_max - j0),
+                            hd,
+                        );
+                    }
+                    for rr in 0..rb {
+                        let r = sq.row0 + r0 + rr;
+                        let keys = sq.start_pos + r0 + rr + 1;
+                        let s = &mut scores[rr * max_seq..rr * max_seq + keys];
+                        s.iter_mut().for_each(|v| *v *= scale);
+                        softmax(s);
+                        let p = out;
+                        // SAFETY: head h of row r is written by this task only (tasks are
+                        // per head, sequences own disjoint rows), and
+                        // r * qd + (h + 1) * hd <= batch_rows * qd, checked above.
+                        let o =
+                            unsafe { std::slice::from_raw_parts_mut(p.0.add(r * qd + h * hd), hd) };
+                        weighted_rows_paged(isa, o, s, &vc[g * hd..], kvd, sq.blocks, bs);
+                    }
+                    r0 += rb;
+                }
+            }
+        });
+    Ok(())
+}
+
+/// Softmax in place, max-subtracted.
+fn softmax(x: &mut [f32]) {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum = super::vmath::exp_shifted_sum(x, max);
+    let inv = 1.0 / sum;
+    x.iter_mut().for_each(|v| *v *= inv);
+}
+
+/// out[i · ldo + j] = dot(x row i, w row j) for i < m, j < n on the calling thread, operands at
+/// any row stride (attention's Q·Kᵀ over heads inside token rows). Each element is reduced in
+/// `dot`'s order, whatever tile it falls in. Panics if `isa` is AVX2 on a CPU without it.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_strided(
+    isa: Isa,
+    out: &mut [f32],
+    ldo: usize,
+    x: &[f32],
+    ldx: usize,
+    w: &[f32],
+    ldw: usize,
+    m: usize,
+    n: usize,
+    k: usize,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(
+        out.len() >= (m - 1) * ldo + n
+            && x.len() >= (m - 1) * ldx + k
+            && w.len() >= (n - 1) * ldw + k,
+        "matmul_strided: operands too small"
+    );
+    assert!(
+        isa == Isa::Portable || dense::has_avx2(),
+        "AVX2 kernels requested on a CPU without AVX2"
+    );
+    // SAFETY: x, w and out hold the rows and strides asserted above; AVX2 checked.
+    unsafe { dense::block(isa, x, ldx, w, ldw, m, k, 0, n, out.as_mut_ptr(), ldo) }
+}
+
+/// o (d) = Σ_j p[j] · v[j · ldv .. j · ldv + d] (attention's P·V for one query row), each
+/// element accumulated in key order, so the result does not depend on other rows. Panics if
+/// `isa` is AVX2 on a CPU without it.
+pub fn weighted_rows(isa: Isa, o: &mut [f32], p: &[f32], v: &[f32], ldv: usize) {
+    weighted_rows_paged(isa, o, p, v, ldv, &[0], p.len().max(1));
+}
+
+/// [`weighted_rows`] over a paged cache: row j is v[(blocks[j / bs] · bs + j % bs) · ldv ..]
+/// (a vLLM-style block table). The accumulation order is the key order whatever the blocks, so
+/// the result equals the contiguous one bit for bit. Panics if a block lies outside `v` or the
+/// table is too short for p.len() keys.
+pub fn weighted_rows_paged(
+    isa: Isa,
+    o: &mut [f32],
+    p: &[f32],
+    v: &[f32],
+    ldv: usize,
+    blocks: &[u32],
+    bs: usize,
+) {
+    let d = o.len();
+    if p.is_empty() {
+        o.fill(0.0);
+        return;
+    }
+    assert!(
+        bs > 0 && blocks.len() * bs >= p.len(),
+        "weighted_rows: block table too short"
+    );
+    for (b, &blk) in blocks.iter().enumerate().take(p.len().div_ceil(bs)) {
+        let rows = bs.min(p.len() - b * bs);
+        assert!(
+            v.len() >= (blk as usize * bs + rows - 1) * ldv + d,
+            "weighted_rows: block {blk} outside v"
+        );
+    }
+    assert!(
+        isa == Isa::Portable || dense::has_avx2(),
+        "AVX2 kernels requested on a CPU without AVX2"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx2 {
+        // SAFETY: AVX2+FMA detected; every row j < p.len() of every used block holds d values
+        // (asserted above).
+        unsafe { dense::avx2::weighted_rows(o, p, v.as_ptr(), ldv, blocks, bs) };
+        return;
+    }
+    o.fill(0.0);
+    for (pb, &blk) in p.chunks(bs).zip(blocks) {
+        let base = blk as usize * bs * ldv;
+        for (j, &pj) in pb.iter().enumerate() {
+            o.iter_mut()
+                .zip(&v[base + j * ldv..base + j * ldv + d])
+                .for_each(|(o, x)| *o += pj * x);
+        }
+    }
+}
