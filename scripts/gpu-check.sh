@@ -10,7 +10,7 @@
 #                                      GPU-vs-CPU kernel, quantized-linear, conv and whole-model
 #                                      tests (`--ignored`); logs and a markdown summary (date,
 #                                      device, commit, results) go to $OUT. `remote BIN...` runs
-#                                      only those test binaries (cuda_compile, cuda_kernels,
+#                                      only those test binaries (cuda_compile, op_table, cuda_kernels,
 #                                      cuda_quant, cuda_project, cuda_conv, cuda_model): the
 #                                      whole-model tests fit better in a call of their own
 #   then:                              run(command="bash scripts/gpu-check.sh bench", carry=[".gpu"])
@@ -50,7 +50,7 @@ build)
     cargo build --release -q --example "$e"
     cp "target/release/examples/$e" .gpu/
   done
-  for t in cuda_kernels cuda_quant cuda_project cuda_conv cuda_model cuda_compile; do
+  for t in op_table cuda_kernels cuda_quant cuda_project cuda_conv cuda_model cuda_compile; do
     bin=$(cargo test --release --no-run --test "$t" --message-format=json 2>/dev/null |
       python3 -c 'import json,sys
 for l in sys.stdin:
@@ -77,7 +77,7 @@ remote)
   shift
   # every GPU test binary by default; naming some splits a long check over two calls (each
   # call has 10 minutes)
-  tests=("${@:-cuda_compile cuda_kernels cuda_quant cuda_project cuda_conv cuda_model}")
+  tests=("${@:-cuda_compile op_table cuda_kernels cuda_quant cuda_project cuda_conv cuda_model}")
   logs=()
   for t in ${tests[*]}; do
     log="$OUT/${t#cuda_}.log"

@@ -4,36 +4,17 @@
 
 mod common;
 
-use common::randn;
+use common::{assert_close, randn};
 use ferroq::backend::cpu::attention;
 use ferroq::backend::cpu::dense::{self, Isa, WElem};
 use ferroq::backend::cpu::CpuBackend;
 use ferroq::backend::linear::{Linear, LinearWeight};
 use ferroq::backend::prelude::*;
-use ferroq::backend::KvSeq;
 use ferroq::engine::sampler::Rng;
 use ferroq::quant::Phase;
 use ferroq::tensor::{DType, HostTensor};
 use half::{bf16, f16};
 use std::sync::Arc;
-
-fn assert_close(what: &str, got: &[f32], want: &[f64], rtol: f64, atol: f64) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    let mut worst = (0.0f64, 0usize);
-    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-        let excess = (g as f64 - w).abs() - (atol + rtol * w.abs());
-        if excess > worst.0 {
-            worst = (excess, i);
-        }
-    }
-    assert!(
-        worst.0 <= 0.0,
-        "{what}: index {} got {} want {}",
-        worst.1,
-        got[worst.1],
-        want[worst.1]
-    );
-}
 
 fn naive_matmul(x: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> Vec<f64> {
     let mut out = vec![0.0; m * n];
@@ -191,42 +172,6 @@ fn matmul_rows_do_not_depend_on_batch() {
     }
 }
 
-#[test]
-fn linear_with_bias() {
-    let b = CpuBackend::new();
-    let mut rng = Rng::new(3);
-    let (m, n, k) = (5, 11, 19);
-    let w = randn(&mut rng, n * k, 1.0);
-    let bias = randn(&mut rng, n, 1.0);
-    let x = randn(&mut rng, m * k, 1.0);
-    let mat = b
-        .upload_matrix(
-            &HostTensor::from_f32(vec![n, k], w.clone()).expect("t"),
-            DType::F32,
-        )
-        .expect("m");
-    let lin = Linear {
-        name: "t".into(),
-        in_features: k,
-        out_features: n,
-        weight: LinearWeight::Dense(Arc::new(mat)),
-        bias: Some(bias.clone()),
-        act: ferroq::quant::ActSpec::NONE,
-    };
-    let mut out = vec![0.0; m * n];
-    b.linear(&mut out, &x, &lin, m, Phase::Prefill)
-        .expect("linear");
-    let mut want = naive_matmul(&x, &w, m, n, k);
-    want.iter_mut()
-        .enumerate()
-        .for_each(|(i, v)| *v += bias[i % n] as f64);
-    assert_close("linear", &out, &want, 1e-5, 1e-4);
-    // a too-small input is an error, not a crash
-    assert!(b
-        .linear(&mut out, &x[..k].to_vec(), &lin, m, Phase::Prefill)
-        .is_err());
-}
-
 /// `project` with the residual add and norm in front of two linears (the q/k/v shape of the
 /// forward pass): the residual written back, the normalized input and both outputs against
 /// f64; a linear whose in_features differ from the input is a named error.
@@ -318,130 +263,6 @@ fn project_norm_after_residual_then_linears() {
         )
         .expect_err("a width mismatch");
     assert!(e.to_string().contains("o: 39 input features"), "{e}");
-}
-
-#[test]
-fn rms_norm_rows() {
-    let b = CpuBackend::new();
-    let mut rng = Rng::new(4);
-    for (rows, dim) in [(1, 1), (1, 576), (7, 33)] {
-        let x = randn(&mut rng, rows * dim, 3.0);
-        let g = randn(&mut rng, dim, 1.0);
-        let mut out = vec![0.0; rows * dim];
-        b.rms_norm(&mut out, &x, &g, rows, dim, 1e-5).expect("norm");
-        let mut want = vec![0.0; rows * dim];
-        for r in 0..rows {
-            let xr = &x[r * dim..(r + 1) * dim];
-            let ms: f64 = xr.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / dim as f64;
-            for i in 0..dim {
-                want[r * dim + i] = xr[i] as f64 / (ms + 1e-5).sqrt() * g[i] as f64;
-            }
-        }
-        assert_close("rms_norm", &out, &want, 1e-5, 1e-6);
-    }
-}
-
-#[test]
-fn rope_rotate_half() {
-    let b = CpuBackend::new();
-    let mut rng = Rng::new(5);
-    let (rows, heads, hd, start) = (3, 5, 10, 4);
-    let half = hd / 2;
-    let max_pos = 16;
-    let inv: Vec<f64> = (0..half)
-        .map(|i| 1.0 / 10000f64.powf(2.0 * i as f64 / hd as f64))
-        .collect();
-    let cos: Vec<f32> = (0..max_pos)
-        .flat_map(|p| inv.iter().map(move |f| (p as f64 * f).cos() as f32))
-        .collect();
-    let sin: Vec<f32> = (0..max_pos)
-        .flat_map(|p| inv.iter().map(move |f| (p as f64 * f).sin() as f32))
-        .collect();
-    let x = randn(&mut rng, rows * heads * hd, 1.0);
-    let mut y = x.clone();
-    // two sequences in one batch: rows 0..1 at position 2, rows 1..rows at `start`
-    let seqs = [
-        KvSeq {
-            row0: 0,
-            rows: 1,
-            start_pos: 2,
-            blocks: &[],
-        },
-        KvSeq {
-            row0: 1,
-            rows: rows - 1,
-            start_pos: start,
-            blocks: &[],
-        },
-    ];
-    b.rope(&mut y, &cos, &sin, &seqs, heads, hd).expect("rope");
-    let mut want = vec![0.0; x.len()];
-    for r in 0..rows {
-        for h in 0..heads {
-            let base = (r * heads + h) * hd;
-            for i in 0..half {
-                let p = if r == 0 { 2 } else { start + r - 1 };
-                let a = p as f64 * inv[i];
-                let (x0, x1) = (x[base + i] as f64, x[base + i + half] as f64);
-                want[base + i] = x0 * a.cos() - x1 * a.sin();
-                want[base + i + half] = x1 * a.cos() + x0 * a.sin();
-            }
-        }
-    }
-    assert_close("rope", &y, &want, 1e-5, 1e-6);
-    let late = [KvSeq {
-        row0: 0,
-        rows,
-        start_pos: 14,
-        blocks: &[],
-    }];
-    assert!(
-        b.rope(&mut y, &cos, &sin, &late, heads, hd).is_err(),
-        "positions past the table are an error"
-    );
-}
-
-#[test]
-fn silu_mul_embed_add_copy() {
-    let b = CpuBackend::new();
-    let mut rng = Rng::new(7);
-    let n = 37;
-    let g = randn(&mut rng, n, 4.0);
-    let u = randn(&mut rng, n, 1.0);
-    let mut y = g.clone();
-    b.silu_mul(&mut y, &u, n).expect("silu");
-    let want: Vec<f64> = g
-        .iter()
-        .zip(&u)
-        .map(|(&g, &u)| g as f64 / (1.0 + (-g as f64).exp()) * u as f64)
-        .collect();
-    assert_close("silu_mul", &y, &want, 1e-6, 1e-7);
-
-    let table = randn(&mut rng, 5 * 3, 1.0);
-    for dt in [DType::F32, DType::F16, DType::BF16] {
-        let t = HostTensor::from_f32(vec![5, 3], table.clone()).expect("t");
-        let m = b.upload_matrix(&t, dt).expect("m");
-        let mut out = vec![0.0; 6];
-        b.embed(&mut out, &m, &[4, 0]).expect("embed");
-        let want: Vec<f64> = t.to_dtype(dt).to_f32_vec()[12..15]
-            .iter()
-            .chain(&t.to_dtype(dt).to_f32_vec()[0..3])
-            .map(|&v| v as f64)
-            .collect();
-        assert_close("embed", &out, &want, 0.0, 0.0);
-        assert!(matches!(
-            b.embed(&mut out, &m, &[5]),
-            Err(ferroq::Error::TokenOutOfRange { id: 5, vocab: 5 })
-        ));
-    }
-
-    let mut x = vec![1.0f32, 2.0, 3.0];
-    b.add_assign(&mut x, &vec![0.5, 0.5, 0.5], 3).expect("add");
-    assert_eq!(x, vec![1.5, 2.5, 3.5]);
-    let mut d = vec![0.0f32; 4];
-    b.copy(&mut d, 1, &x, 1, 2).expect("copy");
-    assert_eq!(d, vec![0.0, 2.5, 3.5, 0.0]);
-    assert!(b.copy(&mut d, 3, &x, 0, 2).is_err());
 }
 
 #[test]

@@ -35,15 +35,11 @@ fn down(g: &Gpu, d: &CudaSlice<f32>) -> Vec<f32> {
     g.stream.clone_dtoh(d).expect("download")
 }
 
+/// `common::assert_close` with an f32 reference (the CPU's result) and this file's argument
+/// order (atol before rtol).
 fn assert_close(what: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    for (i, (&a, &b)) in got.iter().zip(want).enumerate() {
-        // written as a `<=` that NaN fails
-        assert!(
-            (a - b).abs() <= atol + rtol * b.abs(),
-            "{what}: index {i}: gpu {a} cpu {b}"
-        );
-    }
+    let want: Vec<f64> = want.iter().map(|&v| v as f64).collect();
+    common::assert_close(what, got, &want, rtol as f64, atol as f64);
 }
 
 #[test]

@@ -151,25 +151,6 @@ fn reference_logits(
         .collect()
 }
 
-/// |a - b| <= atol + rtol * |b| for every element; reports the worst index.
-fn assert_close(got: &[f32], want: &[f64], rtol: f64, atol: f64) {
-    assert_eq!(got.len(), want.len());
-    let (mut worst, mut worst_i) = (0.0f64, 0);
-    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-        let excess = (g as f64 - w).abs() - (atol + rtol * w.abs());
-        if excess > worst {
-            worst = excess;
-            worst_i = i;
-        }
-    }
-    assert!(
-        worst <= 0.0,
-        "index {worst_i}: got {} want {} (excess {worst:e})",
-        got[worst_i],
-        want[worst_i]
-    );
-}
-
 const IDS: [u32; 11] = [3, 17, 0, 66, 5, 5, 42, 1, 2, 30, 64];
 
 fn load_tiny(
@@ -204,6 +185,7 @@ fn forward_matches_naive_reference() {
             .to_vec();
         for (t, row) in want.iter().enumerate() {
             assert_close(
+                "logits",
                 &got[t * c.vocab_size..(t + 1) * c.vocab_size],
                 row,
                 1e-4,
@@ -323,7 +305,7 @@ fn half_precision_weights_stay_close() {
         let got = mh.forward(&mut s, &IDS, Logits::Last).expect("fwd");
         let want64: Vec<f64> = want.iter().map(|&x| x as f64).collect();
         let tol = if dt == DType::F16 { 2e-2 } else { 1e-1 };
-        assert_close(got, &want64, tol, tol);
+        assert_close("logits", got, &want64, tol, tol);
     }
 }
 
@@ -519,7 +501,7 @@ fn sharded_checkpoint_and_missing_tensor() {
         .forward(&mut s, &IDS[..3], Logits::All)
         .expect("fwd")
         .to_vec();
-    assert_close(&got[2 * c.vocab_size..], &want[2], 1e-4, 1e-4);
+    assert_close("logits", &got[2 * c.vocab_size..], &want[2], 1e-4, 1e-4);
 
     // drop one tensor: the error names it
     std::fs::remove_file(dir.path().join("model.safetensors.index.json")).expect("rm");

@@ -138,6 +138,34 @@ pub fn f32_tensor(name: &str, dims: Vec<u64>, data: &[f32]) -> GgufTensor {
     }
 }
 
+/// The one closeness check of the suite: |got[i] − want[i]| ≤ atol + rtol·|want[i]| for
+/// every i (a NaN fails); the message names the worst element.
+pub fn assert_close(what: &str, got: &[f32], want: &[f64], rtol: f64, atol: f64) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let mut worst: Option<(f64, usize)> = None;
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let err = (g as f64 - w).abs();
+        // written so that a NaN on either side counts as a failure
+        let ok = err <= atol + rtol * w.abs();
+        let excess = if ok {
+            0.0
+        } else if err.is_nan() {
+            f64::INFINITY
+        } else {
+            err - (atol + rtol * w.abs())
+        };
+        if !ok && worst.is_none_or(|(e, _)| excess > e) {
+            worst = Some((excess, i));
+        }
+    }
+    if let Some((excess, i)) = worst {
+        panic!(
+            "{what}: index {i} got {} want {} (over the tolerance by {excess:e}; rtol {rtol:e}, atol {atol:e})",
+            got[i], want[i]
+        );
+    }
+}
+
 /// max |v|: the scale that value-scaled tolerances multiply.
 pub fn max_abs(v: &[f32]) -> f32 {
     v.iter().fold(0f32, |a, x| a.max(x.abs()))

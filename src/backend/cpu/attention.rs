@@ -11,7 +11,7 @@ use rayon::prelude::*;
 
 /// `Ops::attention` on the CPU: causal GQA attention of each sequence's new rows over its
 /// paged cache.
-pub fn paged_attention(a: AttentionArgs<'_, CpuBackend>) -> Result<()> {
+pub fn paged_attention(a: AttentionArgs<'_, CpuBackend>, isa: Isa, vector: bool) -> Result<()> {
     let (hd, nh, nkv) = (a.head_dim, a.n_heads, a.n_kv_heads);
     let (qd, kvd, bs) = (nh * hd, nkv * hd, a.block_size);
     if nkv == 0 || nh % nkv != 0 {
@@ -34,7 +34,6 @@ pub fn paged_attention(a: AttentionArgs<'_, CpuBackend>) -> Result<()> {
     let (q, kc, vc) = (&a.q[..], &a.k_cache[..], &a.v_cache[..]);
     let out = SendPtr(a.out.as_mut_ptr());
     let (seqs, max_seq) = (a.seqs, a.max_seq);
-    let isa = Isa::detect();
     // One task per head; each owns ATTN_ROWS score rows of max_seq. Query rows go in
     // blocks: Q·Kᵀ as strided tile products, one per KV block (each score reduced in
     // `dot`'s order, so a row's scores depend neither on its query block nor on the block
@@ -71,7 +70,7 @@ pub fn paged_attention(a: AttentionArgs<'_, CpuBackend>) -> Result<()> {
                         let keys = sq.start_pos + r0 + rr + 1;
                         let s = &mut scores[rr * max_seq..rr * max_seq + keys];
                         s.iter_mut().for_each(|v| *v *= scale);
-                        softmax(s);
+                        softmax(s, vector);
                         let p = out;
                         // SAFETY: head h of row r is written by this task only (tasks are
                         // per head, sequences own disjoint rows), and
@@ -88,9 +87,9 @@ pub fn paged_attention(a: AttentionArgs<'_, CpuBackend>) -> Result<()> {
 }
 
 /// Softmax in place, max-subtracted.
-fn softmax(x: &mut [f32]) {
+fn softmax(x: &mut [f32], vector: bool) {
     let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let sum = super::vmath::exp_shifted_sum(x, max);
+    let sum = super::vmath::exp_shifted_sum_on(x, max, vector);
     let inv = 1.0 / sum;
     x.iter_mut().for_each(|v| *v *= inv);
 }

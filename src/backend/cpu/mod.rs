@@ -117,15 +117,123 @@ impl Int8Isa {
     }
 }
 
+/// Which dense kernels run dense linears (and, as tiles, attention and decoded weights).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DenseIsa {
+    /// AVX-512 on weights repacked at load into panels (`dense::panels`).
+    Avx512Panels,
+    /// AVX2 + FMA + F16C tiles on row-major weights.
+    Avx2,
+    /// Plain Rust.
+    Portable,
+}
+
+impl DenseIsa {
+    /// Every variant this CPU can run, best first.
+    fn available() -> Vec<DenseIsa> {
+        let mut v = Vec::new();
+        if dense::panels::available() {
+            v.push(DenseIsa::Avx512Panels);
+        }
+        if dense::has_avx2() {
+            v.push(DenseIsa::Avx2);
+        }
+        v.push(DenseIsa::Portable);
+        v
+    }
+
+    /// The tile family for row-major operands (attention, decoded weights, unpacked matrices).
+    pub fn tiles(self) -> dense::Isa {
+        match self {
+            DenseIsa::Portable => dense::Isa::Portable,
+            DenseIsa::Avx512Panels | DenseIsa::Avx2 => dense::Isa::Avx2,
+        }
+    }
+}
+
+/// Which kernel runs W4A16 linears.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Int4Isa {
+    /// `vdpbf16ps` on BF16 activations (`int4::bf16`).
+    Avx512Bf16,
+    /// Nibbles decoded in AVX-512 registers against f32 activations (`int4`).
+    Avx512,
+    /// Rows decoded by `QuantWeight::decode_rows` into the dense tiles.
+    Decoded,
+}
+
+impl Int4Isa {
+    fn available() -> Vec<Int4Isa> {
+        let mut v = Vec::new();
+        if int4::bf16::available() {
+            v.push(Int4Isa::Avx512Bf16);
+        }
+        if int4::has_avx512() {
+            v.push(Int4Isa::Avx512);
+        }
+        v.push(Int4Isa::Decoded);
+        v
+    }
+}
+
+/// The kernel family each op of the CPU backend runs: the best the CPU has by default; tests
+/// force the slower ones to check every path against the reference.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CpuIsa {
+    pub dense: DenseIsa,
+    pub int8: Int8Isa,
+    pub int4: Int4Isa,
+    /// AVX-512 `exp` / SiLU (`vmath`) and the AVX-512 activation quantizer (`act_quant`).
+    pub vector: bool,
+}
+
+impl CpuIsa {
+    /// The best of each family on this CPU.
+    pub fn detect() -> CpuIsa {
+        CpuIsa::all_available()[0]
+    }
+
+    /// Configurations that together run every available variant of every family: the i-th
+    /// takes each family's i-th best variant (or its last), so the first is the best and the
+    /// last the portable one.
+    pub fn all_available() -> Vec<CpuIsa> {
+        let (d, i8s, i4) = (
+            DenseIsa::available(),
+            Int8Isa::all_available(),
+            Int4Isa::available(),
+        );
+        let mut i8s = i8s;
+        i8s.reverse(); // best first
+        let vec = if act_quant::available() && vmath::avx512() {
+            vec![true, false]
+        } else {
+            vec![false]
+        };
+        let n = d.len().max(i8s.len()).max(i4.len()).max(vec.len());
+        let pick = |i: usize, n: usize| i.min(n - 1);
+        (0..n)
+            .map(|i| CpuIsa {
+                dense: d[pick(i, d.len())],
+                int8: i8s[pick(i, i8s.len())],
+                int4: i4[pick(i, i4.len())],
+                vector: vec[pick(i, vec.len())],
+            })
+            .collect()
+    }
+}
+
 #[derive(Debug)]
 pub struct CpuBackend {
     pub counters: QuantCounters,
-    int8: Int8Isa,
+    isa: CpuIsa,
 }
 
 impl Default for CpuBackend {
     fn default() -> Self {
-        CpuBackend::with_int8_isa(Int8Isa::detect())
+        CpuBackend {
+            counters: QuantCounters::default(),
+            isa: CpuIsa::detect(),
+        }
     }
 }
 
@@ -141,10 +249,28 @@ impl CpuBackend {
             Int8Isa::all_available().contains(&isa),
             "{isa:?} int8 kernels requested on a CPU without them"
         );
+        CpuBackend::with_isa(CpuIsa {
+            int8: isa,
+            ..CpuIsa::detect()
+        })
+    }
+
+    /// A backend running the kernel families `isa` names. Panics if the CPU cannot run one.
+    pub fn with_isa(isa: CpuIsa) -> Self {
+        let ok = DenseIsa::available().contains(&isa.dense)
+            && Int8Isa::all_available().contains(&isa.int8)
+            && Int4Isa::available().contains(&isa.int4)
+            && (!isa.vector || (act_quant::available() && vmath::avx512()));
+        assert!(ok, "{isa:?} requested on a CPU without those kernels");
         CpuBackend {
             counters: QuantCounters::default(),
-            int8: isa,
+            isa,
         }
+    }
+
+    /// The kernel families this backend runs.
+    pub fn isa(&self) -> CpuIsa {
+        self.isa
     }
 }
 
@@ -221,7 +347,15 @@ impl CpuBackend {
         let fixed = self.act_params(&w.act, phase, m);
         SCRATCH.with(|sc| {
             let sc = &mut *sc.borrow_mut();
-            quantize_act_i8(sc, x, m, w.in_features, w.act.symmetric, fixed);
+            quantize_act_i8(
+                sc,
+                x,
+                m,
+                w.in_features,
+                w.act.symmetric,
+                fixed,
+                self.isa.vector,
+            );
             gemm(sc);
         });
         Ok(())
@@ -237,7 +371,7 @@ impl CpuBackend {
         phase: Phase,
     ) -> Result<()> {
         let (n, k) = (w.out_features, w.in_features);
-        let isa = self.int8.gemm_isa();
+        let isa = self.isa.dense.tiles();
         let bias = w.bias.as_deref();
         if w.act.policy == ActQuant::None {
             // W4A16's activations are BF16 on every path, so every CPU multiplies the same
@@ -290,7 +424,18 @@ impl CpuBackend {
             QuantWeight::Int8 { q, scale, colsum } => {
                 self.with_int8_act(w, x, m, phase, |sc| {
                     int8::gemm_i8_f32(
-                        isa, out, &sc.q, &sc.scale, &sc.zp, q, scale, colsum, bias, m, n, k,
+                        self.isa.int8.gemm_isa(),
+                        out,
+                        &sc.q,
+                        &sc.scale,
+                        &sc.zp,
+                        q,
+                        scale,
+                        colsum,
+                        bias,
+                        m,
+                        n,
+                        k,
                     )
                 })?;
             }
@@ -346,23 +491,27 @@ fn quantize_act_i8(
     k: usize,
     symmetric: bool,
     fixed: Option<(f32, i32)>,
+    vector: bool,
 ) {
     grow(&mut sc.q, m * k);
+    let quantize = if vector {
+        act_quant::quantize_rows_i8
+    } else {
+        quant::quantize_rows_i8
+    };
     grow(&mut sc.scale, m);
     grow(&mut sc.zp, m);
     const ROWS: usize = 16;
     let (q, scale, zp) = (&mut sc.q[..m * k], &mut sc.scale[..m], &mut sc.zp[..m]);
     if m < 2 * ROWS {
-        act_quant::quantize_rows_i8(x, m, k, symmetric, fixed, q, scale, zp);
+        quantize(x, m, k, symmetric, fixed, q, scale, zp);
         return;
     }
     q.par_chunks_mut(ROWS * k)
         .zip(scale.par_chunks_mut(ROWS))
         .zip(zp.par_chunks_mut(ROWS))
         .zip(x[..m * k].par_chunks(ROWS * k))
-        .for_each(|(((q, s), z), x)| {
-            act_quant::quantize_rows_i8(x, s.len(), k, symmetric, fixed, q, s, z)
-        });
+        .for_each(|(((q, s), z), x)| quantize(x, s.len(), k, symmetric, fixed, q, s, z));
 }
 
 fn add_bias(out: &mut [f32], bias: Option<&[f32]>, m: usize, n: usize) {
@@ -389,14 +538,12 @@ impl DeviceMemory for CpuBackend {
     type QMatrix = CpuQMatrix;
 
     fn describe(&self) -> String {
-        let dense = if dense::panels::available() {
-            "avx512"
-        } else if dense::has_avx2() {
-            "avx2+fma+f16c"
-        } else {
-            "portable"
+        let dense = match self.isa.dense {
+            DenseIsa::Avx512Panels => "avx512",
+            DenseIsa::Avx2 => "avx2+fma+f16c",
+            DenseIsa::Portable => "portable",
         };
-        let isa = match self.int8 {
+        let isa = match self.isa.int8 {
             Int8Isa::Avx512Vnni => format!("{dense}, int8 avx512-vnni"),
             Int8Isa::Avx2 => format!("{dense}, int8 avx2"),
             Int8Isa::Portable => format!("{dense}, int8 portable"),
@@ -429,7 +576,7 @@ impl DeviceMemory for CpuBackend {
                 t.shape
             )));
         };
-        let packed = dense::panels::available();
+        let packed = self.isa.dense == DenseIsa::Avx512Panels;
         let data = match t.to_dtype(dtype).data {
             HostData::F32(v) if packed => {
                 MatrixData::PanelF32(dense::panels::Panels::pack(&v, rows, cols))
@@ -473,17 +620,22 @@ impl DeviceMemory for CpuBackend {
         }
         Ok(match w {
             QuantWeight::Int8 { q, scale, colsum }
-                if self.int8 == Int8Isa::Avx512Vnni && cols <= int8::vnni::MAX_K =>
+                if self.isa.int8 == Int8Isa::Avx512Vnni && cols <= int8::vnni::MAX_K =>
             {
                 CpuQMatrix::Vnni(int8::vnni::PackedI8::pack(q, scale, colsum, rows, cols))
             }
             QuantWeight::Int4 { .. } => {
-                if let Some(p) = int4::bf16::PackedI4Bf16::pack(w, rows, cols) {
-                    CpuQMatrix::Int4Bf16(p)
-                } else if let Some(p) = int4::PackedI4::pack(w, rows, cols) {
-                    CpuQMatrix::Int4(p)
-                } else {
-                    CpuQMatrix::Plain(w.clone())
+                // the chosen kernel where the shape allows it, else the next one down
+                let bf16 = (self.isa.int4 == Int4Isa::Avx512Bf16)
+                    .then(|| int4::bf16::PackedI4Bf16::pack(w, rows, cols))
+                    .flatten();
+                let f32 = (self.isa.int4 != Int4Isa::Decoded)
+                    .then(|| int4::PackedI4::pack(w, rows, cols))
+                    .flatten();
+                match (bf16, f32) {
+                    (Some(p), _) => CpuQMatrix::Int4Bf16(p),
+                    (None, Some(p)) => CpuQMatrix::Int4(p),
+                    (None, None) => CpuQMatrix::Plain(w.clone()),
                 }
             }
             _ => CpuQMatrix::Plain(w.clone()),
@@ -567,9 +719,15 @@ impl Ops for CpuBackend {
         check_len(format_args!("{} x", w.name), x.len(), rows * k)?;
         match &w.weight {
             LinearWeight::Dense(m) => match &m.data {
-                MatrixData::F32(v) => dense::matmul(out, x, v, rows, n, k),
-                MatrixData::F16(v) => dense::matmul(out, x, v, rows, n, k),
-                MatrixData::BF16(v) => dense::matmul(out, x, v, rows, n, k),
+                MatrixData::F32(v) => {
+                    dense::matmul_with(self.isa.dense.tiles(), out, x, v, rows, n, k)
+                }
+                MatrixData::F16(v) => {
+                    dense::matmul_with(self.isa.dense.tiles(), out, x, v, rows, n, k)
+                }
+                MatrixData::BF16(v) => {
+                    dense::matmul_with(self.isa.dense.tiles(), out, x, v, rows, n, k)
+                }
                 MatrixData::PanelF32(p) => dense::panels::matmul(out, x, rows, p),
                 MatrixData::PanelF16(p) => dense::panels::matmul(out, x, rows, p),
                 MatrixData::PanelBF16(p) => dense::panels::matmul(out, x, rows, p),
@@ -639,13 +797,13 @@ impl Ops for CpuBackend {
     }
 
     fn attention(&self, a: AttentionArgs<'_, CpuBackend>) -> Result<()> {
-        attention::paged_attention(a)
+        attention::paged_attention(a, self.isa.dense.tiles(), self.isa.vector)
     }
 
     fn silu_mul(&self, gate: &mut Vec<f32>, up: &Vec<f32>, len: usize) -> Result<()> {
         check_len("silu gate", gate.len(), len)?;
         check_len("silu up", up.len(), len)?;
-        vmath::silu_mul(&mut gate[..len], &up[..len]);
+        vmath::silu_mul_on(&mut gate[..len], &up[..len], self.isa.vector);
         Ok(())
     }
     fn hadamard(&self, x: &mut Vec<f32>, len: usize, block: usize) -> Result<()> {
