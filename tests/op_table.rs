@@ -8,18 +8,17 @@
 //!   cache), `#[ignore]`d without a GPU.
 
 mod common;
+#[path = "op_table/reference.rs"]
+mod reference;
 
 use common::{assert_close, randn};
 use ferroq::backend::cpu::{CpuBackend, CpuIsa};
-use ferroq::backend::linear::{Linear, LinearWeight};
 use ferroq::backend::prelude::*;
-use ferroq::backend::{AttentionArgs, KvSeq};
+use ferroq::backend::KvSeq;
 use ferroq::engine::sampler::Rng;
-use ferroq::quant::weight::{quantize_weight, WeightMethod, WeightQConfig, WeightScope};
-use ferroq::quant::{fp8_table, quantize_rows_fp8, quantize_rows_i8};
-use ferroq::quant::{ActQuant, ActSpec, Phase, QDType, QuantWeight};
+use ferroq::quant::Phase;
 use ferroq::tensor::{DType, HostTensor};
-use std::sync::Arc;
+use reference::{attention_case, linear_case, max_abs64, rms_ref, to64};
 
 /// A linear's weight kind.
 #[derive(Clone, Copy, Debug)]
@@ -66,6 +65,13 @@ enum Op {
         vocab: usize,
         dim: usize,
         dtype: DType,
+    },
+    /// `rows` keys of width `kv_dim` written at positions start.. through a block table
+    WriteKv {
+        rows: usize,
+        kv_dim: usize,
+        start: usize,
+        bs: usize,
     },
     /// dst[dst_off ..][..len] = src[src_off ..][..len]
     Copy {
@@ -173,6 +179,18 @@ const CASES: &[Op] = &[
     embed(5, 3, DType::F16),
     embed(64, 33, DType::BF16),
     copy(1, 0, 0),
+    Op::WriteKv {
+        rows: 1,
+        kv_dim: 8,
+        start: 0,
+        bs: 4,
+    },
+    Op::WriteKv {
+        rows: 7,
+        kv_dim: 24,
+        start: 3,
+        bs: 4,
+    },
     copy(37, 3, 5),
     rope(1, 3, 64, 0),
     rope(3, 2, 8, 5),
@@ -202,168 +220,9 @@ struct Outcome {
     rel: f64,
 }
 
-/// Σ over k, in f64, of a (m, k) by (n, k) product, with each element's Σ|products|.
-fn reference_matmul(x: &[f64], w: &[f64], m: usize, n: usize, k: usize) -> (Vec<f64>, f64) {
-    let (mut out, mut scale) = (vec![0.0; m * n], 0f64);
-    for i in 0..m {
-        for j in 0..n {
-            let (xr, wr) = (&x[i * k..(i + 1) * k], &w[j * k..(j + 1) * k]);
-            out[i * n + j] = xr.iter().zip(wr).map(|(a, b)| a * b).sum();
-            scale = scale.max(xr.iter().zip(wr).map(|(a, b)| (a * b).abs()).sum());
-        }
-    }
-    (out, scale)
-}
-
-fn to64(v: &[f32]) -> Vec<f64> {
-    v.iter().map(|&x| x as f64).collect()
-}
-
-fn max_abs64(v: &[f64]) -> f64 {
-    v.iter().fold(0f64, |a, x| a.max(x.abs()))
-}
-
 fn read<B: Backend>(b: &B, buf: &B::Buf, len: usize) -> Vec<f32> {
     let mut out = vec![0f32; len];
     b.read(buf, 0, &mut out).expect("read");
-    out
-}
-
-/// The linear of a case and its f64 reference output.
-fn linear_case<B: Backend>(
-    b: &B,
-    rng: &mut Rng,
-    w: W,
-    (m, n, k): (usize, usize, usize),
-    bias: bool,
-) -> (Linear<B>, Vec<f32>, Vec<f64>, f64) {
-    let wf = randn(rng, n * k, 0.5);
-    let x = randn(rng, m * k, 2.0);
-    let bias_v = bias.then(|| randn(rng, n, 1.0));
-    let q = |dtype, scope| {
-        let cfg = WeightQConfig {
-            dtype,
-            scope,
-            symmetric: true,
-            method: WeightMethod::MinMax,
-        };
-        quantize_weight(&wf, n, k, &cfg).expect("quantize")
-    };
-    let decoded = |qw: &QuantWeight| {
-        let mut d = vec![0f32; n * k];
-        qw.decode_rows(k, 0, n, &mut d);
-        to64(&d)
-    };
-    let (weight, act, xr, wr, row_scale): (_, _, Vec<f64>, Vec<f64>, Vec<f64>) = match w {
-        W::F32 | W::F16 | W::Bf16 => {
-            let dtype = match w {
-                W::F32 => DType::F32,
-                W::F16 => DType::F16,
-                _ => DType::BF16,
-            };
-            let t = HostTensor::from_f32(vec![n, k], wf.clone())
-                .expect("tensor")
-                .to_dtype(dtype);
-            let wr = to64(&t.to_f32_vec());
-            let m_ = b.upload_matrix(&t, dtype).expect("upload");
-            (
-                LinearWeight::Dense(Arc::new(m_)),
-                ActSpec::NONE,
-                to64(&x),
-                wr,
-                vec![1.0; m],
-            )
-        }
-        W::W8A8 { symmetric, fixed } => {
-            let qw = q(QDType::Int8, WeightScope::PerChannel);
-            let policy = if fixed {
-                let (s, z) = ferroq::quant::int8_params(-2.0, 2.0, symmetric);
-                ActQuant::Static { scale: s, zp: z }
-            } else {
-                ActQuant::Dynamic
-            };
-            let fx = match policy {
-                ActQuant::Static { scale, zp } => Some((scale, zp)),
-                _ => None,
-            };
-            let (mut qa, mut sa, mut za) = (vec![0i8; m * k], vec![0f32; m], vec![0i32; m]);
-            quantize_rows_i8(&x, m, k, symmetric, fx, &mut qa, &mut sa, &mut za);
-            // the dequantized activations: (q − zp) · s, exactly representable in f64
-            let xr = (0..m * k)
-                .map(|i| (qa[i] as f64 - za[i / k] as f64) * sa[i / k] as f64)
-                .collect();
-            let act = ActSpec {
-                policy,
-                dtype: QDType::Int8,
-                symmetric,
-            };
-            let wr = decoded(&qw);
-            let m_ = b.upload_quant(&qw, n, k).expect("upload");
-            (LinearWeight::Quant(m_), act, xr, wr, vec![1.0; m])
-        }
-        W::Fp8 => {
-            let qw = q(QDType::Fp8E4M3, WeightScope::PerChannel);
-            let (mut xq, mut sa) = (vec![0f32; m * k], vec![0f32; m]);
-            quantize_rows_fp8(&x, m, k, None, &mut xq, &mut sa);
-            let QuantWeight::Fp8 { codes, scale } = &qw else {
-                panic!("fp8 weight expected")
-            };
-            let lut = fp8_table();
-            let wr = (0..n * k)
-                .map(|i| lut[codes[i] as usize] as f64 * scale[i / k] as f64)
-                .collect();
-            let act = ActSpec {
-                policy: ActQuant::Dynamic,
-                dtype: QDType::Fp8E4M3,
-                symmetric: true,
-            };
-            let m_ = b.upload_quant(&qw, n, k).expect("upload");
-            (LinearWeight::Quant(m_), act, to64(&xq), wr, to64(&sa))
-        }
-        W::W4A16 { group } => {
-            let qw = q(QDType::Int4, WeightScope::PerGroup(group));
-            let mut xb = vec![0f32; m * k];
-            ferroq::backend::cpu::int4::bf16::round_through_bf16(&x, &mut xb);
-            let wr = decoded(&qw);
-            let m_ = b.upload_quant(&qw, n, k).expect("upload");
-            (
-                LinearWeight::Quant(m_),
-                ActSpec::NONE,
-                to64(&xb),
-                wr,
-                vec![1.0; m],
-            )
-        }
-    };
-    let (mut want, scale) = reference_matmul(&xr, &wr, m, n, k);
-    for i in 0..m {
-        for j in 0..n {
-            let o = &mut want[i * n + j];
-            *o = *o * row_scale[i] + bias_v.as_ref().map_or(0.0, |bv| bv[j] as f64);
-        }
-    }
-    let scale = scale * row_scale.iter().fold(1f64, |a, s| a.max(*s));
-    let lin = Linear {
-        name: format!("case.{w:?}"),
-        in_features: k,
-        out_features: n,
-        weight,
-        bias: bias_v.map(|v| b.upload(&v).expect("upload")),
-        act,
-    };
-    (lin, x, want, scale)
-}
-
-fn rms_ref(x: &[f32], w: &[f32], rows: usize, dim: usize) -> Vec<f64> {
-    let mut out = vec![0.0; rows * dim];
-    for r in 0..rows {
-        let row = &x[r * dim..(r + 1) * dim];
-        let ms = row.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / dim as f64;
-        let inv = 1.0 / (ms + 1e-5).sqrt();
-        for i in 0..dim {
-            out[r * dim + i] = row[i] as f64 * inv * w[i] as f64;
-        }
-    }
     out
 }
 
@@ -463,6 +322,44 @@ fn run<B: Backend>(b: &B, op: Op, seed: u64) -> Outcome {
             // a device may hold the table in bf16
             Outcome {
                 got: read(b, &out, ids.len() * dim),
+                want,
+                scale: 1.0,
+                rel: 0.0,
+            }
+        }
+        Op::WriteKv {
+            rows,
+            kv_dim,
+            start,
+            bs,
+        } => {
+            let n_blocks = (start + rows).div_ceil(bs) + 1;
+            // logical block i in physical block n_blocks − 1 − i
+            let table: Vec<u32> = (0..n_blocks - 1)
+                .map(|i| (n_blocks - 1 - i) as u32)
+                .collect();
+            let pool = randn(&mut rng, n_blocks * bs * kv_dim, 1.0);
+            let src = randn(&mut rng, rows * kv_dim, 1.0);
+            let (mut cb, sb) = (b.upload_kv(&pool).expect("up"), b.upload(&src).expect("up"));
+            let seqs = [KvSeq {
+                row0: 0,
+                rows,
+                start_pos: start,
+                blocks: &table,
+            }];
+            b.write_kv(&mut cb, &sb, &seqs, bs, kv_dim)
+                .expect("write_kv");
+            let mut want = to64(&pool);
+            for r in 0..rows {
+                let slot = seqs[0].slot(start + r, bs);
+                for d in 0..kv_dim {
+                    want[slot * kv_dim + d] = src[r * kv_dim + d] as f64;
+                }
+            }
+            // an f32 pool (the CPU's) reads back as values; a bf16 one (CUDA's) is skipped there
+            let got = read(b, &cb, pool.len());
+            Outcome {
+                got,
                 want,
                 scale: 1.0,
                 rel: 0.0,
@@ -599,92 +496,6 @@ fn run<B: Backend>(b: &B, op: Op, seed: u64) -> Outcome {
                 rel: 0.0,
             }
         }
-    }
-}
-
-fn attention_case<B: Backend>(
-    b: &B,
-    rng: &mut Rng,
-    (heads, kv, hd): (usize, usize, usize),
-    past: usize,
-    rows: usize,
-    bs: usize,
-) -> Outcome {
-    let (qd, kvd, total) = (heads * hd, kv * hd, past + rows);
-    let n_blocks = total.div_ceil(bs) + 2;
-    // a shuffled block table: logical block i lives in physical block table[i]
-    let table: Vec<u32> = (0..total.div_ceil(bs))
-        .map(|i| ((i * 3 + 1) % n_blocks) as u32)
-        .collect();
-    let q = randn(rng, rows * qd, 1.0);
-    let (kc, vc) = (
-        randn(rng, n_blocks * bs * kvd, 1.0),
-        randn(rng, n_blocks * bs * kvd, 1.0),
-    );
-    let slot = |p: usize| table[p / bs] as usize * bs + p % bs;
-    let scale = 1.0 / (hd as f64).sqrt();
-    let mut want = vec![0f64; rows * qd];
-    for r in 0..rows {
-        let keys = past + r + 1;
-        for h in 0..heads {
-            let g = h / (heads / kv);
-            let qh = &q[r * qd + h * hd..r * qd + (h + 1) * hd];
-            let s: Vec<f64> = (0..keys)
-                .map(|p| {
-                    let kr = &kc[slot(p) * kvd + g * hd..slot(p) * kvd + (g + 1) * hd];
-                    qh.iter()
-                        .zip(kr)
-                        .map(|(a, c)| *a as f64 * *c as f64)
-                        .sum::<f64>()
-                        * scale
-                })
-                .collect();
-            let mx = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-            let e: Vec<f64> = s.iter().map(|v| (v - mx).exp()).collect();
-            let z: f64 = e.iter().sum();
-            for d in 0..hd {
-                want[r * qd + h * hd + d] = (0..keys)
-                    .map(|p| e[p] / z * vc[slot(p) * kvd + g * hd + d] as f64)
-                    .sum();
-            }
-        }
-    }
-    let (qb, kb, vb) = (
-        b.upload(&q).expect("up"),
-        b.upload_kv(&kc).expect("up"),
-        b.upload_kv(&vc).expect("up"),
-    );
-    let mut out = b.alloc(rows * qd).expect("alloc");
-    let max_seq = total.div_ceil(bs) * bs;
-    let mut scratch = b
-        .alloc(heads * ferroq::backend::ATTN_ROWS * max_seq)
-        .expect("alloc");
-    let seqs = [KvSeq {
-        row0: 0,
-        rows,
-        start_pos: past,
-        blocks: &table,
-    }];
-    b.attention(AttentionArgs {
-        out: &mut out,
-        q: &qb,
-        k_cache: &kb,
-        v_cache: &vb,
-        scratch: &mut scratch,
-        seqs: &seqs,
-        block_size: bs,
-        max_seq,
-        n_heads: heads,
-        n_kv_heads: kv,
-        head_dim: hd,
-    })
-    .expect("attention");
-    let rel = 64.0 * f32::EPSILON as f64 * (hd as f64).sqrt();
-    Outcome {
-        got: read(b, &out, rows * qd),
-        want,
-        scale: 1.0,
-        rel,
     }
 }
 
