@@ -168,7 +168,10 @@ fn device_flag_on_every_model_command_fails_in_one_line_without_a_gpu() {
     let data = std::env::temp_dir().join("ferroq-device-flag.txt");
     std::fs::write(&data, "some text to score").expect("write");
     let d = data.to_str().expect("path");
-    let cmds: [&[&str]; 5] = [
+    let out_dir = std::env::temp_dir().join("ferroq-device-flag-out");
+    let o = out_dir.to_str().expect("path");
+    let cmds: [&[&str]; 6] = [
+        &["quantize", "-m", m, "-o", o],
         &["bench", "-m", m],
         &["eval", "-m", m, "--data", d],
         &["analyze", "-m", m],
@@ -192,6 +195,7 @@ fn device_flag_on_every_model_command_fails_in_one_line_without_a_gpu() {
             assert!(lines[0].contains("no CUDA driver"), "{args:?}: {err}");
         }
     }
+    assert!(!out_dir.exists(), "a failed quantize wrote {o}");
     let bad = ferroq(&["bench", "-m", m, "--device", "tpu"]);
     assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown device `tpu`"));
 }

@@ -1,10 +1,11 @@
 //! `ferroq quantize`: calibrate and quantize a float model per a recipe (preset or YAML) and
-//! write a compressed-tensors checkpoint. Calibration runs on the CPU.
+//! write a compressed-tensors checkpoint. The calibration passes run on `--device`.
 
-use super::{progress_bar, resolve_model};
+use super::{progress_bar, resolve_model, DeviceArg};
 use anyhow::{Context, Result};
+use ferroq::backend::{Backend, BackendJob};
 use ferroq::checkpoint::config::LmHead;
-use ferroq::ptq::pipeline::{quantize, QuantizeOptions};
+use ferroq::ptq::pipeline::{quantize_on, QuantizeOptions, QuantizedModel};
 use ferroq::ptq::recipe::Recipe;
 use std::path::PathBuf;
 
@@ -42,9 +43,38 @@ pub struct Args {
     /// Output directory.
     #[arg(short, long)]
     out: PathBuf,
+    /// Where the calibration passes run (cpu, the reference, by default; a GPU observes its
+    /// bf16 weights, so its scales can differ in the last bits).
+    #[command(flatten)]
+    device: DeviceArg,
+}
+
+/// The calibration and quantization, on the chosen backend.
+struct Job<'a> {
+    config: ferroq::checkpoint::config::ModelConfig,
+    tok: ferroq::tokenizer::TokenizerBundle,
+    weights: std::collections::BTreeMap<String, ferroq::tensor::HostTensor>,
+    recipe: &'a Recipe,
+    opts: QuantizeOptions,
+}
+
+impl BackendJob for Job<'_> {
+    type Output = ferroq::Result<QuantizedModel>;
+    fn run<B: Backend>(self, open: &dyn Fn() -> ferroq::Result<B>) -> Self::Output {
+        quantize_on(
+            open,
+            self.config,
+            self.tok,
+            self.weights,
+            self.recipe,
+            &self.opts,
+            &progress_bar,
+        )
+    }
 }
 
 pub fn run(a: Args) -> Result<()> {
+    let spec = a.device.spec()?;
     let model = resolve_model(a.model)?;
     let mut recipe = Recipe::load(&a.recipe)?;
     if let Some(h) = a.lm_head {
@@ -63,7 +93,14 @@ pub fn run(a: Args) -> Result<()> {
         batch: a.calib_batch,
         keep_float: false,
     };
-    let q = quantize(config, tok, weights, &recipe, &opts, &progress_bar)?;
+    let job = Job {
+        config,
+        tok,
+        weights,
+        recipe: &recipe,
+        opts,
+    };
+    let q = spec.run(job)??;
     eprintln!();
     ferroq::ptq::ct_write::write(&q, &a.out)
         .with_context(|| format!("writing {}", a.out.display()))?;

@@ -7,7 +7,7 @@
 //! recipe is re-quantized from scratch and evaluated to verify it meets the budget.
 
 use super::calib::{self, CollectOptions};
-use super::pipeline::{quantize, QuantizeOptions, QuantizedModel};
+use super::pipeline::{quantize_on, QuantizeOptions, QuantizedModel};
 use super::recipe::Recipe;
 use crate::backend::linear::LinearWeight;
 use crate::backend::Backend;
@@ -156,8 +156,8 @@ fn set_quantized<B: Backend>(
 }
 
 /// Rank the linears of `recipe` by sensitivity on `tokens` (ctx × chunks of them). The
-/// quantization's calibration runs on the CPU; the scoring passes (one per linear, then the
-/// budget search) run on the backends `open` makes.
+/// calibration and scoring passes (one per linear, then the budget search) run on the
+/// backends `open` makes.
 #[allow(clippy::too_many_arguments)]
 pub fn analyze<B: Backend>(
     open: &dyn Fn() -> Result<B>,
@@ -173,7 +173,8 @@ pub fn analyze<B: Backend>(
         keep_float: true,
         ..opts.quant.clone()
     };
-    let q = quantize(
+    let q = quantize_on(
+        open,
         config.clone(),
         tokenizer.clone(),
         weights.clone(),
@@ -282,7 +283,8 @@ pub fn analyze<B: Backend>(
             loop {
                 let fallback: Vec<String> = layers[..k].iter().map(|l| l.name.clone()).collect();
                 let r = recipe.with_fallback(&fallback);
-                let q2 = quantize(
+                let q2 = quantize_on(
+                    open,
                     config.clone(),
                     tokenizer.clone(),
                     weights.clone(),

@@ -12,6 +12,7 @@ use super::observer;
 use super::recipe::{ActConfig, ActMethod, ActScope, Processor, Recipe};
 use super::smooth::{self, Method};
 use crate::backend::cpu::CpuBackend;
+use crate::backend::Backend;
 use crate::checkpoint::config::ModelConfig;
 use crate::checkpoint::site::{decoder_linears, OnlineHadamard, Site};
 use crate::checkpoint::WeightSource;
@@ -115,7 +116,32 @@ fn to_f32(w: &mut BTreeMap<String, HostTensor>) {
 /// Progress callback: (stage, done, total).
 pub type Progress<'a> = &'a (dyn Fn(&str, usize, usize) + Sync);
 
+/// `quantize_on` with the calibration passes on the CPU (the reference: f32 weights).
 pub fn quantize(
+    config: ModelConfig,
+    tokenizer: TokenizerBundle,
+    weights: BTreeMap<String, HostTensor>,
+    recipe: &Recipe,
+    opts: &QuantizeOptions,
+    progress: Progress<'_>,
+) -> Result<QuantizedModel> {
+    quantize_on(
+        &|| Ok(CpuBackend::new()),
+        config,
+        tokenizer,
+        weights,
+        recipe,
+        opts,
+        progress,
+    )
+}
+
+/// Quantize per `recipe`, running the calibration passes (smoothing statistics, static scales,
+/// histograms, GPTQ inputs) on the backends `open` makes. A backend that holds weights in a
+/// narrower type than f32 (CUDA: bf16) observes slightly different activations, so its scales
+/// can differ from the CPU's in the last bits.
+pub fn quantize_on<B: Backend>(
+    open: &dyn Fn() -> Result<B>,
     config: ModelConfig,
     tokenizer: TokenizerBundle,
     mut weights: BTreeMap<String, HostTensor>,
@@ -137,7 +163,7 @@ pub fn quantize(
         ..Default::default()
     };
     let float_model = |c: &ModelConfig, w: &BTreeMap<String, HostTensor>| {
-        LlamaModel::load(CpuBackend::new(), c.clone(), w, Some(DType::F32))
+        LlamaModel::load(open()?, c.clone(), w, Some(DType::F32))
     };
     let mut config = config;
 
