@@ -28,7 +28,9 @@ pub struct Loaded<B: Backend> {
 /// Open a GGUF file or an HF model directory on `backend`. `weight_dtype` None keeps the
 /// checkpoint's dtype (f32 for dequantized GGUF weights).
 pub fn open<B: Backend>(backend: B, path: &Path, weight_dtype: Option<DType>) -> Result<Loaded<B>> {
-    match Format::detect(path)? {
+    let format = Format::detect(path)?;
+    tracing::debug!("opening {} ({format:?}) on {}", path.display(), backend.describe());
+    match format {
         Format::Gguf => {
             let file = gguf::GgufFile::open(path)?;
             let config = ModelConfig::from_gguf(&file)?;

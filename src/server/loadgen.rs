@@ -174,7 +174,7 @@ pub async fn run(o: &LoadOptions) -> io::Result<LoadReport> {
             match s {
                 Ok(s) => samples.push(s),
                 Err(e) => {
-                    eprintln!("loadgen: request failed: {e}");
+                    tracing::warn!("loadgen: request failed: {e}");
                     failed += 1;
                 }
             }

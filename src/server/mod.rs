@@ -98,7 +98,7 @@ async fn serve<B: Backend>(
         opts.max_queue,
     )?;
     let c = &opts.scheduler;
-    eprintln!(
+    tracing::info!(
         "ferroq serve: model {} | max batch {} | max seq len {} | KV cache {} tokens in blocks of {} ({:.1} MiB) | queue {}",
         opts.model_name,
         c.max_batch,
@@ -123,13 +123,13 @@ async fn serve<B: Backend>(
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .with_state(state.clone());
-    // the line scripts and tests wait for
+    // the line scripts and tests wait for: printed whatever the log level
     eprintln!("ferroq serve: listening on http://{local}");
     let grace = opts.shutdown_grace;
     let st = state.clone();
     let shutdown = async move {
         wait_for_signal().await;
-        eprintln!(
+        tracing::info!(
             "ferroq serve: shutting down: no new requests; running ones get {:.0}s to finish",
             grace.as_secs_f64()
         );
@@ -143,7 +143,7 @@ async fn serve<B: Backend>(
     state.engine.begin_shutdown(grace);
     let st = state.clone();
     let _ = tokio::task::spawn_blocking(move || st.engine.join()).await;
-    eprintln!("ferroq serve: stopped");
+    tracing::info!("ferroq serve: stopped");
     served
 }
 

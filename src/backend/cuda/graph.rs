@@ -103,7 +103,7 @@ impl Graphs {
         if let Err(e) = staged {
             // the same error eagerly means bad input; success means staging is what failed
             step()?;
-            eprintln!("warning: staging a CUDA graph step failed ({e}); decoding without graphs");
+            tracing::warn!("staging a CUDA graph step failed ({e}); decoding without graphs");
             self.set_enabled(false);
             return Ok(());
         }
@@ -128,7 +128,7 @@ impl Graphs {
                 Ok(())
             }
             Err(e) => {
-                eprintln!("warning: CUDA graph capture failed ({e}); decoding without graphs");
+                tracing::warn!("CUDA graph capture failed ({e}); decoding without graphs");
                 self.set_enabled(false);
                 step()
             }

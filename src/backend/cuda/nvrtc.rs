@@ -191,6 +191,7 @@ impl KernelCache {
         let path = self.path_for(name, arch, source)?;
         if let Ok(cubin) = std::fs::read(&path) {
             if !cubin.is_empty() {
+                tracing::debug!("kernels: {name} for {arch} from the cache ({})", path.display());
                 return Ok(Compiled {
                     cubin,
                     log: String::new(),
@@ -199,7 +200,12 @@ impl KernelCache {
                 });
             }
         }
+        let t = std::time::Instant::now();
         let c = compile_cubin(source, name, arch)?;
+        tracing::debug!(
+            "kernels: compiled {name} for {arch} in {:.2}s",
+            t.elapsed().as_secs_f64()
+        );
         std::fs::create_dir_all(&self.dir).map_err(|e| Error::io(&self.dir, e))?;
         let tmp = path.with_extension(format!("partial{}", std::process::id()));
         std::fs::write(&tmp, &c.cubin).map_err(|e| Error::io(&tmp, e))?;
