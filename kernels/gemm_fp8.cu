@@ -1,11 +1,11 @@
 // FP8 E4M3 W8A8 (sm_89+): e4m3 activations with a per-token scale times e4m3 weights with a
 // per-output-channel scale, f32 accumulation on tensor cores (mma.m16n8k32 e4m3), epilogue
 // out[i, j] = (s_a[i] * s_w[j]) * acc + bias[j]. common.cuh's pipelined tile at 128 x 32 per
-// block, 8 warps of 32 x 16: on sm_90a this mma is not native (ptxas emulates it; Hopper's FP8
-// path is wgmma, still to write) and warp tiles of 32 x 32 spill there. k a multiple of 16.
+// block, 8 warps of 32 x 16: on sm_90a this mma is not native (ptxas emulates it; Hopper runs
+// gemm_fp8_wg below instead) and warp tiles of 32 x 32 spill there. k a multiple of 16.
 // Grid (ceil(n / 32), ceil(m / 128)), 256 threads.
 // Ampere has no FP8 tensor cores: there the kernels compile to a trap and the host never
-// launches them (FP8 checkpoints on sm_80 take the weight-dequant path or a clear error).
+// launches them (an FP8 checkpoint on sm_80 is a clear error naming the GPU's capability).
 typedef unsigned char u8;
 
 #define FT_M 128
