@@ -29,7 +29,11 @@ pub struct Loaded<B: Backend> {
 /// checkpoint's dtype (f32 for dequantized GGUF weights).
 pub fn open<B: Backend>(backend: B, path: &Path, weight_dtype: Option<DType>) -> Result<Loaded<B>> {
     let format = Format::detect(path)?;
-    tracing::debug!("opening {} ({format:?}) on {}", path.display(), backend.describe());
+    tracing::debug!(
+        "opening {} ({format:?}) on {}",
+        path.display(),
+        backend.describe()
+    );
     match format {
         Format::Gguf => {
             let file = gguf::GgufFile::open(path)?;

@@ -191,7 +191,10 @@ impl KernelCache {
         let path = self.path_for(name, arch, source)?;
         if let Ok(cubin) = std::fs::read(&path) {
             if !cubin.is_empty() {
-                tracing::debug!("kernels: {name} for {arch} from the cache ({})", path.display());
+                tracing::debug!(
+                    "kernels: {name} for {arch} from the cache ({})",
+                    path.display()
+                );
                 return Ok(Compiled {
                     cubin,
                     log: String::new(),
