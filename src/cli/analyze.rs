@@ -2,7 +2,7 @@
 //! linear alone), with an optional KL budget that picks the BF16 fallback layers and writes
 //! the recipe. Calibration runs on the CPU, the scoring passes on `--device`.
 
-use super::{progress_bar, read_text, resolve_model, DeviceArg};
+use super::{progress_bar, read_text, resolve_model, DeviceArg, RecipeArgs};
 use anyhow::{bail, Context, Result};
 use ferroq::backend::{Backend, BackendJob};
 use ferroq::ptq::analyze::{analyze, AnalyzeOptions};
@@ -12,14 +12,8 @@ use std::path::PathBuf;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Float model (default: the fetched FP16 baseline).
-    #[arg(short, long)]
-    model: Option<PathBuf>,
-    #[arg(long, default_value = "w8a8")]
-    recipe: String,
-    /// Calibration text (as for quantize).
-    #[arg(long)]
-    calib: Option<PathBuf>,
+    #[command(flatten)]
+    src: RecipeArgs,
     /// Evaluation text (default: the built-in calibration text).
     #[arg(long)]
     data: Option<PathBuf>,
@@ -50,7 +44,7 @@ struct Job {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let model = resolve_model(a.model.clone())?;
+    let model = resolve_model(a.src.model.clone())?;
     let spec = a.device.spec()?;
     spec.run(Job { a, model })?
 }
@@ -59,7 +53,7 @@ impl BackendJob for Job {
     type Output = Result<()>;
     fn run<B: Backend>(self, open: &dyn Fn() -> ferroq::Result<B>) -> Result<()> {
         let (a, model) = (self.a, self.model);
-        let r = Recipe::load(&a.recipe)?;
+        let r = Recipe::load(&a.src.recipe)?;
         let (config, tok, weights) = ferroq::model::read_all(&model)
             .with_context(|| format!("reading {}", model.display()))?;
         let text = match &a.data {
@@ -77,7 +71,7 @@ impl BackendJob for Job {
         }
         let opts = AnalyzeOptions {
             quant: QuantizeOptions {
-                calib_file: a.calib.clone(),
+                calib_file: a.src.calib.clone(),
                 ..Default::default()
             },
             ctx: a.ctx,
@@ -86,14 +80,15 @@ impl BackendJob for Job {
         };
         let rep = analyze(open, config, &tok, weights, &r, &ids, &opts, &progress_bar)?;
         if let Some(path) = &a.report {
-            let html = ferroq::report::analyze_page(&model.display().to_string(), &a.recipe, &rep);
+            let html =
+                ferroq::report::analyze_page(&model.display().to_string(), &a.src.recipe, &rep);
             std::fs::write(path, html).with_context(|| format!("writing {}", path.display()))?;
             eprintln!("wrote {}", path.display());
         }
         if a.json {
             println!("{}", serde_json::to_string_pretty(&rep)?);
         } else {
-            print!("{}", rep.table(&a.recipe, chunks, a.ctx));
+            print!("{}", rep.table(&a.src.recipe, chunks, a.ctx));
         }
         if let Some(b) = &rep.budget {
             eprintln!(

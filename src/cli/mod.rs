@@ -51,6 +51,21 @@ impl DeviceArg {
     }
 }
 
+/// The float model, recipe and calibration text `quantize` and `analyze` share.
+#[derive(clap::Args)]
+pub struct RecipeArgs {
+    /// Float model: a .gguf file or a Hugging Face directory (default: the fetched SmolLM2).
+    #[arg(short, long)]
+    pub model: Option<PathBuf>,
+    /// Preset (w8a8, w8a8-dynamic, w8a8-static, fp8, w4a16, w4a16-gptq) or a recipe YAML file.
+    #[arg(long, default_value = "w8a8")]
+    pub recipe: String,
+    /// Calibration text: plain text (cut into windows) or JSONL with a "text" field.
+    /// Default: ferroq's built-in mixed-domain text.
+    #[arg(long)]
+    pub calib: Option<PathBuf>,
+}
+
 #[derive(Clone, Copy, clap::ValueEnum)]
 #[value(rename_all = "snake_case")]
 pub enum ActScopeArg {

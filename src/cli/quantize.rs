@@ -1,7 +1,7 @@
 //! `ferroq quantize`: calibrate and quantize a float model per a recipe (preset or YAML) and
 //! write a compressed-tensors checkpoint. The calibration passes run on `--device`.
 
-use super::{progress_bar, resolve_model, DeviceArg};
+use super::{progress_bar, resolve_model, DeviceArg, RecipeArgs};
 use anyhow::{Context, Result};
 use ferroq::backend::{Backend, BackendJob};
 use ferroq::checkpoint::config::LmHead;
@@ -17,16 +17,8 @@ enum LmHeadArg {
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Float model: a .gguf file or a Hugging Face directory (default: the fetched SmolLM2).
-    #[arg(short, long)]
-    model: Option<PathBuf>,
-    /// Preset (w8a8, w8a8-dynamic, w8a8-static, fp8, w4a16, w4a16-gptq) or a recipe YAML file.
-    #[arg(long, default_value = "w8a8")]
-    recipe: String,
-    /// Calibration text: plain text (cut into windows) or JSONL with a "text" field.
-    /// Default: ferroq's built-in mixed-domain text.
-    #[arg(long)]
-    calib: Option<PathBuf>,
+    #[command(flatten)]
+    src: RecipeArgs,
     /// Calibration samples.
     #[arg(long, default_value_t = 8)]
     calib_samples: usize,
@@ -75,8 +67,8 @@ impl BackendJob for Job<'_> {
 
 pub fn run(a: Args) -> Result<()> {
     let spec = a.device.spec()?;
-    let model = resolve_model(a.model)?;
-    let mut recipe = Recipe::load(&a.recipe)?;
+    let model = resolve_model(a.src.model)?;
+    let mut recipe = Recipe::load(&a.src.recipe)?;
     if let Some(h) = a.lm_head {
         recipe.lm_head = match h {
             LmHeadArg::Dense => LmHead::Dense,
@@ -87,7 +79,7 @@ pub fn run(a: Args) -> Result<()> {
     let (config, tok, weights) =
         ferroq::model::read_all(&model).with_context(|| format!("reading {}", model.display()))?;
     let opts = QuantizeOptions {
-        calib_file: a.calib,
+        calib_file: a.src.calib,
         n_samples: a.calib_samples,
         seq_len: a.calib_len,
         batch: a.calib_batch,
@@ -108,7 +100,7 @@ pub fn run(a: Args) -> Result<()> {
     eprintln!(
         "quantized {} with `{}` in {:.1}s: {} linears quantized, {} fallback (BF16), {} subgraphs smoothed, calibration {} samples / {} tokens -> {}",
         model.display(),
-        a.recipe,
+        a.src.recipe,
         t.elapsed().as_secs_f64(),
         r.quantized,
         r.fallback.len(),
