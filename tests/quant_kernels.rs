@@ -141,16 +141,13 @@ fn assert_matches_f64(
     n: usize,
     k: usize,
 ) {
-    for i in 0..m {
-        for j in 0..n {
-            let r: f64 = (0..k).map(|t| xa[i * k + t] * wd[j * k + t] as f64).sum();
-            let g = out[i * n + j] as f64;
-            assert!(
-                (g - r).abs() <= 1e-5 * r.abs() + 1e-4,
-                "{what} ({i},{j}) {g} vs {r}"
-            );
-        }
-    }
+    let want: Vec<f64> = (0..m * n)
+        .map(|e| {
+            let (i, j) = (e / n, e % n);
+            (0..k).map(|t| xa[i * k + t] * wd[j * k + t] as f64).sum()
+        })
+        .collect();
+    common::assert_close(what, &out[..m * n], &want, 1e-5, 1e-4);
 }
 
 fn decoded(q: &QuantWeight, n: usize, k: usize) -> Vec<f32> {
