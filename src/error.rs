@@ -1,7 +1,9 @@
-//! The library's one error type. Every failure a user can cause (a truncated or foreign file,
-//! an unknown dtype, a shape that contradicts the config, a malformed template) gets its own
-//! variant carrying the names needed to fix it, so tests can assert the kind and the binary can
-//! print a message without a backtrace. `anyhow` is used only in the binary (`main.rs`, `cli/`).
+//! The library's one error type.
+//!
+//! - Every failure a user can cause (a truncated or foreign file, an unknown dtype, a shape that
+//!   contradicts the config, a malformed template) is its own variant carrying the names needed
+//!   to fix it, so tests can assert the kind and the binary prints one line.
+//! - `anyhow` is used only in the binary (`main.rs`, `cli/`).
 
 use std::path::PathBuf;
 

@@ -1,7 +1,9 @@
-//! ferroq: a quantized-LLM inference runtime. Layers, bottom up: `tensor` (dtypes, host
-//! tensors), `backend` (the op trait and its CPU implementation), `model` (checkpoint loaders,
-//! config, the Llama-family model), `tokenizer` (HF / GGUF tokenizers, chat templates),
-//! `engine` (sampling and the generation loop). ARCHITECTURE.md describes the data flow.
+//! ferroq: a quantized-LLM inference runtime.
+//!
+//! - Layers, bottom up: `error`, `tensor`, `quant` (formats), `backend` (op traits, CPU, CUDA),
+//!   `checkpoint` (readers), `tokenizer`, `model`, `engine`, `eval`, `ptq` (calibration and
+//!   quantization), then `server` / `bench` / `report` / `vision`.
+//! - `tests/layering.rs` enforces the order; ARCHITECTURE.md describes the data flow.
 
 pub mod backend;
 pub mod bench;

@@ -1,6 +1,6 @@
-//! The `ferroq` command line: parses the command, sets up threads and logging, and hands over
-//! to `cli/<command>.rs`. Errors are reported here, as one line (`RUST_BACKTRACE=1` adds the
-//! backtrace).
+//! The `ferroq` command line: parse, set up threads and logging, hand over to `cli/`.
+//!
+//! - Errors print as one line; `RUST_BACKTRACE=1` adds the backtrace.
 
 mod cli;
 

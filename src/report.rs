@@ -1,8 +1,9 @@
-//! Self-contained HTML reports for `ferroq eval --report` and `ferroq analyze --report`: one
-//! file, no scripts, no external assets, plots drawn as inline SVG so the page opens anywhere
-//! (and renders the same in a headless browser, which `scripts/report-check.sh` screenshots).
-//! Plots: per-linear sensitivity bars, activation histograms with the calibrated clip range
-//! marked, and the distribution of per-token KL divergence on a log axis.
+//! Self-contained HTML reports for `eval --report` and `analyze --report`.
+//!
+//! - One file, no scripts or external assets: plots are inline SVG, so the page opens anywhere
+//!   and renders the same headless (`scripts/report-check.sh` screenshots it).
+//! - Plots: per-linear sensitivity bars, activation histograms with the clip range marked, and
+//!   the per-token KL distribution on a log axis.
 
 use crate::eval::{EvalSummary, TokenScores};
 use crate::ptq::analyze::{AnalyzeReport, InputHistogram};

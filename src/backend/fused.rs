@@ -1,7 +1,9 @@
-//! The fused seams of a backend: places where a device fuses or batches several ops — the
-//! residual add with the next norm, a site's linears on one produced (and rotated, and
-//! quantized) input (`project`), RoPE with the KV writes, and a decode step recorded once and
-//! replayed (`replay_step`). Each has an op-by-op default, which is what the CPU runs.
+//! The fused role of a backend: several ops a device may run as one.
+//!
+//! - The residual add with the next norm, a site's linears on one produced (rotated, quantized)
+//!   input (`project`), RoPE with the KV writes, a decode step recorded once and replayed.
+//! - Each has an op-by-op default, which is what the CPU runs: fusion is a device's choice, never
+//!   a change of numerics the CPU reference cannot reproduce.
 
 use super::linear::Linear;
 use super::memory::DeviceMemory;

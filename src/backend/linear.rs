@@ -1,8 +1,9 @@
-//! `Linear`: one projection of the model, owning its weight as a closed enum so dense and
-//! quantized weights go through the same model code and the backend dispatches on the variant
-//! (design.md: "a `Linear` owns a weight enum ... no `quantized_llama.rs` twin"). Today the enum
-//! has the dense variant and the quantized one, whose format (INT8 / FP8 / INT4) is the
-//! `quant::QuantWeight` enum; `act` says how the input is quantized (none, static, dynamic, pd_mix).
+//! `Linear`: one projection of the model, its weight a closed enum the backend dispatches on.
+//!
+//! - Dense and quantized weights go through the same model code (design.md: "a `Linear` owns a
+//!   weight enum ... no `quantized_llama.rs` twin").
+//! - The quantized variant's format (INT8 / FP8 / INT4) is `quant::QuantWeight`; `act` says how
+//!   the input is quantized (none, static, dynamic, pd_mix).
 
 use super::memory::DeviceMemory;
 use crate::quant::ActSpec;

@@ -1,5 +1,6 @@
-//! The memory role of a backend: its buffer, dense-matrix and quantized-matrix types, moving
-//! data in and out, and the KV-cache format. Every other role builds on this one.
+//! The memory role of a backend: buffer and matrix types, moving data, the KV-cache format.
+//!
+//! - Every other role builds on this one, so `Linear` and the op arguments need only it.
 
 use crate::error::Result;
 use crate::quant::QuantWeight;

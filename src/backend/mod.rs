@@ -1,9 +1,9 @@
-//! The backend abstraction, one trait per role joined by `Backend`: device memory
-//! (`memory.rs`), the LLM ops (`ops.rs`), the fused seams a device may take several ops
-//! through at once (`fused.rs`: `project`, `rope_write_kv`, `replay_step`, with op-by-op
-//! defaults) and sampling (`sampling.rs`). The model is generic over `Backend`; `cpu` is the
-//! first implementation and the reference for every other one, `cuda` runs it on a GPU.
-//! `DeviceSpec::run` is the one place a command picks its backend.
+//! The backend abstraction: one trait per role, joined by `Backend`.
+//!
+//! - Roles: device memory (`memory.rs`), the LLM ops (`ops.rs`), fused seams with op-by-op
+//!   defaults (`fused.rs`) and sampling (`sampling.rs`); `prelude` imports them all.
+//! - The model is generic over `Backend`; `cpu` is the reference for every other backend.
+//! - `DeviceSpec::run` is the one place a command picks its backend.
 
 pub mod cpu;
 pub mod cuda;

@@ -1,9 +1,8 @@
-//! The op role of a backend: the handful of LLM operations the Llama forward pass needs
-//! (embed, RMSNorm, linear, RoPE, paged KV write, causal GQA attention over block tables,
-//! SiLU·up, residual add, copy, block Hadamard), each over device buffers whose shapes are
-//! given in the comments. The CPU backend's implementation is the reference for every other
-//! one. Design after candle's per-device backend traits and llm.c's "one function per layer
-//! op".
+//! The op role of a backend: the LLM operations the Llama forward pass needs.
+//!
+//! - Embed, RMSNorm, linear, RoPE, paged KV write, causal GQA attention over block tables,
+//!   SiLU·up, residual add, copy, block Hadamard — shapes in each method's comment.
+//! - Design after candle's per-device backend traits and llm.c's one function per layer op.
 
 use super::linear::Linear;
 use super::memory::DeviceMemory;

@@ -1,9 +1,10 @@
-//! The sampling rule every backend runs (`Sampling::sample_rows`): the HF repetition
-//! penalty once per distinct id, then a sort-free draw — top-k / top-p cuts as thresholds on
-//! the float order key with ties kept, the token as the first id in id order whose running
-//! weight passes u × the kept mass — so one GPU block per row (`kernels/sampling.cu`) runs the
-//! CPU's rule exactly and only the id crosses back. The seeded generator that produces `u`
-//! lives with the host sampler (`engine::sampler`).
+//! The sampling role of a backend, and the sampling rule every backend runs.
+//!
+//! - The HF repetition penalty once per distinct id, then a sort-free draw: top-k / top-p cuts as
+//!   thresholds on the float order key (ties kept), the token as the first id in id order whose
+//!   running weight passes u × the kept mass.
+//! - Sort-free so one GPU block per row runs the CPU's rule exactly and only the id crosses back;
+//!   the seeded generator of `u` lives with the host sampler (`engine::sampler`).
 
 use super::memory::DeviceMemory;
 use crate::error::Result;

@@ -1,8 +1,9 @@
-//! Throughput benchmark in the manner of llama.cpp's `llama-bench`: `ppN` runs an N-token
-//! prompt through a fresh session in one prefill; `tgN` generates N tokens one decode step at a
-//! time from an empty context. Tokens are seeded random ids (content does not matter for
-//! speed); each test runs once to warm up, then `reps` times, and reports mean ± sample
-//! standard deviation of tokens per second.
+//! Throughput in the manner of llama.cpp's `llama-bench`: ppN and tgN tokens per second.
+//!
+//! - `ppN` runs an N-token prompt through a fresh session in one prefill; `tgN` generates N tokens
+//!   one decode step at a time from an empty context.
+//! - Seeded random ids (content does not matter for speed); one warm-up, then `reps` runs,
+//!   mean ± sample standard deviation.
 
 use crate::backend::linear::LinearWeight;
 use crate::backend::Backend;

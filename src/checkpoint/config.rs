@@ -1,8 +1,8 @@
-//! Model hyper-parameters for the Llama family (Llama 2/3, Mistral, Qwen2, SmolLM), read from a
-//! Hugging Face `config.json` or from GGUF metadata (`{arch}.block_count`, ...), and written back
-//! as `config.json` by `ferroq convert`. Llama-3 `rope_scaling` follows the HF
-//! `_compute_llama3_parameters` formula. Fields the model cannot honour are errors here, not
-//! silent misbehaviour later.
+//! Model hyper-parameters of the Llama family, from HF `config.json` or GGUF metadata.
+//!
+//! - Llama 2/3, Mistral, Qwen2, SmolLM; written back as `config.json` by `ferroq convert`.
+//! - Llama-3 `rope_scaling` follows HF's `_compute_llama3_parameters`.
+//! - Fields the model cannot honour are errors here, not silent misbehaviour later.
 
 use crate::checkpoint::gguf::GgufFile;
 use crate::checkpoint::site::{OnlineHadamard, Site};

@@ -1,8 +1,9 @@
-//! Reading compressed-tensors checkpoints (the format llm-compressor writes and vLLM loads;
-//! reference/quantization.md §7): ferroq's own and llm-compressor's W8A8 / FP8 / W4A16 ones.
-//! Targets `Linear`, exact module names or `re:` patterns; `ignore` by the same rules. pd_mix
-//! decode scales and online Hadamard rotations come from ferroq's extra
-//! `quantization_config.ferroq` block (the writer is `ptq::ct_write`).
+//! Reading compressed-tensors checkpoints (llm-compressor's format; reference/quantization.md §7).
+//!
+//! - ferroq's own and llm-compressor's W8A8 / FP8 / W4A16: targets `Linear`, exact module names
+//!   or `re:` patterns; `ignore` by the same rules.
+//! - pd_mix decode scales and online rotations come from ferroq's extra
+//!   `quantization_config.ferroq` block; the writer is `ptq::ct_write`.
 
 use crate::checkpoint::config::{LmHead, ModelConfig};
 use crate::checkpoint::safetensors_io::SafetensorsWeights;

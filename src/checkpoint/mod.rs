@@ -1,8 +1,8 @@
-//! Checkpoint readers: GGUF (`gguf/`, llama.cpp's container), safetensors (`safetensors_io`,
-//! single file or HF's sharded index), compressed-tensors (`ct`, llm-compressor's quantized
-//! layout), the model config (`config`, HF config.json or GGUF metadata), the decoder's linear
-//! input sites (`site`) and format detection. Everything here sees a checkpoint as tensors
-//! under Hugging Face names (`WeightSource`); building a model from them is `model`'s job.
+//! Checkpoint readers: every format seen as tensors under Hugging Face names (`WeightSource`).
+//!
+//! - GGUF (`gguf/`), safetensors (`safetensors_io`, single file or sharded), compressed-tensors
+//!   (`ct`), the config (`config`), the decoder's linear input sites (`site`), format detection.
+//! - Building a model from a source is `model`'s job; this layer only reads and checks.
 
 pub mod config;
 pub mod ct;

@@ -1,7 +1,7 @@
-//! Hugging Face safetensors checkpoints: memory-mapped reading of `model.safetensors` or of the
-//! shards listed in `model.safetensors.index.json`, and writing of a single-file checkpoint.
-//! Format: 8-byte little-endian header length, JSON header `{name: {dtype, shape,
-//! data_offsets}}`, then the raw little-endian data (safetensors crate docs).
+//! Hugging Face safetensors: memory-mapped reading (single file or sharded index) and writing.
+//!
+//! - Format: an 8-byte little-endian header length, a JSON header `{name: {dtype, shape,
+//!   data_offsets}}`, then the raw little-endian data (safetensors crate docs).
 
 use crate::checkpoint::WeightSource;
 use crate::error::{Error, Result};

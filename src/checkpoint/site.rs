@@ -1,8 +1,8 @@
-//! The four linear inputs of a decoder block (`Site`) and which of them run an online
-//! Hadamard rotation (`OnlineHadamard`). Both describe the checkpoint: recipes and
-//! compressed-tensors records name sites, and the rotation travels in the config's `hadamard`
-//! and the checkpoint's `quantization_config.ferroq` (QuaRot; the transform is
-//! `quant::hadamard`).
+//! The four linear inputs of a decoder block (`Site`) and which are rotated (`OnlineHadamard`).
+//!
+//! - Both describe the checkpoint: recipes and compressed-tensors records name sites, and the
+//!   rotation travels in the config's `hadamard` and `quantization_config.ferroq` (QuaRot).
+//! - The transform itself is `quant::hadamard`.
 
 use crate::error::{Error, Result};
 

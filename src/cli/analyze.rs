@@ -1,6 +1,7 @@
-//! `ferroq analyze`: per-linear quantization sensitivity (the KL caused by quantizing one
-//! linear alone), with an optional KL budget that picks the BF16 fallback layers and writes
-//! the recipe. Calibration runs on the CPU, the scoring passes on `--device`.
+//! `ferroq analyze`: per-linear quantization sensitivity, with an optional KL budget.
+//!
+//! - The budget picks the BF16 fallback layers and writes the recipe; calibration and scoring
+//!   run on `--device`.
 
 use super::{progress_bar, read_text, resolve_model, DeviceArg, RecipeArgs};
 use anyhow::{bail, Context, Result};

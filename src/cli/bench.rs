@@ -1,5 +1,6 @@
-//! `ferroq bench`: prefill (ppN) and decode (tgN) tok/s, mean ± stddev over repetitions
-//! (llama-bench style), for one or more models on the CPU or a GPU.
+//! `ferroq bench`: prefill (ppN) and decode (tgN) tok/s, llama-bench style.
+//!
+//! - One or more models, mean ± stddev over repetitions, on the CPU or a GPU.
 
 use super::{open_model, progress_bar, resolve_model, DeviceArg, Global};
 use anyhow::Result;

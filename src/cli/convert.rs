@@ -1,5 +1,4 @@
-//! `ferroq convert`: a GGUF model into a Hugging Face model directory (safetensors,
-//! config.json, tokenizer.json).
+//! `ferroq convert`: a GGUF model into a Hugging Face model directory.
 
 use anyhow::{Context, Result};
 use ferroq::tensor::DType;

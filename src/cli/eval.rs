@@ -1,6 +1,7 @@
-//! `ferroq eval`: accuracy of a model against a baseline — perplexity, KL divergence, top-1
-//! agreement — with llama-perplexity's conventions (ctx-token chunks, second half scored, no
-//! BOS), on the CPU or a GPU.
+//! `ferroq eval`: accuracy of a model against a baseline, on the CPU or a GPU.
+//!
+//! - Perplexity, KL divergence and top-1 agreement with llama-perplexity's conventions (ctx-token
+//!   chunks, second half scored, no BOS); both models run on `--device`.
 
 use super::{open_model, progress_bar, read_text, resolve_model, DeviceArg, Global, DEFAULT_MODEL};
 use anyhow::{bail, Context, Result};

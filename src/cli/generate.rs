@@ -1,5 +1,6 @@
-//! `ferroq generate`: stream a completion of a prompt to stdout; load time and prefill /
-//! decode speed go to stderr.
+//! `ferroq generate`: stream a completion of a prompt to stdout.
+//!
+//! - Load time and prefill / decode speed go to stderr, so stdout is the text alone.
 
 use super::{open_model, parse_dtype, read_text, resolve_model, DeviceArg, Global};
 use anyhow::{bail, Result};

@@ -1,7 +1,8 @@
-//! `ferroq info`: what this machine offers ferroq — the CPU backend's kernels, the CUDA driver
-//! and devices (name, compute capability, memory, the CUBIN arch), NVRTC, cuBLAS, and the
-//! kernel cache.
-//! Every CUDA line reports absence as text instead of failing.
+//! `ferroq info`: what this machine offers ferroq.
+//!
+//! - The CPU backend's kernels, the CUDA driver and devices (compute capability, memory, CUBIN
+//!   arch), NVRTC, cuBLAS and the kernel cache.
+//! - Every CUDA line reports absence as text instead of failing.
 
 use anyhow::Result;
 use ferroq::backend::cpu::CpuBackend;

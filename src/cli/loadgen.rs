@@ -1,5 +1,6 @@
-//! `ferroq loadgen`: measure a running server (throughput, time to first token) at several
-//! concurrencies through `ferroq::server::loadgen`.
+//! `ferroq loadgen`: measure a running server at several concurrencies.
+//!
+//! - Throughput and time to first token through `ferroq::server::loadgen`.
 
 use anyhow::{bail, Context, Result};
 use ferroq::server::loadgen::{self, LoadOptions};

@@ -1,6 +1,9 @@
-//! The commands of the `ferroq` binary, one file each (its arguments and a `run`), and what
-//! they share: the global flags, the default model, opening a model with `--act-scope`, the
-//! progress bar. Library work stays in the library; these files parse, dispatch and print.
+//! The commands of the `ferroq` binary, one file each: its arguments and a `run`.
+//!
+//! - Shared here: the global flags, `--device`, the default model, opening a model with
+//!   `--act-scope`, the progress bar.
+//! - Library work stays in the library; these files parse, dispatch through `DeviceSpec::run`
+//!   and print.
 
 pub mod analyze;
 pub mod bench;

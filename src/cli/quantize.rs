@@ -1,5 +1,6 @@
-//! `ferroq quantize`: calibrate and quantize a float model per a recipe (preset or YAML) and
-//! write a compressed-tensors checkpoint. The calibration passes run on `--device`.
+//! `ferroq quantize`: calibrate and quantize a float model, write a compressed-tensors checkpoint.
+//!
+//! - A preset or a YAML recipe; the calibration passes run on `--device` (the CPU by default).
 
 use super::{progress_bar, resolve_model, DeviceArg, RecipeArgs};
 use anyhow::{Context, Result};

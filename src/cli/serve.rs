@@ -1,5 +1,6 @@
-//! `ferroq serve`: the model behind an OpenAI-compatible HTTP API with continuous batching
-//! (`ferroq::server`), on the CPU or a GPU.
+//! `ferroq serve`: the model behind an OpenAI-compatible HTTP API with continuous batching.
+//!
+//! - On the CPU or a GPU; the server itself is `ferroq::server`.
 
 use super::{open_model, parse_dtype, resolve_model, DeviceArg, Global};
 use anyhow::{bail, Result};

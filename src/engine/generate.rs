@@ -1,7 +1,8 @@
-//! The generation loop: one batched prefill over the prompt, then one decode step per new
-//! token, sampling from the last logits and streaming decoded text as soon as it forms whole
-//! UTF-8 characters. Times prefill and decode separately (the two numbers llama.cpp reports as
-//! prompt eval and eval tok/s).
+//! The generation loop: one batched prefill over the prompt, then one decode step per token.
+//!
+//! - Samples from the last logits on the backend and streams text once it forms whole UTF-8
+//!   characters.
+//! - Times prefill and decode apart: the two numbers llama.cpp reports as prompt eval and eval.
 
 use crate::backend::Backend;
 use crate::engine::sampler::{Sampler, SamplingParams};

@@ -1,8 +1,9 @@
-//! Serving metrics in the Prometheus text exposition format (version 0.0.4): counters of
-//! requests by outcome and of tokens in and out, gauges of queue depth, running sequences and
-//! KV-cache blocks, and histograms of time to first token, inter-token latency and batch size.
-//! The scheduler thread writes them, `GET /metrics` renders them; names follow vLLM's
-//! `vllm:*` metrics with a `ferroq_` prefix.
+//! Serving metrics in the Prometheus text exposition format (0.0.4).
+//!
+//! - Counters of requests by outcome and tokens in and out; gauges of queue depth, running
+//!   sequences and KV blocks; histograms of time to first token, inter-token latency, batch size.
+//! - The scheduler thread writes them, `GET /metrics` renders them; names follow vLLM's
+//!   `vllm:*` with a `ferroq_` prefix.
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};

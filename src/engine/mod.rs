@@ -1,6 +1,7 @@
-//! The generation engine: the sampler, the single-request prefill-then-decode loop with
-//! streaming text, and the serving side: the continuous-batching scheduler, its thread and
-//! its metrics.
+//! The generation engine: sampling, the single-request loop, and the serving side.
+//!
+//! - `sampler` (host side of sampling), `generate` (prefill then decode, streamed text),
+//!   `scheduler` (continuous batching), `service` (its thread), `metrics`.
 
 pub mod generate;
 pub mod metrics;

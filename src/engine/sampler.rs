@@ -1,8 +1,9 @@
-//! Token sampling: greedy, temperature, top-k, top-p (nucleus) and the HF repetition penalty
-//! (divide positive logits, multiply negative ones, once for every distinct token already in
-//! the context), driven by a seeded xoshiro256** generator so a seed reproduces a run. The draw
-//! rule (`draw`) is sort-free on the device side, so the GPU samples in one block per row with
-//! the same rule (`Sampling::sample_rows`). Candidate buffers are allocated once per sampler.
+//! Host-side token sampling: parameters, the seeded generator and the per-request sampler.
+//!
+//! - Greedy, temperature, top-k, top-p and the HF repetition penalty once per distinct id.
+//! - A seeded xoshiro256** makes a seed reproduce a run; one uniform per token, the same on
+//!   every backend, since the draw rule itself is the backend's (`backend::sampling`).
+//! - Candidate buffers are allocated once per sampler.
 
 pub use crate::backend::sampling::{argmax, draw, order_key, penalize, pick, Draw};
 

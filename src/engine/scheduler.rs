@@ -1,13 +1,13 @@
-//! Continuous batching (iteration-level scheduling, Orca, Yu et al. OSDI 2022; vLLM's
-//! scheduler): between two forward steps new requests join the running batch and finished ones
-//! leave it. Each step feeds every decoding sequence its one new token and the prefilling ones
-//! their next prompt chunk (at most `prefill_chunk` tokens, the chunks `generate` uses), all in
-//! one `forward_batch` call — two when the model is pd_mix, whose prefill and decode rows take
-//! different activation scales. KV memory comes block by block from a shared pool
-//! ([`BlockAllocator`]); when it runs out the newest sequence is preempted (its blocks freed,
-//! recomputed later from its tokens, vLLM's recompute preemption). Every kernel is batch-
-//! invariant and the chunks and phases equal `generate`'s, so a request's greedy output is the
-//! same alone or batched.
+//! Continuous batching (iteration-level scheduling: Orca, OSDI 2022; vLLM's scheduler).
+//!
+//! - Between two forward steps new requests join the running batch and finished ones leave it.
+//! - A step feeds each decoding sequence its token and each prefilling one its next prompt chunk
+//!   (`generate`'s chunks), in one `forward_batch` — two for pd_mix models, whose prefill and
+//!   decode rows take different activation scales.
+//! - KV memory comes block by block from a shared pool; when it runs out the newest sequence is
+//!   preempted and later recomputed from its tokens (vLLM's recompute preemption).
+//! - Every kernel is batch-invariant and chunks and phases equal `generate`'s, so a request's
+//!   greedy output is the same alone or batched.
 
 use crate::backend::Backend;
 use crate::engine::metrics::{Metrics, Outcome};

@@ -1,8 +1,9 @@
-//! The serving thread: owns a [`Scheduler`], takes requests over a channel and alternates
-//! admitting them with forward steps, sleeping while there is nothing to do. `EngineHandle` is
-//! its thread-safe front for the HTTP layer: a bounded admission count (requests beyond
-//! max_batch + max_queue are refused, for a 429) and shutdown that lets running requests
-//! finish within a grace period, then cancels the rest.
+//! The serving thread and its thread-safe front (`EngineHandle`) for the HTTP layer.
+//!
+//! - Owns a `Scheduler`, takes requests over a channel and alternates admitting them with
+//!   forward steps, sleeping while idle.
+//! - Admission is bounded (beyond max_batch + max_queue a request is refused: a 429); shutdown
+//!   lets running requests finish within a grace period, then cancels the rest.
 
 use crate::backend::Backend;
 use crate::engine::metrics::{Metrics, Outcome};

@@ -1,10 +1,10 @@
-//! Accuracy against a baseline, following llama.cpp's `llama-perplexity` conventions so numbers
-//! compare across tools: the text is tokenized once (no BOS), cut into consecutive chunks of
-//! `ctx` tokens, each chunk runs from an empty cache, and only the second half of each chunk is
-//! scored (logits at position j predict token j + 1 for j in [ctx/2, ctx − 1)). Reported: the
-//! perplexity of both models, the PPL change, the KL divergence KL(P_base ‖ P_model) over the
-//! full vocabulary per scored token (mean / median / p99 / max), and top-1 agreement.
-//! Baseline log-probabilities can be saved (f16) and reloaded so repeated evals skip it.
+//! Accuracy against a baseline, with llama.cpp's `llama-perplexity` conventions.
+//!
+//! - The text is tokenized once (no BOS), cut into `ctx`-token chunks, each run from an empty
+//!   cache; only the second half of each chunk is scored, so numbers compare across tools.
+//! - Reported: both perplexities, the PPL change, KL(P_base ‖ P_model) over the full vocabulary
+//!   per scored token (mean / median / p99 / max) and top-1 agreement.
+//! - Baseline log-probabilities can be saved (f16) and reloaded (`compare`).
 
 use crate::backend::Backend;
 use crate::engine::sampler::argmax;

@@ -1,10 +1,10 @@
-//! `ferroq convert`: a GGUF model written out as a Hugging Face model directory
-//! (config.json for `LlamaForCausalLM`, model.safetensors, tokenizer.json,
-//! tokenizer_config.json with the chat template, generation_config.json), the form every
-//! other ferroq command and the HF ecosystem read. Tensors are dequantized, un-permuted and
-//! renamed by `GgufWeights`, then stored in the requested dtype. Files are written into a
-//! temporary directory beside `out` and renamed into place at the end, so a failed conversion
-//! leaves no half-written model behind.
+//! `ferroq convert`: a GGUF model written out as a Hugging Face model directory.
+//!
+//! - config.json (`LlamaForCausalLM`), model.safetensors, tokenizer.json, tokenizer_config.json
+//!   with the chat template, generation_config.json: what every other command and the HF
+//!   ecosystem read.
+//! - Tensors are dequantized, un-permuted and renamed by `GgufWeights`, stored in the asked dtype.
+//! - Written into a temporary directory and renamed at the end, so a failure leaves nothing.
 
 use crate::checkpoint::config::ModelConfig;
 use crate::checkpoint::gguf::{weights::GgufWeights, GgufFile};

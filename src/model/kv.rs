@@ -1,8 +1,9 @@
-//! The paged KV cache of vLLM's PagedAttention (Kwon et al., SOSP 2023): per layer, one pool of
-//! fixed-size blocks of key (and value) rows, and per sequence a block table mapping its
-//! logical blocks to physical ones. Memory is taken block by block as a sequence grows, so a
-//! server holds what its sequences use, not max_seq per request. `BlockAllocator` is the
-//! host-side free list; the single-sequence `Session` uses one block of max_seq positions.
+//! The paged KV cache of vLLM's PagedAttention (Kwon et al., SOSP 2023).
+//!
+//! - Per layer one pool of fixed-size blocks of keys (and values); per sequence a block table
+//!   from logical to physical blocks. Memory is taken as a sequence grows, so a server holds
+//!   what its sequences use, not max_seq per request.
+//! - `BlockAllocator` is the host-side free list; a `Session` uses one block of max_seq.
 
 use crate::backend::Backend;
 use crate::error::{Error, Result};

@@ -1,9 +1,9 @@
-//! The Llama-family decoder (Llama 2/3, Mistral, Qwen2, SmolLM) written once against the
-//! `Backend` trait, following HF `LlamaForCausalLM`: pre-RMSNorm blocks, RoPE (rotate_half),
-//! grouped-query attention over a KV cache, SwiGLU MLP, final norm and LM head (tied or not).
-//! `Session` is llama2.c's RunState: every activation buffer and the KV cache are allocated
-//! once for (max_batch, max_seq), so prefill (a batch of prompt tokens in one pass) and decode
-//! (one token) allocate nothing.
+//! The Llama-family decoder, written once against the `Backend` trait (HF `LlamaForCausalLM`).
+//!
+//! - Pre-RMSNorm blocks, RoPE (rotate_half), grouped-query attention over a paged KV cache,
+//!   SwiGLU MLP, final norm and LM head (tied or not, int8 when the checkpoint asks).
+//! - `Workspace` holds every activation buffer once for (max_batch, max_seq), so prefill and
+//!   decode allocate nothing; `forward_batch` runs several sequences in one pass.
 
 use crate::backend::linear::{Linear, LinearWeight};
 use crate::backend::sampling::Draw;

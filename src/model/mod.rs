@@ -1,6 +1,8 @@
-//! Models and checkpoints: the config, the loaders (GGUF, safetensors), the `Linear` layer and
-//! the Llama-family model. `open` is the one entry point the commands use: it takes a GGUF file
-//! or a Hugging Face model directory and returns the model on a backend plus its tokenizer.
+//! Opening a model: a GGUF file or an HF directory, with its tokenizer, on a backend.
+//!
+//! - `open` is the one entry point the commands use; `read_all` gives the quantizer every tensor
+//!   in host memory; `write_model_files` writes config and tokenizer files beside weights.
+//! - The model itself is `llama.rs`, its cache `kv.rs`, one sequence's run state `session.rs`.
 
 pub mod convert;
 pub mod kv;

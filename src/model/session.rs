@@ -1,8 +1,9 @@
-//! `Session`: the run state of one sequence (generate, eval, calibration, bench): a
-//! [`Workspace`] of activation buffers plus a private KV cache of one block holding max_seq
-//! positions, so prefill (a batch of prompt tokens in one pass) and decode (one token)
-//! allocate nothing. It runs the same batched forward pass as the server's scheduler, with a
-//! one-entry block table, so a prompt gives the same logits here and there.
+//! `Session`: the run state of one sequence (generate, eval, calibration, bench).
+//!
+//! - A `Workspace` plus a private KV cache of one block of max_seq positions: prefill and decode
+//!   allocate nothing.
+//! - It runs the scheduler's batched forward pass with a one-entry block table, so a prompt gives
+//!   the same logits here and in the server.
 
 use crate::backend::sampling::Draw;
 use crate::backend::{Backend, KvSeq};

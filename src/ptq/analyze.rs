@@ -1,10 +1,11 @@
-//! `ferroq analyze`: per-layer quantization sensitivity and automatic BF16 fallback. Each
-//! quantized linear is swapped, alone, into the smoothed float model and the KL divergence it
-//! causes against the float model is measured on a small evaluation set (msModelSlim's "fall
-//! back the most sensitive layers first"); cheap statistics of the layer's input (kurtosis,
-//! max/std) are reported beside it. With a KL budget, the smallest most-sensitive-first prefix
-//! of the ranking to keep in BF16 is searched (doubling, then bisection), and the resulting
-//! recipe is re-quantized from scratch and evaluated to verify it meets the budget.
+//! `ferroq analyze`: per-layer quantization sensitivity and automatic BF16 fallback.
+//!
+//! - Each quantized linear is swapped, alone, into the smoothed float model and the KL it causes
+//!   is measured (msModelSlim's "fall back the most sensitive layers first"), with its input's
+//!   kurtosis and max/std beside it.
+//! - With a KL budget, the smallest most-sensitive-first prefix to keep in BF16 is searched
+//!   (doubling, then bisection) and verified by re-quantizing from scratch.
+//! - Calibration and scoring run on whichever backend `open` makes.
 
 use super::calib::{self, CollectOptions};
 use super::pipeline::{quantize_on, QuantizeOptions, QuantizedModel};

@@ -1,12 +1,11 @@
-//! Calibration: the token samples (from `--calib FILE`, plain text or JSONL, or the built-in
-//! mixed-domain text `data/calib_default.txt`), and the statistics collected by running the
-//! float model over them: per-channel |x| maxima (for smoothing), tensor min/max and per-sample
-//! ranges (for minmax observers), histograms (second pass, fixed range) and the first rows of
-//! each input (for Flex Smooth's error search).
+//! Calibration: the token samples and the statistics the float model produces on them.
 //!
-//! Samples run `batch` at a time, each in its own session on the rayon pool; per-sample results
-//! are merged in sample order with exact operations (max, integer counts), so the statistics
-//! are bit-identical for any batch size and thread count (seed 000's pitfall avoided).
+//! - Samples from `--calib FILE` (plain text or JSONL) or the built-in mixed-domain text.
+//! - Statistics: per-channel |x| maxima (smoothing), min / max and per-sample ranges (minmax
+//!   observers), fixed-range histograms (second pass), first rows of each input (Flex Smooth).
+//! - Samples run `batch` at a time; per-sample results merge in sample order with exact
+//!   operations (max, integer counts), so statistics are bit-identical for any batch and thread
+//!   count.
 
 use super::observer::{ActStats, Histogram};
 use crate::backend::Backend;

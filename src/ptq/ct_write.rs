@@ -1,15 +1,13 @@
-//! Writing compressed-tensors checkpoints (the format llm-compressor writes and vLLM loads;
-//! reference/quantization.md §7). `config.json` gains `quantization_config` (format,
-//! config_groups with weights / input_activations QuantizationArgs, ignore list of fallback
-//! layers); per quantized linear `X`: `X.weight` (int8 or float8_e4m3fn) or `X.weight_packed`
-//! (int4, eight per int32) + `X.weight_shape`, `X.weight_scale` ([out, 1] per channel, [1] per
-//! tensor, [out, groups] per group), and for static activations `X.input_scale` (+
-//! `X.input_zero_point`). pd_mix is written as vLLM's dynamic per-token W8A8 (what vLLM runs);
-//! its calibrated per-tensor decode scale, which vLLM has no field for, goes in the extra
-//! `quantization_config.ferroq.pd_mix` block that vLLM ignores. Online Hadamard rotations
-//! (`ferroq.hadamard`: input name → block) have no compressed-tensors field either: such a
-//! checkpoint runs correctly only in ferroq. Everything else is BF16. The reader is
-//! `checkpoint::ct`.
+//! Writing compressed-tensors checkpoints (llm-compressor's format; reference/quantization.md §7).
+//!
+//! - `quantization_config` (format, config_groups of QuantizationArgs, the ignore list of
+//!   fallback layers); per linear `X.weight` (int8 / float8_e4m3fn) or `X.weight_packed` (int4,
+//!   eight per int32) + `X.weight_shape`, `X.weight_scale`, and static `X.input_scale` /
+//!   `X.input_zero_point`.
+//! - pd_mix is written as vLLM's dynamic per-token W8A8 (what vLLM runs); its decode scale, which
+//!   vLLM has no field for, goes in `quantization_config.ferroq.pd_mix`, which vLLM ignores.
+//! - Online rotations (`ferroq.hadamard`) have no compressed-tensors field: such a checkpoint runs
+//!   correctly only in ferroq. Everything else is BF16. The reader is `checkpoint::ct`.
 
 use super::pipeline::QuantizedModel;
 use super::recipe::ActScope;

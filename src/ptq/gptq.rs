@@ -1,11 +1,11 @@
-//! GPTQ (Frantar et al., "GPTQ: Accurate Post-Training Quantization for Generative
-//! Pre-trained Transformers", 2022) for int4 group weights: columns are quantized left to right
-//! and each column's rounding error, weighted by the inverse Hessian H⁻¹ of the layer's
-//! inputs (H = XᵀX over the calibration tokens), is pushed onto the columns not yet quantized,
-//! minimising ‖W X − Q X‖ instead of ‖W − Q‖. Group scales are chosen (minmax) when the
-//! group's first column is reached, from the already-updated weights, as the reference
-//! implementation does; no activation reordering. Dampening: λ = 1% of mean(diag H); inputs
-//! that never fire (diag 0) get H_ii = 1 and zero weights.
+//! GPTQ (Frantar et al., 2022) for int4 group weights.
+//!
+//! - Columns are quantized left to right; each column's rounding error, weighted by the inverse
+//!   Hessian of the layer's inputs (H = XᵀX over calibration tokens), is pushed onto the columns
+//!   not yet quantized: minimising ‖W X − Q X‖ instead of ‖W − Q‖.
+//! - Group scales (minmax) are chosen when a group's first column is reached, from the updated
+//!   weights, as the reference does; no activation reordering.
+//! - Dampening λ = 1% of mean(diag H); inputs that never fire get H_ii = 1 and zero weights.
 
 use crate::backend::cpu::dense::dot;
 use crate::error::{Error, Result};

@@ -1,8 +1,9 @@
-//! Post-training quantization: calibration (`calib`: samples, per-site statistics), activation
-//! observers (`observer`), outlier suppression (`smooth`: SmoothQuant and its iterative and
-//! flexible variants), GPTQ (`gptq`), recipes (`recipe`), the quantize flow (`pipeline`),
-//! per-layer sensitivity and KL-budget fallback (`analyze`) and the compressed-tensors writer
-//! (`ct_write`). Terms and formulas follow reference/quantization.md.
+//! Post-training quantization: from a float model and a recipe to a quantized checkpoint.
+//!
+//! - `calib` (samples, statistics), `observer` (static scales), `smooth` (SmoothQuant family),
+//!   `gptq`, `recipe`, `pipeline` (the quantize flow), `analyze` (sensitivity, KL-budget
+//!   fallback), `ct_write` (compressed-tensors out).
+//! - Terms and formulas follow reference/quantization.md.
 
 pub mod analyze;
 pub mod calib;

@@ -1,12 +1,10 @@
-//! Activation observers: from calibration statistics to a static per-tensor (scale, zero
-//! point). minmax, moving-average minmax (PyTorch's averaging constant 0.01, folded per
-//! calibration sample in sample order), percentile, histogram + MSE clip search (msModelSlim's
-//! histogram method) and histogram + KL clip search (TensorRT entropy calibration).
+//! Activation observers: calibration statistics to a static per-tensor (scale, zero point).
 //!
-//! Batch invariance (seed 000): every statistic here is order-independent by construction —
-//! min/max are exact, histograms hold integer counts over a range fixed before counting, and
-//! the moving average folds per-sample values in sample order — so the resulting scales are
-//! bit-identical for any calibration batch size and thread count.
+//! - minmax, moving-average minmax (PyTorch's constant 0.01, folded per sample in sample order),
+//!   percentile, histogram + MSE clip search (msModelSlim) and histogram + KL clip search
+//!   (TensorRT entropy calibration).
+//! - Every statistic is order-independent by construction (exact min / max, integer counts over
+//!   a range fixed before counting), so scales are bit-identical for any batch and thread count.
 
 use super::recipe::ActMethod;
 use crate::quant::formats::{self, Fp8};

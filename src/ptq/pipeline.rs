@@ -1,10 +1,11 @@
-//! The quantization pipeline behind `ferroq quantize`: float weights → calibration pass →
-//! outlier suppression (recipe order) → online Hadamard rotation (QuaRot) → calibration pass on
-//! the smoothed, rotated model for static activation scales (plus a histogram pass when an
-//! observer needs one, and a pass keeping every input row for GPTQ) → weight quantization
-//! (round-to-nearest, ssz or GPTQ) → a `QuantizedModel` that runs directly (it is a `WeightSource`) and is written as a
-//! compressed-tensors checkpoint by `ct.rs`. Linears no `linear_quant` selects, the embedding,
-//! the norms and the LM head stay dense in BF16 (the fallback precision).
+//! The quantize flow behind `ferroq quantize`.
+//!
+//! - Float weights → calibration → outlier suppression (recipe order) → online Hadamard rotation
+//!   (QuaRot) → calibration on the smoothed, rotated model for static scales (plus histogram and
+//!   GPTQ passes when asked) → weight quantization (round-to-nearest, ssz or GPTQ).
+//! - The result (`QuantizedModel`) runs directly (it is a `WeightSource`) and `ct_write` stores it.
+//! - Linears no `linear_quant` selects, embeddings, norms and the LM head stay BF16 (fallback).
+//! - The calibration passes run on any backend (`quantize_on`); the CPU is the reference.
 
 use super::calib::{self, CollectOptions, StatsMap};
 use super::gptq;

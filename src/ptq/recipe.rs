@@ -1,10 +1,10 @@
-//! Quantization recipes: YAML in the style of msModelSlim's accuracy-tuning guide (seed 002):
-//! an ordered list of processors — outlier suppression (`iter_smooth`, `smooth_quant`,
-//! `flex_smooth`) and `linear_quant` with `qconfig.act` / `qconfig.weight` (scope, dtype,
-//! symmetric, method) — each selecting linears with `include` / `exclude` globs. Linears that
-//! no `linear_quant` selects stay in BF16 (fallback). Unknown keys and values are errors that
-//! name them (serde `deny_unknown_fields`). Built-in presets: w8a8 (pd_mix), w8a8-dynamic,
-//! w8a8-static, fp8, w4a16, w4a16-gptq.
+//! Quantization recipes: YAML in the style of msModelSlim's accuracy-tuning guide, and presets.
+//!
+//! - An ordered list of processors — outlier suppression (`iter_smooth`, `smooth_quant`,
+//!   `flex_smooth`), `hadamard`, and `linear_quant` with `qconfig.act` / `qconfig.weight` —
+//!   each selecting linears with `include` / `exclude` globs; unselected linears stay BF16.
+//! - Unknown keys and values are errors that name them (serde `deny_unknown_fields`).
+//! - Presets: w8a8 (pd_mix), w8a8-dynamic, w8a8-static, fp8, w4a16, w4a16-gptq.
 
 use crate::checkpoint::config::LmHead;
 use crate::checkpoint::site::Site;

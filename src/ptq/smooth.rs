@@ -1,17 +1,14 @@
-//! Outlier suppression that leaves the float function unchanged (reference/quantization.md
-//! §4): channel j of a linear's input is divided by s_j and the matching weight columns are
-//! multiplied by s_j, with 1/s_j folded into the producer — the RMSNorm weight (norm→linear),
-//! the rows of v_proj (v→o, one scale per KV-head channel under GQA) or of up_proj (up→down,
-//! since silu(gate)·up is linear in up).
+//! Outlier suppression that leaves the float function unchanged (reference/quantization.md §4).
 //!
-//! - SmoothQuant (Xiao et al., 2023): s = A^α / W^(1−α) on norm→linear subgraphs only.
-//! - Iterative Smooth (msModelSlim): the same formula, clamped at 1e-5, α = 0.9 by default, on
-//!   every subgraph in priority order up→down, v→o, norm→linear.
+//! - Channel j of a linear's input is divided by s_j and the matching weight columns multiplied
+//!   by it, with 1/s_j folded into the producer: the RMSNorm weight (norm→linear), the rows of
+//!   v_proj (v→o, one scale per KV-head channel under GQA) or of up_proj (up→down).
+//! - SmoothQuant (Xiao et al., 2023): s = A^α / W^(1−α), norm→linear only.
+//! - Iterative Smooth (msModelSlim): the same, clamped at 1e-5, α 0.9 by default, every subgraph
+//!   in priority order up→down, v→o, norm→linear.
 //! - Flex Smooth (msModelSlim): s = A^α / W^β with (α, β) from a two-stage grid search that
 //!   minimises the consumers' int8 output error on calibration rows.
-//!
-//! A = per-channel max |x| from calibration, W = per-input-channel max |w| over all consumers.
-//! Statistics are rescaled with the activations, so later subgraphs see the smoothed inputs.
+//! - Statistics are rescaled with the activations, so later subgraphs see smoothed inputs.
 
 use super::calib::{SiteStats, StatsMap};
 use super::recipe::selected;

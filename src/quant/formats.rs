@@ -1,10 +1,10 @@
-//! Exact codecs for the number formats ferroq quantizes to (reference/quantization.md §1):
-//! INT8 symmetric [-127, 127] and asymmetric [-128, 127], INT4 ([-8, 7], packed two per byte
-//! or eight per int32 in compressed-tensors' offset-binary layout), and the OCP FP8 formats
-//! E4M3FN (bias 7, max ±448, no infinities, S.1111.111 = NaN) and E5M2 (bias 15, max ±57344,
-//! IEEE-style inf/NaN). FP8 encoding rounds to nearest even and saturates to the largest finite
-//! value, like PTX `cvt.rn.satfinite`. Integer rounding is round-half-to-even (`torch.round`,
-//! CUDA `nearbyint`).
+//! Exact codecs for the number formats ferroq quantizes to (reference/quantization.md §1).
+//!
+//! - INT8 symmetric [-127, 127] and asymmetric [-128, 127]; INT4 [-8, 7], packed two per byte or
+//!   eight per int32 in compressed-tensors' offset-binary layout.
+//! - OCP FP8 E4M3FN (bias 7, ±448, no infinities) and E5M2 (bias 15, ±57344, IEEE-style); encoding
+//!   rounds to nearest even and saturates like PTX `cvt.rn.satfinite`.
+//! - Integer rounding is round-half-to-even (`torch.round`, CUDA `nearbyint`).
 
 /// Round half to even, as `torch.round` and `cvt.rni` do. Adding and subtracting 1.5 · 2^23
 /// makes the FPU round to an integer in its default round-to-nearest-even mode: exact for

@@ -1,12 +1,12 @@
-//! Online Hadamard rotation of linear inputs (QuaRot, Ashkboos et al. 2024; the incoherence
-//! processing of QuIP#). For an orthonormal H, `W x = (W H)(Hᵀ x)`: the weights are rotated
-//! once offline and the activation is rotated on the fly, which is exact in float but spreads
-//! a few outlier channels over a whole block, so per-token int8 quantization of the rotated
-//! activation loses far less. H here is block-diagonal with Sylvester (Walsh) blocks of a
-//! power-of-two size b, scaled by 1/√b; it is symmetric and its own inverse, so the same fast
-//! Walsh–Hadamard transform (b·log2 b additions per block) rotates activations and weight rows.
-//! Which decoder inputs are rotated, and with which block, is the model's business
-//! (`checkpoint::site::OnlineHadamard`); this module is the transform itself.
+//! The block Walsh–Hadamard transform behind online rotation (QuaRot; QuIP#'s incoherence).
+//!
+//! - For an orthonormal H, `W x = (W H)(Hᵀ x)`: weights rotate once offline, activations on the
+//!   fly; exact in float, but a few outlier channels spread over a block, so per-token int8
+//!   quantization of the rotated activation loses far less.
+//! - H is block-diagonal with Sylvester blocks of a power-of-two size b, scaled by 1/√b: symmetric
+//!   and its own inverse, so one fast transform (b·log2 b additions) serves activations and
+//!   weight rows.
+//! - Which inputs rotate, with which block, is `checkpoint::site::OnlineHadamard`.
 
 use crate::error::{Error, Result};
 use crate::tensor::HostTensor;

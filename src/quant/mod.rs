@@ -1,8 +1,9 @@
-//! Quantization formats and schemes, the leaf every other layer builds on: number formats
-//! (`formats`), the quantized-weight and activation-policy types the runtime executes (this
-//! file), weight quantizers (`weight`: minmax and msModelSlim's ssz) and the block Hadamard
-//! transform (`hadamard`). Calibration and the algorithms that choose scales live in `ptq`.
-//! Terms and formulas follow reference/quantization.md.
+//! Quantization formats and schemes: the leaf every other layer builds on.
+//!
+//! - `formats` (codecs), this file (`QuantWeight`, the activation policies `ActSpec` / `ActQuant`,
+//!   `Phase`, row quantizers), `weight` (minmax and msModelSlim's ssz), `hadamard` (the transform).
+//! - Calibration and the algorithms that choose scales live in `ptq`; terms and formulas follow
+//!   reference/quantization.md.
 
 pub mod formats;
 pub mod hadamard;

@@ -1,8 +1,9 @@
-//! Weight quantizers: minmax (absmax or min/max per channel / group / tensor) and msModelSlim's
-//! ssz: start from minmax, then alternately re-quantize and solve the least-squares scale (and
-//! offset when asymmetric) with q fixed, keeping an update only when the MSE improves; at most
-//! 20 iterations, stop when the improvement is below 1e-10, scale at least 1e-5
-//! (reference/quantization.md §5).
+//! Weight quantizers: minmax and msModelSlim's ssz (reference/quantization.md §5).
+//!
+//! - minmax: absmax or min / max per channel, group or tensor.
+//! - ssz: from minmax, alternately re-quantize and solve the least-squares scale (and offset when
+//!   asymmetric) with q fixed, keeping an update only when the MSE improves; at most 20
+//!   iterations, stop below 1e-10 improvement, scale at least 1e-5.
 
 use super::formats::{self, round_even, Fp8};
 use super::{QDType, QuantWeight};

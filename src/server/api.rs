@@ -1,10 +1,9 @@
-//! The OpenAI API surface: request bodies of `/v1/completions` and `/v1/chat/completions`
-//! parsed field by field (so a wrong type is a 400 that names the field, and unknown fields
-//! that clients send — `logprobs`, `user`, `frequency_penalty` at 0 — are ignored), and the
-//! response and stream-chunk JSON in OpenAI's shapes. vLLM's extensions `top_k`,
-//! `repetition_penalty` and `ignore_eos` are accepted, and vLLM's defaults followed: without
-//! `max_tokens` a request may generate up to the context limit; without `seed` each request
-//! samples with a fresh one.
+//! The OpenAI API surface: request parsing field by field, response and chunk JSON.
+//!
+//! - A wrong type is a 400 naming the field; unknown fields clients send are ignored.
+//! - vLLM's extensions (`top_k`, `repetition_penalty`, `ignore_eos`) and defaults are followed:
+//!   without `max_tokens` a request may run to the context limit; without `seed` it gets a fresh
+//!   one.
 
 use crate::engine::sampler::SamplingParams;
 use crate::engine::scheduler::Finish;

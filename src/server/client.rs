@@ -1,7 +1,7 @@
-//! A minimal HTTP/1.1 client over tokio's TcpStream for the load generator and the tests:
-//! one request per connection (`Connection: close`), bodies plain or chunked, and a reader of
-//! server-sent events that hands out each `data:` payload as it arrives. Loopback use only; it
-//! is not a general-purpose client (no TLS, no redirects).
+//! A minimal loopback HTTP/1.1 client for the load generator and the tests.
+//!
+//! - One request per connection, plain or chunked bodies, and a server-sent-events reader that
+//!   hands out each `data:` payload as it arrives; no TLS, no redirects.
 
 use std::io;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};

@@ -1,9 +1,8 @@
-//! A bounded loopback load generator for `ferroq serve` (`ferroq loadgen`): `requests`
-//! streamed completions per level, at most `concurrency` in flight, each timed from send to its
-//! first text event (time to first token) and to its end; output tokens come from the usage
-//! chunk (`stream_options.include_usage`). Requests use `ignore_eos` so every one generates
-//! `max_tokens`, which makes levels comparable. Reports like vLLM's benchmark_serving:
-//! output tok/s, request/s, TTFT p50/p99, inter-token latency p50.
+//! A bounded loopback load generator for `ferroq serve`, reporting like vLLM's benchmark_serving.
+//!
+//! - `requests` streamed completions per level, at most `concurrency` in flight, each timed to
+//!   its first text event (TTFT) and its end; tokens from the usage chunk.
+//! - `ignore_eos` makes every request generate `max_tokens`, so levels compare.
 
 use super::client;
 use serde_json::{json, Value};

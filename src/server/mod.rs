@@ -1,10 +1,11 @@
-//! `ferroq serve`: an OpenAI-compatible HTTP server (axum on tokio) in front of the
-//! continuous-batching engine. `/v1/completions` and `/v1/chat/completions` (chat template
-//! applied), streamed as server-sent events when `stream` is set, `/v1/models`, `/health` and
-//! `/metrics` (Prometheus). Requests are parsed and tokenized here, then handed to the
-//! scheduler thread; each response listens on its own channel, and dropping it (the client
-//! went away) cancels the request and frees its KV blocks. SIGINT/SIGTERM stop accepting,
-//! let running requests finish within a grace period and cancel the rest.
+//! `ferroq serve`: an OpenAI-compatible HTTP server (axum on tokio) over the batching engine.
+//!
+//! - `/v1/completions`, `/v1/chat/completions` (SSE when `stream`), `/v1/models`, `/health`,
+//!   `/metrics`.
+//! - Requests are parsed and tokenized here, then handed to the scheduler thread; each response
+//!   listens on its own channel, and dropping it (client gone) cancels the request.
+//! - SIGINT / SIGTERM stop accepting, let running requests finish within a grace period and
+//!   cancel the rest.
 
 pub mod api;
 pub mod client;

@@ -1,8 +1,8 @@
-//! Host-side tensors: the dtype enum and the `HostTensor` that every loader (GGUF, safetensors)
-//! produces and every backend uploads from. Storage is kept in the checkpoint's float dtype
-//! (F32/F16/BF16) so a BF16 model is not silently doubled in memory; quantized GGUF blocks are
-//! dequantized to F32 by the loader before they get here. No autograd, no views: the model
-//! never needs them.
+//! Host-side tensors: the dtype enum and `HostTensor`, the currency between loaders and backends.
+//!
+//! - Storage keeps the checkpoint's float dtype (F32 / F16 / BF16), so a BF16 model is not
+//!   silently doubled in memory; quantized GGUF blocks arrive dequantized to F32.
+//! - No autograd, no views: the model never needs them.
 
 use crate::error::{Error, Result};
 use half::{bf16, f16};

@@ -1,7 +1,8 @@
-//! Chat templates: the Jinja template shipped with a model (HF `tokenizer_config.json`
-//! `chat_template`, GGUF `tokenizer.chat_template`), rendered with minijinja and the variables
-//! HF's `apply_chat_template` passes (`messages`, `add_generation_prompt`, `bos_token`,
-//! `eos_token`, and a `raise_exception` function).
+//! Chat templates: the model's Jinja template rendered with minijinja.
+//!
+//! - From HF `tokenizer_config.json` `chat_template` or GGUF `tokenizer.chat_template`, with the
+//!   variables HF's `apply_chat_template` passes (`messages`, `add_generation_prompt`,
+//!   `bos_token`, `eos_token`, `raise_exception`).
 
 use crate::error::{Error, Result};
 use serde::Serialize;

@@ -1,8 +1,10 @@
-//! tokenizer.json built from a GGUF vocabulary. Two vocabulary models exist in GGUF files:
-//! "gpt2" (byte-level BPE with explicit merges; the pre-tokenizer is chosen by
-//! `tokenizer.ggml.pre`) and "llama" (SentencePiece pieces with scores and `<0xNN>` byte
-//! tokens; rebuilt as BPE with byte fallback). Token types follow llama.cpp: 1 normal,
-//! 2 unknown, 3 control, 4 user-defined, 5 unused, 6 byte.
+//! tokenizer.json built from a GGUF vocabulary.
+//!
+//! - "gpt2": byte-level BPE with explicit merges, the pre-tokenizer chosen by
+//!   `tokenizer.ggml.pre`; "llama": SentencePiece pieces with scores and `<0xNN>` byte tokens,
+//!   rebuilt as BPE with byte fallback.
+//! - Token types follow llama.cpp: 1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused,
+//!   6 byte.
 
 use crate::checkpoint::gguf::{GgufFile, Value};
 use crate::error::{Error, Result};

@@ -1,10 +1,10 @@
-//! Tokenizers for ferroq models: a `tokenizers::Tokenizer` either read from an HF
-//! `tokenizer.json` or built from GGUF metadata (`tokenizer.ggml.*`), plus the model's Jinja
-//! chat template. GGUF byte-level BPE vocabularies ("gpt2" model) get the pre-tokenizer named by
-//! `tokenizer.ggml.pre` (the regexes llama.cpp's `llama-vocab.cpp` uses per name);
-//! SentencePiece-style vocabularies ("llama" model) become BPE with byte fallback, merges
-//! derived from the piece scores the way HF's `SentencePieceExtractor` does. The built
-//! tokenizer is kept as tokenizer.json text so `ferroq convert` can write it out.
+//! Tokenizers: one `tokenizers::Tokenizer` path for HF and GGUF models, plus the chat template.
+//!
+//! - From `tokenizer.json`, or built from GGUF metadata: byte-level BPE gets the pre-tokenizer
+//!   named by `tokenizer.ggml.pre` (llama.cpp's regexes), SentencePiece vocabularies become BPE
+//!   with byte fallback (merges from the piece scores, as HF's `SentencePieceExtractor`).
+//! - Kept as tokenizer.json text so `ferroq convert` can write it out.
+//! - `render_prompt` and `encode_plain` (no BOS, for scoring) are the commands' shared rules.
 
 pub mod chat;
 mod gguf_vocab;

@@ -1,9 +1,9 @@
-//! Incremental detokenization for streaming generated text: each new token costs a decode of a
-//! short window (the tokens since the last emitted text plus the ones emitted last time, as
-//! context for the tokenizer's decoder) instead of the whole completion — the prefix / read
-//! offset scheme of Hugging Face text-generation-inference and vLLM. Text is emitted only when
-//! it is whole characters (byte-level BPE can split a character across tokens), so the pieces
-//! concatenate to the full decode.
+//! Incremental detokenization for streaming generated text.
+//!
+//! - Each token decodes a short window (tokens since the last emitted text plus the previous
+//!   ones as context) instead of the whole completion: TGI's and vLLM's prefix / read offsets.
+//! - Text is emitted in whole characters only (byte-level BPE can split one), so the pieces
+//!   concatenate to the full decode.
 
 use super::TokenizerBundle;
 use crate::error::Result;

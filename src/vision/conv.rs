@@ -1,13 +1,12 @@
-//! 2-D convolution with BatchNorm folded into it and a fused ReLU: PyTorch's `ConvBnReLU2d`
-//! after `fuse_modules` (seed 004: conv → bn → relu as three kernels reads and writes the
-//! activation three times; fused, once). BN folding: w' = w · γ/√(σ²+ε),
-//! b' = (b − μ) · γ/√(σ²+ε) + β. The CPU path gathers each group's receptive fields
-//! (im2col, PyTorch's (c, ky, kx) column order, so weights keep their (out, in/groups, kh, kw)
-//! layout) and runs the backend GEMMs with the bias + ReLU (+ int8 requantize) epilogue writing
-//! straight into NCHW or NHWC; depthwise convolutions run a direct loop instead. Precisions:
-//! f32, BF16 weights, and INT8 (per-channel symmetric weights, one static per-tensor
-//! activation scale — PyTorch's x86 static quantization scheme). `conv2d_ref` / `batch_norm_ref`
-//! are the unfused reference the tests hold the fused op to.
+//! Conv2d with BatchNorm folded in and a fused ReLU: PyTorch's `ConvBnReLU2d` after fusion.
+//!
+//! - Unfused, conv → bn → relu reads and writes the activation three times; fused, once.
+//!   BN folding: w' = w · γ/√(σ²+ε), b' = (b − μ) · γ/√(σ²+ε) + β.
+//! - CPU path: im2col in PyTorch's (c, ky, kx) order (weights keep their layout), the backend
+//!   GEMMs with a bias + ReLU (+ int8 requantize) epilogue into NCHW or NHWC; depthwise runs a
+//!   direct loop.
+//! - Precisions: f32, BF16 weights, INT8 (per-channel weights, a static per-tensor activation
+//!   scale: PyTorch's x86 scheme). `conv2d_ref` / `batch_norm_ref` are the unfused reference.
 
 use crate::backend::cpu::dense::{self, Isa, WElem};
 use crate::backend::cpu::int8::{self, vnni};

@@ -1,8 +1,8 @@
-//! `FusedConv` on CUDA: the one-kernel implicit-GEMM Conv2d + folded BN + ReLU of
-//! `kernels/conv.cu` (BF16 on mma.m16n8k16, INT8 on mma.m16n8k32 with the requantize
-//! epilogue), built from a CPU `FusedConv` so both run the same folded and quantized weights:
-//! the INT8 outputs are bit-identical to the CPU's. Also the unfused sequence (conv, then a
-//! BatchNorm kernel, then a ReLU kernel) the benchmark compares the fused op with.
+//! `FusedConv` on CUDA: one implicit-GEMM kernel (`kernels/conv.cu`).
+//!
+//! - BF16 on `mma.m16n8k16`, INT8 on `mma.m16n8k32` with the requantize epilogue, built from a
+//!   CPU `FusedConv`, so both run the same weights and INT8 outputs are bit-identical.
+//! - Also the unfused sequence (conv, BN kernel, ReLU kernel) the benchmark compares against.
 
 use super::conv::{BatchNorm, ConvShape, ConvWeights, Dims, FusedConv, Layout};
 use crate::backend::cuda::kernels::Kernel;

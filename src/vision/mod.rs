@@ -1,8 +1,8 @@
-//! Vision building blocks: the fused Conv2d + BatchNorm + ReLU op (`conv` on the CPU, `cuda`
-//! as one implicit-GEMM kernel on the GPU) and a ResNet
-//! basic-block stack that runs it from torchvision-named safetensors (`resnet`) — the
-//! machinery (BN folding, per-channel weight quantization, fused epilogues) the vision
-//! encoders of multimodal LLMs need.
+//! Vision building blocks: the fused Conv2d + BatchNorm + ReLU op and a ResNet block stack.
+//!
+//! - `conv` on the CPU, `cuda` as one implicit-GEMM kernel, `resnet` from torchvision-named
+//!   safetensors: the machinery (BN folding, per-channel quantization, fused epilogues) vision
+//!   encoders of multimodal LLMs need.
 
 pub mod conv;
 pub mod cuda;

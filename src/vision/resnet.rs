@@ -1,10 +1,9 @@
-//! A stack of ResNet basic blocks (He et al., CVPR 2016) loaded from safetensors with
-//! torchvision's names (`conv1`/`bn1` stem, `layer{L}.{B}.conv{1,2}` / `bn{1,2}`,
-//! `layer{L}.{B}.downsample.{0,1}`; BatchNorm as `weight`/`bias`/`running_mean`/`running_var`,
-//! `num_batches_tracked` ignored), run with the fused conv op: stem conv+bn+relu, 3×3/2 max
-//! pool, then per block relu(bn2(conv2(relu(bn1(conv1 x)))) + identity), each conv+bn (+relu)
-//! one `FusedConv`. `forward_reference` runs the same graph unfused (conv, bn, relu as separate
-//! passes) for the tests and the example.
+//! A stack of ResNet basic blocks (He et al., CVPR 2016) from torchvision-named safetensors.
+//!
+//! - Names: `conv1` / `bn1` stem, `layer{L}.{B}.conv{1,2}` / `bn{1,2}`, `downsample.{0,1}`;
+//!   BatchNorm `weight` / `bias` / `running_mean` / `running_var`.
+//! - Run with the fused op: stem conv+bn+relu, 3×3/2 max pool, then per block
+//!   relu(bn2(conv2(relu(bn1(conv1 x)))) + identity); `forward_reference` runs it unfused.
 
 use super::conv::{
     batch_norm_ref, conv2d_ref, minmax_act_scale, BatchNorm, ConvPrecision, ConvShape, Dims,

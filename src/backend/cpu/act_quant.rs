@@ -1,10 +1,11 @@
-//! Per-row int8 activation quantization with AVX-512 (the W8A8 linears' input side), bit for
-//! bit `quant::quantize_rows_i8`: the same min / max (exact), the same `int8_params`, the same
-//! product x · (1/s), round-half-even (`vrndscaleps` equals the reference's magic-number
-//! rounding below 2²² and leaves larger values saturating to the same clamp), the zero point
-//! added in float, the clamp, and a truncating narrow. A NaN input gives 0, as the reference's
-//! `NaN as i8` does: the clamps are ordered so the NaN survives to the conversion, whose
-//! "integer indefinite" narrows to 0.
+//! Per-row int8 activation quantization on AVX-512, bit for bit `quant::quantize_rows_i8`.
+//!
+//! - The W8A8 linears' input side: the same exact min / max, `int8_params`, product x · (1/s),
+//!   round-half-even, zero point added in float, clamp and truncating narrow as the reference.
+//! - `vrndscaleps` equals the reference's magic-number rounding below 2²² and larger values
+//!   saturate to the same clamp.
+//! - A NaN input gives 0, as the reference's `NaN as i8`: the clamps are ordered so the NaN
+//!   reaches the conversion, whose "integer indefinite" narrows to 0.
 
 use crate::quant;
 

@@ -1,7 +1,9 @@
-//! CPU attention: causal grouped-query attention over a paged KV cache (vLLM's block tables),
-//! one rayon task per head. Q·Kᵀ runs as strided tile products in the dense kernels' reduction
-//! order (`dense::dot`'s), softmax row by row, P·V in key order across blocks, so a row's
-//! output depends neither on its batch-mates nor on the block size or table (bit for bit).
+//! Causal grouped-query attention over a paged KV cache (vLLM's block tables) on the CPU.
+//!
+//! - One rayon task per head; Q·Kᵀ as strided tile products in `dense::dot`'s reduction order,
+//!   softmax row by row, P·V in key order across blocks.
+//! - So a row's output depends neither on its batch-mates nor on the block size or table (bit
+//!   for bit): the basis of "same tokens alone or in a batch".
 
 use super::dense::{self, Isa, SendPtr};
 use super::{check_len, CpuBackend};

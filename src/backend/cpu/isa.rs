@@ -1,6 +1,8 @@
-//! Which kernel family each op of the CPU backend runs. The best the CPU has is the default
-//! (`CpuIsa::detect`); tests and benchmarks force the slower families, so every path is
-//! checked against the reference through the backend, not only kernel by kernel.
+//! Which kernel family each op of the CPU backend runs (`CpuIsa`).
+//!
+//! - The best the CPU has is the default (`CpuIsa::detect`).
+//! - Tests and benchmarks force the slower families (`CpuIsa::all_available`), so every path is
+//!   checked against the reference through the backend, not only kernel by kernel.
 
 use super::{act_quant, dense, int4, int8, vmath};
 

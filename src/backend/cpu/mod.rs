@@ -1,9 +1,11 @@
-//! The CPU backend: the reference implementation of every op and the default where no GPU is
-//! present. Buffers are `Vec<f32>`; weights keep their checkpoint dtype (f32/f16/bf16) and are
-//! widened inside the matmul kernels. Kernel files are named for what they compute (`dense`,
-//! `int8`, `int4`, `act_quant`, `attention`, `norm`, `vmath`); the ISA paths are variants
-//! inside them, picked at run time. Ops over rows or heads run on rayon's pool;
-//! nothing here allocates, so a decode step allocates nothing.
+//! The CPU backend: the reference implementation of every op, and the default without a GPU.
+//!
+//! - Buffers are `Vec<f32>`; weights keep their checkpoint dtype (f32 / f16 / bf16), are widened
+//!   inside the kernels, and are repacked at load where a faster kernel reads another layout.
+//! - Kernel files are named for what they compute (`dense`, `int8`, `int4`, `act_quant`,
+//!   `attention`, `norm`, `vmath`); ISA paths are variants inside, chosen by `CpuIsa`.
+//! - Ops over rows or heads run on rayon's pool, and nothing here allocates per call, so a decode
+//!   step allocates nothing.
 
 pub mod act_quant;
 pub mod attention;

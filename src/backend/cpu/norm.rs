@@ -1,5 +1,7 @@
-//! RMSNorm on the CPU (Zhang & Sennrich 2019, as HF's LlamaRMSNorm): the sum of squares in
-//! the dense kernels' `dot` order, so a row's result does not depend on its batch.
+//! RMSNorm on the CPU (Zhang & Sennrich 2019, as HF's LlamaRMSNorm).
+//!
+//! - The sum of squares runs in the dense kernels' `dot` order, so a row's result does not depend
+//!   on its batch.
 
 use super::dense;
 

@@ -1,8 +1,9 @@
-//! Vectorised `exp` for the CPU backend's softmax and SiLU: Cephes' `expf` (range reduction
-//! by ln 2 in two parts, a degree-5 minimax polynomial for exp(r) − 1 − r, scaling by 2ⁿ) on
-//! AVX-512, within 2 ulp of the correctly rounded value. libm's scalar `expf` was 4% of a
-//! 512-token FP16 prefill on this backend, and softmax and SiLU are all that call it.
-//! Machines without AVX-512 use the scalar `f32::exp`.
+//! Vectorised `exp` and SiLU for the CPU backend's softmax and MLP.
+//!
+//! - Cephes' `expf` on AVX-512: range reduction by ln 2 in two parts, a degree-5 minimax
+//!   polynomial for exp(r) − 1 − r, scaling by 2ⁿ; within 2 ulp of the correctly rounded value.
+//! - libm's scalar `expf` was 4% of a 512-token FP16 prefill, and softmax and SiLU are all that
+//!   call it; machines without AVX-512 use `f32::exp`.
 
 /// x[i] = exp(x[i] − shift); returns the sum of the results (softmax's numerator and
 /// denominator in one pass).

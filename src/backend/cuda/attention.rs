@@ -1,9 +1,11 @@
-//! Causal GQA attention over the paged KV cache on CUDA (`kernels/attention.cu`). The path is
-//! chosen per sequence, so a sequence's result never depends on its batch-mates: a decode row
-//! (one new token) takes the key-split flash-decoding pair `attn_partial` / `attn_combine` in
-//! f32 (Dao et al., "Flash-Decoding", 2023); a prefill chunk of two or more rows with head dim
-//! 64 or 128 takes `attn_prefill_hd*`, FlashAttention-2 on bf16 tensor cores, in tiles of 64
-//! consecutive rows. Other head dims run every row through the split kernels.
+//! Causal GQA attention over the paged KV cache on CUDA (`kernels/attention.cu`).
+//!
+//! - The path is chosen per sequence, so a sequence's result never depends on its batch-mates.
+//! - A decode row takes the key-split flash-decoding pair `attn_partial` / `attn_combine` in f32
+//!   (Dao et al., "Flash-Decoding", 2023).
+//! - A prefill chunk of two or more rows with head dim 64 or 128 takes `attn_prefill_hd*`,
+//!   FlashAttention-2 on bf16 tensor cores in tiles of 64 rows; other head dims run every row
+//!   through the split kernels.
 
 use super::backend::CudaBackend;
 use super::kernels::Kernel;

@@ -1,16 +1,13 @@
-//! `CudaBackend`: the `Backend` trait on one CUDA device, launching `kernels/*.cu` through the
-//! typed table. Activations are f32 device buffers (`CudaSlice<f32>`), dense weights BF16
-//! (whatever dtype the checkpoint or `--dtype` asks for: the GEMMs read bf16), the KV cache
-//! bf16 (pairs packed in f32 words, `alloc_kv`), accumulation f32.
-//! Token ids go through the persistent scratch (`scratch.rs`), positions / KV slots / block
-//! tables once per forward into fixed buffers (`meta.rs` reuses them across layers), so a
-//! decode step allocates nothing on the device. Dense linears: the GEMV for decode rows, else
-//! bf16-rounded activations into cuBLAS (`blas.rs`, when present) or the tensor-core
-//! `gemm_bf16_tc`. Quantized linears (W8A8 int8, FP8, W4A16) and `project`'s fused norm /
-//! SiLU·up → quantization are in `qlinear.rs`; the online Hadamard rotation has its kernel.
-//! Decode steps are captured as CUDA graphs and replayed (`graph.rs`); every launch goes
-//! through `go`, which a graph's staging pass turns off.
-//! Unvalidated on hardware until a GPU session runs tests/cuda_model.rs (docs/GPU_RESULTS.md).
+//! `CudaBackend`: one CUDA device's state and the dense helpers the op files share.
+//!
+//! - Activations are f32 device buffers, dense weights BF16 (whatever the checkpoint's dtype: the
+//!   GEMMs read bf16), the KV cache bf16 pairs in f32 words (`alloc_kv`), accumulation f32.
+//! - Dense linears: the GEMV for decode rows, else bf16-rounded activations into cuBLAS
+//!   (`blas.rs`, where present) or the tensor-core `gemm_bf16_tc`.
+//! - Token ids go through persistent scratch (`scratch.rs`) and per-forward metadata through
+//!   fixed buffers (`meta.rs`), so a decode step allocates nothing on the device.
+//! - Every launch goes through `launch`, which a graph's staging pass turns off (`launch.rs`).
+//! - Unvalidated on hardware until a GPU session runs the CUDA tests (docs/GPU_RESULTS.md).
 
 use super::blas::Blas;
 use super::graph::Graphs;

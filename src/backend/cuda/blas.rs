@@ -1,10 +1,10 @@
-//! cuBLAS for the dense BF16 GEMMs of prefill, loaded at run time like the driver: where
-//! libcublas.so.13 is present (the CUDA toolkit, or PyTorch's wheels) `cublasGemmEx` multiplies
-//! bf16 activations by bf16 weights into f32 with f32 accumulation, the product ferroq's own
-//! `gemm_bf16_tc` computes; where it is absent (or `FERROQ_CUBLAS=0`) the backend runs its own
-//! kernel. cudarc panics when it has to load an absent library, so presence is checked first.
-//! Row-major operands map onto cuBLAS's column-major convention as in every inference engine
-//! that calls it: out (m, n) row-major is outᵀ (n, m) column-major = W (n, k) · xᵀ.
+//! cuBLAS for the dense BF16 GEMMs of prefill, loaded at run time like the driver.
+//!
+//! - Where libcublas.so.13 is present (the CUDA toolkit, or PyTorch's wheels) `cublasGemmEx`
+//!   computes the bf16 × bf16 → f32 product ferroq's own `gemm_bf16_tc` computes; where it is
+//!   absent (or `FERROQ_CUBLAS=0`) the backend runs its own kernel.
+//! - cudarc panics when it has to load an absent library, so presence is checked first.
+//! - Row-major out (m, n) is column-major outᵀ (n, m) = W (n, k) · xᵀ, as every engine maps it.
 
 use super::launch::driver_error;
 use crate::error::Result;

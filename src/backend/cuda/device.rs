@@ -1,8 +1,9 @@
-//! Finding a CUDA device through the driver API loaded at run time (cudarc's
-//! `dynamic-loading`): whether libcuda and libnvrtc are present, how many devices there are,
-//! and each one's name, compute capability, memory and the CUBIN architecture ferroq compiles
-//! for it. cudarc panics when it has to load a library that is absent, so every entry point
-//! here checks presence first and turns absence into `Error::Cuda` naming what is missing.
+//! Finding a CUDA device through the driver API loaded at run time (cudarc `dynamic-loading`).
+//!
+//! - Whether libcuda and libnvrtc are present, how many devices there are, and each one's name,
+//!   compute capability, memory and the CUBIN architecture ferroq compiles for it.
+//! - cudarc panics when it has to load an absent library, so every entry point checks presence
+//!   first and turns absence into an `Error::Cuda` naming what is missing.
 
 use crate::error::{Error, Result};
 use cudarc::driver::{result as drv, sys as dsys};

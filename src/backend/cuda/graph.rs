@@ -1,21 +1,15 @@
-//! CUDA graphs for the decode step: a decode token launches the same fifteen or so
-//! kernels per layer every step, only the metadata they read (token id, position, KV slot, keys
-//! visible) changes, so the step is captured once (`cuStreamBeginCapture` …
-//! `cuGraphInstantiate`) and replayed with one `cuGraphLaunch` instead of ~500 launches on an
-//! 8B model. A step runs its
-//! host code twice per token: a *staging* pass that uploads the step's metadata into the
-//! fixed buffers of `meta.rs` (in place, so their addresses never change) and launches
-//! nothing, then either the replay or, the first time, a *capture* pass that records the
-//! launches (finding every upload already done). Attention uses fixed maxima while staging and
-//! capturing (block-table width and key splits for the workspace's max_seq; empty splits add
-//! exact zeros, so the results are bit-identical to eager runs). A graph is keyed by the
-//! caller's `StepKey` and the backend's buffer-move count: a scratch or metadata buffer that
-//! had to grow since the capture invalidates it. Where capture fails, the backend warns once
-//! and decodes eagerly from then on; `FERROQ_CUDA_GRAPHS=0` never captures. This is how vLLM
-//! and TensorRT-LLM run decode (per batch size graphs over static metadata buffers). Steps are
-//! serialised by a lock, but the mode is the backend's: while one thread stages or captures,
-//! no other thread may run work on the same backend (its launches would be skipped or
-//! recorded) — ferroq drives a backend from one thread (generate, the server's engine).
+//! CUDA graphs for the decode step: captured once per step shape, replayed every token.
+//!
+//! - A decode token launches the same kernels every step (only the metadata they read changes),
+//!   so one `cuGraphLaunch` replaces ~500 launches on an 8B model — how vLLM and TensorRT-LLM run
+//!   decode.
+//! - A step runs its host code in a *staging* pass that uploads the metadata into `meta.rs`'s
+//!   fixed buffers and launches nothing, then the replay or, the first time, a *capture* pass.
+//! - Attention uses fixed maxima while staging and capturing (empty key splits add exact zeros),
+//!   so replays equal eager steps bit for bit.
+//! - A graph is keyed by the caller's `StepKey` and the count of moved buffers; a failed capture
+//!   warns once and decodes eagerly; `FERROQ_CUDA_GRAPHS=0` never captures.
+//! - The run mode is the backend's: one thread drives a backend (generate, the server's engine).
 
 use super::launch::{driver_error, Mode, RunState};
 use super::meta::MetaCache;

@@ -1,9 +1,9 @@
-//! The typed kernel table: every CUDA kernel ferroq launches is a `Kernel` variant that knows
-//! its module (one `kernels/*.cu` file) and its `extern "C"` symbol, so call sites never name
-//! kernels as loose strings and the compile test can check the table against what ptxas saw.
-//! A module's source is `kernels/common.cuh` followed by its file (no CUDA headers). The
-//! table is written once, in `kernel_table!` below: module, file stem, then each kernel's
-//! variant and symbol; the enums, lists and lookups are generated from it.
+//! The typed kernel table: every CUDA kernel ferroq launches is a `Kernel` of a `Module`.
+//!
+//! - A kernel knows its module (one `kernels/*.cu` file) and `extern "C"` symbol, so call sites
+//!   never name kernels as strings and the compile test checks the table against ptxas.
+//! - The table is written once (`kernel_table!`); the enums, lists and lookups are generated.
+//! - A module's source is `kernels/common.cuh` followed by its file (no CUDA headers).
 
 /// Generates `Module` (one `kernels/*.cu` file, compiled as one CUBIN) and `Kernel` (one
 /// `extern "C"` symbol of a module) with their lists, names, sources and lookups.

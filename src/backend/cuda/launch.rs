@@ -1,8 +1,9 @@
-//! Launch plumbing of the CUDA backend, below every other host file: driver errors, grid
-//! shapes, argument checks and the backend's run state — eager, staging a graph step (upload
-//! metadata, launch nothing) or capturing one (launch, but never upload or allocate) — with the
-//! count of device buffers moved so far, which the graph cache, the scratch and the metadata
-//! cache all read (a graph captured before a move would read a freed buffer).
+//! Launch plumbing of the CUDA backend, below every other host file.
+//!
+//! - Driver errors, grid shapes, argument checks, and the run state: eager, staging a graph step
+//!   (upload metadata, launch nothing) or capturing one (launch, never upload or allocate).
+//! - The count of moved device buffers lives here because the graph cache, the scratch and the
+//!   metadata cache all read it: a graph captured before a move would read a freed buffer.
 
 use super::kernels::Kernel;
 use crate::error::{Error, Result};

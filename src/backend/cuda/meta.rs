@@ -1,11 +1,10 @@
-//! Per-forward metadata on the device without an upload per op: token positions, KV slots,
-//! block tables and attention tiles are the same for every layer of one forward pass (32 rope,
-//! 64 KV-write and 32 attention calls for an 8B model), so each kind keeps its last upload and a
-//! call with identical contents reuses it. A decode token then costs a handful of host→device
-//! copies instead of ~300. A changed upload is written in place into the kind's grow-only
-//! buffer (stream-ordered after the kernels that read the old contents), so a decode step
-//! allocates nothing and the buffers keep their addresses (what a replayed CUDA graph needs,
-//! `graph.rs`).
+//! Per-forward metadata on the device without an upload per op.
+//!
+//! - Positions, KV slots, block tables and attention tiles are the same for every layer of one
+//!   forward pass, so each kind keeps its last upload and identical contents reuse it: a decode
+//!   token costs a handful of copies instead of ~300.
+//! - A changed upload is written in place into the kind's grow-only buffer (stream-ordered after
+//!   its readers), so decode allocates nothing and addresses stay fixed for replayed graphs.
 
 use super::launch::{driver_error, Mode, RunState};
 use crate::error::{Error, Result};

@@ -1,13 +1,11 @@
-//! The CUDA side of the backend: device discovery through the driver API
-//! loaded at run time (`device`), NVRTC compilation of `kernels/*.cu` straight to CUBIN with a
-//! disk cache (`nvrtc`), the typed kernel table (`kernels`) and GEMM tiles with their dispatch
-//! by M (`tiles`), the device and its lazily loaded modules (`runtime`), cuBLAS when its
-//! library is present (`blas`), and the `Backend` implementation (`backend`; quantized linears
-//! and the fused norm / SiLU·up / rotation → quantization in `qlinear`, paged attention in
-//! `attention`, device sampling in `sample`, persistent scratch in `scratch`, per-forward
-//! metadata in `meta`, decode steps as CUDA graphs in `graph`). Design after candle's CUDA
-//! backend (kernels compiled apart and loaded lazily) and vLLM's csrc kernels. Unvalidated on
-//! hardware until a GPU session runs the `--ignored` CUDA tests (docs/GPU_RESULTS.md).
+//! The CUDA side of the backend, unvalidated on hardware until a GPU session runs its tests.
+//!
+//! - Files in layers: `device` / `nvrtc` / `kernels` / `tiles` (discovery, compilation to CUBIN,
+//!   the kernel table, GEMM tiles), `runtime` (the device and its modules), `launch` (plumbing),
+//!   `graph` / `meta` / `scratch` (graphs, metadata, scratch), `blas`, `backend` (state), then the
+//!   op files `qlinear` / `attention` / `sample` and `ops` (the role traits).
+//! - Design after candle's CUDA backend (kernels compiled apart, loaded lazily) and vLLM's csrc
+//!   kernels; results go to docs/GPU_RESULTS.md.
 
 pub mod attention;
 pub mod backend;

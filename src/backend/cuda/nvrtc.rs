@@ -1,10 +1,9 @@
-//! Kernel compilation: NVRTC straight to CUBIN for one architecture (so ptxas checks inline PTX,
-//! registers and spills at build time and the driver never JITs), and a disk cache keyed by the
-//! source hash, the options, the NVRTC version and the architecture. cudarc's
-//! `compile_ptx_with_opts` only yields PTX, so this uses the raw NVRTC calls
-//! (`nvrtcCreateProgram`, `nvrtcCompileProgram`, `nvrtcGetCUBIN`), as ../shared/reference/gpu.md
-//! records. `--ptxas-options=-v` puts each kernel's registers and spills in the log, parsed
-//! into [`KernelStats`].
+//! Kernel compilation: NVRTC straight to CUBIN for one architecture, with a disk cache.
+//!
+//! - CUBIN, not PTX, so ptxas checks inline PTX, registers and spills at build time and the
+//!   driver never JITs; cudarc only yields PTX, so this calls NVRTC directly.
+//! - The cache key hashes the source, the options, the NVRTC version and the architecture.
+//! - `--ptxas-options=-v` puts each kernel's registers and spills in the log (`KernelStats`).
 
 use super::device::nvrtc_version;
 use crate::error::{Error, Result};

@@ -1,7 +1,8 @@
-//! The `Backend` trait on `CudaBackend`: each op checks its buffers and launches its kernel
-//! through the typed table; quantized linears and the fused producers are `qlinear.rs`,
-//! attention `attention.rs`, sampling `sample.rs`, the device state and dense helpers
-//! `backend.rs`.
+//! The backend role traits on `CudaBackend`.
+//!
+//! - Each op checks its buffers and launches its kernel through the typed table; quantized
+//!   linears and the fused producers are `qlinear.rs`, attention `attention.rs`, sampling
+//!   `sample.rs`, device state and dense helpers `backend.rs`.
 
 use super::backend::{CudaBackend, CudaMatrix};
 use super::kernels::Kernel;

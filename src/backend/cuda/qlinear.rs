@@ -1,13 +1,11 @@
-//! Quantized linears on CUDA, with the same semantics as the CPU backend's (`backend/cpu`):
-//! W8A8 int8 (activations quantized on the device per token, per tensor or pd_mix by phase,
-//! then the `mma.sync` s8 GEMM or the dp4a GEMV with the scale / zero-point / bias epilogue),
-//! FP8 E4M3 W8A8 (e4m3 activations per token or static, `mma.sync` e4m3 GEMM; sm_89+), and
-//! W4A16 int4 groups against BF16-rounded activations (GEMV for decode, dequantize-in-tile GEMM
-//! otherwise). `Backend::project` lands here: linears that quantize their shared input the same
-//! way (`ActKey`) quantize it once, fused with the norm (after the residual add) or SiLU·up
-//! that produces it, and with the QuaRot online rotation, when the whole group agrees. Kernels
-//! in `kernels/gemm_int8.cu`, `quant.cu`, `gemm_fp8.cu`, `gemm_int4.cu`; activations in the
-//! backend's `Scratch`; GEMM / GEMV choice by `tiles::GemmKind::pick`.
+//! Quantized linears on CUDA, with the CPU backend's semantics.
+//!
+//! - W8A8 int8: activations quantized on the device per token, per tensor or pd_mix by phase,
+//!   then the s8 tensor-core GEMM (wgmma on Hopper) or the dp4a GEMV, the CPU's epilogue.
+//! - FP8 E4M3 (sm_89+): e4m3 activations per token or static, the e4m3 GEMM or decode GEMV.
+//! - W4A16: int4 groups against BF16-rounded activations (GEMV for decode, tensor-core GEMM).
+//! - `Fused::project` lands here: linears that quantize a shared input the same way (`ActKey`)
+//!   quantize it once, fused with the norm or SiLU·up that makes it and the online rotation.
 
 use super::backend::CudaBackend;
 use super::kernels::Kernel;

@@ -1,8 +1,8 @@
-//! A CUDA device ready to launch ferroq's kernels: the context and stream (cudarc), and the
-//! typed kernel table resolved lazily — a module's CUBIN comes from the disk cache (compiled by
-//! NVRTC for this device's arch on first use) and is loaded once. This is the part of the CUDA
-//! backend the GPU tests (tests/cuda_kernels.rs) launch kernels through, and `CudaBackend`
-//! sits on it. Tiles that stage more than 48 KiB of shared memory are opted in as they load.
+//! A CUDA device ready to launch ferroq's kernels: context, stream and lazily loaded modules.
+//!
+//! - A module's CUBIN comes from the disk cache (compiled by NVRTC for the device's arch on first
+//!   use) and is loaded once; tiles above 48 KiB of shared memory are opted in as they load.
+//! - The GPU tests launch kernels through this; `CudaBackend` sits on it.
 
 use super::device::{probe, DeviceInfo};
 use super::kernels::{Kernel, Module};

@@ -1,8 +1,8 @@
-//! Sampling on the device: the repetition penalty on the logits in place, then
-//! `kernels/sampling.cu::sample_rows`, which runs `backend::sampling::draw`'s sort-free rule (or
-//! the argmax at temperature 0) in one block per row — top-k and top-p cuts found by bisection
-//! on the float order key, the token by a block scan of chunk weights — so only the token ids
-//! cross to the host.
+//! Sampling on the device, so only token ids cross to the host.
+//!
+//! - The repetition penalty on the logits in place, then `kernels/sampling.cu::sample_rows`: the
+//!   CPU's sort-free rule (`backend::sampling::draw`) or the argmax at temperature 0, one block
+//!   per row — top-k / top-p cuts by bisection on the float order key, the token by a block scan.
 
 use super::backend::CudaBackend;
 use super::kernels::Kernel;

@@ -1,12 +1,10 @@
-//! Device scratch that lives as long as the backend, so a decode step allocates nothing on the
-//! device ("no allocation ... per decoded token"): quantized activations and their
-//! scales, the bf16 copy of a prefill GEMM's input, split-attention partials, sampled ids and
-//! the sampler's uploads. Each buffer only grows (to the next power of two, so a prefill that
-//! lengthens a little each call does not reallocate each time); kernels take explicit sizes,
-//! so a longer buffer than a call needs is harmless. Every launch is on the backend's one
-//! stream, so a buffer reused by the next op is written only after the previous op has read
-//! it; an op holds the lock from its first launch to its last, so two host threads cannot
-//! interleave their use of one buffer.
+//! Device scratch that lives as long as the backend, so a decode step allocates nothing.
+//!
+//! - Quantized activations and scales, the bf16 copy of a GEMM's input, attention partials,
+//!   sampled ids and the sampler's uploads.
+//! - Buffers only grow (to the next power of two) and kernels take explicit sizes.
+//! - One stream orders reuse; an op holds the lock from its first launch to its last, so two
+//!   host threads cannot interleave their use of a buffer.
 
 use super::launch::{driver_error, Mode, RunState};
 use crate::error::{Error, Result};

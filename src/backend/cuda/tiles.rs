@@ -1,10 +1,11 @@
-//! GEMM tile configurations as named structs and the dispatch table by M: for each
-//! weight kind, decode-sized M goes to a memory-bound GEMV that streams the weights once (one
-//! warp per output column) and larger M to the tiled tensor-core kernel. Each `Tile` is what its
-//! `.cu` source is written for (block tile, warp layout, threads); `Kernel::gemm_launch` builds
-//! grids from it, so the backend, the tests and the benchmarks launch the same geometry. On
-//! Hopper (`TensorCores::Wgmma`) the 8-bit GEMMs take the warpgroup-MMA tiles instead of
-//! `mma.sync` (which Hopper runs at a fraction of wgmma's rate, and FP8 only emulated).
+//! GEMM tiles as named structs, and the dispatch by M and tensor-core kind.
+//!
+//! - Decode-sized M goes to a memory-bound GEMV (one warp per output column), larger M to the
+//!   tiled tensor-core kernel; each `Tile` is what its `.cu` source is written for.
+//! - `Kernel::gemm_launch` builds grids from the tile, so the backend, tests and benchmarks launch
+//!   the same geometry.
+//! - On Hopper (`TensorCores::Wgmma`) the 8-bit GEMMs take the warpgroup-MMA tiles: Hopper runs
+//!   `mma.sync` at a fraction of wgmma's rate, and FP8 `mma.sync` only emulated.
 
 use super::kernels::Kernel;
 use cudarc::driver::LaunchConfig;

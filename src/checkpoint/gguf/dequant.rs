@@ -1,7 +1,8 @@
-//! GGML tensor types and their block dequantizers, following the block layouts of llama.cpp's
-//! `ggml-common.h` (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0: 32-element blocks with f16 scales; Q4_K and
-//! Q6_K: 256-element super-blocks with 6-/8-bit sub-block scales). ferroq dequantizes GGUF
-//! weights at load, so these are plain scalar loops: they run once per tensor, not per token.
+//! GGML tensor types and their block dequantizers (llama.cpp's `ggml-common.h` layouts).
+//!
+//! - Q4_0, Q4_1, Q5_0, Q5_1, Q8_0: 32-value blocks with f16 scales; Q4_K, Q6_K: 256-value
+//!   super-blocks with 6- / 8-bit sub-block scales.
+//! - Plain scalar loops: GGUF weights are dequantized once at load, not per token.
 
 use crate::error::{Error, Result};
 use half::{bf16, f16};

@@ -1,9 +1,9 @@
-//! GGUF v2/v3 reader (the llama.cpp container format, `gguf.md` in the ggml repository):
-//! header, typed metadata, tensor infos and the aligned data section, read from a memory map.
-//! Every offset is bounds-checked at open so a truncated download fails with the name of the
-//! first tensor it cuts, not with a crash later. Tensors are dequantized to f32 on request
-//! (`dequant.rs`); `weights.rs` maps GGUF names to Hugging Face names and undoes llama.cpp's
-//! Q/K row permutation.
+//! GGUF v2 / v3 reader (llama.cpp's container; `gguf.md` in the ggml repository).
+//!
+//! - Header, typed metadata, tensor infos and the aligned data section, from a memory map.
+//! - Every offset is bounds-checked at open, so a truncated download fails naming the first
+//!   tensor it cuts instead of crashing later.
+//! - Tensors dequantize to f32 on request (`dequant.rs`); `weights.rs` gives them HF names.
 
 pub mod dequant;
 pub mod weights;

@@ -1,7 +1,8 @@
-//! GGUF tensors seen through Hugging Face names. llama.cpp's converter renames tensors
-//! (`blk.N.attn_q.weight`) and, for the `llama` architecture, permutes the rows of attn_q and
-//! attn_k so GGML's interleaved ("normal") RoPE can be used. We map names back and undo the
-//! permutation, so the one model implementation uses HF's rotate_half RoPE for every source.
+//! GGUF tensors seen through Hugging Face names.
+//!
+//! - llama.cpp's converter renames tensors (`blk.N.attn_q.weight`) and, for `llama`, permutes the
+//!   rows of attn_q / attn_k for GGML's interleaved RoPE; both are undone here.
+//! - So the one model implementation uses HF's rotate_half RoPE for every source.
 
 use super::GgufFile;
 use crate::checkpoint::config::{Arch, ModelConfig};

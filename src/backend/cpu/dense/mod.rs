@@ -1,13 +1,13 @@
-//! CPU dense matmul `out (m, n) = x (m, k) · Wᵀ` with W `(n, k)` stored as f32, f16 or bf16,
-//! and the f32 dot product the attention and the norm use; `panels` is the AVX-512 variant on
-//! weights repacked at load. Register-tiled micro-kernels (MR tokens × NR
-//! weight rows, 8-lane accumulators) selected at run time: AVX2+FMA+F16C when the CPU has them,
-//! a portable lane-array version otherwise. Every output element is reduced in the same order
-//! whatever the tile it falls in, so a prompt's logits are bit-identical whether it is run as
-//! one batch or token by token (the property greedy batching relies on).
+//! Dense matmul `out (m, n) = x (m, k) · Wᵀ` on the CPU, W `(n, k)` in f32, f16 or bf16.
 //!
-//! Parallelism: the n weight rows are split into contiguous chunks, one rayon task each; every
-//! task streams its slice of W once per block of MC tokens (x stays hot in L2).
+//! - Register-tiled micro-kernels (MR tokens × NR weight rows, 8-lane accumulators): AVX2 + FMA +
+//!   F16C where the CPU has them, a portable lane-array version otherwise; `panels` is the
+//!   AVX-512 variant on weights repacked at load.
+//! - Every output element is reduced in the same order whatever tile it falls in, so a prompt's
+//!   logits are bit-identical batched or token by token (what greedy batching relies on).
+//! - The n weight rows split into contiguous chunks, one rayon task each; a task streams its
+//!   slice of W once per block of MC tokens, so x stays hot in L2.
+//! - Also the f32 `dot` the attention and the norm reduce in.
 
 pub mod panels;
 

@@ -1,12 +1,11 @@
-//! AVX-512 dense matmul for F32 / F16 / BF16 weights repacked at load into panels of 8 rows ×
-//! 16 k (the packed-B layout of BLIS-style GEMMs): one k-step of a panel is 8 × 16 contiguous
-//! elements, so a tile streams memory strictly in order and the hardware prefetcher sees one
-//! stream per task instead of eight strided rows — what decoding at batch 1 needs to reach the
-//! memory bandwidth. Rows pad to a multiple of 8 and k to a multiple of 16 with zeros.
+//! Dense matmul on AVX-512 for F32 / F16 / BF16 weights repacked at load into 8 × 16 panels.
 //!
-//! Every (token, row) accumulates in 16 lanes over k (a masked load for the activation's tail)
-//! and ends with one `_mm512_reduce_add_ps`, whatever the tile's token count, so a token's
-//! output is bit-identical batched or alone (the property `dense` keeps for its own tiles).
+//! - The packed-B layout of BLIS-style GEMMs: one k-step of a panel is 8 × 16 contiguous values,
+//!   so a tile streams memory strictly in order and the prefetcher sees one stream per task
+//!   instead of eight strided rows — what batch-1 decode needs to reach memory bandwidth.
+//! - Rows pad to a multiple of 8 and k to a multiple of 16 with zeros.
+//! - Every (token, row) accumulates in 16 lanes over k and ends in one `_mm512_reduce_add_ps`
+//!   whatever the tile's token count, so a token's output is bit-identical batched or alone.
 
 use super::{for_each_column_chunk, has_avx512, SendPtr, WElem};
 

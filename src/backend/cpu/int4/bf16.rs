@@ -1,16 +1,12 @@
-//! W4A16 on AVX-512 BF16 CPUs (Zen 4, Cooper Lake, Sapphire Rapids): INT4 group-quantized
-//! weights against BF16 activations with `vdpbf16ps`, 32 multiply-adds per instruction.
+//! W4A16 on AVX-512 BF16 CPUs (Zen 4, Cooper Lake, Sapphire Rapids) with `vdpbf16ps`.
 //!
-//! W4A16's activations are BF16 on every path (`round_to_bf16`); this kernel takes them as
-//! BF16 bits, so each product is exact and only the f32 accumulation rounds. A nibble becomes
-//! its exact BF16 weight `q − 8 − zero` with one `vpermw` from a 32-entry table chosen by the
-//! group's zero point (Marlin's trick of building the half-precision value from the nibble,
-//! done as a table lookup here because BF16 has no vector subtract): per 64 weights of a row,
-//! one widening load, one shift, two lookups and two dot instructions per token, against
-//! eleven decode instructions per 32 weights in `int4.rs`'s f32 kernel. The group scale is
-//! applied once per group (a per-group f32 partial sum, then one FMA). The reduction order per
-//! (token, row) does not depend on the tile or on which tokens share the call, so a prompt
-//! gives the same logits batched or alone.
+//! - W4A16's activations are BF16 on every path (`round_to_bf16`); taking them as bits makes each
+//!   product exact, so only the f32 accumulation rounds.
+//! - A nibble becomes its exact BF16 weight `q − 8 − zero` by one `vpermw` from a 32-entry table
+//!   chosen by the group's zero point (Marlin's value-from-nibble trick as a lookup, since BF16
+//!   has no vector subtract): per 64 weights one load, one shift, two lookups, two dots a token.
+//! - The group scale is applied once per group (an f32 partial sum, then one FMA).
+//! - The reduction order per (token, row) does not depend on the tile or the batch.
 
 use super::Int4View;
 use crate::backend::cpu::dense::{for_each_column_chunk, SendPtr};

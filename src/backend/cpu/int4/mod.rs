@@ -1,14 +1,13 @@
-//! W4A16 on the CPU (`bf16` is the AVX-512 BF16 variant): INT4 group-quantized weights (offset-binary nibbles, value
-//! (q − 8 − zero) · scale, as GPTQ / compressed-tensors `pack_quantized` store them).
+//! W4A16 on the CPU: INT4 group-quantized weights against BF16-rounded activations.
 //!
-//! `gemm` (AVX-512, groups and k multiples of 32, weights repacked at load into `PackedI4`)
-//! decodes 16 weights at a time in registers — nibbles masked out of 32-value blocks, zero point
-//! subtracted as bytes, widened, converted, scaled: exactly the reference's decoded values — and
-//! feeds them to up to eight tokens' FMAs, so the decoded weights never touch memory; at decode
-//! batch 1 that is what makes W4A16 bandwidth-bound instead of decode-bound. Its reduction order
-//! per token (16 lanes over k, then a lane sum) does not depend on the tile shape or on how many
-//! tokens share the call, so a prompt gives the same logits batched or alone. Other shapes and
-//! CPUs decode rows with `QuantWeight::decode_rows` into `dense::matmul_decoded`.
+//! - Weights as GPTQ / compressed-tensors `pack_quantized` store them: offset-binary nibbles,
+//!   value (q − 8 − zero) · scale.
+//! - `gemm` (AVX-512; groups and k multiples of 32; weights repacked into `PackedI4`) decodes 16
+//!   weights at a time in registers and feeds up to eight tokens' FMAs, so decoded weights never
+//!   touch memory: batch-1 decode is bandwidth-bound, not decode-bound.
+//! - Its reduction order per token does not depend on the tile or the batch.
+//! - `bf16` is the AVX-512 BF16 variant; other shapes and CPUs decode rows with
+//!   `QuantWeight::decode_rows` into `dense::matmul_decoded`.
 
 pub mod bf16;
 

@@ -1,9 +1,11 @@
-//! CPU integer GEMM for W8A8: `acc (m, n) = qa (m, k) · qw (n, k)ᵀ` over int8 operands with
-//! exact int32 accumulation, and a per-element epilogue (the dequantizing scale product, the
-//! asymmetric zero-point correction, bias). AVX2 path: sign-extend 16 int8 lanes to int16 and
-//! `vpmaddwd` pairs into 8 int32 lanes (exact: |pair sum| <= 2 * 128 * 127); portable path in
-//! plain i32 arithmetic. Parallel over weight rows like `dense::matmul`. `vnni` is the AVX-512 VNNI variant on
-//! weights repacked at load; `Int8Isa` picks among the three.
+//! Integer GEMM for W8A8 on the CPU: int8 operands, exact int32 sums, a float epilogue.
+//!
+//! - `acc (m, n) = qa (m, k) · qw (n, k)ᵀ`, then the dequantizing scale product, the asymmetric
+//!   zero-point correction and the bias, per element.
+//! - AVX2: 16 int8 lanes sign-extended to int16 and `vpmaddwd` pairs into 8 int32 lanes (exact:
+//!   |pair sum| ≤ 2 · 128 · 127); portable: plain i32 arithmetic. Parallel over weight rows.
+//! - `vnni` is the AVX-512 VNNI variant on weights repacked at load; `Int8Isa` picks one. All
+//!   three feed the same integers to the same float expression: bit-identical outputs.
 
 pub mod vnni;
 

@@ -1,13 +1,11 @@
-//! AVX-512 VNNI int8 GEMM for W8A8 (`vpdpbusd`: u8 × s8, four products summed into each int32
-//! lane). The weights are repacked once at load into the outer-product layout oneDNN and
-//! llama.cpp's repacked Q8 kernels use: blocks of 16 output columns × 4 consecutive k, so one
-//! 64-byte load feeds 16 columns and the activation is a broadcast 4-byte group — no horizontal
-//! sums, and the accumulator already holds 16 neighbouring outputs for a vector epilogue.
+//! Int8 GEMM for W8A8 on AVX-512 VNNI (`vpdpbusd`: u8 × s8, four products per int32 lane).
 //!
-//! `vpdpbusd` wants an unsigned operand, so activations enter as u = q + 128 (a bit flip) and the
-//! kernel gets Σ u·w = Σ q·w + 128·colsum(w); the epilogue folds the 128 into the zero-point
-//! correction, y = s_a · s_w · (acc − (z_a + 128) · colsum) + b, which is exactly the integer the
-//! AVX2 / portable paths feed the same float expression, so all paths give bit-identical output.
+//! - Weights repacked once at load into the outer-product layout of oneDNN and llama.cpp's Q8
+//!   repacks: 16 output columns × 4 consecutive k per 64-byte block, so one load feeds 16 columns
+//!   against a broadcast 4-byte activation group — no horizontal sums, a vector epilogue.
+//! - `vpdpbusd` wants an unsigned operand: activations enter as u = q + 128 and the epilogue folds
+//!   the 128 into the zero-point correction, y = s_a · s_w · (acc − (z_a + 128) · colsum) + b —
+//!   the same integer the AVX2 / portable paths produce, so outputs are bit-identical.
 
 use crate::backend::cpu::dense::{for_each_column_chunk, SendPtr};
 
