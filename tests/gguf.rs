@@ -298,3 +298,108 @@ fn missing_file_is_io_error() {
         Err(Error::Io { .. })
     ));
 }
+
+/// A GGUF v3 file written by hand: no metadata, the given tensor infos (name, GGML dims, type,
+/// offset), then `data_len` zero bytes of data after the aligned header.
+fn raw_gguf(infos: &[(&str, &[u64], u32, u64)], data_len: usize) -> Vec<u8> {
+    let mut b = Vec::new();
+    b.extend(b"GGUF");
+    b.extend(3u32.to_le_bytes());
+    b.extend((infos.len() as u64).to_le_bytes());
+    b.extend(0u64.to_le_bytes());
+    for (name, dims, ty, off) in infos {
+        b.extend((name.len() as u64).to_le_bytes());
+        b.extend(name.as_bytes());
+        b.extend((dims.len() as u32).to_le_bytes());
+        dims.iter().for_each(|d| b.extend(d.to_le_bytes()));
+        b.extend(ty.to_le_bytes());
+        b.extend(off.to_le_bytes());
+    }
+    while b.len() % 32 != 0 {
+        b.push(0);
+    }
+    b.extend(vec![0u8; data_len]);
+    b
+}
+
+fn gguf_error(bytes: &[u8]) -> String {
+    match open_bytes(bytes) {
+        Ok(_) => panic!("a hostile GGUF opened"),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// Sizes and offsets from the file are checked with checked arithmetic before anything is
+/// sliced or allocated: a dimension whose byte size wraps, an offset near 2^64, data that
+/// overlaps another tensor's or is not aligned are named errors.
+#[test]
+fn hostile_sizes_and_offsets_are_errors() {
+    // 2^62 f32 values: 2^64 bytes wraps to 0 without checks
+    let e = gguf_error(&raw_gguf(&[("t", &[1 << 62], 0, 0)], 64));
+    assert!(e.contains("`t`") && e.contains("overflows"), "{e}");
+    // dims whose product overflows
+    let e = gguf_error(&raw_gguf(&[("t", &[1 << 40, 1 << 40], 0, 0)], 64));
+    assert!(e.contains("overflow"), "{e}");
+    // an offset near 2^64
+    let e = gguf_error(&raw_gguf(&[("t", &[4], 0, u64::MAX - 31)], 64));
+    assert!(e.contains("tensor `t` data"), "{e}");
+    // two tensors on the same bytes
+    let e = gguf_error(&raw_gguf(&[("a", &[16], 0, 0), ("b", &[8], 0, 32)], 64));
+    assert!(e.contains("`a` and `b` share data bytes"), "{e}");
+    // an offset off the alignment
+    let e = gguf_error(&raw_gguf(&[("t", &[4], 0, 4)], 64));
+    assert!(e.contains("alignment"), "{e}");
+    // and a well-formed neighbour pair still opens
+    let ok = open_bytes(&raw_gguf(&[("a", &[8], 0, 0), ("b", &[8], 0, 32)], 64)).expect("open");
+    assert_eq!(ok.tensors.len(), 2);
+}
+
+/// Metadata arrays nested past the bound are an error, not a stack overflow; an array count
+/// beyond the file is a truncation error.
+#[test]
+fn nested_and_oversized_metadata_arrays_are_errors() {
+    let mut b = Vec::new();
+    b.extend(b"GGUF");
+    b.extend(3u32.to_le_bytes());
+    b.extend(0u64.to_le_bytes());
+    b.extend(1u64.to_le_bytes());
+    b.extend(1u64.to_le_bytes());
+    b.push(b'k');
+    b.extend(9u32.to_le_bytes()); // the value is an array ...
+    for _ in 0..100_000 {
+        b.extend(9u32.to_le_bytes()); // ... of arrays ...
+        b.extend(1u64.to_le_bytes());
+    }
+    b.extend(4u32.to_le_bytes());
+    b.extend(1u64.to_le_bytes());
+    b.extend(7u32.to_le_bytes());
+    let e = gguf_error(&b);
+    assert!(e.contains("nests arrays"), "{e}");
+
+    let mut b = Vec::new();
+    b.extend(b"GGUF");
+    b.extend(3u32.to_le_bytes());
+    b.extend(0u64.to_le_bytes());
+    b.extend(1u64.to_le_bytes());
+    b.extend(1u64.to_le_bytes());
+    b.push(b'k');
+    b.extend(9u32.to_le_bytes());
+    b.extend(8u32.to_le_bytes()); // strings
+    b.extend((1u64 << 40).to_le_bytes());
+    let e = gguf_error(&b);
+    assert!(e.contains("truncated"), "{e}");
+}
+
+/// A 0-dimensional tensor where the model expects a matrix is a named error, not a panic.
+#[test]
+fn a_scalar_where_a_matrix_belongs_is_an_error() {
+    use ferroq::checkpoint::gguf::weights::GgufWeights;
+    use ferroq::checkpoint::WeightSource;
+    let file = open_bytes(&raw_gguf(&[("blk.0.attn_q.weight", &[], 0, 0)], 32)).expect("open");
+    let w = GgufWeights::new(&file, common::tiny_config(false)).expect("weights");
+    let e = match w.load("model.layers.0.self_attn.q_proj.weight") {
+        Ok(_) => panic!("a scalar q_proj loaded"),
+        Err(e) => e.to_string(),
+    };
+    assert!(e.contains("should be a matrix"), "{e}");
+}

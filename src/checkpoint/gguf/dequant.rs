@@ -57,8 +57,10 @@ impl GgmlType {
     /// Bytes needed for `n` elements; `None` if `n` is not a whole number of blocks.
     pub fn byte_size(self, n: u64) -> Option<u64> {
         let (be, bb) = self.block_layout();
-        n.is_multiple_of(be as u64)
-            .then(|| n / be as u64 * bb as u64)
+        if !n.is_multiple_of(be as u64) {
+            return None;
+        }
+        (n / be as u64).checked_mul(bb as u64)
     }
 
     pub fn name(self) -> &'static str {

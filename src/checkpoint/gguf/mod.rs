@@ -15,6 +15,9 @@ use std::path::{Path, PathBuf};
 
 const MAGIC: &[u8; 4] = b"GGUF";
 const DEFAULT_ALIGNMENT: u64 = 32;
+/// Arrays of arrays nest at most this deep: a deeper file is hostile, and parsing it would
+/// recurse off the stack.
+const MAX_ARRAY_DEPTH: usize = 8;
 
 /// A typed metadata value.
 #[derive(Clone, Debug, PartialEq)]
@@ -147,7 +150,7 @@ impl<'a> Cursor<'a> {
             .map_err(|_| Error::GgufInvalid(format!("{} is not valid UTF-8", what())))
     }
 
-    fn value(&mut self, ty: u32, what: &dyn Fn() -> String) -> Result<Value> {
+    fn value(&mut self, ty: u32, what: &dyn Fn() -> String, depth: usize) -> Result<Value> {
         Ok(match ty {
             0 => Value::U8(self.array::<1>(what)?[0]),
             1 => Value::I8(self.array::<1>(what)?[0] as i8),
@@ -159,6 +162,12 @@ impl<'a> Cursor<'a> {
             7 => Value::Bool(self.array::<1>(what)?[0] != 0),
             8 => Value::String(self.string(what)?),
             9 => {
+                if depth >= MAX_ARRAY_DEPTH {
+                    return Err(Error::GgufInvalid(format!(
+                        "{} nests arrays more than {MAX_ARRAY_DEPTH} deep",
+                        what()
+                    )));
+                }
                 let elem_ty = self.u32(what)?;
                 let n = self.u64(what)?;
                 // Each element takes at least one byte: a count beyond the file is corrupt.
@@ -170,9 +179,10 @@ impl<'a> Cursor<'a> {
                         file_len: self.buf.len() as u64,
                     });
                 }
-                let mut v = Vec::with_capacity(n as usize);
+                // a `Value` is many times the byte an element may take: grow as elements parse
+                let mut v = Vec::with_capacity((n as usize).min(4096));
                 for _ in 0..n {
-                    v.push(self.value(elem_ty, what)?);
+                    v.push(self.value(elem_ty, what, depth + 1)?);
                 }
                 Value::Array(v)
             }
@@ -290,7 +300,7 @@ fn parse(buf: &[u8]) -> Result<Parsed> {
         let key = c.string(&|| format!("metadata key #{i}"))?;
         let what = || format!("metadata value `{key}`");
         let ty = c.u32(&what)?;
-        let v = c.value(ty, &what)?;
+        let v = c.value(ty, &what, 0)?;
         meta_index.insert(key.clone(), metadata.len());
         metadata.push((key, v));
     }
@@ -334,23 +344,38 @@ fn parse(buf: &[u8]) -> Result<Parsed> {
             tensor: name.clone(),
             type_id,
         })?;
-        let numel = dims.iter().try_fold(1u64, |a, &d| a.checked_mul(d));
-        let n_bytes = numel.and_then(|n| ty.byte_size(n)).ok_or_else(|| {
+        let numel = dims
+            .iter()
+            .try_fold(1u64, |a, &d| a.checked_mul(d))
+            .ok_or_else(|| {
+                Error::GgufInvalid(format!("tensor `{name}` dims {dims:?} overflow 64 bits"))
+            })?;
+        let n_bytes = ty.byte_size(numel).ok_or_else(|| {
             Error::GgufInvalid(format!(
-                "tensor `{name}` dims {dims:?} are not a whole number of {} blocks",
+                "tensor `{name}` dims {dims:?} are not a whole number of {} blocks, or their \
+                 byte size overflows 64 bits",
                 ty.name()
             ))
         })?;
-        let start = data_start + offset;
-        let end = start + n_bytes;
-        if end > buf.len() as u64 {
-            return Err(Error::GgufTruncated {
-                what: format!("tensor `{name}` data"),
-                start,
-                end,
-                file_len: buf.len() as u64,
-            });
+        if offset % alignment != 0 {
+            return Err(Error::GgufInvalid(format!(
+                "tensor `{name}` data offset {offset} is not a multiple of the alignment {alignment}"
+            )));
         }
+        let range = data_start
+            .checked_add(offset)
+            .and_then(|start| Some((start, start.checked_add(n_bytes)?)));
+        let start = match range {
+            Some((start, end)) if end <= buf.len() as u64 => start,
+            _ => {
+                return Err(Error::GgufTruncated {
+                    what: format!("tensor `{name}` data (offset {offset}, {n_bytes} bytes)"),
+                    start: data_start.saturating_add(offset),
+                    end: data_start.saturating_add(offset).saturating_add(n_bytes),
+                    file_len: buf.len() as u64,
+                })
+            }
+        };
         tensor_index.insert(name.clone(), tensors.len());
         tensors.push(TensorInfo {
             name,
@@ -359,6 +384,20 @@ fn parse(buf: &[u8]) -> Result<Parsed> {
             start,
             n_bytes,
         });
+    }
+
+    // every tensor's bytes are its own: two ranges that overlap would alias one another's data
+    let mut by_start: Vec<&TensorInfo> = tensors.iter().filter(|t| t.n_bytes > 0).collect();
+    by_start.sort_by_key(|t| t.start);
+    for w in by_start.windows(2) {
+        if let [a, b] = w {
+            if b.start < a.start + a.n_bytes {
+                return Err(Error::GgufInvalid(format!(
+                    "tensors `{}` and `{}` share data bytes",
+                    a.name, b.name
+                )));
+            }
+        }
     }
 
     Ok(Parsed {

@@ -121,13 +121,17 @@ impl WeightSource for GgufWeights<'_> {
             }
             _ => None,
         };
-        let data = match permute_heads {
-            Some(n_head) => {
-                let rows = shape[0];
-                let cols = shape.iter().skip(1).product();
-                unpermute_rows(&data, rows, cols, n_head)?
+        let data = match (permute_heads, &shape[..]) {
+            (Some(n_head), [rows, rest @ ..]) if !rest.is_empty() => {
+                unpermute_rows(&data, *rows, rest.iter().product(), n_head)?
             }
-            None => data,
+            (Some(_), _) => {
+                return Err(Error::GgufInvalid(format!(
+                    "tensor `{}` should be a matrix, its dims are {:?}",
+                    info.name, info.dims
+                )))
+            }
+            (None, _) => data,
         };
         HostTensor::from_f32(shape, data)
     }
