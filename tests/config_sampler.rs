@@ -83,6 +83,48 @@ fn bad_configs_name_the_problem() {
     assert!(e.contains("yarn"), "{e}");
 }
 
+/// A present field of the wrong type is an error naming it, never the default; sizes a
+/// corrupt file advertises are refused before anything is allocated from them.
+#[test]
+fn wrong_typed_fields_and_absurd_sizes_are_errors() {
+    let base = r#""model_type": "llama", "hidden_size": 64, "intermediate_size": 128,
+        "num_attention_heads": 4, "vocab_size": 10"#;
+    let with =
+        |extra: &str, layers: &str| format!("{{{base}, \"num_hidden_layers\": {layers}{extra}}}");
+    let err = |s: String| match ModelConfig::from_hf_json(&s) {
+        Err(Error::Config(m)) => m,
+        Err(e) => panic!("wrong error {e}"),
+        Ok(_) => panic!("accepted {s}"),
+    };
+    assert!(ModelConfig::from_hf_json(&with("", "2")).is_ok());
+    for (extra, layers, names) in [
+        (r#", "rope_theta": "x""#, "2", "rope_theta"),
+        (r#", "rms_norm_eps": [1]"#, "2", "rms_norm_eps"),
+        (
+            r#", "tie_word_embeddings": "yes""#,
+            "2",
+            "tie_word_embeddings",
+        ),
+        (r#", "attention_bias": 1"#, "2", "attention_bias"),
+        (r#", "hidden_act": 7"#, "2", "hidden_act"),
+        (
+            r#", "max_position_embeddings": -5"#,
+            "2",
+            "max_position_embeddings",
+        ),
+        (
+            r#", "max_position_embeddings": 1099511627776"#,
+            "2",
+            "max_position_embeddings",
+        ),
+        (r#", "rope_theta": 0"#, "2", "rope_theta"),
+        ("", "4294967295", "num_hidden_layers"),
+    ] {
+        let e = err(with(extra, layers));
+        assert!(e.contains(names), "{extra} {layers}: {e}");
+    }
+}
+
 fn logits() -> Vec<f32> {
     vec![0.5, 3.0, -1.0, 2.9, 0.0, 1.0]
 }

@@ -102,6 +102,30 @@ fn f64_field(j: &Json, key: &str) -> Result<f64> {
         .ok_or_else(|| Error::Config(format!("`{key}` must be a number")))
 }
 
+/// An optional field: absent or null gives `default`; present with another type is an error
+/// naming it (a typo'd value must not silently become the default).
+fn opt_field<'a, T>(
+    j: &'a Json,
+    key: &str,
+    default: T,
+    read: impl Fn(&'a Json) -> Option<T>,
+    expected: &str,
+) -> Result<T> {
+    match j.get(key).filter(|v| !v.is_null()) {
+        None => Ok(default),
+        Some(v) => read(v).ok_or_else(|| {
+            Error::Config(format!("config.json `{key}` must be {expected}, got {v}"))
+        }),
+    }
+}
+
+/// Sizes beyond these are not a model anyone runs but a corrupt or hostile file: refused before
+/// anything is allocated from them.
+const MAX_LAYERS: usize = 1024;
+const MAX_WIDTH: usize = 1 << 20;
+const MAX_VOCAB: usize = 1 << 24;
+const MAX_POSITIONS: usize = 1 << 24;
+
 fn token_ids(v: Option<&Json>) -> Vec<u32> {
     match v {
         Some(Json::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
@@ -145,15 +169,36 @@ impl ModelConfig {
                 c.head_dim
             )));
         }
-        for (name, v) in [
-            ("hidden_size", c.hidden_size),
-            ("intermediate_size", c.intermediate_size),
-            ("num_hidden_layers", c.num_layers),
-            ("vocab_size", c.vocab_size),
+        for (name, v, max) in [
+            ("hidden_size", c.hidden_size, MAX_WIDTH),
+            ("intermediate_size", c.intermediate_size, MAX_WIDTH),
+            ("num_hidden_layers", c.num_layers, MAX_LAYERS),
+            ("vocab_size", c.vocab_size, MAX_VOCAB),
+            ("num_attention_heads", c.num_heads, MAX_WIDTH),
+            ("head_dim", c.head_dim, MAX_WIDTH),
+            (
+                "max_position_embeddings",
+                c.max_position_embeddings,
+                MAX_POSITIONS,
+            ),
         ] {
-            if v == 0 {
-                return Err(Error::Config(format!("`{name}` must be positive")));
+            if v == 0 || v > max {
+                return Err(Error::Config(format!(
+                    "`{name}` is {v}: it must be between 1 and {max}"
+                )));
             }
+        }
+        if !(c.rms_norm_eps.is_finite() && c.rms_norm_eps >= 0.0) {
+            return Err(Error::Config(format!(
+                "`rms_norm_eps` {} must be a finite number ≥ 0",
+                c.rms_norm_eps
+            )));
+        }
+        if !(c.rope_theta.is_finite() && c.rope_theta > 0.0) {
+            return Err(Error::Config(format!(
+                "`rope_theta` {} must be a finite positive number",
+                c.rope_theta
+            )));
         }
         Ok(self)
     }
@@ -173,7 +218,8 @@ impl ModelConfig {
                 )))
             }
         };
-        if let Some(act) = j.get("hidden_act").and_then(|v| v.as_str()) {
+        let act = opt_field(&j, "hidden_act", "silu", Json::as_str, "a string")?;
+        {
             if act != "silu" {
                 return Err(Error::Config(format!(
                     "hidden_act `{act}` is not supported (silu)"
@@ -219,9 +265,7 @@ impl ModelConfig {
             }
         };
         let qkv_bias = arch == Arch::Qwen2
-            || j.get("attention_bias")
-                .and_then(|v| v.as_bool())
-                .unwrap_or(false);
+            || opt_field(&j, "attention_bias", false, Json::as_bool, "true or false")?;
         ModelConfig {
             arch,
             hidden_size,
@@ -231,23 +275,25 @@ impl ModelConfig {
             num_kv_heads,
             head_dim,
             vocab_size: usize_field(&j, "vocab_size")?,
-            rms_norm_eps: j
-                .get("rms_norm_eps")
-                .and_then(|v| v.as_f64())
-                .unwrap_or(1e-6) as f32,
-            rope_theta: j
-                .get("rope_theta")
-                .and_then(|v| v.as_f64())
-                .unwrap_or(10000.0),
+            rms_norm_eps: opt_field(&j, "rms_norm_eps", 1e-6, Json::as_f64, "a number")? as f32,
+            rope_theta: opt_field(&j, "rope_theta", 10000.0, Json::as_f64, "a number")?,
             rope_scaling,
-            max_position_embeddings: j
-                .get("max_position_embeddings")
-                .and_then(|v| v.as_u64())
-                .unwrap_or(4096) as usize,
-            tie_word_embeddings: j
-                .get("tie_word_embeddings")
-                .and_then(|v| v.as_bool())
-                .unwrap_or(false),
+            max_position_embeddings: opt_field(
+                &j,
+                "max_position_embeddings",
+                4096,
+                Json::as_u64,
+                "a non-negative integer",
+            )?
+            .try_into()
+            .unwrap_or(usize::MAX),
+            tie_word_embeddings: opt_field(
+                &j,
+                "tie_word_embeddings",
+                false,
+                Json::as_bool,
+                "true or false",
+            )?,
             qkv_bias,
             bos_token_id: token_ids(j.get("bos_token_id")).first().copied(),
             eos_token_ids: token_ids(j.get("eos_token_id")),
@@ -274,7 +320,12 @@ impl ModelConfig {
         let get = |s: &str| g.get_u64(&k(s)).map(|v| v as usize);
         let hidden_size = get("embedding_length")?;
         let num_heads = get("attention.head_count")?;
-        let num_kv_heads = get("attention.head_count_kv").unwrap_or(num_heads);
+        // a key that is present must be read as what it claims; only absence takes a default
+        let present = |s: &str| g.get(&k(s)).is_some();
+        let num_kv_heads = match present("attention.head_count_kv") {
+            true => get("attention.head_count_kv")?,
+            false => num_heads,
+        };
         let head_dim = match g.get(&k("attention.key_length")) {
             Some(_) => get("attention.key_length")?,
             None => hidden_size / num_heads.max(1),
@@ -305,9 +356,15 @@ impl ModelConfig {
             head_dim,
             vocab_size,
             rms_norm_eps: g.get_f64(&k("attention.layer_norm_rms_epsilon"))? as f32,
-            rope_theta: g.get_f64(&k("rope.freq_base")).unwrap_or(10000.0),
+            rope_theta: match present("rope.freq_base") {
+                true => g.get_f64(&k("rope.freq_base"))?,
+                false => 10000.0,
+            },
             rope_scaling,
-            max_position_embeddings: get("context_length").unwrap_or(4096),
+            max_position_embeddings: match present("context_length") {
+                true => get("context_length")?,
+                false => 4096,
+            },
             tie_word_embeddings: g.tensor("output.weight").is_none(),
             qkv_bias: arch == Arch::Qwen2,
             bos_token_id: g
