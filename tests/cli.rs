@@ -199,3 +199,61 @@ fn device_flag_on_every_model_command_fails_in_one_line_without_a_gpu() {
     let bad = ferroq(&["bench", "-m", m, "--device", "tpu"]);
     assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown device `tpu`"));
 }
+
+/// `quantize -o DIR` refuses a non-empty DIR before any work (here the calibration file it
+/// would read later does not exist, and the output is what it names).
+#[test]
+fn quantize_refuses_a_non_empty_output_before_calibrating() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("full");
+    std::fs::create_dir(&out).expect("mkdir");
+    std::fs::write(out.join("keep.txt"), "mine").expect("write");
+    let gguf = common::real_gguf();
+    let r = ferroq(&[
+        "quantize",
+        "-m",
+        gguf.to_str().expect("path"),
+        "--calib",
+        "/nonexistent/calib.txt",
+        "-o",
+        out.to_str().expect("path"),
+    ]);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(!r.status.success());
+    assert!(err.contains("exists and is not empty"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(out.join("keep.txt")).expect("kept"),
+        "mine"
+    );
+}
+
+/// Atomic directory writes use a temporary directory of their own (another `.NAME.partial*`
+/// survives) and refuse a second writer of the same output while one holds its lock.
+#[test]
+fn atomic_writes_leave_other_files_alone_and_refuse_a_concurrent_writer() {
+    use ferroq::checkpoint::write_dir_atomically;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("model");
+    let foreign = dir.path().join(".model.partial");
+    std::fs::create_dir(&foreign).expect("mkdir");
+    std::fs::write(foreign.join("x"), "someone else's").expect("write");
+    write_dir_atomically(&out, |tmp| {
+        std::fs::write(tmp.join("a"), "1").map_err(|e| ferroq::Error::io(tmp, e))
+    })
+    .expect("write");
+    assert!(out.join("a").exists());
+    assert!(
+        foreign.join("x").exists(),
+        "a foreign partial directory was deleted"
+    );
+    assert!(
+        !dir.path().join(".model.lock").exists(),
+        "the lock outlived the write"
+    );
+
+    let out2 = dir.path().join("other");
+    std::fs::write(dir.path().join(".other.lock"), "").expect("lock");
+    let e = write_dir_atomically(&out2, |_| Ok(())).expect_err("a second writer");
+    assert!(e.to_string().contains("another process is writing"), "{e}");
+    assert!(!out2.exists());
+}

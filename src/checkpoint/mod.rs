@@ -109,21 +109,37 @@ pub fn compressed_config(dir: &Path) -> Result<Option<String>> {
     }))
 }
 
-/// Create the model directory `out` atomically: `fill` writes into a temporary sibling
-/// directory, which is renamed to `out` only if it succeeds (and removed if it fails). An
-/// existing non-empty `out` is refused, so nothing a user has is overwritten.
-pub fn write_dir_atomically<T>(out: &Path, fill: impl FnOnce(&Path) -> Result<T>) -> Result<T> {
-    if out.exists()
-        && std::fs::read_dir(out)
-            .map_err(|e| Error::io(out, e))?
-            .next()
-            .is_some()
-    {
-        return Err(Error::InvalidArgument(format!(
-            "output directory {} exists and is not empty",
-            out.display()
-        )));
+/// Refuse an output directory that exists and is not empty: commands call this before their
+/// work, so a user learns it at once, not after minutes of calibration.
+pub fn check_output_dir(out: &Path) -> Result<()> {
+    if out.exists() {
+        let mut entries = std::fs::read_dir(out).map_err(|e| Error::io(out, e))?;
+        if entries.next().is_some() {
+            return Err(Error::InvalidArgument(format!(
+                "output directory {} exists and is not empty",
+                out.display()
+            )));
+        }
     }
+    Ok(())
+}
+
+/// The lock a writer of `out` holds (`.NAME.lock` beside it), released when dropped.
+struct OutputLock(std::path::PathBuf);
+
+impl Drop for OutputLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Create the model directory `out` atomically: `fill` writes into a temporary sibling
+/// directory of its own (named for this process and moment, so nothing else's is touched),
+/// which is renamed to `out` only if it succeeds and removed if it fails. An existing
+/// non-empty `out` is refused, and so is a second writer of the same `out` while one runs
+/// (`.NAME.lock`, created exclusively).
+pub fn write_dir_atomically<T>(out: &Path, fill: impl FnOnce(&Path) -> Result<T>) -> Result<T> {
+    check_output_dir(out)?;
     let parent = out
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -133,11 +149,30 @@ pub fn write_dir_atomically<T>(out: &Path, fill: impl FnOnce(&Path) -> Result<T>
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "model".into());
-    let tmp = parent.join(format!(".{name}.partial"));
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    }
-    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    let lock_path = parent.join(format!(".{name}.lock"));
+    let _lock = match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&lock_path)
+    {
+        Ok(_) => OutputLock(lock_path),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            return Err(Error::InvalidArgument(format!(
+                "another process is writing {} (lock {}); remove the lock if none is",
+                out.display(),
+                lock_path.display()
+            )))
+        }
+        Err(e) => return Err(Error::io(&lock_path, e)),
+    };
+    // checked again under the lock: a writer that finished meanwhile filled it
+    check_output_dir(out)?;
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let tmp = parent.join(format!(".{name}.partial-{}-{stamp}", std::process::id()));
+    std::fs::create_dir(&tmp).map_err(|e| Error::io(&tmp, e))?;
     match fill(&tmp) {
         Ok(v) => {
             if out.exists() {

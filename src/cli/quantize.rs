@@ -68,6 +68,7 @@ impl BackendJob for Job<'_> {
 
 pub fn run(a: Args) -> Result<()> {
     let spec = a.device.spec()?;
+    ferroq::checkpoint::check_output_dir(&a.out)?;
     let model = resolve_model(a.src.model)?;
     let mut recipe = Recipe::load(&a.src.recipe)?;
     if let Some(h) = a.lm_head {
