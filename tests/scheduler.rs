@@ -359,3 +359,12 @@ fn requests_that_cannot_fit_are_refused_naming_the_limit() {
     );
     assert!(bad.is_err());
 }
+
+/// A request's length check cannot wrap: max_tokens of 2^64 − 1 is too long, not short.
+#[test]
+fn huge_max_tokens_is_too_long_not_wrapped() {
+    use ferroq::engine::scheduler::check_lengths;
+    let e = check_lengths(2048, 5, usize::MAX).expect_err("2^64 - 1 tokens fit 2048?");
+    assert!(e.to_string().contains("context limit"), "{e}");
+    assert!(check_lengths(2048, 5, 100).is_ok());
+}

@@ -613,3 +613,32 @@ async fn sigint_past_the_grace_period_cancels_running_requests() {
         "cancelled at the deadline"
     );
 }
+
+/// Operator flags outside what a server can hold are one-line errors naming the flag, before
+/// the model loads: no panic on a huge grace period, no allocation abort, no wrapped capacity.
+#[test]
+fn absurd_operator_flags_are_refused() {
+    let gguf = common::real_gguf();
+    for (flag, value) in [
+        ("--shutdown-grace", "1e300"),
+        ("--shutdown-grace", "-1"),
+        ("--max-batch", "1000000000"),
+        ("--kv-cache-tokens", "1000000000000"),
+        ("--max-queue", "18446744073709551615"),
+        ("--block-size", "0"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_ferroq"))
+            .args(["serve", "-m", gguf.to_str().expect("path"), "--port", "0"])
+            .arg(format!("{flag}={value}"))
+            .env_remove("RUST_BACKTRACE")
+            .output()
+            .expect("run ferroq");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{flag} {value}: {err}");
+        assert!(
+            err.contains(&flag[2..]) && err.contains("out of range"),
+            "{flag} {value}: {err}"
+        );
+        assert_eq!(err.lines().count(), 1, "{flag} {value}: {err}");
+    }
+}

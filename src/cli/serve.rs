@@ -55,7 +55,46 @@ struct Job {
     g: Global,
 }
 
+/// The operator's flags within what a server can hold, checked before the model loads.
+fn check_flags(a: &ServeArgs) -> Result<()> {
+    let bad = |flag: &str, v: String, range: &str| {
+        bail!("--{flag} {v} is out of range: it must be {range}")
+    };
+    if !(a.shutdown_grace >= 0.0 && a.shutdown_grace <= 86_400.0) {
+        return bad(
+            "shutdown-grace",
+            a.shutdown_grace.to_string(),
+            "between 0 and 86400 seconds",
+        );
+    }
+    if !(1..=4096).contains(&a.max_batch) {
+        return bad("max-batch", a.max_batch.to_string(), "between 1 and 4096");
+    }
+    if a.max_queue > 1 << 20 {
+        return bad("max-queue", a.max_queue.to_string(), "at most 1048576");
+    }
+    if !(1..=1024).contains(&a.block_size) {
+        return bad("block-size", a.block_size.to_string(), "between 1 and 1024");
+    }
+    if let Some(t) = a.kv_cache_tokens {
+        if t < a.block_size || t > 1 << 30 {
+            return bad(
+                "kv-cache-tokens",
+                t.to_string(),
+                "between --block-size and 2^30",
+            );
+        }
+    }
+    if let Some(l) = a.max_seq_len {
+        if l == 0 {
+            return bad("max-seq-len", l.to_string(), "positive");
+        }
+    }
+    Ok(())
+}
+
 pub fn run(mut a: ServeArgs, g: &Global) -> Result<()> {
+    check_flags(&a)?;
     let model = resolve_model(a.model.take())?;
     let spec = a.device.spec()?;
     spec.run(Job {
@@ -70,9 +109,6 @@ impl BackendJob for Job {
     fn run<B: Backend>(self, open: &dyn Fn() -> ferroq::Result<B>) -> Result<()> {
         let Job { a, model, g } = self;
         let dtype = parse_dtype(a.dtype.as_deref())?;
-        if !(a.shutdown_grace >= 0.0 && a.shutdown_grace.is_finite()) {
-            bail!("--shutdown-grace must be a number of seconds >= 0");
-        }
         let t = std::time::Instant::now();
         let loaded = open_model(open()?, &model, dtype, g.act_scope)?;
         let limit = loaded.model.config.max_position_embeddings;
@@ -101,7 +137,7 @@ impl BackendJob for Job {
             scheduler: SchedulerConfig {
                 max_batch: a.max_batch,
                 max_seq_len,
-                kv_cache_tokens: a.kv_cache_tokens.unwrap_or(8 * max_seq_len),
+                kv_cache_tokens: a.kv_cache_tokens.unwrap_or(max_seq_len.saturating_mul(8)),
                 block_size: a.block_size,
                 prefill_chunk: PREFILL_CHUNK,
             },

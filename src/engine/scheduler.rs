@@ -59,10 +59,12 @@ pub fn check_lengths(max_seq_len: usize, prompt_tokens: usize, max_tokens: usize
             "the prompt encodes to no tokens".into(),
         ));
     }
-    if prompt_tokens + max_tokens > max_seq_len {
+    // saturating: a client's max_tokens of 2^64 − 1 must be "too long", not wrap to small
+    let needed = prompt_tokens.saturating_add(max_tokens);
+    if needed > max_seq_len {
         return Err(Error::InvalidArgument(format!(
             "this server's context limit (--max-seq-len) is {max_seq_len} tokens, but the request needs {} ({prompt_tokens} in the prompt, {max_tokens} to generate)",
-            prompt_tokens + max_tokens
+            needed
         )));
     }
     Ok(())

@@ -75,7 +75,7 @@ impl EngineHandle {
         Ok(EngineHandle {
             tx: Mutex::new(tx),
             in_flight: Arc::new(AtomicUsize::new(0)),
-            capacity: cfg.max_batch + max_queue,
+            capacity: cfg.max_batch.saturating_add(max_queue),
             closing: AtomicBool::new(false),
             metrics,
             config: cfg,

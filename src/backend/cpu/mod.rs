@@ -413,6 +413,16 @@ impl DeviceMemory for CpuBackend {
     }
 
     fn alloc(&self, len: usize) -> Result<Vec<f32>> {
+        // an allocation the machine cannot hold is an error the caller can report, not an
+        // abort; the probe is given back and `vec!` takes zeroed pages lazily, as before
+        let mut probe: Vec<f32> = Vec::new();
+        probe.try_reserve_exact(len).map_err(|_| {
+            Error::InvalidArgument(format!(
+                "cannot allocate a buffer of {len} floats ({:.1} GiB)",
+                len as f64 * 4.0 / (1u64 << 30) as f64
+            ))
+        })?;
+        drop(probe);
         Ok(vec![0f32; len])
     }
 
