@@ -446,3 +446,64 @@ fn bad_recipes_name_the_key_or_value() {
         Recipe::load(name).expect("presets parse");
     }
 }
+
+/// NaN, zero or negative scales and out-of-range or empty zero points are errors naming the
+/// tensor, not garbage and not a panic.
+#[test]
+fn hostile_scales_and_zero_points_are_errors() {
+    let c = config();
+    let target = "model.layers.1.self_attn.o_proj.weight_scale";
+    let msg = |e: Error| e.to_string();
+    for bits in [0x7fc0u16, 0x0000, 0xbf80] {
+        // NaN, 0, -1 in bf16
+        let dir = tempfile::tempdir().expect("tempdir");
+        write_checkpoint(dir.path(), Kind::W8A8, &c);
+        rewrite(dir.path(), |f| {
+            for t in f.iter_mut().filter(|t| t.0 == target) {
+                t.3[..2].copy_from_slice(&bits.to_le_bytes());
+            }
+        });
+        let e = msg(load_err(dir.path(), &c));
+        assert!(
+            e.contains(target) && e.contains("finite and positive"),
+            "{e}"
+        );
+    }
+    // static asymmetric int8 activations: an empty and an out-of-range input_zero_point
+    let linears = decoder_linears(c.num_layers);
+    let zname = format!("{}.input_zero_point", linears[2]);
+    for (dtype, bytes, want) in [
+        (St::I8, vec![], "input_zero_point"),
+        (St::I32, 300i32.to_le_bytes().to_vec(), "[-128, 127]"),
+    ] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write_checkpoint(dir.path(), Kind::W8A8, &c);
+        let p = dir.path().join("config.json");
+        let mut cfg: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&p).expect("read")).expect("json");
+        let acts = &mut cfg["quantization_config"]["config_groups"]["group_0"]["input_activations"];
+        acts["dynamic"] = json!(false);
+        acts["symmetric"] = json!(false);
+        acts["strategy"] = json!("tensor");
+        std::fs::write(&p, cfg.to_string()).expect("write");
+        rewrite(dir.path(), |f| {
+            for l in &linears {
+                f.push((
+                    format!("{l}.input_scale"),
+                    St::F32,
+                    vec![1],
+                    0.05f32.to_le_bytes().to_vec(),
+                ));
+                let (d, b) = if format!("{l}.input_zero_point") == zname {
+                    (dtype, bytes.clone())
+                } else {
+                    (St::I8, vec![3u8])
+                };
+                let shape = if b.is_empty() { vec![0] } else { vec![1] };
+                f.push((format!("{l}.input_zero_point"), d, shape, b));
+            }
+        });
+        let e = msg(load_err(dir.path(), &c));
+        assert!(e.contains(&zname) && e.contains(want), "{e}");
+    }
+}

@@ -47,6 +47,29 @@ pub struct CompressedTensors {
     pub lm_head: LmHead,
 }
 
+/// Scales must be finite and positive: a NaN, zero or negative one would compute garbage
+/// without a word.
+fn check_scales(tensor: &str, v: &[f32]) -> Result<()> {
+    match v.iter().position(|s| !(s.is_finite() && *s > 0.0)) {
+        Some(i) => Err(Error::Config(format!(
+            "`{tensor}` holds {} at index {i}: scales must be finite and positive",
+            v[i]
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// An int8 activation zero point in [-128, 127].
+fn check_zero_point(what: &str, z: i64) -> Result<i32> {
+    if (-128..=127).contains(&z) {
+        Ok(z as i32)
+    } else {
+        Err(Error::Config(format!(
+            "{what} is {z}: an int8 zero point must be in [-128, 127]"
+        )))
+    }
+}
+
 fn get_u64(a: &Json, key: &str, what: &str) -> Result<u64> {
     a.get(key)
         .and_then(|v| v.as_u64())
@@ -134,11 +157,17 @@ impl CompressedTensors {
                     .get("input_scale")
                     .and_then(|s| s.as_f64())
                     .ok_or_else(|| Error::Config(format!("ferroq.pd_mix.{n}: no input_scale")))?;
-                let z = v
-                    .get("input_zero_point")
-                    .and_then(|s| s.as_i64())
-                    .unwrap_or(0);
-                pd_mix.insert(n.clone(), (s as f32, z as i32));
+                check_scales(&format!("ferroq.pd_mix.{n}.input_scale"), &[s as f32])?;
+                let z = match v.get("input_zero_point").filter(|z| !z.is_null()) {
+                    None => 0,
+                    Some(z) => z.as_i64().ok_or_else(|| {
+                        Error::Config(format!(
+                            "ferroq.pd_mix.{n}.input_zero_point must be an integer"
+                        ))
+                    })?,
+                };
+                let z = check_zero_point(&format!("ferroq.pd_mix.{n}.input_zero_point"), z)?;
+                pd_mix.insert(n.clone(), (s as f32, z));
             }
         }
         let mut hadamard = OnlineHadamard::NONE;
@@ -254,6 +283,7 @@ impl CompressedTensors {
                 )?);
                 let scale =
                     broadcast(self.f32_tensor(&format!("{name}.weight_scale"), &scale_shapes(1))?);
+                check_scales(&format!("{name}.weight_scale"), &scale)?;
                 let colsum = q
                     .chunks_exact(k)
                     .map(|r| r.iter().map(|&v| v as i32).sum())
@@ -266,6 +296,7 @@ impl CompressedTensors {
                     .to_vec();
                 let scale =
                     broadcast(self.f32_tensor(&format!("{name}.weight_scale"), &scale_shapes(1))?);
+                check_scales(&format!("{name}.weight_scale"), &scale)?;
                 Ok(QuantWeight::Fp8 { codes, scale })
             }
             ("int", 4) => {
@@ -303,12 +334,18 @@ impl CompressedTensors {
                 let groups = k.div_ceil(g);
                 let scale =
                     self.f32_tensor(&format!("{name}.weight_scale"), &scale_shapes(groups))?;
+                check_scales(&format!("{name}.weight_scale"), &scale)?;
                 let zname = format!("{name}.weight_zero_point");
                 let zero: Vec<i8> = if self.st.contains(&zname) {
                     bytemuck::pod_collect_to_vec(self.int_tensor(&zname, St::I8, &[n, groups])?)
                 } else {
                     Vec::new()
                 };
+                if let Some(z) = zero.iter().find(|z| !(-8..=7).contains(*z)) {
+                    return Err(Error::Config(format!(
+                        "`{zname}` holds {z}: an int4 zero point must be in [-8, 7]"
+                    )));
+                }
                 let vals = formats::unpack_i4_int32(&packed, n * k);
                 Ok(QuantWeight::Int4 {
                     packed: formats::pack_i4_bytes(&vals),
@@ -352,20 +389,33 @@ impl CompressedTensors {
                 None => ActQuant::Dynamic,
             }
         } else {
-            let scale = self.f32_tensor(&format!("{name}.input_scale"), &[vec![1], vec![]])?[0];
+            let sname = format!("{name}.input_scale");
+            let scale = match self.f32_tensor(&sname, &[vec![1], vec![]])?[..] {
+                [s] => s,
+                _ => return Err(Error::Config(format!("`{sname}` must hold one value"))),
+            };
+            check_scales(&sname, &[scale])?;
             let zname = format!("{name}.input_zero_point");
             let zp = if !symmetric && self.st.contains(&zname) {
-                let (d, _, b) = self.st.raw(&zname)?;
-                match d {
-                    St::I8 => b[0] as i8 as i32,
-                    St::I32 => i32::from_le_bytes([b[0], b[1], b[2], b[3]]),
-                    other => {
+                let (d, shape, b) = self.st.raw(&zname)?;
+                let z = match (d, b) {
+                    (St::I8, [v]) => *v as i8 as i64,
+                    (St::I32, &[a, b2, c, e]) => i32::from_le_bytes([a, b2, c, e]) as i64,
+                    (St::I8 | St::I32, _) => {
+                        return Err(Error::ShapeMismatch {
+                            tensor: zname,
+                            expected: vec![1],
+                            actual: shape,
+                        })
+                    }
+                    (other, _) => {
                         return Err(Error::UnsupportedDType {
                             tensor: zname,
                             dtype: format!("{other:?}"),
                         })
                     }
-                }
+                };
+                check_zero_point(&format!("`{zname}`"), z)?
             } else {
                 0
             };
