@@ -640,3 +640,22 @@ fn act_scope_override_switches_every_quantized_linear() {
         (0, static_scaled + dynamic)
     );
 }
+
+/// A config that says fewer layers than the checkpoint holds is refused, naming an extra
+/// tensor, instead of running the model truncated.
+#[test]
+fn fewer_layers_in_the_config_than_in_the_weights_is_an_error() {
+    let c = tiny_config(false);
+    let w = tiny_weights(&c, 5);
+    let mut short = c.clone();
+    short.num_layers = 1;
+    let e = match LlamaModel::load(CpuBackend::new(), short, &w, None) {
+        Ok(_) => panic!("a 2-layer checkpoint loaded as 1 layer"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        e.contains("model.layers.1.") && e.contains("1 layers"),
+        "{e}"
+    );
+    assert!(LlamaModel::load(CpuBackend::new(), c, &w, None).is_ok());
+}

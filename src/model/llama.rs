@@ -194,6 +194,18 @@ impl<B: Backend> LlamaModel<B> {
                 )));
             }
         }
+        // a checkpoint with more layers than the config says would run truncated without a word
+        if let Some(extra) = src.tensor_names().into_iter().find(|n| {
+            n.strip_prefix("model.layers.")
+                .and_then(|r| r.split('.').next())
+                .and_then(|l| l.parse::<usize>().ok())
+                .is_some_and(|l| l >= c.num_layers)
+        }) {
+            return Err(Error::Config(format!(
+                "the checkpoint has tensor `{extra}` but the config says {} layers",
+                c.num_layers
+            )));
+        }
         let (dim, qd, kvd, ffn) = (c.hidden_size, c.q_dim(), c.kv_dim(), c.intermediate_size);
         let embed_t = load_checked(src, "model.embed_tokens.weight", &[c.vocab_size, dim])?;
         let wdt = weight_dtype.unwrap_or(embed_t.dtype());
