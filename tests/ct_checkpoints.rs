@@ -507,3 +507,24 @@ fn hostile_scales_and_zero_points_are_errors() {
         assert!(e.contains(&zname) && e.contains(want), "{e}");
     }
 }
+
+/// Inputs are read with a bound: a device that never ends, an oversized recipe or a recipe
+/// nested thousands deep are refused at once instead of read or parsed for seconds.
+#[test]
+fn unbounded_and_deeply_nested_inputs_are_refused() {
+    let e = ferroq::checkpoint::read_text(Path::new("/dev/zero"), 1 << 20, "recipe")
+        .expect_err("/dev/zero read to the end?");
+    assert!(e.to_string().contains("larger than 1048576 bytes"), "{e}");
+    let tok = byte_tokenizer();
+    let e = ferroq::ptq::calib::load_samples(&tok, Some(Path::new("/dev/zero")), 4, 16)
+        .expect_err("calibration from /dev/zero");
+    assert!(e.to_string().contains("calibration file"), "{e}");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let big = dir.path().join("big.yaml");
+    std::fs::write(&big, " ".repeat(2 << 20)).expect("write");
+    let e = Recipe::load(big.to_str().expect("path")).expect_err("a 2 MiB recipe");
+    assert!(e.to_string().contains("larger than"), "{e}");
+    let deep = format!("processors: {}", "[".repeat(65_536));
+    let e = Recipe::from_yaml(&deep).expect_err("64k-deep recipe");
+    assert!(e.to_string().contains("nested deeper"), "{e}");
+}

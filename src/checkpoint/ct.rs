@@ -80,7 +80,7 @@ impl CompressedTensors {
     /// Open `dir` (whose config.json has a compressed-tensors `quantization_config`).
     pub fn open(dir: &Path, config: &ModelConfig) -> Result<Self> {
         let p = dir.join("config.json");
-        let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
+        let text = crate::checkpoint::read_text(&p, crate::checkpoint::MAX_CONFIG_BYTES, "config")?;
         let j: Json =
             serde_json::from_str(&text).map_err(|e| Error::Config(format!("config.json: {e}")))?;
         let qc = j

@@ -70,9 +70,13 @@ impl Format {
 /// Read config.json (plus generation_config.json eos ids, which HF uses to stop generation).
 pub fn read_hf_config(dir: &Path) -> Result<ModelConfig> {
     let p = dir.join("config.json");
-    let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
+    let text = read_text(&p, MAX_CONFIG_BYTES, "config")?;
     let mut config = ModelConfig::from_hf_json(&text)?;
-    if let Ok(gen) = std::fs::read_to_string(dir.join("generation_config.json")) {
+    if let Ok(gen) = read_text(
+        &dir.join("generation_config.json"),
+        MAX_CONFIG_BYTES,
+        "config",
+    ) {
         if let Ok(j) = serde_json::from_str::<serde_json::Value>(&gen) {
             let ids: Vec<u32> = match j.get("eos_token_id") {
                 Some(serde_json::Value::Number(n)) => {
@@ -98,7 +102,7 @@ pub fn read_hf_config(dir: &Path) -> Result<ModelConfig> {
 /// The `quantization_config.format` of a compressed-tensors checkpoint, if the directory is one.
 pub fn compressed_config(dir: &Path) -> Result<Option<String>> {
     let p = dir.join("config.json");
-    let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
+    let text = read_text(&p, MAX_CONFIG_BYTES, "config")?;
     let j: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| Error::Config(format!("config.json: {e}")))?;
     Ok(j.get("quantization_config").map(|q| {
@@ -107,6 +111,32 @@ pub fn compressed_config(dir: &Path) -> Result<Option<String>> {
             .unwrap_or("unknown format")
             .to_string()
     }))
+}
+
+/// Bytes a text input may take: JSON configs and recipes are small, tokenizers and calibration
+/// text larger; nothing legitimate comes near these, while `/dev/zero` would read forever.
+pub const MAX_CONFIG_BYTES: u64 = 16 << 20;
+pub const MAX_TOKENIZER_BYTES: u64 = 256 << 20;
+pub const MAX_RECIPE_BYTES: u64 = 1 << 20;
+pub const MAX_CALIB_BYTES: u64 = 256 << 20;
+
+/// A text file of at most `limit` bytes, read without taking more than that from it (a
+/// device or a pipe that never ends is refused at the limit).
+pub fn read_text(path: &Path, limit: u64, what: &str) -> Result<String> {
+    use std::io::Read;
+    let f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut bytes = Vec::new();
+    f.take(limit + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::io(path, e))?;
+    if bytes.len() as u64 > limit {
+        return Err(Error::InvalidArgument(format!(
+            "{what} {} is larger than {limit} bytes",
+            path.display()
+        )));
+    }
+    String::from_utf8(bytes)
+        .map_err(|_| Error::InvalidArgument(format!("{what} {} is not UTF-8 text", path.display())))
 }
 
 /// Refuse an output directory that exists and is not empty: commands call this before their

@@ -30,7 +30,8 @@ impl SafetensorsWeights {
     pub fn open_dir(dir: &Path) -> Result<Self> {
         let index = dir.join("model.safetensors.index.json");
         let files: Vec<PathBuf> = if index.exists() {
-            let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
+            let text =
+                crate::checkpoint::read_text(&index, crate::checkpoint::MAX_CONFIG_BYTES, "index")?;
             let j: serde_json::Value = serde_json::from_str(&text)
                 .map_err(|e| Error::Safetensors(format!("{}: {e}", index.display())))?;
             let map = j

@@ -35,7 +35,11 @@ pub fn load_samples(
     let (text, jsonl) = match file {
         None => (DEFAULT_TEXT.to_string(), false),
         Some(p) => {
-            let t = std::fs::read_to_string(p).map_err(|e| Error::io(p, e))?;
+            let t = crate::checkpoint::read_text(
+                p,
+                crate::checkpoint::MAX_CALIB_BYTES,
+                "calibration file",
+            )?;
             let jsonl = p.extension().is_some_and(|e| e == "jsonl");
             (t, jsonl)
         }

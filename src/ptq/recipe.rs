@@ -273,13 +273,14 @@ pub fn selected(name: &str, include: &[String], exclude: &[String]) -> bool {
 
 impl Recipe {
     pub fn from_yaml(text: &str) -> Result<Self> {
+        check_nesting(text)?;
         let r: Recipe = serde_yaml::from_str(text)
             .map_err(|e| Error::InvalidArgument(format!("recipe: {e}")))?;
         r.validate()?;
         Ok(r)
     }
 
-    /// A built-in preset by name, or a YAML file path.
+    /// A built-in preset by name, or a YAML file path (at most `MAX_RECIPE_BYTES`).
     pub fn load(name_or_path: &str) -> Result<Self> {
         if let Some(y) = preset(name_or_path) {
             return Self::from_yaml(y);
@@ -295,7 +296,7 @@ impl Recipe {
                     .join(", ")
             )));
         }
-        let text = std::fs::read_to_string(p).map_err(|e| Error::io(p, e))?;
+        let text = crate::checkpoint::read_text(p, crate::checkpoint::MAX_RECIPE_BYTES, "recipe")?;
         Self::from_yaml(&text)
     }
 
@@ -466,4 +467,36 @@ pub const PRESETS: [(&str, &str); 6] = [
 
 pub fn preset(name: &str) -> Option<&'static str> {
     PRESETS.iter().find(|(n, _)| *n == name).map(|(_, y)| *y)
+}
+
+/// Recipes nest a few levels deep; refuse a document nested past `MAX_NESTING` (flow brackets
+/// or block indentation) before the YAML parser spends seconds on it.
+fn check_nesting(text: &str) -> Result<()> {
+    const MAX_NESTING: usize = 64;
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let mut quote: Option<char> = None;
+    for ch in text.chars() {
+        match (quote, ch) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, '"' | '\'') => quote = Some(ch),
+            (None, '[' | '{') => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            (None, ']' | '}') => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    let indent = text
+        .lines()
+        .map(|l| l.len() - l.trim_start_matches(' ').len())
+        .max()
+        .unwrap_or(0);
+    if deepest > MAX_NESTING || indent > 2 * MAX_NESTING {
+        return Err(Error::InvalidArgument(format!(
+            "recipe: nested deeper than {MAX_NESTING} levels"
+        )));
+    }
+    Ok(())
 }

@@ -71,13 +71,21 @@ impl TokenizerBundle {
     /// `config_eos` are the eos ids from config.json / generation_config.json.
     pub fn from_hf_dir(dir: &Path, config_eos: &[u32]) -> Result<Self> {
         let tj = dir.join("tokenizer.json");
-        let json = std::fs::read_to_string(&tj).map_err(|e| Error::io(&tj, e))?;
+        let json =
+            crate::checkpoint::read_text(&tj, crate::checkpoint::MAX_TOKENIZER_BYTES, "tokenizer")?;
         let tokenizer = Self::from_json(json.clone())?;
         let tc = dir.join("tokenizer_config.json");
-        let cfg: serde_json::Value = match std::fs::read_to_string(&tc) {
-            Ok(s) => serde_json::from_str(&s)
-                .map_err(|e| Error::Tokenizer(format!("{}: {e}", tc.display())))?,
-            Err(_) => serde_json::Value::Null,
+        // absent: no chat template or special-token names; present: read in full or refused
+        let cfg: serde_json::Value = if tc.exists() {
+            let text = crate::checkpoint::read_text(
+                &tc,
+                crate::checkpoint::MAX_TOKENIZER_BYTES,
+                "tokenizer config",
+            )?;
+            serde_json::from_str(&text)
+                .map_err(|e| Error::Tokenizer(format!("{}: {e}", tc.display())))?
+        } else {
+            serde_json::Value::Null
         };
         let token_str = |key: &str| -> Option<String> {
             match cfg.get(key)? {
