@@ -207,3 +207,61 @@ fn text_stream_pieces_concatenate_to_the_full_decode() {
     let ids = spm.encode("hello world hé hello").expect("encode");
     check(&spm, &ids, "sentencepiece");
 }
+
+/// A tokenizer.json built like `common::byte_tokenizer`'s, with `edit` applied to its JSON.
+fn edited_tokenizer(edit: impl Fn(&mut serde_json::Value)) -> ferroq::Result<TokenizerBundle> {
+    let mut j: serde_json::Value =
+        serde_json::from_str(&common::byte_tokenizer().json).expect("json");
+    edit(&mut j);
+    let json = j.to_string();
+    Ok(TokenizerBundle {
+        tokenizer: TokenizerBundle::from_json(json.clone())?,
+        json,
+        chat_template: None,
+        bos_token: None,
+        eos_token: None,
+        eos_ids: vec![],
+    })
+}
+
+/// Hostile tokenizer files: a post-processor naming a special token the vocabulary lacks is an
+/// error, not a panic out of the tokenizers crate; a huge fixed padding is switched off rather
+/// than allocated on every encode.
+#[test]
+fn hostile_tokenizer_files_are_errors_or_harmless() {
+    let bad_post = edited_tokenizer(|j| {
+        j["post_processor"] = serde_json::json!({
+            "type": "TemplateProcessing",
+            "single": [{"SpecialToken": {"id": "<bos>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+            "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
+            "special_tokens": {}
+        });
+    });
+    match bad_post {
+        Err(e) => assert!(e.to_string().contains("tokenizer"), "{e}"),
+        Ok(t) => {
+            let e = t
+                .encode("abc")
+                .expect_err("encoding with an undefined special token");
+            assert!(e.to_string().contains("tokenizer"), "{e}");
+        }
+    }
+    let padded = edited_tokenizer(|j| {
+        j["padding"] = serde_json::json!({"strategy": {"Fixed": 100000000}, "direction": "Right",
+            "pad_to_multiple_of": null, "pad_id": 0, "pad_type_id": 0, "pad_token": "<0>"});
+    })
+    .expect("a padded tokenizer loads");
+    assert_eq!(padded.encode("abc").expect("encode").len(), 3);
+}
+
+/// A chat template that would run without bound (10⁵ × 10⁵ loop iterations) is an error.
+#[test]
+fn a_runaway_chat_template_is_an_error() {
+    let tpl = "{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}";
+    let e = ferroq::tokenizer::chat::render(tpl, &[ChatMessage::user("hi")], true, None, None)
+        .expect_err("a runaway template rendered");
+    assert!(
+        e.to_string().to_lowercase().contains("fuel") || e.to_string().contains("render"),
+        "{e}"
+    );
+}

@@ -28,6 +28,9 @@ impl ChatMessage {
     }
 }
 
+/// Instructions a chat template may execute per rendering.
+const TEMPLATE_FUEL: u64 = 5_000_000;
+
 pub fn render(
     template: &str,
     messages: &[ChatMessage],
@@ -36,6 +39,9 @@ pub fn render(
     eos_token: Option<&str>,
 ) -> Result<String> {
     let mut env = minijinja::Environment::new();
+    // a template is code from the model's files: bounded, so one that loops without end (or
+    // nests 10⁵ × 10⁵ loops) is an error, not a hang; real chat templates use a few thousand
+    env.set_fuel(Some(TEMPLATE_FUEL));
     env.add_function(
         "raise_exception",
         |msg: String| -> std::result::Result<String, minijinja::Error> {

@@ -35,9 +35,37 @@ fn tok_err(e: impl std::fmt::Display) -> Error {
     Error::Tokenizer(e.to_string())
 }
 
+/// Call into the tokenizers crate with its panics turned into errors: some malformed
+/// tokenizer.json files reach `unwrap`s inside it (a post-processor naming an undefined
+/// special token), and a bad file must not take the process — or a server — down.
+fn guarded<T>(
+    what: &str,
+    f: impl FnOnce() -> std::result::Result<T, tokenizers::Error>,
+) -> Result<T> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(r) => r.map_err(tok_err),
+        Err(p) => {
+            let msg = p
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| p.downcast_ref::<&str>().copied())
+                .unwrap_or("a panic");
+            Err(Error::Tokenizer(format!(
+                "the tokenizer failed while {what} ({msg}); its tokenizer.json is malformed"
+            )))
+        }
+    }
+}
+
 impl TokenizerBundle {
+    /// A tokenizer from tokenizer.json text. Padding and truncation are switched off: ferroq
+    /// encodes one text at a time and must see all of it (a `Fixed(10⁸)` padding would also
+    /// allocate gigabytes per call).
     pub fn from_json(json: String) -> Result<tokenizers::Tokenizer> {
-        tokenizers::Tokenizer::from_str(&json).map_err(tok_err)
+        let mut t = guarded("loading", || tokenizers::Tokenizer::from_str(&json))?;
+        t.with_padding(None);
+        guarded("loading", || t.with_truncation(None).map(|_| ()))?;
+        Ok(t)
     }
 
     /// Build from GGUF metadata.
@@ -122,10 +150,7 @@ impl TokenizerBundle {
 
     /// Encode text, adding the special tokens the tokenizer's post-processor asks for (BOS).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        Ok(self
-            .tokenizer
-            .encode(text, true)
-            .map_err(tok_err)?
+        Ok(guarded("encoding", || self.tokenizer.encode(text, true))?
             .get_ids()
             .to_vec())
     }
@@ -133,10 +158,7 @@ impl TokenizerBundle {
     /// Encode text without special tokens: llama-perplexity's convention for scoring a text
     /// (no BOS, the whole text at once), used by `eval` and `analyze`.
     pub fn encode_plain(&self, text: &str) -> Result<Vec<u32>> {
-        Ok(self
-            .tokenizer
-            .encode(text, false)
-            .map_err(tok_err)?
+        Ok(guarded("encoding", || self.tokenizer.encode(text, false))?
             .get_ids()
             .to_vec())
     }
@@ -157,7 +179,7 @@ impl TokenizerBundle {
 
     /// Decode ids; special tokens are kept when `keep_special`.
     pub fn decode(&self, ids: &[u32], keep_special: bool) -> Result<String> {
-        self.tokenizer.decode(ids, !keep_special).map_err(tok_err)
+        guarded("decoding", || self.tokenizer.decode(ids, !keep_special))
     }
 
     pub fn token_id(&self, token: &str) -> Option<u32> {
