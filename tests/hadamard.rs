@@ -210,6 +210,31 @@ fn rotation_survives_the_checkpoint_and_is_checked_at_load() {
             Ok(_) => panic!("malformed hadamard accepted: {needle}"),
         }
     }
+
+    // the record deleted from config.json (as a tool that drops unknown keys would): the
+    // marker stored with the weights refuses the load instead of running unrotated
+    for strip in ["hadamard", "ferroq"] {
+        let mut j: serde_json::Value = serde_json::from_str(&good).expect("json");
+        let qc = j["quantization_config"]
+            .as_object_mut()
+            .expect("quantization_config");
+        match strip {
+            "ferroq" => {
+                qc.remove("ferroq");
+            }
+            _ => {
+                qc["ferroq"]
+                    .as_object_mut()
+                    .expect("ferroq")
+                    .remove("hadamard");
+            }
+        }
+        std::fs::write(&cfg_path, j.to_string()).expect("write");
+        match ferroq::model::open(CpuBackend::new(), &out, None) {
+            Err(e) => assert!(e.to_string().contains("attn_in:32"), "{e}"),
+            Ok(_) => panic!("rotated weights loaded with the `{strip}` record deleted"),
+        }
+    }
 }
 
 #[test]

@@ -17,6 +17,9 @@ use serde_json::Value as Json;
 use std::collections::BTreeMap;
 use std::path::Path;
 
+/// The `__metadata__` key of the safetensors files that records the weights' rotation.
+pub const HADAMARD_MARKER: &str = "ferroq.hadamard";
+
 /// A linear's scheme as read from config_groups.
 #[derive(Clone, Debug)]
 struct Scheme {
@@ -197,8 +200,19 @@ impl CompressedTensors {
                 ))
             })?,
         };
+        let st = SafetensorsWeights::open_dir(dir)?;
+        if let Some(m) = st.metadata(HADAMARD_MARKER) {
+            if m != hadamard.marker() {
+                return Err(Error::Config(format!(
+                    "the weights were made for online Hadamard rotation `{m}`, but \
+                     quantization_config.ferroq.hadamard says `{}`: the config lost or changed \
+                     the record",
+                    hadamard.marker()
+                )));
+            }
+        }
         Ok(CompressedTensors {
-            st: SafetensorsWeights::open_dir(dir)?,
+            st,
             schemes,
             pd_mix,
             hadamard,

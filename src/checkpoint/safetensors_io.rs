@@ -23,6 +23,8 @@ struct Entry {
 pub struct SafetensorsWeights {
     maps: Vec<(PathBuf, memmap2::Mmap)>,
     entries: BTreeMap<String, Entry>,
+    /// every shard's `__metadata__`, merged
+    metadata: HashMap<String, String>,
 }
 
 impl SafetensorsWeights {
@@ -56,6 +58,7 @@ impl SafetensorsWeights {
     pub fn open_files(files: &[PathBuf]) -> Result<Self> {
         let mut maps = Vec::new();
         let mut entries = BTreeMap::new();
+        let mut metadata = HashMap::new();
         for (shard, path) in files.iter().enumerate() {
             let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
             // SAFETY: read-only map of a checkpoint that ferroq never writes while reading;
@@ -64,6 +67,9 @@ impl SafetensorsWeights {
             let (header_len, meta) = SafeTensors::read_metadata(&map[..])
                 .map_err(|e| Error::Safetensors(format!("{}: {e}", path.display())))?;
             let data_start = 8 + header_len;
+            if let Some(m) = meta.metadata() {
+                metadata.extend(m.iter().map(|(k, v)| (k.clone(), v.clone())));
+            }
             for (name, info) in meta.tensors() {
                 let (s, e) = info.data_offsets;
                 entries.insert(
@@ -79,7 +85,16 @@ impl SafetensorsWeights {
             }
             maps.push((path.clone(), map));
         }
-        Ok(SafetensorsWeights { maps, entries })
+        Ok(SafetensorsWeights {
+            maps,
+            entries,
+            metadata,
+        })
+    }
+
+    /// A value of the files' `__metadata__`.
+    pub fn metadata(&self, key: &str) -> Option<&str> {
+        self.metadata.get(key).map(String::as_str)
     }
 
     /// The raw safetensors dtype of a tensor, if present.

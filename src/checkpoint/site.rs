@@ -100,6 +100,21 @@ impl OnlineHadamard {
         self.blocks.iter().all(Option::is_none)
     }
 
+    /// The rotation as the marker stored with rotated weights (`__metadata__` key
+    /// `ferroq.hadamard`): `site:block` pairs in `Site::ALL` order, or `none`.
+    pub fn marker(&self) -> String {
+        let s: Vec<String> = self
+            .sites()
+            .iter()
+            .map(|(site, b)| format!("{}:{b}", site.name()))
+            .collect();
+        if s.is_empty() {
+            "none".into()
+        } else {
+            s.join(",")
+        }
+    }
+
     /// (site, block) of every rotated site, in `Site::ALL` order.
     pub fn sites(&self) -> Vec<(Site, usize)> {
         Site::ALL

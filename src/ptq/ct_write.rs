@@ -11,6 +11,7 @@
 
 use super::pipeline::QuantizedModel;
 use super::recipe::ActScope;
+use crate::checkpoint::ct::HADAMARD_MARKER;
 use crate::checkpoint::safetensors_io::{write_raw_safetensors, RawTensor};
 use crate::error::{Error, Result};
 use crate::quant::weight::WeightScope;
@@ -226,7 +227,12 @@ fn write_into(q: &QuantizedModel, dir: &Path) -> Result<()> {
             )
         })
         .collect();
-    let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
+    // the rotation travels with the weights too: a tool that drops `quantization_config.ferroq`
+    // must not turn rotated weights into silently unrotated ones
+    let meta = HashMap::from([
+        ("format".to_string(), "pt".to_string()),
+        (HADAMARD_MARKER.to_string(), q.config.hadamard.marker()),
+    ]);
     write_raw_safetensors(&dir.join("model.safetensors"), &raw, Some(meta))?;
 
     let single = groups.len() == 1;
