@@ -359,7 +359,17 @@ fn gguf_name(hf: &str) -> String {
 
 /// The tiny model as a GGUF file (f32 tensors, llama.cpp names and Q/K permutation).
 fn tiny_gguf(c: &ModelConfig, w: &BTreeMap<String, HostTensor>, break_shape: bool) -> Vec<u8> {
-    let meta = vec![
+    tiny_gguf_with(c, w, break_shape, Vec::new())
+}
+
+/// `tiny_gguf` with `extra` metadata appended (a vocabulary, for `convert`).
+fn tiny_gguf_with(
+    c: &ModelConfig,
+    w: &BTreeMap<String, HostTensor>,
+    break_shape: bool,
+    extra: Vec<(&str, Meta)>,
+) -> Vec<u8> {
+    let mut meta = vec![
         ("general.architecture", Meta::Str("llama".into())),
         ("llama.block_count", Meta::U32(c.num_layers as u32)),
         (
@@ -383,6 +393,7 @@ fn tiny_gguf(c: &ModelConfig, w: &BTreeMap<String, HostTensor>, break_shape: boo
         ),
         ("llama.vocab_size", Meta::U32(c.vocab_size as u32)),
     ];
+    meta.extend(extra);
     let mut tensors = Vec::new();
     for (name, t) in w {
         let mut data = t.to_f32_vec();
@@ -658,4 +669,46 @@ fn fewer_layers_in_the_config_than_in_the_weights_is_an_error() {
         "{e}"
     );
     assert!(LlamaModel::load(CpuBackend::new(), c, &w, None).is_ok());
+}
+
+/// `convert` checks every tensor's shape against the config before writing: a mis-shaped or
+/// zero-sized tensor is an error naming it, and no directory is left for `generate` to refuse.
+#[test]
+fn convert_refuses_tensors_the_model_would_refuse() {
+    let c = tiny_config(false);
+    let w = tiny_weights(&c, 4);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("bad.gguf");
+    // the tiny GGUF plus a SentencePiece vocabulary of the model's size, so convert gets as far
+    // as the tensors
+    let mut bytes_meta: Vec<(&str, Meta)> = Vec::new();
+    let tokens: Vec<String> = (0..c.vocab_size)
+        .map(|i| match i {
+            0 => "<unk>".to_string(),
+            1 => "<s>".to_string(),
+            2 => "</s>".to_string(),
+            i => format!("t{i}"),
+        })
+        .collect();
+    let types: Vec<i32> = (0..c.vocab_size as i32)
+        .map(|i| if i < 3 { 3 } else { 1 })
+        .collect();
+    bytes_meta.push(("tokenizer.ggml.model", Meta::Str("llama".into())));
+    bytes_meta.push(("tokenizer.ggml.tokens", Meta::StrArr(tokens)));
+    bytes_meta.push((
+        "tokenizer.ggml.scores",
+        Meta::F32Arr(vec![0.0; c.vocab_size]),
+    ));
+    bytes_meta.push(("tokenizer.ggml.token_type", Meta::I32Arr(types)));
+    let bytes = tiny_gguf_with(&c, &w, true, bytes_meta);
+    std::fs::write(&path, bytes).expect("write");
+    let out = dir.path().join("converted");
+    match ferroq::model::convert::gguf_to_hf(&path, &out, ferroq::tensor::DType::F16) {
+        Err(Error::ShapeMismatch { tensor, .. }) => {
+            assert_eq!(tensor, "model.layers.1.self_attn.o_proj.weight")
+        }
+        Err(e) => panic!("wrong error: {e}"),
+        Ok(_) => panic!("a mis-shaped tensor was converted"),
+    }
+    assert!(!out.exists(), "a failed conversion left {}", out.display());
 }

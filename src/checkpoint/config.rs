@@ -139,6 +139,39 @@ fn token_ids(v: Option<&Json>) -> Vec<u32> {
 }
 
 impl ModelConfig {
+    /// The shape (outermost first) the dense model's tensor `name` (an HF name) must have, or
+    /// None for a name the model does not read.
+    pub fn expected_shape(&self, name: &str) -> Option<Vec<usize>> {
+        let (dim, qd, kvd, ffn, vocab) = (
+            self.hidden_size,
+            self.q_dim(),
+            self.kv_dim(),
+            self.intermediate_size,
+            self.vocab_size,
+        );
+        match name {
+            "model.embed_tokens.weight" | "lm_head.weight" => return Some(vec![vocab, dim]),
+            "model.norm.weight" => return Some(vec![dim]),
+            _ => {}
+        }
+        let rest = name.strip_prefix("model.layers.")?;
+        let (layer, module) = rest.split_once('.')?;
+        if layer.parse::<usize>().ok()? >= self.num_layers {
+            return None;
+        }
+        Some(match module {
+            "input_layernorm.weight" | "post_attention_layernorm.weight" => vec![dim],
+            "self_attn.q_proj.weight" => vec![qd, dim],
+            "self_attn.k_proj.weight" | "self_attn.v_proj.weight" => vec![kvd, dim],
+            "self_attn.o_proj.weight" => vec![dim, qd],
+            "self_attn.q_proj.bias" => vec![qd],
+            "self_attn.k_proj.bias" | "self_attn.v_proj.bias" => vec![kvd],
+            "mlp.gate_proj.weight" | "mlp.up_proj.weight" => vec![ffn, dim],
+            "mlp.down_proj.weight" => vec![dim, ffn],
+            _ => return None,
+        })
+    }
+
     /// Channels of a decoder block's linear input `site`.
     pub fn site_dim(&self, site: Site) -> usize {
         match site {

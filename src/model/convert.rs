@@ -33,6 +33,15 @@ pub fn gguf_to_hf(gguf_path: &Path, out: &Path, dtype: DType) -> Result<ConvertR
         let mut n_params = 0;
         for name in src.tensor_names() {
             let t = src.load(&name)?.to_dtype(dtype);
+            // what `generate` would refuse later is refused now, before anything is written
+            let want = config.expected_shape(&name);
+            if t.shape.contains(&0) || want.as_ref().is_some_and(|w| *w != t.shape) {
+                return Err(Error::ShapeMismatch {
+                    tensor: name,
+                    expected: want.unwrap_or_default(),
+                    actual: t.shape,
+                });
+            }
             n_params += t.numel();
             tensors.push((name, t));
         }
