@@ -1,9 +1,9 @@
 //! The library's layers, read from its source: every `crate::` / `super::` path in `src/` is
-//! resolved to the file it names, and
-//! - no file imports a top-level module of a higher layer (the order ARCHITECTURE.md states),
-//! - no two files outside `mod.rs` import each other, directly or around a circle,
-//! so a new import cycle fails CI instead of growing unseen. The binary (`main.rs`, `cli/`)
-//! sits on top and is not scanned.
+//! resolved to the file it names, so a new import cycle fails CI instead of growing unseen.
+//!
+//! - No file imports a top-level module of a higher layer (the order ARCHITECTURE.md states).
+//! - No two files outside `mod.rs` import each other, directly or around a circle.
+//! - The binary (`main.rs`, `cli/`) sits on top and is not scanned.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

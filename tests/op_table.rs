@@ -27,13 +27,13 @@ enum W {
     F16,
     Bf16,
     /// int8 per-channel weights; activations per token (dynamic) or static, sym or asym
-    W8A8 {
+    Int8 {
         symmetric: bool,
         fixed: bool,
     },
     Fp8,
     /// int4 symmetric groups of this size
-    W4A16 {
+    Int4 {
         group: usize,
     },
 }
@@ -113,10 +113,10 @@ const fn lin(w: W, m: usize, n: usize, k: usize, bias: bool) -> Op {
     Op::Linear { w, m, n, k, bias }
 }
 const fn w8(symmetric: bool, fixed: bool) -> W {
-    W::W8A8 { symmetric, fixed }
+    W::Int8 { symmetric, fixed }
 }
 const fn w4(group: usize) -> W {
-    W::W4A16 { group }
+    W::Int4 { group }
 }
 const fn rope(rows: usize, heads: usize, hd: usize, start: usize) -> Op {
     Op::Rope {

@@ -79,7 +79,7 @@ pub fn linear_case<B: Backend>(
                 vec![1.0; m],
             )
         }
-        W::W8A8 { symmetric, fixed } => {
+        W::Int8 { symmetric, fixed } => {
             let qw = q(QDType::Int8, WeightScope::PerChannel);
             let policy = if fixed {
                 let (s, z) = ferroq::quant::int8_params(-2.0, 2.0, symmetric);
@@ -125,7 +125,7 @@ pub fn linear_case<B: Backend>(
             let m_ = b.upload_quant(&qw, n, k).expect("upload");
             (LinearWeight::Quant(m_), act, to64(&xq), wr, to64(&sa))
         }
-        W::W4A16 { group } => {
+        W::Int4 { group } => {
             let qw = q(QDType::Int4, WeightScope::PerGroup(group));
             let mut xb = vec![0f32; m * k];
             ferroq::backend::cpu::int4::bf16::round_through_bf16(&x, &mut xb);
