@@ -358,14 +358,19 @@ fn hostile_sizes_and_offsets_are_errors() {
 /// beyond the file is a truncation error.
 #[test]
 fn nested_and_oversized_metadata_arrays_are_errors() {
-    let mut b = Vec::new();
-    b.extend(b"GGUF");
-    b.extend(3u32.to_le_bytes());
-    b.extend(0u64.to_le_bytes());
-    b.extend(1u64.to_le_bytes());
-    b.extend(1u64.to_le_bytes());
-    b.push(b'k');
-    b.extend(9u32.to_le_bytes()); // the value is an array ...
+    // a v3 header with no tensors and one metadata key `k` whose value is an array ...
+    let array_header = || {
+        let mut b = Vec::new();
+        b.extend(b"GGUF");
+        b.extend(3u32.to_le_bytes());
+        b.extend(0u64.to_le_bytes());
+        b.extend(1u64.to_le_bytes());
+        b.extend(1u64.to_le_bytes());
+        b.push(b'k');
+        b.extend(9u32.to_le_bytes());
+        b
+    };
+    let mut b = array_header();
     for _ in 0..100_000 {
         b.extend(9u32.to_le_bytes()); // ... of arrays ...
         b.extend(1u64.to_le_bytes());
@@ -376,14 +381,7 @@ fn nested_and_oversized_metadata_arrays_are_errors() {
     let e = gguf_error(&b);
     assert!(e.contains("nests arrays"), "{e}");
 
-    let mut b = Vec::new();
-    b.extend(b"GGUF");
-    b.extend(3u32.to_le_bytes());
-    b.extend(0u64.to_le_bytes());
-    b.extend(1u64.to_le_bytes());
-    b.extend(1u64.to_le_bytes());
-    b.push(b'k');
-    b.extend(9u32.to_le_bytes());
+    let mut b = array_header();
     b.extend(8u32.to_le_bytes()); // strings
     b.extend((1u64 << 40).to_le_bytes());
     let e = gguf_error(&b);
