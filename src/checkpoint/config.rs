@@ -354,15 +354,12 @@ impl ModelConfig {
         let hidden_size = get("embedding_length")?;
         let num_heads = get("attention.head_count")?;
         // a key that is present must be read as what it claims; only absence takes a default
-        let present = |s: &str| g.get(&k(s)).is_some();
-        let num_kv_heads = match present("attention.head_count_kv") {
-            true => get("attention.head_count_kv")?,
-            false => num_heads,
+        let get_or = |s: &str, default: usize| match g.get(&k(s)) {
+            Some(_) => get(s),
+            None => Ok(default),
         };
-        let head_dim = match g.get(&k("attention.key_length")) {
-            Some(_) => get("attention.key_length")?,
-            None => hidden_size / num_heads.max(1),
-        };
+        let num_kv_heads = get_or("attention.head_count_kv", num_heads)?;
+        let head_dim = get_or("attention.key_length", hidden_size / num_heads.max(1))?;
         let vocab_size = match g.get(&k("vocab_size")) {
             Some(_) => get("vocab_size")?,
             None => g.get_str_array("tokenizer.ggml.tokens")?.len(),
@@ -389,15 +386,12 @@ impl ModelConfig {
             head_dim,
             vocab_size,
             rms_norm_eps: g.get_f64(&k("attention.layer_norm_rms_epsilon"))? as f32,
-            rope_theta: match present("rope.freq_base") {
-                true => g.get_f64(&k("rope.freq_base"))?,
-                false => 10000.0,
+            rope_theta: match g.get(&k("rope.freq_base")) {
+                Some(_) => g.get_f64(&k("rope.freq_base"))?,
+                None => 10000.0,
             },
             rope_scaling,
-            max_position_embeddings: match present("context_length") {
-                true => get("context_length")?,
-                false => 4096,
-            },
+            max_position_embeddings: get_or("context_length", 4096)?,
             tie_word_embeddings: g.tensor("output.weight").is_none(),
             qkv_bias: arch == Arch::Qwen2,
             bos_token_id: g

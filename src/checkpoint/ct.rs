@@ -248,6 +248,13 @@ impl CompressedTensors {
         })
     }
 
+    /// A scale tensor (`f32_tensor`), every value finite and positive.
+    fn scales(&self, name: &str, allowed: &[Vec<usize>]) -> Result<Vec<f32>> {
+        let v = self.f32_tensor(name, allowed)?;
+        check_scales(name, &v)?;
+        Ok(v)
+    }
+
     fn int_tensor(&self, name: &str, want: St, shape: &[usize]) -> Result<&[u8]> {
         let (d, s, bytes) = self.st.raw(name)?;
         if d != want {
@@ -296,8 +303,7 @@ impl CompressedTensors {
                     &[n, k],
                 )?);
                 let scale =
-                    broadcast(self.f32_tensor(&format!("{name}.weight_scale"), &scale_shapes(1))?);
-                check_scales(&format!("{name}.weight_scale"), &scale)?;
+                    broadcast(self.scales(&format!("{name}.weight_scale"), &scale_shapes(1))?);
                 let colsum = q
                     .chunks_exact(k)
                     .map(|r| r.iter().map(|&v| v as i32).sum())
@@ -309,8 +315,7 @@ impl CompressedTensors {
                     .int_tensor(&format!("{name}.weight"), St::F8_E4M3, &[n, k])?
                     .to_vec();
                 let scale =
-                    broadcast(self.f32_tensor(&format!("{name}.weight_scale"), &scale_shapes(1))?);
-                check_scales(&format!("{name}.weight_scale"), &scale)?;
+                    broadcast(self.scales(&format!("{name}.weight_scale"), &scale_shapes(1))?);
                 Ok(QuantWeight::Fp8 { codes, scale })
             }
             ("int", 4) => {
@@ -346,9 +351,7 @@ impl CompressedTensors {
                     &[n, k / 8],
                 )?);
                 let groups = k.div_ceil(g);
-                let scale =
-                    self.f32_tensor(&format!("{name}.weight_scale"), &scale_shapes(groups))?;
-                check_scales(&format!("{name}.weight_scale"), &scale)?;
+                let scale = self.scales(&format!("{name}.weight_scale"), &scale_shapes(groups))?;
                 let zname = format!("{name}.weight_zero_point");
                 let zero: Vec<i8> = if self.st.contains(&zname) {
                     bytemuck::pod_collect_to_vec(self.int_tensor(&zname, St::I8, &[n, groups])?)
@@ -404,11 +407,10 @@ impl CompressedTensors {
             }
         } else {
             let sname = format!("{name}.input_scale");
-            let scale = match self.f32_tensor(&sname, &[vec![1], vec![]])?[..] {
+            let scale = match self.scales(&sname, &[vec![1], vec![]])?[..] {
                 [s] => s,
                 _ => return Err(Error::Config(format!("`{sname}` must hold one value"))),
             };
-            check_scales(&sname, &[scale])?;
             let zname = format!("{name}.input_zero_point");
             let zp = if !symmetric && self.st.contains(&zname) {
                 let (d, shape, b) = self.st.raw(&zname)?;

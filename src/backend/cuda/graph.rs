@@ -137,22 +137,20 @@ fn capture(
     step: &mut dyn FnMut() -> Result<()>,
     moves: u64,
 ) -> Result<CudaGraph> {
-    {
-        stream
-            .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
-            .map_err(|e| driver_error("begin capture", e))?;
-        run.set_mode(Mode::Capture);
-        let ran = step();
-        run.set_mode(Mode::Eager);
-        // end the capture whatever happened, so the stream leaves capture mode
-        let graph = stream.end_capture(sys::CUgraphInstantiate_flags(0));
-        ran?;
-        let graph = graph
-            .map_err(|e| driver_error("end capture", e))?
-            .ok_or_else(|| Error::Cuda("the capture recorded no graph".into()))?;
-        if run.moves() != moves {
-            return Err(Error::Cuda("a buffer moved while capturing".into()));
-        }
-        Ok(graph)
+    stream
+        .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+        .map_err(|e| driver_error("begin capture", e))?;
+    run.set_mode(Mode::Capture);
+    let ran = step();
+    run.set_mode(Mode::Eager);
+    // end the capture whatever happened, so the stream leaves capture mode
+    let graph = stream.end_capture(sys::CUgraphInstantiate_flags(0));
+    ran?;
+    let graph = graph
+        .map_err(|e| driver_error("end capture", e))?
+        .ok_or_else(|| Error::Cuda("the capture recorded no graph".into()))?;
+    if run.moves() != moves {
+        return Err(Error::Cuda("a buffer moved while capturing".into()));
     }
+    Ok(graph)
 }

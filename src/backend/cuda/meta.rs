@@ -68,9 +68,7 @@ impl MetaCache {
         self.lock()?.staged = [false; Meta::COUNT];
         Ok(())
     }
-}
 
-impl MetaCache {
     /// `v` on the device (the buffer may be longer): the cached upload of this kind when its
     /// contents are the same.
     pub(super) fn upload(
@@ -149,17 +147,15 @@ impl MetaCache {
 /// `v` in a new buffer of the next power of two (at least one) elements; a graph captured
 /// before reads the old one, so the move is counted.
 fn upload_padded(run: &RunState, stream: &Arc<CudaStream>, v: &[u32]) -> Result<CudaSlice<u32>> {
-    {
-        run.count_move();
-        let mut d = stream
-            .alloc_zeros::<u32>(v.len().max(1).next_power_of_two())
-            .map_err(|e| driver_error("alloc", e))?;
-        if !v.is_empty() {
-            let mut head = d.slice_mut(0..v.len());
-            stream
-                .memcpy_htod(v, &mut head)
-                .map_err(|e| driver_error("upload", e))?;
-        }
-        Ok(d)
+    run.count_move();
+    let mut d = stream
+        .alloc_zeros::<u32>(v.len().max(1).next_power_of_two())
+        .map_err(|e| driver_error("alloc", e))?;
+    if !v.is_empty() {
+        let mut head = d.slice_mut(0..v.len());
+        stream
+            .memcpy_htod(v, &mut head)
+            .map_err(|e| driver_error("upload", e))?;
     }
+    Ok(d)
 }
