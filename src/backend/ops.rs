@@ -113,7 +113,7 @@ impl KvSeq<'_> {
         max_seq: usize,
         batch_rows: usize,
     ) -> Result<()> {
-        let end = self.start_pos + self.rows;
+        let end = self.start_pos.saturating_add(self.rows);
         if end > max_seq {
             return Err(crate::error::Error::ContextOverflow {
                 needed: end,

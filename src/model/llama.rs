@@ -43,9 +43,6 @@ pub struct LlamaModel<B: Backend> {
     /// Hadamard block applied to the final norm's output when the int8 LM head was built
     /// from rotated weights (`LmHead::Int8`).
     lm_head_block: Option<usize>,
-    rope_cos: B::Buf, // (rope_len, head_dim / 2)
-    rope_sin: B::Buf, // (rope_len, head_dim / 2)
-    rope_len: usize,
 }
 
 /// Receives every linear input during an observed forward pass: x is (rows, dim) on the host.
@@ -86,6 +83,8 @@ pub struct Workspace<B: Backend> {
     hb2: B::Buf,              // (max_rows, ffn)
     logits: B::Buf,           // (logit_rows, vocab)
     scratch: B::Buf,          // (n_heads, ATTN_ROWS * max_seq) attention scores
+    rope_cos: B::Buf,         // (max_seq, head_dim / 2)
+    rope_sin: B::Buf,         // (max_seq, head_dim / 2)
     host_logits: Vec<f32>,    // (logit_rows, vocab)
     tokens: Vec<u32>,         // (max_rows) the batch's tokens, concatenated
     pub(crate) obs: Vec<f32>, // (max_rows, max width) host copy for observers; empty unless observed
@@ -285,23 +284,7 @@ impl<B: Backend> LlamaModel<B> {
             (l, None)
         };
         let norm = vector("model.norm.weight", dim)?;
-        let inv_freq = c.rope_inv_freq();
-        let rope_len = c.max_position_embeddings.max(1);
-        let (mut cos, mut sin) = (
-            Vec::with_capacity(rope_len * inv_freq.len()),
-            Vec::with_capacity(rope_len * inv_freq.len()),
-        );
-        for p in 0..rope_len {
-            for f in &inv_freq {
-                let a = p as f64 * f;
-                cos.push(a.cos() as f32);
-                sin.push(a.sin() as f32);
-            }
-        }
         Ok(LlamaModel {
-            rope_cos: backend.upload(&cos)?,
-            rope_sin: backend.upload(&sin)?,
-            rope_len,
             config,
             weight_dtype: wdt,
             embed,
@@ -385,13 +368,27 @@ impl<B: Backend> LlamaModel<B> {
                 "max_batch, max_seq and logit rows must be positive".into(),
             ));
         }
-        if max_seq > self.rope_len {
+        if max_seq > c.max_position_embeddings {
             return Err(Error::ContextOverflow {
                 needed: max_seq,
-                max: self.rope_len,
+                max: c.max_position_embeddings,
             });
         }
         let b = &self.backend;
+        // The RoPE table covers the context this workspace serves, not the model's advertised
+        // limit: a 128k-position model run at 2k holds 2k rows.
+        let inv_freq = c.rope_inv_freq();
+        let (mut cos, mut sin) = (
+            Vec::with_capacity(max_seq * inv_freq.len()),
+            Vec::with_capacity(max_seq * inv_freq.len()),
+        );
+        for p in 0..max_seq {
+            for f in &inv_freq {
+                let a = p as f64 * f;
+                cos.push(a.cos() as f32);
+                sin.push(a.sin() as f32);
+            }
+        }
         Ok(Workspace {
             id: crate::backend::next_buffer_id(),
             max_rows,
@@ -408,6 +405,8 @@ impl<B: Backend> LlamaModel<B> {
             hb2: b.alloc(max_rows * c.intermediate_size)?,
             logits: b.alloc(logit_rows * c.vocab_size)?,
             scratch: b.alloc(c.num_heads * crate::backend::ATTN_ROWS * max_seq)?,
+            rope_cos: b.upload(&cos)?,
+            rope_sin: b.upload(&sin)?,
             host_logits: vec![0f32; logit_rows * c.vocab_size],
             tokens: Vec::with_capacity(max_rows),
             obs: Vec::new(),
@@ -559,7 +558,7 @@ impl<B: Backend> LlamaModel<B> {
             sq.check(kv.block_size, kv.n_blocks, ws.max_seq, rows)?;
         }
         let (dim, hd, eps) = (c.hidden_size, c.head_dim, c.rms_norm_eps);
-        let (cos, sin) = (&self.rope_cos, &self.rope_sin);
+        let (cos, sin) = (&ws.rope_cos, &ws.rope_sin);
         // The linears of a site on the input `$input` makes, rotated if the model says so (the
         // consumers' weights were rotated to match). The backend may fuse producer, rotation
         // and the activation quantization the linears share. Under a hook (calibration) the
