@@ -47,7 +47,9 @@ fn huge_advertised_context_allocates_for_the_context_used() {
     PEAK.store(base, Ordering::Relaxed);
     let m = LlamaModel::load(CpuBackend::new(), c, &src, None).expect("load");
     let mut s = m.new_session(8, 32, false).expect("session");
-    let logits = m.forward(&mut s, &[1, 5, 9], Logits::Last).expect("forward");
+    let logits = m
+        .forward(&mut s, &[1, 5, 9], Logits::Last)
+        .expect("forward");
     assert!(logits.iter().all(|x| x.is_finite()));
     let grew = PEAK.load(Ordering::Relaxed).saturating_sub(base);
     assert!(

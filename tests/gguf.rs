@@ -260,6 +260,32 @@ fn truncated_file_names_what_is_cut() {
     ));
 }
 
+/// A string or array length near 2^64 is reported as running to the end of the address
+/// space, not wrapped around to a small number (what the fuzzer found).
+#[test]
+fn lengths_near_two_to_the_64_do_not_wrap_in_the_error() {
+    for (ty, tail) in [(8u32, vec![]), (9u32, 8u32.to_le_bytes().to_vec())] {
+        let mut b = b"GGUF".to_vec();
+        b.extend(3u32.to_le_bytes());
+        b.extend(0u64.to_le_bytes()); // tensors
+        b.extend(1u64.to_le_bytes()); // metadata entries
+        b.extend(1u64.to_le_bytes());
+        b.push(b'k');
+        b.extend(ty.to_le_bytes());
+        b.extend(&tail); // an array's element type
+        b.extend((u64::MAX - 3).to_le_bytes());
+        b.extend([0u8; 16]);
+        match open_bytes(&b) {
+            Err(Error::GgufTruncated { end, file_len, .. }) => {
+                assert_eq!(end, u64::MAX, "type {ty}");
+                assert_eq!(file_len, b.len() as u64);
+            }
+            Err(e) => panic!("type {ty}: wrong error: {e}"),
+            Ok(_) => panic!("type {ty}: parsed"),
+        }
+    }
+}
+
 #[test]
 fn bad_magic_and_version() {
     let mut b = sample_file();

@@ -36,9 +36,23 @@ pub struct ServeArgs {
     /// Requests that may wait beyond the running batch; more get 429.
     #[arg(long, default_value_t = 64)]
     max_queue: usize,
-    /// Seconds running requests may go on after SIGINT/SIGTERM before they are cancelled.
+    /// Seconds running requests may go on after SIGINT/SIGTERM before they are cancelled;
+    /// connections still open a second later are closed.
     #[arg(long, default_value_t = 30.0)]
     shutdown_grace: f64,
+    /// Seconds a connection may take to send a request header, from connecting or from its
+    /// last response (idle keep-alive connections close after it).
+    #[arg(long, default_value_t = 15.0)]
+    header_timeout: f64,
+    /// Seconds a request body may take to arrive; slower ones get 408.
+    #[arg(long, default_value_t = 60.0)]
+    body_timeout: f64,
+    /// Largest request body in bytes (it bounds the prompt); larger ones get 413.
+    #[arg(long, default_value_t = 4 << 20)]
+    max_body_bytes: usize,
+    /// Connections served at once; more get 503 (lowered to fit the open-file limit).
+    #[arg(long, default_value_t = 256)]
+    max_connections: usize,
     /// The model id clients use (default: the model's file or directory name).
     #[arg(long)]
     served_model_name: Option<String>,
@@ -65,6 +79,28 @@ fn check_flags(a: &ServeArgs) -> Result<()> {
             "shutdown-grace",
             a.shutdown_grace.to_string(),
             "between 0 and 86400 seconds",
+        );
+    }
+    for (flag, v) in [
+        ("header-timeout", a.header_timeout),
+        ("body-timeout", a.body_timeout),
+    ] {
+        if !(v > 0.0 && v <= 86_400.0) {
+            return bad(flag, v.to_string(), "above 0 and at most 86400 seconds");
+        }
+    }
+    if !(1..=1 << 30).contains(&a.max_body_bytes) {
+        return bad(
+            "max-body-bytes",
+            a.max_body_bytes.to_string(),
+            "between 1 and 2^30",
+        );
+    }
+    if !(1..=1 << 16).contains(&a.max_connections) {
+        return bad(
+            "max-connections",
+            a.max_connections.to_string(),
+            "between 1 and 65536",
         );
     }
     if !(1..=4096).contains(&a.max_batch) {
@@ -134,6 +170,10 @@ impl BackendJob for Job {
             max_queue: a.max_queue,
             shutdown_grace: Duration::from_secs_f64(a.shutdown_grace),
             model_name: name,
+            header_timeout: Duration::from_secs_f64(a.header_timeout),
+            body_timeout: Duration::from_secs_f64(a.body_timeout),
+            max_body_bytes: a.max_body_bytes,
+            max_connections: a.max_connections,
             scheduler: SchedulerConfig {
                 max_batch: a.max_batch,
                 max_seq_len,

@@ -2,13 +2,17 @@
 //!
 //! - `/v1/completions`, `/v1/chat/completions` (SSE when `stream`), `/v1/models`, `/health`,
 //!   `/metrics`.
-//! - Requests are parsed and tokenized here, then handed to the scheduler thread; each response
-//!   listens on its own channel, and dropping it (client gone) cancels the request.
+//! - Requests are read under a size cap and a deadline, parsed and tokenized on the blocking
+//!   pool (never on the async workers, which must keep answering), then handed to the scheduler
+//!   thread; each response listens on its own channel, and dropping it (client gone) cancels
+//!   the request.
+//! - Every error, the router's 404 / 405 included, is an OpenAI-style JSON body.
 //! - SIGINT / SIGTERM stop accepting, let running requests finish within a grace period and
-//!   cancel the rest.
+//!   cancel the rest; `conn.rs` bounds the connections' part of the shutdown.
 
 pub mod api;
 pub mod client;
+mod conn;
 pub mod loadgen;
 
 use crate::backend::Backend;
@@ -19,14 +23,14 @@ use crate::error::{Error, Result};
 use crate::model::llama::LlamaModel;
 use crate::tokenizer::TokenizerBundle;
 use api::{BadRequest, Endpoint, GenRequest, Meta, Prompt};
-use axum::body::Bytes;
-use axum::extract::State;
+use axum::body::{Body, Bytes};
+use axum::extract::{Request as HttpRequest, State};
 use axum::http::{header, StatusCode};
 use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use futures_util::stream;
+use futures_util::{stream, StreamExt};
 use serde_json::json;
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -34,6 +38,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+use tokio::sync::Semaphore;
 
 #[derive(Clone, Debug)]
 pub struct ServeOptions {
@@ -47,6 +52,15 @@ pub struct ServeOptions {
     /// The id `/v1/models` lists and requests' `model` must match.
     pub model_name: String,
     pub scheduler: SchedulerConfig,
+    /// A connection must send a whole request header within this of connecting or of its
+    /// last response; idle keep-alive connections close after it too.
+    pub header_timeout: Duration,
+    /// A request body must arrive in full within this of its header.
+    pub body_timeout: Duration,
+    /// Larger request bodies get 413 (this bounds a prompt's size too).
+    pub max_body_bytes: usize,
+    /// Connections served at once; one more gets a 503 and is closed.
+    pub max_connections: usize,
 }
 
 struct AppState {
@@ -56,6 +70,11 @@ struct AppState {
     vocab: usize,
     next_id: AtomicU64,
     started: u64,
+    body_timeout: Duration,
+    max_body_bytes: usize,
+    /// Requests being parsed and tokenized on the blocking pool at once: no more than the
+    /// cores, so a burst of huge prompts queues here instead of starving the engine.
+    tokenize_slots: Arc<Semaphore>,
 }
 
 fn now_secs() -> u64 {
@@ -116,6 +135,11 @@ async fn serve<B: Backend>(
         vocab,
         next_id: AtomicU64::new(1),
         started: now_secs(),
+        body_timeout: opts.body_timeout,
+        max_body_bytes: opts.max_body_bytes,
+        tokenize_slots: Arc::new(Semaphore::new(
+            std::thread::available_parallelism().map_or(2, |n| n.get()),
+        )),
     });
     let app = Router::new()
         .route("/v1/completions", post(completions))
@@ -123,6 +147,8 @@ async fn serve<B: Backend>(
         .route("/v1/models", get(models))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(state.clone());
     // the line scripts and tests wait for: printed whatever the log level
     eprintln!("ferroq serve: listening on http://{local}");
@@ -136,16 +162,16 @@ async fn serve<B: Backend>(
         );
         st.engine.begin_shutdown(grace);
     };
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(|e| Error::Server(format!("http: {e}")));
-    // also reached when the listener fails: make sure the scheduler thread ends
+    let limits = conn::ConnLimits {
+        header_timeout: opts.header_timeout,
+        max_connections: conn::fit_open_files(opts.max_connections),
+    };
+    conn::serve_until(listener, app, limits, shutdown, grace).await;
     state.engine.begin_shutdown(grace);
     let st = state.clone();
     let _ = tokio::task::spawn_blocking(move || st.engine.join()).await;
     tracing::info!("ferroq serve: stopped");
-    served
+    Ok(())
 }
 
 async fn wait_for_signal() {
@@ -183,6 +209,80 @@ fn bad_request(st: &AppState, b: BadRequest) -> Response {
     )
 }
 
+async fn not_found(uri: axum::http::Uri) -> Response {
+    error_response(
+        StatusCode::NOT_FOUND,
+        "invalid_request_error",
+        &format!("no route for {}", uri.path()),
+        None,
+    )
+}
+
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> Response {
+    error_response(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "invalid_request_error",
+        &format!("{method} is not allowed on {}", uri.path()),
+        None,
+    )
+}
+
+/// The request body, read within the size cap and the body deadline.
+async fn read_body(st: &AppState, req: HttpRequest) -> std::result::Result<Bytes, Response> {
+    let limit = st.max_body_bytes;
+    let too_large = |n: String| {
+        error_response(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request_error",
+            &format!(
+                "the request body is {n} bytes; at most {limit} are accepted (--max-body-bytes)"
+            ),
+            None,
+        )
+    };
+    let announced = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(n) = announced.filter(|&n| n > limit as u64) {
+        return Err(too_large(n.to_string()));
+    }
+    let deadline = tokio::time::Instant::now() + st.body_timeout;
+    let mut data = req.into_body().into_data_stream();
+    let mut buf = Vec::new();
+    loop {
+        match tokio::time::timeout_at(deadline, data.next()).await {
+            Err(_) => {
+                return Err(error_response(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "invalid_request_error",
+                    &format!(
+                        "the request body did not arrive within {:.0}s (--body-timeout)",
+                        st.body_timeout.as_secs_f64()
+                    ),
+                    None,
+                ))
+            }
+            Ok(None) => return Ok(Bytes::from(buf)),
+            Ok(Some(Err(e))) => {
+                return Err(error_response(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request_error",
+                    &format!("reading the request body: {e}"),
+                    None,
+                ))
+            }
+            Ok(Some(Ok(chunk))) => {
+                if buf.len() + chunk.len() > limit {
+                    return Err(too_large(format!("more than {limit}")));
+                }
+                buf.extend_from_slice(&chunk);
+            }
+        }
+    }
+}
+
 async fn health(State(st): State<Arc<AppState>>) -> Response {
     if st.engine.is_closing() {
         return error_response(
@@ -211,12 +311,12 @@ async fn models(State(st): State<Arc<AppState>>) -> Response {
     .into_response()
 }
 
-async fn completions(State(st): State<Arc<AppState>>, body: Bytes) -> Response {
-    generation(st, Endpoint::Completions, body).await
+async fn completions(State(st): State<Arc<AppState>>, req: HttpRequest<Body>) -> Response {
+    generation(st, Endpoint::Completions, req).await
 }
 
-async fn chat_completions(State(st): State<Arc<AppState>>, body: Bytes) -> Response {
-    generation(st, Endpoint::Chat, body).await
+async fn chat_completions(State(st): State<Arc<AppState>>, req: HttpRequest<Body>) -> Response {
+    generation(st, Endpoint::Chat, req).await
 }
 
 /// Tokenize the prompt; errors name the field they come from.
@@ -247,14 +347,20 @@ fn prompt_ids(st: &AppState, req: &GenRequest) -> std::result::Result<Vec<u32>, 
     }
 }
 
-async fn generation(st: Arc<AppState>, ep: Endpoint, body: Bytes) -> Response {
-    let req = match api::parse(ep, &body) {
+/// Parse, check the model name, tokenize, check lengths and sampling: the CPU-heavy part of a
+/// request, run on the blocking pool. Returns the request, its prompt ids and max tokens.
+fn prepare(
+    st: &AppState,
+    ep: Endpoint,
+    body: &[u8],
+) -> std::result::Result<(GenRequest, Vec<u32>, usize), Box<Response>> {
+    let req = match api::parse(ep, body) {
         Ok(r) => r,
-        Err(b) => return bad_request(&st, b),
+        Err(b) => return Err(Box::new(bad_request(st, b))),
     };
     if let Some(m) = req.model.as_deref().filter(|m| *m != st.model_name) {
         st.engine.metrics.count(Outcome::BadRequest);
-        return error_response(
+        return Err(Box::new(error_response(
             StatusCode::NOT_FOUND,
             "invalid_request_error",
             &format!(
@@ -262,11 +368,11 @@ async fn generation(st: Arc<AppState>, ep: Endpoint, body: Bytes) -> Response {
                 st.model_name
             ),
             Some("model"),
-        );
+        )));
     }
-    let ids = match prompt_ids(&st, &req) {
+    let ids = match prompt_ids(st, &req) {
         Ok(ids) => ids,
-        Err(b) => return bad_request(&st, b),
+        Err(b) => return Err(Box::new(bad_request(st, b))),
     };
     let prompt_field = if ep == Endpoint::Chat {
         "messages"
@@ -282,23 +388,58 @@ async fn generation(st: Arc<AppState>, ep: Endpoint, body: Bytes) -> Response {
         } else {
             "max_tokens"
         };
-        return bad_request(
-            &st,
+        return Err(Box::new(bad_request(
+            st,
             BadRequest {
                 message: e.to_string(),
                 param: Some(param.into()),
             },
-        );
+        )));
     }
     if let Err(e) = req.sampling.validate() {
-        return bad_request(
-            &st,
+        return Err(Box::new(bad_request(
+            st,
             BadRequest {
                 message: e.to_string(),
                 param: None,
             },
-        );
+        )));
     }
+    Ok((req, ids, max_tokens))
+}
+
+async fn generation(st: Arc<AppState>, ep: Endpoint, http: HttpRequest<Body>) -> Response {
+    let body = match read_body(&st, http).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    // the slot travels with the blocking job: a client that leaves does not free it early
+    let Ok(slot) = st.tokenize_slots.clone().acquire_owned().await else {
+        return error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the server is shutting down",
+            None,
+        );
+    };
+    let job = st.clone();
+    let prepared = tokio::task::spawn_blocking(move || {
+        let _slot = slot;
+        prepare(&job, ep, &body)
+    })
+    .await;
+    let (req, ids, max_tokens) = match prepared {
+        Ok(Ok(p)) => p,
+        Ok(Err(r)) => return *r,
+        Err(e) => {
+            return error_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                &format!("preparing the request failed: {e}"),
+                None,
+            )
+        }
+    };
     let (tx, rx) = unbounded_channel();
     let submitted = st.engine.submit(Request {
         prompt: ids,

@@ -120,7 +120,7 @@ impl<'a> Cursor<'a> {
             None => Err(Error::GgufTruncated {
                 what: what(),
                 start: self.pos as u64,
-                end: self.pos as u64 + n as u64,
+                end: (self.pos as u64).saturating_add(n as u64),
                 file_len: self.buf.len() as u64,
             }),
         }
@@ -175,7 +175,7 @@ impl<'a> Cursor<'a> {
                     return Err(Error::GgufTruncated {
                         what: what(),
                         start: self.pos as u64,
-                        end: self.pos as u64 + n,
+                        end: (self.pos as u64).saturating_add(n),
                         file_len: self.buf.len() as u64,
                     });
                 }
