@@ -114,7 +114,7 @@ fn main() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("seeds");
     let c = tiny_config(false);
     let w = tiny_weights(&c, 5);
-    put(&root.join("gguf"), "tiny.gguf", &gguf_seed(&c, &w));
+    put(&root.join("gguf"), "tiny-llama", &gguf_seed(&c, &w));
 
     let dir = tempfile::tempdir().expect("tempdir");
     write_hf_dir(dir.path(), &c, &w);
