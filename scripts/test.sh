@@ -26,3 +26,6 @@ export LD_LIBRARY_PATH="$NVRTC_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 # compile tests write CUBINs here instead of ~/.cache
 export FERROQ_KERNEL_CACHE="$PWD/target/kernel-cache"
 cargo test --release --all-targets "$@"
+# the fuzz regressions again with overflow checks on (the dev profile), as the fuzzer built them:
+# a wrapped size is a failure here, not a silently wrong number
+cargo test --test fuzz_regressions

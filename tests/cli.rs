@@ -156,6 +156,50 @@ fn bad_input_gets_a_clear_error() {
         gguf.to_str().expect("p"),
     ]);
     assert!(String::from_utf8_lossy(&t.stderr).contains("temperature"));
+    // an endless text input is refused at its bound, not read until memory runs out
+    let z = ferroq(&[
+        "generate",
+        "--prompt-file",
+        "/dev/zero",
+        "-m",
+        gguf.to_str().expect("p"),
+    ]);
+    let err = String::from_utf8_lossy(&z.stderr);
+    assert!(
+        err.contains("prompt file /dev/zero is larger than"),
+        "{err}"
+    );
+}
+
+/// A tokenizer.json that makes the tokenizers crate panic is one clean error line: the
+/// caught panic is not reported on stderr as if the process had crashed.
+#[test]
+fn a_panicking_tokenizer_is_one_clean_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = common::tiny_config(false);
+    common::write_hf_dir(dir.path(), &c, &common::tiny_weights(&c, 1));
+    let mut j: serde_json::Value =
+        serde_json::from_str(&common::byte_tokenizer().json).expect("json");
+    j["post_processor"] = serde_json::json!({
+        "type": "TemplateProcessing",
+        "single": [{"SpecialToken": {"id": "<bos>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+        "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
+        "special_tokens": {}
+    });
+    std::fs::write(dir.path().join("tokenizer.json"), j.to_string()).expect("write");
+    let out = ferroq(&[
+        "generate",
+        "-m",
+        dir.path().to_str().expect("p"),
+        "-p",
+        "abc",
+        "-n",
+        "1",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("tokenizer.json is malformed"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
 }
 
 /// Every command that runs a model takes `--device`; a CUDA device that cannot be opened (no

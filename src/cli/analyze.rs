@@ -58,7 +58,7 @@ impl BackendJob for Job {
         let (config, tok, weights) = ferroq::model::read_all(&model)
             .with_context(|| format!("reading {}", model.display()))?;
         let text = match &a.data {
-            Some(p) => read_text(p)?,
+            Some(p) => read_text(p, "calibration text")?,
             None => ferroq::ptq::calib::DEFAULT_TEXT.to_string(),
         };
         let ids = tok.encode_plain(&text)?;

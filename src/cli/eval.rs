@@ -72,7 +72,7 @@ impl BackendJob for Job {
             PathArg::Decode => EvalPath::Decode,
         };
         let m = open_model(open()?, &a.model, None, self.g.act_scope)?;
-        let text = read_text(&a.data)?;
+        let text = read_text(&a.data, "evaluation text")?;
         let tokens = m.tokenizer.encode_plain(&text)?;
         let chunks = n_chunks(tokens.len(), a.ctx, a.chunks);
         if chunks == 0 {

@@ -72,7 +72,7 @@ pub fn run(a: Args, g: &Global) -> Result<()> {
     let model = resolve_model(a.model)?;
     let prompt = match (a.prompt, a.prompt_file) {
         (Some(p), _) => p,
-        (None, Some(f)) => read_text(&f)?,
+        (None, Some(f)) => read_text(&f, "prompt file")?,
         (None, None) => bail!("give --prompt or --prompt-file"),
     };
     let opts = GenerateOptions {

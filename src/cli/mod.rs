@@ -130,9 +130,14 @@ pub fn open_model<B: Backend>(
     Ok(loaded)
 }
 
-/// Read a text file, naming it on failure.
-pub fn read_text(p: &Path) -> Result<String> {
-    std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
+/// Read a text input (prompt, evaluation or calibration text) of at most 256 MiB, naming it on
+/// failure: `/dev/zero` or an endless pipe is refused at the bound.
+pub fn read_text(p: &Path, what: &str) -> Result<String> {
+    Ok(ferroq::checkpoint::read_text(
+        p,
+        ferroq::checkpoint::MAX_CALIB_BYTES,
+        what,
+    )?)
 }
 
 /// A one-line progress bar on stderr: `stage [#####.....] done/total`.

@@ -214,7 +214,12 @@ pub fn apply(
                             .get(&format!("{n}.weight"))
                             .ok_or_else(|| Error::MissingTensor(format!("{n}.weight")))?;
                         match &t.data {
-                            HostData::F32(v) => Ok((v.as_slice(), t.shape[0])),
+                            HostData::F32(v) => match t.shape.as_slice() {
+                                [rows, _] => Ok((v.as_slice(), *rows)),
+                                other => Err(Error::InvalidArgument(format!(
+                                    "{n}.weight has shape {other:?}; smoothing needs a matrix"
+                                ))),
+                            },
                             _ => Err(Error::InvalidArgument(format!(
                                 "{n}: smoothing needs f32 weights"
                             ))),

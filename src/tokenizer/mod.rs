@@ -35,6 +35,26 @@ fn tok_err(e: impl std::fmt::Display) -> Error {
     Error::Tokenizer(e.to_string())
 }
 
+thread_local! {
+    /// Set while this thread is inside `guarded`: its panics become errors, so the panic
+    /// hook's report would be noise on a clean error.
+    static GUARDED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Wrap the process's panic hook once so that panics `guarded` catches are not reported; every
+/// other panic still reaches the hook that was there before.
+fn quiet_guarded_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !GUARDED.with(|g| g.get()) {
+                previous(info);
+            }
+        }));
+    });
+}
+
 /// Call into the tokenizers crate with its panics turned into errors: some malformed
 /// tokenizer.json files reach `unwrap`s inside it (a post-processor naming an undefined
 /// special token), and a bad file must not take the process — or a server — down.
@@ -42,7 +62,11 @@ fn guarded<T>(
     what: &str,
     f: impl FnOnce() -> std::result::Result<T, tokenizers::Error>,
 ) -> Result<T> {
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+    quiet_guarded_panics();
+    let outer = GUARDED.with(|g| g.replace(true));
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    GUARDED.with(|g| g.set(outer));
+    match r {
         Ok(r) => r.map_err(tok_err),
         Err(p) => {
             let msg = p
