@@ -208,6 +208,20 @@ const CASES: &[Op] = &[
     attn(4, 2, 16, 5, 3, 4),
     attn(6, 2, 64, 0, 9, 16),
     Op::Argmax { rows: 3, vocab: 50 },
+    // zero rows (an empty prefill chunk, a batch with nothing to decode): a no-op everywhere,
+    // where a zero-sized CUDA grid would be a launch error
+    norm(0, 33),
+    Op::AddRmsNorm { rows: 0, dim: 65 },
+    lin(W::Bf16, 0, 9, 16, false),
+    lin(w8(true, false), 0, 17, 33, true),
+    lin(W::Fp8, 0, 7, 19, false),
+    lin(w4(32), 0, 7, 64, false),
+    rope(0, 2, 8, 5),
+    Op::Hadamard {
+        rows: 0,
+        dim: 64,
+        block: 8,
+    },
 ];
 
 /// What a case produced, and the reference it is held to.

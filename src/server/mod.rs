@@ -94,7 +94,10 @@ pub fn run<B: Backend>(
         .enable_all()
         .build()
         .map_err(|e| Error::Server(format!("cannot start the async runtime: {e}")))?;
-    rt.block_on(serve(model, tok, opts))
+    let served = rt.block_on(serve(model, tok, opts));
+    // a prompt still tokenizing on the blocking pool is not waited for
+    rt.shutdown_timeout(Duration::from_secs(1));
+    served
 }
 
 async fn serve<B: Backend>(

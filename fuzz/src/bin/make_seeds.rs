@@ -116,6 +116,20 @@ fn main() {
     let w = tiny_weights(&c, 5);
     put(&root.join("gguf"), "tiny-llama", &gguf_seed(&c, &w));
 
+    // the HF seeds are smaller still: every execution writes and loads the whole directory
+    let mut small = c.to_hf_json("float32");
+    for (k, v) in [
+        ("hidden_size", 16),
+        ("intermediate_size", 16),
+        ("num_hidden_layers", 1),
+        ("num_attention_heads", 2),
+        ("num_key_value_heads", 1),
+        ("vocab_size", 17),
+    ] {
+        small[k] = serde_json::json!(v);
+    }
+    let c = ModelConfig::from_hf_json(&small.to_string()).expect("small config");
+    let w = tiny_weights(&c, 5);
     let dir = tempfile::tempdir().expect("tempdir");
     write_hf_dir(dir.path(), &c, &w);
     let st = std::fs::read(dir.path().join("model.safetensors")).expect("read");

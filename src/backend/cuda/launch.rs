@@ -30,6 +30,12 @@ pub(crate) fn grid_1d(n: usize, block: u32) -> LaunchConfig {
     grid(n, 1, block, 0)
 }
 
+/// A launch of `cfg` would run no block.
+pub(crate) fn empty_grid(cfg: &LaunchConfig) -> bool {
+    let (x, y, z) = cfg.grid_dim;
+    x == 0 || y == 0 || z == 0
+}
+
 /// A device buffer of `have` values is long enough for an op that touches `need`.
 pub(crate) fn check_len(what: &str, have: usize, need: usize) -> Result<()> {
     if have < need {
@@ -131,7 +137,9 @@ impl RunState {
         cfg: LaunchConfig,
         what: &str,
     ) -> Result<()> {
-        if self.staging() {
+        // a grid with no blocks (zero rows: an empty chunk, nothing to decode) has no work, and
+        // the driver refuses it as CUDA_ERROR_INVALID_VALUE
+        if self.staging() || empty_grid(&cfg) {
             return Ok(());
         }
         // SAFETY: the caller's contract.
