@@ -174,30 +174,14 @@ async fn thirty_two_concurrent_streams_equal_their_solo_runs_and_free_the_cache(
 async fn disconnect_frees_blocks_and_a_full_queue_gives_429() {
     let srv = Server::start(&["--max-batch", "1", "--max-queue", "1"]);
     let long = json!({"prompt": "Once upon a time", "max_tokens": 1000, "ignore_eos": true, "stream": true});
-    let mut a = client::send(
-        &srv.addr,
-        "POST",
-        "/v1/completions",
-        Some(&long.to_string()),
-    )
-    .await
-    .expect("a");
-    assert_eq!(a.status, 200);
+    let mut a = open_stream(&srv.addr, &long).await;
     for _ in 0..2 {
         a.next_event().await.expect("read").expect("event");
     }
     assert!(srv.metric("ferroq_kv_blocks_used").await > 0.0);
     // b waits behind a; c finds the queue full
     let short = json!({"prompt": "Hello", "max_tokens": 5, "ignore_eos": true, "stream": true});
-    let mut b = client::send(
-        &srv.addr,
-        "POST",
-        "/v1/completions",
-        Some(&short.to_string()),
-    )
-    .await
-    .expect("b");
-    assert_eq!(b.status, 200);
+    let mut b = open_stream(&srv.addr, &short).await;
     srv.wait_metric("ferroq_queue_depth", 1.0).await;
     let (status, body) = client::post(&srv.addr, "/v1/completions", &short.to_string())
         .await
@@ -428,14 +412,7 @@ async fn bad_requests_get_400s_that_name_the_field() {
 async fn signal_mid_stream(grace: &str, max_tokens: usize, sig: &str) -> Option<String> {
     let mut srv = Server::start(&["--shutdown-grace", grace]);
     let body = json!({"prompt": "The river", "max_tokens": max_tokens, "ignore_eos": true, "stream": true});
-    let mut r = client::send(
-        &srv.addr,
-        "POST",
-        "/v1/completions",
-        Some(&body.to_string()),
-    )
-    .await
-    .expect("send");
+    let mut r = open_stream(&srv.addr, &body).await;
     r.next_event().await.expect("read").expect("first event");
     srv.signal(sig);
     let rest = read_stream(&mut r).await;

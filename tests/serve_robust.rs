@@ -209,15 +209,7 @@ async fn sigterm_under_load_with_slow_clients_stops_within_the_grace_period() {
         json!({"prompt": "The river", "max_tokens": 1500, "ignore_eos": true, "stream": true});
     let mut streams = Vec::new();
     for i in 0..6 {
-        let mut r = client::send(
-            &srv.addr,
-            "POST",
-            "/v1/completions",
-            Some(&body.to_string()),
-        )
-        .await
-        .expect("send");
-        assert_eq!(r.status, 200);
+        let mut r = open_stream(&srv.addr, &body).await;
         r.next_event().await.expect("read").expect("first event");
         // two clients walk away mid-stream
         if i % 3 != 2 {

@@ -149,11 +149,17 @@ pub async fn read_stream(r: &mut client::Response) -> Streamed {
     }
 }
 
-pub async fn stream_completion(addr: &str, body: Value) -> Streamed {
-    let mut r = client::send(addr, "POST", "/v1/completions", Some(&body.to_string()))
+/// A streamed completion opened: the response head read (200, SSE), the events still to come.
+pub async fn open_stream(addr: &str, body: &Value) -> client::Response {
+    let r = client::send(addr, "POST", "/v1/completions", Some(&body.to_string()))
         .await
         .expect("send");
     assert_eq!(r.status, 200);
     assert_eq!(r.header("content-type"), Some("text/event-stream"));
+    r
+}
+
+pub async fn stream_completion(addr: &str, body: Value) -> Streamed {
+    let mut r = open_stream(addr, &body).await;
     read_stream(&mut r).await
 }
