@@ -325,10 +325,18 @@ processors:
 
 /// The server's shape of decode: three sequences in one batch through `forward_batch`, their
 /// block tables growing in 4-position blocks, one sequence leaving halfway (a second batch
-/// size, a second graph). Graph-replayed steps give the eager steps' logits bit for bit.
+/// size, a second graph). Graph-replayed steps give the eager steps' logits bit for bit. Then
+/// ten sequences: more than 8 rows takes the BF16 linears to cuBLAS inside the capture, which
+/// must find its workspace already set.
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn graph_replayed_batched_decode_is_bit_identical_to_eager() {
+    batched_graph_case(&[&[3, 17, 42], &[5, 9, 60, 1, 2], &[7]]);
+    let ten: Vec<Vec<u32>> = (0..10u32).map(|i| vec![i + 1, 2 * i + 3, 40 - i]).collect();
+    batched_graph_case(&ten.iter().map(Vec::as_slice).collect::<Vec<_>>());
+}
+
+fn batched_graph_case(prompts: &[&[u32]]) {
     use ferroq::model::kv::BlockAllocator;
     use ferroq::model::llama::BatchEntry;
     use ferroq::quant::Phase;
@@ -340,10 +348,10 @@ fn graph_replayed_batched_decode_is_bit_identical_to_eager() {
         LlamaModel::load(b, c.clone(), &w, Some(DType::BF16)).expect("gpu model")
     };
     let (eager, graphed) = (load(false), load(true));
-    let (block, n_blocks, max_seq) = (4, 64, 48);
-    let prompts: [&[u32]; 3] = [&[3, 17, 42], &[5, 9, 60, 1, 2], &[7]];
-    let mut ws_e = eager.new_workspace(8, max_seq, 8).expect("ws");
-    let mut ws_g = graphed.new_workspace(8, max_seq, 8).expect("ws");
+    let (block, n_blocks, max_seq) = (4, 128, 48);
+    let rows = prompts.len().max(8);
+    let mut ws_e = eager.new_workspace(rows, max_seq, rows).expect("ws");
+    let mut ws_g = graphed.new_workspace(rows, max_seq, rows).expect("ws");
     let mut kv_e = eager.kv_cache(n_blocks, block).expect("kv");
     let mut kv_g = graphed.kv_cache(n_blocks, block).expect("kv");
     let mut alloc = BlockAllocator::new(n_blocks, block);

@@ -5,6 +5,8 @@
 //!   absent (or `FERROQ_CUBLAS=0`) the backend runs its own kernel.
 //! - cudarc panics when it has to load an absent library, so presence is checked first.
 //! - Row-major out (m, n) is column-major outᵀ (n, m) = W (n, k) · xᵀ, as every engine maps it.
+//! - The handle gets a workspace of the backend's own before any graph capture: without one,
+//!   cuBLAS allocates its workspace on first use, which a stream capture refuses.
 
 use super::launch::driver_error;
 use crate::error::Result;
@@ -24,9 +26,14 @@ pub fn cublas_wanted() -> bool {
     std::env::var("FERROQ_CUBLAS").map_or(true, |v| v != "0") && cublas_present()
 }
 
+/// The cuBLAS workspace (NVIDIA's recommendation for Hopper; ample for Ampere and Ada).
+const WORKSPACE_BYTES: usize = 32 << 20;
+
 pub struct Blas {
     handle: CudaBlas,
     stream: Arc<CudaStream>, // the one the handle is bound to
+    /// set as the handle's workspace; dropped after the handle (field order)
+    _workspace: CudaSlice<u8>, // (WORKSPACE_BYTES)
 }
 
 impl Blas {
@@ -44,9 +51,24 @@ impl Blas {
             return Ok(None);
         }
         let handle = CudaBlas::new(stream.clone()).map_err(|e| driver_error("cublasCreate", e))?;
+        let mut workspace = stream
+            .alloc_zeros::<u8>(WORKSPACE_BYTES)
+            .map_err(|e| driver_error("cuBLAS workspace", e))?;
+        {
+            let (wp, _sync) = workspace.device_ptr_mut(stream);
+            // SAFETY: the handle is live and bound to `stream`, where the buffer was allocated;
+            // the buffer holds WORKSPACE_BYTES and outlives the handle (dropped after it).
+            let status = unsafe {
+                bsys::cublasSetWorkspace_v2(*handle.handle(), wp as *mut _, WORKSPACE_BYTES)
+            };
+            if status != bsys::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
+                return Err(driver_error("cublasSetWorkspace", status));
+            }
+        }
         Ok(Some(Blas {
             handle,
             stream: stream.clone(),
+            _workspace: workspace,
         }))
     }
 

@@ -8,7 +8,8 @@
 //! - Attention uses fixed maxima while staging and capturing (empty key splits add exact zeros),
 //!   so replays equal eager steps bit for bit.
 //! - A graph is keyed by the caller's `StepKey` and the count of moved buffers; a failed capture
-//!   warns once and decodes eagerly; `FERROQ_CUDA_GRAPHS=0` never captures.
+//!   warns once and decodes eagerly; a replay that fails drops its graph and runs the step
+//!   eagerly with a warning; `FERROQ_CUDA_GRAPHS=0` never captures.
 //! - The run mode is the backend's: one thread drives a backend (generate, the server's engine).
 
 use super::launch::{driver_error, Mode, RunState};
@@ -102,18 +103,28 @@ impl Graphs {
             return Ok(());
         }
         let moves = run.moves();
-        if let Some(c) = cache.iter().find(|c| c.key == key && c.moves == moves) {
-            return c
-                .graph
-                .launch()
-                .map_err(|e| driver_error("graph launch", e));
+        if let Some(i) = cache.iter().position(|c| c.key == key && c.moves == moves) {
+            return match cache[i].graph.launch() {
+                Ok(()) => Ok(()),
+                Err(e) => {
+                    // a graph the driver no longer runs: forget it, and the step still runs
+                    tracing::warn!(
+                        "replaying a CUDA graph failed ({e:?}); dropped, running the step eagerly"
+                    );
+                    cache.remove(i);
+                    step()
+                }
+            };
         }
         match capture(run, stream, step, moves) {
             Ok(graph) => {
                 self.captures.fetch_add(1, Ordering::Relaxed);
-                graph
-                    .launch()
-                    .map_err(|e| driver_error("graph launch", e))?;
+                if let Err(e) = graph.launch() {
+                    tracing::warn!(
+                        "launching a new CUDA graph failed ({e:?}); running the step eagerly"
+                    );
+                    return step();
+                }
                 cache.retain(|c| c.key != key && c.moves == moves);
                 if cache.len() >= MAX_GRAPHS {
                     cache.remove(0);
