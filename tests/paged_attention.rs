@@ -317,3 +317,25 @@ fn paged_weighted_rows_equal_contiguous_on_every_isa() {
         }
     }
 }
+
+/// A replayed decode step's attention covers its longest sequence rounded up to a power of two
+/// of at least 256 positions, never past the workspace's context.
+#[test]
+fn replay_spans_double_from_256_within_the_context() {
+    use ferroq::backend::fused::replay_span;
+    for (end, max_seq, want) in [
+        (1, 8192, 256),
+        (256, 8192, 256),
+        (257, 8192, 512),
+        (5000, 131072, 8192),
+        (300, 384, 384),
+        (10, 48, 48),
+        (usize::MAX - 1, usize::MAX, usize::MAX),
+    ] {
+        assert_eq!(
+            replay_span(end, max_seq),
+            want,
+            "end {end}, max_seq {max_seq}"
+        );
+    }
+}

@@ -105,12 +105,26 @@ pub trait Fused: Ops {
 }
 
 /// What makes two decode steps replays of one another ([`Fused::replay_step`]): the buffers
-/// they run on (a workspace and a KV cache, by their process-unique ids) and the batch rows.
+/// they run on (a workspace and a KV cache, by their process-unique ids), the batch rows and
+/// the attention span ([`replay_span`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StepKey {
     pub workspace: u64,
     pub kv: u64,
     pub rows: usize,
+    pub span: usize,
+}
+
+/// The positions a replayed step's attention is shaped for, when its longest sequence ends at
+/// `end`: `end` rounded up to a power of two of at least 256, within `max_seq`. A replay's
+/// launch shapes are fixed, so they cover the span, not the sequences' lengths; sizing them to
+/// the span rather than to `max_seq` keeps a short sequence under a 128k context from
+/// launching work for 128k positions, at one graph per doubling.
+pub fn replay_span(end: usize, max_seq: usize) -> usize {
+    end.max(256)
+        .checked_next_power_of_two()
+        .unwrap_or(usize::MAX)
+        .min(max_seq)
 }
 
 /// A process-unique id for a buffer set a graph may bake in (workspaces, KV caches).

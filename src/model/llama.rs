@@ -5,6 +5,7 @@
 //! - `Workspace` holds every activation buffer once for (max_batch, max_seq), so prefill and
 //!   decode allocate nothing; `forward_batch` runs several sequences in one pass.
 
+use crate::backend::fused::replay_span;
 use crate::backend::linear::{Linear, LinearWeight};
 use crate::backend::sampling::Draw;
 use crate::backend::{AttentionArgs, Backend, KvSeq, LinearInput, RopeKvArgs, StepKey};
@@ -70,6 +71,8 @@ pub struct Workspace<B: Backend> {
     pub(crate) id: u64,
     pub max_rows: usize,
     pub max_seq: usize,
+    /// The positions attention is shaped for: max_seq, or a replayed step's span.
+    attn_span: usize,
     /// Rows of logits one call can return.
     pub logit_rows: usize,
     x: B::Buf,                // (max_rows, dim) residual stream
@@ -393,6 +396,7 @@ impl<B: Backend> LlamaModel<B> {
             id: crate::backend::next_buffer_id(),
             max_rows,
             max_seq,
+            attn_span: max_seq,
             logit_rows,
             x: b.alloc(max_rows * c.hidden_size)?,
             xb: b.alloc(max_rows * c.hidden_size)?,
@@ -527,17 +531,23 @@ impl<B: Backend> LlamaModel<B> {
             self.forward_rows(ws, kv, tokens, seqs, ph, None)?;
             return self.lm_head_rows(ws, picks, ph);
         }
+        let end = seqs.iter().map(|s| s.start_pos + s.rows).max().unwrap_or(1);
+        let span = replay_span(end, ws.max_seq);
         let key = StepKey {
             workspace: ws.id,
             kv: kv.id,
             rows: tokens.len(),
+            span,
         };
         let mut n = 0;
-        self.backend.replay_step(key, &mut || {
+        ws.attn_span = span;
+        let ran = self.backend.replay_step(key, &mut || {
             self.forward_rows(ws, kv, tokens, seqs, ph, None)?;
             n = self.lm_head_rows(ws, picks, ph)?;
             Ok(())
-        })?;
+        });
+        ws.attn_span = ws.max_seq;
+        ran?;
         Ok(n)
     }
 
@@ -620,7 +630,7 @@ impl<B: Backend> LlamaModel<B> {
                 scratch: &mut ws.scratch,
                 seqs,
                 block_size: kv.block_size,
-                max_seq: ws.max_seq,
+                max_seq: ws.attn_span,
                 n_heads: c.num_heads,
                 n_kv_heads: c.num_kv_heads,
                 head_dim: hd,

@@ -35,7 +35,8 @@ impl CudaBackend {
         check_len("attention out", a.out.len(), rows * nh * hd)?;
         let n_blocks = kv_values(a.k_cache).min(kv_values(a.v_cache)) / (bs * nkv * hd).max(1);
         // A graph step launches with fixed shapes: tables as wide and key splits as many as
-        // max_seq needs (`graph.rs`; the extra splits are empty and add exact zeros).
+        // its span needs (`a.max_seq` is the span there; `graph.rs`; the extra splits are
+        // empty and add exact zeros).
         let graphing = self.graphing();
         let max_blocks = if graphing {
             a.max_seq.div_ceil(bs.max(1)).max(1)

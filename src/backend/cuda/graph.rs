@@ -5,8 +5,9 @@
 //!   decode.
 //! - A step runs its host code in a *staging* pass that uploads the metadata into `meta.rs`'s
 //!   fixed buffers and launches nothing, then the replay or, the first time, a *capture* pass.
-//! - Attention uses fixed maxima while staging and capturing (empty key splits add exact zeros),
-//!   so replays equal eager steps bit for bit.
+//! - Attention is shaped for the step's span while staging and capturing (`replay_span`: the
+//!   longest sequence rounded up to a power of two; empty key splits add exact zeros), so
+//!   replays equal eager steps bit for bit and a longer span is another graph.
 //! - A graph is keyed by the caller's `StepKey` and the count of moved buffers; a failed capture
 //!   warns once and decodes eagerly; a replay that fails drops its graph and runs the step
 //!   eagerly with a warning; `FERROQ_CUDA_GRAPHS=0` never captures.
