@@ -3,7 +3,17 @@
 #
 #   bash scripts/gpu-check.sh build    here: build ferroq and the CUDA test binaries, strip them
 #                                      into .gpu/ (git-ignored), with the commit they came from
-#   then one device call:              run(command="bash scripts/gpu-check.sh remote",
+#   first device call (≤ 4 minutes):   run(command="bash scripts/gpu-check.sh first",
+#                                          carry=[".gpu"], timeout_s=300)
+#   bash scripts/gpu-check.sh first    there: the checks that catch the most per second, each
+#                                      under its own timeout, sharing one kernel cache: every
+#                                      kernel compiled by the device's NVRTC, the op table,
+#                                      W8A8 / FP8 / BF16 GEMM and GEMV, both attention paths,
+#                                      sampling and argmax, graph-replayed decode; then a tiny
+#                                      model through the CLI with --device cuda: generate,
+#                                      bench, and eval's KL against the same model's CPU logits;
+#                                      a table of step, result and seconds in $OUT/first.md
+#   then, as the budget allows:        run(command="bash scripts/gpu-check.sh remote",
 #                                          carry=[".gpu"], timeout_s=600)
 #   bash scripts/gpu-check.sh remote   there: `ferroq info`, every kernel compiled to CUBIN by the
 #                                      device's NVRTC for its own arch and the CI arches, then the
@@ -41,8 +51,79 @@ cuda_env() {
   done
   export FERROQ_KERNEL_CACHE=/tmp/ferroq-kernels
 }
+# A tiny random Llama as an HF directory for the CLI checks: the fuzz seed's config and
+# weights (fuzz/seeds/hf_dir/plain: u32 length, config.json, safetensors), a character-level
+# tokenizer, and a text to evaluate on.
+tiny_model() {
+  mkdir -p "$1"
+  python3 - "$1" <<'PY'
+import json, struct, sys
+out = sys.argv[1]
+raw = open("fuzz/seeds/hf_dir/plain", "rb").read()
+n = struct.unpack("<I", raw[:4])[0]
+open(f"{out}/config.json", "wb").write(raw[4:4 + n])
+open(f"{out}/model.safetensors", "wb").write(raw[4 + n:])
+vocab = {c: i for i, c in enumerate("abcdefghijklmno ")}
+vocab["<unk>"] = 16
+json.dump({"version": "1.0", "added_tokens": [], "normalizer": None,
+           "pre_tokenizer": {"type": "Split", "pattern": {"Regex": "."}, "behavior": "Isolated", "invert": False},
+           "post_processor": None, "decoder": None,
+           "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "<unk>"}},
+          open(f"{out}/tokenizer.json", "w"))
+words = ("abcdefghijklmno"[i % 15:][: 1 + i % 7] for i in range(4000))
+open(f"{out}/text.txt", "w").write(" ".join(words))
+PY
+}
+
+# One timed step of `first`: NAME SECONDS COMMAND...; its log in $OUT/NAME.log, its row in
+# the table.
+step() {
+  local name=$1 limit=$2
+  shift 2
+  local t0=$SECONDS rc=0 res=pass
+  timeout "$limit" "$@" > "$OUT/$name.log" 2>&1 || rc=$?
+  if [ $rc -eq 124 ]; then
+    res="TIMEOUT (${limit}s)"
+  elif [ $rc -ne 0 ]; then
+    res="FAIL (exit $rc)"
+  fi
+  [ $rc -eq 0 ] || first_status=1
+  printf '| %s | %s | %d | %s |\n' "$name" "$res" $((SECONDS - t0)) \
+    "$(grep -h '^test result' "$OUT/$name.log" | tail -1 | cut -c1-60)" | tee -a "$OUT/first.md"
+}
+
 case "${1:-}" in
+first)
+  OUT=${OUT:-/tmp/gpu-out}
+  mkdir -p "$OUT"
+  cuda_env
+  first_status=0
+  {
+    echo "# GPU first light $(date -u +%FT%TZ), commit $(cat .gpu/COMMIT)"
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
+    echo
+    echo '| step | result | s | tests |'
+    echo '|---|---|---|---|'
+  } | tee "$OUT/first.md"
+  # the timeouts add up to under 4 minutes
+  step info 10 .gpu/ferroq info
+  step compile 50 .gpu/cuda_compile --test-threads 1 every_kernel the_disk_cache
+  step op_table 25 .gpu/op_table --ignored --test-threads 1
+  step kernels 45 .gpu/cuda_kernels --ignored --test-threads 1 gemm_and_gemv dense_linear \
+    paged_attention argmax sampling_on_the_device
+  step quant 35 .gpu/cuda_quant --ignored --test-threads 1 w8a8_gemm_and_gemv fp8_gemm_and_quant
+  step graphs 30 .gpu/cuda_model --ignored --test-threads 1 graph_replayed
+  T=.gpu/tiny
+  step generate 10 .gpu/ferroq generate -m $T --device cuda -p "abc def" -n 16
+  step bench 15 .gpu/ferroq bench -m $T --device cuda -p 64 -n 32 -r 2
+  step eval-cpu 10 .gpu/ferroq eval -m $T --baseline $T --device cpu --data $T/text.txt --ctx 64 --chunks 8 \
+    --save-baseline "$OUT/tiny-cpu.bin"
+  step eval-cuda 10 .gpu/ferroq eval -m $T --device cuda --data $T/text.txt --ctx 64 --chunks 8 \
+    --load-baseline "$OUT/tiny-cpu.bin"
+  exit $first_status
+  ;;
 build)
+
   cargo build --release -q
   rm -rf .gpu && mkdir -p .gpu
   cp target/release/ferroq .gpu/
@@ -60,9 +141,10 @@ for l in sys.stdin:
     cp "$bin" ".gpu/$t"
   done
   strip .gpu/*
+  tiny_model .gpu/tiny
   git rev-parse --short HEAD > .gpu/COMMIT
   du -sh .gpu
-  echo 'now: run(command="bash scripts/gpu-check.sh remote", carry=[".gpu"], timeout_s=600)'
+  echo 'now: run(command="bash scripts/gpu-check.sh first", carry=[".gpu"], timeout_s=300)'
   ;;
 remote)
   OUT=${OUT:-/tmp/gpu-out}
@@ -138,7 +220,7 @@ model)
   done
   ;;
 *)
-  echo "usage: bash scripts/gpu-check.sh build|remote [TEST_BIN...]|bench|model QUANT...  (QUANT: bf16 w8a8 fp8 w4a16 eager hf)" >&2
+  echo "usage: bash scripts/gpu-check.sh build|first|remote [TEST_BIN...]|bench|model QUANT...  (QUANT: bf16 w8a8 fp8 w4a16 eager hf)" >&2
   exit 2
   ;;
 esac
