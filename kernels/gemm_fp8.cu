@@ -52,9 +52,14 @@ __device__ __forceinline__ void e4m3x2_to_f32(unsigned short v, float& lo, float
 }
 
 // Decode-sized FP8 (m <= 8): one warp per weight row streams it once in 16-byte loads (k a
-// multiple of 16, so every row is 16-byte aligned), decoding both operands to f32 (exact
-// products) for all m rows; epilogue as gemm_fp8. 256 threads, grid ceil(n / 8).
+// multiple of 16, so every row is 16-byte aligned) and decodes it to f32 (exact products).
+// The activation rows are decoded once per block, a tile of FP8_GEMV_TILE 16-byte chunks at a
+// time, into shared memory that the block's 8 warps (8 output columns) share; decoding them
+// in every warp cost as much as the weights. Each lane still sums chunks lane, lane + 32, ...
+// in order, so the result is the same bits as decoding in registers. Epilogue as gemm_fp8.
+// 256 threads, grid ceil(n / 8), 32 KiB of static shared memory.
 #define FP8_GEMV_MAX_M 8
+#define FP8_GEMV_TILE 64
 
 __device__ __forceinline__ void e4m3x16_to_f32(uint4 v, float* f) {
     const u32 w[4] = {v.x, v.y, v.z, v.w};
@@ -69,28 +74,46 @@ extern "C" __global__ void __launch_bounds__(256) gemv_fp8(
     float* __restrict__ out, const u8* __restrict__ qa, const u8* __restrict__ qw,
     const float* __restrict__ a_scale, const float* __restrict__ w_scale,
     const float* __restrict__ bias, int m, int n, int k) {
+    // (row, element of the chunk, chunk): a lane's loads at consecutive chunks hit
+    // consecutive banks
+    __shared__ float a_tile[FP8_GEMV_MAX_M][16][FP8_GEMV_TILE];
     const int j = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
-    if (j >= n) return;
-    const uint4* wr = (const uint4*)(qw + (size_t)j * k);
+    // every thread takes part in the tile loads and barriers, a column past n or not
+    const bool live = j < n;
+    const uint4* wr = (const uint4*)(qw + (size_t)(live ? j : 0) * k);
     float acc[FP8_GEMV_MAX_M];
 #pragma unroll
     for (int r = 0; r < FP8_GEMV_MAX_M; ++r) acc[r] = 0.0f;
-    for (int p = lane; p < (k >> 4); p += 32) {
-        float wv[16];
-        e4m3x16_to_f32(wr[p], wv);
+    const int chunks = k >> 4, rows = min(m, FP8_GEMV_MAX_M);
+    for (int p0 = 0; p0 < chunks; p0 += FP8_GEMV_TILE) {
+        const int tile = min(FP8_GEMV_TILE, chunks - p0);
+        for (int c = threadIdx.x; c < rows * tile; c += blockDim.x) {
+            const int r = c / tile, q = c - r * tile;
+            float av[16];
+            e4m3x16_to_f32(((const uint4*)(qa + (size_t)r * k))[p0 + q], av);
 #pragma unroll
-        for (int r = 0; r < FP8_GEMV_MAX_M; ++r) {
-            if (r < m) {
-                float av[16];
-                e4m3x16_to_f32(((const uint4*)(qa + (size_t)r * k))[p], av);
+            for (int e = 0; e < 16; ++e) a_tile[r][e][q] = av[e];
+        }
+        __syncthreads();
+        if (live) {
+            for (int q = lane; q < tile; q += 32) {
+                float wv[16];
+                e4m3x16_to_f32(wr[p0 + q], wv);
 #pragma unroll
-                for (int e = 0; e < 16; ++e) acc[r] = fmaf(av[e], wv[e], acc[r]);
+                for (int r = 0; r < FP8_GEMV_MAX_M; ++r) {
+                    if (r < rows) {
+#pragma unroll
+                        for (int e = 0; e < 16; ++e) acc[r] = fmaf(a_tile[r][e][q], wv[e], acc[r]);
+                    }
+                }
             }
         }
+        __syncthreads();
     }
+    if (!live) return;
 #pragma unroll
     for (int r = 0; r < FP8_GEMV_MAX_M; ++r) {
-        if (r < m) {
+        if (r < rows) {
             const float v = warp_sum(acc[r]);
             if (lane == 0) {
                 float y = __fmul_rn(__fmul_rn(a_scale[r], w_scale[j]), v);
