@@ -75,6 +75,18 @@ open(f"{out}/text.txt", "w").write(" ".join(words))
 PY
 }
 
+# $OUT made, the CUDA environment set, and a run's heading (TITLE: $1, date, commit, GPU)
+# written to $OUT/$2.
+begin() {
+  OUT=${OUT:-/tmp/gpu-out}
+  mkdir -p "$OUT"
+  cuda_env
+  {
+    echo "# $1 $(date -u +%FT%TZ), commit $(cat .gpu/COMMIT)"
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
+  } | tee "$OUT/$2"
+}
+
 # One timed step of `first`: NAME SECONDS COMMAND...; its log in $OUT/NAME.log, its row in
 # the table.
 step() {
@@ -94,17 +106,9 @@ step() {
 
 case "${1:-}" in
 first)
-  OUT=${OUT:-/tmp/gpu-out}
-  mkdir -p "$OUT"
-  cuda_env
+  begin "GPU first light" first.md
   first_status=0
-  {
-    echo "# GPU first light $(date -u +%FT%TZ), commit $(cat .gpu/COMMIT)"
-    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
-    echo
-    echo '| step | result | s | tests |'
-    echo '|---|---|---|---|'
-  } | tee "$OUT/first.md"
+  printf '\n| step | result | s | tests |\n|---|---|---|---|\n' | tee -a "$OUT/first.md"
   # the timeouts add up to under 4 minutes
   step info 10 .gpu/ferroq info
   step compile 50 .gpu/cuda_compile --test-threads 1 every_kernel the_disk_cache
@@ -147,14 +151,8 @@ for l in sys.stdin:
   echo 'now: run(command="bash scripts/gpu-check.sh first", carry=[".gpu"], timeout_s=300)'
   ;;
 remote)
-  OUT=${OUT:-/tmp/gpu-out}
-  mkdir -p "$OUT"
-  cuda_env
+  begin "GPU check" summary.md
   status=0
-  {
-    echo "# GPU check $(date -u +%FT%TZ), commit $(cat .gpu/COMMIT)"
-    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
-  } | tee "$OUT/summary.md"
   .gpu/ferroq info 2>&1 | tee "$OUT/info.log"
   shift
   # every GPU test binary by default; naming some splits a long check over two calls (each
