@@ -1,12 +1,16 @@
 // W4A16: int4 group-quantized weights (GPTQ / compressed-tensors pack_quantized: byte t / 2 of
 // a row holds value t in its low nibble when t is even, the high one when odd; value
 // (q - 8 - zero) * scale, scale and zero per (row, group of `group` values)) against BF16
-// activations: x arrives in f32 and is rounded to BF16 here, as the CPU backend does, so both
-// multiply the same products. Accumulation f32; the group scale applied once per group.
+// activations: x is rounded from f32 to BF16 as the CPU backend rounds it (cast_bf16 before
+// the GEMV and the tensor-core GEMM, in the tile loader of the fallback), so both multiply the
+// same products. Accumulation f32; the group scale applied once per group.
 //
 // gemv_w4a16 (m <= 8, decode): one warp per weight row streams it once in 16-byte loads (32
 // values per lane per step; k and group multiples of 32, checked by the host) for all m rows;
-// x is read as float4 (rows 16-byte aligned as k % 32 == 0). 256 threads, grid ceil(n / 8).
+// the activations arrive rounded to bf16 once (cast_bf16, as for the tensor-core kernel), 8 per
+// 16-byte load (rows 16-byte aligned as k % 32 == 0), and widen to f32 with a shift; nibbles
+// decode with the magic-number trick (2^23 + q as float bits, minus 2^23 + 8 + zero, exact).
+// 256 threads, grid ceil(n / 8).
 //
 // gemm_w4a16_tc (prefill; k and group multiples of 32): tensor cores, below.
 //
@@ -17,36 +21,35 @@
 
 __device__ __forceinline__ float bf16_round(float v) { return bf16_to_f32(f32_to_bf16(v)); }
 
-// d[r] += Σ_e bf16(x[r, e]) · (nibble e of `word` − z8) for the 8 values of one 32-bit word
-// (nibble e is value e: two per byte, low first, bytes little-endian).
-__device__ __forceinline__ void w4_dot8(float* d, u32 word, int z8, const float* xp, int m,
-                                        int k) {
+// d[r] += Σ_e xb[r, e] · (nibble e of `word` − z) for the 8 values of one 32-bit word (nibble
+// e is value e: two per byte, low first, bytes little-endian); zf = 2^23 + z.
+__device__ __forceinline__ void w4_dot8(float* d, u32 word, float zf, const bf16_t* xp,
+                                        int m, int k) {
     float wv[8];
 #pragma unroll
-    for (int e = 0; e < 8; ++e) wv[e] = (float)((int)((word >> (4 * e)) & 15u) - z8);
+    for (int e = 0; e < 8; ++e)
+        wv[e] = __uint_as_float(0x4B000000u | ((word >> (4 * e)) & 15u)) - zf;
 #pragma unroll
     for (int r = 0; r < W4_GEMV_MAX_M; ++r) {
         if (r < m) {
-            const float4 a = *(const float4*)(xp + (size_t)r * k);
-            const float4 b = *(const float4*)(xp + (size_t)r * k + 4);
+            const uint4 a = *(const uint4*)(xp + (size_t)r * k);
+            const u32 h[4] = {a.x, a.y, a.z, a.w};
             float t = d[r];
-            t = fmaf(bf16_round(a.x), wv[0], t);
-            t = fmaf(bf16_round(a.y), wv[1], t);
-            t = fmaf(bf16_round(a.z), wv[2], t);
-            t = fmaf(bf16_round(a.w), wv[3], t);
-            t = fmaf(bf16_round(b.x), wv[4], t);
-            t = fmaf(bf16_round(b.y), wv[5], t);
-            t = fmaf(bf16_round(b.z), wv[6], t);
-            t = fmaf(bf16_round(b.w), wv[7], t);
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                t = fmaf(__uint_as_float(h[i] << 16), wv[2 * i], t);
+                t = fmaf(__uint_as_float(h[i] & 0xffff0000u), wv[2 * i + 1], t);
+            }
             d[r] = t;
         }
     }
 }
 
 extern "C" __global__ void __launch_bounds__(256) gemv_w4a16(
-    float* __restrict__ out, const float* __restrict__ x, const unsigned char* __restrict__ wq,
-    const float* __restrict__ scale, const signed char* __restrict__ zero,
-    const float* __restrict__ bias, int m, int n, int k, int group) {
+    float* __restrict__ out, const bf16_t* __restrict__ xb,
+    const unsigned char* __restrict__ wq, const float* __restrict__ scale,
+    const signed char* __restrict__ zero, const float* __restrict__ bias, int m, int n, int k,
+    int group) {
     const int j = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
     if (j >= n) return;
     const int groups = (k + group - 1) / group;
@@ -60,14 +63,15 @@ extern "C" __global__ void __launch_bounds__(256) gemv_w4a16(
         const int gi = (p << 5) / group;
         const float s = scale[(size_t)j * groups + gi];
         const int z8 = 8 + (zero ? (int)zero[(size_t)j * groups + gi] : 0);
-        const float* xp = x + (p << 5);
+        const float zf = 8388608.0f + (float)z8;
+        const bf16_t* xp = xb + (p << 5);
         float d[W4_GEMV_MAX_M];
 #pragma unroll
         for (int r = 0; r < W4_GEMV_MAX_M; ++r) d[r] = 0.0f;
-        w4_dot8(d, v.x, z8, xp, m, k);
-        w4_dot8(d, v.y, z8, xp + 8, m, k);
-        w4_dot8(d, v.z, z8, xp + 16, m, k);
-        w4_dot8(d, v.w, z8, xp + 24, m, k);
+        w4_dot8(d, v.x, zf, xp, m, k);
+        w4_dot8(d, v.y, zf, xp + 8, m, k);
+        w4_dot8(d, v.z, zf, xp + 16, m, k);
+        w4_dot8(d, v.w, zf, xp + 24, m, k);
 #pragma unroll
         for (int r = 0; r < W4_GEMV_MAX_M; ++r) acc[r] = fmaf(d[r], s, acc[r]);
     }

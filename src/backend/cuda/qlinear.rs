@@ -522,7 +522,8 @@ impl CudaBackend {
         let cfg = gemm_grid(kern, rows, n)?;
         let null: u64 = 0;
         let xb = match kern {
-            Kernel::GemmW4a16Tc => Some(self.cast_bf16(sc, x, rows * k)?),
+            // both read the rows rounded to bf16 once, as the CPU multiplies them
+            Kernel::GemmW4a16Tc | Kernel::GemvW4a16 => Some(self.cast_bf16(sc, x, rows * k)?),
             _ => None,
         };
         let mut b = self.gpu.stream.launch_builder(self.function(kern));
@@ -535,8 +536,9 @@ impl CudaBackend {
         arg_or_null(&mut b, zero.as_ref(), &null);
         arg_or_null(&mut b, w.bias.as_ref(), &null);
         b.arg(&m_i).arg(&n_i).arg(&k_i).arg(&g_i);
-        // SAFETY: the argument list of gemv_w4a16 / gemm_w4a16 / gemm_w4a16_tc (the tensor-core
-        // kernel reads the bf16 rows, the others the f32 ones; zero and bias or null); packed
+        // SAFETY: the argument list of gemv_w4a16 / gemm_w4a16 / gemm_w4a16_tc (the GEMV and the
+        // tensor-core kernel read the bf16 rows, the fallback the f32 ones; zero and bias or
+        // null); packed
         // holds n × k / 2 bytes, scale and zero n × ceil(k / group); the GEMV and the
         // tensor-core GEMM run only with k and group multiples of 32 (their 16-byte loads stay
         // in a row and their 32-value steps in a group).
