@@ -141,11 +141,12 @@ fn write_checkpoint(dir: &Path, kind: Kind, c: &ModelConfig) -> Direct {
                     vec![n, k / 8],
                     bytemuck::cast_slice(&formats::pack_i4_int32(&q)).to_vec(),
                 ));
+                // int64, as compressed-tensors writes `torch.tensor(weight.shape)`
                 files.push((
                     format!("{module}.weight_shape"),
-                    St::I32,
+                    St::I64,
                     vec![2],
-                    bytemuck::cast_slice(&[n as i32, k as i32]).to_vec(),
+                    bytemuck::cast_slice(&[n as i64, k as i64]).to_vec(),
                 ));
                 files.push((
                     format!("{module}.weight_scale"),
@@ -371,6 +372,52 @@ fn broken_checkpoints_name_the_problem() {
     assert!(
         matches!(load_err(dir.path(), &c), Error::UnsupportedDType { tensor, .. } if tensor == "model.layers.0.mlp.up_proj.weight")
     );
+}
+
+/// `weight_shape` loads as int64 (compressed-tensors) or int32 (older ferroq outputs); another
+/// dtype or a wrong size is an error naming the tensor.
+#[test]
+fn int4_weight_shape_dtypes() {
+    let c = config();
+    let name = "model.layers.0.mlp.down_proj.weight_shape";
+    let with = |d: St, bytes: Vec<u8>| {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write_checkpoint(dir.path(), Kind::W4A16, &c);
+        rewrite(dir.path(), |f| {
+            for t in f.iter_mut().filter(|t| t.0 == name) {
+                (t.1, t.3) = (d, bytes.clone());
+            }
+        });
+        dir
+    };
+    let (n, k) = (c.hidden_size, c.intermediate_size);
+    let i32s = with(
+        St::I32,
+        bytemuck::cast_slice(&[n as i32, k as i32]).to_vec(),
+    );
+    let src = ferroq::checkpoint::ct::CompressedTensors::open(i32s.path(), &c).expect("open");
+    LlamaModel::load(CpuBackend::new(), c.clone(), &src, None).expect("int32 weight_shape loads");
+    let f32s = with(
+        St::F32,
+        bytemuck::cast_slice(&[n as f32, k as f32]).to_vec(),
+    );
+    assert!(
+        matches!(load_err(f32s.path(), &c), Error::UnsupportedDType { tensor, .. } if tensor == name)
+    );
+    // a wrong size disagrees with the packed tensor it describes
+    let wrong = with(
+        St::I64,
+        bytemuck::cast_slice(&[n as i64, k as i64 + 8]).to_vec(),
+    );
+    match load_err(wrong.path(), &c) {
+        Error::ShapeMismatch { tensor, .. } => {
+            assert!(
+                tensor.starts_with("model.layers.0.mlp.down_proj.weight_"),
+                "{tensor}"
+            )
+        }
+        e => panic!("wrong error {e}"),
+    }
 }
 
 #[test]

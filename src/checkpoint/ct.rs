@@ -273,6 +273,32 @@ impl CompressedTensors {
         Ok(bytes)
     }
 
+    /// `NAME.weight_shape`, the unpacked (out, in) of an int4 weight: int64 as compressed-tensors
+    /// writes it (`torch.tensor(weight.shape)`), or int32; both sizes positive.
+    fn weight_shape(&self, name: &str) -> Result<(usize, usize)> {
+        let t = format!("{name}.weight_shape");
+        let (d, s, bytes) = self.st.raw(&t)?;
+        let v: Vec<i64> = match d {
+            St::I64 => bytemuck::pod_collect_to_vec(bytes),
+            St::I32 => bytemuck::pod_collect_to_vec::<u8, i32>(bytes)
+                .into_iter()
+                .map(i64::from)
+                .collect(),
+            other => {
+                return Err(Error::UnsupportedDType {
+                    tensor: t,
+                    dtype: format!("{other:?} (expected I64 or I32)"),
+                })
+            }
+        };
+        match (s.as_slice(), v.as_slice()) {
+            ([2], &[rows, cols]) if rows > 0 && cols > 0 => Ok((rows as usize, cols as usize)),
+            _ => Err(Error::Config(format!(
+                "{t} must hold two positive sizes, got {v:?} of shape {s:?}"
+            ))),
+        }
+    }
+
     fn linear_weight(&self, name: &str, sc: &Scheme, n: usize, k: usize) -> Result<QuantWeight> {
         let w = &sc.weights;
         let what = format!("{name} weights");
@@ -333,16 +359,12 @@ impl CompressedTensors {
                         "{what}: int4 needs in_features % 8 == 0 and an even group size"
                     )));
                 }
-                let shape: Vec<i32> = bytemuck::pod_collect_to_vec(self.int_tensor(
-                    &format!("{name}.weight_shape"),
-                    St::I32,
-                    &[2],
-                )?);
-                if shape != [n as i32, k as i32] {
+                let shape = self.weight_shape(name)?;
+                if shape != (n, k) {
                     return Err(Error::ShapeMismatch {
                         tensor: format!("{name}.weight_shape"),
                         expected: vec![n, k],
-                        actual: shape.iter().map(|&v| v as usize).collect(),
+                        actual: vec![shape.0, shape.1],
                     });
                 }
                 let packed: Vec<i32> = bytemuck::pod_collect_to_vec(self.int_tensor(
@@ -462,16 +484,7 @@ impl WeightSource for CompressedTensors {
         // shape from the weight (int8/fp8) or weight_shape (int4)
         let (n, k) = match self.st.raw(&format!("{name}.weight")) {
             Ok((_, s, _)) if s.len() == 2 => (s[0], s[1]),
-            _ => {
-                let (_, _, b) = self.st.raw(&format!("{name}.weight_shape"))?;
-                let v: Vec<i32> = bytemuck::pod_collect_to_vec(b);
-                if v.len() != 2 || v.iter().any(|&x| x <= 0) {
-                    return Err(Error::Config(format!(
-                        "{name}.weight_shape must hold two positive sizes"
-                    )));
-                }
-                (v[0] as usize, v[1] as usize)
-            }
+            _ => self.weight_shape(name)?,
         };
         let w = self.linear_weight(name, sc, n, k)?;
         let act = self.act_spec(name, sc, w.dtype())?;

@@ -163,9 +163,9 @@ fn write_into(q: &QuantizedModel, dir: &Path) -> Result<()> {
                 ));
                 owned.push((
                     format!("{name}.weight_shape"),
-                    St::I32,
+                    St::I64,
                     vec![2],
-                    bytes_of(&[n as i32, k as i32]),
+                    bytes_of(&[n as i64, k as i64]),
                 ));
                 owned.push((
                     format!("{name}.weight_scale"),
