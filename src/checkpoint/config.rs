@@ -154,9 +154,8 @@ impl ModelConfig {
             "model.norm.weight" => return Some(vec![dim]),
             _ => {}
         }
-        let rest = name.strip_prefix("model.layers.")?;
-        let (layer, module) = rest.split_once('.')?;
-        if layer.parse::<usize>().ok()? >= self.num_layers {
+        let (layer, module) = crate::checkpoint::site::layer_module(name)?;
+        if layer >= self.num_layers {
             return None;
         }
         Some(match module {

@@ -51,14 +51,18 @@ impl Site {
 
     /// The site a decoder linear reads, from its full name.
     pub fn of_linear(name: &str) -> Option<(usize, Site)> {
-        let rest = name.strip_prefix("model.layers.")?;
-        let (l, module) = rest.split_once('.')?;
-        let l = l.parse().ok()?;
+        let (l, module) = layer_module(name)?;
         Site::ALL
             .into_iter()
             .find(|s| s.linears().contains(&module))
             .map(|s| (l, s))
     }
+}
+
+/// The layer index and the rest of a decoder tensor's HF name (`model.layers.N.REST`).
+pub fn layer_module(name: &str) -> Option<(usize, &str)> {
+    let (l, module) = name.strip_prefix("model.layers.")?.split_once('.')?;
+    Some((l.parse().ok()?, module))
 }
 
 /// Per-site block sizes of the rotated inputs (every layer alike).

@@ -10,7 +10,7 @@ use crate::backend::linear::{Linear, LinearWeight};
 use crate::backend::sampling::Draw;
 use crate::backend::{AttentionArgs, Backend, KvSeq, LinearInput, RopeKvArgs, StepKey};
 use crate::checkpoint::config::{LmHead, ModelConfig};
-use crate::checkpoint::site::Site;
+use crate::checkpoint::site::{layer_module, Site};
 use crate::checkpoint::WeightSource;
 use crate::error::{Error, Result};
 use crate::model::kv::KvCache;
@@ -71,8 +71,6 @@ pub struct Workspace<B: Backend> {
     pub(crate) id: u64,
     pub max_rows: usize,
     pub max_seq: usize,
-    /// The positions attention is shaped for: max_seq, or a replayed step's span.
-    attn_span: usize,
     /// Rows of logits one call can return.
     pub logit_rows: usize,
     x: B::Buf,                // (max_rows, dim) residual stream
@@ -98,6 +96,13 @@ impl<B: Backend> Workspace<B> {
     pub(crate) fn host_logits(&self) -> &[f32] {
         &self.host_logits
     }
+}
+
+/// The positions a step's attention is shaped for (`replay_span` of its longest sequence):
+/// the same on every path, and part of a replayed step's key, since its launch shapes follow it.
+fn attention_span(seqs: &[KvSeq<'_>], max_seq: usize) -> usize {
+    let end = seqs.iter().map(|s| s.start_pos + s.rows).max().unwrap_or(1);
+    replay_span(end, max_seq)
 }
 
 /// One sequence's share of a batched forward pass ([`LlamaModel::forward_batch`]).
@@ -197,12 +202,11 @@ impl<B: Backend> LlamaModel<B> {
             }
         }
         // a checkpoint with more layers than the config says would run truncated without a word
-        if let Some(extra) = src.tensor_names().into_iter().find(|n| {
-            n.strip_prefix("model.layers.")
-                .and_then(|r| r.split('.').next())
-                .and_then(|l| l.parse::<usize>().ok())
-                .is_some_and(|l| l >= c.num_layers)
-        }) {
+        if let Some(extra) = src
+            .tensor_names()
+            .into_iter()
+            .find(|n| layer_module(n).is_some_and(|(l, _)| l >= c.num_layers))
+        {
             return Err(Error::Config(format!(
                 "the checkpoint has tensor `{extra}` but the config says {} layers",
                 c.num_layers
@@ -396,7 +400,6 @@ impl<B: Backend> LlamaModel<B> {
             id: crate::backend::next_buffer_id(),
             max_rows,
             max_seq,
-            attn_span: max_seq,
             logit_rows,
             x: b.alloc(max_rows * c.hidden_size)?,
             xb: b.alloc(max_rows * c.hidden_size)?,
@@ -531,23 +534,18 @@ impl<B: Backend> LlamaModel<B> {
             self.forward_rows(ws, kv, tokens, seqs, ph, None)?;
             return self.lm_head_rows(ws, picks, ph);
         }
-        let end = seqs.iter().map(|s| s.start_pos + s.rows).max().unwrap_or(1);
-        let span = replay_span(end, ws.max_seq);
         let key = StepKey {
             workspace: ws.id,
             kv: kv.id,
             rows: tokens.len(),
-            span,
+            span: attention_span(seqs, ws.max_seq),
         };
         let mut n = 0;
-        ws.attn_span = span;
-        let ran = self.backend.replay_step(key, &mut || {
+        self.backend.replay_step(key, &mut || {
             self.forward_rows(ws, kv, tokens, seqs, ph, None)?;
             n = self.lm_head_rows(ws, picks, ph)?;
             Ok(())
-        });
-        ws.attn_span = ws.max_seq;
-        ran?;
+        })?;
         Ok(n)
     }
 
@@ -569,6 +567,7 @@ impl<B: Backend> LlamaModel<B> {
         }
         let (dim, hd, eps) = (c.hidden_size, c.head_dim, c.rms_norm_eps);
         let (cos, sin) = (&ws.rope_cos, &ws.rope_sin);
+        let span = attention_span(seqs, ws.max_seq);
         // The linears of a site on the input `$input` makes, rotated if the model says so (the
         // consumers' weights were rotated to match). The backend may fuse producer, rotation
         // and the activation quantization the linears share. Under a hook (calibration) the
@@ -630,7 +629,7 @@ impl<B: Backend> LlamaModel<B> {
                 scratch: &mut ws.scratch,
                 seqs,
                 block_size: kv.block_size,
-                max_seq: ws.attn_span,
+                max_seq: span,
                 n_heads: c.num_heads,
                 n_kv_heads: c.num_kv_heads,
                 head_dim: hd,

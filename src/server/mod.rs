@@ -202,6 +202,15 @@ fn error_response(status: StatusCode, kind: &str, message: &str, param: Option<&
     (status, Json(api::error_body(message, kind, param))).into_response()
 }
 
+fn shutting_down() -> Response {
+    error_response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+        "the server is shutting down",
+        None,
+    )
+}
+
 fn bad_request(st: &AppState, b: BadRequest) -> Response {
     st.engine.metrics.count(Outcome::BadRequest);
     error_response(
@@ -418,12 +427,7 @@ async fn generation(st: Arc<AppState>, ep: Endpoint, http: HttpRequest<Body>) ->
     };
     // the slot travels with the blocking job: a client that leaves does not free it early
     let Ok(slot) = st.tokenize_slots.clone().acquire_owned().await else {
-        return error_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "the server is shutting down",
-            None,
-        );
+        return shutting_down();
     };
     let job = st.clone();
     let prepared = tokio::task::spawn_blocking(move || {
@@ -466,9 +470,7 @@ async fn generation(st: Arc<AppState>, ep: Endpoint, http: HttpRequest<Body>) ->
                 None,
             )
         }
-        Err(Refusal::ShuttingDown) => {
-            return error_response(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the server is shutting down", None)
-        }
+        Err(Refusal::ShuttingDown) => return shutting_down(),
     };
     let prefix = if ep == Endpoint::Chat {
         "chatcmpl"
