@@ -4,7 +4,7 @@
 mod common;
 
 use criterion::Criterion;
-use ferroq::backend::cpu::CpuBackend;
+use ferroq::backend::cpu::{CpuBackend, CpuIsa};
 use ferroq::backend::prelude::*;
 
 fn main() {
@@ -12,5 +12,11 @@ fn main() {
     eprintln!("{}", b.describe());
     let mut c = common::configure(Criterion::default()).configure_from_args();
     common::backend_benches(&mut c, "cpu", &b);
+    // a 512-token prefill on each kernel family this CPU has, best first
+    for (i, isa) in CpuIsa::all_available().into_iter().enumerate() {
+        eprintln!("family set {i}: {isa:?}");
+        let b = CpuBackend::with_isa(isa);
+        common::prefill_linears(&mut c, &format!("cpu/prefill512/set{i}"), &b, 512);
+    }
     c.final_summary();
 }

@@ -8,7 +8,7 @@ mod common;
 use common::randn;
 use ferroq::backend::cpu::dense::{has_avx2, Isa};
 use ferroq::backend::cpu::int4::bf16 as int4_bf16;
-use ferroq::backend::cpu::int8::{self as qgemm, vnni};
+use ferroq::backend::cpu::int8::{self as qgemm, amx as amx_i8, vnni};
 use ferroq::backend::cpu::{CpuBackend, Int8Isa};
 use ferroq::backend::linear::{Linear, LinearWeight};
 use ferroq::backend::prelude::*;
@@ -156,22 +156,13 @@ fn decoded(q: &QuantWeight, n: usize, k: usize) -> Vec<f32> {
     d
 }
 
-#[test]
-fn vnni_gemm_is_bit_identical_to_the_portable_path() {
-    if !vnni::available() {
-        eprintln!("no AVX-512 VNNI on this CPU: the VNNI path is not exercised here");
-        return;
-    }
+/// The packed int8 kernel `gemm` must reproduce the portable W8A8 GEMM bit for bit.
+fn packed_gemm_is_bit_identical(
+    shapes: &[(usize, usize, usize, bool)],
+    gemm: impl Fn(&mut [f32], &[i8], &[f32], &[i32], &vnni::PackedI8, Option<&[f32]>, usize),
+) {
     let mut rng = Rng::new(11);
-    for &(m, n, k, with_bias) in &[
-        (1, 1, 1, false),
-        (1, 17, 33, true),
-        (3, 16, 4, false),
-        (8, 32, 64, true),
-        (13, 47, 131, true),
-        (37, 100, 576, false),
-        (2, 33, 1537, true),
-    ] {
+    for &(m, n, k, with_bias) in shapes {
         let qa = rand_i8(&mut rng, m * k, -128);
         let qw = rand_i8(&mut rng, n * k, -127);
         let a_scale: Vec<f32> = (0..m).map(|i| 0.01 + i as f32 * 0.003).collect();
@@ -200,7 +191,7 @@ fn vnni_gemm_is_bit_identical_to_the_portable_path() {
         let packed = vnni::PackedI8::pack(&qw, &w_scale, &colsum, n, k);
         // guard values past the end must survive the masked stores
         let mut got = vec![f32::NAN; m * n + 5];
-        vnni::gemm(&mut got, &qa, &a_scale, &a_zp, &packed, bias, m);
+        gemm(&mut got, &qa, &a_scale, &a_zp, &packed, bias, m);
         for (e, (g, w)) in got.iter().zip(&want).enumerate() {
             assert_eq!(
                 g.to_bits(),
@@ -225,10 +216,55 @@ fn vnni_gemm_is_bit_identical_to_the_portable_path() {
 }
 
 #[test]
+fn vnni_gemm_is_bit_identical_to_the_portable_path() {
+    if !vnni::available() {
+        eprintln!("no AVX-512 VNNI on this CPU: the VNNI path is not exercised here");
+        return;
+    }
+    let shapes = [
+        (1, 1, 1, false),
+        (1, 17, 33, true),
+        (3, 16, 4, false),
+        (8, 32, 64, true),
+        (13, 47, 131, true),
+        (37, 100, 576, false),
+        (2, 33, 1537, true),
+    ];
+    packed_gemm_is_bit_identical(&shapes, vnni::gemm);
+}
+
+#[test]
+fn amx_gemm_is_bit_identical_to_the_portable_path() {
+    if !amx_i8::available() {
+        eprintln!("no AMX-INT8 on this CPU (or the OS refused the tile state): not exercised here");
+        return;
+    }
+    // the tile path: m >= 16 (one and two row tiles, a ragged last one), k a multiple of 64
+    // (one and many steps), one / two / odd column blocks, a ragged last block; and the shapes
+    // that fall back to VNNI (m < 16, k not a multiple of 64)
+    let shapes = [
+        (16, 16, 64, false),
+        (17, 33, 128, true),
+        (32, 32, 64, true),
+        (47, 80, 576, false),
+        (64, 100, 1536, true),
+        (100, 17, 192, true),
+        (8, 32, 64, true),
+        (20, 47, 131, false),
+    ];
+    packed_gemm_is_bit_identical(&shapes, amx_i8::gemm);
+}
+
+#[test]
 fn w8a8_linear_matches_reference_for_each_policy() {
     let mut per_isa = Vec::new();
     for isa in Int8Isa::all_available() {
-        per_isa.push((isa, w8a8_linear_matches_reference(isa)));
+        // k a multiple of 64, which the AMX tiles take (its weight-only output dropped), then
+        // n, k not multiples of any tile
+        let mut outs = w8a8_linear_matches_reference(isa, (37, 40, 128));
+        outs.pop();
+        outs.extend(w8a8_linear_matches_reference(isa, (37, 37, 99)));
+        per_isa.push((isa, outs));
     }
     // every int8 kernel family computes the same integers and the same float epilogue (the
     // last output, weight-only, goes through float kernels whose FMA rounding differs)
@@ -243,12 +279,11 @@ fn w8a8_linear_matches_reference_for_each_policy() {
 }
 
 /// Checks `isa`'s W8A8 linear against an f64 reference and returns its outputs.
-fn w8a8_linear_matches_reference(isa: Int8Isa) -> Vec<Vec<f32>> {
+fn w8a8_linear_matches_reference(isa: Int8Isa, (m, n, k): (usize, usize, usize)) -> Vec<Vec<f32>> {
     let mut outs = Vec::new();
     let b = CpuBackend::with_int8_isa(isa);
     let mut rng = Rng::new(3);
-    // m > 32 takes the parallel activation quantization; n, k not multiples of any tile
-    let (m, n, k) = (37, 37, 99);
+    // m > 32 takes the parallel activation quantization
     let w = randn(&mut rng, n * k, 0.3);
     let x = randn(&mut rng, m * k, 2.0);
     let cfg = WeightQConfig {

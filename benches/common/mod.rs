@@ -129,6 +129,35 @@ fn sync<B: Backend>(b: &B, buf: &B::Buf) {
     b.read(buf, 0, &mut one).expect("read");
 }
 
+/// Prefill-shaped linears (`rows` tokens, every shape and kind) under `group`: how one kernel
+/// family compares with another on the same machine.
+pub fn prefill_linears<B: Backend>(c: &mut Criterion, group: &str, b: &B, rows: usize) {
+    let mut rng = Rng::new(7);
+    let mut g = c.benchmark_group(group);
+    for &(n, k) in &SHAPES {
+        let x = b.upload(&rng.normals(rows * k, 1.0)).expect("upload");
+        let mut out = b.alloc(rows * n).expect("alloc");
+        for kind in Kind::ALL {
+            let Some(lin) = linear_of(b, kind, n, k, &mut rng) else {
+                continue;
+            };
+            g.throughput(Throughput::Elements(2 * (rows * n * k) as u64));
+            g.bench_with_input(
+                BenchmarkId::new(kind.name(), format!("{n}x{k}")),
+                &lin,
+                |it, lin| {
+                    it.iter(|| {
+                        b.linear(&mut out, &x, lin, rows, Phase::Prefill)
+                            .expect("linear");
+                        sync(b, &out);
+                    })
+                },
+            );
+        }
+    }
+    g.finish();
+}
+
 /// The benchmarks of `b` under `device` (e.g. "cpu", "cuda").
 pub fn backend_benches<B: Backend>(c: &mut Criterion, device: &str, b: &B) {
     let mut rng = Rng::new(7);

@@ -9,6 +9,8 @@ use super::{act_quant, dense, int4, int8, vmath};
 /// Which int8 GEMM family runs W8A8 linears.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Int8Isa {
+    /// AMX tiles (`int8::amx`) for prefill, VNNI for short batches; same packed weights.
+    Amx,
     /// AVX-512 VNNI on weights repacked at load (`int8::vnni`).
     Avx512Vnni,
     /// AVX2 `vpmaddwd` on row-major weights (`int8`).
@@ -20,7 +22,9 @@ pub enum Int8Isa {
 impl Int8Isa {
     /// The best family this CPU supports.
     pub fn detect() -> Int8Isa {
-        if int8::vnni::available() {
+        if int8::amx::available() {
+            Int8Isa::Amx
+        } else if int8::vnni::available() {
             Int8Isa::Avx512Vnni
         } else if dense::has_avx2() {
             Int8Isa::Avx2
@@ -38,13 +42,16 @@ impl Int8Isa {
         if int8::vnni::available() {
             v.push(Int8Isa::Avx512Vnni);
         }
+        if int8::amx::available() {
+            v.push(Int8Isa::Amx);
+        }
         v
     }
 
     pub(super) fn gemm_isa(self) -> dense::Isa {
         match self {
             Int8Isa::Portable => dense::Isa::Portable,
-            Int8Isa::Avx2 | Int8Isa::Avx512Vnni => dense::Isa::Avx2,
+            Int8Isa::Avx2 | Int8Isa::Avx512Vnni | Int8Isa::Amx => dense::Isa::Avx2,
         }
     }
 }

@@ -8,6 +8,7 @@
 //!   step allocates nothing.
 
 pub mod act_quant;
+pub mod amx;
 pub mod attention;
 pub mod dense;
 pub mod int4;
@@ -136,7 +137,7 @@ impl CpuBackend {
 pub enum CpuQMatrix {
     /// Row-major, as `quant::QuantWeight` stores it.
     Plain(QuantWeight),
-    /// INT8 repacked for the VNNI kernels (only built when the backend runs them).
+    /// INT8 repacked for the VNNI and AMX kernels (only built when the backend runs them).
     Vnni(int8::vnni::PackedI8),
     /// INT4 repacked for the AVX-512 W4A16 kernel (where the CPU and the shape allow).
     Int4(int4::PackedI4),
@@ -271,7 +272,11 @@ impl CpuBackend {
         let qw = match qm {
             CpuQMatrix::Vnni(p) => {
                 return self.with_int8_act(w, x, m, phase, |sc| {
-                    int8::vnni::gemm(out, &sc.q, &sc.scale, &sc.zp, p, bias, m)
+                    if self.isa.int8 == Int8Isa::Amx {
+                        int8::amx::gemm(out, &sc.q, &sc.scale, &sc.zp, p, bias, m)
+                    } else {
+                        int8::vnni::gemm(out, &sc.q, &sc.scale, &sc.zp, p, bias, m)
+                    }
                 })
             }
             CpuQMatrix::Int4(_) | CpuQMatrix::Int4Bf16(_) => return Err(int4_needs_weight_only(w)),
@@ -401,6 +406,7 @@ impl DeviceMemory for CpuBackend {
             DenseIsa::Portable => "portable",
         };
         let isa = match self.isa.int8 {
+            Int8Isa::Amx => format!("{dense}, int8 amx"),
             Int8Isa::Avx512Vnni => format!("{dense}, int8 avx512-vnni"),
             Int8Isa::Avx2 => format!("{dense}, int8 avx2"),
             Int8Isa::Portable => format!("{dense}, int8 portable"),
@@ -487,7 +493,8 @@ impl DeviceMemory for CpuBackend {
         }
         Ok(match w {
             QuantWeight::Int8 { q, scale, colsum }
-                if self.isa.int8 == Int8Isa::Avx512Vnni && cols <= int8::vnni::MAX_K =>
+                if matches!(self.isa.int8, Int8Isa::Avx512Vnni | Int8Isa::Amx)
+                    && cols <= int8::vnni::MAX_K =>
             {
                 CpuQMatrix::Vnni(int8::vnni::PackedI8::pack(q, scale, colsum, rows, cols))
             }

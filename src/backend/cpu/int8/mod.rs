@@ -4,9 +4,10 @@
 //!   zero-point correction and the bias, per element.
 //! - AVX2: 16 int8 lanes sign-extended to int16 and `vpmaddwd` pairs into 8 int32 lanes (exact:
 //!   |pair sum| ≤ 2 · 128 · 127); portable: plain i32 arithmetic. Parallel over weight rows.
-//! - `vnni` is the AVX-512 VNNI variant on weights repacked at load; `Int8Isa` picks one. All
-//!   three feed the same integers to the same float expression: bit-identical outputs.
+//! - `vnni` is the AVX-512 VNNI variant on weights repacked at load, `amx` the tile-unit one on
+//!   the same packed weights; `Int8Isa` picks one. All four feed the same integers to the same float expression: bit-identical outputs.
 
+pub mod amx;
 pub mod vnni;
 
 use super::dense::{for_each_column_chunk, has_avx2, Isa, SendPtr};

@@ -38,13 +38,13 @@ pub struct PackedI8 {
     pub n: usize,
     pub k: usize,
     /// k rounded up to a multiple of 4.
-    k4: usize,
+    pub(crate) k4: usize,
     /// (n.div_ceil(16), k4 / 4, 16, 4): block b, k-group t, column c, byte u = w[16b + c, 4t + u];
     /// zero where the column or k is padding.
-    data: Vec<i8>,
+    pub(crate) data: Vec<i8>,
     /// (blocks · 16) weight scales, colsums, biases; zero padded.
-    scale: Vec<f32>,
-    colsum: Vec<i32>,
+    pub(crate) scale: Vec<f32>,
+    pub(crate) colsum: Vec<i32>,
 }
 
 impl PackedI8 {
@@ -154,7 +154,7 @@ pub fn gemm(
 }
 
 #[cfg(target_arch = "x86_64")]
-mod imp {
+pub(super) mod imp {
     use super::{PackedI8, CB, MR, NB};
     use std::arch::x86_64::*;
 
@@ -247,31 +247,48 @@ mod imp {
             }
             t += 4;
         }
-        let n = w.n;
         for (r, row) in acc.iter().enumerate() {
             let ii = i + r;
-            let zz = _mm512_set1_epi32(e.a_zp[ii] + 128);
-            let sa = _mm512_set1_ps(e.a_scale[ii]);
             for (c, a) in row.iter().enumerate() {
-                let j = (b + c) * NB;
-                let cs = _mm512_loadu_si512(w.colsum.as_ptr().add(j) as *const _);
-                let corrected = _mm512_sub_epi32(*a, _mm512_mullo_epi32(zz, cs));
-                let sw = _mm512_loadu_ps(w.scale.as_ptr().add(j));
-                // (s_a · s_w) · acc + b, in the scalar epilogue's order.
-                let mut y = _mm512_mul_ps(_mm512_mul_ps(sa, sw), _mm512_cvtepi32_ps(corrected));
-                let live = (n - j).min(NB);
-                let mask: __mmask16 = if live == NB {
-                    0xffff
-                } else {
-                    (1u16 << live) - 1
-                };
-                let bv = match e.bias {
-                    Some(bs) => _mm512_maskz_loadu_ps(mask, bs.as_ptr().add(j)),
-                    None => _mm512_setzero_ps(),
-                };
-                y = _mm512_add_ps(y, bv);
-                _mm512_mask_storeu_ps(e.out.add(ii * n + j), mask, y);
+                let out = e.out.add(ii * w.n);
+                store_row(*a, e.a_zp[ii] + 128, e.a_scale[ii], w, (b + c) * NB, e.bias, out);
             }
         }
+    }
+
+    /// The W8A8 epilogue for one token and the 16 columns j..j+16 (masked to n):
+    /// out[j..] = (s_a · s_w) · (acc − zp · colsum) + b, in the scalar epilogue's order. `zp` is
+    /// the activation zero point plus whatever offset the integer sums carry.
+    ///
+    /// # Safety
+    /// j < w.n is a multiple of 16; out holds a row of w.n floats; CPU has AVX-512F/BW.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    #[inline]
+    pub(crate) unsafe fn store_row(
+        acc: __m512i,
+        zp: i32,
+        a_scale: f32,
+        w: &PackedI8,
+        j: usize,
+        bias: Option<&[f32]>,
+        out: *mut f32,
+    ) {
+        let cs = _mm512_loadu_si512(w.colsum.as_ptr().add(j) as *const _);
+        let corrected = _mm512_sub_epi32(acc, _mm512_mullo_epi32(_mm512_set1_epi32(zp), cs));
+        let sw = _mm512_loadu_ps(w.scale.as_ptr().add(j));
+        let sa = _mm512_set1_ps(a_scale);
+        let mut y = _mm512_mul_ps(_mm512_mul_ps(sa, sw), _mm512_cvtepi32_ps(corrected));
+        let live = (w.n - j).min(NB);
+        let mask: __mmask16 = if live == NB {
+            0xffff
+        } else {
+            (1u16 << live) - 1
+        };
+        let bv = match bias {
+            Some(bs) => _mm512_maskz_loadu_ps(mask, bs.as_ptr().add(j)),
+            None => _mm512_setzero_ps(),
+        };
+        y = _mm512_add_ps(y, bv);
+        _mm512_mask_storeu_ps(out.add(j), mask, y);
     }
 }

@@ -1,0 +1,129 @@
+//! Intel AMX plumbing (Sapphire Rapids and later): detection, the Linux permission request, and
+//! the tile configuration the AMX kernels (`int8::amx`, `dense::amx`) load.
+//!
+//! - Linux hands a process the 8 KiB tile state only after
+//!   `arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`; without it the first tile
+//!   instruction faults. The request is made once, on first detection; a refusal (old kernel,
+//!   a sandbox) means "no AMX", not an error.
+//! - std's `is_x86_feature_detected!` for AMX is unstable, so CPUID leaf 7 is read directly.
+//! - Stable Rust has no AMX intrinsics: the kernels use inline asm with fixed tile registers.
+//!   The compiler never allocates tile registers, so they survive between asm blocks of one
+//!   kernel; each kernel configures the tiles it uses and releases them before returning.
+
+use std::sync::OnceLock;
+
+/// Bytes in one tile row (the architectural maximum, used by every tile here).
+pub const ROW_BYTES: usize = 64;
+/// Rows in a full tile.
+pub const ROWS: usize = 16;
+
+/// CPUID.(EAX=7, ECX=0):EDX bits.
+#[cfg(target_arch = "x86_64")]
+const AMX_BF16: u32 = 1 << 22;
+#[cfg(target_arch = "x86_64")]
+const AMX_TILE: u32 = 1 << 24;
+#[cfg(target_arch = "x86_64")]
+const AMX_INT8: u32 = 1 << 25;
+
+/// Which AMX units this process may use: (int8, bf16); both false without permission.
+fn units() -> (bool, bool) {
+    static UNITS: OnceLock<(bool, bool)> = OnceLock::new();
+    *UNITS.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            // the epilogues and activation packing around the tile loops are AVX-512
+            let avx512 = is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512bw")
+                && is_x86_feature_detected!("avx512vl");
+            let edx = std::arch::x86_64::__cpuid_count(7, 0).edx;
+            if !avx512 || edx & AMX_TILE == 0 || !request_tile_state() {
+                return (false, false);
+            }
+            (edx & AMX_INT8 != 0, edx & AMX_BF16 != 0)
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            (false, false)
+        }
+    })
+}
+
+/// Whether the INT8 tile unit (`tdpbssd`) is usable here.
+pub fn has_int8() -> bool {
+    units().0
+}
+
+/// Whether the BF16 tile unit (`tdpbf16ps`) is usable here.
+pub fn has_bf16() -> bool {
+    units().1
+}
+
+/// Ask Linux for the tile data state; true when granted.
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+fn request_tile_state() -> bool {
+    const SYS_ARCH_PRCTL: i64 = 158;
+    const ARCH_REQ_XCOMP_PERM: i64 = 0x1023;
+    const XFEATURE_XTILEDATA: i64 = 18;
+    let ret: i64;
+    // SAFETY: arch_prctl with ARCH_REQ_XCOMP_PERM only changes this process's permitted
+    // XSAVE features; it reads no memory. The syscall clobbers rcx and r11, declared here.
+    unsafe {
+        std::arch::asm!(
+            "syscall",
+            inlateout("rax") SYS_ARCH_PRCTL => ret,
+            in("rdi") ARCH_REQ_XCOMP_PERM,
+            in("rsi") XFEATURE_XTILEDATA,
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack)
+        );
+    }
+    ret == 0
+}
+
+#[cfg(all(target_arch = "x86_64", not(target_os = "linux")))]
+fn request_tile_state() -> bool {
+    false
+}
+
+/// A palette-1 tile configuration: the 64-byte block `ldtilecfg` reads.
+#[repr(C, align(64))]
+pub struct TileConfig([u8; 64]);
+
+impl TileConfig {
+    /// Every one of the eight tiles `rows × 64 bytes`.
+    pub fn uniform(rows: u8) -> TileConfig {
+        let mut c = [0u8; 64];
+        c[0] = 1; // palette 1
+        for t in 0..8 {
+            c[16 + 2 * t..18 + 2 * t].copy_from_slice(&(ROW_BYTES as u16).to_le_bytes());
+            c[48 + t] = rows;
+        }
+        TileConfig(c)
+    }
+
+    /// Load this configuration on the calling thread; the tiles are released when the guard
+    /// drops.
+    ///
+    /// # Safety
+    /// The CPU has AMX and the permission was granted (`has_int8` or `has_bf16` returned true).
+    #[cfg(target_arch = "x86_64")]
+    pub unsafe fn load(&self) -> TileGuard {
+        std::arch::asm!("ldtilecfg [{}]", in(reg) self.0.as_ptr(), options(nostack, readonly));
+        TileGuard(std::marker::PhantomData)
+    }
+}
+
+/// Releases the tile state of the thread that loaded a configuration.
+pub struct TileGuard(std::marker::PhantomData<*const ()>);
+
+impl Drop for TileGuard {
+    fn drop(&mut self) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: a guard exists only after `TileConfig::load` ran on this thread, and it is
+        // neither Send nor Clone, so it drops on the same thread.
+        unsafe {
+            std::arch::asm!("tilerelease", options(nostack, nomem));
+        }
+    }
+}
