@@ -152,6 +152,81 @@ fn panel_matmul_matches_reference_and_rows_do_not_depend_on_batch() {
 }
 
 #[test]
+fn amx_bf16_matmul_matches_references() {
+    use ferroq::backend::cpu::dense::{
+        amx,
+        panels::{self, Panels},
+    };
+    if !amx::available() {
+        eprintln!("no AMX-BF16 on this CPU (or the OS refused the tile state): not exercised");
+        return;
+    }
+    let mut rng = Rng::new(5);
+    // tile shapes (one / two row tiles and a ragged last one; one / two / odd column blocks
+    // and a ragged last one; one to many k steps), then shapes that take the panel kernel
+    // (m < 16; k not a multiple of 32)
+    for &(m, n, k) in &[
+        (16, 16, 32),
+        (17, 33, 64),
+        (32, 32, 32),
+        (47, 80, 576),
+        (64, 100, 1536),
+        (100, 17, 96),
+        (8, 32, 64),
+        (20, 47, 40),
+    ] {
+        let x = randn(&mut rng, m * k, 2.0);
+        let wb: Vec<bf16> = randn(&mut rng, n * k, 1.0)
+            .iter()
+            .map(|&v| bf16::from_f32(v))
+            .collect();
+        let p = Panels::pack(&wb, n, k);
+        let mut out = vec![f32::NAN; m * n + 3];
+        amx::matmul(&mut out, &x, m, &p);
+        assert!(
+            out[m * n..].iter().all(|v| v.is_nan()),
+            "{m}x{n}x{k} wrote past the output"
+        );
+        if m < amx::MIN_M || k % 32 != 0 {
+            let mut want = vec![0.0; m * n];
+            panels::matmul(&mut want, &x, m, &p);
+            assert_eq!(
+                out[..m * n],
+                want[..],
+                "{m}x{n}x{k}: the panel kernel's result"
+            );
+            continue;
+        }
+        let xb: Vec<f64> = x.iter().map(|&v| bf16::from_f32(v).to_f64()).collect();
+        for i in 0..m {
+            for j in 0..n {
+                let (mut exact, mut mag, mut f32_acts) = (0f64, 0f64, 0f64);
+                for t in 0..k {
+                    let wv = wb[j * k + t].to_f64();
+                    exact += xb[i * k + t] * wv;
+                    mag += (xb[i * k + t] * wv).abs();
+                    f32_acts += x[i * k + t] as f64 * wv;
+                }
+                let got = out[i * n + j] as f64;
+                // products of BF16 operands are exact in f32; any order of k f32 additions
+                // errs by at most (k - 1) · 2^-24 · Σ|p|
+                let acc_bound = (k as f64) * 2f64.powi(-24) * mag;
+                assert!(
+                    (got - exact).abs() <= acc_bound,
+                    "{m}x{n}x{k} ({i}, {j}): {got} vs {exact} (bound {acc_bound:e})"
+                );
+                // against f32 activations: BF16 rounding errs by at most 2^-9 per activation
+                let round_bound = 2f64.powi(-8) * mag + acc_bound;
+                assert!(
+                    (got - f32_acts).abs() <= round_bound,
+                    "{m}x{n}x{k} ({i}, {j}) vs f32 activations: {got} vs {f32_acts}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
 fn matmul_rows_do_not_depend_on_batch() {
     // A row's result is bit-identical whether computed alone or inside a batch.
     let mut rng = Rng::new(2);

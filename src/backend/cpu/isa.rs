@@ -59,6 +59,8 @@ impl Int8Isa {
 /// Which dense kernels run dense linears (and, as tiles, attention and decoded weights).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DenseIsa {
+    /// The AVX-512 panels, with BF16 weights' prefill batches on the AMX tiles (`dense::amx`).
+    Amx,
     /// AVX-512 on weights repacked at load into panels (`dense::panels`).
     Avx512Panels,
     /// AVX2 + FMA + F16C tiles on row-major weights.
@@ -71,6 +73,9 @@ impl DenseIsa {
     /// Every variant this CPU can run, best first.
     pub(super) fn available() -> Vec<DenseIsa> {
         let mut v = Vec::new();
+        if dense::amx::available() {
+            v.push(DenseIsa::Amx);
+        }
         if dense::panels::available() {
             v.push(DenseIsa::Avx512Panels);
         }
@@ -81,11 +86,16 @@ impl DenseIsa {
         v
     }
 
+    /// Whether weights are repacked into `dense::panels` at load.
+    pub fn panels(self) -> bool {
+        matches!(self, DenseIsa::Amx | DenseIsa::Avx512Panels)
+    }
+
     /// The tile family for row-major operands (attention, decoded weights, unpacked matrices).
     pub fn tiles(self) -> dense::Isa {
         match self {
             DenseIsa::Portable => dense::Isa::Portable,
-            DenseIsa::Avx512Panels | DenseIsa::Avx2 => dense::Isa::Avx2,
+            DenseIsa::Amx | DenseIsa::Avx512Panels | DenseIsa::Avx2 => dense::Isa::Avx2,
         }
     }
 }

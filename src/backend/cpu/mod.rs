@@ -401,6 +401,7 @@ impl DeviceMemory for CpuBackend {
 
     fn describe(&self) -> String {
         let dense = match self.isa.dense {
+            DenseIsa::Amx => "avx512 + amx-bf16",
             DenseIsa::Avx512Panels => "avx512",
             DenseIsa::Avx2 => "avx2+fma+f16c",
             DenseIsa::Portable => "portable",
@@ -449,7 +450,7 @@ impl DeviceMemory for CpuBackend {
                 t.shape
             )));
         };
-        let packed = self.isa.dense == DenseIsa::Avx512Panels;
+        let packed = self.isa.dense.panels();
         let data = match t.to_dtype(dtype).data {
             HostData::F32(v) if packed => {
                 MatrixData::PanelF32(dense::panels::Panels::pack(&v, rows, cols))
@@ -604,6 +605,9 @@ impl Ops for CpuBackend {
                 }
                 MatrixData::PanelF32(p) => dense::panels::matmul(out, x, rows, p),
                 MatrixData::PanelF16(p) => dense::panels::matmul(out, x, rows, p),
+                MatrixData::PanelBF16(p) if self.isa.dense == DenseIsa::Amx => {
+                    dense::amx::matmul(out, x, rows, p)
+                }
                 MatrixData::PanelBF16(p) => dense::panels::matmul(out, x, rows, p),
             },
             LinearWeight::Quant(q) => return self.quant_linear(out, x, w, q, rows, phase),

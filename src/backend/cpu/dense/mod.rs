@@ -9,6 +9,7 @@
 //!   slice of W once per block of MC tokens, so x stays hot in L2.
 //! - Also the f32 `dot` the attention and the norm reduce in.
 
+pub mod amx;
 pub mod panels;
 
 use half::{bf16, f16};

@@ -48,6 +48,16 @@ impl<W: WElem + Default> Panels<W> {
         Panels { n, k, k16, data }
     }
 
+    /// The packed values: (n.div_ceil(8), k16 / 16, 8, 16).
+    pub fn data(&self) -> &[W] {
+        &self.data
+    }
+
+    /// k rounded up to 16: the packed row length.
+    pub fn k16(&self) -> usize {
+        self.k16
+    }
+
     /// Row `r` widened into out (k).
     pub fn row_into(&self, r: usize, out: &mut [f32]) {
         for (s, chunk) in out[..self.k].chunks_mut(KS).enumerate() {

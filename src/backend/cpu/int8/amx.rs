@@ -52,7 +52,10 @@ pub fn gemm(
     assert!(out.len() >= m * n && qa.len() >= m * k && a_scale.len() >= m && a_zp.len() >= m);
     assert!(bias.is_none_or(|b| b.len() >= n));
     assert!(k <= MAX_K, "amx gemm: k = {k} > {MAX_K}");
-    assert!(available(), "AMX kernels requested on a CPU without AMX-INT8");
+    assert!(
+        available(),
+        "AMX kernels requested on a CPU without AMX-INT8"
+    );
     let mp = m.div_ceil(amx::ROWS) * amx::ROWS;
     XA.with(|xa| {
         let mut xa = xa.borrow_mut();
@@ -162,7 +165,13 @@ mod imp {
     ) {
         let (a1, w1) = (xp.add(ROWS * k4), wp.add(blk));
         let s = KT; // B-tile row stride: one k-group of 16 columns
-        asm!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3", options(nostack, nomem));
+        asm!(
+            "tilezero tmm0",
+            "tilezero tmm1",
+            "tilezero tmm2",
+            "tilezero tmm3",
+            options(nostack, nomem)
+        );
         let mut t = 0;
         while t < k4 {
             let (x0, x1) = (xp.add(t), a1.add(t));

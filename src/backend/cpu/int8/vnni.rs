@@ -251,7 +251,15 @@ pub(super) mod imp {
             let ii = i + r;
             for (c, a) in row.iter().enumerate() {
                 let out = e.out.add(ii * w.n);
-                store_row(*a, e.a_zp[ii] + 128, e.a_scale[ii], w, (b + c) * NB, e.bias, out);
+                store_row(
+                    *a,
+                    e.a_zp[ii] + 128,
+                    e.a_scale[ii],
+                    w,
+                    (b + c) * NB,
+                    e.bias,
+                    out,
+                );
             }
         }
     }

@@ -1,0 +1,255 @@
+//! Dense BF16 prefill on the AMX tile unit (`tdpbf16ps`: 16 × 32 BF16 by 32 × 16 into 16 × 16
+//! f32), for BF16 weights in `panels` layout.
+//!
+//! - The activations are rounded to BF16 once per call, as PyTorch's and llama.cpp's BF16 CPU
+//!   paths do; each product is then exact in f32 and only the accumulation rounds. The panel
+//!   kernel (decode, and batches under `MIN_M`) keeps f32 activations, so a prompt token's
+//!   output in a prefill batch can differ from the same token decoded alone by BF16 rounding of
+//!   its activations (bounded in the tests: |Δ| ≤ 2⁻⁸ Σ|x·w|).
+//! - Weights stay in the decode kernel's panel layout (one copy of the model); each task
+//!   re-lays the 16-column blocks it owns into B tiles (k-pairs × 16 columns) once per call and
+//!   sweeps every token block over them, so the shuffle costs one pass over the weight.
+//! - 2 × 2 tile blocking as in `int8::amx`: two A tiles (32 tokens) × two B tiles (32 columns).
+
+use super::panels::{self, Panels, PR};
+use super::{for_each_column_chunk, SendPtr};
+use crate::backend::cpu::amx;
+use half::bf16;
+
+/// Fewest tokens worth a tile pass; fewer run the panel kernel.
+pub const MIN_M: usize = 16;
+/// Columns per B tile.
+const NB: usize = 16;
+/// k per tile step: 64 bytes of BF16.
+const KT: usize = amx::ROW_BYTES / 2;
+
+/// Whether this CPU and OS run the kernel.
+pub fn available() -> bool {
+    amx::has_bf16() && panels::available()
+}
+
+thread_local! {
+    /// (m rounded up to 16, k) activations as BF16 bits, zero padded (the calling thread).
+    static XB: std::cell::RefCell<Vec<u16>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// (2, k / 2, 16, 2) the B tiles of a task's current column pair (each worker thread).
+    static WB: std::cell::RefCell<Vec<u16>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// out (m, n) = bf16(x) (m, k) · Wᵀ on the tile unit where the shape suits it (m ≥ 16, k a
+/// multiple of 32), else `panels::matmul`.
+///
+/// # Panics
+/// If the buffers are smaller than the shape says or the CPU lacks AMX-BF16 / AVX-512.
+pub fn matmul(out: &mut [f32], x: &[f32], m: usize, w: &Panels<bf16>) {
+    let (n, k) = (w.n, w.k);
+    if m < MIN_M || k % KT != 0 {
+        return panels::matmul(out, x, m, w);
+    }
+    assert!(
+        out.len() >= m * n && x.len() >= m * k,
+        "amx matmul: buffers too small"
+    );
+    assert!(
+        available(),
+        "AMX kernels requested on a CPU without AMX-BF16"
+    );
+    let mp = m.div_ceil(amx::ROWS) * amx::ROWS;
+    XB.with(|xb| {
+        let mut xb = xb.borrow_mut();
+        if xb.len() < mp * k {
+            xb.resize(mp * k, 0);
+        }
+        crate::backend::cpu::int4::bf16::round_to_bf16(&x[..m * k], &mut xb[..m * k]);
+        xb[m * k..mp * k].fill(0);
+        let xb = &xb[..mp * k];
+        let p = SendPtr(out.as_mut_ptr());
+        for_each_column_chunk(m, n, k, 2 * NB, |n0, n1| {
+            #[allow(clippy::redundant_locals)]
+            // capture the Sync wrapper, not its raw pointer field
+            let p = p;
+            WB.with(|wb| {
+                let mut wb = wb.borrow_mut();
+                if wb.len() < 2 * NB * k {
+                    wb.resize(2 * NB * k, 0);
+                }
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: AMX-BF16 presence was asserted (OS permission included); xb is
+                // (mp, k) with k a multiple of 32, wb holds two blocks of k · 16 values, and this
+                // task writes only columns n0..n1 of out (m, n), which no other task touches.
+                unsafe {
+                    imp::columns(xb, m, mp, w, n0 / NB, n1.div_ceil(NB), &mut wb, p.0)
+                }
+                #[cfg(not(target_arch = "x86_64"))]
+                let _ = (p, n0, n1, &mut wb);
+            })
+        });
+    });
+}
+
+/// Lay the 16 columns of block `b` out as one B-tile column: dst (k / 2, 16, 2) with
+/// dst[t][c][u] = w[16b + c, 2t + u], zero for columns past n.
+fn block_to_tiles(w: &Panels<bf16>, b: usize, dst: &mut [u16]) {
+    let (n, k) = (w.n, w.k);
+    let data: &[u16] = bytemuck::cast_slice(w.data());
+    // panel rows of one 16-k step are 16 contiguous values; a step is PR of them
+    let steps = w.k16() / 16;
+    for c in 0..NB {
+        let j = b * NB + c;
+        if j >= n {
+            for t in 0..k / 2 {
+                dst[t * 2 * NB + 2 * c] = 0;
+                dst[t * 2 * NB + 2 * c + 1] = 0;
+            }
+            continue;
+        }
+        let base = (j / PR) * steps * PR * 16 + (j % PR) * 16;
+        for s in 0..k / 16 {
+            let src = &data[base + s * PR * 16..base + s * PR * 16 + 16];
+            for h in 0..8 {
+                let t = s * 8 + h;
+                dst[t * 2 * NB + 2 * c] = src[2 * h];
+                dst[t * 2 * NB + 2 * c + 1] = src[2 * h + 1];
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod imp {
+    use super::{block_to_tiles, Panels, KT, NB};
+    use crate::backend::cpu::amx::{TileConfig, ROWS};
+    use half::bf16;
+    use std::arch::asm;
+
+    /// Four 16 × 16 f32 accumulator tiles, as `tilestored` writes them.
+    #[repr(C, align(64))]
+    struct Acc([[f32; ROWS * NB]; 4]);
+
+    /// Every token against column blocks b0..b1.
+    ///
+    /// # Safety
+    /// See the call in `matmul`.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn columns(
+        xb: &[u16],
+        m: usize,
+        mp: usize,
+        w: &Panels<bf16>,
+        b0: usize,
+        b1: usize,
+        wb: &mut [u16],
+        out: *mut f32,
+    ) {
+        let (n, k) = (w.n, w.k);
+        // tmm0..3 accumulators (row block r, column block c at 2r + c), tmm4/5 A, tmm6/7 B
+        let _tiles = TileConfig::uniform(ROWS as u8).load();
+        let mut acc = Acc([[0.0; ROWS * NB]; 4]);
+        let mut b = b0;
+        while b < b1 {
+            let cols = (b1 - b).min(2);
+            for c in 0..cols {
+                block_to_tiles(w, b + c, &mut wb[c * NB * k..(c + 1) * NB * k]);
+            }
+            let mut i = 0;
+            while i < mp {
+                let rows = ((mp - i) / ROWS).min(2);
+                run(xb.as_ptr().add(i * k), k, wb.as_ptr(), rows, cols, &mut acc);
+                for r in 0..rows {
+                    for c in 0..cols {
+                        let (i0, j0) = (i + r * ROWS, (b + c) * NB);
+                        let tile = &acc.0[2 * r + c];
+                        for rr in 0..ROWS.min(m.saturating_sub(i0)) {
+                            let live = (n - j0).min(NB);
+                            let dst = out.add((i0 + rr) * n + j0);
+                            std::ptr::copy_nonoverlapping(tile.as_ptr().add(rr * NB), dst, live);
+                        }
+                    }
+                }
+                i += rows * ROWS;
+            }
+            b += cols;
+        }
+    }
+
+    /// Accumulate rows × cols tiles over all of k and store them into acc.
+    ///
+    /// # Safety
+    /// xp: rows · 16 token rows of k BF16 at stride k; wb: cols blocks of (k / 2, 16, 2); the
+    /// tile configuration of `columns` is loaded.
+    #[inline(always)]
+    unsafe fn run(
+        xp: *const u16,
+        k: usize,
+        wb: *const u16,
+        rows: usize,
+        cols: usize,
+        acc: &mut Acc,
+    ) {
+        let lda = k * 2; // bytes per token row
+        let (a1, w1) = (xp.add(ROWS * k), wb.add(NB * k));
+        let s = 2 * NB * 2; // B-tile row stride in bytes: a k-pair of 16 columns
+        asm!(
+            "tilezero tmm0",
+            "tilezero tmm1",
+            "tilezero tmm2",
+            "tilezero tmm3",
+            options(nostack, nomem)
+        );
+        let mut t = 0;
+        while t < k {
+            let (x0, x1) = (xp.add(t), a1.add(t));
+            // k-pair t / 2 starts at element t / 2 · 32 = 16 t
+            let (y0, y1) = (wb.add(t * NB), w1.add(t * NB));
+            match (rows, cols) {
+                (2, 2) => asm!(
+                    "tileloadd tmm4, [{x0} + {lda}*1]",
+                    "tileloadd tmm6, [{y0} + {s}*1]",
+                    "tileloadd tmm7, [{y1} + {s}*1]",
+                    "tdpbf16ps tmm0, tmm4, tmm6",
+                    "tdpbf16ps tmm1, tmm4, tmm7",
+                    "tileloadd tmm5, [{x1} + {lda}*1]",
+                    "tdpbf16ps tmm2, tmm5, tmm6",
+                    "tdpbf16ps tmm3, tmm5, tmm7",
+                    x0 = in(reg) x0, x1 = in(reg) x1, y0 = in(reg) y0, y1 = in(reg) y1,
+                    lda = in(reg) lda, s = in(reg) s, options(nostack, readonly)
+                ),
+                (2, _) => asm!(
+                    "tileloadd tmm4, [{x0} + {lda}*1]",
+                    "tileloadd tmm6, [{y0} + {s}*1]",
+                    "tdpbf16ps tmm0, tmm4, tmm6",
+                    "tileloadd tmm5, [{x1} + {lda}*1]",
+                    "tdpbf16ps tmm2, tmm5, tmm6",
+                    x0 = in(reg) x0, x1 = in(reg) x1, y0 = in(reg) y0,
+                    lda = in(reg) lda, s = in(reg) s, options(nostack, readonly)
+                ),
+                (_, 2) => asm!(
+                    "tileloadd tmm4, [{x0} + {lda}*1]",
+                    "tileloadd tmm6, [{y0} + {s}*1]",
+                    "tileloadd tmm7, [{y1} + {s}*1]",
+                    "tdpbf16ps tmm0, tmm4, tmm6",
+                    "tdpbf16ps tmm1, tmm4, tmm7",
+                    x0 = in(reg) x0, y0 = in(reg) y0, y1 = in(reg) y1,
+                    lda = in(reg) lda, s = in(reg) s, options(nostack, readonly)
+                ),
+                _ => asm!(
+                    "tileloadd tmm4, [{x0} + {lda}*1]",
+                    "tileloadd tmm6, [{y0} + {s}*1]",
+                    "tdpbf16ps tmm0, tmm4, tmm6",
+                    x0 = in(reg) x0, y0 = in(reg) y0,
+                    lda = in(reg) lda, s = in(reg) s, options(nostack, readonly)
+                ),
+            }
+            t += KT;
+        }
+        let s = NB * 4; // a stored accumulator row: 16 f32
+        let p = acc.0.as_mut_ptr();
+        asm!(
+            "tilestored [{c0} + {s}*1], tmm0",
+            "tilestored [{c1} + {s}*1], tmm1",
+            "tilestored [{c2} + {s}*1], tmm2",
+            "tilestored [{c3} + {s}*1], tmm3",
+            c0 = in(reg) p, c1 = in(reg) p.add(1), c2 = in(reg) p.add(2), c3 = in(reg) p.add(3),
+            s = in(reg) s, options(nostack)
+        );
+    }
+}
