@@ -18,5 +18,6 @@ fn main() {
     eprintln!("{}", b.describe());
     let mut c = common::configure(Criterion::default()).configure_from_args();
     common::backend_benches(&mut c, "cuda", &b);
+    common::prefill_linears(&mut c, "cuda/prefill512", &b, 512);
     c.final_summary();
 }

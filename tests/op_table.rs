@@ -12,7 +12,7 @@ mod common;
 mod reference;
 
 use common::{assert_close, randn};
-use ferroq::backend::cpu::{CpuBackend, CpuIsa};
+use ferroq::backend::cpu::{CpuBackend, CpuIsa, DenseIsa};
 use ferroq::backend::prelude::*;
 use ferroq::backend::KvSeq;
 use ferroq::engine::sampler::Rng;
@@ -159,6 +159,7 @@ const CASES: &[Op] = &[
     lin(W::F16, 13, 40, 129, false),
     lin(W::Bf16, 1, 9, 16, false),
     lin(W::Bf16, 5, 33, 100, true),
+    lin(W::Bf16, 20, 40, 96, true),
     lin(w8(true, false), 1, 1, 1, false),
     lin(w8(true, false), 1, 17, 33, true),
     lin(w8(false, false), 9, 31, 70, false),
@@ -240,8 +241,9 @@ fn read<B: Backend>(b: &B, buf: &B::Buf, len: usize) -> Vec<f32> {
     out
 }
 
-/// Run one case on `b`.
-fn run<B: Backend>(b: &B, op: Op, seed: u64) -> Outcome {
+/// Run one case on `b`; `bf16_tiles`: the backend runs BF16 weights' prefill batches on the AMX
+/// tiles, which round the activations to BF16 (`dense::amx::takes` says which shapes).
+fn run<B: Backend>(b: &B, op: Op, seed: u64, bf16_tiles: bool) -> Outcome {
     let mut rng = Rng::new(seed);
     let f32eps = f32::EPSILON as f64;
     match op {
@@ -274,7 +276,9 @@ fn run<B: Backend>(b: &B, op: Op, seed: u64) -> Outcome {
             }
         }
         Op::Linear { w, m, n, k, bias } => {
-            let (lin, x, want, scale) = linear_case(b, &mut rng, w, (m, n, k), bias);
+            let bf16_acts =
+                bf16_tiles && matches!(w, W::Bf16) && ferroq::backend::cpu::dense::amx::takes(m, k);
+            let (lin, x, want, scale) = linear_case(b, &mut rng, w, (m, n, k), bias, bf16_acts);
             let xb = b.upload(&x).expect("up");
             let mut out = b.alloc(m * n).expect("alloc");
             b.linear(&mut out, &xb, &lin, m, Phase::Prefill)
@@ -524,7 +528,7 @@ fn every_op_matches_the_f64_reference_on_every_cpu_path() {
     for isa in configs {
         let b = CpuBackend::with_isa(isa);
         for (i, op) in CASES.iter().enumerate() {
-            let o = run(&b, *op, 1000 + i as u64);
+            let o = run(&b, *op, 1000 + i as u64, isa.dense == DenseIsa::Amx);
             let atol = o.rel * o.scale;
             assert_close(&format!("{isa:?} {}", name(op)), &o.got, &o.want, 0.0, atol);
         }
@@ -541,8 +545,8 @@ fn every_op_on_cuda_matches_the_cpu() {
     let cpu = CpuBackend::new();
     for (i, op) in CASES.iter().enumerate() {
         let (c, g) = (
-            run(&cpu, *op, 1000 + i as u64),
-            run(&gpu, *op, 1000 + i as u64),
+            run(&cpu, *op, 1000 + i as u64, false),
+            run(&gpu, *op, 1000 + i as u64, false),
         );
         let rel = match op {
             Op::Linear {
@@ -569,7 +573,7 @@ fn every_op_on_cuda_matches_the_cpu() {
 fn ops_refuse_what_does_not_fit() {
     let b = CpuBackend::new();
     let mut rng = Rng::new(9);
-    let (lin, x, _, _) = linear_case(&b, &mut rng, W::F32, (5, 11, 19), true);
+    let (lin, x, _, _) = linear_case(&b, &mut rng, W::F32, (5, 11, 19), true, false);
     let mut out = vec![0.0; 5 * 11];
     assert!(b
         .linear(&mut out, &x[..19].to_vec(), &lin, 5, Phase::Prefill)

@@ -41,6 +41,7 @@ pub fn linear_case<B: Backend>(
     w: W,
     (m, n, k): (usize, usize, usize),
     bias: bool,
+    bf16_acts: bool,
 ) -> (Linear<B>, Vec<f32>, Vec<f64>, f64) {
     let wf = randn(rng, n * k, 0.5);
     let x = randn(rng, m * k, 2.0);
@@ -71,10 +72,14 @@ pub fn linear_case<B: Backend>(
                 .to_dtype(dtype);
             let wr = to64(&t.to_f32_vec());
             let m_ = b.upload_matrix(&t, dtype).expect("upload");
+            let mut xr = x.clone();
+            if bf16_acts {
+                ferroq::backend::cpu::int4::bf16::round_through_bf16(&x, &mut xr);
+            }
             (
                 LinearWeight::Dense(Arc::new(m_)),
                 ActSpec::NONE,
-                to64(&x),
+                to64(&xr),
                 wr,
                 vec![1.0; m],
             )

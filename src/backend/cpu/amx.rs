@@ -127,3 +127,45 @@ impl Drop for TileGuard {
         }
     }
 }
+
+/// The 16 × 16 transpose of 32-bit elements: out[j] lane i = rows[i] lane j. Laying weights
+/// out as B tiles (k-pairs × columns) from row-major columns is this transpose, per 16 pairs.
+///
+/// # Safety
+/// CPU has AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+pub unsafe fn transpose16(
+    r: &[std::arch::x86_64::__m512i; 16],
+) -> [std::arch::x86_64::__m512i; 16] {
+    use std::arch::x86_64::*;
+    // pairs of rows interleaved, then quads: u[4g + c], 128-bit lane L, holds rows 4g..4g+4 of
+    // column 4L + c
+    let mut t = [_mm512_setzero_si512(); 16];
+    for i in 0..8 {
+        t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+    }
+    let mut u = [_mm512_setzero_si512(); 16];
+    for g in 0..4 {
+        let (a, b, c, d) = (t[4 * g], t[4 * g + 1], t[4 * g + 2], t[4 * g + 3]);
+        u[4 * g] = _mm512_unpacklo_epi64(a, c);
+        u[4 * g + 1] = _mm512_unpackhi_epi64(a, c);
+        u[4 * g + 2] = _mm512_unpacklo_epi64(b, d);
+        u[4 * g + 3] = _mm512_unpackhi_epi64(b, d);
+    }
+    // gather lane L of u[c], u[4 + c], u[8 + c], u[12 + c] into column 4L + c
+    let mut out = [_mm512_setzero_si512(); 16];
+    for c in 0..4 {
+        let v = _mm512_shuffle_i32x4::<0b10_00_10_00>(u[c], u[4 + c]);
+        let w = _mm512_shuffle_i32x4::<0b11_01_11_01>(u[c], u[4 + c]);
+        let v2 = _mm512_shuffle_i32x4::<0b10_00_10_00>(u[8 + c], u[12 + c]);
+        let w2 = _mm512_shuffle_i32x4::<0b11_01_11_01>(u[8 + c], u[12 + c]);
+        out[c] = _mm512_shuffle_i32x4::<0b10_00_10_00>(v, v2);
+        out[8 + c] = _mm512_shuffle_i32x4::<0b11_01_11_01>(v, v2);
+        out[4 + c] = _mm512_shuffle_i32x4::<0b10_00_10_00>(w, w2);
+        out[12 + c] = _mm512_shuffle_i32x4::<0b11_01_11_01>(w, w2);
+    }
+    out
+}

@@ -7,9 +7,11 @@
 //!   output in a prefill batch can differ from the same token decoded alone by BF16 rounding of
 //!   its activations (bounded in the tests: |Δ| ≤ 2⁻⁸ Σ|x·w|).
 //! - Weights stay in the decode kernel's panel layout (one copy of the model); each task
-//!   re-lays the 16-column blocks it owns into B tiles (k-pairs × 16 columns) once per call and
-//!   sweeps every token block over them, so the shuffle costs one pass over the weight.
-//! - 2 × 2 tile blocking as in `int8::amx`: two A tiles (32 tokens) × two B tiles (32 columns).
+//!   re-lays the 16-column blocks it owns into B tiles (k-pairs × 16 columns, a 16 × 16 32-bit
+//!   transpose per 32 k) once per call, so the shuffle costs one pass over the weight.
+//! - Blocked for L2: a chunk of tokens (about 1 MiB of activations) stays while every column
+//!   pair of the task passes over it; 2 × 2 tiles inside (32 tokens × 32 columns), as in
+//!   `int8::amx`.
 
 use super::panels::{self, Panels, PR};
 use super::{for_each_column_chunk, SendPtr};
@@ -28,21 +30,27 @@ pub fn available() -> bool {
     amx::has_bf16() && panels::available()
 }
 
+/// Whether `matmul` runs an (m, ·, k) product on the tiles (with BF16-rounded activations)
+/// rather than handing it to the panel kernel.
+pub fn takes(m: usize, k: usize) -> bool {
+    m >= MIN_M && k.is_multiple_of(KT)
+}
+
 thread_local! {
     /// (m rounded up to 16, k) activations as BF16 bits, zero padded (the calling thread).
     static XB: std::cell::RefCell<Vec<u16>> = const { std::cell::RefCell::new(Vec::new()) };
-    /// (2, k / 2, 16, 2) the B tiles of a task's current column pair (each worker thread).
+    /// (blocks, k / 2, 16, 2) the B tiles of a task's column blocks (each worker thread).
     static WB: std::cell::RefCell<Vec<u16>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// out (m, n) = bf16(x) (m, k) · Wᵀ on the tile unit where the shape suits it (m ≥ 16, k a
-/// multiple of 32), else `panels::matmul`.
+/// out (m, n) = bf16(x) (m, k) · Wᵀ on the tile unit where `takes(m, k)`, else
+/// `panels::matmul`.
 ///
 /// # Panics
 /// If the buffers are smaller than the shape says or the CPU lacks AMX-BF16 / AVX-512.
 pub fn matmul(out: &mut [f32], x: &[f32], m: usize, w: &Panels<bf16>) {
     let (n, k) = (w.n, w.k);
-    if m < MIN_M || k % KT != 0 {
+    if !takes(m, k) {
         return panels::matmul(out, x, m, w);
     }
     assert!(
@@ -67,110 +75,132 @@ pub fn matmul(out: &mut [f32], x: &[f32], m: usize, w: &Panels<bf16>) {
             #[allow(clippy::redundant_locals)]
             // capture the Sync wrapper, not its raw pointer field
             let p = p;
+            let (b0, b1) = (n0 / NB, n1.div_ceil(NB));
             WB.with(|wb| {
                 let mut wb = wb.borrow_mut();
-                if wb.len() < 2 * NB * k {
-                    wb.resize(2 * NB * k, 0);
+                if wb.len() < (b1 - b0) * NB * k {
+                    wb.resize((b1 - b0) * NB * k, 0);
                 }
                 #[cfg(target_arch = "x86_64")]
                 // SAFETY: AMX-BF16 presence was asserted (OS permission included); xb is
-                // (mp, k) with k a multiple of 32, wb holds two blocks of k · 16 values, and this
-                // task writes only columns n0..n1 of out (m, n), which no other task touches.
+                // (mp, k) with k a multiple of 32, wb holds blocks b0..b1 of k · 16 values, and
+                // this task writes only columns n0..n1 of out (m, n), which no other task
+                // touches.
                 unsafe {
-                    imp::columns(xb, m, mp, w, n0 / NB, n1.div_ceil(NB), &mut wb, p.0)
+                    for (i, b) in (b0..b1).enumerate() {
+                        imp::block_to_tiles(w, b, &mut wb[i * NB * k..(i + 1) * NB * k]);
+                    }
+                    imp::columns(xb, m, mp, n, k, &wb, b0, b1, p.0)
                 }
                 #[cfg(not(target_arch = "x86_64"))]
-                let _ = (p, n0, n1, &mut wb);
+                let _ = (p, b0, b1, &mut wb);
             })
         });
     });
 }
 
-/// Lay the 16 columns of block `b` out as one B-tile column: dst (k / 2, 16, 2) with
-/// dst[t][c][u] = w[16b + c, 2t + u], zero for columns past n.
-fn block_to_tiles(w: &Panels<bf16>, b: usize, dst: &mut [u16]) {
-    let (n, k) = (w.n, w.k);
-    let data: &[u16] = bytemuck::cast_slice(w.data());
-    // panel rows of one 16-k step are 16 contiguous values; a step is PR of them
-    let steps = w.k16() / 16;
-    for c in 0..NB {
-        let j = b * NB + c;
-        if j >= n {
-            for t in 0..k / 2 {
-                dst[t * 2 * NB + 2 * c] = 0;
-                dst[t * 2 * NB + 2 * c + 1] = 0;
-            }
-            continue;
-        }
-        let base = (j / PR) * steps * PR * 16 + (j % PR) * 16;
-        for s in 0..k / 16 {
-            let src = &data[base + s * PR * 16..base + s * PR * 16 + 16];
-            for h in 0..8 {
-                let t = s * 8 + h;
-                dst[t * 2 * NB + 2 * c] = src[2 * h];
-                dst[t * 2 * NB + 2 * c + 1] = src[2 * h + 1];
-            }
-        }
-    }
-}
-
 #[cfg(target_arch = "x86_64")]
 mod imp {
-    use super::{block_to_tiles, Panels, KT, NB};
-    use crate::backend::cpu::amx::{TileConfig, ROWS};
+    use super::{Panels, KT, NB, PR};
+    use crate::backend::cpu::amx::{transpose16, TileConfig, ROWS};
     use half::bf16;
     use std::arch::asm;
+    use std::arch::x86_64::*;
+
+    /// Bytes of activations a token chunk keeps in L2 while the column pairs pass over it.
+    const CHUNK_BYTES: usize = 1 << 20;
 
     /// Four 16 × 16 f32 accumulator tiles, as `tilestored` writes them.
     #[repr(C, align(64))]
     struct Acc([[f32; ROWS * NB]; 4]);
 
-    /// Every token against column blocks b0..b1.
+    /// Lay the 16 columns of block `b` out as B tiles: dst (k / 2, 16, 2) with
+    /// dst[t][c][u] = w[16b + c, 2t + u], zero for columns past n.
+    ///
+    /// # Safety
+    /// k a multiple of 32 (so k16 = k); dst holds 16 · k values; CPU has AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn block_to_tiles(w: &Panels<bf16>, b: usize, dst: &mut [u16]) {
+        let (n, k) = (w.n, w.k);
+        let data = w.data().as_ptr() as *const u16;
+        let step = PR * 16; // values per 16-k step of a panel
+        let steps = k / 16;
+        let d = dst.as_mut_ptr();
+        let mut rows = [_mm512_setzero_si512(); 16];
+        for s in (0..steps).step_by(2) {
+            // row c: pairs 0..8 from step s, 8..16 from step s + 1 (each 8 pairs = 32 bytes)
+            for (c, r) in rows.iter_mut().enumerate() {
+                let j = b * NB + c;
+                *r = if j < n {
+                    let base = data.add((j / PR) * steps * step + (j % PR) * 16);
+                    let lo = _mm256_loadu_si256(base.add(s * step) as *const __m256i);
+                    let hi = _mm256_loadu_si256(base.add((s + 1) * step) as *const __m256i);
+                    _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi)
+                } else {
+                    _mm512_setzero_si512()
+                };
+            }
+            // 32 k = 16 pairs: tile rows s / 2 · 16 .. + 16, 32 values each
+            for (h, v) in transpose16(&rows).iter().enumerate() {
+                _mm512_storeu_si512(d.add((s / 2 * 16 + h) * 2 * NB) as *mut _, *v);
+            }
+        }
+    }
+
+    /// Every token against column blocks b0..b1, whose B tiles are in wb.
     ///
     /// # Safety
     /// See the call in `matmul`.
     #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f")]
     pub unsafe fn columns(
         xb: &[u16],
         m: usize,
         mp: usize,
-        w: &Panels<bf16>,
+        n: usize,
+        k: usize,
+        wb: &[u16],
         b0: usize,
         b1: usize,
-        wb: &mut [u16],
         out: *mut f32,
     ) {
-        let (n, k) = (w.n, w.k);
         // tmm0..3 accumulators (row block r, column block c at 2r + c), tmm4/5 A, tmm6/7 B
         let _tiles = TileConfig::uniform(ROWS as u8).load();
         let mut acc = Acc([[0.0; ROWS * NB]; 4]);
-        let mut b = b0;
-        while b < b1 {
-            let cols = (b1 - b).min(2);
-            for c in 0..cols {
-                block_to_tiles(w, b + c, &mut wb[c * NB * k..(c + 1) * NB * k]);
-            }
-            let mut i = 0;
-            while i < mp {
-                let rows = ((mp - i) / ROWS).min(2);
-                run(xb.as_ptr().add(i * k), k, wb.as_ptr(), rows, cols, &mut acc);
-                for r in 0..rows {
-                    for c in 0..cols {
-                        let (i0, j0) = (i + r * ROWS, (b + c) * NB);
-                        let tile = &acc.0[2 * r + c];
-                        for rr in 0..ROWS.min(m.saturating_sub(i0)) {
+        let chunk = (CHUNK_BYTES / (2 * k)).clamp(2 * ROWS, 8 * ROWS) / (2 * ROWS) * (2 * ROWS);
+        let mut i0 = 0;
+        while i0 < mp {
+            let i1 = (i0 + chunk).min(mp);
+            let mut b = b0;
+            while b < b1 {
+                let cols = (b1 - b).min(2);
+                let wp = wb.as_ptr().add((b - b0) * NB * k);
+                let mut i = i0;
+                while i < i1 {
+                    let rows = ((i1 - i) / ROWS).min(2);
+                    run(xb.as_ptr().add(i * k), k, wp, rows, cols, &mut acc);
+                    for r in 0..rows {
+                        for c in 0..cols {
+                            let (ii, j0) = (i + r * ROWS, (b + c) * NB);
+                            let tile = &acc.0[2 * r + c];
                             let live = (n - j0).min(NB);
-                            let dst = out.add((i0 + rr) * n + j0);
-                            std::ptr::copy_nonoverlapping(tile.as_ptr().add(rr * NB), dst, live);
+                            for rr in 0..ROWS.min(m.saturating_sub(ii)) {
+                                let dst = out.add((ii + rr) * n + j0);
+                                std::ptr::copy_nonoverlapping(
+                                    tile.as_ptr().add(rr * NB),
+                                    dst,
+                                    live,
+                                );
+                            }
                         }
                     }
+                    i += rows * ROWS;
                 }
-                i += rows * ROWS;
+                b += cols;
             }
-            b += cols;
+            i0 = i1;
         }
     }
-
     /// Accumulate rows × cols tiles over all of k and store them into acc.
     ///
     /// # Safety
