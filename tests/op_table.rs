@@ -171,6 +171,7 @@ const CASES: &[Op] = &[
     lin(w4(32), 5, 13, 96, true),
     lin(w4(32), 3, 9, 50, false),
     lin(w4(128), 2, 16, 256, false),
+    lin(w4(128), 20, 40, 384, true),
     Op::SiluMul { len: 1 },
     Op::SiluMul { len: 17 },
     Op::SiluMul { len: 1000 },

@@ -681,6 +681,24 @@ fn bf16_rounding_is_round_to_nearest_even_on_every_path() {
     }
 }
 
+/// Random nibbles and scales, and zero points cycling through all of -8..=7 so every lookup
+/// table of the BF16 kernels is used.
+fn random_int4(rng: &mut Rng, n: usize, k: usize, group: usize, symmetric: bool) -> QuantWeight {
+    let groups = k.div_ceil(group);
+    QuantWeight::Int4 {
+        packed: (0..n * k / 2).map(|_| rng.next_u64() as u8).collect(),
+        scale: (0..n * groups)
+            .map(|_| 0.01 + (rng.next_u64() % 1000) as f32 * 1e-4)
+            .collect(),
+        zero: if symmetric {
+            Vec::new()
+        } else {
+            (0..n * groups).map(|e| (e % 16) as i8 - 8).collect()
+        },
+        group,
+    }
+}
+
 #[test]
 fn int4_bf16_gemm_matches_reference_and_is_batch_invariant() {
     use int4_bf16::{available, bf16_bits, gemm, round_to_bf16, PackedI4Bf16};
@@ -701,21 +719,7 @@ fn int4_bf16_gemm_matches_reference_and_is_batch_invariant() {
         (4, 16, 256, 64, false),
     ] {
         let x = randn(&mut rng, m * k, 1.0);
-        // random nibbles and scales, and zero points cycling through all of -8..=7 so every
-        // lookup table is used
-        let groups = k.div_ceil(group);
-        let q = QuantWeight::Int4 {
-            packed: (0..n * k / 2).map(|_| rng.next_u64() as u8).collect(),
-            scale: (0..n * groups)
-                .map(|_| 0.01 + (rng.next_u64() % 1000) as f32 * 1e-4)
-                .collect(),
-            zero: if symmetric {
-                Vec::new()
-            } else {
-                (0..n * groups).map(|e| (e % 16) as i8 - 8).collect()
-            },
-            group,
-        };
+        let q = random_int4(&mut rng, n, k, group, symmetric);
         let p = PackedI4Bf16::pack(&q, n, k).expect("supported shape");
         let wd = decoded(&q, n, k);
         let mut xb = vec![0u16; m * k];
@@ -734,6 +738,74 @@ fn int4_bf16_gemm_matches_reference_and_is_batch_invariant() {
     assert!(PackedI4Bf16::pack(&q, 2, 96).is_none());
     let q = int4_weight(&mut rng, 2, 96, 96, true);
     assert!(PackedI4Bf16::pack(&q, 2, 96).is_none());
+}
+
+#[test]
+fn int4_amx_gemm_matches_reference_and_the_bf16_dot_kernel() {
+    use ferroq::backend::cpu::int4::amx;
+    use int4_bf16::{gemm as dot_gemm, round_to_bf16, PackedI4Bf16};
+    if !amx::available() {
+        eprintln!("no AMX-BF16 on this CPU (or the OS refused the tile state): not exercised");
+        return;
+    }
+    let mut rng = Rng::new(17);
+    // one / two row tiles and a ragged last one, one / two / odd column blocks and a ragged
+    // last one, groups of one to three 64-value blocks, a short last group, both symmetries;
+    // then a batch under MIN_M, which takes the BF16-dot kernel
+    for &(m, n, k, group, symmetric) in &[
+        (16, 16, 128, 64, true),
+        (17, 33, 576, 128, false),
+        (40, 47, 1536, 64, true),
+        (100, 20, 384, 192, false),
+        (33, 5, 320, 128, false),
+        (64, 64, 256, 256, true),
+        (9, 18, 256, 128, false),
+    ] {
+        let x = randn(&mut rng, m * k, 1.0);
+        let q = random_int4(&mut rng, n, k, group, symmetric);
+        let p = PackedI4Bf16::pack(&q, n, k).expect("supported shape");
+        let wd = decoded(&q, n, k);
+        let mut xb = vec![0u16; m * k];
+        round_to_bf16(&x, &mut xb);
+        let mut got = vec![f32::NAN; m * n + 3];
+        amx::gemm(&mut got, &xb, m, &p);
+        assert!(
+            got[m * n..].iter().all(|v| v.is_nan()),
+            "wrote past the output"
+        );
+        let mut dot = vec![f32::NAN; m * n];
+        dot_gemm(&mut dot, &xb, m, &p);
+        if m < amx::MIN_M {
+            assert_eq!(
+                got[..m * n],
+                dot[..],
+                "{m}x{n}x{k}: the BF16-dot kernel's result"
+            );
+            continue;
+        }
+        let groups = k.div_ceil(group) as f64;
+        for i in 0..m {
+            for j in 0..n {
+                let terms = (0..k).map(|t| {
+                    f32::from_bits((xb[i * k + t] as u32) << 16) as f64 * wd[j * k + t] as f64
+                });
+                let r: f64 = terms.clone().sum();
+                let mag: f64 = terms.map(f64::abs).sum();
+                // exact products; f32 sums inside a group in any order, one FMA per group:
+                // at most (k + groups) roundings of 2^-24 of Σ|x·w|
+                let bound = (k as f64 + groups) * 2f64.powi(-24) * mag;
+                let (g, d) = (got[i * n + j] as f64, dot[i * n + j] as f64);
+                assert!(
+                    (g - r).abs() <= bound,
+                    "{m}x{n}x{k} g{group} ({i},{j}) {g} vs {r}"
+                );
+                assert!(
+                    (g - d).abs() <= 2.0 * bound,
+                    "({i},{j}) {g} vs the dot kernel's {d}"
+                );
+            }
+        }
+    }
 }
 
 #[test]

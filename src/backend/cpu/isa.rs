@@ -103,6 +103,8 @@ impl DenseIsa {
 /// Which kernel runs W4A16 linears.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Int4Isa {
+    /// AMX BF16 tiles for prefill (`int4::amx`), `vdpbf16ps` for short batches; same packing.
+    Amx,
     /// `vdpbf16ps` on BF16 activations (`int4::bf16`).
     Avx512Bf16,
     /// Nibbles decoded in AVX-512 registers against f32 activations (`int4`).
@@ -114,6 +116,9 @@ pub enum Int4Isa {
 impl Int4Isa {
     pub(super) fn available() -> Vec<Int4Isa> {
         let mut v = Vec::new();
+        if int4::amx::available() {
+            v.push(Int4Isa::Amx);
+        }
         if int4::bf16::available() {
             v.push(Int4Isa::Avx512Bf16);
         }

@@ -262,7 +262,11 @@ impl CpuBackend {
                     CpuQMatrix::Int4Bf16(p) => {
                         grow(&mut sc.xb, m * k);
                         int4::bf16::round_to_bf16(&x[..m * k], &mut sc.xb);
-                        int4::bf16::gemm(out, &sc.xb, m, p)
+                        if self.isa.int4 == Int4Isa::Amx {
+                            int4::amx::gemm(out, &sc.xb, m, p)
+                        } else {
+                            int4::bf16::gemm(out, &sc.xb, m, p)
+                        }
                     }
                 }
             });
@@ -501,7 +505,7 @@ impl DeviceMemory for CpuBackend {
             }
             QuantWeight::Int4 { .. } => {
                 // the chosen kernel where the shape allows it, else the next one down
-                let bf16 = (self.isa.int4 == Int4Isa::Avx512Bf16)
+                let bf16 = matches!(self.isa.int4, Int4Isa::Amx | Int4Isa::Avx512Bf16)
                     .then(|| int4::bf16::PackedI4Bf16::pack(w, rows, cols))
                     .flatten();
                 let f32 = (self.isa.int4 != Int4Isa::Decoded)

@@ -102,17 +102,12 @@ pub fn matmul(out: &mut [f32], x: &[f32], m: usize, w: &Panels<bf16>) {
 #[cfg(target_arch = "x86_64")]
 mod imp {
     use super::{Panels, KT, NB, PR};
-    use crate::backend::cpu::amx::{transpose16, TileConfig, ROWS};
+    use crate::backend::cpu::amx::{bf16_tiles, transpose16, AccTiles, TileConfig, ROWS};
     use half::bf16;
-    use std::arch::asm;
     use std::arch::x86_64::*;
 
     /// Bytes of activations a token chunk keeps in L2 while the column pairs pass over it.
     const CHUNK_BYTES: usize = 1 << 20;
-
-    /// Four 16 × 16 f32 accumulator tiles, as `tilestored` writes them.
-    #[repr(C, align(64))]
-    struct Acc([[f32; ROWS * NB]; 4]);
 
     /// Lay the 16 columns of block `b` out as B tiles: dst (k / 2, 16, 2) with
     /// dst[t][c][u] = w[16b + c, 2t + u], zero for columns past n.
@@ -166,7 +161,7 @@ mod imp {
     ) {
         // tmm0..3 accumulators (row block r, column block c at 2r + c), tmm4/5 A, tmm6/7 B
         let _tiles = TileConfig::uniform(ROWS as u8).load();
-        let mut acc = Acc([[0.0; ROWS * NB]; 4]);
+        let mut acc = AccTiles([[0.0; ROWS * NB]; 4]);
         let chunk = (CHUNK_BYTES / (2 * k)).clamp(2 * ROWS, 8 * ROWS) / (2 * ROWS) * (2 * ROWS);
         let mut i0 = 0;
         while i0 < mp {
@@ -178,7 +173,16 @@ mod imp {
                 let mut i = i0;
                 while i < i1 {
                     let rows = ((i1 - i) / ROWS).min(2);
-                    run(xb.as_ptr().add(i * k), k, wp, rows, cols, &mut acc);
+                    bf16_tiles(
+                        xb.as_ptr().add(i * k),
+                        k,
+                        wp,
+                        NB * k,
+                        k / KT,
+                        rows,
+                        cols,
+                        &mut acc,
+                    );
                     for r in 0..rows {
                         for c in 0..cols {
                             let (ii, j0) = (i + r * ROWS, (b + c) * NB);
@@ -200,86 +204,5 @@ mod imp {
             }
             i0 = i1;
         }
-    }
-    /// Accumulate rows × cols tiles over all of k and store them into acc.
-    ///
-    /// # Safety
-    /// xp: rows · 16 token rows of k BF16 at stride k; wb: cols blocks of (k / 2, 16, 2); the
-    /// tile configuration of `columns` is loaded.
-    #[inline(always)]
-    unsafe fn run(
-        xp: *const u16,
-        k: usize,
-        wb: *const u16,
-        rows: usize,
-        cols: usize,
-        acc: &mut Acc,
-    ) {
-        let lda = k * 2; // bytes per token row
-        let (a1, w1) = (xp.add(ROWS * k), wb.add(NB * k));
-        let s = 2 * NB * 2; // B-tile row stride in bytes: a k-pair of 16 columns
-        asm!(
-            "tilezero tmm0",
-            "tilezero tmm1",
-            "tilezero tmm2",
-            "tilezero tmm3",
-            options(nostack, nomem)
-        );
-        let mut t = 0;
-        while t < k {
-            let (x0, x1) = (xp.add(t), a1.add(t));
-            // k-pair t / 2 starts at element t / 2 · 32 = 16 t
-            let (y0, y1) = (wb.add(t * NB), w1.add(t * NB));
-            match (rows, cols) {
-                (2, 2) => asm!(
-                    "tileloadd tmm4, [{x0} + {lda}*1]",
-                    "tileloadd tmm6, [{y0} + {s}*1]",
-                    "tileloadd tmm7, [{y1} + {s}*1]",
-                    "tdpbf16ps tmm0, tmm4, tmm6",
-                    "tdpbf16ps tmm1, tmm4, tmm7",
-                    "tileloadd tmm5, [{x1} + {lda}*1]",
-                    "tdpbf16ps tmm2, tmm5, tmm6",
-                    "tdpbf16ps tmm3, tmm5, tmm7",
-                    x0 = in(reg) x0, x1 = in(reg) x1, y0 = in(reg) y0, y1 = in(reg) y1,
-                    lda = in(reg) lda, s = in(reg) s, options(nostack, readonly)
-                ),
-                (2, _) => asm!(
-                    "tileloadd tmm4, [{x0} + {lda}*1]",
-                    "tileloadd tmm6, [{y0} + {s}*1]",
-                    "tdpbf16ps tmm0, tmm4, tmm6",
-                    "tileloadd tmm5, [{x1} + {lda}*1]",
-                    "tdpbf16ps tmm2, tmm5, tmm6",
-                    x0 = in(reg) x0, x1 = in(reg) x1, y0 = in(reg) y0,
-                    lda = in(reg) lda, s = in(reg) s, options(nostack, readonly)
-                ),
-                (_, 2) => asm!(
-                    "tileloadd tmm4, [{x0} + {lda}*1]",
-                    "tileloadd tmm6, [{y0} + {s}*1]",
-                    "tileloadd tmm7, [{y1} + {s}*1]",
-                    "tdpbf16ps tmm0, tmm4, tmm6",
-                    "tdpbf16ps tmm1, tmm4, tmm7",
-                    x0 = in(reg) x0, y0 = in(reg) y0, y1 = in(reg) y1,
-                    lda = in(reg) lda, s = in(reg) s, options(nostack, readonly)
-                ),
-                _ => asm!(
-                    "tileloadd tmm4, [{x0} + {lda}*1]",
-                    "tileloadd tmm6, [{y0} + {s}*1]",
-                    "tdpbf16ps tmm0, tmm4, tmm6",
-                    x0 = in(reg) x0, y0 = in(reg) y0,
-                    lda = in(reg) lda, s = in(reg) s, options(nostack, readonly)
-                ),
-            }
-            t += KT;
-        }
-        let s = NB * 4; // a stored accumulator row: 16 f32
-        let p = acc.0.as_mut_ptr();
-        asm!(
-            "tilestored [{c0} + {s}*1], tmm0",
-            "tilestored [{c1} + {s}*1], tmm1",
-            "tilestored [{c2} + {s}*1], tmm2",
-            "tilestored [{c3} + {s}*1], tmm3",
-            c0 = in(reg) p, c1 = in(reg) p.add(1), c2 = in(reg) p.add(2), c3 = in(reg) p.add(3),
-            s = in(reg) s, options(nostack)
-        );
     }
 }

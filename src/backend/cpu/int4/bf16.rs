@@ -13,9 +13,9 @@ use crate::backend::cpu::dense::{for_each_column_chunk, SendPtr};
 use crate::quant::QuantWeight;
 
 /// Rows per panel and per micro-tile: one 64-value block of 4 rows is two cache lines.
-const PANEL: usize = 4;
+pub(crate) const PANEL: usize = 4;
 /// Values per block: 32 bytes, the low nibble of byte u is value u, the high one u + 32.
-const BLOCK: usize = 64;
+pub(crate) const BLOCK: usize = 64;
 /// Tokens per micro-tile (2 × 4 partial sums, 2 × 4 accumulators, 8 decoded vectors).
 const MR: usize = 2;
 
@@ -77,9 +77,9 @@ const fn bf16_int(v: i32) -> u16 {
 /// `vpermw` tables: entry i of table z8 (= 8 + zero point) is q − 8 − zero for the nibble
 /// q = i mod 16 (the index's bit 4 is the other nibble's low bit, so the table repeats).
 #[repr(align(64))]
-struct Tables([[u16; 32]; 16]);
+pub(crate) struct Tables(pub(crate) [[u16; 32]; 16]);
 
-static TABLES: Tables = {
+pub(crate) static TABLES: Tables = {
     let mut t = [[0u16; 32]; 16];
     let mut z8 = 0;
     while z8 < 16 {
@@ -100,14 +100,14 @@ static TABLES: Tables = {
 pub struct PackedI4Bf16 {
     pub n: usize,
     pub k: usize,
-    group: usize,
-    groups: usize,
+    pub(crate) group: usize,
+    pub(crate) groups: usize,
     /// (n.div_ceil(4), k / 64, 4, 32), zero rows padding the last panel
-    data: Vec<u8>,
+    pub(crate) data: Vec<u8>,
     /// (n.div_ceil(4) · 4, groups), zero for padding rows
-    scale: Vec<f32>,
+    pub(crate) scale: Vec<f32>,
     /// (n.div_ceil(4) · 4, groups): 8 + zero point, the row of `TABLES` to look up
-    z8: Vec<u8>,
+    pub(crate) z8: Vec<u8>,
 }
 
 impl PackedI4Bf16 {

@@ -9,6 +9,7 @@
 //! - `bf16` is the AVX-512 BF16 variant; other shapes and CPUs decode rows with
 //!   `QuantWeight::decode_rows` into `dense::matmul_decoded`.
 
+pub mod amx;
 pub mod bf16;
 
 use crate::backend::cpu::dense::{for_each_column_chunk, SendPtr};
