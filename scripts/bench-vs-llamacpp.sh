@@ -7,7 +7,9 @@
 # from the same Q4_1 file ferroq's baseline comes from: F16 by requantizing, Q8_0 and Q4_0 from
 # that F16. ferroq's models are the FP16 baseline and the w8a8 / w4a16 presets.
 #
-# Pairs (llama.cpp vs ferroq): F16 vs f16, Q8_0 vs w8a8, Q4_0 vs w4a16. The VM drifts by up to
+# Pairs (llama.cpp vs ferroq): F16 vs f16, F16 vs bf16, Q8_0 vs w8a8, Q4_0 vs w4a16. On a CPU
+# with AMX, ferroq's bf16 / w8a8 / w4a16 are also run once with FERROQ_AMX=0 (its AVX-512
+# kernels) to show what the tile unit adds. The VM drifts by up to
 # a third between runs, so the two programs alternate pair by pair for ROUNDS rounds and the
 # summary reports per-round ratios and their median.
 #
@@ -67,6 +69,8 @@ mkdir -p "$G"
 [ -f "$G/f16.gguf" ] || "$LQ" --allow-requantize "$Q41" "$G/f16.gguf" F16 >"$G/quantize.log" 2>&1
 [ -f "$G/q8_0.gguf" ] || "$LQ" "$G/f16.gguf" "$G/q8_0.gguf" Q8_0 >>"$G/quantize.log" 2>&1
 [ -f "$G/q4_0.gguf" ] || "$LQ" "$G/f16.gguf" "$G/q4_0.gguf" Q4_0 >>"$G/quantize.log" 2>&1
+[ -d models/SmolLM2-135M-Instruct-bf16 ] ||
+  $BIN convert --dtype bf16 "$Q41" --out models/SmolLM2-135M-Instruct-bf16 >"$OUT/convert-bf16.log" 2>&1
 for preset in w8a8 w4a16; do
   dir=models/SmolLM2-135M-Instruct-$preset
   rm -rf "$dir"
@@ -80,12 +84,12 @@ done
   echo "llama.cpp: llama-cpp-python $LCP_VERSION sdist, vendored commit" \
     "$(git -C "$SCRATCH/llama_cpp_python-$LCP_VERSION/vendor/llama.cpp" rev-parse --short HEAD 2>/dev/null || echo '?')"
   echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores"
-  echo "isa: $(grep -o -w -E 'avx2|avx512f|avx512bw|avx512_vnni|avx_vnni|f16c|fma' /proc/cpuinfo | sort -u | xargs)"
+  echo "isa: $(grep -o -w -E 'avx2|avx512f|avx512bw|avx512_vnni|avx512_bf16|avx_vnni|f16c|fma|amx_int8|amx_bf16' /proc/cpuinfo | sort -u | xargs)"
   echo "settings: threads=$THREADS p=$P n=$N reps=$REPS rounds=$ROUNDS"
 } | tee "$OUT/machine.txt"
 
 # --- alternating runs ----------------------------------------------------------------------------
-PAIRS="f16:f16 q8_0:w8a8 q4_0:w4a16"
+PAIRS="f16:f16 f16:bf16 q8_0:w8a8 q4_0:w4a16"
 for r in $(seq 1 "$ROUNDS"); do
   for pair in $PAIRS; do
     g=${pair%%:*}
@@ -100,9 +104,21 @@ for r in $(seq 1 "$ROUNDS"); do
   done
 done
 
-python3 - "$OUT" "$ROUNDS" "$PAIRS" "$P" "$N" <<'PY' | tee "$OUT/summary.md"
+# ferroq without the tile unit, once, where the CPU has one
+AMX=0
+if grep -q -w amx_tile /proc/cpuinfo; then
+  AMX=1
+  for f in bf16 w8a8 w4a16; do
+    echo "ferroq $f with FERROQ_AMX=0"
+    FERROQ_AMX=0 RUST_BACKTRACE=0 $BIN bench -m models/SmolLM2-135M-Instruct-$f -p "$P" -n "$N" \
+      -r "$REPS" --threads "$THREADS" -o json >"$OUT/noamx-ferroq-$f.json" 2>"$OUT/noamx-ferroq-$f.log"
+  done
+fi
+
+python3 - "$OUT" "$ROUNDS" "$PAIRS" "$P" "$N" "$AMX" <<'PY' | tee "$OUT/summary.md"
 import json, statistics, sys
 out, rounds, pairs, p, n = sys.argv[1], int(sys.argv[2]), sys.argv[3].split(), sys.argv[4], sys.argv[5]
+amx = sys.argv[6] == "1"
 
 def tps(path, test_prompt):
     rows = json.load(open(path))
@@ -129,4 +145,14 @@ pp_w8 = [tps(f"{out}/r{r}-ferroq-w8a8.json", True) for r in range(1, rounds + 1)
 print()
 print(f"ferroq w8a8 pp{p} / llama.cpp F16 pp{p}: median "
       f"{statistics.median([b / a for a, b in zip(pp_f16, pp_w8)]):.2f}")
+if amx:
+    print()
+    print(f"| ferroq | test | AMX on tok/s (median of rounds) | FERROQ_AMX=0 tok/s | AMX speed-up |")
+    print("|---|---|---|---|---:|")
+    for f in ("bf16", "w8a8", "w4a16"):
+        for test_prompt, name in ((True, f"pp{p}"), (False, f"tg{n}")):
+            on = statistics.median(
+                tps(f"{out}/r{r}-ferroq-{f}.json", test_prompt) for r in range(1, rounds + 1))
+            off = tps(f"{out}/noamx-ferroq-{f}.json", test_prompt)
+            print(f"| {f} | {name} | {on:.1f} | {off:.1f} | {on / off:.2f} |")
 PY

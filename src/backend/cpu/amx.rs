@@ -6,6 +6,8 @@
 //!   instruction faults. The request is made once, on first detection; a refusal (old kernel,
 //!   a sandbox) means "no AMX", not an error.
 //! - std's `is_x86_feature_detected!` for AMX is unstable, so CPUID leaf 7 is read directly.
+//! - `FERROQ_AMX=0` in the environment turns the tile kernels off (the AVX-512 ones run), for
+//!   A/B measurements on one machine.
 //! - Stable Rust has no AMX intrinsics: the kernels use inline asm with fixed tile registers.
 //!   The compiler never allocates tile registers, so they survive between asm blocks of one
 //!   kernel; each kernel configures the tiles it uses and releases them before returning.
@@ -36,7 +38,8 @@ fn units() -> (bool, bool) {
                 && is_x86_feature_detected!("avx512bw")
                 && is_x86_feature_detected!("avx512vl");
             let edx = std::arch::x86_64::__cpuid_count(7, 0).edx;
-            if !avx512 || edx & AMX_TILE == 0 || !request_tile_state() {
+            let off = std::env::var_os("FERROQ_AMX").is_some_and(|v| v == "0");
+            if off || !avx512 || edx & AMX_TILE == 0 || !request_tile_state() {
                 return (false, false);
             }
             (edx & AMX_INT8 != 0, edx & AMX_BF16 != 0)
