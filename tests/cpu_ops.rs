@@ -162,9 +162,9 @@ fn amx_bf16_matmul_matches_references() {
         return;
     }
     let mut rng = Rng::new(5);
-    // tile shapes (one / two row tiles and a ragged last one; one / two / odd column blocks
-    // and a ragged last one; one to many k steps), then shapes that take the panel kernel
-    // (m < 16; k not a multiple of 32)
+    // tile shapes (one / two row tiles and a ragged last one, a single token; one / two / odd
+    // column blocks and a ragged last one; one to many k steps), then k not a multiple of 32,
+    // which takes the panel kernel
     for &(m, n, k) in &[
         (16, 16, 32),
         (17, 33, 64),
@@ -173,6 +173,7 @@ fn amx_bf16_matmul_matches_references() {
         (64, 100, 1536),
         (100, 17, 96),
         (8, 32, 64),
+        (1, 20, 128),
         (20, 47, 40),
     ] {
         let x = randn(&mut rng, m * k, 2.0);
@@ -187,7 +188,7 @@ fn amx_bf16_matmul_matches_references() {
             out[m * n..].iter().all(|v| v.is_nan()),
             "{m}x{n}x{k} wrote past the output"
         );
-        if m < amx::MIN_M || k % 32 != 0 {
+        if !amx::takes(k) {
             let mut want = vec![0.0; m * n];
             panels::matmul(&mut want, &x, m, &p);
             assert_eq!(

@@ -246,6 +246,36 @@ fn pd_mix_model_runs_decode_and_prefill_rows_apart_and_matches_solo() {
 }
 
 #[test]
+fn bf16_model_on_any_cpu_matches_solo_with_batches_past_a_tile() {
+    use ferroq::tensor::DType;
+    let c = tiny_config(false);
+    let m = LlamaModel::load(
+        CpuBackend::new(),
+        c.clone(),
+        &tiny_weights(&c, 7),
+        Some(DType::BF16),
+    )
+    .expect("load");
+    // on AMX CPUs BF16 prefill runs on the tiles with BF16 activations, decode on the panels:
+    // the phases must run apart, whatever the batch size
+    let tiles = ferroq::backend::cpu::dense::amx::available();
+    assert_eq!(m.phase_sensitive(), tiles);
+    // 20 decoders at once: more than a 16-row tile
+    check_against_solo(
+        &Arc::new(m),
+        &byte_tokenizer(),
+        SchedulerConfig {
+            max_batch: 20,
+            max_seq_len: 64,
+            kv_cache_tokens: 2048,
+            block_size: 8,
+            prefill_chunk: 32,
+        },
+        24,
+    );
+}
+
+#[test]
 fn stop_strings_end_the_text_before_them_and_are_never_streamed() {
     let loaded = ferroq::model::open(CpuBackend::new(), &real_gguf(), None).expect("load");
     let tok = loaded.tokenizer;

@@ -34,7 +34,8 @@ pub trait Ops: DeviceMemory {
     /// x (len) += y (len)
     fn add_assign(&self, x: &mut Self::Buf, y: &Self::Buf, len: usize) -> Result<()>;
     /// out (rows, out_features) = x (rows, in_features) · Wᵀ + b. `phase` picks the pd_mix
-    /// activation path (prefill: per-token dynamic, decode: per-tensor static).
+    /// activation path (prefill: per-token dynamic, decode: per-tensor static), and on some
+    /// backends the kernel (see `phase_dependent`).
     fn linear(
         &self,
         out: &mut Self::Buf,
@@ -43,6 +44,13 @@ pub trait Ops: DeviceMemory {
         rows: usize,
         phase: Phase,
     ) -> Result<()>;
+    /// Whether `linear` on `w` may give a row different values in prefill and in decode: pd_mix
+    /// scales, or a backend whose prefill kernel rounds differently (the CPU's AMX tiles take
+    /// BF16 activations). Callers keep such phases in separate calls, so a token's result does
+    /// not depend on what it was batched with.
+    fn phase_dependent(&self, w: &Linear<Self>) -> bool {
+        matches!(w.act.policy, crate::quant::ActQuant::PdMix { .. })
+    }
     /// Rotate x (rows, n_heads, head_dim) in place, HF rotate_half convention; each sequence's
     /// row row0 + r is at position start_pos + r; cos/sin are (max_pos, head_dim / 2).
     fn rope(

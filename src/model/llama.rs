@@ -354,11 +354,11 @@ impl<B: Backend> LlamaModel<B> {
         (applied, kept)
     }
 
-    /// Whether any linear quantizes its input differently in prefill and decode (pd_mix): such
-    /// a model must not run prefill and decode rows in one forward call.
+    /// Whether any linear computes differently in prefill and decode (pd_mix, or a backend's
+    /// prefill kernel: `Ops::phase_dependent`): such a model must not run prefill and decode
+    /// rows in one forward call.
     pub fn phase_sensitive(&self) -> bool {
-        self.linears()
-            .any(|l| matches!(l.act.policy, ActQuant::PdMix { .. }))
+        self.linears().any(|l| self.backend.phase_dependent(l))
     }
 
     /// Allocate activation buffers for `max_rows` tokens per call over sequences of up to

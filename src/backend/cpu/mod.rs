@@ -187,6 +187,11 @@ impl CpuBackend {
         fixed
     }
 
+    /// Whether a dense BF16 linear over k runs on the AMX tiles in `phase`.
+    fn bf16_tiles(&self, phase: Phase, k: usize) -> bool {
+        self.isa.dense == DenseIsa::Amx && phase == Phase::Prefill && dense::amx::takes(k)
+    }
+
     /// Quantize the input (m, in_features) as `w.act` says and run `gemm` on the scratch.
     fn with_int8_act(
         &self,
@@ -262,7 +267,7 @@ impl CpuBackend {
                     CpuQMatrix::Int4Bf16(p) => {
                         grow(&mut sc.xb, m * k);
                         int4::bf16::round_to_bf16(&x[..m * k], &mut sc.xb);
-                        if self.isa.int4 == Int4Isa::Amx {
+                        if self.isa.int4 == Int4Isa::Amx && phase == Phase::Prefill {
                             int4::amx::gemm(out, &sc.xb, m, p)
                         } else {
                             int4::bf16::gemm(out, &sc.xb, m, p)
@@ -585,6 +590,18 @@ impl Ops for CpuBackend {
         Ok(())
     }
 
+    fn phase_dependent(&self, w: &Linear<CpuBackend>) -> bool {
+        let tiles = match &w.weight {
+            LinearWeight::Dense(m) => {
+                matches!(m.data, MatrixData::PanelBF16(_))
+                    && self.bf16_tiles(Phase::Prefill, m.cols)
+            }
+            LinearWeight::Quant(CpuQMatrix::Int4Bf16(_)) => self.isa.int4 == Int4Isa::Amx,
+            LinearWeight::Quant(_) => false,
+        };
+        tiles || matches!(w.act.policy, ActQuant::PdMix { .. })
+    }
+
     fn linear(
         &self,
         out: &mut Vec<f32>,
@@ -609,7 +626,7 @@ impl Ops for CpuBackend {
                 }
                 MatrixData::PanelF32(p) => dense::panels::matmul(out, x, rows, p),
                 MatrixData::PanelF16(p) => dense::panels::matmul(out, x, rows, p),
-                MatrixData::PanelBF16(p) if self.isa.dense == DenseIsa::Amx => {
+                MatrixData::PanelBF16(p) if self.bf16_tiles(phase, k) => {
                     dense::amx::matmul(out, x, rows, p)
                 }
                 MatrixData::PanelBF16(p) => dense::panels::matmul(out, x, rows, p),

@@ -2,10 +2,11 @@
 //! f32), for BF16 weights in `panels` layout.
 //!
 //! - The activations are rounded to BF16 once per call, as PyTorch's and llama.cpp's BF16 CPU
-//!   paths do; each product is then exact in f32 and only the accumulation rounds. The panel
-//!   kernel (decode, and batches under `MIN_M`) keeps f32 activations, so a prompt token's
-//!   output in a prefill batch can differ from the same token decoded alone by BF16 rounding of
-//!   its activations (bounded in the tests: |Δ| ≤ 2⁻⁸ Σ|x·w|).
+//!   paths do; each product is then exact in f32 and only the accumulation rounds. The backend
+//!   runs prefill here and decode on the panel kernel (f32 activations), whatever the batch
+//!   size, so a token's result does not depend on what it is batched with; prefill and decode
+//!   of the same token differ by the BF16 rounding of its activations (bounded in the tests:
+//!   |Δ| ≤ 2⁻⁸ Σ|x·w|), and `Ops::phase_dependent` keeps the two phases in separate calls.
 //! - Weights stay in the decode kernel's panel layout (one copy of the model); each task
 //!   re-lays the 16-column blocks it owns into B tiles (k-pairs × 16 columns, a 16 × 16 32-bit
 //!   transpose per 32 k) once per call, so the shuffle costs one pass over the weight.
@@ -18,8 +19,6 @@ use super::{for_each_column_chunk, SendPtr};
 use crate::backend::cpu::amx;
 use half::bf16;
 
-/// Fewest tokens worth a tile pass; fewer run the panel kernel.
-pub const MIN_M: usize = 16;
 /// Columns per B tile.
 const NB: usize = 16;
 /// k per tile step: 64 bytes of BF16.
@@ -30,10 +29,10 @@ pub fn available() -> bool {
     amx::has_bf16() && panels::available()
 }
 
-/// Whether `matmul` runs an (m, ·, k) product on the tiles (with BF16-rounded activations)
-/// rather than handing it to the panel kernel.
-pub fn takes(m: usize, k: usize) -> bool {
-    m >= MIN_M && k.is_multiple_of(KT)
+/// Whether `matmul` runs a product over k on the tiles (with BF16-rounded activations) rather
+/// than handing it to the panel kernel.
+pub fn takes(k: usize) -> bool {
+    k.is_multiple_of(KT)
 }
 
 thread_local! {
@@ -43,14 +42,14 @@ thread_local! {
     static WB: std::cell::RefCell<Vec<u16>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// out (m, n) = bf16(x) (m, k) · Wᵀ on the tile unit where `takes(m, k)`, else
-/// `panels::matmul`.
+/// out (m, n) = bf16(x) (m, k) · Wᵀ on the tile unit where `takes(k)`, else `panels::matmul`
+/// (f32 activations).
 ///
 /// # Panics
 /// If the buffers are smaller than the shape says or the CPU lacks AMX-BF16 / AVX-512.
 pub fn matmul(out: &mut [f32], x: &[f32], m: usize, w: &Panels<bf16>) {
     let (n, k) = (w.n, w.k);
-    if !takes(m, k) {
+    if !takes(k) {
         return panels::matmul(out, x, m, w);
     }
     assert!(

@@ -7,14 +7,13 @@
 //! - Each task decodes the 16-column blocks it owns into B tiles once per call (64 k at a time:
 //!   16 columns' nibbles looked up, then a 16 × 16 32-bit transpose), then sweeps token chunks
 //!   that stay in L2 over them; 2 × 2 tiles inside, as in `dense::amx`.
-//! - Batches under `MIN_M` (decode) run `int4::bf16::gemm`.
+//! - The backend runs prefill here and decode on `int4::bf16::gemm`, whatever the batch size,
+//!   so a token's result does not depend on what it is batched with.
 
 use super::bf16::{self as i4bf16, PackedI4Bf16};
 use crate::backend::cpu::amx;
 use crate::backend::cpu::dense::{for_each_column_chunk, SendPtr};
 
-/// Fewest tokens worth a tile pass.
-pub const MIN_M: usize = 16;
 /// Columns per B tile.
 const NB: usize = 16;
 
@@ -32,16 +31,12 @@ thread_local! {
         const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
 }
 
-/// out (m, n) = x (m, k) · Wᵀ with x as BF16 bits, on the tiles for m ≥ `MIN_M`, else
-/// `int4::bf16::gemm`.
+/// out (m, n) = x (m, k) · Wᵀ with x as BF16 bits, on the tiles.
 ///
 /// # Panics
 /// If the buffers are smaller than the shape says or the CPU lacks AMX-BF16 / AVX-512 BF16.
 pub fn gemm(out: &mut [f32], x: &[u16], m: usize, w: &PackedI4Bf16) {
     let (n, k, groups) = (w.n, w.k, w.groups);
-    if m < MIN_M {
-        return i4bf16::gemm(out, x, m, w);
-    }
     assert!(
         out.len() >= m * n && x.len() >= m * k,
         "int4 amx gemm: buffers too small"
