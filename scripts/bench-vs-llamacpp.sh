@@ -34,6 +34,7 @@ BASE=models/SmolLM2-135M-Instruct-f16
 bash models/fetch.sh
 cargo build --release --quiet
 mkdir -p "$OUT" "$SCRATCH"
+rm -f "$OUT/notes.txt"
 
 # --- llama.cpp: fetch + build (once) ---------------------------------------------------------
 LB=$SCRATCH/bin/llama-bench
@@ -97,8 +98,15 @@ for r in $(seq 1 "$ROUNDS"); do
     fdir=$BASE
     [ "$f" = f16 ] || fdir=models/SmolLM2-135M-Instruct-$f
     echo "round $r: llama.cpp $g / ferroq $f"
-    "$LB" -m "$G/$g.gguf" -p "$P" -n "$N" -r "$REPS" -t "$THREADS" -o json \
-      >"$OUT/r$r-llamacpp-$g.json" 2>"$OUT/r$r-llamacpp-$g.log"
+    # llama.cpp's AMX path (ggml_backend_amx_mul_mat) crashes on Q8_0 on some AMX CPUs: such
+    # a run is repeated without repacking, and the summary says so
+    if ! "$LB" -m "$G/$g.gguf" -p "$P" -n "$N" -r "$REPS" -t "$THREADS" -o json \
+      >"$OUT/r$r-llamacpp-$g.json" 2>"$OUT/r$r-llamacpp-$g.log"; then
+      echo "round $r: llama.cpp $g crashed with its default (repacked) path; rerun with --repack 0" |
+        tee -a "$OUT/notes.txt"
+      "$LB" -m "$G/$g.gguf" -p "$P" -n "$N" -r "$REPS" -t "$THREADS" -o json --repack 0 \
+        >"$OUT/r$r-llamacpp-$g.json" 2>"$OUT/r$r-llamacpp-$g.log"
+    fi
     RUST_BACKTRACE=0 $BIN bench -m "$fdir" -p "$P" -n "$N" -r "$REPS" --threads "$THREADS" -o json \
       >"$OUT/r$r-ferroq-$f.json" 2>"$OUT/r$r-ferroq-$f.log"
   done
@@ -145,6 +153,11 @@ pp_w8 = [tps(f"{out}/r{r}-ferroq-w8a8.json", True) for r in range(1, rounds + 1)
 print()
 print(f"ferroq w8a8 pp{p} / llama.cpp F16 pp{p}: median "
       f"{statistics.median([b / a for a, b in zip(pp_f16, pp_w8)]):.2f}")
+import os
+if os.path.exists(f"{out}/notes.txt"):
+    print()
+    for line in open(f"{out}/notes.txt"):
+        print(f"- {line.strip()}")
 if amx:
     print()
     print(f"| ferroq | test | AMX on tok/s (median of rounds) | FERROQ_AMX=0 tok/s | AMX speed-up |")
