@@ -163,8 +163,9 @@ fn amx_bf16_matmul_matches_references() {
     }
     let mut rng = Rng::new(5);
     // tile shapes (one / two row tiles and a ragged last one, a single token; one / two / odd
-    // column blocks and a ragged last one; one to many k steps), then k not a multiple of 32,
-    // which takes the panel kernel
+    // column blocks and a ragged last one; one to many k steps; more tokens than one L2 chunk,
+    // so the task's blocks are laid out up front), then k not a multiple of 32, which takes
+    // the panel kernel
     for &(m, n, k) in &[
         (16, 16, 32),
         (17, 33, 64),
@@ -174,6 +175,7 @@ fn amx_bf16_matmul_matches_references() {
         (100, 17, 96),
         (8, 32, 64),
         (1, 20, 128),
+        (150, 40, 2048),
         (20, 47, 40),
     ] {
         let x = randn(&mut rng, m * k, 2.0);

@@ -751,7 +751,7 @@ fn int4_amx_gemm_matches_reference_and_the_bf16_dot_kernel() {
     let mut rng = Rng::new(17);
     // one / two row tiles and a ragged last one, one / two / odd column blocks and a ragged
     // last one, groups of one to three 64-value blocks, a short last group, both symmetries,
-    // a few tokens and a single one
+    // a few tokens and a single one, more tokens than one L2 chunk (blocks decoded up front)
     for &(m, n, k, group, symmetric) in &[
         (16, 16, 128, 64, true),
         (17, 33, 576, 128, false),
@@ -761,6 +761,7 @@ fn int4_amx_gemm_matches_reference_and_the_bf16_dot_kernel() {
         (64, 64, 256, 256, true),
         (9, 18, 256, 128, false),
         (1, 33, 128, 64, true),
+        (150, 40, 2048, 128, false),
     ] {
         let x = randn(&mut rng, m * k, 1.0);
         let q = random_int4(&mut rng, n, k, group, symmetric);

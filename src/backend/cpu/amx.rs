@@ -265,3 +265,50 @@ pub unsafe fn bf16_tiles(
         s = in(reg) s, options(nostack)
     );
 }
+
+/// Where a task's column blocks go once laid out as B tiles. When several token chunks will
+/// pass over them, every block of the task is laid out once, up front; when one chunk covers
+/// the batch (short prefills, the LM head of a prefill), each column pair is laid out just
+/// before its use into two slots, so a call holds two blocks rather than the task's columns.
+#[derive(Clone, Copy)]
+pub struct Slots {
+    /// All blocks laid out up front.
+    pub whole: bool,
+    b0: usize,
+}
+
+impl Slots {
+    /// Bytes of activations a token chunk keeps in L2 while column pairs pass over it.
+    const CHUNK_BYTES: usize = 1 << 20;
+
+    /// The layout for a task of blocks from b0, mp padded tokens in chunks of `chunk`.
+    pub fn new(mp: usize, chunk: usize, b0: usize) -> Slots {
+        Slots {
+            whole: mp > chunk,
+            b0,
+        }
+    }
+
+    /// Tokens per chunk for rows of `row_bytes`: 32 to 128, a multiple of 32.
+    pub fn chunk(row_bytes: usize) -> usize {
+        (Self::CHUNK_BYTES / row_bytes.max(1)).clamp(2 * ROWS, 8 * ROWS) / (2 * ROWS) * (2 * ROWS)
+    }
+
+    /// Slots needed for blocks b0..b1.
+    pub fn count(self, b1: usize) -> usize {
+        if self.whole {
+            b1 - self.b0
+        } else {
+            (b1 - self.b0).min(2)
+        }
+    }
+
+    /// The slot of block b (pairs start at even offsets from b0).
+    pub fn of(self, b: usize) -> usize {
+        if self.whole {
+            b - self.b0
+        } else {
+            (b - self.b0) % 2
+        }
+    }
+}

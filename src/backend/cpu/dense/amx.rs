@@ -11,8 +11,8 @@
 //!   re-lays the 16-column blocks it owns into B tiles (k-pairs × 16 columns, a 16 × 16 32-bit
 //!   transpose per 32 k) once per call, so the shuffle costs one pass over the weight.
 //! - Blocked for L2: a chunk of tokens (about 1 MiB of activations) stays while every column
-//!   pair of the task passes over it; 2 × 2 tiles inside (32 tokens × 32 columns), as in
-//!   `int8::amx`.
+//!   pair of the task passes over it (`amx::Slots` says when the task's blocks are laid out up
+//!   front); 2 × 2 tiles inside (32 tokens × 32 columns), as in `int8::amx`.
 
 use super::panels::{self, Panels, PR};
 use super::{for_each_column_chunk, SendPtr};
@@ -38,7 +38,7 @@ pub fn takes(k: usize) -> bool {
 thread_local! {
     /// (m rounded up to 16, k) activations as BF16 bits, zero padded (the calling thread).
     static XB: std::cell::RefCell<Vec<u16>> = const { std::cell::RefCell::new(Vec::new()) };
-    /// (blocks, k / 2, 16, 2) the B tiles of a task's column blocks (each worker thread).
+    /// (slots, k / 2, 16, 2) the B tiles of a task's column blocks (each worker thread).
     static WB: std::cell::RefCell<Vec<u16>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
@@ -75,24 +75,23 @@ pub fn matmul(out: &mut [f32], x: &[f32], m: usize, w: &Panels<bf16>) {
             // capture the Sync wrapper, not its raw pointer field
             let p = p;
             let (b0, b1) = (n0 / NB, n1.div_ceil(NB));
+            let slots = amx::Slots::new(mp, amx::Slots::chunk(2 * k), b0);
             WB.with(|wb| {
                 let mut wb = wb.borrow_mut();
-                if wb.len() < (b1 - b0) * NB * k {
-                    wb.resize((b1 - b0) * NB * k, 0);
+                let need = slots.count(b1) * NB * k;
+                if wb.len() < need {
+                    wb.resize(need, 0);
                 }
                 #[cfg(target_arch = "x86_64")]
                 // SAFETY: AMX-BF16 presence was asserted (OS permission included); xb is
-                // (mp, k) with k a multiple of 32, wb holds blocks b0..b1 of k · 16 values, and
-                // this task writes only columns n0..n1 of out (m, n), which no other task
+                // (mp, k) with k a multiple of 32, wb holds the task's slots of k · 16 values,
+                // and this task writes only columns n0..n1 of out (m, n), which no other task
                 // touches.
                 unsafe {
-                    for (i, b) in (b0..b1).enumerate() {
-                        imp::block_to_tiles(w, b, &mut wb[i * NB * k..(i + 1) * NB * k]);
-                    }
-                    imp::columns(xb, m, mp, n, k, &wb, b0, b1, p.0)
+                    imp::columns(xb, m, mp, w, &mut wb, slots, b0, b1, p.0)
                 }
                 #[cfg(not(target_arch = "x86_64"))]
-                let _ = (p, b0, b1, &mut wb);
+                let _ = (p, b1, &mut wb, slots);
             })
         });
     });
@@ -101,12 +100,9 @@ pub fn matmul(out: &mut [f32], x: &[f32], m: usize, w: &Panels<bf16>) {
 #[cfg(target_arch = "x86_64")]
 mod imp {
     use super::{Panels, KT, NB, PR};
-    use crate::backend::cpu::amx::{bf16_tiles, transpose16, AccTiles, TileConfig, ROWS};
+    use crate::backend::cpu::amx::{bf16_tiles, transpose16, AccTiles, Slots, TileConfig, ROWS};
     use half::bf16;
     use std::arch::x86_64::*;
-
-    /// Bytes of activations a token chunk keeps in L2 while the column pairs pass over it.
-    const CHUNK_BYTES: usize = 1 << 20;
 
     /// Lay the 16 columns of block `b` out as B tiles: dst (k / 2, 16, 2) with
     /// dst[t][c][u] = w[16b + c, 2t + u], zero for columns past n.
@@ -141,7 +137,7 @@ mod imp {
         }
     }
 
-    /// Every token against column blocks b0..b1, whose B tiles are in wb.
+    /// Every token against column blocks b0..b1, laid out as B tiles into wb's slots.
     ///
     /// # Safety
     /// See the call in `matmul`.
@@ -151,24 +147,38 @@ mod imp {
         xb: &[u16],
         m: usize,
         mp: usize,
-        n: usize,
-        k: usize,
-        wb: &[u16],
+        w: &Panels<bf16>,
+        wb: &mut [u16],
+        slots: Slots,
         b0: usize,
         b1: usize,
         out: *mut f32,
     ) {
+        let (n, k) = (w.n, w.k);
+        let lay_out = |b: usize, wb: &mut [u16]| {
+            let s = slots.of(b);
+            // SAFETY: the caller's contract (AVX-512, k a multiple of 32); the slot holds 16 · k
+            // values (wb was sized by `slots.count`).
+            unsafe { block_to_tiles(w, b, &mut wb[s * NB * k..(s + 1) * NB * k]) };
+        };
+        if slots.whole {
+            (b0..b1).for_each(|b| lay_out(b, wb));
+        }
         // tmm0..3 accumulators (row block r, column block c at 2r + c), tmm4/5 A, tmm6/7 B
         let _tiles = TileConfig::uniform(ROWS as u8).load();
         let mut acc = AccTiles([[0.0; ROWS * NB]; 4]);
-        let chunk = (CHUNK_BYTES / (2 * k)).clamp(2 * ROWS, 8 * ROWS) / (2 * ROWS) * (2 * ROWS);
+        let chunk = Slots::chunk(2 * k);
         let mut i0 = 0;
         while i0 < mp {
             let i1 = (i0 + chunk).min(mp);
             let mut b = b0;
             while b < b1 {
                 let cols = (b1 - b).min(2);
-                let wp = wb.as_ptr().add((b - b0) * NB * k);
+                if !slots.whole {
+                    (b..b + cols).for_each(|b| lay_out(b, wb));
+                }
+                // the pair's slots are consecutive: s and s + 1
+                let wp = wb.as_ptr().add(slots.of(b) * NB * k);
                 let mut i = i0;
                 while i < i1 {
                     let rows = ((i1 - i) / ROWS).min(2);

@@ -6,7 +6,8 @@
 //!   inside a group differs (the tile unit's), so results match within f32 accumulation error.
 //! - Each task decodes the 16-column blocks it owns into B tiles once per call (64 k at a time:
 //!   16 columns' nibbles looked up, then a 16 × 16 32-bit transpose), then sweeps token chunks
-//!   that stay in L2 over them; 2 × 2 tiles inside, as in `dense::amx`.
+//!   that stay in L2 over them (`amx::Slots` says when the blocks are decoded up front); 2 × 2
+//!   tiles inside, as in `dense::amx`.
 //! - The backend runs prefill here and decode on `int4::bf16::gemm`, whatever the batch size,
 //!   so a token's result does not depend on what it is batched with.
 
@@ -25,7 +26,7 @@ pub fn available() -> bool {
 thread_local! {
     /// (m rounded up to 16, k) activations as BF16 bits, zero padded (the calling thread).
     static XB: std::cell::RefCell<Vec<u16>> = const { std::cell::RefCell::new(Vec::new()) };
-    /// (blocks, k / 2, 16, 2) a task's decoded B tiles, and (blocks, groups, 16) their scales
+    /// (slots, k / 2, 16, 2) a task's decoded B tiles, and (slots, groups, 16) their scales
     /// (each worker thread).
     static WB: std::cell::RefCell<(Vec<u16>, Vec<f32>)> =
         const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
@@ -60,33 +61,26 @@ pub fn gemm(out: &mut [f32], x: &[u16], m: usize, w: &PackedI4Bf16) {
             // capture the Sync wrapper, not its raw pointer field
             let p = p;
             let (b0, b1) = (n0 / NB, n1.div_ceil(NB));
+            let slots = amx::Slots::new(mp, amx::Slots::chunk(2 * k), b0);
             WB.with(|wb| {
                 let (wb, sc) = &mut *wb.borrow_mut();
-                let blocks = b1 - b0;
-                if wb.len() < blocks * NB * k {
-                    wb.resize(blocks * NB * k, 0);
+                let count = slots.count(b1);
+                if wb.len() < count * NB * k {
+                    wb.resize(count * NB * k, 0);
                 }
-                if sc.len() < blocks * groups * NB {
-                    sc.resize(blocks * groups * NB, 0.0);
+                if sc.len() < count * groups * NB {
+                    sc.resize(count * groups * NB, 0.0);
                 }
                 #[cfg(target_arch = "x86_64")]
                 // SAFETY: AMX-BF16 and AVX-512 BF16 presence was asserted; the packing holds
                 // whole panels of n rows of k (k and the group whole 64-value blocks); xb is
-                // (mp, k); wb and sc hold blocks b0..b1; this task writes only columns n0..n1
-                // of out (m, n), which no other task touches.
+                // (mp, k); wb and sc hold the task's slots; this task writes only columns
+                // n0..n1 of out (m, n), which no other task touches.
                 unsafe {
-                    for (i, b) in (b0..b1).enumerate() {
-                        imp::decode_block(
-                            w,
-                            b,
-                            &mut wb[i * NB * k..(i + 1) * NB * k],
-                            &mut sc[i * groups * NB..(i + 1) * groups * NB],
-                        );
-                    }
-                    imp::columns(xb, m, mp, w, wb, sc, b0, b1, p.0)
+                    imp::columns(xb, m, mp, w, wb, sc, slots, b0, b1, p.0)
                 }
                 #[cfg(not(target_arch = "x86_64"))]
-                let _ = (p, b0, b1, wb, sc);
+                let _ = (p, b1, wb, sc, slots);
             })
         });
     });
@@ -96,11 +90,8 @@ pub fn gemm(out: &mut [f32], x: &[u16], m: usize, w: &PackedI4Bf16) {
 mod imp {
     use super::super::bf16::{PackedI4Bf16, BLOCK, PANEL, TABLES};
     use super::NB;
-    use crate::backend::cpu::amx::{bf16_tiles, transpose16, AccTiles, TileConfig, ROWS};
+    use crate::backend::cpu::amx::{bf16_tiles, transpose16, AccTiles, Slots, TileConfig, ROWS};
     use std::arch::x86_64::*;
-
-    /// Bytes of activations a token chunk keeps in L2 while the column pairs pass over it.
-    const CHUNK_BYTES: usize = 1 << 20;
     /// k per tile step.
     const KT: usize = 32;
 
@@ -153,7 +144,7 @@ mod imp {
         }
     }
 
-    /// Every token against column blocks b0..b1, decoded in wb with scales in sc.
+    /// Every token against column blocks b0..b1, decoded into wb's slots with scales in sc's.
     ///
     /// # Safety
     /// See the call in `gemm`.
@@ -164,25 +155,43 @@ mod imp {
         m: usize,
         mp: usize,
         w: &PackedI4Bf16,
-        wb: &[u16],
-        sc: &[f32],
+        wb: &mut [u16],
+        sc: &mut [f32],
+        slots: Slots,
         b0: usize,
         b1: usize,
         out: *mut f32,
     ) {
         let (n, k, groups, group) = (w.n, w.k, w.groups, w.group);
+        let lay_out = |b: usize, wb: &mut [u16], sc: &mut [f32]| {
+            let s = slots.of(b);
+            let (wd, sd) = (
+                &mut wb[s * NB * k..(s + 1) * NB * k],
+                &mut sc[s * groups * NB..(s + 1) * groups * NB],
+            );
+            // SAFETY: the caller's contract (AVX-512 F/BW); the slots were sized by
+            // `slots.count`.
+            unsafe { decode_block(w, b, wd, sd) };
+        };
+        if slots.whole {
+            (b0..b1).for_each(|b| lay_out(b, wb, sc));
+        }
         let _tiles = TileConfig::uniform(ROWS as u8).load();
         let mut part = AccTiles([[0.0; ROWS * NB]; 4]);
         let mut sum = AccTiles([[0.0; ROWS * NB]; 4]);
-        let chunk = (CHUNK_BYTES / (2 * k)).clamp(2 * ROWS, 8 * ROWS) / (2 * ROWS) * (2 * ROWS);
+        let chunk = Slots::chunk(2 * k);
         let mut i0 = 0;
         while i0 < mp {
             let i1 = (i0 + chunk).min(mp);
             let mut b = b0;
             while b < b1 {
                 let cols = (b1 - b).min(2);
-                let wp = wb.as_ptr().add((b - b0) * NB * k);
-                let sp = sc.as_ptr().add((b - b0) * groups * NB);
+                if !slots.whole {
+                    (b..b + cols).for_each(|b| lay_out(b, wb, sc));
+                }
+                // the pair's slots are consecutive: s and s + 1
+                let wp = wb.as_ptr().add(slots.of(b) * NB * k);
+                let sp = sc.as_ptr().add(slots.of(b) * groups * NB);
                 let mut i = i0;
                 while i < i1 {
                     let rows = ((i1 - i) / ROWS).min(2);
