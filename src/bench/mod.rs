@@ -13,6 +13,22 @@ use crate::model::llama::{LlamaModel, Logits};
 use crate::quant::QDType;
 use std::time::Instant;
 
+/// This process's peak resident set size (`VmHWM` in /proc/self/status), where the OS
+/// reports one.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// "peak RSS 672 MiB", or nothing where the OS does not say.
+pub fn peak_rss_note() -> String {
+    peak_rss_bytes()
+        .map(|b| format!(", peak RSS {} MiB", b >> 20))
+        .unwrap_or_default()
+}
+
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct BenchRow {
     pub model: String,

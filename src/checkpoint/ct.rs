@@ -493,6 +493,9 @@ impl WeightSource for CompressedTensors {
                 "{name}: int4 weights with activation quantization are not supported"
             )));
         }
+        // the weight is copied out: its file pages need not stay resident
+        self.st.release(&format!("{name}.weight"));
+        self.st.release(&format!("{name}.weight_packed"));
         Ok(Some((w, act)))
     }
 }

@@ -124,6 +124,29 @@ impl SafetensorsWeights {
     }
 }
 
+impl SafetensorsWeights {
+    /// Drop the file pages of a tensor that has been copied out from this process's resident
+    /// set, so loading a model holds its packed copy, not that plus the mapped file (the page
+    /// cache keeps them; a later read faults them back in).
+    pub(crate) fn release(&self, name: &str) {
+        #[cfg(unix)]
+        if let Some(e) = self.entries.get(name) {
+            if let Some((_, map)) = self.maps.get(e.shard) {
+                // SAFETY: the map is a read-only private file mapping that nothing writes, so
+                // MADV_DONTNEED only drops resident pages; any slice into it stays valid and
+                // reads the file's bytes again on the next access. A failure changes nothing.
+                let _ = unsafe {
+                    map.unchecked_advise_range(
+                        memmap2::UncheckedAdvice::DontNeed,
+                        e.start,
+                        e.end.saturating_sub(e.start),
+                    )
+                };
+            }
+        }
+    }
+}
+
 impl WeightSource for SafetensorsWeights {
     fn tensor_names(&self) -> Vec<String> {
         self.entries.keys().cloned().collect()
@@ -149,6 +172,7 @@ impl WeightSource for SafetensorsWeights {
                 bytes.len()
             )));
         }
+        self.release(name);
         Ok(HostTensor { shape, data })
     }
 }

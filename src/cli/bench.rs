@@ -61,13 +61,19 @@ impl BackendJob for Job {
         let a = &self.a;
         let mut rows = Vec::new();
         for path in &self.models {
+            let t = std::time::Instant::now();
             let m = open_model(open()?, path, None, self.g.act_scope)?;
+            let load_s = t.elapsed().as_secs_f64();
             let size = ferroq::checkpoint::disk_size(path)?;
             let name = path
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            eprintln!("benchmarking {name} on {} ...", m.model.backend.describe());
+            eprintln!(
+                "loaded {name} in {load_s:.2}s{}; benchmarking on {} ...",
+                ferroq::bench::peak_rss_note(),
+                m.model.backend.describe()
+            );
             rows.extend(ferroq::bench::bench(
                 &m.model,
                 &name,

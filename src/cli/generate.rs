@@ -105,13 +105,14 @@ impl BackendJob for Job {
         let t = std::time::Instant::now();
         let loaded = open_model(open()?, &self.model, self.dtype, self.g.act_scope)?;
         eprintln!(
-            "loaded {} ({:?}, {} layers, weights {}) on {} in {:.2}s",
+            "loaded {} ({:?}, {} layers, weights {}) on {} in {:.2}s{}",
             self.model.display(),
             loaded.format,
             loaded.model.config.num_layers,
             loaded.model.weight_dtype,
             loaded.model.backend.describe(),
-            t.elapsed().as_secs_f64()
+            t.elapsed().as_secs_f64(),
+            ferroq::bench::peak_rss_note()
         );
         let tok = &loaded.tokenizer;
         let text = tok.render_prompt(&self.prompt, self.chat, self.system.as_deref())?;

@@ -460,19 +460,28 @@ impl DeviceMemory for CpuBackend {
             )));
         };
         let packed = self.isa.dense.panels();
-        let data = match t.to_dtype(dtype).data {
+        // a tensor already in the weight dtype is packed straight from its storage: loading
+        // holds one extra copy of one tensor at most
+        let converted;
+        let src = if t.dtype() == dtype {
+            t
+        } else {
+            converted = t.to_dtype(dtype);
+            &converted
+        };
+        let data = match &src.data {
             HostData::F32(v) if packed => {
-                MatrixData::PanelF32(dense::panels::Panels::pack(&v, rows, cols))
+                MatrixData::PanelF32(dense::panels::Panels::pack(v, rows, cols))
             }
             HostData::F16(v) if packed => {
-                MatrixData::PanelF16(dense::panels::Panels::pack(&v, rows, cols))
+                MatrixData::PanelF16(dense::panels::Panels::pack(v, rows, cols))
             }
             HostData::BF16(v) if packed => {
-                MatrixData::PanelBF16(dense::panels::Panels::pack(&v, rows, cols))
+                MatrixData::PanelBF16(dense::panels::Panels::pack(v, rows, cols))
             }
-            HostData::F32(v) => MatrixData::F32(v),
-            HostData::F16(v) => MatrixData::F16(v),
-            HostData::BF16(v) => MatrixData::BF16(v),
+            HostData::F32(v) => MatrixData::F32(v.clone()),
+            HostData::F16(v) => MatrixData::F16(v.clone()),
+            HostData::BF16(v) => MatrixData::BF16(v.clone()),
         };
         Ok(CpuMatrix { rows, cols, data })
     }
