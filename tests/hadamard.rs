@@ -73,6 +73,25 @@ fn fwht_equals_the_explicit_matrix_and_is_its_own_inverse() {
 }
 
 #[test]
+fn fwht_vector_path_is_bit_identical_to_the_portable_one() {
+    let mut rng = ferroq::engine::sampler::Rng::new(4);
+    for block in [8usize, 16, 32, 64, 512, 4096] {
+        let x = randn(&mut rng, block * 3, 10.0);
+        let (mut fast, mut slow) = (x.clone(), x.clone());
+        hadamard::fwht(&mut fast, block);
+        hadamard::fwht_portable(&mut slow, block);
+        let same = fast
+            .iter()
+            .zip(&slow)
+            .all(|(a, b)| a.to_bits() == b.to_bits());
+        assert!(
+            same,
+            "block {block}: the dispatched transform differs from the portable one"
+        );
+    }
+}
+
+#[test]
 fn backend_op_checks_its_block() {
     let b = CpuBackend::new();
     let mut x = b.upload(&[1.0f32; 48]).expect("upload");

@@ -27,13 +27,27 @@ pub fn block_for(dim: usize) -> Option<usize> {
 }
 
 /// In place: x (rows of whole blocks) ← blockdiag(H_b) x, H_b = Sylvester Hadamard / √b.
-/// `x.len()` must be a multiple of `block` (a power of two); callers check.
+/// `x.len()` must be a multiple of `block` (a power of two); callers check. AVX-512 where the
+/// CPU has it (blocks of 16 or more), bit-identical to `fwht_portable`: the same butterflies in
+/// the same stage order, float addition being commutative.
 pub fn fwht(x: &mut [f32], block: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if block >= 16 && is_x86_feature_detected!("avx512f") {
+        // SAFETY: AVX-512F checked; block is a power of two ≥ 16, so whole 16-lane vectors
+        // tile every block, and chunks_exact keeps every access inside x.
+        unsafe { avx512::fwht(x, block) };
+        return;
+    }
+    fwht_portable(x, block)
+}
+
+/// The scalar transform `fwht` is held to.
+pub fn fwht_portable(x: &mut [f32], block: usize) {
     let norm = 1.0 / (block as f32).sqrt();
     for blk in x.chunks_exact_mut(block) {
         let mut h = 1;
         while h < block {
-            // butterflies between the two halves of every 2h-span; the inner loop vectorises
+            // butterflies between the two halves of every 2h-span
             for span in blk.chunks_exact_mut(2 * h) {
                 let (a, b) = span.split_at_mut(h);
                 for (u, v) in a.iter_mut().zip(b.iter_mut()) {
@@ -45,6 +59,56 @@ pub fn fwht(x: &mut [f32], block: usize) {
             h *= 2;
         }
         blk.iter_mut().for_each(|v| *v *= norm);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    /// `super::fwht` for blocks of 16 or more: stages h = 1, 2, 4, 8 inside each vector (the
+    /// partner lane i ^ h brought over by a permute; lanes with bit h set keep the difference),
+    /// then whole-vector butterflies.
+    ///
+    /// # Safety
+    /// CPU has AVX-512F; block a power of two ≥ 16.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn fwht(x: &mut [f32], block: usize) {
+        let norm = _mm512_set1_ps(1.0 / (block as f32).sqrt());
+        for blk in x.chunks_exact_mut(block) {
+            for c in blk.chunks_exact_mut(16) {
+                let p = c.as_mut_ptr();
+                let mut v = _mm512_loadu_ps(p);
+                macro_rules! stage {
+                    ($partner:expr, $mask:expr) => {{
+                        let w = $partner;
+                        // low lane: u + w; high lane: u − w with u the partner (the low one)
+                        v = _mm512_mask_blend_ps($mask, _mm512_add_ps(v, w), _mm512_sub_ps(w, v));
+                    }};
+                }
+                stage!(_mm512_permute_ps::<0b10_11_00_01>(v), 0xAAAA);
+                stage!(_mm512_permute_ps::<0b01_00_11_10>(v), 0xCCCC);
+                stage!(_mm512_shuffle_f32x4::<0b10_11_00_01>(v, v), 0xF0F0);
+                stage!(_mm512_shuffle_f32x4::<0b01_00_11_10>(v, v), 0xFF00);
+                _mm512_storeu_ps(p, v);
+            }
+            let mut h = 16;
+            while h < block {
+                for span in blk.chunks_exact_mut(2 * h) {
+                    let p = span.as_mut_ptr();
+                    for e in (0..h).step_by(16) {
+                        let (a, b) = (_mm512_loadu_ps(p.add(e)), _mm512_loadu_ps(p.add(h + e)));
+                        _mm512_storeu_ps(p.add(e), _mm512_add_ps(a, b));
+                        _mm512_storeu_ps(p.add(h + e), _mm512_sub_ps(a, b));
+                    }
+                }
+                h *= 2;
+            }
+            for c in blk.chunks_exact_mut(16) {
+                let p = c.as_mut_ptr();
+                _mm512_storeu_ps(p, _mm512_mul_ps(_mm512_loadu_ps(p), norm));
+            }
+        }
     }
 }
 
