@@ -318,6 +318,46 @@ fn paged_weighted_rows_equal_contiguous_on_every_isa() {
     }
 }
 
+#[test]
+fn multi_row_weighted_rows_equal_the_avx2_rows_bit_for_bit() {
+    if !(ferroq::backend::cpu::vmath::avx512() && dense::has_avx2()) {
+        eprintln!("no AVX-512 on this CPU: the multi-row P·V is not exercised");
+        return;
+    }
+    let mut rng = Rng::new(64);
+    // rows of different key counts (causal rows, and a first row longer than the rest),
+    // widths of one and several 64-column chunks and a 16-column tail, paged blocks
+    for (lens, d, bs) in [
+        (vec![5usize, 6, 7, 8], 64, 4),
+        (vec![1, 2, 3], 16, 1),
+        (vec![40, 41], 80, 16),
+        (vec![30, 9, 17, 30], 128, 8),
+        (vec![3], 48, 2),
+    ] {
+        let keys = *lens.iter().max().expect("rows");
+        let ldv = d + 16;
+        let n_blocks = keys.div_ceil(bs) + 2;
+        let table = shuffled(&mut rng, n_blocks);
+        let pool = randn(&mut rng, n_blocks * bs * ldv, 1.0);
+        let ps: Vec<Vec<f32>> = lens.iter().map(|&l| randn(&mut rng, l, 1.0)).collect();
+        let mut got: Vec<Vec<f32>> = lens.iter().map(|_| vec![f32::NAN; d]).collect();
+        {
+            let mut os: Vec<&mut [f32]> = got.iter_mut().map(|o| &mut o[..]).collect();
+            let pr: Vec<&[f32]> = ps.iter().map(|p| &p[..]).collect();
+            attention::weighted_rows_multi(&mut os, &pr, &pool, ldv, &table, bs);
+        }
+        for (i, p) in ps.iter().enumerate() {
+            let mut want = vec![f32::NAN; d];
+            attention::weighted_rows_paged(Isa::Avx2, &mut want, p, &pool, ldv, &table, bs);
+            let same = got[i]
+                .iter()
+                .zip(&want)
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same, "rows {lens:?} d {d} block {bs}: row {i} differs");
+        }
+    }
+}
+
 /// A replayed decode step's attention covers its longest sequence rounded up to a power of two
 /// of at least 256 positions, never past the workspace's context.
 #[test]
