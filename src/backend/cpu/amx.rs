@@ -173,97 +173,143 @@ pub unsafe fn transpose16(
     out
 }
 
-/// Four 16 × 16 f32 accumulator tiles, as `tilestored` writes them: row block r and column
-/// block c at 2r + c.
+/// Four 16 × 16 accumulator tiles (i32 or f32), as `tilestored` writes them: row block r and
+/// column block c at 2r + c.
 #[repr(C, align(64))]
-pub struct AccTiles(pub [[f32; ROWS * 16]; 4]);
+pub struct AccTiles<T>(pub [[T; ROWS * 16]; 4]);
 
-/// The BF16 tile loop: rows × cols (each 1 or 2) tiles of 16 tokens × 16 columns accumulated
-/// over `steps` k-steps of 32, stored into acc. Tiles tmm0..3 accumulate (2r + c), tmm4/5 hold
-/// A, tmm6/7 B.
+/// The tile loop of one dot-product instruction: rows × cols (each 1 or 2) tiles of 16 tokens
+/// × 16 columns accumulated over `steps` 64-byte k-steps, stored into acc. tmm0..3 accumulate
+/// (2r + c), tmm4/5 hold A, tmm6/7 B.
+macro_rules! tile_loop {
+    ($(#[$doc:meta])* $name:ident, $op:literal, $elem:ty, $acc:ty) => {
+        $(#[$doc])*
+        ///
+        /// # Safety
+        /// xp: rows · 16 token rows at stride lda elements, 64 · steps bytes of each readable;
+        /// wp: cols blocks of B tiles (16 · steps rows of 64 bytes) at block stride wstride
+        /// elements; the calling thread loaded `TileConfig::uniform(16)`.
+        #[cfg(target_arch = "x86_64")]
+        #[allow(clippy::too_many_arguments)]
+        #[inline(always)]
+        pub unsafe fn $name(
+            xp: *const $elem,
+            lda: usize,
+            wp: *const $elem,
+            wstride: usize,
+            steps: usize,
+            rows: usize,
+            cols: usize,
+            acc: &mut AccTiles<$acc>,
+        ) {
+            use std::arch::asm;
+            // elements per 64-byte step of A; a B step is 16 such rows
+            const PER: usize = ROW_BYTES / std::mem::size_of::<$elem>();
+            let a = lda * std::mem::size_of::<$elem>(); // A row stride in bytes
+            let (x1, w1) = (xp.add(ROWS * lda), wp.add(wstride));
+            let s = ROW_BYTES; // B row stride
+            asm!(
+                "tilezero tmm0",
+                "tilezero tmm1",
+                "tilezero tmm2",
+                "tilezero tmm3",
+                options(nostack, nomem)
+            );
+            for step in 0..steps {
+                let (a0, a1) = (xp.add(step * PER), x1.add(step * PER));
+                let (b0, b1) = (wp.add(step * 16 * PER), w1.add(step * 16 * PER));
+                match (rows, cols) {
+                    (2, 2) => asm!(
+                        "tileloadd tmm4, [{a0} + {a}*1]",
+                        "tileloadd tmm6, [{b0} + {s}*1]",
+                        "tileloadd tmm7, [{b1} + {s}*1]",
+                        concat!($op, " tmm0, tmm4, tmm6"),
+                        concat!($op, " tmm1, tmm4, tmm7"),
+                        "tileloadd tmm5, [{a1} + {a}*1]",
+                        concat!($op, " tmm2, tmm5, tmm6"),
+                        concat!($op, " tmm3, tmm5, tmm7"),
+                        a0 = in(reg) a0, a1 = in(reg) a1, b0 = in(reg) b0, b1 = in(reg) b1,
+                        a = in(reg) a, s = in(reg) s, options(nostack, readonly)
+                    ),
+                    (2, _) => asm!(
+                        "tileloadd tmm4, [{a0} + {a}*1]",
+                        "tileloadd tmm6, [{b0} + {s}*1]",
+                        concat!($op, " tmm0, tmm4, tmm6"),
+                        "tileloadd tmm5, [{a1} + {a}*1]",
+                        concat!($op, " tmm2, tmm5, tmm6"),
+                        a0 = in(reg) a0, a1 = in(reg) a1, b0 = in(reg) b0,
+                        a = in(reg) a, s = in(reg) s, options(nostack, readonly)
+                    ),
+                    (_, 2) => asm!(
+                        "tileloadd tmm4, [{a0} + {a}*1]",
+                        "tileloadd tmm6, [{b0} + {s}*1]",
+                        "tileloadd tmm7, [{b1} + {s}*1]",
+                        concat!($op, " tmm0, tmm4, tmm6"),
+                        concat!($op, " tmm1, tmm4, tmm7"),
+                        a0 = in(reg) a0, b0 = in(reg) b0, b1 = in(reg) b1,
+                        a = in(reg) a, s = in(reg) s, options(nostack, readonly)
+                    ),
+                    _ => asm!(
+                        "tileloadd tmm4, [{a0} + {a}*1]",
+                        "tileloadd tmm6, [{b0} + {s}*1]",
+                        concat!($op, " tmm0, tmm4, tmm6"),
+                        a0 = in(reg) a0, b0 = in(reg) b0,
+                        a = in(reg) a, s = in(reg) s, options(nostack, readonly)
+                    ),
+                }
+            }
+            let s: usize = 16 * 4; // a stored accumulator row: 16 four-byte values
+            let p = acc.0.as_mut_ptr();
+            asm!(
+                "tilestored [{c0} + {s}*1], tmm0",
+                "tilestored [{c1} + {s}*1], tmm1",
+                "tilestored [{c2} + {s}*1], tmm2",
+                "tilestored [{c3} + {s}*1], tmm3",
+                c0 = in(reg) p, c1 = in(reg) p.add(1), c2 = in(reg) p.add(2),
+                c3 = in(reg) p.add(3), s = in(reg) s, options(nostack)
+            );
+        }
+    };
+}
+
+tile_loop!(
+    /// INT8 tiles (`tdpbssd`: s8 × s8 into i32); a step is 64 k.
+    int8_tiles,
+    "tdpbssd",
+    i8,
+    i32
+);
+tile_loop!(
+    /// BF16 tiles (`tdpbf16ps`: pairs of BF16 into f32); a step is 32 k.
+    bf16_tiles,
+    "tdpbf16ps",
+    u16,
+    f32
+);
+
+/// Copy the live part of rows × cols accumulator tiles to out (m, n): tokens i.. (those below
+/// m), columns 16b.. (those below n).
 ///
 /// # Safety
-/// xp: rows · 16 token rows of BF16 at stride lda elements, 32 · steps of them readable; wp:
-/// cols blocks of B tiles (16 · steps rows of 32 BF16) at block stride wstride elements; the
-/// calling thread loaded `TileConfig::uniform(16)`.
-#[cfg(target_arch = "x86_64")]
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
-pub unsafe fn bf16_tiles(
-    xp: *const u16,
-    lda: usize,
-    wp: *const u16,
-    wstride: usize,
-    steps: usize,
-    rows: usize,
-    cols: usize,
-    acc: &mut AccTiles,
+/// out holds m rows of n; 16b < n.
+pub unsafe fn store_tiles(
+    acc: &AccTiles<f32>,
+    (rows, cols): (usize, usize),
+    (i, b): (usize, usize),
+    (m, n): (usize, usize),
+    out: *mut f32,
 ) {
-    use std::arch::asm;
-    let a = lda * 2; // A row stride in bytes
-    let (x1, w1) = (xp.add(ROWS * lda), wp.add(wstride));
-    let s = ROW_BYTES; // B row stride: a k-pair of 16 columns
-    asm!(
-        "tilezero tmm0",
-        "tilezero tmm1",
-        "tilezero tmm2",
-        "tilezero tmm3",
-        options(nostack, nomem)
-    );
-    for step in 0..steps {
-        // 32 k of A; 16 B rows of 32 values
-        let (a0, a1) = (xp.add(step * 32), x1.add(step * 32));
-        let (b0, b1) = (wp.add(step * 16 * 32), w1.add(step * 16 * 32));
-        match (rows, cols) {
-            (2, 2) => asm!(
-                "tileloadd tmm4, [{a0} + {a}*1]",
-                "tileloadd tmm6, [{b0} + {s}*1]",
-                "tileloadd tmm7, [{b1} + {s}*1]",
-                "tdpbf16ps tmm0, tmm4, tmm6",
-                "tdpbf16ps tmm1, tmm4, tmm7",
-                "tileloadd tmm5, [{a1} + {a}*1]",
-                "tdpbf16ps tmm2, tmm5, tmm6",
-                "tdpbf16ps tmm3, tmm5, tmm7",
-                a0 = in(reg) a0, a1 = in(reg) a1, b0 = in(reg) b0, b1 = in(reg) b1,
-                a = in(reg) a, s = in(reg) s, options(nostack, readonly)
-            ),
-            (2, _) => asm!(
-                "tileloadd tmm4, [{a0} + {a}*1]",
-                "tileloadd tmm6, [{b0} + {s}*1]",
-                "tdpbf16ps tmm0, tmm4, tmm6",
-                "tileloadd tmm5, [{a1} + {a}*1]",
-                "tdpbf16ps tmm2, tmm5, tmm6",
-                a0 = in(reg) a0, a1 = in(reg) a1, b0 = in(reg) b0,
-                a = in(reg) a, s = in(reg) s, options(nostack, readonly)
-            ),
-            (_, 2) => asm!(
-                "tileloadd tmm4, [{a0} + {a}*1]",
-                "tileloadd tmm6, [{b0} + {s}*1]",
-                "tileloadd tmm7, [{b1} + {s}*1]",
-                "tdpbf16ps tmm0, tmm4, tmm6",
-                "tdpbf16ps tmm1, tmm4, tmm7",
-                a0 = in(reg) a0, b0 = in(reg) b0, b1 = in(reg) b1,
-                a = in(reg) a, s = in(reg) s, options(nostack, readonly)
-            ),
-            _ => asm!(
-                "tileloadd tmm4, [{a0} + {a}*1]",
-                "tileloadd tmm6, [{b0} + {s}*1]",
-                "tdpbf16ps tmm0, tmm4, tmm6",
-                a0 = in(reg) a0, b0 = in(reg) b0,
-                a = in(reg) a, s = in(reg) s, options(nostack, readonly)
-            ),
+    for r in 0..rows {
+        for c in 0..cols {
+            let (ii, j0) = (i + r * ROWS, (b + c) * 16);
+            let tile = &acc.0[2 * r + c];
+            let live = n.saturating_sub(j0).min(16);
+            for rr in 0..ROWS.min(m.saturating_sub(ii)) {
+                let dst = out.add((ii + rr) * n + j0);
+                std::ptr::copy_nonoverlapping(tile.as_ptr().add(rr * 16), dst, live);
+            }
         }
     }
-    let s: usize = 16 * 4; // a stored accumulator row: 16 f32
-    let p = acc.0.as_mut_ptr();
-    asm!(
-        "tilestored [{c0} + {s}*1], tmm0",
-        "tilestored [{c1} + {s}*1], tmm1",
-        "tilestored [{c2} + {s}*1], tmm2",
-        "tilestored [{c3} + {s}*1], tmm3",
-        c0 = in(reg) p, c1 = in(reg) p.add(1), c2 = in(reg) p.add(2), c3 = in(reg) p.add(3),
-        s = in(reg) s, options(nostack)
-    );
 }
 
 /// Where a task's column blocks go once laid out as B tiles. When several token chunks will

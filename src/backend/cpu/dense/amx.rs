@@ -100,6 +100,7 @@ pub fn matmul(out: &mut [f32], x: &[f32], m: usize, w: &Panels<bf16>) {
 #[cfg(target_arch = "x86_64")]
 mod imp {
     use super::{Panels, KT, NB, PR};
+    use crate::backend::cpu::amx::store_tiles;
     use crate::backend::cpu::amx::{bf16_tiles, transpose16, AccTiles, Slots, TileConfig, ROWS};
     use half::bf16;
     use std::arch::x86_64::*;
@@ -192,21 +193,7 @@ mod imp {
                         cols,
                         &mut acc,
                     );
-                    for r in 0..rows {
-                        for c in 0..cols {
-                            let (ii, j0) = (i + r * ROWS, (b + c) * NB);
-                            let tile = &acc.0[2 * r + c];
-                            let live = (n - j0).min(NB);
-                            for rr in 0..ROWS.min(m.saturating_sub(ii)) {
-                                let dst = out.add((ii + rr) * n + j0);
-                                std::ptr::copy_nonoverlapping(
-                                    tile.as_ptr().add(rr * NB),
-                                    dst,
-                                    live,
-                                );
-                            }
-                        }
-                    }
+                    store_tiles(&acc, (rows, cols), (i, b), (m, n), out);
                     i += rows * ROWS;
                 }
                 b += cols;

@@ -90,6 +90,7 @@ pub fn gemm(out: &mut [f32], x: &[u16], m: usize, w: &PackedI4Bf16) {
 mod imp {
     use super::super::bf16::{PackedI4Bf16, BLOCK, PANEL, TABLES};
     use super::NB;
+    use crate::backend::cpu::amx::store_tiles;
     use crate::backend::cpu::amx::{bf16_tiles, transpose16, AccTiles, Slots, TileConfig, ROWS};
     use std::arch::x86_64::*;
     /// k per tile step.
@@ -217,21 +218,7 @@ mod imp {
                             }
                         }
                     }
-                    for r in 0..rows {
-                        for c in 0..cols {
-                            let (ii, j0) = (i + r * ROWS, (b + c) * NB);
-                            let tile = &sum.0[2 * r + c];
-                            let live = (n - j0).min(NB);
-                            for rr in 0..ROWS.min(m.saturating_sub(ii)) {
-                                let dst = out.add((ii + rr) * n + j0);
-                                std::ptr::copy_nonoverlapping(
-                                    tile.as_ptr().add(rr * NB),
-                                    dst,
-                                    live,
-                                );
-                            }
-                        }
-                    }
+                    store_tiles(&sum, (rows, cols), (i, b), (m, n), out);
                     i += rows * ROWS;
                 }
                 b += cols;

@@ -108,14 +108,9 @@ struct Epi<'a> {
 #[cfg(target_arch = "x86_64")]
 mod imp {
     use super::{Epi, KT, NB};
-    use crate::backend::cpu::amx::{TileConfig, ROWS};
+    use crate::backend::cpu::amx::{int8_tiles, AccTiles, TileConfig, ROWS};
     use crate::backend::cpu::int8::vnni::{imp::store_row, PackedI8};
-    use std::arch::asm;
     use std::arch::x86_64::*;
-
-    /// Four 16 × 16 int32 accumulator tiles, as `tilestored` writes them.
-    #[repr(C, align(64))]
-    struct Acc([[i32; ROWS * NB]; 4]);
 
     /// Every token block against column blocks b0..b1.
     ///
@@ -127,7 +122,7 @@ mod imp {
         let _tiles = TileConfig::uniform(ROWS as u8).load();
         let k4 = w.k4;
         let blk = k4 * NB; // bytes per column block
-        let mut acc = Acc([[0; ROWS * NB]; 4]);
+        let mut acc = AccTiles([[0i32; ROWS * NB]; 4]);
         let mut b = b0;
         while b < b1 {
             let cols = (b1 - b).min(2);
@@ -136,7 +131,7 @@ mod imp {
             while i < mp {
                 let rows = ((mp - i) / ROWS).min(2);
                 let xp = xa.as_ptr().add(i * k4);
-                run(xp, k4, wp, blk, rows, cols, &mut acc);
+                int8_tiles(xp, k4, wp, blk, k4 / KT, rows, cols, &mut acc);
                 for r in 0..rows {
                     for c in 0..cols {
                         epilogue(&acc.0[2 * r + c], w, e, i + r * ROWS, (b + c) * NB);
@@ -146,88 +141,6 @@ mod imp {
             }
             b += cols;
         }
-    }
-
-    /// Accumulate rows × cols tiles over all of k and store them into acc.
-    ///
-    /// # Safety
-    /// xp: rows · 16 token rows of k4 bytes at stride k4; wp: cols blocks of k4 · 16 bytes at
-    /// stride blk; the tile configuration of `blocks` is loaded.
-    #[inline(always)]
-    unsafe fn run(
-        xp: *const i8,
-        k4: usize,
-        wp: *const i8,
-        blk: usize,
-        rows: usize,
-        cols: usize,
-        acc: &mut Acc,
-    ) {
-        let (a1, w1) = (xp.add(ROWS * k4), wp.add(blk));
-        let s = KT; // B-tile row stride: one k-group of 16 columns
-        asm!(
-            "tilezero tmm0",
-            "tilezero tmm1",
-            "tilezero tmm2",
-            "tilezero tmm3",
-            options(nostack, nomem)
-        );
-        let mut t = 0;
-        while t < k4 {
-            let (x0, x1) = (xp.add(t), a1.add(t));
-            // a k-group of 4 is one 64-byte row of the block
-            let (y0, y1) = (wp.add(t * NB), w1.add(t * NB));
-            match (rows, cols) {
-                (2, 2) => asm!(
-                    "tileloadd tmm4, [{x0} + {k4}*1]",
-                    "tileloadd tmm6, [{y0} + {s}*1]",
-                    "tileloadd tmm7, [{y1} + {s}*1]",
-                    "tdpbssd tmm0, tmm4, tmm6",
-                    "tdpbssd tmm1, tmm4, tmm7",
-                    "tileloadd tmm5, [{x1} + {k4}*1]",
-                    "tdpbssd tmm2, tmm5, tmm6",
-                    "tdpbssd tmm3, tmm5, tmm7",
-                    x0 = in(reg) x0, x1 = in(reg) x1, y0 = in(reg) y0, y1 = in(reg) y1,
-                    k4 = in(reg) k4, s = in(reg) s, options(nostack, readonly)
-                ),
-                (2, _) => asm!(
-                    "tileloadd tmm4, [{x0} + {k4}*1]",
-                    "tileloadd tmm6, [{y0} + {s}*1]",
-                    "tdpbssd tmm0, tmm4, tmm6",
-                    "tileloadd tmm5, [{x1} + {k4}*1]",
-                    "tdpbssd tmm2, tmm5, tmm6",
-                    x0 = in(reg) x0, x1 = in(reg) x1, y0 = in(reg) y0,
-                    k4 = in(reg) k4, s = in(reg) s, options(nostack, readonly)
-                ),
-                (_, 2) => asm!(
-                    "tileloadd tmm4, [{x0} + {k4}*1]",
-                    "tileloadd tmm6, [{y0} + {s}*1]",
-                    "tileloadd tmm7, [{y1} + {s}*1]",
-                    "tdpbssd tmm0, tmm4, tmm6",
-                    "tdpbssd tmm1, tmm4, tmm7",
-                    x0 = in(reg) x0, y0 = in(reg) y0, y1 = in(reg) y1,
-                    k4 = in(reg) k4, s = in(reg) s, options(nostack, readonly)
-                ),
-                _ => asm!(
-                    "tileloadd tmm4, [{x0} + {k4}*1]",
-                    "tileloadd tmm6, [{y0} + {s}*1]",
-                    "tdpbssd tmm0, tmm4, tmm6",
-                    x0 = in(reg) x0, y0 = in(reg) y0,
-                    k4 = in(reg) k4, s = in(reg) s, options(nostack, readonly)
-                ),
-            }
-            t += KT;
-        }
-        let s = NB * 4; // a stored accumulator row: 16 int32
-        let p = acc.0.as_mut_ptr();
-        asm!(
-            "tilestored [{c0} + {s}*1], tmm0",
-            "tilestored [{c1} + {s}*1], tmm1",
-            "tilestored [{c2} + {s}*1], tmm2",
-            "tilestored [{c3} + {s}*1], tmm3",
-            c0 = in(reg) p, c1 = in(reg) p.add(1), c2 = in(reg) p.add(2), c3 = in(reg) p.add(3),
-            s = in(reg) s, options(nostack)
-        );
     }
 
     /// The epilogue of one accumulator tile: tokens i..i+16 (the live ones), columns j..j+16.
