@@ -335,3 +335,41 @@ pub fn quantize_weights(
     )
     .expect("quantize")
 }
+
+/// n random int8 values in lo..=127.
+pub fn rand_i8(rng: &mut Rng, n: usize, lo: i32) -> Vec<i8> {
+    (0..n)
+        .map(|_| (lo + (rng.next_u64() % (128 - lo) as u64) as i32) as i8)
+        .collect()
+}
+
+/// The dequantized (n, k) rows of a quantized weight.
+pub fn decoded(q: &ferroq::quant::QuantWeight, n: usize, k: usize) -> Vec<f32> {
+    let mut d = vec![0.0; n * k];
+    q.decode_rows(k, 0, n, &mut d);
+    d
+}
+
+/// Random nibbles and scales, and zero points cycling through all of -8..=7 so every lookup
+/// table of the BF16 kernels is used.
+pub fn random_int4(
+    rng: &mut Rng,
+    n: usize,
+    k: usize,
+    group: usize,
+    symmetric: bool,
+) -> ferroq::quant::QuantWeight {
+    let groups = k.div_ceil(group);
+    ferroq::quant::QuantWeight::Int4 {
+        packed: (0..n * k / 2).map(|_| rng.next_u64() as u8).collect(),
+        scale: (0..n * groups)
+            .map(|_| 0.01 + (rng.next_u64() % 1000) as f32 * 1e-4)
+            .collect(),
+        zero: if symmetric {
+            Vec::new()
+        } else {
+            (0..n * groups).map(|e| (e % 16) as i8 - 8).collect()
+        },
+        group,
+    }
+}
