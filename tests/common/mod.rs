@@ -1,5 +1,5 @@
-//! Test helpers: a GGUF writer for hand-built files, a tiny random Llama written to disk, and
-//! the path of the real model fetched by `models/fetch.sh`.
+//! Test helpers: a GGUF writer for hand-built files, a tiny random Llama written to disk, random
+//! int8 / int4 operands, and the path of the real model fetched by `models/fetch.sh`.
 #![allow(dead_code)]
 
 use ferroq::checkpoint::config::ModelConfig;

@@ -14,6 +14,31 @@
 
 use std::sync::OnceLock;
 
+thread_local! {
+    /// (m rounded up to 16, k) BF16 activations for the BF16 tile kernels (the calling thread).
+    static XB: std::cell::RefCell<Vec<u16>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Run `f(xb, mp)` on (mp, k) BF16 activations, mp = m rounded up to a whole tile, whose first
+/// m rows `fill` writes and whose other rows are zero: A tiles always load 16 rows.
+pub fn with_bf16_rows<R>(
+    m: usize,
+    k: usize,
+    fill: impl FnOnce(&mut [u16]),
+    f: impl FnOnce(&[u16], usize) -> R,
+) -> R {
+    let mp = m.div_ceil(ROWS) * ROWS;
+    XB.with(|xb| {
+        let mut xb = xb.borrow_mut();
+        if xb.len() < mp * k {
+            xb.resize(mp * k, 0);
+        }
+        fill(&mut xb[..m * k]);
+        xb[m * k..mp * k].fill(0);
+        f(&xb[..mp * k], mp)
+    })
+}
+
 /// Bytes in one tile row (the architectural maximum, used by every tile here).
 pub const ROW_BYTES: usize = 64;
 /// Rows in a full tile.

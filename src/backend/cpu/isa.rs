@@ -9,7 +9,7 @@ use super::{act_quant, dense, int4, int8, vmath};
 /// Which int8 GEMM family runs W8A8 linears.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Int8Isa {
-    /// AMX tiles (`int8::amx`) for prefill, VNNI for short batches; same packed weights.
+    /// AMX tiles (`int8::amx`) from 16 rows, VNNI below (bit-identical); same packed weights.
     Amx,
     /// AVX-512 VNNI on weights repacked at load (`int8::vnni`).
     Avx512Vnni,
@@ -59,7 +59,7 @@ impl Int8Isa {
 /// Which dense kernels run dense linears (and, as tiles, attention and decoded weights).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DenseIsa {
-    /// The AVX-512 panels, with BF16 weights' prefill batches on the AMX tiles (`dense::amx`).
+    /// The AVX-512 panels, with BF16 weights' prefill on the AMX tiles (`dense::amx`).
     Amx,
     /// AVX-512 on weights repacked at load into panels (`dense::panels`).
     Avx512Panels,
@@ -103,7 +103,7 @@ impl DenseIsa {
 /// Which kernel runs W4A16 linears.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Int4Isa {
-    /// AMX BF16 tiles for prefill (`int4::amx`), `vdpbf16ps` for short batches; same packing.
+    /// AMX BF16 tiles for prefill (`int4::amx`), `vdpbf16ps` for decode; same packing.
     Amx,
     /// `vdpbf16ps` on BF16 activations (`int4::bf16`).
     Avx512Bf16,

@@ -36,8 +36,6 @@ pub fn takes(k: usize) -> bool {
 }
 
 thread_local! {
-    /// (m rounded up to 16, k) activations as BF16 bits, zero padded (the calling thread).
-    static XB: std::cell::RefCell<Vec<u16>> = const { std::cell::RefCell::new(Vec::new()) };
     /// (slots, k / 2, 16, 2) the B tiles of a task's column blocks (each worker thread).
     static WB: std::cell::RefCell<Vec<u16>> = const { std::cell::RefCell::new(Vec::new()) };
 }
@@ -60,15 +58,8 @@ pub fn matmul(out: &mut [f32], x: &[f32], m: usize, w: &Panels<bf16>) {
         available(),
         "AMX kernels requested on a CPU without AMX-BF16"
     );
-    let mp = m.div_ceil(amx::ROWS) * amx::ROWS;
-    XB.with(|xb| {
-        let mut xb = xb.borrow_mut();
-        if xb.len() < mp * k {
-            xb.resize(mp * k, 0);
-        }
-        crate::backend::cpu::int4::bf16::round_to_bf16(&x[..m * k], &mut xb[..m * k]);
-        xb[m * k..mp * k].fill(0);
-        let xb = &xb[..mp * k];
+    let fill = |xb: &mut [u16]| crate::backend::cpu::int4::bf16::round_to_bf16(&x[..m * k], xb);
+    amx::with_bf16_rows(m, k, fill, |xb, mp| {
         let p = SendPtr(out.as_mut_ptr());
         for_each_column_chunk(m, n, k, 2 * NB, |n0, n1| {
             #[allow(clippy::redundant_locals)]

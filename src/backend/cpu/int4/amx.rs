@@ -24,8 +24,6 @@ pub fn available() -> bool {
 }
 
 thread_local! {
-    /// (m rounded up to 16, k) activations as BF16 bits, zero padded (the calling thread).
-    static XB: std::cell::RefCell<Vec<u16>> = const { std::cell::RefCell::new(Vec::new()) };
     /// (slots, k / 2, 16, 2) a task's decoded B tiles, and (slots, groups, 16) their scales
     /// (each worker thread).
     static WB: std::cell::RefCell<(Vec<u16>, Vec<f32>)> =
@@ -46,15 +44,8 @@ pub fn gemm(out: &mut [f32], x: &[u16], m: usize, w: &PackedI4Bf16) {
         available(),
         "AMX kernels requested on a CPU without AMX-BF16"
     );
-    let mp = m.div_ceil(amx::ROWS) * amx::ROWS;
-    XB.with(|xb| {
-        let mut xb = xb.borrow_mut();
-        if xb.len() < mp * k {
-            xb.resize(mp * k, 0);
-        }
-        xb[..m * k].copy_from_slice(&x[..m * k]);
-        xb[m * k..mp * k].fill(0);
-        let xb = &xb[..mp * k];
+    let fill = |xb: &mut [u16]| xb.copy_from_slice(&x[..m * k]);
+    amx::with_bf16_rows(m, k, fill, |xb, mp| {
         let p = SendPtr(out.as_mut_ptr());
         for_each_column_chunk(m, n, k, 2 * NB, |n0, n1| {
             #[allow(clippy::redundant_locals)]

@@ -1,4 +1,4 @@
-//! Int8 GEMM for W8A8 prefill on the AMX tile unit (`tdpbssd`: s8 × s8, 16 × 16 int32 per tile).
+//! Int8 GEMM for W8A8 batches on the AMX tile unit (`tdpbssd`: s8 × s8, 16 × 16 int32 per tile).
 //!
 //! - Reads the VNNI-packed weight (`vnni::PackedI8`) as it is: a 16-column block's k-groups of
 //!   4 bytes are exactly the B-tile layout, so one tile is 16 k-groups (64 k) of one block at a
