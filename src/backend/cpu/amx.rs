@@ -1,5 +1,6 @@
 //! Intel AMX plumbing (Sapphire Rapids and later): detection, the Linux permission request, and
-//! the tile configuration the AMX kernels (`int8::amx`, `dense::amx`) load.
+//! what the AMX kernels (`int8::amx`, `dense::amx`, `int4::amx`) share: tile configs, the tile
+//! loop, the B-tile transpose, the padded activation rows and the layout slots.
 //!
 //! - Linux hands a process the 8 KiB tile state only after
 //!   `arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`; without it the first tile

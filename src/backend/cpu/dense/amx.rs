@@ -91,8 +91,9 @@ pub fn matmul(out: &mut [f32], x: &[f32], m: usize, w: &Panels<bf16>) {
 #[cfg(target_arch = "x86_64")]
 mod imp {
     use super::{Panels, KT, NB, PR};
-    use crate::backend::cpu::amx::store_tiles;
-    use crate::backend::cpu::amx::{bf16_tiles, transpose16, AccTiles, Slots, TileConfig, ROWS};
+    use crate::backend::cpu::amx::{
+        bf16_tiles, store_tiles, transpose16, AccTiles, Slots, TileConfig, ROWS,
+    };
     use half::bf16;
     use std::arch::x86_64::*;
 

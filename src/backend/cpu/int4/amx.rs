@@ -81,9 +81,11 @@ pub fn gemm(out: &mut [f32], x: &[u16], m: usize, w: &PackedI4Bf16) {
 mod imp {
     use super::super::bf16::{PackedI4Bf16, BLOCK, PANEL, TABLES};
     use super::NB;
-    use crate::backend::cpu::amx::store_tiles;
-    use crate::backend::cpu::amx::{bf16_tiles, transpose16, AccTiles, Slots, TileConfig, ROWS};
+    use crate::backend::cpu::amx::{
+        bf16_tiles, store_tiles, transpose16, AccTiles, Slots, TileConfig, ROWS,
+    };
     use std::arch::x86_64::*;
+
     /// k per tile step.
     const KT: usize = 32;
 
