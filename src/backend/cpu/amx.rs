@@ -31,9 +31,7 @@ pub fn with_bf16_rows<R>(
     let mp = m.div_ceil(ROWS) * ROWS;
     XB.with(|xb| {
         let mut xb = xb.borrow_mut();
-        if xb.len() < mp * k {
-            xb.resize(mp * k, 0);
-        }
+        super::grow(&mut xb, mp * k);
         fill(&mut xb[..m * k]);
         xb[m * k..mp * k].fill(0);
         f(&xb[..mp * k], mp)
@@ -346,6 +344,8 @@ pub unsafe fn store_tiles(
 pub struct Slots {
     /// All blocks laid out up front.
     pub whole: bool,
+    /// Tokens per chunk: 32 to 128, a multiple of 32, about 1 MiB of activation rows.
+    pub chunk: usize,
     b0: usize,
 }
 
@@ -353,17 +353,15 @@ impl Slots {
     /// Bytes of activations a token chunk keeps in L2 while column pairs pass over it.
     const CHUNK_BYTES: usize = 1 << 20;
 
-    /// The layout for a task of blocks from b0, mp padded tokens in chunks of `chunk`.
-    pub fn new(mp: usize, chunk: usize, b0: usize) -> Slots {
+    /// The layout for a task of blocks from b0 over mp padded tokens of `row_bytes` each.
+    pub fn new(mp: usize, row_bytes: usize, b0: usize) -> Slots {
+        let chunk = (Self::CHUNK_BYTES / row_bytes.max(1)).clamp(2 * ROWS, 8 * ROWS) / (2 * ROWS)
+            * (2 * ROWS);
         Slots {
             whole: mp > chunk,
+            chunk,
             b0,
         }
-    }
-
-    /// Tokens per chunk for rows of `row_bytes`: 32 to 128, a multiple of 32.
-    pub fn chunk(row_bytes: usize) -> usize {
-        (Self::CHUNK_BYTES / row_bytes.max(1)).clamp(2 * ROWS, 8 * ROWS) / (2 * ROWS) * (2 * ROWS)
     }
 
     /// Slots needed for blocks b0..b1.

@@ -90,7 +90,7 @@ pub fn paged_attention(a: AttentionArgs<'_, CpuBackend>, isa: Isa, vector: bool)
                     let mut rr = 0;
                     while rr < rb {
                         let take = if multi { PV_ROWS.min(rb - rr) } else { 1 };
-                        if take == 1 {
+                        if !multi {
                             let s = &scores[rr * max_seq..rr * max_seq + keys(rr)];
                             weighted_rows_paged(isa, o_of(rr), s, v, kvd, sq.blocks, bs);
                         } else {
@@ -160,6 +160,29 @@ pub fn matmul_strided(
     unsafe { dense::block(isa, x, ldx, w, ldw, m, k, 0, n, out.as_mut_ptr(), ldo) }
 }
 
+/// Panics unless the table maps `keys` keys (bs per block) to rows of v holding d values each.
+fn check_table(
+    what: &str,
+    v: &[f32],
+    ldv: usize,
+    d: usize,
+    blocks: &[u32],
+    bs: usize,
+    keys: usize,
+) {
+    assert!(
+        bs > 0 && blocks.len() * bs >= keys,
+        "{what}: block table too short"
+    );
+    for (b, &blk) in blocks.iter().enumerate().take(keys.div_ceil(bs)) {
+        let rows = bs.min(keys - b * bs);
+        assert!(
+            v.len() >= (blk as usize * bs + rows - 1) * ldv + d,
+            "{what}: block {blk} outside v"
+        );
+    }
+}
+
 /// Query rows whose P·V `weighted_rows_multi` computes together.
 pub const PV_ROWS: usize = 4;
 
@@ -194,17 +217,7 @@ pub fn weighted_rows_multi(
         super::vmath::avx512(),
         "AVX-512 P·V on a CPU without AVX-512"
     );
-    assert!(
-        bs > 0 && blocks.len() * bs >= keys,
-        "weighted_rows_multi: block table too short"
-    );
-    for (b, &blk) in blocks.iter().enumerate().take(keys.div_ceil(bs)) {
-        let rows = bs.min(keys - b * bs);
-        assert!(
-            v.len() >= (blk as usize * bs + rows - 1) * ldv + d,
-            "weighted_rows_multi: block {blk} outside v"
-        );
-    }
+    check_table("weighted_rows_multi", v, ldv, d, blocks, bs, keys);
     #[cfg(target_arch = "x86_64")]
     // SAFETY: AVX-512F checked; every key row of every used block holds d values (asserted),
     // d is a multiple of 16 and each output row holds d values.
@@ -320,17 +333,7 @@ pub fn weighted_rows_paged(
         o.fill(0.0);
         return;
     }
-    assert!(
-        bs > 0 && blocks.len() * bs >= p.len(),
-        "weighted_rows: block table too short"
-    );
-    for (b, &blk) in blocks.iter().enumerate().take(p.len().div_ceil(bs)) {
-        let rows = bs.min(p.len() - b * bs);
-        assert!(
-            v.len() >= (blk as usize * bs + rows - 1) * ldv + d,
-            "weighted_rows: block {blk} outside v"
-        );
-    }
+    check_table("weighted_rows", v, ldv, d, blocks, bs, p.len());
     assert!(
         isa == Isa::Portable || dense::has_avx2(),
         "AVX2 kernels requested on a CPU without AVX2"

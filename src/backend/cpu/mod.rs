@@ -161,7 +161,8 @@ thread_local! {
     static KEYS: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
 }
 
-fn grow<T: Clone + Default>(v: &mut Vec<T>, n: usize) {
+/// Grow a scratch buffer to at least n elements (never shrinks, so steady calls allocate nothing).
+pub(crate) fn grow<T: Clone + Default>(v: &mut Vec<T>, n: usize) {
     if v.len() < n {
         v.resize(n, T::default());
     }

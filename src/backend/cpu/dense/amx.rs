@@ -16,7 +16,7 @@
 
 use super::panels::{self, Panels, PR};
 use super::{for_each_column_chunk, SendPtr};
-use crate::backend::cpu::amx;
+use crate::backend::cpu::{amx, grow};
 use half::bf16;
 
 /// Columns per B tile.
@@ -66,13 +66,10 @@ pub fn matmul(out: &mut [f32], x: &[f32], m: usize, w: &Panels<bf16>) {
             // capture the Sync wrapper, not its raw pointer field
             let p = p;
             let (b0, b1) = (n0 / NB, n1.div_ceil(NB));
-            let slots = amx::Slots::new(mp, amx::Slots::chunk(2 * k), b0);
+            let slots = amx::Slots::new(mp, 2 * k, b0);
             WB.with(|wb| {
                 let mut wb = wb.borrow_mut();
-                let need = slots.count(b1) * NB * k;
-                if wb.len() < need {
-                    wb.resize(need, 0);
-                }
+                grow(&mut wb, slots.count(b1) * NB * k);
                 #[cfg(target_arch = "x86_64")]
                 // SAFETY: AMX-BF16 presence was asserted (OS permission included); xb is
                 // (mp, k) with k a multiple of 32, wb holds the task's slots of k · 16 values,
@@ -160,10 +157,9 @@ mod imp {
         // tmm0..3 accumulators (row block r, column block c at 2r + c), tmm4/5 A, tmm6/7 B
         let _tiles = TileConfig::uniform(ROWS as u8).load();
         let mut acc = AccTiles([[0.0; ROWS * NB]; 4]);
-        let chunk = Slots::chunk(2 * k);
         let mut i0 = 0;
         while i0 < mp {
-            let i1 = (i0 + chunk).min(mp);
+            let i1 = (i0 + slots.chunk).min(mp);
             let mut b = b0;
             while b < b1 {
                 let cols = (b1 - b).min(2);

@@ -12,8 +12,8 @@
 //!   so a token's result does not depend on what it is batched with.
 
 use super::bf16::{self as i4bf16, PackedI4Bf16};
-use crate::backend::cpu::amx;
 use crate::backend::cpu::dense::{for_each_column_chunk, SendPtr};
+use crate::backend::cpu::{amx, grow};
 
 /// Columns per B tile.
 const NB: usize = 16;
@@ -52,16 +52,12 @@ pub fn gemm(out: &mut [f32], x: &[u16], m: usize, w: &PackedI4Bf16) {
             // capture the Sync wrapper, not its raw pointer field
             let p = p;
             let (b0, b1) = (n0 / NB, n1.div_ceil(NB));
-            let slots = amx::Slots::new(mp, amx::Slots::chunk(2 * k), b0);
+            let slots = amx::Slots::new(mp, 2 * k, b0);
             WB.with(|wb| {
                 let (wb, sc) = &mut *wb.borrow_mut();
                 let count = slots.count(b1);
-                if wb.len() < count * NB * k {
-                    wb.resize(count * NB * k, 0);
-                }
-                if sc.len() < count * groups * NB {
-                    sc.resize(count * groups * NB, 0.0);
-                }
+                grow(wb, count * NB * k);
+                grow(sc, count * groups * NB);
                 #[cfg(target_arch = "x86_64")]
                 // SAFETY: AMX-BF16 and AVX-512 BF16 presence was asserted; the packing holds
                 // whole panels of n rows of k (k and the group whole 64-value blocks); xb is
@@ -173,10 +169,9 @@ mod imp {
         let _tiles = TileConfig::uniform(ROWS as u8).load();
         let mut part = AccTiles([[0.0; ROWS * NB]; 4]);
         let mut sum = AccTiles([[0.0; ROWS * NB]; 4]);
-        let chunk = Slots::chunk(2 * k);
         let mut i0 = 0;
         while i0 < mp {
-            let i1 = (i0 + chunk).min(mp);
+            let i1 = (i0 + slots.chunk).min(mp);
             let mut b = b0;
             while b < b1 {
                 let cols = (b1 - b).min(2);

@@ -11,9 +11,9 @@
 //!   expression (`vnni::imp::store_row`): outputs bit-identical to them.
 //! - Short batches (decode) and k not a multiple of 64 run the VNNI kernel instead.
 
-use super::vnni::{self, PackedI8, MAX_K, NB};
-use crate::backend::cpu::amx;
+use super::vnni::{self, PackedI8, NB};
 use crate::backend::cpu::dense::{for_each_column_chunk, SendPtr};
+use crate::backend::cpu::{amx, grow};
 
 /// Fewest tokens worth a tile pass; fewer run the VNNI kernel (a tile always holds 16 rows).
 pub const MIN_M: usize = 16;
@@ -49,9 +49,7 @@ pub fn gemm(
     if m < MIN_M || k4 % KT != 0 {
         return vnni::gemm(out, qa, a_scale, a_zp, w, bias, m);
     }
-    assert!(out.len() >= m * n && qa.len() >= m * k && a_scale.len() >= m && a_zp.len() >= m);
-    assert!(bias.is_none_or(|b| b.len() >= n));
-    assert!(k <= MAX_K, "amx gemm: k = {k} > {MAX_K}");
+    vnni::check_operands(out, qa, a_scale, a_zp, w, bias, m, "amx");
     assert!(
         available(),
         "AMX kernels requested on a CPU without AMX-INT8"
@@ -59,9 +57,7 @@ pub fn gemm(
     let mp = m.div_ceil(amx::ROWS) * amx::ROWS;
     XA.with(|xa| {
         let mut xa = xa.borrow_mut();
-        if xa.len() < mp * k4 {
-            xa.resize(mp * k4, 0);
-        }
+        grow(&mut xa, mp * k4);
         for (dst, src) in xa.chunks_exact_mut(k4).zip(qa.chunks_exact(k)).take(m) {
             dst[..k].copy_from_slice(src);
             dst[k..].fill(0);

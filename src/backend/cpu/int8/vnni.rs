@@ -8,6 +8,7 @@
 //!   the same integer the AVX2 / portable paths produce, so outputs are bit-identical.
 
 use crate::backend::cpu::dense::{for_each_column_chunk, SendPtr};
+use crate::backend::cpu::grow;
 
 /// Output columns per packed block (one zmm of int32).
 pub const NB: usize = 16;
@@ -98,6 +99,25 @@ thread_local! {
     static XU: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
+/// The operand checks of the packed W8A8 GEMMs (this one and `amx::gemm`): buffers as large as
+/// the shape says, k within the int32 epilogue's bound.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn check_operands(
+    out: &[f32],
+    qa: &[i8],
+    a_scale: &[f32],
+    a_zp: &[i32],
+    w: &PackedI8,
+    bias: Option<&[f32]>,
+    m: usize,
+    what: &str,
+) {
+    let (n, k) = (w.n, w.k);
+    assert!(out.len() >= m * n && qa.len() >= m * k && a_scale.len() >= m && a_zp.len() >= m);
+    assert!(bias.is_none_or(|b| b.len() >= n));
+    assert!(k <= MAX_K, "{what} gemm: k = {k} > {MAX_K}");
+}
+
 /// out (m, n) = s_a[i] · s_w[j] · (Σ_t qa[i, t] · w[j, t] − z_a[i] · colsum[j]) + b[j].
 ///
 /// # Panics
@@ -113,18 +133,14 @@ pub fn gemm(
     m: usize,
 ) {
     let (n, k, k4) = (w.n, w.k, w.k4);
-    assert!(out.len() >= m * n && qa.len() >= m * k && a_scale.len() >= m && a_zp.len() >= m);
-    assert!(bias.is_none_or(|b| b.len() >= n));
-    assert!(k <= MAX_K, "vnni gemm: k = {k} > {MAX_K}");
+    check_operands(out, qa, a_scale, a_zp, w, bias, m, "vnni");
     assert!(
         available(),
         "VNNI kernels requested on a CPU without AVX-512 VNNI"
     );
     XU.with(|xu| {
         let mut xu = xu.borrow_mut();
-        if xu.len() < m * k4 {
-            xu.resize(m * k4, 0);
-        }
+        grow(&mut xu, m * k4);
         for (dst, src) in xu.chunks_exact_mut(k4).zip(qa.chunks_exact(k)).take(m) {
             dst[..k]
                 .iter_mut()
