@@ -7,8 +7,10 @@
 // attn_partial: grid (selected rows * n_heads, splits), 128 threads. Selected row i is batch
 // row r = row_ids[i]; it attends to keys
 // 0 .. n_keys[r] - 1 of its sequence, whose block table is tables + seq_of[r] * max_blocks
-// (position p lives in cache slot table[p / block_size] * block_size + p % block_size). Split s
-// takes keys [s * split_len, min(n_keys, (s + 1) * split_len)): one warp per key for Q.K,
+// (position p lives in cache slot table[p / block_size] * block_size + p % block_size). With a
+// sliding window (window > 0) it sees keys lo = max(0, n_keys[r] - window) .. n_keys[r] - 1.
+// Split s takes keys [lo + s * split_len, min(n_keys, lo + (s + 1) * split_len)): one warp per
+// key for Q.K,
 // softmax numerators in shared memory, then threads over head dims for P.V. It writes the
 // unnormalised partial output, its max m and its sum l to part (rows, n_heads, splits,
 // head_dim + 2), indexed by the selected row; an empty split writes (0, -inf, 0).
@@ -24,7 +26,7 @@ extern "C" __global__ void attn_partial(
     const bf16_t* __restrict__ v_cache, const u32* __restrict__ tables,
     const u32* __restrict__ row_ids, const u32* __restrict__ seq_of,
     const u32* __restrict__ n_keys, int max_blocks, int block_size, int n_heads, int n_kv_heads,
-    int head_dim, int split_len, int splits, float scale) {
+    int head_dim, int split_len, int splits, float scale, int window) {
     __shared__ float qs[ATTN_MAX_HD];
     __shared__ float sc[ATTN_MAX_SPLIT];
     __shared__ float sh[32];
@@ -32,7 +34,8 @@ extern "C" __global__ void attn_partial(
     const int row = (int)row_ids[sel];
     const int g = h / (n_heads / n_kv_heads), kvd = n_kv_heads * head_dim;
     const int nk = (int)n_keys[row];
-    const int j0 = split * split_len, j1 = min(nk, j0 + split_len);
+    const int lo = window > 0 ? max(0, nk - window) : 0;
+    const int j0 = lo + split * split_len, j1 = min(nk, j0 + split_len);
     float* out = part + (((size_t)sel * n_heads + h) * splits + split) * (head_dim + 2);
     if (j0 >= j1) {
         for (int i = threadIdx.x; i < head_dim; i += blockDim.x) out[i] = 0.0f;
@@ -103,7 +106,8 @@ extern "C" __global__ void attn_combine(float* __restrict__ out, const float* __
 // attn_prefill_hd{64,128}: FlashAttention-2 (Dao 2023) on mma.m16n8k16 bf16. Grid (tiles,
 // n_heads), 128 threads. Tile i = tiles[4 i ..] = (sequence, first batch row, rows <= 64, position
 // of the first row): consecutive rows of one sequence, row r at position pos0 + r attending to
-// keys 0 ..= pos0 + r. Each warp owns 16 query rows held as bf16 A fragments; the block walks
+// keys 0 ..= pos0 + r (with a sliding window, window > 0, only keys past pos0 + r - window).
+// Each warp owns 16 query rows held as bf16 A fragments; the block walks
 // the keys 64 at a time, staging K as (key, dim-pair) words and V transposed as (dim, key-pair)
 // words (both copied from the bf16 cache, rows padded by 4 words so fragment loads
 // hit distinct banks), S = Q K^T on tensor cores, the causal mask, an online softmax in base 2
@@ -120,7 +124,7 @@ __device__ __forceinline__ void attn_prefill(float* __restrict__ out, const floa
                                              const u32* __restrict__ tables,
                                              const u32* __restrict__ tiles, int max_blocks,
                                              int block_size, int n_heads, int n_kv_heads,
-                                             float scale_log2) {
+                                             float scale_log2, int window) {
     constexpr int KLD = HD / 2 + 4, VLD = FA_BK / 2 + 4, KSTEPS = HD / 16, DT = HD / 8;
     constexpr int NT = FA_BK / 8; // n8 tiles of keys per step
     __shared__ __align__(16) u32 ks[FA_BK * KLD]; // (key, dim pair) bf16x2
@@ -135,6 +139,9 @@ __device__ __forceinline__ void attn_prefill(float* __restrict__ out, const floa
     // keys visible to each row (0 for rows past the tile: fully masked, never written)
     const int nk_lo = r_lo < count ? pos0 + r_lo + 1 : 0;
     const int nk_hi = r_hi < count ? pos0 + r_hi + 1 : 0;
+    // first key each row sees (a window's lower edge; may be negative: nothing masked)
+    const int lo_lo = window > 0 ? pos0 + r_lo + 1 - window : 0;
+    const int lo_hi = window > 0 ? pos0 + r_hi + 1 - window : 0;
     u32 qf[KSTEPS][4];
 #pragma unroll
     for (int kk = 0; kk < KSTEPS; ++kk)
@@ -151,7 +158,9 @@ __device__ __forceinline__ void attn_prefill(float* __restrict__ out, const floa
         for (int c = 0; c < 4; ++c) o[d][c] = 0.0f;
     float m_lo = NEG_INF, m_hi = NEG_INF, l_lo = 0.0f, l_hi = 0.0f;
     const int kmax = pos0 + count;
-    for (int k0 = 0; k0 < kmax; k0 += FA_BK) {
+    // key steps wholly below the tile's first row's window hold nothing any row sees
+    const int kfirst = window > 0 ? max(0, pos0 + 1 - window) / FA_BK * FA_BK : 0;
+    for (int k0 = kfirst; k0 < kmax; k0 += FA_BK) {
         __syncthreads(); // the previous step's reads of ks / vt are done
         for (int e = threadIdx.x; e < FA_BK * (HD / 2); e += blockDim.x) {
             const int kr = e / (HD / 2), w = e % (HD / 2), p = k0 + kr;
@@ -189,7 +198,8 @@ __device__ __forceinline__ void attn_prefill(float* __restrict__ out, const floa
             for (int c = 0; c < 4; ++c) {
                 const int key = k0 + j * 8 + t * 2 + (c & 1);
                 const bool hi = c >= 2;
-                const float v = key < (hi ? nk_hi : nk_lo) ? s[j][c] * scale_log2 : NEG_INF;
+                const bool seen = key < (hi ? nk_hi : nk_lo) && key >= (hi ? lo_hi : lo_lo);
+                const float v = seen ? s[j][c] * scale_log2 : NEG_INF;
                 s[j][c] = v;
                 if (hi)
                     mx_hi = fmaxf(mx_hi, v);
@@ -266,9 +276,9 @@ __device__ __forceinline__ void attn_prefill(float* __restrict__ out, const floa
         float* __restrict__ out, const float* __restrict__ q, const bf16_t* __restrict__ k,   \
         const bf16_t* __restrict__ v, const u32* __restrict__ tables,                         \
         const u32* __restrict__ tiles, int max_blocks, int block_size, int n_heads,           \
-        int n_kv_heads, float scale_log2) {                                                   \
+        int n_kv_heads, float scale_log2, int window) {                                       \
         attn_prefill<HD>(out, q, k, v, tables, tiles, max_blocks, block_size, n_heads,        \
-                         n_kv_heads, scale_log2);                                             \
+                         n_kv_heads, scale_log2, window);                                     \
     }
 ATTN_PREFILL(64)
 ATTN_PREFILL(128)

@@ -1,6 +1,7 @@
 //! Config parsing (Llama / Mistral / Qwen2, Llama-3 rope scaling, bad input) and the sampler.
 
-use ferroq::checkpoint::config::{Arch, ModelConfig};
+use ferroq::checkpoint::config::{Arch, ModelConfig, RopeScaling};
+use ferroq::checkpoint::rope;
 use ferroq::engine::sampler::{argmax, Sampler, SamplingParams};
 use ferroq::Error;
 
@@ -16,9 +17,11 @@ fn llama31_config_and_rope_scaling() {
     let c = ModelConfig::from_hf_json(LLAMA31).expect("parse");
     assert_eq!((c.arch, c.head_dim, c.num_kv_heads), (Arch::Llama, 128, 8));
     assert_eq!(c.eos_token_ids, vec![128001, 128008, 128009]);
-    let rs = c.rope_scaling.expect("scaling");
+    let Some(RopeScaling::Llama3(rs)) = &c.rope_scaling else {
+        panic!("llama3 scaling expected, got {:?}", c.rope_scaling)
+    };
     assert_eq!(rs.factor, 8.0);
-    let f = c.rope_inv_freq();
+    let f = c.rope_inv_freq(4096);
     assert_eq!(f.len(), 64);
     let plain = |i: usize| 1.0 / 500000f64.powf(2.0 * i as f64 / 128.0);
     // high frequencies (wavelength < 8192 / 4) are untouched
@@ -33,7 +36,9 @@ fn llama31_config_and_rope_scaling() {
     let i = mid.expect("a mid-band frequency");
     assert!(f[i] < plain(i) && f[i] > plain(i) / 8.0);
     // round trip through config.json
-    let back = ModelConfig::from_hf_json(&c.to_hf_json("bfloat16").to_string()).expect("reparse");
+    let back =
+        ModelConfig::from_hf_json(&c.to_hf_json("bfloat16").expect("config json").to_string())
+            .expect("reparse");
     assert_eq!(back, c);
 }
 
@@ -78,9 +83,9 @@ fn bad_configs_name_the_problem() {
     assert!(e.contains("hidden_size"), "{e}");
     let e = err(
         r#"{"model_type": "llama", "hidden_size": 64, "intermediate_size": 1, "num_hidden_layers": 1,
-        "num_attention_heads": 4, "vocab_size": 10, "rope_scaling": {"rope_type": "yarn", "factor": 4.0}}"#,
+        "num_attention_heads": 4, "vocab_size": 10, "rope_scaling": {"rope_type": "mrope", "factor": 4.0}}"#,
     );
-    assert!(e.contains("yarn"), "{e}");
+    assert!(e.contains("mrope"), "{e}");
 }
 
 /// A present field of the wrong type is an error naming it, never the default; sizes a
@@ -123,6 +128,157 @@ fn wrong_typed_fields_and_absurd_sizes_are_errors() {
         let e = err(with(extra, layers));
         assert!(e.contains(names), "{extra} {layers}: {e}");
     }
+}
+
+/// A small config with `extra` keys merged in.
+fn with(extra: &str) -> Result<ModelConfig, Error> {
+    ModelConfig::from_hf_json(&format!(
+        r#"{{"model_type": "llama", "hidden_size": 64, "intermediate_size": 96,
+            "num_hidden_layers": 3, "num_attention_heads": 4, "vocab_size": 10{extra}}}"#
+    ))
+}
+
+/// transformers 5 writes `rope_parameters`; older files `rope_theta` + `rope_scaling`, which
+/// transformers 5 still prefers when both are there.
+#[test]
+fn rope_parameters_and_legacy_keys_read_as_transformers_reads_them() {
+    let v5 = with(
+        r#", "rope_parameters": {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
+        "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 32}"#,
+    )
+    .expect("v5");
+    let v4 = with(
+        r#", "rope_theta": 500000.0, "rope_scaling": {"type": "llama3", "factor": 8.0,
+        "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 32}"#,
+    )
+    .expect("v4");
+    assert_eq!(v5, v4);
+    assert_eq!(v5.rope_theta, 500000.0);
+    assert!(matches!(v5.rope_scaling, Some(RopeScaling::Llama3(_))));
+    // both present: rope_scaling and the top-level theta win
+    let both = with(
+        r#", "rope_theta": 5.0, "rope_parameters": {"rope_type": "default", "rope_theta": 7.0},
+        "rope_scaling": {"rope_type": "linear", "factor": 2.0}"#,
+    )
+    .expect("both");
+    assert_eq!(both.rope_theta, 5.0);
+    assert_eq!(both.rope_scaling, Some(RopeScaling::Linear { factor: 2.0 }));
+    // rope_parameters alone carries its own theta
+    let own = with(r#", "rope_parameters": {"rope_type": "default", "rope_theta": 7.0}"#);
+    assert_eq!(own.expect("own").rope_theta, 7.0);
+}
+
+#[test]
+fn biases_and_sliding_windows_follow_each_family() {
+    let l = with(r#", "attention_bias": true, "mlp_bias": true"#).expect("llama");
+    assert!(l.qkv_bias && l.o_bias && l.mlp_bias);
+    let m = ModelConfig::from_hf_json(
+        r#"{"model_type": "mistral", "hidden_size": 64, "intermediate_size": 96,
+        "num_hidden_layers": 3, "num_attention_heads": 4, "vocab_size": 10, "sliding_window": 8,
+        "attention_bias": true}"#,
+    )
+    .expect("mistral");
+    // transformers' Mistral has no biases whatever the key says, and windows every layer
+    assert!(!m.qkv_bias && !m.o_bias);
+    assert_eq!(
+        (0..3).map(|l| m.window(l)).collect::<Vec<_>>(),
+        [Some(8); 3]
+    );
+    let qwen = |extra: &str| {
+        ModelConfig::from_hf_json(&format!(
+            r#"{{"model_type": "qwen2", "hidden_size": 64, "intermediate_size": 96,
+            "num_hidden_layers": 3, "num_attention_heads": 4, "vocab_size": 10{extra}}}"#
+        ))
+    };
+    let q = qwen(r#", "sliding_window": 8"#).expect("qwen2");
+    assert!(q.qkv_bias && !q.o_bias);
+    assert_eq!(q.window(2), None, "use_sliding_window is off by default");
+    let q = qwen(r#", "use_sliding_window": true, "sliding_window": 8, "max_window_layers": 1"#)
+        .expect("qwen2 windowed");
+    assert_eq!(
+        (0..3).map(|l| q.window(l)).collect::<Vec<_>>(),
+        [None, Some(8), Some(8)]
+    );
+    let q = qwen(
+        r#", "use_sliding_window": true, "sliding_window": 8,
+        "layer_types": ["sliding_attention", "full_attention", "sliding_attention"]"#,
+    )
+    .expect("qwen2 layer_types");
+    assert_eq!(
+        (0..3).map(|l| q.window(l)).collect::<Vec<_>>(),
+        [Some(8), None, Some(8)]
+    );
+}
+
+/// A key that changes the math and is not implemented is refused by name, never ignored.
+#[test]
+fn unimplemented_math_keys_are_refused_by_name() {
+    for (extra, names) in [
+        (r#", "partial_rotary_factor": 0.5"#, "partial_rotary_factor"),
+        (
+            r#", "rope_parameters": {"rope_type": "default", "partial_rotary_factor": 0.5}"#,
+            "partial_rotary_factor",
+        ),
+        (
+            r#", "attn_logit_softcapping": 50.0"#,
+            "attn_logit_softcapping",
+        ),
+        (
+            r#", "final_logit_softcapping": 30.0"#,
+            "final_logit_softcapping",
+        ),
+        (r#", "use_qk_norm": true"#, "use_qk_norm"),
+        (
+            r#", "rope_scaling": {"rope_type": "su", "factor": 2.0}"#,
+            "su",
+        ),
+        (
+            r#", "rope_parameters": {"full_attention": {"rope_type": "default"},
+            "sliding_attention": {"rope_type": "default"}}"#,
+            "per-layer-type",
+        ),
+        (r#", "rope_scaling": {"rope_type": "linear"}"#, "factor"),
+        (
+            r#", "rope_scaling": {"rope_type": "linear", "factor": -2}"#,
+            "factor",
+        ),
+    ] {
+        match with(extra) {
+            Err(Error::Config(m)) => assert!(m.contains(names), "{extra}: {m}"),
+            other => panic!("{extra}: accepted or wrong error: {other:?}"),
+        }
+    }
+    // the neutral values are fine
+    assert!(with(r#", "partial_rotary_factor": 1.0, "use_qk_norm": false"#).is_ok());
+    let bad_types = ModelConfig::from_hf_json(
+        r#"{"model_type": "qwen2", "hidden_size": 64, "intermediate_size": 96,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "vocab_size": 10,
+        "use_sliding_window": true, "sliding_window": 4, "layer_types": ["chunked_attention", "full_attention"]}"#,
+    );
+    assert!(matches!(bad_types, Err(Error::Config(m)) if m.contains("chunked_attention")));
+}
+
+/// llama.cpp's converter turns Llama-3 RoPE into `rope_freqs` divisors; written back as a
+/// config they become the llama3 settings that reproduce them, or an error.
+#[test]
+fn gguf_rope_freqs_write_back_as_llama3_settings() {
+    let c = ModelConfig::from_hf_json(LLAMA31).expect("parse");
+    let plain = rope::inv_freq(c.rope_theta, c.head_dim, None, 0);
+    let scaled = c.rope_inv_freq(0);
+    let ff: Vec<f64> = plain.iter().zip(&scaled).map(|(p, s)| p / s).collect();
+    let mut g = c.clone();
+    g.rope_scaling = Some(RopeScaling::FreqFactors(ff.clone()));
+    for (a, b) in g.rope_inv_freq(0).iter().zip(&scaled) {
+        assert!((a - b).abs() <= 1e-15 * b, "{a} vs {b}");
+    }
+    let back = ModelConfig::from_hf_json(&g.to_hf_json("bfloat16").expect("json").to_string())
+        .expect("reparse");
+    assert_eq!(back.rope_scaling, c.rope_scaling);
+    // divisors no Llama-3 setting makes have no config.json
+    let mut odd = ff;
+    odd[5] *= 1.5;
+    g.rope_scaling = Some(RopeScaling::FreqFactors(odd));
+    assert!(matches!(g.to_hf_json("bfloat16"), Err(Error::Config(m)) if m.contains("rope_freqs")));
 }
 
 fn logits() -> Vec<f32> {

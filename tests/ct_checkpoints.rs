@@ -25,7 +25,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 fn config() -> ModelConfig {
-    let mut j = tiny_config(false).to_hf_json("bfloat16");
+    let mut j = tiny_config(false)
+        .to_hf_json("bfloat16")
+        .expect("config json");
     j["intermediate_size"] = json!(48); // int4 packing needs in_features % 8 == 0
     ModelConfig::from_hf_json(&j.to_string()).expect("config")
 }
@@ -231,7 +233,7 @@ fn write_checkpoint(dir: &Path, kind: Kind, c: &ModelConfig) -> Direct {
             "float-quantized",
         ),
     };
-    let mut cfg = c.to_hf_json("bfloat16");
+    let mut cfg = c.to_hf_json("bfloat16").expect("config json");
     cfg["quantization_config"] = json!({
         "quant_method": "compressed-tensors", "format": format, "quantization_status": "compressed",
         "ignore": ["lm_head"], "kv_cache_scheme": null,

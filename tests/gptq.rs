@@ -125,7 +125,9 @@ fn gptq_preset_runs_through_the_pipeline() {
     use ferroq::backend::cpu::CpuBackend;
     use ferroq::model::llama::{LlamaModel, Logits};
     use ferroq::ptq::pipeline::{quantize, QuantizeOptions};
-    let mut j = common::tiny_config(false).to_hf_json("float32");
+    let mut j = common::tiny_config(false)
+        .to_hf_json("float32")
+        .expect("config json");
     j["intermediate_size"] = serde_json::json!(48);
     let c = ferroq::checkpoint::config::ModelConfig::from_hf_json(&j.to_string()).expect("config");
     let r = ferroq::ptq::recipe::Recipe::load("w4a16-gptq").expect("preset");

@@ -106,7 +106,9 @@ fn backend_op_checks_its_block() {
 
 /// A tiny config whose four inputs all have power-of-two blocks (hidden 32, FFN 48 → 16).
 fn config() -> ferroq::checkpoint::config::ModelConfig {
-    let mut j = tiny_config(false).to_hf_json("float32");
+    let mut j = tiny_config(false)
+        .to_hf_json("float32")
+        .expect("config json");
     j["intermediate_size"] = json!(48);
     ferroq::checkpoint::config::ModelConfig::from_hf_json(&j.to_string()).expect("config")
 }

@@ -14,12 +14,13 @@ use ferroq::backend::{AttentionArgs, KvSeq, ATTN_ROWS};
 use ferroq::engine::sampler::Rng;
 use ferroq::error::Error;
 
-/// Attention shape: heads, kv heads, head dim.
+/// Attention shape: heads, kv heads, head dim, and the sliding window if any.
 #[derive(Clone, Copy)]
 struct Heads {
     nh: usize,
     nkv: usize,
     hd: usize,
+    win: Option<usize>,
 }
 
 impl Heads {
@@ -101,6 +102,7 @@ fn run(
         n_heads: h.nh,
         n_kv_heads: h.nkv,
         head_dim: h.hd,
+        window: h.win,
     })?;
     Ok(out)
 }
@@ -112,7 +114,9 @@ fn reference(h: Heads, s: &Seq) -> Vec<f64> {
         for head in 0..h.nh {
             let g = head / (h.nh / h.nkv);
             let n_keys = s.start + r + 1;
-            let sc: Vec<f64> = (0..n_keys)
+            // transformers' sliding mask: key j seen when j > i - window
+            let lo = h.win.map_or(0, |w| n_keys.saturating_sub(w));
+            let sc: Vec<f64> = (lo..n_keys)
                 .map(|j| {
                     (0..hd)
                         .map(|i| {
@@ -126,8 +130,8 @@ fn reference(h: Heads, s: &Seq) -> Vec<f64> {
             let e: Vec<f64> = sc.iter().map(|v| (v - mx).exp()).collect();
             let z: f64 = e.iter().sum();
             for i in 0..hd {
-                want[r * qd + head * hd + i] = (0..n_keys)
-                    .map(|j| e[j] / z * s.v[j * kvd + g * hd + i] as f64)
+                want[r * qd + head * hd + i] = (lo..n_keys)
+                    .map(|j| e[j - lo] / z * s.v[j * kvd + g * hd + i] as f64)
                     .sum();
             }
         }
@@ -144,6 +148,14 @@ fn shuffled(rng: &mut Rng, n: usize) -> Vec<u32> {
     p
 }
 
+/// Every shape without a window, and with windows shorter than some of its sequences (3: a
+/// query block's rows each see a different first key; 9: blocks wholly below the window).
+fn with_windows() -> impl Iterator<Item = ((usize, usize, usize, usize, usize), Option<usize>)> {
+    SHAPES
+        .into_iter()
+        .flat_map(|s| [None, Some(3), Some(9)].map(|w| (s, w)))
+}
+
 const SHAPES: [(usize, usize, usize, usize, usize); 6] = [
     // (nh, nkv, hd, rows, start)
     (4, 2, 8, 5, 3),
@@ -158,8 +170,8 @@ const SHAPES: [(usize, usize, usize, usize, usize); 6] = [
 fn attention_matches_f64_reference_and_rows_alone() {
     let b = CpuBackend::new();
     let mut rng = Rng::new(6);
-    for (nh, nkv, hd, rows, start) in SHAPES {
-        let h = Heads { nh, nkv, hd };
+    for ((nh, nkv, hd, rows, start), win) in with_windows() {
+        let h = Heads { nh, nkv, hd, win };
         let max_seq = start + rows + 2;
         let s = Seq::random(&mut rng, h, start, rows);
         // contiguous: one block of max_seq
@@ -168,7 +180,7 @@ fn attention_matches_f64_reference_and_rows_alone() {
         for (i, (&g, &w)) in out.iter().zip(&want).enumerate() {
             assert!(
                 (g as f64 - w).abs() <= 1e-5 + 1e-5 * w.abs(),
-                "nh{nh} nkv{nkv} hd{hd}: index {i} got {g} want {w}"
+                "nh{nh} nkv{nkv} hd{hd} window {win:?}: index {i} got {g} want {w}"
             );
         }
         // a row computed alone (as in decode) gives the same bits as inside the block
@@ -195,8 +207,8 @@ fn attention_matches_f64_reference_and_rows_alone() {
 fn paged_attention_equals_contiguous_bit_for_bit() {
     let b = CpuBackend::new();
     let mut rng = Rng::new(60);
-    for (nh, nkv, hd, rows, start) in SHAPES {
-        let h = Heads { nh, nkv, hd };
+    for ((nh, nkv, hd, rows, start), win) in with_windows() {
+        let h = Heads { nh, nkv, hd, win };
         let max_seq = start + rows + 5;
         let s = Seq::random(&mut rng, h, start, rows);
         let contiguous = run(&b, h, &[&s], &[vec![0]], max_seq, 1, max_seq).expect("attention");
@@ -207,7 +219,7 @@ fn paged_attention_equals_contiguous_bit_for_bit() {
             assert_eq!(
                 paged.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
                 contiguous.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
-                "nh{nh} hd{hd} rows{rows} start{start}: block size {bs} differs"
+                "nh{nh} hd{hd} rows{rows} start{start} window {win:?}: block size {bs} differs"
             );
         }
     }
@@ -217,18 +229,25 @@ fn paged_attention_equals_contiguous_bit_for_bit() {
 fn sequences_in_one_batch_equal_their_solo_runs() {
     let b = CpuBackend::new();
     let mut rng = Rng::new(61);
+    for win in [None, Some(6)] {
+        batch_equals_solo(&b, &mut rng, win);
+    }
+}
+
+fn batch_equals_solo(b: &CpuBackend, rng: &mut Rng, win: Option<usize>) {
     let h = Heads {
         nh: 9,
         nkv: 3,
         hd: 64,
+        win,
     };
     let (bs, max_seq) = (4, 40);
     // a prefill chunk, decode steps at different depths, a fresh prompt
     let seqs = [
-        Seq::random(&mut rng, h, 5, 7),
-        Seq::random(&mut rng, h, 30, 1),
-        Seq::random(&mut rng, h, 0, 3),
-        Seq::random(&mut rng, h, 17, 1),
+        Seq::random(rng, h, 5, 7),
+        Seq::random(rng, h, 30, 1),
+        Seq::random(rng, h, 0, 3),
+        Seq::random(rng, h, 17, 1),
     ];
     // one pool, the sequences' blocks interleaved
     let need: Vec<usize> = seqs
@@ -236,7 +255,7 @@ fn sequences_in_one_batch_equal_their_solo_runs() {
         .map(|s| (s.start + s.rows).div_ceil(bs))
         .collect();
     let n_blocks = need.iter().sum::<usize>() + 2;
-    let perm = shuffled(&mut rng, n_blocks);
+    let perm = shuffled(rng, n_blocks);
     let mut tables = Vec::new();
     let mut next = 0;
     for n in &need {
@@ -244,12 +263,16 @@ fn sequences_in_one_batch_equal_their_solo_runs() {
         next += n;
     }
     let refs: Vec<&Seq> = seqs.iter().collect();
-    let batched = run(&b, h, &refs, &tables, bs, n_blocks, max_seq).expect("batch");
+    let batched = run(b, h, &refs, &tables, bs, n_blocks, max_seq).expect("batch");
     let mut row = 0;
     for (i, s) in seqs.iter().enumerate() {
-        let solo = run(&b, h, &[s], &[vec![0]], max_seq, 1, max_seq).expect("solo");
+        let solo = run(b, h, &[s], &[vec![0]], max_seq, 1, max_seq).expect("solo");
         let got = &batched[row * h.qd()..(row + s.rows) * h.qd()];
-        assert_eq!(got, &solo[..], "sequence {i} differs inside the batch");
+        assert_eq!(
+            got,
+            &solo[..],
+            "sequence {i} differs inside the batch (window {win:?})"
+        );
         row += s.rows;
     }
 }
@@ -262,6 +285,7 @@ fn bad_block_tables_are_refused() {
         nh: 4,
         nkv: 2,
         hd: 8,
+        win: None,
     };
     let s = Seq::random(&mut rng, h, 6, 3); // 9 positions
     let bs = 4;

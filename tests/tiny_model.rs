@@ -501,7 +501,7 @@ fn sharded_checkpoint_and_missing_tensor() {
     .expect("w");
     std::fs::write(
         dir.path().join("config.json"),
-        c.to_hf_json("float32").to_string(),
+        c.to_hf_json("float32").expect("config json").to_string(),
     )
     .expect("w");
     let src = SafetensorsWeights::open_dir(dir.path()).expect("open shards");

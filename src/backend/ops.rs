@@ -163,4 +163,7 @@ pub struct AttentionArgs<'a, B: DeviceMemory> {
     pub n_heads: usize,
     pub n_kv_heads: usize,
     pub head_dim: usize,
+    /// Sliding-window attention (Mistral, Gemma's local layers): the query at position i sees
+    /// keys i − window < j ≤ i, as transformers' `sliding_window` mask. None: all of 0..=i.
+    pub window: Option<usize>,
 }

@@ -1,10 +1,13 @@
 //! Model hyper-parameters of the Llama family, from HF `config.json` or GGUF metadata.
 //!
-//! - Llama 2/3, Mistral, Qwen2, SmolLM; written back as `config.json` by `ferroq convert`.
-//! - Llama-3 `rope_scaling` follows HF's `_compute_llama3_parameters`.
-//! - Fields the model cannot honour are errors here, not silent misbehaviour later.
+//! - Llama 1–3.3, Mistral, Qwen2 / 2.5, SmolLM; written back as `config.json` by `ferroq convert`.
+//! - Read as transformers 5 reads them: `rope_parameters`, or the older `rope_theta` +
+//!   `rope_scaling` (which win when both are there); RoPE types in [`super::rope`].
+//! - Fields the model cannot honour are errors here, not silent misbehaviour later: a key that
+//!   changes the math and is not implemented is refused by name.
 
 use crate::checkpoint::gguf::GgufFile;
+pub use crate::checkpoint::rope::{Llama3RopeScaling, RopeScaling};
 use crate::checkpoint::site::{OnlineHadamard, Site};
 use crate::error::{Error, Result};
 use serde_json::{json, Value as Json};
@@ -35,15 +38,6 @@ impl Arch {
     }
 }
 
-/// Llama-3 style frequency-dependent RoPE scaling.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Llama3RopeScaling {
-    pub factor: f64,
-    pub low_freq_factor: f64,
-    pub high_freq_factor: f64,
-    pub original_max_position_embeddings: usize,
-}
-
 #[derive(Clone, Debug, PartialEq)]
 pub struct ModelConfig {
     pub arch: Arch,
@@ -56,11 +50,20 @@ pub struct ModelConfig {
     pub vocab_size: usize,
     pub rms_norm_eps: f32,
     pub rope_theta: f64,
-    pub rope_scaling: Option<Llama3RopeScaling>,
+    pub rope_scaling: Option<RopeScaling>,
     pub max_position_embeddings: usize,
     pub tie_word_embeddings: bool,
     /// Bias on q_proj, k_proj, v_proj (Qwen2, or Llama with `attention_bias`).
     pub qkv_bias: bool,
+    /// Bias on o_proj (Llama with `attention_bias`).
+    pub o_bias: bool,
+    /// Biases on gate_proj, up_proj, down_proj (Llama's `mlp_bias`).
+    pub mlp_bias: bool,
+    /// Sliding-window attention span (transformers' `sliding_window`) for the layers marked in
+    /// `sliding_layers`; None: every layer attends to the whole context.
+    pub sliding_window: Option<usize>,
+    /// Per layer: whether it uses the sliding window (all false without one).
+    pub sliding_layers: Vec<bool>,
     pub bos_token_id: Option<u32>,
     pub eos_token_ids: Vec<u32>,
     /// Inputs rotated online (set by quantization recipes; kept in the checkpoint's
@@ -94,12 +97,6 @@ fn usize_field(j: &Json, key: &str) -> Result<usize> {
         .as_u64()
         .map(|v| v as usize)
         .ok_or_else(|| Error::Config(format!("`{key}` must be a non-negative integer")))
-}
-
-fn f64_field(j: &Json, key: &str) -> Result<f64> {
-    field(j, key)?
-        .as_f64()
-        .ok_or_else(|| Error::Config(format!("`{key}` must be a number")))
 }
 
 /// An optional field: absent or null gives `default`; present with another type is an error
@@ -138,7 +135,167 @@ fn token_ids(v: Option<&Json>) -> Vec<u32> {
     }
 }
 
+/// A layer count, bounded before per-layer settings are allocated from it.
+fn layer_count(n: usize) -> Result<usize> {
+    if n == 0 || n > MAX_LAYERS {
+        return Err(Error::Config(format!(
+            "`num_hidden_layers` is {n}: it must be between 1 and {MAX_LAYERS}"
+        )));
+    }
+    Ok(n)
+}
+
+/// Keys of HF configs (of any family) that change the math and are not implemented for
+/// `arch`: (key, whether its value is the neutral one). A key present with a non-neutral value is
+/// refused by name rather than ignored.
+fn refuse_unimplemented(j: &Json, arch: Arch) -> Result<()> {
+    /// The value of a key that leaves the math as the shared block computes it.
+    enum Neutral {
+        /// only absent or null
+        Absent,
+        False,
+        One,
+    }
+    const KEYS: [(&str, Neutral); 10] = [
+        ("attn_logit_softcapping", Neutral::Absent),
+        ("final_logit_softcapping", Neutral::Absent),
+        ("query_pre_attn_scalar", Neutral::Absent),
+        ("use_qk_norm", Neutral::False),
+        ("qk_norm", Neutral::False),
+        ("embedding_multiplier", Neutral::One),
+        ("logits_scaling", Neutral::One),
+        ("residual_multiplier", Neutral::One),
+        ("attention_multiplier", Neutral::Absent),
+        ("no_rope_layers", Neutral::Absent),
+    ];
+    for (key, neutral) in KEYS {
+        let Some(v) = j.get(key).filter(|v| !v.is_null()) else {
+            continue;
+        };
+        let harmless = match neutral {
+            Neutral::Absent => false,
+            Neutral::False => v.as_bool() == Some(false),
+            Neutral::One => v.as_f64() == Some(1.0),
+        };
+        if !harmless {
+            return Err(Error::Config(format!(
+                "config.json `{key}` = {v} changes the model's math and is not implemented for \
+                 model_type `{}`",
+                arch.model_type()
+            )));
+        }
+    }
+    // Llama's pretraining_tp > 1 splits its linears in pretraining only: the same math
+    Ok(())
+}
+
+/// (rope_theta, scaling) as transformers 5 resolves them: `rope_scaling` if given (legacy,
+/// with the top-level `rope_theta`), else `rope_parameters`; per-layer-type RoPE refused.
+fn rope_settings(j: &Json, head_dim: usize, max_pos: usize) -> Result<(f64, Option<RopeScaling>)> {
+    let dict = |key: &str| -> Result<Option<serde_json::Map<String, Json>>> {
+        match j.get(key) {
+            None | Some(Json::Null) => Ok(None),
+            Some(Json::Object(m)) if m.is_empty() => Ok(None),
+            Some(Json::Object(m)) => Ok(Some(m.clone())),
+            Some(v) => Err(Error::Config(format!(
+                "config.json `{key}` must be an object, got {v}"
+            ))),
+        }
+    };
+    let mut rp = match dict("rope_scaling")? {
+        Some(m) => m,
+        None => dict("rope_parameters")?.unwrap_or_default(),
+    };
+    if rp.contains_key("full_attention") || rp.contains_key("sliding_attention") {
+        return Err(Error::Config(
+            "per-layer-type `rope_parameters` are not supported for this model_type".into(),
+        ));
+    }
+    for key in ["rope_theta", "partial_rotary_factor"] {
+        if let Some(v) = j.get(key).filter(|v| !v.is_null()) {
+            rp.entry(key).or_insert_with(|| v.clone());
+        }
+    }
+    crate::checkpoint::rope::parse(&Json::Object(rp), j, head_dim, max_pos)
+}
+
+/// (sliding_window, which layers use it). Mistral: every layer when `sliding_window` is set.
+/// Qwen2: only with `use_sliding_window`, on the layers `layer_types` marks (by default those
+/// from `max_window_layers` on). Llama has none.
+fn sliding(j: &Json, arch: Arch, layers: usize) -> Result<(Option<usize>, Vec<bool>)> {
+    let window = opt_field(
+        j,
+        "sliding_window",
+        None,
+        |v| v.as_u64().map(Some),
+        "an integer",
+    )?;
+    let window = match arch {
+        Arch::Llama => None,
+        Arch::Mistral => window,
+        Arch::Qwen2 => {
+            let on = opt_field(
+                j,
+                "use_sliding_window",
+                false,
+                Json::as_bool,
+                "true or false",
+            )?;
+            // Qwen2's config class defaults the window to 4096 when the key is absent (null: none)
+            let absent = !j
+                .as_object()
+                .is_some_and(|m| m.contains_key("sliding_window"));
+            let window = if absent { Some(4096) } else { window };
+            window.filter(|_| on)
+        }
+    };
+    let Some(w) = window else {
+        return Ok((None, vec![false; layers]));
+    };
+    let w = usize::try_from(w).unwrap_or(usize::MAX);
+    let kinds = match j.get("layer_types").filter(|v| !v.is_null()) {
+        Some(v) => {
+            let list = v.as_array().ok_or_else(|| {
+                Error::Config(format!("config.json `layer_types` must be a list, got {v}"))
+            })?;
+            if list.len() != layers {
+                return Err(Error::Config(format!(
+                    "config.json `layer_types` lists {} layers, num_hidden_layers is {layers}",
+                    list.len()
+                )));
+            }
+            list.iter()
+                .map(|t| match t.as_str() {
+                    Some("full_attention") => Ok(false),
+                    Some("sliding_attention") => Ok(true),
+                    _ => Err(Error::Config(format!(
+                        "layer type {t} is not supported (full_attention, sliding_attention)"
+                    ))),
+                })
+                .collect::<Result<Vec<bool>>>()?
+        }
+        None if arch == Arch::Qwen2 => {
+            let from = opt_field(j, "max_window_layers", 28, Json::as_u64, "an integer")?;
+            (0..layers).map(|l| l as u64 >= from).collect()
+        }
+        None => vec![true; layers],
+    };
+    // Mistral applies its window to every layer whatever layer_types says
+    let kinds = if arch == Arch::Mistral {
+        vec![true; layers]
+    } else {
+        kinds
+    };
+    Ok((Some(w), kinds))
+}
+
 impl ModelConfig {
+    /// The sliding window layer `l` attends within, if any.
+    pub fn window(&self, layer: usize) -> Option<usize> {
+        self.sliding_window
+            .filter(|_| self.sliding_layers.get(layer).copied().unwrap_or(false))
+    }
+
     /// The shape (outermost first) the dense model's tensor `name` (an HF name) must have, or
     /// None for a name the model does not read.
     pub fn expected_shape(&self, name: &str) -> Option<Vec<usize>> {
@@ -165,7 +322,9 @@ impl ModelConfig {
             "self_attn.o_proj.weight" => vec![dim, qd],
             "self_attn.q_proj.bias" => vec![qd],
             "self_attn.k_proj.bias" | "self_attn.v_proj.bias" => vec![kvd],
+            "self_attn.o_proj.bias" | "mlp.down_proj.bias" => vec![dim],
             "mlp.gate_proj.weight" | "mlp.up_proj.weight" => vec![ffn, dim],
+            "mlp.gate_proj.bias" | "mlp.up_proj.bias" => vec![ffn],
             "mlp.down_proj.weight" => vec![dim, ffn],
             _ => return None,
         })
@@ -226,6 +385,24 @@ impl ModelConfig {
                 c.rms_norm_eps
             )));
         }
+        if c.sliding_window == Some(0) || c.sliding_layers.len() != c.num_layers {
+            return Err(Error::Config(format!(
+                "sliding_window {:?} over {} layer kinds for {} layers",
+                c.sliding_window,
+                c.sliding_layers.len(),
+                c.num_layers
+            )));
+        }
+        if let Some(RopeScaling::FreqFactors(f)) = &c.rope_scaling {
+            if f.len() != c.head_dim / 2 || f.iter().any(|x| !(x.is_finite() && *x > 0.0)) {
+                return Err(Error::Config(format!(
+                    "rope_freqs holds {} factors; head_dim {} needs {} finite positive ones",
+                    f.len(),
+                    c.head_dim,
+                    c.head_dim / 2
+                )));
+            }
+        }
         if !(c.rope_theta.is_finite() && c.rope_theta > 0.0) {
             return Err(Error::Config(format!(
                 "`rope_theta` {} must be a finite positive number",
@@ -269,56 +446,38 @@ impl ModelConfig {
             None if num_heads > 0 => hidden_size / num_heads,
             None => 0,
         };
-        let rope_scaling = match j.get("rope_scaling").filter(|v| !v.is_null()) {
-            None => None,
-            Some(rs) => {
-                let ty = rs
-                    .get("rope_type")
-                    .or_else(|| rs.get("type"))
-                    .and_then(|v| v.as_str())
-                    .unwrap_or("");
-                match ty {
-                    "llama3" => Some(Llama3RopeScaling {
-                        factor: f64_field(rs, "factor")?,
-                        low_freq_factor: f64_field(rs, "low_freq_factor")?,
-                        high_freq_factor: f64_field(rs, "high_freq_factor")?,
-                        original_max_position_embeddings: usize_field(
-                            rs,
-                            "original_max_position_embeddings",
-                        )?,
-                    }),
-                    "default" => None,
-                    other => {
-                        return Err(Error::Config(format!(
-                            "rope_scaling type `{other}` is not supported (llama3)"
-                        )))
-                    }
-                }
-            }
-        };
-        let qkv_bias = arch == Arch::Qwen2
-            || opt_field(&j, "attention_bias", false, Json::as_bool, "true or false")?;
+        refuse_unimplemented(&j, arch)?;
+        let num_layers = layer_count(usize_field(&j, "num_hidden_layers")?)?;
+        let max_position_embeddings: usize = opt_field(
+            &j,
+            "max_position_embeddings",
+            4096,
+            Json::as_u64,
+            "a non-negative integer",
+        )?
+        .try_into()
+        .unwrap_or(usize::MAX);
+        let (rope_theta, rope_scaling) = rope_settings(&j, head_dim, max_position_embeddings)?;
+        let attention_bias =
+            opt_field(&j, "attention_bias", false, Json::as_bool, "true or false")?;
+        let mlp_bias = opt_field(&j, "mlp_bias", false, Json::as_bool, "true or false")?;
+        let (sliding_window, sliding_layers) = sliding(&j, arch, num_layers)?;
+        // transformers' Mistral and Qwen2 have fixed biases (none; q/k/v) whatever these keys say
+        let llama = arch == Arch::Llama;
+        let qkv_bias = arch == Arch::Qwen2 || (llama && attention_bias);
         ModelConfig {
             arch,
             hidden_size,
             intermediate_size: usize_field(&j, "intermediate_size")?,
-            num_layers: usize_field(&j, "num_hidden_layers")?,
+            num_layers,
             num_heads,
             num_kv_heads,
             head_dim,
             vocab_size: usize_field(&j, "vocab_size")?,
             rms_norm_eps: opt_field(&j, "rms_norm_eps", 1e-6, Json::as_f64, "a number")? as f32,
-            rope_theta: opt_field(&j, "rope_theta", 10000.0, Json::as_f64, "a number")?,
+            rope_theta,
             rope_scaling,
-            max_position_embeddings: opt_field(
-                &j,
-                "max_position_embeddings",
-                4096,
-                Json::as_u64,
-                "a non-negative integer",
-            )?
-            .try_into()
-            .unwrap_or(usize::MAX),
+            max_position_embeddings,
             tie_word_embeddings: opt_field(
                 &j,
                 "tie_word_embeddings",
@@ -327,6 +486,11 @@ impl ModelConfig {
                 "true or false",
             )?,
             qkv_bias,
+            // Qwen2's biases are q/k/v only; Llama's attention_bias covers o_proj too
+            o_bias: llama && attention_bias,
+            mlp_bias: llama && mlp_bias,
+            sliding_window,
+            sliding_layers,
             bos_token_id: token_ids(j.get("bos_token_id")).first().copied(),
             eos_token_ids: token_ids(j.get("eos_token_id")),
             hadamard: OnlineHadamard::NONE,
@@ -358,19 +522,54 @@ impl ModelConfig {
             None => Ok(default),
         };
         let num_kv_heads = get_or("attention.head_count_kv", num_heads)?;
+        let num_layers = layer_count(get("block_count")?)?;
         let head_dim = get_or("attention.key_length", hidden_size / num_heads.max(1))?;
         let vocab_size = match g.get(&k("vocab_size")) {
             Some(_) => get("vocab_size")?,
             None => g.get_str_array("tokenizer.ggml.tokens")?.len(),
         };
-        let rope_scaling = match g.get(&k("rope.scaling.type")).and_then(|v| v.as_str()) {
-            None | Some("none") => None,
-            Some(other) => {
-                return Err(Error::Config(format!(
-                    "GGUF rope scaling `{other}` is not supported"
-                )))
-            }
+        let rope_scaling = match g.get(&k("rope.scaling.type")) {
+            None => None,
+            Some(v) => match v.as_str() {
+                Some("none") => None,
+                Some("linear") => Some(RopeScaling::Linear {
+                    factor: g.get_f64(&k("rope.scaling.factor"))?,
+                }),
+                other => {
+                    return Err(Error::Config(format!(
+                        "GGUF rope scaling {other:?} is not supported (none, linear, or Llama-3 \
+                         `rope_freqs`)"
+                    )))
+                }
+            },
         };
+        // llama.cpp's converter stores Llama-3 scaling as per-frequency divisors
+        let rope_scaling = match g.tensor("rope_freqs.weight") {
+            None => rope_scaling,
+            Some(_) if rope_scaling.is_some() => {
+                return Err(Error::Config(
+                    "GGUF has both rope_freqs and a rope scaling type".into(),
+                ))
+            }
+            Some(t) => Some(RopeScaling::FreqFactors(
+                g.dequantize(t)?.into_iter().map(f64::from).collect(),
+            )),
+        };
+        for key in ["attention.sliding_window", "rope.dimension_count"] {
+            let ok = match (key, g.get(&k(key))) {
+                (_, None) => true,
+                ("rope.dimension_count", Some(_)) => get(key)? == head_dim,
+                _ => false,
+            };
+            if !ok {
+                return Err(Error::Config(format!(
+                    "GGUF key `{}` is not supported for `{arch_name}` (it changes the math)",
+                    k(key)
+                )));
+            }
+        }
+        // biases exist where the tensors do (llama.cpp loads them when present)
+        let has = |t: &str| g.tensor(&format!("blk.0.{t}.bias")).is_some();
         let eos = g
             .get_u64("tokenizer.ggml.eos_token_id")
             .ok()
@@ -379,7 +578,7 @@ impl ModelConfig {
             arch,
             hidden_size,
             intermediate_size: get("feed_forward_length")?,
-            num_layers: get("block_count")?,
+            num_layers,
             num_heads,
             num_kv_heads,
             head_dim,
@@ -392,7 +591,11 @@ impl ModelConfig {
             rope_scaling,
             max_position_embeddings: get_or("context_length", 4096)?,
             tie_word_embeddings: g.tensor("output.weight").is_none(),
-            qkv_bias: arch == Arch::Qwen2,
+            qkv_bias: arch == Arch::Qwen2 || has("attn_q"),
+            o_bias: has("attn_output"),
+            mlp_bias: has("ffn_up"),
+            sliding_window: None,
+            sliding_layers: vec![false; num_layers],
             bos_token_id: g
                 .get_u64("tokenizer.ggml.bos_token_id")
                 .ok()
@@ -404,8 +607,11 @@ impl ModelConfig {
         .validate()
     }
 
-    /// The Hugging Face `config.json` for this model.
-    pub fn to_hf_json(&self, torch_dtype: &str) -> Json {
+    /// The Hugging Face `config.json` for this model: the keys transformers 4 and 5 both read
+    /// (`rope_theta` + `rope_scaling`) and transformers 5's `rope_parameters`. An error where
+    /// the model has no HF form (RoPE divisors that no Llama-3 setting reproduces, Llama q/k/v
+    /// biases without an o_proj bias).
+    pub fn to_hf_json(&self, torch_dtype: &str) -> Result<Json> {
         let mut j = json!({
             "architectures": [self.arch.hf_class()],
             "model_type": self.arch.model_type(),
@@ -421,7 +627,6 @@ impl ModelConfig {
             "rope_theta": self.rope_theta,
             "max_position_embeddings": self.max_position_embeddings,
             "tie_word_embeddings": self.tie_word_embeddings,
-            "attention_bias": self.qkv_bias,
             "torch_dtype": torch_dtype,
             "bos_token_id": self.bos_token_id,
             "eos_token_id": match self.eos_token_ids.as_slice() {
@@ -429,43 +634,83 @@ impl ModelConfig {
                 many => json!(many),
             },
         });
-        if let Some(rs) = self.rope_scaling {
-            j["rope_scaling"] = json!({
-                "rope_type": "llama3",
-                "factor": rs.factor,
-                "low_freq_factor": rs.low_freq_factor,
-                "high_freq_factor": rs.high_freq_factor,
-                "original_max_position_embeddings": rs.original_max_position_embeddings,
-            });
+        match self.arch {
+            Arch::Llama => {
+                if self.qkv_bias != self.o_bias {
+                    return Err(Error::Config(format!(
+                        "a Llama config has one attention_bias for q/k/v and o_proj; this model \
+                         has q/k/v biases {} and an o_proj bias {}",
+                        self.qkv_bias, self.o_bias
+                    )));
+                }
+                j["attention_bias"] = json!(self.qkv_bias);
+                j["mlp_bias"] = json!(self.mlp_bias);
+            }
+            Arch::Mistral => j["sliding_window"] = json!(self.sliding_window),
+            Arch::Qwen2 => {
+                j["use_sliding_window"] = json!(self.sliding_window.is_some());
+                j["sliding_window"] = json!(self.sliding_window);
+                if self.sliding_window.is_some() {
+                    let kinds: Vec<&str> = self
+                        .sliding_layers
+                        .iter()
+                        .map(|&s| {
+                            if s {
+                                "sliding_attention"
+                            } else {
+                                "full_attention"
+                            }
+                        })
+                        .collect();
+                    j["layer_types"] = json!(kinds);
+                    let first = self.sliding_layers.iter().position(|&s| s);
+                    j["max_window_layers"] = json!(first.unwrap_or(self.num_layers));
+                }
+            }
         }
-        j
+        let scaling = match &self.rope_scaling {
+            Some(RopeScaling::FreqFactors(ff)) => {
+                let s = crate::checkpoint::rope::llama3_from_factors(
+                    self.rope_theta,
+                    self.head_dim,
+                    ff,
+                )
+                .ok_or_else(|| {
+                    Error::Config(
+                        "the GGUF's rope_freqs match no Llama-3 RoPE setting, so there is no \
+                         config.json for them"
+                            .into(),
+                    )
+                })?;
+                RopeScaling::Llama3(s).to_hf()
+            }
+            Some(rs) => rs.to_hf(),
+            None => None,
+        };
+        let mut params = json!({"rope_type": "default"});
+        if let Some(rs) = scaling {
+            params = rs.clone();
+            j["rope_scaling"] = rs;
+        }
+        params["rope_theta"] = json!(self.rope_theta);
+        j["rope_parameters"] = params;
+        Ok(j)
     }
 
-    /// RoPE inverse frequencies (head_dim / 2 of them), with Llama-3 scaling applied.
-    pub fn rope_inv_freq(&self) -> Vec<f64> {
-        let half = self.head_dim / 2;
-        (0..half)
-            .map(|i| {
-                let f = 1.0 / self.rope_theta.powf(2.0 * i as f64 / self.head_dim as f64);
-                match self.rope_scaling {
-                    None => f,
-                    Some(s) => {
-                        let old = s.original_max_position_embeddings as f64;
-                        let low_wl = old / s.low_freq_factor;
-                        let high_wl = old / s.high_freq_factor;
-                        let wl = 2.0 * std::f64::consts::PI / f;
-                        if wl < high_wl {
-                            f
-                        } else if wl > low_wl {
-                            f / s.factor
-                        } else {
-                            let smooth = (old / wl - s.low_freq_factor)
-                                / (s.high_freq_factor - s.low_freq_factor);
-                            (1.0 - smooth) * f / s.factor + smooth * f
-                        }
-                    }
-                }
-            })
-            .collect()
+    /// RoPE inverse frequencies (head_dim / 2 of them) for a workspace of `context` positions.
+    pub fn rope_inv_freq(&self, context: usize) -> Vec<f64> {
+        crate::checkpoint::rope::inv_freq(
+            self.rope_theta,
+            self.head_dim,
+            self.rope_scaling.as_ref(),
+            context,
+        )
+    }
+
+    /// Scale on the RoPE cos / sin tables (YaRN, LongRoPE; 1 otherwise).
+    pub fn rope_attention_factor(&self) -> f64 {
+        self.rope_scaling
+            .as_ref()
+            .map_or(1.0, RopeScaling::attention_factor)
     }
 }

@@ -7,6 +7,7 @@
 pub mod config;
 pub mod ct;
 pub mod gguf;
+pub mod rope;
 pub mod safetensors_io;
 pub mod site;
 

@@ -256,11 +256,11 @@ impl<B: Backend> LlamaModel<B> {
                 q: linear(&format!("{p}.self_attn.q_proj"), qd, dim, c.qkv_bias)?,
                 k: linear(&format!("{p}.self_attn.k_proj"), kvd, dim, c.qkv_bias)?,
                 v: linear(&format!("{p}.self_attn.v_proj"), kvd, dim, c.qkv_bias)?,
-                o: linear(&format!("{p}.self_attn.o_proj"), dim, qd, false)?,
+                o: linear(&format!("{p}.self_attn.o_proj"), dim, qd, c.o_bias)?,
                 mlp_norm: vector(&format!("{p}.post_attention_layernorm.weight"), dim)?,
-                gate: linear(&format!("{p}.mlp.gate_proj"), ffn, dim, false)?,
-                up: linear(&format!("{p}.mlp.up_proj"), ffn, dim, false)?,
-                down: linear(&format!("{p}.mlp.down_proj"), dim, ffn, false)?,
+                gate: linear(&format!("{p}.mlp.gate_proj"), ffn, dim, c.mlp_bias)?,
+                up: linear(&format!("{p}.mlp.up_proj"), ffn, dim, c.mlp_bias)?,
+                down: linear(&format!("{p}.mlp.down_proj"), dim, ffn, c.mlp_bias)?,
             });
         }
         let embed = Arc::new(backend.upload_matrix(&embed_t, wdt)?);
@@ -384,7 +384,8 @@ impl<B: Backend> LlamaModel<B> {
         let b = &self.backend;
         // The RoPE table covers the context this workspace serves, not the model's advertised
         // limit: a 128k-position model run at 2k holds 2k rows.
-        let inv_freq = c.rope_inv_freq();
+        let inv_freq = c.rope_inv_freq(max_seq);
+        let mscale = c.rope_attention_factor();
         let (mut cos, mut sin) = (
             Vec::with_capacity(max_seq * inv_freq.len()),
             Vec::with_capacity(max_seq * inv_freq.len()),
@@ -392,8 +393,8 @@ impl<B: Backend> LlamaModel<B> {
         for p in 0..max_seq {
             for f in &inv_freq {
                 let a = p as f64 * f;
-                cos.push(a.cos() as f32);
-                sin.push(a.sin() as f32);
+                cos.push((a.cos() * mscale) as f32);
+                sin.push((a.sin() * mscale) as f32);
             }
         }
         Ok(Workspace {
@@ -633,6 +634,7 @@ impl<B: Backend> LlamaModel<B> {
                 n_heads: c.num_heads,
                 n_kv_heads: c.num_kv_heads,
                 head_dim: hd,
+                window: c.window(l),
             })?;
             let att = LinearInput::Ready(&mut ws.att);
             project!(l, Site::OIn, att, att, c.q_dim(), [(proj, &layer.o)]);

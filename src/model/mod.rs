@@ -118,7 +118,7 @@ pub fn write_model_files(
     quantization: Option<serde_json::Value>,
     tok: &TokenizerBundle,
 ) -> Result<()> {
-    let mut cj = config.to_hf_json(torch_dtype);
+    let mut cj = config.to_hf_json(torch_dtype)?;
     if let Some(q) = quantization {
         cj["quantization_config"] = q;
     }

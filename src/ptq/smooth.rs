@@ -275,6 +275,10 @@ pub fn apply(
                     for (row, s) in up.chunks_exact_mut(c.hidden_size).zip(&s) {
                         row.iter_mut().for_each(|v| *v /= s);
                     }
+                    if c.mlp_bias {
+                        let b = f32_mut(w, &format!("model.layers.{l}.mlp.up_proj.bias"))?;
+                        b.iter_mut().zip(&s).for_each(|(x, s)| *x /= s);
+                    }
                 }
                 Site::OIn => {
                     let (hd, group) = (c.head_dim, c.num_heads / c.num_kv_heads);

@@ -186,13 +186,15 @@ pub fn randn(rng: &mut Rng, n: usize, scale: f32) -> Vec<f32> {
         .collect()
 }
 
-/// A tiny Llama config: 2 layers, GQA 4/2 heads of 8, odd FFN and vocab sizes.
+/// A tiny Llama-block config: 2 layers, GQA 4/2 heads of 8, odd FFN and vocab sizes; with
+/// q/k/v biases it is a Qwen2 (Llama's attention_bias also puts one on o_proj).
 pub fn tiny_config(qkv_bias: bool) -> ModelConfig {
+    let family = if qkv_bias { "qwen2" } else { "llama" };
     ModelConfig::from_hf_json(&format!(
-        r#"{{"model_type": "llama", "hidden_size": 32, "intermediate_size": 45, "num_hidden_layers": 2,
+        r#"{{"model_type": "{family}", "hidden_size": 32, "intermediate_size": 45, "num_hidden_layers": 2,
             "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 67, "rms_norm_eps": 1e-5,
             "rope_theta": 10000.0, "max_position_embeddings": 64, "tie_word_embeddings": false,
-            "attention_bias": {qkv_bias}, "bos_token_id": 1, "eos_token_id": 2}}"#
+            "bos_token_id": 1, "eos_token_id": 2}}"#
     ))
     .expect("tiny config parses")
 }
@@ -266,7 +268,11 @@ pub fn write_hf_dir(dir: &Path, c: &ModelConfig, weights: &BTreeMap<String, Host
         None,
     )
     .expect("write");
-    std::fs::write(dir.join("config.json"), c.to_hf_json("float32").to_string()).expect("config");
+    std::fs::write(
+        dir.join("config.json"),
+        c.to_hf_json("float32").expect("config json").to_string(),
+    )
+    .expect("config");
 }
 
 /// A byte-level tokenizer is enough: the tiny model is fed ids directly, but the pipeline

@@ -252,6 +252,7 @@ pub fn attention_case<B: Backend>(
         n_heads: heads,
         n_kv_heads: kv,
         head_dim: hd,
+        window: None,
     })
     .expect("attention");
     let rel = 64.0 * f32::EPSILON as f64 * (hd as f64).sqrt();

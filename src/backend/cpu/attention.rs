@@ -3,6 +3,8 @@
 //! - One rayon task per head; Q·Kᵀ as strided tile products in `dense::dot`'s reduction order,
 //!   softmax row by row, P·V in key order across blocks (on AVX-512 four query rows at a time,
 //!   sharing each V row's loads; every element still FMA-accumulated in key order from zero).
+//! - A sliding window gives the keys before it weight 0 (skipping whole blocks below it), so
+//!   P·V keeps one code path.
 //! - So a row's output depends neither on its batch-mates nor on the block size or table (bit
 //!   for bit): the basis of "same tokens alone or in a batch".
 
@@ -36,7 +38,7 @@ pub fn paged_attention(a: AttentionArgs<'_, CpuBackend>, isa: Isa, vector: bool)
     let scale = 1.0 / (hd as f32).sqrt();
     let (q, kc, vc) = (&a.q[..], &a.k_cache[..], &a.v_cache[..]);
     let out = SendPtr(a.out.as_mut_ptr());
-    let (seqs, max_seq) = (a.seqs, a.max_seq);
+    let (seqs, max_seq, window) = (a.seqs, a.max_seq, a.window);
     // P·V for several query rows at once shares each V load between them (AVX-512)
     let multi = vector && hd.is_multiple_of(16) && super::vmath::avx512();
     // One task per head; each owns ATTN_ROWS score rows of max_seq. Query rows go in
@@ -55,7 +57,20 @@ pub fn paged_attention(a: AttentionArgs<'_, CpuBackend>, isa: Isa, vector: bool)
                     let rb = ATTN_ROWS.min(sq.rows - r0);
                     let n_max = sq.start_pos + r0 + rb; // keys seen by the block's last row
                     let qrow = &q[(sq.row0 + r0) * qd + h * hd..];
-                    for (b, &blk) in sq.blocks.iter().enumerate().take(n_max.div_ceil(bs)) {
+                    // the first key row rr sees; blocks below the block's first row's window
+                    // are skipped, the rest of a row's masked keys get weight 0 below
+                    let lo = |rr: usize| match window {
+                        Some(w) => (sq.start_pos + r0 + rr + 1).saturating_sub(w),
+                        None => 0,
+                    };
+                    let b0 = lo(0) / bs;
+                    for (b, &blk) in sq
+                        .blocks
+                        .iter()
+                        .enumerate()
+                        .take(n_max.div_ceil(bs))
+                        .skip(b0)
+                    {
                         let j0 = b * bs;
                         matmul_strided(
                             isa,
@@ -73,6 +88,10 @@ pub fn paged_attention(a: AttentionArgs<'_, CpuBackend>, isa: Isa, vector: bool)
                     let keys = |rr: usize| sq.start_pos + r0 + rr + 1;
                     for rr in 0..rb {
                         let s = &mut scores[rr * max_seq..rr * max_seq + keys(rr)];
+                        // keys outside the window weigh exactly 0: P·V adds 0·v, which
+                        // leaves every sum as the windowed one
+                        let (out, s) = s.split_at_mut(lo(rr));
+                        out.fill(0.0);
                         s.iter_mut().for_each(|v| *v *= scale);
                         softmax(s, vector);
                     }

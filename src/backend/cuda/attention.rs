@@ -67,6 +67,10 @@ impl CudaBackend {
             }
         })?;
         let ints = [max_blocks, bs, nh, nkv].map(|v| v as i32);
+        // 0: no window (every earlier key); a window past i32 covers any context anyway
+        let window = a
+            .window
+            .map_or(0, |w| i32::try_from(w.max(1)).unwrap_or(i32::MAX));
         let n_tiles: usize = a
             .seqs
             .iter()
@@ -99,7 +103,7 @@ impl CudaBackend {
             for v in &ints {
                 b.arg(v);
             }
-            b.arg(&scale_log2);
+            b.arg(&scale_log2).arg(&window);
             // SAFETY: the argument list of attn_prefill_hd{64,128} for this head dim; every
             // tile's rows are inside q / out (rows × heads × hd, checked) and every table entry
             // a block inside the caches (checked); 128 threads, static shared memory.
@@ -155,7 +159,7 @@ impl CudaBackend {
         for v in ints.iter().chain(&tail) {
             b.arg(v);
         }
-        b.arg(&scale);
+        b.arg(&scale).arg(&window);
         // SAFETY: matches attn_partial's signature; part holds sel × heads × splits × (hd + 2),
         // every row id is a batch row, every table entry a block inside the caches (checked).
         unsafe { self.launch(&mut b, grid(sel * nh, splits, 128, 0), "attention") }?;

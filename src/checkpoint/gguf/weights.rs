@@ -80,13 +80,6 @@ impl<'a> GgufWeights<'a> {
     pub fn new(file: &'a GgufFile, config: ModelConfig) -> Result<Self> {
         let mut names = BTreeMap::new();
         for (i, t) in file.tensors.iter().enumerate() {
-            if t.name == "rope_freqs.weight" {
-                return Err(Error::Config(
-                    "this GGUF carries `rope_freqs` (Llama-3.1 RoPE scaling); load the Hugging Face \
-                     checkpoint instead"
-                        .into(),
-                ));
-            }
             if let Some(n) = hf_name(&t.name) {
                 names.insert(n, i);
             }
@@ -122,13 +115,14 @@ impl WeightSource for GgufWeights<'_> {
             _ => None,
         };
         let data = match (permute_heads, &shape[..]) {
-            (Some(n_head), [rows, rest @ ..]) if !rest.is_empty() => {
+            // a matrix, or a bias (the converter permutes attn_q / attn_k biases the same way)
+            (Some(n_head), [rows, rest @ ..]) => {
                 unpermute_rows(&data, *rows, rest.iter().product(), n_head)?
             }
-            (Some(_), _) => {
+            (Some(_), []) => {
                 return Err(Error::GgufInvalid(format!(
-                    "tensor `{}` should be a matrix, its dims are {:?}",
-                    info.name, info.dims
+                    "tensor `{}` has no dimensions",
+                    info.name
                 )))
             }
             (None, _) => data,
