@@ -9,7 +9,9 @@
 
 use ferroq::backend::cpu::CpuBackend;
 use ferroq::checkpoint::config::ModelConfig;
-use ferroq::model::llama::Logits;
+use ferroq::checkpoint::gguf::weights::GgufWeights;
+use ferroq::checkpoint::gguf::GgufFile;
+use ferroq::model::llama::{LlamaModel, Logits};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
@@ -47,17 +49,47 @@ fn log_softmax(row: &[f32]) -> Vec<f64> {
 }
 
 /// One fixture: every next-token log-probability of the prompt and the last position's whole
-/// distribution within `BOUND`, and the greedy continuation token for token.
-fn check(name: &str) {
-    let dir = fixtures().join(name);
+/// distribution within `BOUND`, and the greedy continuation token for token. `file` None: the
+/// HF directory; Some: a GGUF in it (made by llama.cpp's converter).
+fn check(fixture: &str, file: Option<&str>) {
+    let dir = fixtures().join(fixture);
     let r = read_json(&dir.join("reference.json"));
     let tokens = u32s(&r["tokens"]);
-    let loaded = ferroq::model::open(CpuBackend::new(), &dir, None)
-        .unwrap_or_else(|e| panic!("{name}: {e}"));
-    let m = &loaded.model;
+    let path = file.map_or(dir.clone(), |f| dir.join(f));
+    let name = format!("{fixture}/{}", file.unwrap_or("hf"));
+    let name = name.as_str();
+    // the GGUF's tokenizer is a word list without merges (the converter's "gpt2" form of the
+    // fixture's word-level tokenizer), so the weights are loaded without one: ids are fed
+    let gguf_file = file.map(|_| GgufFile::open(&path).unwrap_or_else(|e| panic!("{name}: {e}")));
+    let model = match &gguf_file {
+        None => {
+            ferroq::model::open(CpuBackend::new(), &path, None)
+                .unwrap_or_else(|e| panic!("{name}: {e}"))
+                .model
+        }
+        Some(g) => {
+            let c = ModelConfig::from_gguf(g).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let w = GgufWeights::new(g, c.clone()).expect("weights");
+            LlamaModel::load(CpuBackend::new(), c, &w, None)
+                .unwrap_or_else(|e| panic!("{name}: {e}"))
+        }
+    };
+    let m = &model;
     // what ferroq writes back (convert, quantize) reads as the same model
     let back = m.config.to_hf_json("bfloat16").expect("config json");
-    let again = ModelConfig::from_hf_json(&back.to_string()).expect("reparse");
+    let mut again = ModelConfig::from_hf_json(&back.to_string()).expect("reparse");
+    // a GGUF's rope_freqs divisors come back as the Llama-3 settings that make them
+    for (a, b) in again
+        .rope_inv_freq(64)
+        .iter()
+        .zip(m.config.rope_inv_freq(64))
+    {
+        assert!(
+            (a - b).abs() <= 1e-6 * b,
+            "{name}: written-back RoPE {a} vs {b}"
+        );
+    }
+    again.rope_scaling.clone_from(&m.config.rope_scaling);
     assert_eq!(again, m.config, "{name}: config.json round trip");
     let vocab = m.config.vocab_size;
     let mut s = m.new_session(tokens.len(), 64, true).expect("session");
@@ -101,24 +133,29 @@ fn check(name: &str) {
     );
 }
 
+const GGUF: Option<&str> = Some("model.bf16.gguf");
+
 #[test]
 fn llama3_rope_with_attention_and_mlp_biases_matches_transformers() {
-    check("llama3-bias");
+    check("llama3-bias", None);
+    // llama.cpp keeps Llama-3 RoPE as rope_freqs and permutes q / k rows and biases
+    check("llama3-bias", GGUF);
 }
 
 #[test]
 fn mistral_sliding_window_head_dim_128_matches_transformers() {
-    check("mistral-window");
+    check("mistral-window", None);
 }
 
 #[test]
 fn qwen2_yarn_and_windowed_layers_match_transformers() {
-    check("qwen2-yarn-window");
+    check("qwen2-yarn-window", None);
 }
 
 #[test]
 fn llama_linear_rope_matches_transformers() {
-    check("llama-linear");
+    check("llama-linear", None);
+    check("llama-linear", GGUF);
 }
 
 /// Every RoPE type's inverse frequencies and cos / sin factor as transformers computes them

@@ -346,23 +346,25 @@ pub fn inv_freq(
         .collect()
 }
 
-/// Llama-3 parameters that reproduce GGUF `rope_freqs` divisors, if the common ones do
-/// (Llama 3.1 / 3.2 / 3.3: low 1, high 4, original context 8192; the factor is the largest
-/// divisor): how a GGUF's RoPE is written back as an HF config.
+/// Llama-3 parameters that reproduce GGUF `rope_freqs` divisors, if Meta's low / high
+/// factors (1, 4) with some power-of-two original context do (Llama 3.1 / 3.2 / 3.3: 8192;
+/// the factor is the largest divisor): how a GGUF's RoPE is written back as an HF config.
 pub fn llama3_from_factors(theta: f64, head_dim: usize, ff: &[f64]) -> Option<Llama3RopeScaling> {
     let factor = ff.iter().copied().fold(f64::NAN, f64::max);
-    let s = Llama3RopeScaling {
-        factor,
-        low_freq_factor: 1.0,
-        high_freq_factor: 4.0,
-        original_max_position_embeddings: 8192,
-    };
-    let want = inv_freq(theta, head_dim, Some(&RopeScaling::Llama3(s)), 0);
     let plain = inv_freq(theta, head_dim, None, 0);
-    let close = ff.len() == want.len()
-        && ff
-            .iter()
-            .zip(want.iter().zip(&plain))
-            .all(|(f, (w, p))| ((p / f) - w).abs() <= 1e-6 * w.abs());
-    close.then_some(s)
+    (4..=24).find_map(|log2| {
+        let s = Llama3RopeScaling {
+            factor,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_max_position_embeddings: 1 << log2,
+        };
+        let want = inv_freq(theta, head_dim, Some(&RopeScaling::Llama3(s)), 0);
+        let close = ff.len() == want.len()
+            && ff
+                .iter()
+                .zip(want.iter().zip(&plain))
+                .all(|(f, (w, p))| ((p / f) - w).abs() <= 1e-6 * w.abs());
+        close.then_some(s)
+    })
 }

@@ -1,0 +1,29 @@
+#!/usr/bin/env python3
+"""GGUFs of the transformers fixtures, made by llama.cpp's own converter (run by hand).
+
+    /tmp/refvenv/bin/python scripts/hf_reference_gguf.py LLAMA_CPP_DIR tests/fixtures/hf
+
+LLAMA_CPP_DIR is llama.cpp's source tree (scripts/bench-vs-llamacpp.sh unpacks it from the
+llama-cpp-python sdist: .../vendor/llama.cpp). Tensors, their permutations and the
+hyper-parameters are the converter's own; only its pre-tokenizer check is bypassed, since it
+recognises real tokenizers by a hash and the fixtures' word-level tokenizer is none of them
+(the tokens are fed to the tests as ids). Each fixture dir gets model.bf16.gguf beside it (the weights are bf16 already).
+"""
+import sys
+from pathlib import Path
+
+llama_cpp = Path(sys.argv[1]).resolve()
+fixtures = Path(sys.argv[2] if len(sys.argv) > 2 else "tests/fixtures/hf").resolve()
+sys.path.insert(0, str(llama_cpp))
+sys.path.insert(1, str(llama_cpp / "gguf-py"))
+
+import convert_hf_to_gguf  # noqa: E402
+from conversion.base import TextModel  # noqa: E402
+
+TextModel.get_vocab_base_pre = lambda self, tokenizer: "default"
+
+for d in sorted(p for p in fixtures.iterdir() if (p / "config.json").is_file()):
+    out = d / "model.bf16.gguf"
+    sys.argv = ["convert_hf_to_gguf.py", str(d), "--outfile", str(out), "--outtype", "bf16"]
+    convert_hf_to_gguf.main()
+    print(f"{d.name}: {out.stat().st_size} bytes")
