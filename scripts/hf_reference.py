@@ -22,7 +22,8 @@ from pathlib import Path
 
 import torch
 import transformers
-from transformers import (AutoModelForCausalLM, LlamaConfig, MistralConfig, Qwen2Config)
+from transformers import (AutoModelForCausalLM, LlamaConfig, MistralConfig, Qwen2Config,
+                          Qwen3Config)
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 VOCAB = 320
@@ -80,6 +81,13 @@ VARIANTS = {
     "llama-linear": LlamaConfig(**common(
         num_key_value_heads=1, tie_word_embeddings=True,
         rope_parameters={"rope_type": "linear", "rope_theta": 10000.0, "factor": 2.0})),
+    # Qwen3: QK-norm, head dim 128 (explicit), attention_bias on q/k/v/o, a window of 8 on
+    # layers 0 and 2 (layer_types)
+    "qwen3-qknorm": Qwen3Config(**common(
+        head_dim=128, num_attention_heads=2, num_key_value_heads=1, attention_bias=True,
+        use_sliding_window=True, sliding_window=8,
+        layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0})),
 }
 
 # RoPE types checked on their frequencies alone (head_dim 64, the context a workspace serves)

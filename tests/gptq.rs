@@ -128,7 +128,8 @@ fn gptq_preset_runs_through_the_pipeline() {
     let mut j = common::tiny_config(false)
         .to_hf_json("float32")
         .expect("config json");
-    j["intermediate_size"] = serde_json::json!(48);
+    // int4 groups must tile every width: 32 and 64 take groups of 32
+    j["intermediate_size"] = serde_json::json!(64);
     let c = ferroq::checkpoint::config::ModelConfig::from_hf_json(&j.to_string()).expect("config");
     let r = ferroq::ptq::recipe::Recipe::load("w4a16-gptq").expect("preset");
     let opts = QuantizeOptions {

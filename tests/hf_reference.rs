@@ -153,6 +153,11 @@ fn qwen2_yarn_and_windowed_layers_match_transformers() {
 }
 
 #[test]
+fn qwen3_qk_norm_head_dim_128_and_windowed_layers_match_transformers() {
+    check("qwen3-qknorm", None);
+}
+
+#[test]
 fn llama_linear_rope_matches_transformers() {
     check("llama-linear", None);
     check("llama-linear", GGUF);

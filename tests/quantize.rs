@@ -289,3 +289,45 @@ processors:
         }
     }
 }
+
+/// int4 groups tile every row: a preset's group 128 over widths of 64 and 96 becomes 32 (said
+/// in the report), and widths no group of 32 / 64 / 128 divides are refused by name.
+#[test]
+fn int4_groups_divide_every_quantized_width() {
+    use ferroq::checkpoint::config::ModelConfig;
+    use ferroq::quant::QuantWeight;
+    let config = |ffn: usize| {
+        ModelConfig::from_hf_json(&format!(
+            r#"{{"model_type": "llama", "hidden_size": 64, "intermediate_size": {ffn},
+            "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+            "vocab_size": 67, "max_position_embeddings": 64}}"#
+        ))
+        .expect("config")
+    };
+    let q = common::quantized_of(&config(96), 3, "w4a16");
+    assert_eq!(q.report.int4_group, Some((128, 32)));
+    assert!(!q.linears.is_empty());
+    for (name, l) in &q.linears {
+        match &l.weight {
+            QuantWeight::Int4 { group, .. } => assert_eq!(*group, 32, "{name}"),
+            _ => panic!("{name} is not int4"),
+        }
+    }
+    // widths 64 and 1536 take groups of 64
+    let q = common::quantized_of(&config(1536), 3, "w4a16");
+    assert_eq!(q.report.int4_group, Some((128, 64)));
+    // widths 64 and 48: no group of 32 or more tiles both
+    let r = Recipe::load("w4a16").expect("preset");
+    let c = config(48);
+    let w = common::tiny_weights(&c, 3);
+    let opts = QuantizeOptions {
+        n_samples: 2,
+        seq_len: 8,
+        ..Default::default()
+    };
+    let tok = common::byte_tokenizer();
+    match quantize(c, tok, w, &r, &opts, &|_, _, _| {}) {
+        Err(e) => assert!(e.to_string().contains("48 inputs"), "{e}"),
+        Ok(_) => panic!("int4 groups that tile no row were accepted"),
+    }
+}

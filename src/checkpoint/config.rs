@@ -19,6 +19,8 @@ pub enum Arch {
     Mistral,
     /// Llama block with biases on q/k/v.
     Qwen2,
+    /// Llama block with RMSNorm over each head of q and k before RoPE (QK-norm).
+    Qwen3,
 }
 
 impl Arch {
@@ -27,6 +29,7 @@ impl Arch {
             Arch::Llama => "LlamaForCausalLM",
             Arch::Mistral => "MistralForCausalLM",
             Arch::Qwen2 => "Qwen2ForCausalLM",
+            Arch::Qwen3 => "Qwen3ForCausalLM",
         }
     }
     fn model_type(self) -> &'static str {
@@ -34,7 +37,19 @@ impl Arch {
             Arch::Llama => "llama",
             Arch::Mistral => "mistral",
             Arch::Qwen2 => "qwen2",
+            Arch::Qwen3 => "qwen3",
         }
+    }
+
+    /// RMSNorm over each head of q and k after their projections (`self_attn.q_norm`, `k_norm`).
+    pub fn qk_norm(self) -> bool {
+        self == Arch::Qwen3
+    }
+
+    /// Whether `attention_bias` puts biases on q/k/v and o_proj (transformers' Llama and
+    /// Qwen3; Mistral has none and Qwen2 fixed q/k/v ones, whatever the key says).
+    fn reads_attention_bias(self) -> bool {
+        matches!(self, Arch::Llama | Arch::Qwen3)
     }
 }
 
@@ -220,8 +235,8 @@ fn rope_settings(j: &Json, head_dim: usize, max_pos: usize) -> Result<(f64, Opti
 }
 
 /// (sliding_window, which layers use it). Mistral: every layer when `sliding_window` is set.
-/// Qwen2: only with `use_sliding_window`, on the layers `layer_types` marks (by default those
-/// from `max_window_layers` on). Llama has none.
+/// Qwen2 / Qwen3: only with `use_sliding_window`, on the layers `layer_types` marks (by default
+/// those from `max_window_layers` on). Llama has none.
 fn sliding(j: &Json, arch: Arch, layers: usize) -> Result<(Option<usize>, Vec<bool>)> {
     let window = opt_field(
         j,
@@ -233,7 +248,7 @@ fn sliding(j: &Json, arch: Arch, layers: usize) -> Result<(Option<usize>, Vec<bo
     let window = match arch {
         Arch::Llama => None,
         Arch::Mistral => window,
-        Arch::Qwen2 => {
+        Arch::Qwen2 | Arch::Qwen3 => {
             let on = opt_field(
                 j,
                 "use_sliding_window",
@@ -241,7 +256,7 @@ fn sliding(j: &Json, arch: Arch, layers: usize) -> Result<(Option<usize>, Vec<bo
                 Json::as_bool,
                 "true or false",
             )?;
-            // Qwen2's config class defaults the window to 4096 when the key is absent (null: none)
+            // their config classes default the window to 4096 when the key is absent (null: none)
             let absent = !j
                 .as_object()
                 .is_some_and(|m| m.contains_key("sliding_window"));
@@ -274,7 +289,7 @@ fn sliding(j: &Json, arch: Arch, layers: usize) -> Result<(Option<usize>, Vec<bo
                 })
                 .collect::<Result<Vec<bool>>>()?
         }
-        None if arch == Arch::Qwen2 => {
+        None if matches!(arch, Arch::Qwen2 | Arch::Qwen3) => {
             let from = opt_field(j, "max_window_layers", 28, Json::as_u64, "an integer")?;
             (0..layers).map(|l| l as u64 >= from).collect()
         }
@@ -320,6 +335,9 @@ impl ModelConfig {
             "self_attn.q_proj.weight" => vec![qd, dim],
             "self_attn.k_proj.weight" | "self_attn.v_proj.weight" => vec![kvd, dim],
             "self_attn.o_proj.weight" => vec![dim, qd],
+            "self_attn.q_norm.weight" | "self_attn.k_norm.weight" if self.arch.qk_norm() => {
+                vec![self.head_dim]
+            }
             "self_attn.q_proj.bias" => vec![qd],
             "self_attn.k_proj.bias" | "self_attn.v_proj.bias" => vec![kvd],
             "self_attn.o_proj.bias" | "mlp.down_proj.bias" => vec![dim],
@@ -421,9 +439,10 @@ impl ModelConfig {
             "llama" => Arch::Llama,
             "mistral" => Arch::Mistral,
             "qwen2" => Arch::Qwen2,
+            "qwen3" => Arch::Qwen3,
             other => {
                 return Err(Error::Config(format!(
-                    "model_type `{other}` is not supported (llama, mistral, qwen2)"
+                    "model_type `{other}` is not supported (llama, mistral, qwen2, qwen3)"
                 )))
             }
         };
@@ -462,9 +481,8 @@ impl ModelConfig {
             opt_field(&j, "attention_bias", false, Json::as_bool, "true or false")?;
         let mlp_bias = opt_field(&j, "mlp_bias", false, Json::as_bool, "true or false")?;
         let (sliding_window, sliding_layers) = sliding(&j, arch, num_layers)?;
-        // transformers' Mistral and Qwen2 have fixed biases (none; q/k/v) whatever these keys say
-        let llama = arch == Arch::Llama;
-        let qkv_bias = arch == Arch::Qwen2 || (llama && attention_bias);
+        let attention_bias = arch.reads_attention_bias() && attention_bias;
+        let qkv_bias = arch == Arch::Qwen2 || attention_bias;
         ModelConfig {
             arch,
             hidden_size,
@@ -487,8 +505,8 @@ impl ModelConfig {
             )?,
             qkv_bias,
             // Qwen2's biases are q/k/v only; Llama's attention_bias covers o_proj too
-            o_bias: llama && attention_bias,
-            mlp_bias: llama && mlp_bias,
+            o_bias: attention_bias,
+            mlp_bias: arch == Arch::Llama && mlp_bias,
             sliding_window,
             sliding_layers,
             bos_token_id: token_ids(j.get("bos_token_id")).first().copied(),
@@ -506,9 +524,10 @@ impl ModelConfig {
         let arch = match arch_name {
             "llama" => Arch::Llama,
             "qwen2" => Arch::Qwen2,
+            "qwen3" => Arch::Qwen3,
             other => {
                 return Err(Error::Config(format!(
-                    "GGUF architecture `{other}` is not supported (llama, qwen2)"
+                    "GGUF architecture `{other}` is not supported (llama, qwen2, qwen3)"
                 )))
             }
         };
@@ -634,20 +653,22 @@ impl ModelConfig {
                 many => json!(many),
             },
         });
-        match self.arch {
-            Arch::Llama => {
-                if self.qkv_bias != self.o_bias {
-                    return Err(Error::Config(format!(
-                        "a Llama config has one attention_bias for q/k/v and o_proj; this model \
-                         has q/k/v biases {} and an o_proj bias {}",
-                        self.qkv_bias, self.o_bias
-                    )));
-                }
-                j["attention_bias"] = json!(self.qkv_bias);
-                j["mlp_bias"] = json!(self.mlp_bias);
+        if self.arch.reads_attention_bias() {
+            if self.qkv_bias != self.o_bias {
+                return Err(Error::Config(format!(
+                    "a {} config has one attention_bias for q/k/v and o_proj; this model has \
+                     q/k/v biases {} and an o_proj bias {}",
+                    self.arch.model_type(),
+                    self.qkv_bias,
+                    self.o_bias
+                )));
             }
+            j["attention_bias"] = json!(self.qkv_bias);
+        }
+        match self.arch {
+            Arch::Llama => j["mlp_bias"] = json!(self.mlp_bias),
             Arch::Mistral => j["sliding_window"] = json!(self.sliding_window),
-            Arch::Qwen2 => {
+            Arch::Qwen2 | Arch::Qwen3 => {
                 j["use_sliding_window"] = json!(self.sliding_window.is_some());
                 j["sliding_window"] = json!(self.sliding_window);
                 if self.sliding_window.is_some() {

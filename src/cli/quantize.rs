@@ -119,6 +119,12 @@ pub fn run(a: Args) -> Result<()> {
             .collect();
         eprintln!("online Hadamard rotation of {}", list.join(", "));
     }
+    if let Some((asked, used)) = r.int4_group {
+        eprintln!(
+            "int4 groups of {used} (the recipe asked for {asked}, which does not divide every \
+             quantized width)"
+        );
+    }
     for s in &r.hadamard_skipped {
         tracing::warn!(
             "{} not rotated: its width has no power-of-two block of at least {}",

@@ -26,10 +26,12 @@ struct Layer<B: Backend> {
     k: Linear<B>,      // (kv_dim, dim)
     v: Linear<B>,      // (kv_dim, dim)
     o: Linear<B>,      // (dim, q_dim)
-    mlp_norm: B::Buf,  // (dim)
-    gate: Linear<B>,   // (ffn, dim)
-    up: Linear<B>,     // (ffn, dim)
-    down: Linear<B>,   // (dim, ffn)
+    /// QK-norm weights (head_dim each; Qwen3)
+    qk_norm: Option<(B::Buf, B::Buf)>,
+    mlp_norm: B::Buf, // (dim)
+    gate: Linear<B>,  // (ffn, dim)
+    up: Linear<B>,    // (ffn, dim)
+    down: Linear<B>,  // (dim, ffn)
 }
 
 pub struct LlamaModel<B: Backend> {
@@ -257,6 +259,13 @@ impl<B: Backend> LlamaModel<B> {
                 k: linear(&format!("{p}.self_attn.k_proj"), kvd, dim, c.qkv_bias)?,
                 v: linear(&format!("{p}.self_attn.v_proj"), kvd, dim, c.qkv_bias)?,
                 o: linear(&format!("{p}.self_attn.o_proj"), dim, qd, c.o_bias)?,
+                qk_norm: match c.arch.qk_norm() {
+                    true => Some((
+                        vector(&format!("{p}.self_attn.q_norm.weight"), c.head_dim)?,
+                        vector(&format!("{p}.self_attn.k_norm.weight"), c.head_dim)?,
+                    )),
+                    false => None,
+                },
                 mlp_norm: vector(&format!("{p}.post_attention_layernorm.weight"), dim)?,
                 gate: linear(&format!("{p}.mlp.gate_proj"), ffn, dim, c.mlp_bias)?,
                 up: linear(&format!("{p}.mlp.up_proj"), ffn, dim, c.mlp_bias)?,
@@ -608,6 +617,15 @@ impl<B: Backend> LlamaModel<B> {
                 dim,
                 [(q, &layer.q), (k, &layer.k), (v, &layer.v)]
             );
+            if let Some((qn, kn)) = &layer.qk_norm {
+                // each head of q and k normalized over head_dim (rows as (rows · heads, hd));
+                // att is free until attention writes it and holds q_dim ≥ kv_dim per row
+                let (nq, nk) = (rows * c.num_heads, rows * c.num_kv_heads);
+                b.rms_norm(&mut ws.att, &ws.q, qn, nq, hd, eps)?;
+                b.copy(&mut ws.q, 0, &ws.att, 0, nq * hd)?;
+                b.rms_norm(&mut ws.att, &ws.k, kn, nk, hd, eps)?;
+                b.copy(&mut ws.k, 0, &ws.att, 0, nk * hd)?;
+            }
             b.rope_write_kv(RopeKvArgs {
                 q: &mut ws.q,
                 k: &mut ws.k,

@@ -20,8 +20,8 @@ use crate::checkpoint::WeightSource;
 use crate::error::{Error, Result};
 use crate::model::llama::LlamaModel;
 use crate::quant::hadamard;
-use crate::quant::weight::{quantize_weight, WeightMethod, WeightQConfig};
-use crate::quant::{ActQuant, ActSpec, QuantWeight};
+use crate::quant::weight::{quantize_weight, WeightMethod, WeightQConfig, WeightScope};
+use crate::quant::{ActQuant, ActSpec, QDType, QuantWeight};
 use crate::tensor::{DType, HostTensor};
 use crate::tokenizer::TokenizerBundle;
 use std::collections::btree_map::Entry;
@@ -72,7 +72,61 @@ pub struct QuantReport {
     pub fallback: Vec<String>,
     /// Sites the recipe asked to rotate whose width has no power-of-two block ≥ 8.
     pub hadamard_skipped: Vec<Site>,
+    /// (asked, used): an int4 group size the recipe asked for that does not divide every
+    /// quantized input width, and the one used instead.
+    pub int4_group: Option<(usize, usize)>,
     pub secs: f64,
+}
+
+/// int4 groups must tile every row: compressed-tensors checkpoints with a short last group
+/// (group 128 over 576 inputs) neither load in transformers nor come out of llm-compressor.
+/// When the asked group does not divide some quantized linear's input width, every int4
+/// per-group entry takes the largest of 128 / 64 / 32 (not above the asked one) that divides
+/// them all; none: an error naming the width. Returns (asked, used) when it changed.
+fn fit_int4_groups(
+    config: &ModelConfig,
+    plan: &mut BTreeMap<String, (WeightQConfig, Option<ActConfig>)>,
+) -> Result<Option<(usize, usize)>> {
+    let in_features = |name: &str| {
+        config
+            .expected_shape(&format!("{name}.weight"))
+            .and_then(|s| s.get(1).copied())
+            .unwrap_or(0)
+    };
+    let grouped = |w: &WeightQConfig| match (w.dtype, w.scope) {
+        (QDType::Int4, WeightScope::PerGroup(g)) => Some(g),
+        _ => None,
+    };
+    let Some(asked) = plan.values().filter_map(|(w, _)| grouped(w)).max() else {
+        return Ok(None);
+    };
+    let widths: Vec<(String, usize)> = plan
+        .iter()
+        .filter(|(_, (w, _))| grouped(w).is_some())
+        .map(|(n, _)| (n.clone(), in_features(n)))
+        .collect();
+    let fits = |g: usize| widths.iter().all(|(_, k)| k.is_multiple_of(g));
+    let groups_asked: Vec<usize> = plan.values().filter_map(|(w, _)| grouped(w)).collect();
+    if groups_asked.iter().all(|&g| fits(g)) {
+        return Ok(None);
+    }
+    let Some(used) = [128, 64, 32].into_iter().find(|&g| g <= asked && fits(g)) else {
+        let (name, k) = widths
+            .iter()
+            .find(|(_, k)| !k.is_multiple_of(32))
+            .cloned()
+            .unwrap_or_default();
+        return Err(Error::InvalidArgument(format!(
+            "int4 groups of {asked} do not tile `{name}` ({k} inputs), and no group of 32, 64 or \
+             128 divides every quantized width: quantize it per channel or leave it in float"
+        )));
+    };
+    for (w, _) in plan.values_mut() {
+        if grouped(w).is_some() {
+            w.scope = WeightScope::PerGroup(used);
+        }
+    }
+    Ok(Some((asked, used)))
 }
 
 pub struct QuantizedModel {
@@ -261,6 +315,7 @@ pub fn quantize_on<B: Backend>(
             None => report.fallback.push(name),
         }
     }
+    report.int4_group = fit_int4_groups(&config, &mut plan)?;
 
     // 3. static activation scales from the smoothed float model
     let needs_static = plan
