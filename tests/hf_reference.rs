@@ -157,6 +157,42 @@ fn qwen3_qk_norm_head_dim_128_and_windowed_layers_match_transformers() {
     check("qwen3-qknorm", None);
 }
 
+/// llama.cpp's converter keeps no sliding window for Qwen3 (nor does its runtime run one), so
+/// the GGUF is checked against the HF checkpoint run without its window: the same bf16
+/// weights through the GGUF's names (QK-norm, q/k/v/o biases, no permutation), the same bits.
+#[test]
+fn qwen3_gguf_equals_its_checkpoint_without_the_window() {
+    let dir = fixtures().join("qwen3-qknorm");
+    let tokens = u32s(&read_json(&dir.join("reference.json"))["tokens"]);
+    let g = GgufFile::open(dir.join("model.bf16.gguf")).expect("gguf");
+    let gc = ModelConfig::from_gguf(&g).expect("gguf config");
+    assert!(gc.qkv_bias && gc.o_bias && gc.sliding_window.is_none());
+    let gm = LlamaModel::load(
+        CpuBackend::new(),
+        gc.clone(),
+        &GgufWeights::new(&g, gc.clone()).expect("weights"),
+        None,
+    )
+    .expect("gguf model");
+    let mut hc = ferroq::checkpoint::read_hf_config(&dir).expect("hf config");
+    assert_eq!(hc.sliding_window, Some(8));
+    hc.sliding_window = None;
+    hc.sliding_layers = vec![false; hc.num_layers];
+    let src = ferroq::checkpoint::safetensors_io::SafetensorsWeights::open_dir(&dir).expect("st");
+    let hm = LlamaModel::load(CpuBackend::new(), hc, &src, None).expect("hf model");
+    let logits = |m: &LlamaModel<CpuBackend>| {
+        let mut s = m.new_session(tokens.len(), 64, true).expect("session");
+        m.forward(&mut s, &tokens, Logits::All)
+            .expect("forward")
+            .to_vec()
+    };
+    let (a, b) = (logits(&gm), logits(&hm));
+    assert!(
+        a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
+        "Qwen3 GGUF logits differ from its checkpoint's"
+    );
+}
+
 #[test]
 fn llama_linear_rope_matches_transformers() {
     check("llama-linear", None);
