@@ -22,8 +22,8 @@ from pathlib import Path
 
 import torch
 import transformers
-from transformers import (AutoModelForCausalLM, LlamaConfig, MistralConfig, Qwen2Config,
-                          Qwen3Config)
+from transformers import (AutoModelForCausalLM, LlamaConfig, MistralConfig, Phi3Config,
+                          Qwen2Config, Qwen3Config)
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 VOCAB = 320
@@ -88,6 +88,14 @@ VARIANTS = {
         use_sliding_window=True, sliding_window=8,
         layer_types=["sliding_attention", "full_attention", "sliding_attention"],
         rope_parameters={"rope_type": "default", "rope_theta": 1000000.0})),
+    # Phi-3: fused qkv_proj / gate_up_proj, LongRoPE past a 16-token original context (the
+    # long factors and sqrt(1 + ln 4 / ln 16) on cos / sin), a window of 10 on every layer
+    "phi3-longrope": Phi3Config(**common(
+        num_attention_heads=2, num_key_value_heads=1, sliding_window=10, pad_token_id=0,
+        original_max_position_embeddings=16,
+        rope_parameters={"rope_type": "longrope", "rope_theta": 10000.0,
+                         "short_factor": [1.0 + 0.1 * i for i in range(16)],
+                         "long_factor": [1.0 + 0.7 * i for i in range(16)]})),
 }
 
 # RoPE types checked on their frequencies alone (head_dim 64, the context a workspace serves)

@@ -194,6 +194,16 @@ fn qwen3_gguf_equals_its_checkpoint_without_the_window() {
 }
 
 #[test]
+fn phi3_fused_projections_longrope_and_window_match_transformers() {
+    check("phi3-longrope", None);
+    // quantizing would write the projections apart, which Phi3ForCausalLM does not read
+    match ferroq::model::read_all(&fixtures().join("phi3-longrope")) {
+        Err(e) => assert!(e.to_string().contains("Phi-3"), "{e}"),
+        Ok(_) => panic!("a Phi-3 checkpoint was read for quantization"),
+    }
+}
+
+#[test]
 fn llama_linear_rope_matches_transformers() {
     check("llama-linear", None);
     check("llama-linear", GGUF);

@@ -21,6 +21,9 @@ pub enum Arch {
     Qwen2,
     /// Llama block with RMSNorm over each head of q and k before RoPE (QK-norm).
     Qwen3,
+    /// Llama block stored with fused `qkv_proj` and `gate_up_proj` (Phi-3 / 3.5 / 4), split at
+    /// load (`checkpoint::fused`); a sliding window on every layer when the config sets one.
+    Phi3,
 }
 
 impl Arch {
@@ -30,6 +33,7 @@ impl Arch {
             Arch::Mistral => "MistralForCausalLM",
             Arch::Qwen2 => "Qwen2ForCausalLM",
             Arch::Qwen3 => "Qwen3ForCausalLM",
+            Arch::Phi3 => "Phi3ForCausalLM",
         }
     }
     fn model_type(self) -> &'static str {
@@ -38,6 +42,7 @@ impl Arch {
             Arch::Mistral => "mistral",
             Arch::Qwen2 => "qwen2",
             Arch::Qwen3 => "qwen3",
+            Arch::Phi3 => "phi3",
         }
     }
 
@@ -206,7 +211,12 @@ fn refuse_unimplemented(j: &Json, arch: Arch) -> Result<()> {
 
 /// (rope_theta, scaling) as transformers 5 resolves them: `rope_scaling` if given (legacy,
 /// with the top-level `rope_theta`), else `rope_parameters`; per-layer-type RoPE refused.
-fn rope_settings(j: &Json, head_dim: usize, max_pos: usize) -> Result<(f64, Option<RopeScaling>)> {
+fn rope_settings(
+    j: &Json,
+    arch: Arch,
+    head_dim: usize,
+    max_pos: usize,
+) -> Result<(f64, Option<RopeScaling>)> {
     let dict = |key: &str| -> Result<Option<serde_json::Map<String, Json>>> {
         match j.get(key) {
             None | Some(Json::Null) => Ok(None),
@@ -231,10 +241,16 @@ fn rope_settings(j: &Json, head_dim: usize, max_pos: usize) -> Result<(f64, Opti
             rp.entry(key).or_insert_with(|| v.clone());
         }
     }
-    crate::checkpoint::rope::parse(&Json::Object(rp), j, head_dim, max_pos)
+    // Phi3Config always has an original_max_position_embeddings (4096 when the file has none),
+    // and transformers prefers it to the one inside the RoPE dict
+    let mut top = j.clone();
+    if arch == Arch::Phi3 && top.get("original_max_position_embeddings").is_none() {
+        top["original_max_position_embeddings"] = json!(4096);
+    }
+    crate::checkpoint::rope::parse(&Json::Object(rp), &top, head_dim, max_pos)
 }
 
-/// (sliding_window, which layers use it). Mistral: every layer when `sliding_window` is set.
+/// (sliding_window, which layers use it). Mistral, Phi-3: every layer when `sliding_window` is set.
 /// Qwen2 / Qwen3: only with `use_sliding_window`, on the layers `layer_types` marks (by default
 /// those from `max_window_layers` on). Llama has none.
 fn sliding(j: &Json, arch: Arch, layers: usize) -> Result<(Option<usize>, Vec<bool>)> {
@@ -247,7 +263,7 @@ fn sliding(j: &Json, arch: Arch, layers: usize) -> Result<(Option<usize>, Vec<bo
     )?;
     let window = match arch {
         Arch::Llama => None,
-        Arch::Mistral => window,
+        Arch::Mistral | Arch::Phi3 => window,
         Arch::Qwen2 | Arch::Qwen3 => {
             let on = opt_field(
                 j,
@@ -295,8 +311,8 @@ fn sliding(j: &Json, arch: Arch, layers: usize) -> Result<(Option<usize>, Vec<bo
         }
         None => vec![true; layers],
     };
-    // Mistral applies its window to every layer whatever layer_types says
-    let kinds = if arch == Arch::Mistral {
+    // Mistral and Phi-3 apply their window to every layer whatever layer_types says
+    let kinds = if matches!(arch, Arch::Mistral | Arch::Phi3) {
         vec![true; layers]
     } else {
         kinds
@@ -343,6 +359,9 @@ impl ModelConfig {
             "self_attn.o_proj.bias" | "mlp.down_proj.bias" => vec![dim],
             "mlp.gate_proj.weight" | "mlp.up_proj.weight" => vec![ffn, dim],
             "mlp.gate_proj.bias" | "mlp.up_proj.bias" => vec![ffn],
+            // Phi-3's fused projections, as stored
+            "self_attn.qkv_proj.weight" if self.arch == Arch::Phi3 => vec![qd + 2 * kvd, dim],
+            "mlp.gate_up_proj.weight" if self.arch == Arch::Phi3 => vec![2 * ffn, dim],
             "mlp.down_proj.weight" => vec![dim, ffn],
             _ => return None,
         })
@@ -440,9 +459,10 @@ impl ModelConfig {
             "mistral" => Arch::Mistral,
             "qwen2" => Arch::Qwen2,
             "qwen3" => Arch::Qwen3,
+            "phi3" => Arch::Phi3,
             other => {
                 return Err(Error::Config(format!(
-                    "model_type `{other}` is not supported (llama, mistral, qwen2, qwen3)"
+                    "model_type `{other}` is not supported (llama, mistral, qwen2, qwen3, phi3)"
                 )))
             }
         };
@@ -476,7 +496,8 @@ impl ModelConfig {
         )?
         .try_into()
         .unwrap_or(usize::MAX);
-        let (rope_theta, rope_scaling) = rope_settings(&j, head_dim, max_position_embeddings)?;
+        let (rope_theta, rope_scaling) =
+            rope_settings(&j, arch, head_dim, max_position_embeddings)?;
         let attention_bias =
             opt_field(&j, "attention_bias", false, Json::as_bool, "true or false")?;
         let mlp_bias = opt_field(&j, "mlp_bias", false, Json::as_bool, "true or false")?;
@@ -668,6 +689,15 @@ impl ModelConfig {
         match self.arch {
             Arch::Llama => j["mlp_bias"] = json!(self.mlp_bias),
             Arch::Mistral => j["sliding_window"] = json!(self.sliding_window),
+            Arch::Phi3 => {
+                j["sliding_window"] = json!(self.sliding_window);
+                // Phi3Config's own original_max_position_embeddings (default 4096) wins over
+                // the one inside rope_scaling, so it is written where that class reads it
+                if let Some(RopeScaling::LongRope(l)) = &self.rope_scaling {
+                    j["original_max_position_embeddings"] =
+                        json!(l.original_max_position_embeddings);
+                }
+            }
             Arch::Qwen2 | Arch::Qwen3 => {
                 j["use_sliding_window"] = json!(self.sliding_window.is_some());
                 j["sliding_window"] = json!(self.sliding_window);

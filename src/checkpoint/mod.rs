@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod ct;
+pub mod fused;
 pub mod gguf;
 pub mod rope;
 pub mod safetensors_io;
@@ -31,6 +32,22 @@ pub trait WeightSource {
     /// models); loading checks it against the config so rotated weights never run unrotated.
     fn online_hadamard(&self) -> Option<OnlineHadamard> {
         None
+    }
+}
+
+/// A borrowed source is a source (so a wrapper can hold either).
+impl<T: WeightSource + ?Sized> WeightSource for &T {
+    fn tensor_names(&self) -> Vec<String> {
+        (**self).tensor_names()
+    }
+    fn load(&self, name: &str) -> Result<HostTensor> {
+        (**self).load(name)
+    }
+    fn quant_linear(&self, name: &str) -> Result<Option<(QuantWeight, ActSpec)>> {
+        (**self).quant_linear(name)
+    }
+    fn online_hadamard(&self) -> Option<OnlineHadamard> {
+        (**self).online_hadamard()
     }
 }
 

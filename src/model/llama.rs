@@ -1,7 +1,9 @@
 //! The Llama-family decoder, written once against the `Backend` trait (HF `LlamaForCausalLM`).
 //!
-//! - Pre-RMSNorm blocks, RoPE (rotate_half), grouped-query attention over a paged KV cache,
-//!   SwiGLU MLP, final norm and LM head (tied or not, int8 when the checkpoint asks).
+//! - Pre-RMSNorm blocks, RoPE (rotate_half; scaled as `checkpoint::rope` says), QK-norm where
+//!   the family has it (Qwen3), grouped-query attention over a paged KV cache (a sliding window
+//!   on the layers the config marks), SwiGLU MLP, biases where the config puts them, final norm
+//!   and LM head (tied or not, int8 when the checkpoint asks).
 //! - `Workspace` holds every activation buffer once for (max_batch, max_seq), so prefill and
 //!   decode allocate nothing; `forward_batch` runs several sequences in one pass.
 
@@ -259,12 +261,13 @@ impl<B: Backend> LlamaModel<B> {
                 k: linear(&format!("{p}.self_attn.k_proj"), kvd, dim, c.qkv_bias)?,
                 v: linear(&format!("{p}.self_attn.v_proj"), kvd, dim, c.qkv_bias)?,
                 o: linear(&format!("{p}.self_attn.o_proj"), dim, qd, c.o_bias)?,
-                qk_norm: match c.arch.qk_norm() {
-                    true => Some((
+                qk_norm: if c.arch.qk_norm() {
+                    Some((
                         vector(&format!("{p}.self_attn.q_norm.weight"), c.head_dim)?,
                         vector(&format!("{p}.self_attn.k_norm.weight"), c.head_dim)?,
-                    )),
-                    false => None,
+                    ))
+                } else {
+                    None
                 },
                 mlp_norm: vector(&format!("{p}.post_attention_layernorm.weight"), dim)?,
                 gate: linear(&format!("{p}.mlp.gate_proj"), ffn, dim, c.mlp_bias)?,

@@ -10,7 +10,8 @@ pub mod llama;
 pub mod session;
 
 use crate::backend::Backend;
-use crate::checkpoint::config::ModelConfig;
+use crate::checkpoint::config::{Arch, ModelConfig};
+use crate::checkpoint::fused::FusedSplit;
 use crate::checkpoint::{
     compressed_config, gguf, read_hf_config, safetensors_io, write_json, Format, WeightSource,
 };
@@ -56,10 +57,12 @@ pub fn open<B: Backend>(backend: B, path: &Path, weight_dtype: Option<DType>) ->
                 let src = crate::checkpoint::ct::CompressedTensors::open(path, &config)?;
                 config.hadamard = src.hadamard;
                 config.lm_head = src.lm_head;
-                LlamaModel::load(backend, config, &src, weight_dtype)?
+                let src = split(&src, &config);
+                LlamaModel::load(backend, config, &*src, weight_dtype)?
             } else {
                 let src = safetensors_io::SafetensorsWeights::open_dir(path)?;
-                LlamaModel::load(backend, config, &src, weight_dtype)?
+                let src = split(&src, &config);
+                LlamaModel::load(backend, config, &*src, weight_dtype)?
             };
             Ok(Loaded {
                 model,
@@ -67,6 +70,14 @@ pub fn open<B: Backend>(backend: B, path: &Path, weight_dtype: Option<DType>) ->
                 format: Format::HfDir,
             })
         }
+    }
+}
+
+/// `src` under the shared block's names: fused projections split where the family fuses them.
+fn split<'a>(src: &'a dyn WeightSource, config: &ModelConfig) -> Box<dyn WeightSource + 'a> {
+    match config.arch {
+        Arch::Phi3 => Box::new(FusedSplit::new(src, config.clone())),
+        _ => Box::new(src),
     }
 }
 
@@ -98,6 +109,14 @@ pub fn read_all(
                     "{} is already quantized ({q}); quantize the float model instead",
                     path.display()
                 )));
+            }
+            if config.arch == Arch::Phi3 {
+                // the quantizer would write q/k/v and gate/up apart, which Phi3 does not read
+                return Err(Error::Config(
+                    "quantizing Phi-3 checkpoints is not supported yet: their fused qkv_proj and \
+                     gate_up_proj are not fused again on write"
+                        .into(),
+                ));
             }
             let tok = TokenizerBundle::from_hf_dir(path, &config.eos_token_ids)?;
             let src = safetensors_io::SafetensorsWeights::open_dir(path)?;

@@ -1,0 +1,106 @@
+//! Fused projections (Phi-3's `qkv_proj` and `gate_up_proj`) seen as the separate linears of
+//! the shared block.
+//!
+//! - transformers' Phi3 slices q, k, v from one [q_dim + 2 kv_dim, dim] matrix in that order and
+//!   gate, up from one [2 ffn, dim] matrix (`chunk(2)`: gate first); the rows are cut the same
+//!   way here, in the stored dtype (a row slice is exact).
+//! - Quantized fused checkpoints are refused: their scales cover the fused rows.
+
+use crate::checkpoint::config::ModelConfig;
+use crate::checkpoint::site::{layer_module, OnlineHadamard};
+use crate::checkpoint::WeightSource;
+use crate::error::{Error, Result};
+use crate::quant::{ActSpec, QuantWeight};
+use crate::tensor::HostTensor;
+
+/// `inner` under the shared block's names: `self_attn.{q,k,v}_proj.weight` and
+/// `mlp.{gate,up}_proj.weight` are row ranges of the fused tensors.
+pub struct FusedSplit<'a> {
+    inner: &'a dyn WeightSource,
+    config: ModelConfig,
+}
+
+impl<'a> FusedSplit<'a> {
+    pub fn new(inner: &'a dyn WeightSource, config: ModelConfig) -> Self {
+        FusedSplit { inner, config }
+    }
+
+    /// (fused tensor, first row, rows) holding the split tensor `name`, if it is one.
+    fn source(&self, name: &str) -> Option<(String, usize, usize)> {
+        let c = &self.config;
+        let (layer, module) = layer_module(name)?;
+        let (qd, kvd, ffn) = (c.q_dim(), c.kv_dim(), c.intermediate_size);
+        let p = format!("model.layers.{layer}");
+        let (fused, start, rows) = match module {
+            "self_attn.q_proj.weight" => ("self_attn.qkv_proj.weight", 0, qd),
+            "self_attn.k_proj.weight" => ("self_attn.qkv_proj.weight", qd, kvd),
+            "self_attn.v_proj.weight" => ("self_attn.qkv_proj.weight", qd + kvd, kvd),
+            "mlp.gate_proj.weight" => ("mlp.gate_up_proj.weight", 0, ffn),
+            "mlp.up_proj.weight" => ("mlp.gate_up_proj.weight", ffn, ffn),
+            _ => return None,
+        };
+        Some((format!("{p}.{fused}"), start, rows))
+    }
+}
+
+impl WeightSource for FusedSplit<'_> {
+    fn tensor_names(&self) -> Vec<String> {
+        let mut names = Vec::new();
+        for n in self.inner.tensor_names() {
+            let split: &[&str] = match layer_module(&n) {
+                Some((_, "self_attn.qkv_proj.weight")) => &["q_proj", "k_proj", "v_proj"],
+                Some((_, "mlp.gate_up_proj.weight")) => &["gate_proj", "up_proj"],
+                _ => {
+                    names.push(n);
+                    continue;
+                }
+            };
+            let prefix = n.rsplit_once('.').and_then(|(m, _)| m.rsplit_once('.'));
+            if let Some((parent, _)) = prefix {
+                names.extend(split.iter().map(|s| format!("{parent}.{s}.weight")));
+            }
+        }
+        names
+    }
+
+    fn load(&self, name: &str) -> Result<HostTensor> {
+        let Some((fused, start, rows)) = self.source(name) else {
+            return self.inner.load(name);
+        };
+        let t = self.inner.load(&fused)?;
+        let [total, cols] = t.shape[..] else {
+            return Err(Error::ShapeMismatch {
+                tensor: fused,
+                expected: vec![start + rows, 0],
+                actual: t.shape.clone(),
+            });
+        };
+        if start + rows > total {
+            return Err(Error::ShapeMismatch {
+                tensor: fused,
+                expected: vec![start + rows, cols],
+                actual: t.shape.clone(),
+            });
+        }
+        let all = t.to_f32_vec(); // (total, cols)
+        let part = all[start * cols..(start + rows) * cols].to_vec();
+        Ok(HostTensor::from_f32(vec![rows, cols], part)?.to_dtype(t.dtype()))
+    }
+
+    fn quant_linear(&self, name: &str) -> Result<Option<(QuantWeight, ActSpec)>> {
+        if let Some((fused, _, _)) = self.source(&format!("{name}.weight")) {
+            let module = fused.trim_end_matches(".weight");
+            if self.inner.quant_linear(module)?.is_some() {
+                return Err(Error::Config(format!(
+                    "`{module}` is quantized fused; ferroq splits only float fused projections"
+                )));
+            }
+            return Ok(None);
+        }
+        self.inner.quant_linear(name)
+    }
+
+    fn online_hadamard(&self) -> Option<OnlineHadamard> {
+        self.inner.online_hadamard()
+    }
+}
