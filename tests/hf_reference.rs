@@ -203,6 +203,39 @@ fn phi3_fused_projections_longrope_and_window_match_transformers() {
     }
 }
 
+/// A fused matrix of another height than the config's is refused, not sliced wrong.
+#[test]
+fn a_mis_sized_fused_projection_is_an_error() {
+    use ferroq::checkpoint::fused::FusedSplit;
+    use ferroq::checkpoint::WeightSource;
+    use ferroq::tensor::HostTensor;
+    let c = ferroq::checkpoint::read_hf_config(&fixtures().join("phi3-longrope")).expect("config");
+    let rows = c.q_dim() + 2 * c.kv_dim();
+    let mut src = std::collections::BTreeMap::new();
+    for (n, extra) in [
+        ("model.layers.0.self_attn.qkv_proj.weight", 0),
+        ("model.layers.1.self_attn.qkv_proj.weight", 1),
+    ] {
+        let t = HostTensor::from_f32(
+            vec![rows + extra, c.hidden_size],
+            vec![0.5; (rows + extra) * c.hidden_size],
+        );
+        src.insert(n.to_string(), t.expect("tensor"));
+    }
+    let split = FusedSplit::new(&src, c.clone());
+    let v = split
+        .load("model.layers.0.self_attn.v_proj.weight")
+        .expect("v");
+    assert_eq!(v.shape, vec![c.kv_dim(), c.hidden_size]);
+    match split.load("model.layers.1.self_attn.k_proj.weight") {
+        Err(e) => assert!(e.to_string().contains("qkv_proj"), "{e}"),
+        Ok(_) => panic!("a fused matrix one row too tall was sliced"),
+    }
+    assert!(split
+        .tensor_names()
+        .contains(&"model.layers.1.self_attn.v_proj.weight".to_string()));
+}
+
 #[test]
 fn llama_linear_rope_matches_transformers() {
     check("llama-linear", None);

@@ -25,21 +25,22 @@ impl<'a> FusedSplit<'a> {
         FusedSplit { inner, config }
     }
 
-    /// (fused tensor, first row, rows) holding the split tensor `name`, if it is one.
-    fn source(&self, name: &str) -> Option<(String, usize, usize)> {
+    /// (fused tensor, its rows, first row, rows) holding the split tensor `name`, if it is one.
+    fn source(&self, name: &str) -> Option<(String, usize, usize, usize)> {
         let c = &self.config;
         let (layer, module) = layer_module(name)?;
         let (qd, kvd, ffn) = (c.q_dim(), c.kv_dim(), c.intermediate_size);
         let p = format!("model.layers.{layer}");
-        let (fused, start, rows) = match module {
-            "self_attn.q_proj.weight" => ("self_attn.qkv_proj.weight", 0, qd),
-            "self_attn.k_proj.weight" => ("self_attn.qkv_proj.weight", qd, kvd),
-            "self_attn.v_proj.weight" => ("self_attn.qkv_proj.weight", qd + kvd, kvd),
-            "mlp.gate_proj.weight" => ("mlp.gate_up_proj.weight", 0, ffn),
-            "mlp.up_proj.weight" => ("mlp.gate_up_proj.weight", ffn, ffn),
+        let (qkv, gate_up) = ("self_attn.qkv_proj.weight", "mlp.gate_up_proj.weight");
+        let (fused, total, start, rows) = match module {
+            "self_attn.q_proj.weight" => (qkv, qd + 2 * kvd, 0, qd),
+            "self_attn.k_proj.weight" => (qkv, qd + 2 * kvd, qd, kvd),
+            "self_attn.v_proj.weight" => (qkv, qd + 2 * kvd, qd + kvd, kvd),
+            "mlp.gate_proj.weight" => (gate_up, 2 * ffn, 0, ffn),
+            "mlp.up_proj.weight" => (gate_up, 2 * ffn, ffn, ffn),
             _ => return None,
         };
-        Some((format!("{p}.{fused}"), start, rows))
+        Some((format!("{p}.{fused}"), total, start, rows))
     }
 }
 
@@ -64,31 +65,28 @@ impl WeightSource for FusedSplit<'_> {
     }
 
     fn load(&self, name: &str) -> Result<HostTensor> {
-        let Some((fused, start, rows)) = self.source(name) else {
+        let Some((fused, total, start, rows)) = self.source(name) else {
             return self.inner.load(name);
         };
         let t = self.inner.load(&fused)?;
-        let [total, cols] = t.shape[..] else {
-            return Err(Error::ShapeMismatch {
-                tensor: fused,
-                expected: vec![start + rows, 0],
-                actual: t.shape.clone(),
-            });
+        // the whole fused matrix must be what the config says, or the slices would be wrong
+        let cols = match t.shape[..] {
+            [n, cols] if n == total => cols,
+            _ => {
+                return Err(Error::ShapeMismatch {
+                    tensor: fused,
+                    expected: vec![total, self.config.hidden_size],
+                    actual: t.shape.clone(),
+                })
+            }
         };
-        if start + rows > total {
-            return Err(Error::ShapeMismatch {
-                tensor: fused,
-                expected: vec![start + rows, cols],
-                actual: t.shape.clone(),
-            });
-        }
         let all = t.to_f32_vec(); // (total, cols)
         let part = all[start * cols..(start + rows) * cols].to_vec();
         Ok(HostTensor::from_f32(vec![rows, cols], part)?.to_dtype(t.dtype()))
     }
 
     fn quant_linear(&self, name: &str) -> Result<Option<(QuantWeight, ActSpec)>> {
-        if let Some((fused, _, _)) = self.source(&format!("{name}.weight")) {
+        if let Some((fused, ..)) = self.source(&format!("{name}.weight")) {
             let module = fused.trim_end_matches(".weight");
             if self.inner.quant_linear(module)?.is_some() {
                 return Err(Error::Config(format!(
