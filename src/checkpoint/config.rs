@@ -595,18 +595,18 @@ impl ModelConfig {
                 g.dequantize(t)?.into_iter().map(f64::from).collect(),
             )),
         };
-        for key in ["attention.sliding_window", "rope.dimension_count"] {
-            let ok = match (key, g.get(&k(key))) {
-                (_, None) => true,
-                ("rope.dimension_count", Some(_)) => get(key)? == head_dim,
-                _ => false,
-            };
-            if !ok {
-                return Err(Error::Config(format!(
-                    "GGUF key `{}` is not supported for `{arch_name}` (it changes the math)",
-                    k(key)
-                )));
-            }
+        // a window, or RoPE over part of the head, would change the math
+        let refuse = |key: &str| {
+            Err(Error::Config(format!(
+                "GGUF key `{}` is not supported for `{arch_name}` (it changes the math)",
+                k(key)
+            )))
+        };
+        if g.get(&k("attention.sliding_window")).is_some() {
+            return refuse("attention.sliding_window");
+        }
+        if get_or("rope.dimension_count", head_dim)? != head_dim {
+            return refuse("rope.dimension_count");
         }
         // biases exist where the tensors do (llama.cpp loads them when present)
         let has = |t: &str| g.tensor(&format!("blk.0.{t}.bias")).is_some();

@@ -3,7 +3,7 @@
 //!
 //! - transformers' Phi3 slices q, k, v from one [q_dim + 2 kv_dim, dim] matrix in that order and
 //!   gate, up from one [2 ffn, dim] matrix (`chunk(2)`: gate first); the rows are cut the same
-//!   way here, in the stored dtype (a row slice is exact).
+//!   way here, in the stored dtype (`HostTensor::rows`: an exact copy).
 //! - Quantized fused checkpoints are refused: their scales cover the fused rows.
 
 use crate::checkpoint::config::ModelConfig;
@@ -70,19 +70,14 @@ impl WeightSource for FusedSplit<'_> {
         };
         let t = self.inner.load(&fused)?;
         // the whole fused matrix must be what the config says, or the slices would be wrong
-        let cols = match t.shape[..] {
-            [n, cols] if n == total => cols,
-            _ => {
-                return Err(Error::ShapeMismatch {
-                    tensor: fused,
-                    expected: vec![total, self.config.hidden_size],
-                    actual: t.shape.clone(),
-                })
-            }
-        };
-        let all = t.to_f32_vec(); // (total, cols)
-        let part = all[start * cols..(start + rows) * cols].to_vec();
-        Ok(HostTensor::from_f32(vec![rows, cols], part)?.to_dtype(t.dtype()))
+        if !matches!(t.shape[..], [n, _] if n == total) {
+            return Err(Error::ShapeMismatch {
+                tensor: fused,
+                expected: vec![total, self.config.hidden_size],
+                actual: t.shape.clone(),
+            });
+        }
+        t.rows(start, rows)
     }
 
     fn quant_linear(&self, name: &str) -> Result<Option<(QuantWeight, ActSpec)>> {

@@ -128,6 +128,29 @@ impl HostTensor {
         }
     }
 
+    /// Rows `start .. start + n` of a matrix, in its own dtype (an exact copy).
+    pub fn rows(&self, start: usize, n: usize) -> Result<HostTensor> {
+        let (cols, end) = match self.shape[..] {
+            [total, cols] if start.checked_add(n).is_some_and(|e| e <= total) => (cols, start + n),
+            _ => {
+                return Err(Error::InvalidArgument(format!(
+                    "rows {start}..{start}+{n} of a tensor of shape {:?}",
+                    self.shape
+                )))
+            }
+        };
+        let r = start * cols..end * cols;
+        let data = match &self.data {
+            HostData::F32(v) => HostData::F32(v[r].to_vec()),
+            HostData::F16(v) => HostData::F16(v[r].to_vec()),
+            HostData::BF16(v) => HostData::BF16(v[r].to_vec()),
+        };
+        Ok(HostTensor {
+            shape: vec![n, cols],
+            data,
+        })
+    }
+
     /// Little-endian bytes of the elements, as safetensors stores them.
     pub fn as_le_bytes(&self) -> &[u8] {
         // x86_64 and aarch64 are little-endian; the crate refuses big-endian targets below.
