@@ -9,7 +9,8 @@
 // 0 .. n_keys[r] - 1 of its sequence, whose block table is tables + seq_of[r] * max_blocks
 // (position p lives in cache slot table[p / block_size] * block_size + p % block_size). With a
 // sliding window (window > 0) it sees keys lo = max(0, n_keys[r] - window) .. n_keys[r] - 1.
-// Split s takes keys [lo + s * split_len, min(n_keys, lo + (s + 1) * split_len)): one warp per
+// Scores are q.k * scale, soft-capped to softcap * tanh(score / softcap) when softcap > 0
+// (Gemma 2). Split s takes keys [lo + s * split_len, min(n_keys, lo + (s + 1) * split_len)): one warp per
 // key for Q.K,
 // softmax numerators in shared memory, then threads over head dims for P.V. It writes the
 // unnormalised partial output, its max m and its sum l to part (rows, n_heads, splits,
@@ -26,7 +27,7 @@ extern "C" __global__ void attn_partial(
     const bf16_t* __restrict__ v_cache, const u32* __restrict__ tables,
     const u32* __restrict__ row_ids, const u32* __restrict__ seq_of,
     const u32* __restrict__ n_keys, int max_blocks, int block_size, int n_heads, int n_kv_heads,
-    int head_dim, int split_len, int splits, float scale, int window) {
+    int head_dim, int split_len, int splits, float scale, int window, float softcap) {
     __shared__ float qs[ATTN_MAX_HD];
     __shared__ float sc[ATTN_MAX_SPLIT];
     __shared__ float sh[32];
@@ -55,7 +56,7 @@ extern "C" __global__ void attn_partial(
         float d = 0.0f;
         for (int i = lane; i < head_dim; i += 32) d += qs[i] * bf16_to_f32(kr[i]);
         d = warp_sum(d);
-        if (lane == 0) sc[j - j0] = d * scale;
+        if (lane == 0) sc[j - j0] = softcap > 0.0f ? tanhf(d * scale / softcap) * softcap : d * scale;
     }
     __syncthreads();
     float m = NEG_INF;
@@ -106,7 +107,8 @@ extern "C" __global__ void attn_combine(float* __restrict__ out, const float* __
 // attn_prefill_hd{64,128}: FlashAttention-2 (Dao 2023) on mma.m16n8k16 bf16. Grid (tiles,
 // n_heads), 128 threads. Tile i = tiles[4 i ..] = (sequence, first batch row, rows <= 64, position
 // of the first row): consecutive rows of one sequence, row r at position pos0 + r attending to
-// keys 0 ..= pos0 + r (with a sliding window, window > 0, only keys past pos0 + r - window).
+// keys 0 ..= pos0 + r (with a sliding window, window > 0, only keys past pos0 + r - window);
+// scores as attn_partial's (scale, then the soft cap when softcap > 0).
 // Each warp owns 16 query rows held as bf16 A fragments; the block walks
 // the keys 64 at a time, staging K as (key, dim-pair) words and V transposed as (dim, key-pair)
 // words (both copied from the bf16 cache, rows padded by 4 words so fragment loads
@@ -115,6 +117,7 @@ extern "C" __global__ void attn_combine(float* __restrict__ out, const float* __
 // O += P V with P rounded to bf16 straight from the S accumulators (the C layout of m16n8 is
 // the A layout of m16n8k16). Q, K, V and P are bf16, everything else f32.
 #define FA_BQ 64
+#define LOG2E_F 1.4426950408889634f
 #define FA_BK 64
 
 template <int HD>
@@ -124,7 +127,7 @@ __device__ __forceinline__ void attn_prefill(float* __restrict__ out, const floa
                                              const u32* __restrict__ tables,
                                              const u32* __restrict__ tiles, int max_blocks,
                                              int block_size, int n_heads, int n_kv_heads,
-                                             float scale_log2, int window) {
+                                             float scale, int window, float softcap) {
     constexpr int KLD = HD / 2 + 4, VLD = FA_BK / 2 + 4, KSTEPS = HD / 16, DT = HD / 8;
     constexpr int NT = FA_BK / 8; // n8 tiles of keys per step
     __shared__ __align__(16) u32 ks[FA_BK * KLD]; // (key, dim pair) bf16x2
@@ -199,7 +202,9 @@ __device__ __forceinline__ void attn_prefill(float* __restrict__ out, const floa
                 const int key = k0 + j * 8 + t * 2 + (c & 1);
                 const bool hi = c >= 2;
                 const bool seen = key < (hi ? nk_hi : nk_lo) && key >= (hi ? lo_hi : lo_lo);
-                const float v = seen ? s[j][c] * scale_log2 : NEG_INF;
+                float x = s[j][c] * scale;
+                if (softcap > 0.0f) x = tanhf(x / softcap) * softcap;
+                const float v = seen ? x * LOG2E_F : NEG_INF;
                 s[j][c] = v;
                 if (hi)
                     mx_hi = fmaxf(mx_hi, v);
@@ -276,9 +281,9 @@ __device__ __forceinline__ void attn_prefill(float* __restrict__ out, const floa
         float* __restrict__ out, const float* __restrict__ q, const bf16_t* __restrict__ k,   \
         const bf16_t* __restrict__ v, const u32* __restrict__ tables,                         \
         const u32* __restrict__ tiles, int max_blocks, int block_size, int n_heads,           \
-        int n_kv_heads, float scale_log2, int window) {                                       \
+        int n_kv_heads, float scale, int window, float softcap) {                             \
         attn_prefill<HD>(out, q, k, v, tables, tiles, max_blocks, block_size, n_heads,        \
-                         n_kv_heads, scale_log2, window);                                     \
+                         n_kv_heads, scale, window, softcap);                                 \
     }
 ATTN_PREFILL(64)
 ATTN_PREFILL(128)

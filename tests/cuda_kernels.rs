@@ -499,6 +499,8 @@ fn paged_attention_both_paths_match_the_cpu() {
             n_kv_heads: nkv,
             head_dim: hd,
             window,
+            scale: 1.0 / (hd as f32).sqrt(),
+            softcap: None,
         })
         .expect("cpu attention");
         let (qg, kg, vg) = (
@@ -522,6 +524,8 @@ fn paged_attention_both_paths_match_the_cpu() {
                 n_kv_heads: nkv,
                 head_dim: hd,
                 window,
+                scale: 1.0 / (hd as f32).sqrt(),
+                softcap: None,
             })
             .expect("gpu attention");
             let mut got = vec![0f32; n * qd];

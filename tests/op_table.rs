@@ -58,6 +58,17 @@ enum Op {
     SiluMul {
         len: usize,
     },
+    GeluMul {
+        len: usize,
+    },
+    /// x · 1.7
+    Scale {
+        len: usize,
+    },
+    /// 3 · tanh(x / 3)
+    Softcap {
+        len: usize,
+    },
     AddAssign {
         len: usize,
     },
@@ -98,6 +109,8 @@ enum Op {
         past: usize,
         rows: usize,
         bs: usize,
+        /// Gemma 2's scores: scaled by 0.2 instead of 1/√hd, soft-capped at 1.5
+        capped: bool,
     },
     Argmax {
         rows: usize,
@@ -134,6 +147,7 @@ const fn attn(heads: usize, kv: usize, hd: usize, past: usize, rows: usize, bs: 
         past,
         rows,
         bs,
+        capped: false,
     }
 }
 const fn embed(vocab: usize, dim: usize, dtype: DType) -> Op {
@@ -175,6 +189,10 @@ const CASES: &[Op] = &[
     Op::SiluMul { len: 1 },
     Op::SiluMul { len: 17 },
     Op::SiluMul { len: 1000 },
+    Op::GeluMul { len: 1 },
+    Op::GeluMul { len: 1000 },
+    Op::Scale { len: 37 },
+    Op::Softcap { len: 1000 },
     Op::AddAssign { len: 1 },
     Op::AddAssign { len: 33 },
     embed(11, 7, DType::F32),
@@ -209,6 +227,24 @@ const CASES: &[Op] = &[
     attn(1, 1, 8, 0, 1, 4),
     attn(4, 2, 16, 5, 3, 4),
     attn(6, 2, 64, 0, 9, 16),
+    Op::Attention {
+        heads: 4,
+        kv: 2,
+        hd: 64,
+        past: 40,
+        rows: 1,
+        bs: 16,
+        capped: true,
+    },
+    Op::Attention {
+        heads: 4,
+        kv: 2,
+        hd: 128,
+        past: 0,
+        rows: 80,
+        bs: 16,
+        capped: true,
+    },
     Op::Argmax { rows: 3, vocab: 50 },
     // zero rows (an empty prefill chunk, a batch with nothing to decode): a no-op everywhere,
     // where a zero-sized CUDA grid would be a launch error
@@ -312,6 +348,45 @@ fn run<B: Backend>(b: &B, op: Op, seed: u64, bf16_tiles: bool) -> Outcome {
                 want,
                 scale,
                 rel: 8.0 * f32eps,
+            }
+        }
+        Op::GeluMul { len } => {
+            let (g, u) = (randn(&mut rng, len, 4.0), randn(&mut rng, len, 2.0));
+            let (mut gb, ub) = (b.upload(&g).expect("up"), b.upload(&u).expect("up"));
+            b.gelu_mul(&mut gb, &ub, len).expect("gelu_mul");
+            let k = (2.0 / std::f64::consts::PI).sqrt();
+            let want: Vec<f64> = g
+                .iter()
+                .zip(&u)
+                .map(|(&g, &u)| {
+                    let g = g as f64;
+                    0.5 * g * (1.0 + (k * (g + 0.044715 * g.powi(3))).tanh()) * u as f64
+                })
+                .collect();
+            let scale = max_abs64(&want);
+            Outcome {
+                got: read(b, &gb, len),
+                want,
+                scale,
+                rel: 8.0 * f32eps,
+            }
+        }
+        Op::Scale { len } | Op::Softcap { len } => {
+            let x = randn(&mut rng, len, 6.0);
+            let mut xb = b.upload(&x).expect("up");
+            let want: Vec<f64> = if matches!(op, Op::Scale { .. }) {
+                b.scale(&mut xb, len, 1.7).expect("scale");
+                x.iter().map(|&v| v as f64 * 1.7f32 as f64).collect()
+            } else {
+                b.softcap(&mut xb, len, 3.0).expect("softcap");
+                x.iter().map(|&v| (v as f64 / 3.0).tanh() * 3.0).collect()
+            };
+            let scale = max_abs64(&want);
+            Outcome {
+                got: read(b, &xb, len),
+                want,
+                scale,
+                rel: 4.0 * f32eps,
             }
         }
         Op::AddAssign { len } => {
@@ -494,7 +569,11 @@ fn run<B: Backend>(b: &B, op: Op, seed: u64, bf16_tiles: bool) -> Outcome {
             past,
             rows,
             bs,
-        } => attention_case(b, &mut rng, (heads, kv, hd), past, rows, bs),
+            capped,
+        } => {
+            let gemma = capped.then_some((0.2, 1.5));
+            attention_case(b, &mut rng, (heads, kv, hd), past, rows, bs, gemma)
+        }
         Op::Argmax { rows, vocab } => {
             let mut logits = randn(&mut rng, rows * vocab, 4.0);
             // a tie at the maximum of row 1: the first index wins

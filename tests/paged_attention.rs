@@ -103,6 +103,8 @@ fn run(
         n_kv_heads: h.nkv,
         head_dim: h.hd,
         window: h.win,
+        scale: 1.0 / (h.hd as f32).sqrt(),
+        softcap: None,
     })?;
     Ok(out)
 }

@@ -30,7 +30,8 @@ pub trait Fused: Ops {
         }
         self.rms_norm(out, res, weight, rows, dim, eps)
     }
-    /// Make `input` (rows, cols) in float — the residual add then the norm, or SiLU·up — and
+    /// Make `input` (rows, cols) in float — the residual add then the norm, or the gated
+    /// activation — and
     /// return the buffer holding it; the default runs the ops one by one.
     fn make_input<'a>(
         &self,
@@ -52,6 +53,10 @@ pub trait Fused: Ops {
             }
             LinearInput::SiluMul { gate, up } => {
                 self.silu_mul(gate, up, rows * cols)?;
+                gate
+            }
+            LinearInput::GeluMul { gate, up } => {
+                self.gelu_mul(gate, up, rows * cols)?;
                 gate
             }
         })
@@ -153,8 +158,13 @@ pub enum LinearInput<'a, B: DeviceMemory> {
         gate: &'a mut B::Buf,
         up: &'a B::Buf,
     },
+    /// gate (rows, cols) = gelu_tanh(gate) · up (GeGLU), and x is gate.
+    GeluMul {
+        gate: &'a mut B::Buf,
+        up: &'a B::Buf,
+    },
 }
-// When the call rotates, the buffer that is x (Ready's, Norm's x, SiluMul's gate) holds the
+// When the call rotates, the buffer that is x (Ready's, Norm's x, the gate) holds the
 // rotated rows afterwards, unless every linear took a fused quantized input: then its contents
 // are unspecified (Norm's residual stream is always updated).
 

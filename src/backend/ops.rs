@@ -1,7 +1,8 @@
 //! The op role of a backend: the LLM operations the Llama forward pass needs.
 //!
 //! - Embed, RMSNorm, linear, RoPE, paged KV write, causal GQA attention over block tables,
-//!   SiLU·up, residual add, copy, block Hadamard — shapes in each method's comment.
+//!   SiLU·up and GELU·up, residual add, scaling and tanh soft-capping, copy, block Hadamard —
+//!   shapes in each method's comment.
 //! - Design after candle's per-device backend traits and llm.c's one function per layer op.
 
 use super::linear::Linear;
@@ -81,6 +82,12 @@ pub trait Ops: DeviceMemory {
     fn attention(&self, a: AttentionArgs<'_, Self>) -> Result<()>;
     /// gate (len) = silu(gate) * up
     fn silu_mul(&self, gate: &mut Self::Buf, up: &Self::Buf, len: usize) -> Result<()>;
+    /// gate (len) = gelu_tanh(gate) * up (GeGLU: PyTorch's `gelu(approximate="tanh")`)
+    fn gelu_mul(&self, gate: &mut Self::Buf, up: &Self::Buf, len: usize) -> Result<()>;
+    /// x (len) = x · s (Gemma's embedding scale)
+    fn scale(&self, x: &mut Self::Buf, len: usize, s: f32) -> Result<()>;
+    /// x (len) = cap · tanh(x / cap) (Gemma 2's final-logit soft-capping)
+    fn softcap(&self, x: &mut Self::Buf, len: usize, cap: f32) -> Result<()>;
     /// x (len) ← blockdiag(H_block) x: the online rotation of `quant::hadamard`.
     fn hadamard(&self, x: &mut Self::Buf, len: usize, block: usize) -> Result<()>;
 }
@@ -166,4 +173,8 @@ pub struct AttentionArgs<'a, B: DeviceMemory> {
     /// Sliding-window attention (Mistral, Gemma's local layers): the query at position i sees
     /// keys i − window < j ≤ i, as transformers' `sliding_window` mask. None: all of 0..=i.
     pub window: Option<usize>,
+    /// Factor on q·k before the softmax: 1/√head_dim, or Gemma's 1/√query_pre_attn_scalar.
+    pub scale: f32,
+    /// Gemma 2's attention soft-capping: scores become cap · tanh(q·k · scale / cap).
+    pub softcap: Option<f32>,
 }

@@ -1,13 +1,16 @@
 //! Checkpoint readers: every format seen as tensors under Hugging Face names (`WeightSource`).
 //!
 //! - GGUF (`gguf/`), safetensors (`safetensors_io`, single file or sharded), compressed-tensors
-//!   (`ct`), the config (`config`), the decoder's linear input sites (`site`), format detection.
+//!   (`ct`), the architectures (`arch/`, one file each), the config (`config`, `hf_config`), the
+//!   decoder's linear input sites (`site`), format detection.
 //! - Building a model from a source is `model`'s job; this layer only reads and checks.
 
+pub mod arch;
 pub mod config;
 pub mod ct;
 pub mod fused;
 pub mod gguf;
+pub mod hf_config;
 pub mod rope;
 pub mod safetensors_io;
 pub mod site;

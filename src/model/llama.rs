@@ -1,39 +1,48 @@
-//! The Llama-family decoder, written once against the `Backend` trait (HF `LlamaForCausalLM`).
+//! The decoder, written once against the `Backend` trait for every architecture in
+//! `checkpoint::arch` (HF `LlamaForCausalLM` and the families that vary its block).
 //!
-//! - Pre-RMSNorm blocks, RoPE (rotate_half; scaled as `checkpoint::rope` says), QK-norm where
-//!   the family has it (Qwen3), grouped-query attention over a paged KV cache (a sliding window
-//!   on the layers the config marks), SwiGLU MLP, biases where the config puts them, final norm
-//!   and LM head (tied or not, int8 when the checkpoint asks).
+//! - RMSNorm blocks (pre-norms, post-norms or both, as the architecture declares), RoPE
+//!   (rotate_half; scaled as `checkpoint::rope` says, a second table for Gemma 3's local
+//!   layers), QK-norm per head or over all of q and k, grouped-query attention over a paged KV
+//!   cache (sliding windows, score scale and soft-capping per config), SwiGLU or GeGLU MLP,
+//!   biases where the config puts them, final norm and LM head (tied or not, int8 when the
+//!   checkpoint asks; logits soft-capped for Gemma 2).
+//! - Loading lives in `load.rs`.
 //! - `Workspace` holds every activation buffer once for (max_batch, max_seq), so prefill and
 //!   decode allocate nothing; `forward_batch` runs several sequences in one pass.
 
 use crate::backend::fused::replay_span;
-use crate::backend::linear::{Linear, LinearWeight};
+use crate::backend::linear::Linear;
 use crate::backend::sampling::Draw;
 use crate::backend::{AttentionArgs, Backend, KvSeq, LinearInput, RopeKvArgs, StepKey};
-use crate::checkpoint::config::{LmHead, ModelConfig};
-use crate::checkpoint::site::{layer_module, Site};
-use crate::checkpoint::WeightSource;
+use crate::checkpoint::arch::{Mlp, QkNorm};
+use crate::checkpoint::config::ModelConfig;
+use crate::checkpoint::site::Site;
 use crate::error::{Error, Result};
 use crate::model::kv::KvCache;
-use crate::quant::hadamard;
-use crate::quant::weight::{quantize_weight, WeightMethod, WeightQConfig, WeightScope};
-use crate::quant::{ActQuant, ActSpec, Phase, QDType};
-use crate::tensor::{DType, HostTensor};
+use crate::quant::{ActQuant, Phase};
+use crate::tensor::DType;
 use std::sync::Arc;
 
-struct Layer<B: Backend> {
-    attn_norm: B::Buf, // (dim)
-    q: Linear<B>,      // (q_dim, dim)
-    k: Linear<B>,      // (kv_dim, dim)
-    v: Linear<B>,      // (kv_dim, dim)
-    o: Linear<B>,      // (dim, q_dim)
-    /// QK-norm weights (head_dim each; Qwen3)
-    qk_norm: Option<(B::Buf, B::Buf)>,
-    mlp_norm: B::Buf, // (dim)
-    gate: Linear<B>,  // (ffn, dim)
-    up: Linear<B>,    // (ffn, dim)
-    down: Linear<B>,  // (dim, ffn)
+/// One decoder block's weights; norms are (1 + w) already where the architecture says so.
+pub(super) struct Layer<B: Backend> {
+    /// (dim) before attention; None: q/k/v read the residual stream (OLMo 2)
+    pub(super) attn_norm: Option<B::Buf>,
+    pub(super) q: Linear<B>, // (q_dim, dim)
+    pub(super) k: Linear<B>, // (kv_dim, dim)
+    pub(super) v: Linear<B>, // (kv_dim, dim)
+    pub(super) o: Linear<B>, // (dim, q_dim)
+    /// QK-norm weights: (head_dim) each per head, or (q_dim), (kv_dim) over all of q and k
+    pub(super) qk_norm: Option<(B::Buf, B::Buf)>,
+    /// (dim) on the attention output (Gemma, OLMo 2)
+    pub(super) post_attn_norm: Option<B::Buf>,
+    /// (dim) before the MLP
+    pub(super) mlp_norm: Option<B::Buf>,
+    pub(super) gate: Linear<B>, // (ffn, dim)
+    pub(super) up: Linear<B>,   // (ffn, dim)
+    pub(super) down: Linear<B>, // (dim, ffn)
+    /// (dim) on the MLP output (Gemma, OLMo 2)
+    pub(super) post_mlp_norm: Option<B::Buf>,
 }
 
 pub struct LlamaModel<B: Backend> {
@@ -41,13 +50,15 @@ pub struct LlamaModel<B: Backend> {
     pub backend: B,
     /// Dtype the dense weights are held in.
     pub weight_dtype: DType,
-    embed: Arc<B::Matrix>, // (vocab, dim)
-    layers: Vec<Layer<B>>,
-    norm: B::Buf,       // (dim)
-    lm_head: Linear<B>, // (vocab, dim)
+    pub(super) embed: Arc<B::Matrix>, // (vocab, dim)
+    pub(super) layers: Vec<Layer<B>>,
+    pub(super) norm: B::Buf,       // (dim)
+    pub(super) lm_head: Linear<B>, // (vocab, dim)
     /// Hadamard block applied to the final norm's output when the int8 LM head was built
     /// from rotated weights (`LmHead::Int8`).
-    lm_head_block: Option<usize>,
+    pub(super) lm_head_block: Option<usize>,
+    /// Factor on the token embeddings (Gemma: √hidden_size in the embedding's dtype).
+    pub(super) embed_scale: Option<f32>,
 }
 
 /// Receives every linear input during an observed forward pass: x is (rows, dim) on the host.
@@ -77,19 +88,21 @@ pub struct Workspace<B: Backend> {
     pub max_seq: usize,
     /// Rows of logits one call can return.
     pub logit_rows: usize,
-    x: B::Buf,                // (max_rows, dim) residual stream
-    xb: B::Buf,               // (max_rows, dim) a block's normalized input
-    proj: B::Buf,             // (max_rows, dim) a block's output, added at the next norm
-    q: B::Buf,                // (max_rows, q_dim)
-    k: B::Buf,                // (max_rows, kv_dim)
-    v: B::Buf,                // (max_rows, kv_dim)
-    att: B::Buf,              // (max_rows, q_dim)
-    hb: B::Buf,               // (max_rows, ffn)
-    hb2: B::Buf,              // (max_rows, ffn)
-    logits: B::Buf,           // (logit_rows, vocab)
-    scratch: B::Buf,          // (n_heads, ATTN_ROWS * max_seq) attention scores
-    rope_cos: B::Buf,         // (max_seq, head_dim / 2)
-    rope_sin: B::Buf,         // (max_seq, head_dim / 2)
+    x: B::Buf,        // (max_rows, dim) residual stream
+    xb: B::Buf,       // (max_rows, dim) a block's normalized input
+    proj: B::Buf,     // (max_rows, dim) a block's output, added at the next norm
+    q: B::Buf,        // (max_rows, q_dim)
+    k: B::Buf,        // (max_rows, kv_dim)
+    v: B::Buf,        // (max_rows, kv_dim)
+    att: B::Buf,      // (max_rows, q_dim)
+    hb: B::Buf,       // (max_rows, ffn)
+    hb2: B::Buf,      // (max_rows, ffn)
+    logits: B::Buf,   // (logit_rows, vocab)
+    scratch: B::Buf,  // (n_heads, ATTN_ROWS * max_seq) attention scores
+    rope_cos: B::Buf, // (max_seq, head_dim / 2)
+    rope_sin: B::Buf, // (max_seq, head_dim / 2)
+    /// cos, sin (max_seq, head_dim / 2) of the sliding layers' own RoPE (Gemma 3)
+    rope_local: Option<(B::Buf, B::Buf)>,
     host_logits: Vec<f32>,    // (logit_rows, vocab)
     tokens: Vec<u32>,         // (max_rows) the batch's tokens, concatenated
     pub(crate) obs: Vec<f32>, // (max_rows, max width) host copy for observers; empty unless observed
@@ -121,51 +134,6 @@ pub struct BatchEntry<'a> {
     pub want_logits: bool,
 }
 
-fn load_checked(src: &dyn WeightSource, name: &str, shape: &[usize]) -> Result<HostTensor> {
-    let t = src.load(name)?;
-    t.expect_shape(name, shape)?;
-    Ok(t)
-}
-
-/// The LM head in int8 from its float weight `t` (vocab, dim): per-channel symmetric weights
-/// of W·H and a per-token int8 input rotated by the same block Hadamard H (returned, for
-/// `logits` to apply). QuaRot-style: unrotated, per-token int8 of the final norm's output cost
-/// 0.0064 mean KL on wikitext-2 (40 chunks, w8a8 model; 0.0022 with a float head); rotated
-/// 0.0031 (10 chunks; weight-only int8: 0.0028).
-fn int8_lm_head<B: Backend>(
-    backend: &B,
-    t: &HostTensor,
-    vocab: usize,
-    dim: usize,
-) -> Result<(Linear<B>, Option<usize>)> {
-    let mut wf = t.to_f32_vec(); // (vocab, dim)
-    let block = hadamard::block_for(dim);
-    if let Some(b) = block {
-        hadamard::fwht(&mut wf, b);
-    }
-    let cfg = WeightQConfig {
-        dtype: QDType::Int8,
-        scope: WeightScope::PerChannel,
-        symmetric: true,
-        method: WeightMethod::MinMax,
-    };
-    let q = quantize_weight(&wf, vocab, dim, &cfg)?;
-    let head = Linear {
-        name: "lm_head".into(),
-        in_features: dim,
-        out_features: vocab,
-        weight: LinearWeight::Quant(backend.upload_quant(&q, vocab, dim)?),
-        bias: None,
-        // per-token asymmetric: the final norm's output is not centred
-        act: ActSpec {
-            policy: ActQuant::Dynamic,
-            dtype: QDType::Int8,
-            symmetric: false,
-        },
-    };
-    Ok((head, block))
-}
-
 impl<B: Backend> LlamaModel<B> {
     /// A paged KV cache for this model: `n_blocks` blocks of `block_size` positions per layer.
     pub fn kv_cache(&self, n_blocks: usize, block_size: usize) -> Result<KvCache<B>> {
@@ -176,143 +144,6 @@ impl<B: Backend> LlamaModel<B> {
             n_blocks,
             block_size,
         )
-    }
-
-    /// Build the model from `src` (HF tensor names). `weight_dtype` None keeps each tensor's
-    /// checkpoint dtype for the embedding's dtype and all matrices.
-    pub fn load(
-        backend: B,
-        config: ModelConfig,
-        src: &dyn WeightSource,
-        weight_dtype: Option<DType>,
-    ) -> Result<Self> {
-        let c = &config;
-        if let Some(h) = src.online_hadamard() {
-            if h != c.hadamard {
-                return Err(Error::Config(format!(
-                    "the weights were made for online Hadamard rotation {:?} but the config asks for {:?}",
-                    h.sites(),
-                    c.hadamard.sites()
-                )));
-            }
-        }
-        for (site, block) in c.hadamard.sites() {
-            if !c.site_dim(site).is_multiple_of(block) {
-                return Err(Error::Config(format!(
-                    "hadamard block {block} does not divide {} ({} channels)",
-                    site.name(),
-                    c.site_dim(site)
-                )));
-            }
-        }
-        // a checkpoint with more layers than the config says would run truncated without a word
-        if let Some(extra) = src
-            .tensor_names()
-            .into_iter()
-            .find(|n| layer_module(n).is_some_and(|(l, _)| l >= c.num_layers))
-        {
-            return Err(Error::Config(format!(
-                "the checkpoint has tensor `{extra}` but the config says {} layers",
-                c.num_layers
-            )));
-        }
-        let (dim, qd, kvd, ffn) = (c.hidden_size, c.q_dim(), c.kv_dim(), c.intermediate_size);
-        let embed_t = load_checked(src, "model.embed_tokens.weight", &[c.vocab_size, dim])?;
-        let wdt = weight_dtype.unwrap_or(embed_t.dtype());
-        let vector = |name: &str, n: usize| -> Result<B::Buf> {
-            backend.upload(&load_checked(src, name, &[n])?.to_f32_vec())
-        };
-        let linear = |name: &str, out_f: usize, in_f: usize, bias: bool| -> Result<Linear<B>> {
-            let bias = if bias {
-                Some(vector(&format!("{name}.bias"), out_f)?)
-            } else {
-                None
-            };
-            let (weight, act) = match src.quant_linear(name)? {
-                Some((q, act)) => {
-                    let up = backend
-                        .upload_quant(&q, out_f, in_f)
-                        .map_err(|e| Error::Config(format!("{name}: {e}")))?;
-                    (LinearWeight::Quant(up), act)
-                }
-                None => {
-                    let w = load_checked(src, &format!("{name}.weight"), &[out_f, in_f])?;
-                    (
-                        LinearWeight::Dense(Arc::new(backend.upload_matrix(&w, wdt)?)),
-                        ActSpec::NONE,
-                    )
-                }
-            };
-            Ok(Linear {
-                name: name.to_string(),
-                in_features: in_f,
-                out_features: out_f,
-                weight,
-                bias,
-                act,
-            })
-        };
-        let mut layers = Vec::with_capacity(c.num_layers);
-        for l in 0..c.num_layers {
-            let p = format!("model.layers.{l}");
-            layers.push(Layer {
-                attn_norm: vector(&format!("{p}.input_layernorm.weight"), dim)?,
-                q: linear(&format!("{p}.self_attn.q_proj"), qd, dim, c.qkv_bias)?,
-                k: linear(&format!("{p}.self_attn.k_proj"), kvd, dim, c.qkv_bias)?,
-                v: linear(&format!("{p}.self_attn.v_proj"), kvd, dim, c.qkv_bias)?,
-                o: linear(&format!("{p}.self_attn.o_proj"), dim, qd, c.o_bias)?,
-                qk_norm: if c.arch.qk_norm() {
-                    Some((
-                        vector(&format!("{p}.self_attn.q_norm.weight"), c.head_dim)?,
-                        vector(&format!("{p}.self_attn.k_norm.weight"), c.head_dim)?,
-                    ))
-                } else {
-                    None
-                },
-                mlp_norm: vector(&format!("{p}.post_attention_layernorm.weight"), dim)?,
-                gate: linear(&format!("{p}.mlp.gate_proj"), ffn, dim, c.mlp_bias)?,
-                up: linear(&format!("{p}.mlp.up_proj"), ffn, dim, c.mlp_bias)?,
-                down: linear(&format!("{p}.mlp.down_proj"), dim, ffn, c.mlp_bias)?,
-            });
-        }
-        let embed = Arc::new(backend.upload_matrix(&embed_t, wdt)?);
-        // An int8 head is built from the float weights (the tied embedding or lm_head.weight)
-        // unless the checkpoint quantized lm_head itself.
-        let int8_head = c.lm_head == LmHead::Int8
-            && (c.tie_word_embeddings || src.quant_linear("lm_head")?.is_none());
-        let (lm_head, lm_head_block) = if int8_head {
-            let t = if c.tie_word_embeddings {
-                embed_t
-            } else {
-                load_checked(src, "lm_head.weight", &[c.vocab_size, dim])?
-            };
-            int8_lm_head(&backend, &t, c.vocab_size, dim)?
-        } else if c.tie_word_embeddings {
-            let head = Linear {
-                name: "lm_head".into(),
-                in_features: dim,
-                out_features: c.vocab_size,
-                weight: LinearWeight::Dense(embed.clone()),
-                bias: None,
-                act: ActSpec::NONE,
-            };
-            (head, None)
-        } else {
-            let mut l = linear("lm_head", c.vocab_size, dim, false)?;
-            l.name = "lm_head".into();
-            (l, None)
-        };
-        let norm = vector("model.norm.weight", dim)?;
-        Ok(LlamaModel {
-            config,
-            weight_dtype: wdt,
-            embed,
-            layers,
-            norm,
-            lm_head,
-            lm_head_block,
-            backend,
-        })
     }
 
     /// Every linear of the model (decoder layers in order, then the LM head).
@@ -396,19 +227,25 @@ impl<B: Backend> LlamaModel<B> {
         let b = &self.backend;
         // The RoPE table covers the context this workspace serves, not the model's advertised
         // limit: a 128k-position model run at 2k holds 2k rows.
-        let inv_freq = c.rope_inv_freq(max_seq);
-        let mscale = c.rope_attention_factor();
-        let (mut cos, mut sin) = (
-            Vec::with_capacity(max_seq * inv_freq.len()),
-            Vec::with_capacity(max_seq * inv_freq.len()),
-        );
-        for p in 0..max_seq {
-            for f in &inv_freq {
-                let a = p as f64 * f;
-                cos.push((a.cos() * mscale) as f32);
-                sin.push((a.sin() * mscale) as f32);
+        let table = |inv_freq: &[f64], mscale: f64| -> Result<(B::Buf, B::Buf)> {
+            let (mut cos, mut sin) = (
+                Vec::with_capacity(max_seq * inv_freq.len()),
+                Vec::with_capacity(max_seq * inv_freq.len()),
+            );
+            for p in 0..max_seq {
+                for f in inv_freq {
+                    let a = p as f64 * f;
+                    cos.push((a.cos() * mscale) as f32);
+                    sin.push((a.sin() * mscale) as f32);
+                }
             }
-        }
+            Ok((b.upload(&cos)?, b.upload(&sin)?))
+        };
+        let (rope_cos, rope_sin) = table(&c.rope_inv_freq(max_seq), c.rope_attention_factor())?;
+        let rope_local = c
+            .local_rope_tables(max_seq)
+            .map(|(inv, m)| table(&inv, m))
+            .transpose()?;
         Ok(Workspace {
             id: crate::backend::next_buffer_id(),
             max_rows,
@@ -425,8 +262,9 @@ impl<B: Backend> LlamaModel<B> {
             hb2: b.alloc(max_rows * c.intermediate_size)?,
             logits: b.alloc(logit_rows * c.vocab_size)?,
             scratch: b.alloc(c.num_heads * crate::backend::ATTN_ROWS * max_seq)?,
-            rope_cos: b.upload(&cos)?,
-            rope_sin: b.upload(&sin)?,
+            rope_cos,
+            rope_sin,
+            rope_local,
             host_logits: vec![0f32; logit_rows * c.vocab_size],
             tokens: Vec::with_capacity(max_rows),
             obs: Vec::new(),
@@ -579,7 +417,6 @@ impl<B: Backend> LlamaModel<B> {
             sq.check(kv.block_size, kv.n_blocks, ws.max_seq, rows)?;
         }
         let (dim, hd, eps) = (c.hidden_size, c.head_dim, c.rms_norm_eps);
-        let (cos, sin) = (&ws.rope_cos, &ws.rope_sin);
         let span = attention_span(seqs, ws.max_seq);
         // The linears of a site on the input `$input` makes, rotated if the model says so (the
         // consumers' weights were rotated to match). The backend may fuse producer, rotation
@@ -603,32 +440,68 @@ impl<B: Backend> LlamaModel<B> {
             };
         }
         b.embed(&mut ws.x, &self.embed, tokens)?;
-        for (l, layer) in self.layers.iter().enumerate() {
-            // attention block; the previous block's output joins the residual in this norm
-            let norm = LinearInput::Norm {
-                res: &mut ws.x,
-                add: (l > 0).then_some(&ws.proj),
-                weight: &layer.attn_norm,
-                eps,
-                x: &mut ws.xb,
+        if let Some(s) = self.embed_scale {
+            b.scale(&mut ws.x, rows * dim, s)?;
+        }
+        let spec = c.arch.spec();
+        let (qd, kvd) = (c.q_dim(), c.kv_dim());
+        // A block input: the previous block's output (in proj) joins the residual stream, which
+        // is then normalized into xb — or, without a pre-norm (OLMo 2), copied there as it is.
+        macro_rules! block_input {
+            ($norm:expr, $add:expr) => {
+                match $norm {
+                    Some(weight) => LinearInput::Norm {
+                        res: &mut ws.x,
+                        add: $add.then_some(&ws.proj),
+                        weight,
+                        eps,
+                        x: &mut ws.xb,
+                    },
+                    None => {
+                        if $add {
+                            b.add_assign(&mut ws.x, &ws.proj, rows * dim)?;
+                        }
+                        b.copy(&mut ws.xb, 0, &ws.x, 0, rows * dim)?;
+                        LinearInput::Ready(&mut ws.xb)
+                    }
+                }
             };
+        }
+        // A post-norm (Gemma, OLMo 2) on a block's output in proj, before it joins the stream.
+        macro_rules! post_norm {
+            ($norm:expr) => {
+                if let Some(w) = $norm {
+                    b.rms_norm(&mut ws.xb, &ws.proj, w, rows, dim, eps)?;
+                    b.copy(&mut ws.proj, 0, &ws.xb, 0, rows * dim)?;
+                }
+            };
+        }
+        for (l, layer) in self.layers.iter().enumerate() {
+            let input = block_input!(&layer.attn_norm, l > 0);
             project!(
                 l,
                 Site::AttnIn,
-                norm,
+                input,
                 xb,
                 dim,
                 [(q, &layer.q), (k, &layer.k), (v, &layer.v)]
             );
             if let Some((qn, kn)) = &layer.qk_norm {
-                // each head of q and k normalized over head_dim (rows as (rows · heads, hd));
-                // att is free until attention writes it and holds q_dim ≥ kv_dim per row
-                let (nq, nk) = (rows * c.num_heads, rows * c.num_kv_heads);
-                b.rms_norm(&mut ws.att, &ws.q, qn, nq, hd, eps)?;
-                b.copy(&mut ws.q, 0, &ws.att, 0, nq * hd)?;
-                b.rms_norm(&mut ws.att, &ws.k, kn, nk, hd, eps)?;
-                b.copy(&mut ws.k, 0, &ws.att, 0, nk * hd)?;
+                // q and k normalized per head ((rows · heads, hd)) or over all of their
+                // width; att is free until attention writes it and holds q_dim ≥ kv_dim per row
+                let ((nq, wq), (nk, wk)) = match spec.qk_norm {
+                    QkNorm::Full => ((rows, qd), (rows, kvd)),
+                    _ => ((rows * c.num_heads, hd), (rows * c.num_kv_heads, hd)),
+                };
+                b.rms_norm(&mut ws.att, &ws.q, qn, nq, wq, eps)?;
+                b.copy(&mut ws.q, 0, &ws.att, 0, rows * qd)?;
+                b.rms_norm(&mut ws.att, &ws.k, kn, nk, wk, eps)?;
+                b.copy(&mut ws.k, 0, &ws.att, 0, rows * kvd)?;
             }
+            let (cos, sin) = match &ws.rope_local {
+                Some((cos, sin)) if c.local_rope_at(l) => (cos, sin),
+                _ => (&ws.rope_cos, &ws.rope_sin),
+            };
             b.rope_write_kv(RopeKvArgs {
                 q: &mut ws.q,
                 k: &mut ws.k,
@@ -656,28 +529,31 @@ impl<B: Backend> LlamaModel<B> {
                 n_kv_heads: c.num_kv_heads,
                 head_dim: hd,
                 window: c.window(l),
+                scale: c.attn_scale(),
+                softcap: c.attn_softcap.map(|v| v as f32),
             })?;
             let att = LinearInput::Ready(&mut ws.att);
-            project!(l, Site::OIn, att, att, c.q_dim(), [(proj, &layer.o)]);
+            project!(l, Site::OIn, att, att, qd, [(proj, &layer.o)]);
+            post_norm!(&layer.post_attn_norm);
             // MLP block
-            let norm = LinearInput::Norm {
-                res: &mut ws.x,
-                add: Some(&ws.proj),
-                weight: &layer.mlp_norm,
-                eps,
-                x: &mut ws.xb,
-            };
+            let input = block_input!(&layer.mlp_norm, true);
             project!(
                 l,
                 Site::MlpIn,
-                norm,
+                input,
                 xb,
                 dim,
                 [(hb, &layer.gate), (hb2, &layer.up)]
             );
-            let act = LinearInput::SiluMul {
-                gate: &mut ws.hb,
-                up: &ws.hb2,
+            let act = match spec.mlp {
+                Mlp::SwiGlu => LinearInput::SiluMul {
+                    gate: &mut ws.hb,
+                    up: &ws.hb2,
+                },
+                Mlp::GeGlu => LinearInput::GeluMul {
+                    gate: &mut ws.hb,
+                    up: &ws.hb2,
+                },
             };
             project!(
                 l,
@@ -687,6 +563,7 @@ impl<B: Backend> LlamaModel<B> {
                 c.intermediate_size,
                 [(proj, &layer.down)]
             );
+            post_norm!(&layer.post_mlp_norm);
         }
         if !self.layers.is_empty() {
             b.add_assign(&mut ws.x, &ws.proj, rows * dim)?;
@@ -750,6 +627,9 @@ impl<B: Backend> LlamaModel<B> {
         };
         let head = &mut [(&mut ws.logits, &self.lm_head)];
         b.project(norm, self.lm_head_block, head, n, dim, ph)?;
+        if let Some(cap) = c.final_softcap {
+            b.softcap(&mut ws.logits, n * c.vocab_size, cap as f32)?;
+        }
         Ok(n)
     }
 }

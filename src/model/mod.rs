@@ -2,15 +2,16 @@
 //!
 //! - `open` is the one entry point the commands use; `read_all` gives the quantizer every tensor
 //!   in host memory; `write_model_files` writes config and tokenizer files beside weights.
-//! - The model itself is `llama.rs`, its cache `kv.rs`, one sequence's run state `session.rs`.
+//! - The model itself is `llama.rs` (built by `load.rs`), its cache `kv.rs`, one sequence's run state `session.rs`.
 
 pub mod convert;
 pub mod kv;
 pub mod llama;
+mod load;
 pub mod session;
 
 use crate::backend::Backend;
-use crate::checkpoint::config::{Arch, ModelConfig};
+use crate::checkpoint::config::ModelConfig;
 use crate::checkpoint::fused::FusedSplit;
 use crate::checkpoint::{
     compressed_config, gguf, read_hf_config, safetensors_io, write_json, Format, WeightSource,
@@ -75,9 +76,10 @@ pub fn open<B: Backend>(backend: B, path: &Path, weight_dtype: Option<DType>) ->
 
 /// `src` under the shared block's names: fused projections split where the family fuses them.
 fn split<'a>(src: &'a dyn WeightSource, config: &ModelConfig) -> Box<dyn WeightSource + 'a> {
-    match config.arch {
-        Arch::Phi3 => Box::new(FusedSplit::new(src, config.clone())),
-        _ => Box::new(src),
+    if config.arch.spec().fused {
+        Box::new(FusedSplit::new(src, config.clone()))
+    } else {
+        Box::new(src)
     }
 }
 
@@ -110,7 +112,7 @@ pub fn read_all(
                     path.display()
                 )));
             }
-            if config.arch == Arch::Phi3 {
+            if config.arch.spec().fused {
                 // the quantizer would write q/k/v and gate/up apart, which Phi3 does not read
                 return Err(Error::Config(
                     "quantizing Phi-3 checkpoints is not supported yet: their fused qkv_proj and \

@@ -184,6 +184,7 @@ pub fn attention_case<B: Backend>(
     past: usize,
     rows: usize,
     bs: usize,
+    gemma: Option<(f64, f64)>,
 ) -> Outcome {
     let (qd, kvd, total) = (heads * hd, kv * hd, past + rows);
     let n_blocks = total.div_ceil(bs) + 2;
@@ -197,7 +198,11 @@ pub fn attention_case<B: Backend>(
         randn(rng, n_blocks * bs * kvd, 1.0),
     );
     let slot = |p: usize| table[p / bs] as usize * bs + p % bs;
-    let scale = 1.0 / (hd as f64).sqrt();
+    // (score scale, soft cap): Gemma 2's, or the usual 1/√hd uncapped
+    let (scale, cap) = match gemma {
+        Some((s, c)) => (s, Some(c)),
+        None => (1.0 / (hd as f64).sqrt(), None),
+    };
     let mut want = vec![0f64; rows * qd];
     for r in 0..rows {
         let keys = past + r + 1;
@@ -213,6 +218,7 @@ pub fn attention_case<B: Backend>(
                         .sum::<f64>()
                         * scale
                 })
+                .map(|v| cap.map_or(v, |c| (v / c).tanh() * c))
                 .collect();
             let mx = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
             let e: Vec<f64> = s.iter().map(|v| (v - mx).exp()).collect();
@@ -253,6 +259,8 @@ pub fn attention_case<B: Backend>(
         n_kv_heads: kv,
         head_dim: hd,
         window: None,
+        scale: scale as f32,
+        softcap: cap.map(|c| c as f32),
     })
     .expect("attention");
     let rel = 64.0 * f32::EPSILON as f64 * (hd as f64).sqrt();

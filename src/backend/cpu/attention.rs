@@ -35,7 +35,7 @@ pub fn paged_attention(a: AttentionArgs<'_, CpuBackend>, isa: Isa, vector: bool)
         nh * ATTN_ROWS * a.max_seq,
     )?;
     let group = nh / nkv;
-    let scale = 1.0 / (hd as f32).sqrt();
+    let (scale, softcap) = (a.scale, a.softcap);
     let (q, kc, vc) = (&a.q[..], &a.k_cache[..], &a.v_cache[..]);
     let out = SendPtr(a.out.as_mut_ptr());
     let (seqs, max_seq, window) = (a.seqs, a.max_seq, a.window);
@@ -92,7 +92,12 @@ pub fn paged_attention(a: AttentionArgs<'_, CpuBackend>, isa: Isa, vector: bool)
                         // leaves every sum as the windowed one
                         let (out, s) = s.split_at_mut(lo(rr));
                         out.fill(0.0);
-                        s.iter_mut().for_each(|v| *v *= scale);
+                        match softcap {
+                            None => s.iter_mut().for_each(|v| *v *= scale),
+                            Some(cap) => s
+                                .iter_mut()
+                                .for_each(|v| *v = super::vmath::softcap(*v * scale, cap)),
+                        }
                         softmax(s, vector);
                     }
                     let p = out;

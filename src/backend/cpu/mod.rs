@@ -715,6 +715,24 @@ impl Ops for CpuBackend {
         vmath::silu_mul_on(&mut gate[..len], &up[..len], self.isa.vector);
         Ok(())
     }
+    fn gelu_mul(&self, gate: &mut Vec<f32>, up: &Vec<f32>, len: usize) -> Result<()> {
+        check_len("gelu gate", gate.len(), len)?;
+        check_len("gelu up", up.len(), len)?;
+        vmath::gelu_mul(&mut gate[..len], &up[..len]);
+        Ok(())
+    }
+    fn scale(&self, x: &mut Vec<f32>, len: usize, s: f32) -> Result<()> {
+        check_len("scale input", x.len(), len)?;
+        x[..len].iter_mut().for_each(|v| *v *= s);
+        Ok(())
+    }
+    fn softcap(&self, x: &mut Vec<f32>, len: usize, cap: f32) -> Result<()> {
+        check_len("softcap input", x.len(), len)?;
+        x[..len]
+            .iter_mut()
+            .for_each(|v| *v = vmath::softcap(*v, cap));
+        Ok(())
+    }
     fn hadamard(&self, x: &mut Vec<f32>, len: usize, block: usize) -> Result<()> {
         check_len("hadamard input", x.len(), len)?;
         if !block.is_power_of_two() || !len.is_multiple_of(block) {

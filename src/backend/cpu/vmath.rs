@@ -51,6 +51,27 @@ pub fn silu_mul_on(gate: &mut [f32], up: &[f32], vector: bool) {
     }
 }
 
+/// gate = gelu_tanh(gate) · up, PyTorch's `gelu(approximate="tanh")` in f32:
+/// 0.5 · g · (1 + tanh(√(2/π) · (g + 0.044715 g³))).
+///
+/// # Panics
+/// If `up` is shorter than `gate`.
+pub fn gelu_mul(gate: &mut [f32], up: &[f32]) {
+    assert!(up.len() >= gate.len(), "gelu_mul: up shorter than gate");
+    const K: f32 = 0.797_884_6; // √(2/π)
+    for (g, u) in gate.iter_mut().zip(up) {
+        let x = *g;
+        let inner = K * (x + 0.044715 * x * x * x);
+        *g = 0.5 * x * (1.0 + inner.tanh()) * u;
+    }
+}
+
+/// cap · tanh(x / cap): tanh soft-capping as transformers' Gemma 2 writes it (divide, tanh,
+/// multiply).
+pub fn softcap(x: f32, cap: f32) -> f32 {
+    (x / cap).tanh() * cap
+}
+
 /// Whether the vector paths run here.
 pub fn avx512() -> bool {
     #[cfg(target_arch = "x86_64")]

@@ -71,6 +71,8 @@ impl CudaBackend {
         let window = a
             .window
             .map_or(0, |w| i32::try_from(w.max(1)).unwrap_or(i32::MAX));
+        // 0: no soft cap
+        let softcap = a.softcap.unwrap_or(0.0);
         let n_tiles: usize = a
             .seqs
             .iter()
@@ -92,7 +94,6 @@ impl CudaBackend {
                     }
                 }
             })?;
-            let scale_log2 = std::f32::consts::LOG2_E / (hd as f32).sqrt();
             let mut b = self.gpu.stream.launch_builder(self.function(kern));
             b.arg(&mut *a.out)
                 .arg(a.q)
@@ -103,7 +104,7 @@ impl CudaBackend {
             for v in &ints {
                 b.arg(v);
             }
-            b.arg(&scale_log2).arg(&window);
+            b.arg(&a.scale).arg(&window).arg(&softcap);
             // SAFETY: the argument list of attn_prefill_hd{64,128} for this head dim; every
             // tile's rows are inside q / out (rows × heads × hd, checked) and every table entry
             // a block inside the caches (checked); 128 threads, static shared memory.
@@ -143,7 +144,6 @@ impl CudaBackend {
             }
         })?;
         let tail = [hd, SPLIT_LEN, splits].map(|v| v as i32);
-        let scale = 1.0 / (hd as f32).sqrt();
         let mut b = self
             .gpu
             .stream
@@ -159,7 +159,7 @@ impl CudaBackend {
         for v in ints.iter().chain(&tail) {
             b.arg(v);
         }
-        b.arg(&scale).arg(&window);
+        b.arg(&a.scale).arg(&window).arg(&softcap);
         // SAFETY: matches attn_partial's signature; part holds sel × heads × splits × (hd + 2),
         // every row id is a batch row, every table entry a block inside the caches (checked).
         unsafe { self.launch(&mut b, grid(sel * nh, splits, 128, 0), "attention") }?;

@@ -150,6 +150,32 @@ impl CudaBackend {
         Ok(())
     }
 
+    /// x (len) = x · a (mode 0) or a · tanh(x / a) (mode 1): `activation.cu::pointwise`.
+    pub(super) fn pointwise(
+        &self,
+        x: &mut CudaSlice<f32>,
+        len: usize,
+        mode: i32,
+        a: f32,
+    ) -> Result<()> {
+        check_len("pointwise", x.len(), len)?;
+        let n = i32_of(len, "len")?;
+        let mut b = self
+            .gpu
+            .stream
+            .launch_builder(self.function(Kernel::Pointwise));
+        b.arg(x).arg(&n).arg(&mode).arg(&a);
+        // SAFETY: matches pointwise's signature; x holds len values (checked).
+        unsafe {
+            self.launch(
+                &mut b,
+                grid_1d(len.div_ceil(256).min(4096), 256),
+                "pointwise",
+            )
+        }?;
+        Ok(())
+    }
+
     /// The first `len` values of x rounded to bf16 (nearest even) into the scratch: what the
     /// BF16 and W4A16 tensor-core GEMMs read.
     pub(super) fn cast_bf16<'s>(

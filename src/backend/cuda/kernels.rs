@@ -73,6 +73,8 @@ kernel_table! {
     }
     Activation "activation" => {
         SiluMul "silu_mul",
+        GeluMul "gelu_mul",
+        Pointwise "pointwise",
         AddAssign "add_assign",
         AddBias "add_bias",
     }

@@ -252,6 +252,27 @@ impl Ops for CudaBackend {
         Ok(())
     }
 
+    fn gelu_mul(&self, gate: &mut Self::Buf, up: &Self::Buf, len: usize) -> Result<()> {
+        check_len("gelu", gate.len().min(up.len()), len)?;
+        let n = i32_of(len, "len")?;
+        let mut b = self
+            .gpu
+            .stream
+            .launch_builder(self.function(Kernel::GeluMul));
+        b.arg(gate).arg(up).arg(&n);
+        // SAFETY: matches gelu_mul's signature; both hold len values.
+        unsafe { self.launch(&mut b, grid_1d(len.div_ceil(256).min(4096), 256), "gelu") }?;
+        Ok(())
+    }
+
+    fn scale(&self, x: &mut Self::Buf, len: usize, s: f32) -> Result<()> {
+        self.pointwise(x, len, 0, s)
+    }
+
+    fn softcap(&self, x: &mut Self::Buf, len: usize, cap: f32) -> Result<()> {
+        self.pointwise(x, len, 1, cap)
+    }
+
     fn hadamard(&self, x: &mut Self::Buf, len: usize, block: usize) -> Result<()> {
         check_len("hadamard", x.len(), len)?;
         if !block.is_power_of_two() || block > 4096 || !len.is_multiple_of(block) {

@@ -251,6 +251,11 @@ impl CudaBackend {
         };
         let src = match input {
             LinearInput::Ready(x) => QuantSrc::Rows(x),
+            // GeGLU has no fused quantizer: made in float, then quantized as it is
+            LinearInput::GeluMul { gate, up } => {
+                self.gelu_mul(gate, up, rows * cols)?;
+                QuantSrc::Rows(gate)
+            }
             LinearInput::Norm {
                 res,
                 add,
