@@ -5,7 +5,10 @@ Run by hand, not in CI (it needs torch + transformers >= 5; the fixtures it writ
 committed and tests/hf_reference.rs checks ferroq against them):
 
     python3 -m venv /tmp/refvenv && /tmp/refvenv/bin/pip install torch transformers safetensors
-    /tmp/refvenv/bin/python scripts/hf_reference.py tests/fixtures/hf
+    /tmp/refvenv/bin/python scripts/hf_reference.py tests/fixtures/hf [VARIANT ...]
+
+(naming variants records only those; each variant's seed is its place in VARIANTS, so the
+others' fixtures stay as they are)
 
 For each variant it builds a small randomly initialised checkpoint (several layers, head dims
 64 and 128, GQA, a sliding window shorter than the prompt, RoPE scalings, biases, a 320-token
@@ -22,8 +25,8 @@ from pathlib import Path
 
 import torch
 import transformers
-from transformers import (AutoModelForCausalLM, LlamaConfig, MistralConfig, Phi3Config,
-                          Qwen2Config, Qwen3Config)
+from transformers import (AutoModelForCausalLM, Gemma2Config, Gemma3TextConfig, LlamaConfig,
+                          MistralConfig, Olmo2Config, Phi3Config, Qwen2Config, Qwen3Config)
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 VOCAB = 320
@@ -96,6 +99,27 @@ VARIANTS = {
         rope_parameters={"rope_type": "longrope", "rope_theta": 10000.0,
                          "short_factor": [1.0 + 0.1 * i for i in range(16)],
                          "long_factor": [1.0 + 0.7 * i for i in range(16)]})),
+    # Gemma 2: four (1 + w) norms per block, GeGLU, embeddings times sqrt(64), scores scaled by
+    # 1/sqrt(48) (query_pre_attn_scalar, not head_dim 64) and soft-capped at 5, logits at 10
+    # (caps low enough to bite on these weights), a window of 8 on layers 0 and 2
+    "gemma2-softcap": Gemma2Config(**common(
+        head_dim=64, tie_word_embeddings=True, sliding_window=8, query_pre_attn_scalar=48,
+        attn_logit_softcapping=5.0, final_logit_softcapping=10.0, pad_token_id=0,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0})),
+    # Gemma 3 text: Gemma 2's block with (1 + w) QK-norm, head dim 128, local layers 0 and 2
+    # (window 8, RoPE base 1e4) and a global layer 1 (base 1e6, linear scaling x4)
+    "gemma3-local-global": Gemma3TextConfig(**common(
+        head_dim=128, num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True,
+        sliding_window=8, query_pre_attn_scalar=64, pad_token_id=0,
+        layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+        rope_parameters={
+            "full_attention": {"rope_type": "linear", "factor": 4.0, "rope_theta": 1000000.0},
+            "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}})),
+    # OLMo 2: no pre-norms, post-norms on attention and MLP outputs, QK-norm over all of q
+    # and k, head dim 64 (hidden 128 / 2 heads), GQA 2/1
+    "olmo2-postnorm": Olmo2Config(**common(
+        hidden_size=128, num_attention_heads=2, num_key_value_heads=1, pad_token_id=0,
+        rope_parameters={"rope_type": "default", "rope_theta": 500000.0})),
 }
 
 # RoPE types checked on their frequencies alone (head_dim 64, the context a workspace serves)
@@ -180,10 +204,16 @@ def rope_reference(out_dir):
 
 def main():
     out_dir = Path(sys.argv[1] if len(sys.argv) > 1 else "tests/fixtures/hf")
+    only = set(sys.argv[2:])
+    unknown = only - set(VARIANTS)
+    if unknown:
+        sys.exit(f"unknown variants {sorted(unknown)} (known: {list(VARIANTS)})")
     out_dir.mkdir(parents=True, exist_ok=True)
     for seed, (name, cfg) in enumerate(VARIANTS.items()):
-        record(name, cfg, out_dir, seed + 1)
-    rope_reference(out_dir)
+        if not only or name in only:
+            record(name, cfg, out_dir, seed + 1)
+    if not only:
+        rope_reference(out_dir)
 
 
 if __name__ == "__main__":

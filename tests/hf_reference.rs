@@ -203,6 +203,21 @@ fn phi3_fused_projections_longrope_and_window_match_transformers() {
     }
 }
 
+#[test]
+fn gemma2_softcapping_post_norms_and_alternating_windows_match_transformers() {
+    check("gemma2-softcap", None);
+}
+
+#[test]
+fn gemma3_qk_norm_and_local_global_rope_match_transformers() {
+    check("gemma3-local-global", None);
+}
+
+#[test]
+fn olmo2_post_norms_and_full_width_qk_norm_match_transformers() {
+    check("olmo2-postnorm", None);
+}
+
 /// A fused matrix of another height than the config's is refused, not sliced wrong.
 #[test]
 fn a_mis_sized_fused_projection_is_an_error() {
