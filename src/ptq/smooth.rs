@@ -1,8 +1,9 @@
 //! Outlier suppression that leaves the float function unchanged (reference/quantization.md §4).
 //!
 //! - Channel j of a linear's input is divided by s_j and the matching weight columns multiplied
-//!   by it, with 1/s_j folded into the producer: the RMSNorm weight (norm→linear), the rows of
-//!   v_proj (v→o, one scale per KV-head channel under GQA) or of up_proj (up→down).
+//!   by it, with 1/s_j folded into the producer: the RMSNorm weight (norm→linear; a `(1 + w)`
+//!   norm keeps its form), the rows of v_proj (v→o, one scale per KV-head channel under GQA) or
+//!   of up_proj (up→down). A linear input no norm produces (OLMo 2) is not smoothed.
 //! - SmoothQuant (Xiao et al., 2023): s = A^α / W^(1−α), norm→linear only.
 //! - Iterative Smooth (msModelSlim): the same, clamped at 1e-5, α 0.9 by default, every subgraph
 //!   in priority order up→down, v→o, norm→linear.
@@ -181,6 +182,9 @@ pub fn apply(
                 consumers: vec![format!("{p}.self_attn.o_proj")],
             });
         }
+        // norm→linear where the block has the norm (OLMo 2's q/k/v and gate/up read the
+        // residual stream itself, which no weight produces)
+        let norms = &c.arch.spec().norms;
         graphs.push(Subgraph {
             layer: l,
             site: Site::AttnIn,
@@ -196,6 +200,11 @@ pub fn apply(
                 .iter()
                 .map(|m| format!("{p}.mlp.{m}"))
                 .collect(),
+        });
+        graphs.retain(|g| match g.site {
+            Site::AttnIn => norms.pre_attn.is_some(),
+            Site::MlpIn => norms.pre_mlp.is_some(),
+            Site::OIn | Site::DownIn => true,
         });
         for g in graphs {
             if !g.consumers.iter().any(|n| selected(n, include, exclude)) {
@@ -262,13 +271,21 @@ pub fn apply(
             // fold 1/s into the producer
             match g.site {
                 Site::AttnIn | Site::MlpIn => {
+                    let n = &c.arch.spec().norms;
                     let norm = if g.site == Site::AttnIn {
-                        "input_layernorm"
+                        n.pre_attn
                     } else {
-                        "post_attention_layernorm"
+                        n.pre_mlp
                     };
+                    let norm = norm.ok_or_else(|| {
+                        Error::InvalidArgument(format!("{}: no norm to fold into", g.site.name()))
+                    })?;
                     let nw = f32_mut(w, &format!("model.layers.{l}.{norm}.weight"))?;
-                    nw.iter_mut().zip(&s).for_each(|(v, s)| *v /= s);
+                    // a (1 + w) norm (Gemma) scales by 1 + w: that is what 1/s divides
+                    let one = if n.unit_offset { 1.0 } else { 0.0 };
+                    nw.iter_mut()
+                        .zip(&s)
+                        .for_each(|(v, s)| *v = (*v + one) / s - one);
                 }
                 Site::DownIn => {
                     let up = f32_mut(w, &format!("model.layers.{l}.mlp.up_proj.weight"))?;
