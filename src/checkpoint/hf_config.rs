@@ -307,7 +307,9 @@ fn sliding(j: &Json, arch: Arch, layers: usize) -> Result<(Option<usize>, Vec<bo
             .max(1);
             let kinds = match layer_types(j, layers)? {
                 Some(k) => k,
-                None => (0..layers).map(|i| (i as u64 + 1) % pattern != 0).collect(),
+                None => (0..layers)
+                    .map(|i| !(i as u64 + 1).is_multiple_of(pattern))
+                    .collect(),
             };
             // the layer kinds also pick the RoPE of each layer, so they stay without a window
             (window(Some(4096.0))?, kinds)
