@@ -169,11 +169,33 @@ fn qwen3_qk_norm_head_dim_128_and_windowed_layers_match_transformers() {
 /// weights through the GGUF's names (QK-norm, q/k/v/o biases, no permutation), the same bits.
 #[test]
 fn qwen3_gguf_equals_its_checkpoint_without_the_window() {
-    let dir = fixtures().join("qwen3-qknorm");
+    let worst = gguf_against_checkpoint(
+        "qwen3-qknorm",
+        |c| {
+            assert!(c.qkv_bias && c.o_bias && c.sliding_window.is_none());
+        },
+        |hc| {
+            assert_eq!(hc.sliding_window, Some(8));
+            hc.sliding_window = None;
+            hc.sliding_layers = vec![false; hc.num_layers];
+        },
+    );
+    assert_eq!(worst, 0.0, "Qwen3 GGUF logits differ from its checkpoint's");
+}
+
+/// The largest |logit difference| between the fixture's GGUF and its checkpoint with the
+/// config changed by `as_llama_cpp` to what the GGUF can express (`check_gguf` looks at the
+/// GGUF's config first).
+fn gguf_against_checkpoint(
+    fixture: &str,
+    check_gguf: impl Fn(&ModelConfig),
+    as_llama_cpp: impl Fn(&mut ModelConfig),
+) -> f32 {
+    let dir = fixtures().join(fixture);
     let tokens = u32s(&read_json(&dir.join("reference.json"))["tokens"]);
     let g = GgufFile::open(dir.join("model.bf16.gguf")).expect("gguf");
     let gc = ModelConfig::from_gguf(&g).expect("gguf config");
-    assert!(gc.qkv_bias && gc.o_bias && gc.sliding_window.is_none());
+    check_gguf(&gc);
     let gm = LlamaModel::load(
         CpuBackend::new(),
         gc.clone(),
@@ -182,9 +204,7 @@ fn qwen3_gguf_equals_its_checkpoint_without_the_window() {
     )
     .expect("gguf model");
     let mut hc = ferroq::checkpoint::read_hf_config(&dir).expect("hf config");
-    assert_eq!(hc.sliding_window, Some(8));
-    hc.sliding_window = None;
-    hc.sliding_layers = vec![false; hc.num_layers];
+    as_llama_cpp(&mut hc);
     let src = ferroq::checkpoint::safetensors_io::SafetensorsWeights::open_dir(&dir).expect("st");
     let hm = LlamaModel::load(CpuBackend::new(), hc, &src, None).expect("hf model");
     let logits = |m: &LlamaModel<CpuBackend>| {
@@ -194,10 +214,62 @@ fn qwen3_gguf_equals_its_checkpoint_without_the_window() {
             .to_vec()
     };
     let (a, b) = (logits(&gm), logits(&hm));
-    assert!(
-        a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
-        "Qwen3 GGUF logits differ from its checkpoint's"
+    let worst = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
+    println!("{fixture}: GGUF against its checkpoint as llama.cpp reads it: {worst:.2e}");
+    worst
+}
+
+/// llama.cpp's converter stores Gemma 2's soft caps and window but not `query_pre_attn_scalar`
+/// (llama.cpp takes head_dim), and its norms as 1 + w in F32 (given back as w exactly).
+#[test]
+fn gemma2_gguf_equals_its_checkpoint_as_llama_cpp_reads_it() {
+    let worst = gguf_against_checkpoint(
+        "gemma2-softcap",
+        |c| {
+            assert_eq!((c.attn_softcap, c.final_softcap), (Some(5.0), Some(10.0)));
+            assert_eq!(c.sliding_window, Some(8));
+            assert_eq!(c.sliding_layers, [true, false, true]);
+            assert_eq!(c.query_pre_attn_scalar, Some(64.0));
+        },
+        |hc| hc.query_pre_attn_scalar = Some(hc.head_dim as f64),
     );
+    assert!(
+        worst <= 1e-2,
+        "Gemma 2 GGUF logits {worst} from its checkpoint's"
+    );
+}
+
+/// Gemma 3's GGUF: llama.cpp slides on all but every sixth layer (the fixture's layer types are
+/// not stored), at `rope.freq_base_swa`, with head_dim as the score scalar.
+#[test]
+fn gemma3_gguf_equals_its_checkpoint_as_llama_cpp_reads_it() {
+    let worst = gguf_against_checkpoint(
+        "gemma3-local-global",
+        |c| {
+            assert_eq!(c.sliding_layers, [true, true, true]);
+            assert_eq!(c.local_rope, Some((10000.0, None)));
+            assert!(
+                matches!(c.rope_scaling, Some(ferroq::checkpoint::config::RopeScaling::Linear { factor }) if factor == 4.0)
+            );
+        },
+        |hc| {
+            hc.query_pre_attn_scalar = Some(hc.head_dim as f64);
+            hc.sliding_layers = vec![true; hc.num_layers];
+        },
+    );
+    assert!(
+        worst <= 1e-2,
+        "Gemma 3 GGUF logits {worst} from its checkpoint's"
+    );
+}
+
+#[test]
+fn olmo2_gguf_matches_transformers() {
+    check("olmo2-postnorm", GGUF);
 }
 
 #[test]

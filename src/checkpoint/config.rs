@@ -7,7 +7,6 @@
 
 pub use crate::checkpoint::arch::Arch;
 use crate::checkpoint::arch::QkNorm;
-use crate::checkpoint::gguf::GgufFile;
 pub use crate::checkpoint::rope::{Llama3RopeScaling, RopeScaling};
 use crate::checkpoint::site::{OnlineHadamard, Site};
 use crate::error::{Error, Result};
@@ -242,113 +241,6 @@ impl ModelConfig {
             )));
         }
         Ok(self)
-    }
-
-    pub fn from_gguf(g: &GgufFile) -> Result<Self> {
-        let arch_name = g.get_str("general.architecture")?;
-        let arch = Arch::from_gguf(arch_name).ok_or_else(|| {
-            Error::Config(format!(
-                "GGUF architecture `{arch_name}` is not supported ({})",
-                Arch::gguf_names()
-            ))
-        })?;
-        let k = |s: &str| format!("{arch_name}.{s}");
-        let get = |s: &str| g.get_u64(&k(s)).map(|v| v as usize);
-        let hidden_size = get("embedding_length")?;
-        let num_heads = get("attention.head_count")?;
-        // a key that is present must be read as what it claims; only absence takes a default
-        let get_or = |s: &str, default: usize| match g.get(&k(s)) {
-            Some(_) => get(s),
-            None => Ok(default),
-        };
-        let num_kv_heads = get_or("attention.head_count_kv", num_heads)?;
-        let num_layers = layer_count(get("block_count")?)?;
-        let head_dim = get_or("attention.key_length", hidden_size / num_heads.max(1))?;
-        let vocab_size = match g.get(&k("vocab_size")) {
-            Some(_) => get("vocab_size")?,
-            None => g.get_str_array("tokenizer.ggml.tokens")?.len(),
-        };
-        let rope_scaling = match g.get(&k("rope.scaling.type")) {
-            None => None,
-            Some(v) => match v.as_str() {
-                Some("none") => None,
-                Some("linear") => Some(RopeScaling::Linear {
-                    factor: g.get_f64(&k("rope.scaling.factor"))?,
-                }),
-                other => {
-                    return Err(Error::Config(format!(
-                        "GGUF rope scaling {other:?} is not supported (none, linear, or Llama-3 \
-                         `rope_freqs`)"
-                    )))
-                }
-            },
-        };
-        // llama.cpp's converter stores Llama-3 scaling as per-frequency divisors
-        let rope_scaling = match g.tensor("rope_freqs.weight") {
-            None => rope_scaling,
-            Some(_) if rope_scaling.is_some() => {
-                return Err(Error::Config(
-                    "GGUF has both rope_freqs and a rope scaling type".into(),
-                ))
-            }
-            Some(t) => Some(RopeScaling::FreqFactors(
-                g.dequantize(t)?.into_iter().map(f64::from).collect(),
-            )),
-        };
-        // a window, or RoPE over part of the head, would change the math
-        let refuse = |key: &str| {
-            Err(Error::Config(format!(
-                "GGUF key `{}` is not supported for `{arch_name}` (it changes the math)",
-                k(key)
-            )))
-        };
-        if g.get(&k("attention.sliding_window")).is_some() {
-            return refuse("attention.sliding_window");
-        }
-        if get_or("rope.dimension_count", head_dim)? != head_dim {
-            return refuse("rope.dimension_count");
-        }
-        // biases exist where the tensors do (llama.cpp loads them when present)
-        let has = |t: &str| g.tensor(&format!("blk.0.{t}.bias")).is_some();
-        let eos = g
-            .get_u64("tokenizer.ggml.eos_token_id")
-            .ok()
-            .map(|v| v as u32);
-        ModelConfig {
-            arch,
-            hidden_size,
-            intermediate_size: get("feed_forward_length")?,
-            num_layers,
-            num_heads,
-            num_kv_heads,
-            head_dim,
-            vocab_size,
-            rms_norm_eps: g.get_f64(&k("attention.layer_norm_rms_epsilon"))? as f32,
-            rope_theta: match g.get(&k("rope.freq_base")) {
-                Some(_) => g.get_f64(&k("rope.freq_base"))?,
-                None => 10000.0,
-            },
-            rope_scaling,
-            max_position_embeddings: get_or("context_length", 4096)?,
-            tie_word_embeddings: g.tensor("output.weight").is_none(),
-            qkv_bias: arch == Arch::Qwen2 || has("attn_q"),
-            o_bias: has("attn_output"),
-            mlp_bias: has("ffn_up"),
-            sliding_window: None,
-            sliding_layers: vec![false; num_layers],
-            local_rope: None,
-            query_pre_attn_scalar: None,
-            attn_softcap: None,
-            final_softcap: None,
-            bos_token_id: g
-                .get_u64("tokenizer.ggml.bos_token_id")
-                .ok()
-                .map(|v| v as u32),
-            eos_token_ids: eos.into_iter().collect(),
-            hadamard: OnlineHadamard::NONE,
-            lm_head: LmHead::Dense,
-        }
-        .validate()
     }
 
     /// The factor on q·k before the softmax: 1/√query_pre_attn_scalar (Gemma) or 1/√head_dim.

@@ -296,7 +296,7 @@ fn sliding(j: &Json, arch: Arch, layers: usize) -> Result<(Option<usize>, Vec<bo
                 }
             }
         }
-        Sliding::Pattern { pattern } => {
+        Sliding::Pattern { pattern, .. } => {
             let pattern = opt_field(
                 j,
                 "sliding_window_pattern",

@@ -17,7 +17,7 @@ pub const GEMMA_NORMS: Norms = Norms {
 pub const SPEC: ArchSpec = ArchSpec {
     model_type: "gemma2",
     hf_class: "Gemma2ForCausalLM",
-    gguf: None,
+    gguf: Some("gemma2"),
     norms: GEMMA_NORMS,
     qk_norm: QkNorm::None,
     mlp: Mlp::GeGlu,
@@ -25,12 +25,16 @@ pub const SPEC: ArchSpec = ArchSpec {
     embed_scale: true,
     biases: Biases::None,
     mlp_bias_key: false,
-    sliding: Sliding::Pattern { pattern: 2 },
+    sliding: Sliding::Pattern {
+        pattern: 2,
+        gguf_window: Some(4096),
+    },
     rope: RopeLayout::Shared,
     gemma_keys: Some(GemmaKeys {
         attn_softcap: Some(50.0),
         final_softcap: Some(30.0),
         query_pre_attn_scalar: 256.0,
+        gguf_27b_layers: 46,
     }),
     default_eps: 1e-6,
     fused: false,

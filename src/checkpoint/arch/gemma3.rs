@@ -9,7 +9,7 @@ use super::spec::{ArchSpec, Biases, GemmaKeys, Mlp, QkNorm, RopeLayout, Sliding}
 pub const SPEC: ArchSpec = ArchSpec {
     model_type: "gemma3_text",
     hf_class: "Gemma3ForCausalLM",
-    gguf: None,
+    gguf: Some("gemma3"),
     norms: GEMMA_NORMS,
     qk_norm: QkNorm::PerHead,
     mlp: Mlp::GeGlu,
@@ -17,12 +17,16 @@ pub const SPEC: ArchSpec = ArchSpec {
     embed_scale: true,
     biases: Biases::None,
     mlp_bias_key: false,
-    sliding: Sliding::Pattern { pattern: 6 },
+    sliding: Sliding::Pattern {
+        pattern: 6,
+        gguf_window: None,
+    },
     rope: RopeLayout::PerLayerType,
     gemma_keys: Some(GemmaKeys {
         attn_softcap: None,
         final_softcap: None,
         query_pre_attn_scalar: 256.0,
+        gguf_27b_layers: 62,
     }),
     default_eps: 1e-6,
     fused: false,

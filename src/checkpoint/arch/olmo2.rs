@@ -7,7 +7,7 @@ use super::spec::{ArchSpec, Biases, Mlp, Norms, QkNorm, RopeLayout, Sliding};
 pub const SPEC: ArchSpec = ArchSpec {
     model_type: "olmo2",
     hf_class: "Olmo2ForCausalLM",
-    gguf: None,
+    gguf: Some("olmo2"),
     norms: Norms {
         pre_attn: None,
         post_attn: Some("post_attention_layernorm"),

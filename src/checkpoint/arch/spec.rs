@@ -42,6 +42,9 @@ pub struct GemmaKeys {
     pub final_softcap: Option<f64>,
     /// `query_pre_attn_scalar`: scores are scaled by its inverse square root
     pub query_pre_attn_scalar: f64,
+    /// GGUF keeps no `query_pre_attn_scalar`: llama.cpp takes head_dim, except for the 27B
+    /// model (this many layers), whose scalar is hidden_size / heads.
+    pub gguf_27b_layers: usize,
 }
 
 /// The RMSNorms of a block, by HF module name under `model.layers.N.` (None: not there).
@@ -121,8 +124,12 @@ pub enum Sliding {
     /// `max_window_layers` on; window 4096 when the key is absent (Qwen2 / Qwen3)
     Qwen,
     /// the layers `layer_types` marks, by default all but every `pattern`-th
-    /// (Gemma 2: 2, Gemma 3: `sliding_window_pattern`, 6 when absent); window 4096 when absent
-    Pattern { pattern: usize },
+    /// (Gemma 2: 2, Gemma 3: `sliding_window_pattern`, 6 when absent); window 4096 when absent.
+    /// In a GGUF without `attention.sliding_window`, llama.cpp takes `gguf_window`.
+    Pattern {
+        pattern: usize,
+        gguf_window: Option<usize>,
+    },
 }
 
 /// How RoPE settings are laid out in the config.

@@ -6,6 +6,7 @@
 //! - Tensors dequantize to f32 on request (`dequant.rs`); `weights.rs` gives them HF names.
 
 pub mod dequant;
+mod hparams;
 pub mod weights;
 
 use crate::error::{Error, Result};

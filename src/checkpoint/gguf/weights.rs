@@ -1,18 +1,21 @@
 //! GGUF tensors seen through Hugging Face names.
 //!
 //! - llama.cpp's converter renames tensors (`blk.N.attn_q.weight`) and, for `llama`, permutes the
-//!   rows of attn_q / attn_k for GGML's interleaved RoPE; both are undone here.
+//!   rows of attn_q / attn_k for GGML's interleaved RoPE; both are undone here. Its norm names
+//!   are roles (`attn_norm`, `ffn_norm`, `post_attention_norm`, `post_ffw_norm`), mapped to each
+//!   architecture's HF names; Gemma's norms were stored as 1 + w and are given back as w.
 //! - So the one model implementation uses HF's rotate_half RoPE for every source.
 
 use super::GgufFile;
+use crate::checkpoint::arch::ArchSpec;
 use crate::checkpoint::config::{Arch, ModelConfig};
 use crate::checkpoint::WeightSource;
 use crate::error::{Error, Result};
 use crate::tensor::HostTensor;
 use std::collections::BTreeMap;
 
-/// GGUF name -> HF name, or None for a tensor ferroq does not use.
-fn hf_name(gguf: &str) -> Option<String> {
+/// GGUF name -> HF name under the architecture `spec`, or None for a tensor ferroq does not use.
+fn hf_name(gguf: &str, spec: &ArchSpec) -> Option<String> {
     let fixed = match gguf {
         "token_embd.weight" => Some("model.embed_tokens.weight"),
         "output_norm.weight" => Some("model.norm.weight"),
@@ -26,9 +29,12 @@ fn hf_name(gguf: &str) -> Option<String> {
     let (layer, tail) = rest.split_once('.')?;
     let layer: usize = layer.parse().ok()?;
     let (module, kind) = tail.rsplit_once('.')?;
+    let n = &spec.norms;
     let hf_module = match module {
-        "attn_norm" => "input_layernorm",
-        "ffn_norm" => "post_attention_layernorm",
+        "attn_norm" => n.pre_attn?,
+        "ffn_norm" => n.pre_mlp?,
+        "post_attention_norm" => n.post_attn?,
+        "post_ffw_norm" => n.post_mlp?,
         "attn_q" => "self_attn.q_proj",
         "attn_k" => "self_attn.k_proj",
         "attn_v" => "self_attn.v_proj",
@@ -82,7 +88,7 @@ impl<'a> GgufWeights<'a> {
     pub fn new(file: &'a GgufFile, config: ModelConfig) -> Result<Self> {
         let mut names = BTreeMap::new();
         for (i, t) in file.tensors.iter().enumerate() {
-            if let Some(n) = hf_name(&t.name) {
+            if let Some(n) = hf_name(&t.name, config.arch.spec()) {
                 names.insert(n, i);
             }
         }
@@ -128,6 +134,11 @@ impl WeightSource for GgufWeights<'_> {
                 )))
             }
             (None, _) => data,
+        };
+        let data = if self.config.arch.spec().norms.unit_offset && name.ends_with("norm.weight") {
+            data.into_iter().map(|v| v - 1.0).collect()
+        } else {
+            data
         };
         HostTensor::from_f32(shape, data)
     }
