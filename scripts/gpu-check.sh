@@ -109,7 +109,7 @@ first)
   begin "GPU first light" first.md
   first_status=0
   printf '\n| step | result | s | tests |\n|---|---|---|---|\n' | tee -a "$OUT/first.md"
-  # the timeouts add up to under 4 minutes
+  # the timeouts add up to 4.5 minutes
   step info 10 .gpu/ferroq info
   step compile 50 .gpu/cuda_compile --test-threads 1 every_kernel the_disk_cache
   step op_table 25 .gpu/op_table --ignored --test-threads 1
@@ -117,6 +117,7 @@ first)
     paged_attention argmax sampling_on_the_device
   step quant 35 .gpu/cuda_quant --ignored --test-threads 1 w8a8_gemm_and_gemv fp8_gemm_and_quant
   step graphs 30 .gpu/cuda_model --ignored --test-threads 1 graph_replayed
+  step archs 30 .gpu/cuda_model --ignored --test-threads 1 every_architecture
   T=.gpu/tiny
   step generate 10 .gpu/ferroq generate -m $T --device cuda -p "abc def" -n 16
   step bench 15 .gpu/ferroq bench -m $T --device cuda -p 64 -n 32 -r 2

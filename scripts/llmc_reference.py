@@ -6,6 +6,10 @@ ferroq against them):
 
     /tmp/refvenv/bin/pip install llmcompressor
     /tmp/refvenv/bin/python scripts/llmc_reference.py tests/fixtures/hf tests/fixtures/llmc
+    /tmp/refvenv/bin/python scripts/llmc_reference.py --record DIR FLOAT_FIXTURE_DIR ...
+
+The second form records the same forward for checkpoints ferroq wrote (scripts/ferroq_ct.sh
+makes them), after checking that transformers reads every tensor of each by its HF name.
 
 For each (fixture, scheme) below it loads the float fixture written by hf_reference.py in
 float32, quantizes it with llm-compressor's `oneshot` (no calibration data: RTN weights,
@@ -95,9 +99,20 @@ def make(name, src, args, hf_dir, out_dir):
     model.save_pretrained(d, save_compressed=True)
     for f in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(hf_dir / src / f, d / f)
-    ref_in = json.loads((hf_dir / src / "reference.json").read_text())
+    record(d, hf_dir / src)
+
+
+def record(d, float_dir):
+    """transformers' forward of the compressed-tensors checkpoint `d` on the tokens of the
+    float fixture `float_dir`, into d/reference.json."""
+    ref_in = json.loads((float_dir / "reference.json").read_text())
     ids = torch.tensor([ref_in["tokens"]])
-    model = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32).eval()
+    model, info = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32,
+                                                       output_loading_info=True)
+    model.eval()
+    unread = {k: v for k, v in info.items() if v and k != "error_msgs"}
+    if unread or info.get("error_msgs"):
+        sys.exit(f"{d.name}: transformers did not read the checkpoint as written: {info}")
     ct_rule = forward(model, ids)
     ct_forward.compute_dynamic_scales_and_zp = vllm_dynamic
     hooks = bf16_inputs(model)
@@ -110,7 +125,7 @@ def make(name, src, args, hf_dir, out_dir):
         ct_forward.compute_dynamic_scales_and_zp = CT_DYNAMIC
         for h in hooks:
             h.remove()
-    print(f"{name}: {len(hooks)} linears on BF16 inputs; transformers' own forward (f32 "
+    print(f"{d.name}: {len(hooks)} linears on BF16 inputs; transformers' own forward (f32 "
           f"inputs, compressed-tensors' int8 scale rule) is up to "
           f"{(ct_rule - lp).abs().max().item():.2e} away in log p")
     n = ids.shape[1]
@@ -126,10 +141,16 @@ def make(name, src, args, hf_dir, out_dir):
     }
     (d / "reference.json").write_text(json.dumps(ref))
     size = sum(f.stat().st_size for f in d.iterdir())
-    print(f"{name}: {size} bytes, greedy {ref['greedy']}")
+    print(f"{d.name}: {size} bytes, greedy {ref['greedy']}")
 
 
 def main():
+    if len(sys.argv) > 1 and sys.argv[1] == "--record":
+        # checkpoints ferroq wrote: DIR FLOAT_FIXTURE_DIR pairs
+        args = sys.argv[2:]
+        for d, float_dir in zip(args[::2], args[1::2]):
+            record(Path(d), Path(float_dir))
+        return
     hf_dir = Path(sys.argv[1] if len(sys.argv) > 1 else "tests/fixtures/hf")
     out_dir = Path(sys.argv[2] if len(sys.argv) > 2 else "tests/fixtures/llmc")
     out_dir.mkdir(parents=True, exist_ok=True)

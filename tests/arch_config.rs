@@ -28,6 +28,9 @@ fn gemma2_takes_its_class_defaults_and_explicit_nulls() {
     let c = cfg("gemma2", "").expect("gemma2");
     assert_eq!((c.attn_softcap, c.final_softcap), (Some(50.0), Some(30.0)));
     assert_eq!(c.query_pre_attn_scalar, Some(256.0));
+    // written as the integer the config classes require
+    let j = c.to_hf_json("bfloat16").expect("json");
+    assert_eq!(j["query_pre_attn_scalar"].as_u64(), Some(256), "{j}");
     assert_eq!(c.attn_scale(), 1.0 / 16.0);
     assert_eq!(c.sliding_window, Some(4096));
     assert_eq!(

@@ -216,6 +216,41 @@ fn tiny_model_matches_the_cpu() {
     }
 }
 
+/// Every architecture of the transformers fixtures (`tests/fixtures/hf`): post-norms, `(1 + w)`
+/// norms, QK-norm per head and full width, GeGLU, soft-capping, local / global RoPE, sliding
+/// windows shorter than the prompt, head dims 16 / 64 / 128.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn every_architecture_fixture_matches_the_cpu() {
+    use ferroq::checkpoint::fused::FusedSplit;
+    use ferroq::checkpoint::safetensors_io::SafetensorsWeights;
+    // relative: cargo runs tests in the package root, scripts/gpu-check.sh in the repo root
+    // (a prebuilt binary's CARGO_MANIFEST_DIR names this machine's checkout)
+    let root = std::path::Path::new("tests/fixtures/hf");
+    for name in [
+        "llama3-bias",
+        "llama-linear",
+        "mistral-window",
+        "qwen2-yarn-window",
+        "qwen3-qknorm",
+        "phi3-longrope",
+        "gemma2-softcap",
+        "gemma3-local-global",
+        "olmo2-postnorm",
+    ] {
+        let dir = root.join(name);
+        let c = ferroq::checkpoint::read_hf_config(&dir).expect("config");
+        let st = SafetensorsWeights::open_dir(&dir).expect("weights");
+        let prompt: Vec<u32> = (0..20).map(|i| 3 + (i * 37 % 300) as u32).collect();
+        eprintln!("{name}");
+        if c.arch.spec().fused {
+            compare(&c, &FusedSplit::new(&st, c.clone()), &prompt, 16);
+        } else {
+            compare(&c, &st, &prompt, 16);
+        }
+    }
+}
+
 /// Random weights scaled by 1/sqrt(fan-in) so activations stay O(1) through deep stacks.
 fn scaled_weights(c: &ModelConfig, seed: u64) -> BTreeMap<String, HostTensor> {
     let mut rng = Rng::new(seed);

@@ -7,7 +7,7 @@
 //! are O(10), sums run over ≤ 256 terms: a few hundred f32 ulps of a logit, ~1e-4 at most;
 //! the observed gap is below 2e-5 (printed), and 2e-4 is the bound asserted.
 
-use ferroq::backend::cpu::{CpuBackend, CpuIsa};
+use ferroq::backend::cpu::{CpuBackend, CpuIsa, DenseIsa};
 use ferroq::checkpoint::config::ModelConfig;
 use ferroq::checkpoint::gguf::weights::GgufWeights;
 use ferroq::checkpoint::gguf::GgufFile;
@@ -52,7 +52,7 @@ fn log_softmax(row: &[f32]) -> Vec<f64> {
 /// distribution within `BOUND`, and the greedy continuation token for token. `file` None: the
 /// HF directory; Some: a GGUF in it (made by llama.cpp's converter).
 fn check(fixture: &str, file: Option<&str>) {
-    check_dir(&fixtures().join(fixture), file, BOUND, CpuIsa::detect());
+    check_dir(&fixtures().join(fixture), file, BOUND, f32_act_configs()[0]);
 }
 
 /// `check` on the fixture directory `dir` with the CPU kernels `isa`, log-probabilities within
@@ -380,13 +380,38 @@ fn rope_types_match_transformers_frequencies() {
 /// int64 `weight_shape`), against transformers + compressed-tensors running the same files
 /// with the activation rules the deployed kernels use (vLLM's absmax / 127 int8 scale, BF16
 /// inputs for W4A16; see the script), on every CPU kernel configuration, greedy tokens equal.
-/// W8A8 / FP8: observed ≤ 2.2e-6 on the default kernels; the portable int8 activation quantizer
-/// scales by a reciprocal and may round a value at a .5 boundary the other way (6.2e-4
-/// observed). W4A16: rounding an activation to BF16 turns an f32 reassociation difference into
-/// a 2⁻⁸ step when it crosses a rounding boundary, and these random weights amplify each such
-/// step (observed ≤ 3.2e-2; f32 inputs would be 0.11 away).
-const QUANT_BOUND: f64 = 2e-3;
-const W4A16_BOUND: f64 = 5e-2;
+/// W8A8 / FP8 on the best kernels: observed ≤ 4.9e-6. Elsewhere an activation is quantized
+/// after a differently rounded f32 step (scalar exp / SiLU, other dense tiles), which can move
+/// one value across an int8 or E4M3 rounding boundary, and these random weights amplify each
+/// such step: observed ≤ 3.2e-2. W4A16: rounding activations to BF16 does the same at every
+/// linear (observed ≤ 3.2e-2; f32 inputs would be 0.11 away).
+const QUANT_BOUND: f64 = 2e-5;
+const FLIP_BOUND: f64 = 5e-2;
+
+/// `CpuIsa::all_available()` with f32 activations in the dense linears, as the references have
+/// them: AMX's BF16 prefill tiles (a speed path, held to BF16 tolerance in tests/op_table.rs)
+/// give way to the AVX-512 panels.
+fn f32_act_configs() -> Vec<CpuIsa> {
+    CpuIsa::all_available()
+        .into_iter()
+        .map(|isa| match isa.dense {
+            DenseIsa::Amx => CpuIsa {
+                dense: DenseIsa::Avx512Panels,
+                ..isa
+            },
+            _ => isa,
+        })
+        .collect()
+}
+
+/// The bound for checkpoint `name` on the `i`-th kernel configuration.
+fn quant_bound(name: &str, i: usize) -> f64 {
+    if i == 0 && !name.ends_with("w4a16") {
+        QUANT_BOUND
+    } else {
+        FLIP_BOUND
+    }
+}
 
 fn llmc(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -396,7 +421,7 @@ fn llmc(name: &str) -> PathBuf {
 
 #[test]
 fn llm_compressor_w8a8_fp8_w4a16_checkpoints_match_transformers() {
-    for isa in CpuIsa::all_available() {
+    for (i, isa) in f32_act_configs().into_iter().enumerate() {
         println!("{isa:?}");
         for name in [
             "llama3-bias-w8a8",
@@ -405,12 +430,28 @@ fn llm_compressor_w8a8_fp8_w4a16_checkpoints_match_transformers() {
             "gemma2-softcap-w8a8",
             "qwen3-qknorm-w4a16",
         ] {
-            let bound = if name.ends_with("w4a16") {
-                W4A16_BOUND
-            } else {
-                QUANT_BOUND
-            };
-            check_dir(&llmc(name), None, bound, isa);
+            check_dir(&llmc(name), None, quant_bound(name, i), isa);
+        }
+    }
+}
+
+/// Checkpoints ferroq wrote (`scripts/ferroq_ct.sh`: Gemma 2 and Gemma 3 w8a8-dynamic, Llama-3
+/// fp8, OLMo 2 w4a16, LM heads in float), which transformers + compressed-tensors read tensor for
+/// tensor by HF name: ferroq runs them as transformers does, under the bounds above. (Gemma 3
+/// in FP8 is not among them: on these random weights transformers' own FP8 forward is not
+/// prefix-stable — position 9 of a 10-token run and of the 24-token run differ by 0.16 in log p,
+/// one E4M3 rounding flipped by torch's shape-dependent sums — so no bound would mean anything.)
+#[test]
+fn ferroq_checkpoints_run_in_transformers_as_in_ferroq() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/ferroq-ct");
+    for (i, isa) in f32_act_configs().into_iter().enumerate() {
+        for name in [
+            "gemma2-softcap-w8a8-dynamic",
+            "gemma3-local-global-w8a8-dynamic",
+            "llama3-bias-fp8",
+            "olmo2-postnorm-w4a16",
+        ] {
+            check_dir(&dir.join(name), None, quant_bound(name, i), isa);
         }
     }
 }

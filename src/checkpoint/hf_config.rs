@@ -464,7 +464,11 @@ impl ModelConfig {
             j["mlp_bias"] = json!(self.mlp_bias);
         }
         if spec.gemma_keys.is_some() {
-            j["query_pre_attn_scalar"] = json!(self.query_pre_attn_scalar);
+            // the config classes type it as an integer (and refuse 48.0)
+            j["query_pre_attn_scalar"] = match self.query_pre_attn_scalar {
+                Some(v) if v.fract() == 0.0 && v < u64::MAX as f64 => json!(v as u64),
+                v => json!(v),
+            };
             j["attn_logit_softcapping"] = json!(self.attn_softcap);
             j["final_logit_softcapping"] = json!(self.final_softcap);
         }
