@@ -3,7 +3,7 @@
 #
 #     bash scripts/ferroq_ct.sh [PYTHON]
 #
-# quantizes four of the transformers fixtures with presets whose checkpoints other runtimes
+# quantizes five of the transformers fixtures (Phi-3 twice: its projections fused again) with presets whose checkpoints other runtimes
 # can run (no online rotation, the LM head left in float) into tests/fixtures/ferroq-ct/, then
 # records transformers' forward of each (scripts/llmc_reference.py --record, which also checks
 # that transformers reads every tensor by its HF name). tests/hf_reference.rs holds ferroq's
@@ -22,6 +22,7 @@ print('\n\n'.join(' '.join(f'w{r.randrange(3, 320)}' for _ in range(40)) for _ i
 cargo build --release -q
 args=()
 for case in gemma2-softcap:w8a8-dynamic gemma3-local-global:w8a8-dynamic llama3-bias:fp8 \
+    phi3-longrope:w8a8-dynamic phi3-longrope:w4a16 \
     olmo2-postnorm:w4a16; do
     fixture=${case%%:*} preset=${case##*:}
     dir=$out/$fixture-$preset

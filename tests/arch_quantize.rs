@@ -1,8 +1,8 @@
 //! Quantization on every architecture of the transformers fixtures (`tests/fixtures/hf`):
 //! smoothing leaves each float function unchanged — `(1 + w)` norms (Gemma), post-norms,
 //! blocks without pre-norms (OLMo 2), QK-norm — and every preset quantizes, writes a
-//! checkpoint that reads back to the same logits (config keys included), and stays close to
-//! the float model.
+//! checkpoint that reads back to the same logits (config keys included; Phi-3's projections
+//! fused again and cut apart at load), and stays close to the float model.
 
 mod common;
 
@@ -16,7 +16,7 @@ use ferroq::ptq::smooth::{apply, Method};
 use ferroq::tensor::DType;
 use std::path::{Path, PathBuf};
 
-const ARCHS: [&str; 7] = [
+const ARCHS: [&str; 8] = [
     "llama3-bias",
     "mistral-window",
     "qwen2-yarn-window",
@@ -24,6 +24,7 @@ const ARCHS: [&str; 7] = [
     "gemma2-softcap",
     "gemma3-local-global",
     "olmo2-postnorm",
+    "phi3-longrope",
 ];
 
 fn fixture(name: &str) -> PathBuf {

@@ -356,3 +356,71 @@ fn fp8_encode_is_the_nearest_code() {
         }
     }
 }
+
+/// Row ranges of a quantized weight (Phi-3's fused projections cut apart at load) decode to the
+/// same rows as the whole, and joining the ranges again gives the weight back exactly.
+#[test]
+fn row_ranges_cut_and_join_exactly() {
+    let mut rng = Rng::new(41);
+    let (n, k) = (24, 64);
+    let w = randn(&mut rng, n * k, 1.0);
+    for (dtype, scope, symmetric) in [
+        (QDType::Int8, WeightScope::PerChannel, true),
+        (QDType::Fp8E4M3, WeightScope::PerChannel, true),
+        (QDType::Int4, WeightScope::PerGroup(32), true),
+        (QDType::Int4, WeightScope::PerGroup(16), false),
+    ] {
+        let cfg = WeightQConfig {
+            dtype,
+            scope,
+            symmetric,
+            method: WeightMethod::MinMax,
+        };
+        let q = quantize_weight(&w, n, k, &cfg).expect("quantize");
+        let mut whole = vec![0f32; n * k];
+        q.decode_rows(k, 0, n, &mut whole);
+        let cuts = [(0, 10), (10, 6), (16, 8)];
+        let parts: Vec<QuantWeight> = cuts
+            .iter()
+            .map(|&(s, r)| q.rows(s, r, n, k).expect("rows"))
+            .collect();
+        for (p, &(s, r)) in parts.iter().zip(&cuts) {
+            let mut got = vec![0f32; r * k];
+            p.decode_rows(k, 0, r, &mut got);
+            assert_eq!(got, whole[s * k..(s + r) * k], "{cfg:?} rows {s}..+{r}");
+        }
+        let refs: Vec<&QuantWeight> = parts.iter().collect();
+        assert_eq!(QuantWeight::concat_rows(&refs).expect("join"), q, "{cfg:?}");
+        // a range past the end, or parts of different formats, are errors
+        assert!(q.rows(20, 8, n, k).is_err());
+        assert!(
+            q.rows(0, 8, n + 1, k).is_err(),
+            "{cfg:?}: wrong row count accepted"
+        );
+    }
+    let a = quantize_weight(
+        &w,
+        n,
+        k,
+        &WeightQConfig {
+            dtype: QDType::Int8,
+            scope: WeightScope::PerChannel,
+            symmetric: true,
+            method: WeightMethod::MinMax,
+        },
+    )
+    .expect("int8");
+    let b = quantize_weight(
+        &w,
+        n,
+        k,
+        &WeightQConfig {
+            dtype: QDType::Fp8E4M3,
+            scope: WeightScope::PerChannel,
+            symmetric: true,
+            method: WeightMethod::MinMax,
+        },
+    )
+    .expect("fp8");
+    assert!(QuantWeight::concat_rows(&[&a, &b]).is_err());
+}

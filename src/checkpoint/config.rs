@@ -49,6 +49,8 @@ pub struct ModelConfig {
     pub final_softcap: Option<f64>,
     pub bos_token_id: Option<u32>,
     pub eos_token_ids: Vec<u32>,
+    /// Kept for the config written back (the embedding's padding row; no effect on the math).
+    pub pad_token_id: Option<u32>,
     /// Inputs rotated online (set by quantization recipes; kept in the checkpoint's
     /// `quantization_config`, not in the HF fields).
     pub hadamard: OnlineHadamard,

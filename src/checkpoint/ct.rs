@@ -119,7 +119,13 @@ impl CompressedTensors {
             .and_then(|g| g.as_object())
             .ok_or_else(|| Error::Config("quantization_config has no config_groups".into()))?;
         let mut schemes = BTreeMap::new();
-        for name in decoder_linears(config.num_layers) {
+        // the linears under their stored names (Phi-3's fused ones, cut apart by `fused`)
+        let linears = if config.arch.spec().fused {
+            crate::checkpoint::fused::stored_linears(config.num_layers)
+        } else {
+            decoder_linears(config.num_layers)
+        };
+        for name in linears {
             let mut ignored = false;
             for t in &ignore {
                 ignored |= target_matches(t, &name)?;

@@ -4,7 +4,8 @@
 //! - transformers' Phi3 slices q, k, v from one [q_dim + 2 kv_dim, dim] matrix in that order and
 //!   gate, up from one [2 ffn, dim] matrix (`chunk(2)`: gate first); the rows are cut the same
 //!   way here, in the stored dtype (`HostTensor::rows`: an exact copy).
-//! - Quantized fused checkpoints are refused: their scales cover the fused rows.
+//! - Quantized fused projections are cut the same way: every format keeps its scales per output
+//!   row (`QuantWeight::rows`).
 
 use crate::checkpoint::config::ModelConfig;
 use crate::checkpoint::site::{layer_module, OnlineHadamard};
@@ -12,6 +13,21 @@ use crate::checkpoint::WeightSource;
 use crate::error::{Error, Result};
 use crate::quant::{ActSpec, QuantWeight};
 use crate::tensor::HostTensor;
+
+/// The linears of `num_layers` blocks as a fused checkpoint stores them, in layer order.
+pub fn stored_linears(num_layers: usize) -> Vec<String> {
+    (0..num_layers)
+        .flat_map(|l| {
+            [
+                "self_attn.qkv_proj",
+                "self_attn.o_proj",
+                "mlp.gate_up_proj",
+                "mlp.down_proj",
+            ]
+            .map(|m| format!("model.layers.{l}.{m}"))
+        })
+        .collect()
+}
 
 /// `inner` under the shared block's names: `self_attn.{q,k,v}_proj.weight` and
 /// `mlp.{gate,up}_proj.weight` are row ranges of the fused tensors.
@@ -81,16 +97,20 @@ impl WeightSource for FusedSplit<'_> {
     }
 
     fn quant_linear(&self, name: &str) -> Result<Option<(QuantWeight, ActSpec)>> {
-        if let Some((fused, ..)) = self.source(&format!("{name}.weight")) {
-            let module = fused.trim_end_matches(".weight");
-            if self.inner.quant_linear(module)?.is_some() {
-                return Err(Error::Config(format!(
-                    "`{module}` is quantized fused; ferroq splits only float fused projections"
-                )));
+        let Some((fused, total, start, rows)) = self.source(&format!("{name}.weight")) else {
+            return self.inner.quant_linear(name);
+        };
+        let module = fused.trim_end_matches(".weight");
+        // the parts share the fused module's activation policy: they read one input
+        match self.inner.quant_linear(module)? {
+            None => Ok(None),
+            Some((q, act)) => {
+                let part = q
+                    .rows(start, rows, total, self.config.hidden_size)
+                    .map_err(|e| Error::Config(format!("`{module}`: {e}")))?;
+                Ok(Some((part, act)))
             }
-            return Ok(None);
         }
-        self.inner.quant_linear(name)
     }
 
     fn online_hadamard(&self) -> Option<OnlineHadamard> {

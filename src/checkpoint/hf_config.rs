@@ -416,6 +416,7 @@ impl ModelConfig {
             final_softcap,
             bos_token_id: token_ids(j.get("bos_token_id")).first().copied(),
             eos_token_ids: token_ids(j.get("eos_token_id")),
+            pad_token_id: token_ids(j.get("pad_token_id")).first().copied(),
             hadamard: OnlineHadamard::NONE,
             lm_head: LmHead::Dense,
         }
@@ -444,6 +445,8 @@ impl ModelConfig {
             "tie_word_embeddings": self.tie_word_embeddings,
             "torch_dtype": torch_dtype,
             "bos_token_id": self.bos_token_id,
+            // written even when unknown: a class default may lie outside a small vocabulary
+            "pad_token_id": self.pad_token_id,
             "eos_token_id": match self.eos_token_ids.as_slice() {
                 [one] => json!(one),
                 many => json!(many),

@@ -112,16 +112,10 @@ pub fn read_all(
                     path.display()
                 )));
             }
-            if config.arch.spec().fused {
-                // the quantizer would write q/k/v and gate/up apart, which Phi3 does not read
-                return Err(Error::Config(
-                    "quantizing Phi-3 checkpoints is not supported yet: their fused qkv_proj and \
-                     gate_up_proj are not fused again on write"
-                        .into(),
-                ));
-            }
             let tok = TokenizerBundle::from_hf_dir(path, &config.eos_token_ids)?;
-            let src = safetensors_io::SafetensorsWeights::open_dir(path)?;
+            let st = safetensors_io::SafetensorsWeights::open_dir(path)?;
+            // the quantizer works on the shared block's names; `ptq::fuse` joins them again
+            let src = split(&st, &config);
             for n in src.tensor_names() {
                 map.insert(n.clone(), src.load(&n)?);
             }

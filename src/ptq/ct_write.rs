@@ -116,7 +116,9 @@ pub fn write(q: &QuantizedModel, out: &Path) -> Result<()> {
 fn write_into(q: &QuantizedModel, dir: &Path) -> Result<()> {
     // owned byte buffers first, then views over them
     let mut owned: Vec<(String, St, Vec<usize>, Vec<u8>)> = Vec::new();
-    for (name, t) in &q.dense {
+    // under the names the architecture stores (Phi-3's fused projections joined again)
+    let (dense, linears, fallback) = super::fuse::stored(q)?;
+    for (name, t) in &dense {
         let st = match t.dtype() {
             DType::F32 => St::F32,
             DType::F16 => St::F16,
@@ -126,7 +128,7 @@ fn write_into(q: &QuantizedModel, dir: &Path) -> Result<()> {
     }
     let mut pd_mix = serde_json::Map::new();
     let mut groups: Vec<(Json, Json, &'static str, Vec<String>)> = Vec::new();
-    for (name, ql) in &q.linears {
+    for (name, ql) in &linears {
         let [n, k] = ql.shape;
         let per_tensor = ql.wcfg.scope == WeightScope::PerTensor;
         match &ql.weight {
@@ -249,7 +251,7 @@ fn write_into(q: &QuantizedModel, dir: &Path) -> Result<()> {
             "output_activations": null, "format": fmt}),
         );
     }
-    let mut ignore: Vec<String> = q.report.fallback.clone();
+    let mut ignore: Vec<String> = fallback;
     ignore.push("lm_head".into());
     let format = if single {
         groups[0].2

@@ -8,6 +8,7 @@
 pub mod analyze;
 pub mod calib;
 pub mod ct_write;
+pub mod fuse;
 pub mod gptq;
 pub mod observer;
 pub mod pipeline;

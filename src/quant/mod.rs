@@ -7,6 +7,7 @@
 
 pub mod formats;
 pub mod hadamard;
+mod rows;
 pub mod weight;
 
 use formats::Fp8;
@@ -20,7 +21,7 @@ pub enum QDType {
 }
 
 /// A quantized weight matrix `[n, k]` (out_features × in_features).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum QuantWeight {
     /// Symmetric int8, one scale per output channel (a per-tensor scale is stored broadcast).
     /// `colsum[j] = Σ_k q[j, k]` serves the asymmetric-activation zero-point correction.

@@ -210,6 +210,10 @@ impl ModelConfig {
                 .ok()
                 .map(|v| v as u32),
             eos_token_ids: eos.into_iter().collect(),
+            pad_token_id: g
+                .get_u64("tokenizer.ggml.padding_token_id")
+                .ok()
+                .map(|v| v as u32),
             hadamard: OnlineHadamard::NONE,
             lm_head: LmHead::Dense,
         }
