@@ -11,8 +11,8 @@ recognises real tokenizers by a hash and the fixtures' word-level tokenizer is n
 as for Gemma 3 (its converter class wants a SentencePiece tokenizer.model, which the fixtures
 do not have). Each fixture dir (or each NAME given) gets model.bf16.gguf beside it
 (the weights are bf16 already); a fixture the converter refuses (the Qwen2 one: its vocabulary
-check) is reported and skipped. The converter records no sliding window, so the Qwen3 GGUF is
-tested against its checkpoint run without one, and the Mistral GGUF is not committed.
+check) is reported and skipped. The converter records no sliding window for Mistral (written
+as `llama`) or Qwen3, so those GGUFs are tested against their checkpoints run without one.
 """
 import sys
 from pathlib import Path

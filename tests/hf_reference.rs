@@ -205,6 +205,25 @@ fn qwen3_gguf_equals_its_checkpoint_without_the_window() {
     assert_eq!(worst, 0.0, "Qwen3 GGUF logits differ from its checkpoint's");
 }
 
+/// llama.cpp's converter writes Mistral as `llama` without its sliding window (as llama.cpp then
+/// runs it): the GGUF equals its checkpoint run without the window.
+#[test]
+fn mistral_gguf_equals_its_checkpoint_without_the_window() {
+    let worst = gguf_against_checkpoint(
+        "mistral-window",
+        |c| assert!(c.sliding_window.is_none() && !c.qkv_bias),
+        |hc| {
+            assert_eq!(hc.sliding_window, Some(8));
+            hc.sliding_window = None;
+            hc.sliding_layers = vec![false; hc.num_layers];
+        },
+    );
+    assert_eq!(
+        worst, 0.0,
+        "Mistral GGUF logits differ from its checkpoint's"
+    );
+}
+
 /// The largest |logit difference| between the fixture's GGUF and its checkpoint with the
 /// config changed by `as_llama_cpp` to what the GGUF can express (`check_gguf` looks at the
 /// GGUF's config first).
